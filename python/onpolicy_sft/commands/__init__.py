@@ -1,0 +1,1 @@
+"""Subcommands of the `onpolicy-sft` CLI; see onpolicy_sft.cli."""

@@ -1,0 +1,51 @@
+"""The one engine protocol: generation and scoring with the same outputs from every backend."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass
+class Sample:
+    """One generated response.
+
+    token_ids: (T,) the sampled tokens, the EOS token included when generation
+        stopped on it (so the loss can fall on EOS, as METHODS.md asks).
+    logprobs: (T,) float32, log-prob of each sampled token under the sampling
+        distribution before temperature/top-p (the behaviour log-probs).
+    finish_reason: "stop" (EOS or a stop string) or "length".
+    """
+
+    text: str
+    token_ids: list[int]
+    logprobs: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    finish_reason: str = "stop"
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """Every engine (vLLM, HF) implements exactly this."""
+
+    tokenizer: object
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        n: int = 1,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_tokens: int = 2048,
+        seed: int | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> list[list[Sample]]:
+        """prompts are already chat-templated strings; returns n samples per prompt."""
+        ...
+
+    def score(self, prompts: Sequence[str], responses: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """Per-token log-probs (float32, (T_i,)) of the given response token ids after each prompt."""
+        ...

@@ -1,0 +1,1 @@
+//! The tier ledger: append-only journal, recovery, tier assignment, statistics, merge.

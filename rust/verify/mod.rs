@@ -1,0 +1,1 @@
+//! Answer extraction, normalisation and equivalence (see METHODS.md, "Verification semantics").

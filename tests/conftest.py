@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny local models, the shared corpus, and the gpu marker."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# ../shared beside the checkout (CI clones the repo with shared/ beside it).
+SHARED = Path(os.environ.get("ONPOLICY_SFT_SHARED", REPO.parent / "shared"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except Exception:  # torch missing or broken: no GPU tests either way
+        has_cuda = False
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU; none on this machine")
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"shared data not found at {SHARED}; set ONPOLICY_SFT_SHARED")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny randomly initialised Qwen2 model + byte-level tokenizer, on disk."""
+    from onpolicy_sft.testing import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_qwen2"), arch="qwen2")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from onpolicy_sft.testing import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_llama"), arch="llama")
