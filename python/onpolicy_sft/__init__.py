@@ -42,7 +42,24 @@ _EXPORTS: dict[str, str] = {
     "demo": "onpolicy_sft.demo",
 }
 
-__all__ = ["__version__", *sorted(_EXPORTS)]
+__all__ = [
+    "Assignment",
+    "Attempt",
+    "Ledger",
+    "LossOutput",
+    "PolicyLoss",
+    "Verdict",
+    "Verifier",
+    "__version__",
+    "demo",
+    "evaluate",
+    "rewrite",
+    "select",
+    "train",
+    "verify",
+    "verify_batch",
+]
+assert set(__all__) == {"__version__", *_EXPORTS}
 
 
 def __getattr__(name: str) -> Any:
