@@ -1,0 +1,319 @@
+"""Chunked driver of the fused policy-weighted loss, shared by the torch and Triton backends.
+
+Anatomy (ARCHITECTURE.md, "one kernel anatomy"): row kernels (Triton:
+``policy_loss.py``; torch twin: :class:`TorchRows` here) -> this driver, which
+checks shapes and allocates -> :class:`PolicyLossFunction` (autograd) ->
+:func:`fused_policy_loss` (the one functional entry).
+
+The tokens are processed in chunks of C rows. Per chunk the driver computes the
+(C, V) logits with one GEMM (cuBLAS on GPU), a row kernel turns them in place
+into d loss / d logits, and two GEMMs accumulate grad_hidden and grad_weight.
+Peak extra memory is O(C x V) (the chunk's logits, plus a few fp32 temporaries
+in the torch backend) -- never (N x V).
+
+- Token-local schemes (sft, dft, token is, idft): one pass. The row kernel
+  computes logsumexp, logp, entropy, the weight and, in the same launch,
+  writes the logits gradient; the gradient is ready at the end of forward.
+- Sequence is and pear: forward pass (logp, entropy, logsumexp per row) ->
+  O(N) weight step (``weights.sequence_weights``) -> second pass that
+  recomputes each chunk's logits and writes the gradient with the stored
+  logsumexp.
+
+Gradients are computed during forward (as Liger-Kernel's fused linear cross
+entropy does) when any input requires grad; backward only scales them by the
+upstream gradient. grad_weight and grad_bias accumulate in float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from .weights import LossSpec, Segments, local_weights, sequence_weights
+
+# fp32 temporaries the torch row op holds per chunk element (z, u, e, e*u / dz, ...)
+_TORCH_TEMPS = 6
+# Budget for the per-chunk buffers when chunk_size is not given.
+_CHUNK_BYTES = 512 * 2**20
+
+
+class RowOps(Protocol):
+    """What a backend provides: two in-place row kernels on a (C, V) logits chunk."""
+
+    name: str
+
+    def forward(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        blogp: torch.Tensor | None,
+        scale: torch.Tensor,
+        spec: LossSpec,
+        out: tuple[torch.Tensor, ...],
+        *,
+        local: bool,
+        write_grad: bool,
+    ) -> None: ...
+
+    def backward(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        lse: torch.Tensor,
+        coef: torch.Tensor,
+        spec: LossSpec,
+    ) -> None: ...
+
+    def chunk_size(self, n: int, v: int, dtype: torch.dtype) -> int: ...
+
+
+class TorchRows:
+    """Plain-PyTorch row ops: the CPU path, and the twin of the Triton row kernels."""
+
+    name = "torch"
+
+    def forward(self, logits, labels, blogp, scale, spec, out, *, local, write_grad):
+        logp_o, ent_o, lse_o, w_o, coef_o = out
+        z = logits.float()
+        valid = labels != spec.ignore_index
+        safe = torch.where(valid, labels, torch.zeros_like(labels))
+        m = z.amax(dim=-1, keepdim=True)
+        u = z - m
+        e = torch.exp(u)
+        s = e.sum(-1)
+        log_s = torch.log(s)
+        lse = m[:, 0] + log_s
+        # H = -sum p (z - lse) = log s - sum(e u) / s, both relative to the row max:
+        # no cancellation for logits of +-1e4.
+        ent = log_s - (e * u).sum(-1) / s
+        del u
+        logp = z.gather(1, safe[:, None])[:, 0] - lse
+        if local:
+            w, g = local_weights(logp, ent, blogp, spec)
+            coef = scale * g
+        else:
+            w = torch.zeros_like(logp)
+            coef = torch.zeros_like(logp)
+        zero = torch.zeros_like(logp)
+        logp_o.copy_(torch.where(valid, logp, zero))
+        ent_o.copy_(torch.where(valid, ent, zero))
+        lse_o.copy_(lse)
+        w_o.copy_(torch.where(valid, w, zero))
+        coef_o.copy_(torch.where(valid, coef, zero))
+        if write_grad:
+            dz = e.mul_((coef_o / s)[:, None])  # coef * softmax, reusing e
+            dz.scatter_add_(1, safe[:, None], -coef_o[:, None])
+            logits.copy_(dz)
+
+    def backward(self, logits, labels, lse, coef, spec):
+        valid = labels != spec.ignore_index
+        safe = torch.where(valid, labels, torch.zeros_like(labels))
+        c = torch.where(valid, coef, torch.zeros_like(coef))
+        dz = torch.exp(logits.float() - lse[:, None]).mul_(c[:, None])
+        dz.scatter_add_(1, safe[:, None], -c[:, None])
+        logits.copy_(dz)
+
+    def chunk_size(self, n, v, dtype):
+        return _pow2_chunk(n, _CHUNK_BYTES // (v * 4 * _TORCH_TEMPS))
+
+
+def _pow2_chunk(n: int, rows: int) -> int:
+    rows = max(1, min(n, rows))
+    return 1 << (rows.bit_length() - 1) if rows < n else n
+
+
+def _linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    out = F.linear(h, weight, bias)
+    return out if out.is_contiguous() else out.contiguous()
+
+
+def _run(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    labels: torch.Tensor,
+    blogp: torch.Tensor | None,
+    scale: torch.Tensor,
+    segs: Segments | None,
+    spec: LossSpec,
+    rows: RowOps,
+    chunk: int,
+    need_grad: bool,
+) -> tuple[torch.Tensor, ...]:
+    n, h = hidden.shape
+    v = weight.shape[0]
+    f32 = torch.float32
+    dev = hidden.device
+    logp = torch.empty(n, dtype=f32, device=dev)
+    ent = torch.empty(n, dtype=f32, device=dev)
+    lse = torch.empty(n, dtype=f32, device=dev)
+    w = torch.empty(n, dtype=f32, device=dev)
+    coef = torch.empty(n, dtype=f32, device=dev)
+    gh = gw = gb = None
+    if need_grad:
+        gh = torch.empty_like(hidden)
+        gw = torch.zeros(v, h, dtype=f32, device=dev)
+        gb = torch.zeros(v, dtype=f32, device=dev) if bias is not None else None
+    local = spec.token_local
+
+    def accumulate(dz: torch.Tensor, sl: slice) -> None:
+        assert gh is not None and gw is not None
+        hc = hidden[sl]
+        torch.mm(dz, weight, out=gh[sl])
+        gw.add_(torch.mm(dz.t(), hc))
+        if gb is not None:
+            gb.add_(dz.float().sum(0))
+
+    for start in range(0, n, chunk):
+        sl = slice(start, min(n, start + chunk))
+        logits = _linear(hidden[sl], weight, bias)
+        rows.forward(
+            logits,
+            labels[sl],
+            None if blogp is None else blogp[sl],
+            scale[sl],
+            spec,
+            (logp[sl], ent[sl], lse[sl], w[sl], coef[sl]),
+            local=local,
+            write_grad=local and need_grad,
+        )
+        if local and need_grad:
+            accumulate(logits, sl)
+        del logits
+
+    if not local:
+        assert blogp is not None and segs is not None
+        w = sequence_weights(logp, blogp, labels != spec.ignore_index, segs, spec)
+        coef = scale * w
+        if need_grad:
+            for start in range(0, n, chunk):
+                sl = slice(start, min(n, start + chunk))
+                logits = _linear(hidden[sl], weight, bias)
+                rows.backward(logits, labels[sl], lse[sl], coef[sl], spec)
+                accumulate(logits, sl)
+                del logits
+
+    loss = -(scale.double() * w.double() * logp.double()).sum().float()
+    return loss, logp, ent, w, gh, gw, gb
+
+
+class PolicyLossFunction(torch.autograd.Function):
+    """loss = -sum_t scale_t w_t logp_t; gradients are precomputed in forward."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        labels: torch.Tensor,
+        blogp: torch.Tensor | None,
+        scale: torch.Tensor,
+        segs: Segments | None,
+        spec: LossSpec,
+        rows: RowOps,
+        chunk: int,
+        need_grad: bool,
+    ):
+        loss, logp, ent, w, gh, gw, gb = _run(
+            hidden, weight, bias, labels, blogp, scale, segs, spec, rows, chunk, need_grad
+        )
+        ctx.weight_dtype = weight.dtype
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.has_grad = need_grad
+        if need_grad:
+            ctx.save_for_backward(gh, gw, gb)
+        ctx.mark_non_differentiable(logp, ent, w)
+        return loss, logp, ent, w
+
+    @staticmethod
+    def backward(ctx: Any, g_loss: torch.Tensor, *_: Any):  # type: ignore[override]
+        if not ctx.has_grad:
+            raise RuntimeError(
+                "PolicyLoss ran its forward without grad (torch.no_grad or no input requiring"
+                " grad), so no gradient was computed; run it with grad enabled"
+            )
+        gh, gw, gb = ctx.saved_tensors
+        g = g_loss.float()
+        grad_h = (gh.float() * g).to(gh.dtype) if ctx.needs_input_grad[0] else None
+        grad_w = (gw * g).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
+        grad_b = None
+        if gb is not None and ctx.needs_input_grad[2]:
+            grad_b = (gb * g).to(ctx.bias_dtype)
+        return grad_h, grad_w, grad_b, None, None, None, None, None, None, None, None
+
+
+def get_rows(backend: str) -> RowOps:
+    if backend == "torch":
+        return TorchRows()
+    if backend == "triton":
+        from .policy_loss import TritonRows
+
+        return TritonRows()
+    raise ValueError(f"backend={backend!r} is unknown; use 'torch' or 'triton'")
+
+
+def fused_policy_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    spec: LossSpec,
+    *,
+    scale: torch.Tensor,
+    blogp: torch.Tensor | None = None,
+    segs: Segments | None = None,
+    bias: torch.Tensor | None = None,
+    backend: str = "torch",
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fused lm_head + weighted log-likelihood. Returns (loss, logprobs, entropy, weights).
+
+    hidden: (N, H), weight: (V, H), labels: (N,) int (already shifted),
+    scale: (N,) float32 = m_t / Z_t (``weights.token_scale``), blogp: (N,) float32 or None
+    (required for is/pear, missing values already resolved), segs: sequences
+    (required for sequence is and pear), bias: (V,) or None.
+    Only ``loss`` carries gradient; the others are detached float32 (N,).
+    """
+    if hidden.ndim != 2 or weight.ndim != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"hidden {tuple(hidden.shape)} and lm_head weight {tuple(weight.shape)} must be"
+            " (N, H) and (V, H) with the same H"
+        )
+    n, _ = hidden.shape
+    v = weight.shape[0]
+    if labels.shape != (n,):
+        raise ValueError(f"labels has shape {tuple(labels.shape)}; it must be (N,) = ({n},)")
+    if bias is not None and bias.shape != (v,):
+        raise ValueError(f"bias has shape {tuple(bias.shape)}; it must be (V,) = ({v},)")
+    if hidden.dtype != weight.dtype:
+        raise ValueError(
+            f"hidden is {hidden.dtype} but the lm_head weight is {weight.dtype};"
+            " cast one of them (e.g. run the model under one dtype or autocast)"
+        )
+    rows = get_rows(backend)
+    chunk = int(chunk_size) if chunk_size else rows.chunk_size(n, v, hidden.dtype)
+    if chunk < 1:
+        raise ValueError(f"chunk_size={chunk_size!r} must be >= 1")
+    need_grad = torch.is_grad_enabled() and (
+        hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    )
+    hidden = hidden if hidden.is_contiguous() else hidden.contiguous()
+    loss, logp, ent, w = PolicyLossFunction.apply(
+        hidden,
+        weight,
+        bias,
+        labels,
+        blogp,
+        scale.float(),
+        segs,
+        spec,
+        rows,
+        chunk,
+        need_grad,
+    )
+    return loss, logp, ent, w
+
+
+__all__ = ["PolicyLossFunction", "RowOps", "TorchRows", "fused_policy_loss", "get_rows"]
