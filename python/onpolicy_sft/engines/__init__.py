@@ -1,0 +1,54 @@
+"""Engines: one protocol (``base.Engine``), two backends (vLLM, transformers).
+
+``load_engine("auto", model)`` picks vLLM when it is importable and CUDA is
+available, else the HF engine. Backends are imported only when chosen.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from onpolicy_sft.engines.base import Engine, Sample
+
+__all__ = ["Engine", "Sample", "load_engine", "vllm_available"]
+
+ENGINE_KINDS = ("auto", "vllm", "hf")
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def load_engine(kind: str, model: Any, **kwargs: Any) -> Engine:
+    """Return an Engine. kind: "auto" | "vllm" | "hf"; kwargs go to the backend.
+
+    Keyword arguments a backend does not take are dropped with no error only
+    for the other backend's well-known options (tensor_parallel_size,
+    data_parallel_size, gpu_memory_utilization for HF; max_batch_size,
+    score_batch_size, device for vLLM), so one call site serves both.
+    """
+    if kind not in ENGINE_KINDS:
+        raise ValueError(f"engine {kind!r} is not known; use one of {', '.join(ENGINE_KINDS)}")
+    if kind == "auto":
+        import torch
+
+        kind = "vllm" if vllm_available() and torch.cuda.is_available() else "hf"
+    if kind == "vllm":
+        from onpolicy_sft.engines.vllm import VLLMEngine
+
+        for key in ("max_batch_size", "score_batch_size", "device"):
+            kwargs.pop(key, None)
+        return VLLMEngine(model, **kwargs)
+    from onpolicy_sft.engines.hf import HFEngine
+
+    for key in (
+        "tensor_parallel_size",
+        "data_parallel_size",
+        "gpu_memory_utilization",
+        "max_model_len",
+        "seed",
+        "enforce_eager",
+    ):
+        kwargs.pop(key, None)
+    return HFEngine(model, **kwargs)

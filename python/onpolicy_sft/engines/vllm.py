@@ -1,0 +1,178 @@
+"""VLLMEngine: the Engine protocol on ``vllm.LLM``.
+
+- Prompts are tokenised here (``add_special_tokens=False``, the same ids the
+  HF engine uses) and passed as token ids, so both engines see identical inputs.
+- Sampled-token log-probs come from ``SamplingParams(logprobs=0)``: vLLM
+  always returns the sampled token's log-prob, and its default
+  ``logprobs_mode="raw_logprobs"`` takes it before temperature and top-p,
+  which is the behaviour log-prob the losses need.
+- ``score`` uses ``prompt_logprobs=0`` on prompt + response with
+  ``max_tokens=1``: one prefill per sequence, no decoding.
+- ``text`` is decoded from the token ids (then cut at the first stop string),
+  exactly as HFEngine does, so both engines return the same text for the same ids.
+- ``tensor_parallel_size`` passes through. vLLM's offline ``LLM`` refuses
+  ``data_parallel_size > 1`` in one process unless it runs under an external
+  launcher (torchrun); we pass it through in that case and otherwise say to use
+  ``--shard i/n`` with one process per GPU group (what DP would do anyway).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from onpolicy_sft.engines.base import Sample
+from onpolicy_sft.engines.hf import StopChecker, resolve_model_path
+
+
+class VLLMEngine:
+    """Engine protocol on vLLM. Extra keyword arguments go to ``vllm.LLM``."""
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        *,
+        tensor_parallel_size: int = 1,
+        data_parallel_size: int = 1,
+        seed: int = 0,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.9,
+        max_model_len: int | None = None,
+        trust_remote_code: bool = False,
+        **llm_kwargs: Any,
+    ) -> None:
+        try:
+            import vllm
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise RuntimeError(
+                "the vLLM engine needs vLLM: pip install 'onpolicy-sft[vllm]' (or use --engine hf)"
+            ) from exc
+        path = resolve_model_path(model)
+        if (
+            data_parallel_size > 1
+            and llm_kwargs.get("distributed_executor_backend") != "external_launcher"
+        ):
+            raise ValueError(
+                f"data_parallel_size={data_parallel_size}: vLLM's offline LLM runs data "
+                "parallelism only under an external launcher (torchrun with "
+                "distributed_executor_backend='external_launcher'); otherwise run one "
+                "process per GPU group with --shard i/n and merge (Ledger.merge)"
+            )
+        kwargs: dict[str, Any] = dict(
+            model=path,
+            tensor_parallel_size=tensor_parallel_size,
+            seed=seed,
+            dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            trust_remote_code=trust_remote_code,
+            **llm_kwargs,
+        )
+        if data_parallel_size > 1:
+            kwargs["data_parallel_size"] = data_parallel_size
+        if max_model_len is not None:
+            kwargs["max_model_len"] = max_model_len
+        self.llm = vllm.LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.name = path
+        self._seed = seed
+
+    def close(self) -> None:
+        """Free the engine's GPU memory (before loading another model in this process)."""
+        import gc
+
+        llm = self.__dict__.pop("llm", None)
+        engine = getattr(llm, "llm_engine", None)
+        shutdown = getattr(engine, "shutdown", None)
+        if callable(shutdown):
+            shutdown()
+        del llm, engine
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:  # freeing is best effort; the process exit frees the rest
+            pass
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        n: int = 1,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_tokens: int = 2048,
+        seed: int | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> list[list[Sample]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            seed=seed,
+            stop=list(stop) if stop else None,
+            logprobs=0,
+        )
+        inputs = [TokensPrompt(prompt_token_ids=self.encode(p)) for p in prompts]
+        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        stopper = StopChecker(self.tokenizer, stop)
+        results: list[list[Sample]] = []
+        for out in outputs:
+            samples = []
+            for comp in out.outputs:
+                ids = list(comp.token_ids)
+                lps = [
+                    float(step[tok].logprob) if step and tok in step else float("nan")
+                    for tok, step in zip(ids, comp.logprobs or [None] * len(ids))
+                ]
+                samples.append(
+                    Sample(
+                        # decoded from the ids as HFEngine does: vLLM's incremental
+                        # detokeniser holds back incomplete UTF-8, so its text can differ
+                        text=stopper.finalize(self.decode(ids))[0],
+                        token_ids=ids,
+                        logprobs=np.asarray(lps, dtype=np.float32),
+                        finish_reason="length" if comp.finish_reason == "length" else "stop",
+                    )
+                )
+            results.append(samples)
+        return results
+
+    def score(self, prompts: Sequence[str], responses: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if len(prompts) != len(responses):
+            raise ValueError(
+                f"score got {len(prompts)} prompts but {len(responses)} responses; pass one each"
+            )
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
+        seqs = [self.encode(p) + list(r) for p, r in zip(prompts, responses)]
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=s) for s in seqs], params, use_tqdm=False
+        )
+        results = []
+        for seq, resp, out in zip(seqs, responses, outputs):
+            t_len = len(resp)
+            plps = out.prompt_logprobs or []
+            lps = []
+            for pos in range(len(seq) - t_len, len(seq)):
+                step = plps[pos] if pos < len(plps) else None
+                tok = seq[pos]
+                lps.append(float(step[tok].logprob) if step and tok in step else float("nan"))
+            results.append(np.asarray(lps, dtype=np.float32))
+        return results
