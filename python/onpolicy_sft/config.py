@@ -78,6 +78,187 @@ class ConfigBase:
 # ---------------------------------------------------------------- train
 # TrainConfig and EvalConfig (issue: trainer and evaluator) go in this section.
 
+TRAIN_SCHEMES = ("sft", "dft", "is", "idft", "pear")
+EVAL_BENCHMARKS = ("math500", "minerva", "olympiadbench", "aime24", "amc23")
+
+
+def _pair_problem(name: str, value: Any) -> str | None:
+    """A (lo, hi) pair of numbers with lo <= hi, else a message naming the field."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        return f"{name}={value!r} must be a pair of numbers (lo, hi)"
+    if lo > hi:
+        return f"{name}={value!r} has lo > hi; give (lo, hi) with lo <= hi"
+    return None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig(ConfigBase):
+    """Options of `onpolicy-sft train` / `onpolicy_sft.train(cfg)` (METHODS.md, "Loss level")."""
+
+    # --- what to train, on what, where to write
+    model: str  # model directory or hub name (transformers AutoModelForCausalLM)
+    data: str  # rewrite output dir (holds data.parquet), a .parquet/.jsonl/.json file, or a dataset name
+    out: str  # output dir: checkpoints, final weights, resolved config, data stats
+    split: str = "train"  # split to read when `data` is a dataset name
+    prompt_field: str = "prompt"  # chat-templated prompt column (used as is when present)
+    problem_field: str = "problem"  # raw problem column, templated with train_prompt() when no prompt column
+    response_field: str = "response"  # response text (tokenised + EOS when no response_token_ids column)
+    behavior_field: str = "behavior_logprobs"  # per-token behaviour log-probs column ("base_logprobs" also works)
+    # rows without behaviour log-probs (expert rows): "auto" = blogp 0 for `is` (the DFT weight, as
+    # MTG's released training does) and an error for `pear`; "zero" = blogp 0 for every scheme;
+    # "drop" = leave such rows out; "error" = refuse.
+    missing_behavior: str = "auto"
+    # --- loss (onpolicy_sft.losses.PolicyLoss)
+    loss: str = "sft"  # sft | dft | is | idft | pear
+    level: str = "token"  # token | sequence (is, pear) | block (pear, blocks of pear_block tokens)
+    clip: tuple[float, float] = (0.0, 2.0)  # importance-ratio clip (is)
+    seq_mean: bool = False  # is at sequence level: geometric-mean ratio instead of the sum
+    idft_beta: float = 1.0
+    idft_gamma: tuple[float, float] = (0.1, 2.0)
+    idft_detach_gamma_only: bool = False  # the pre-2026-03-13 IDFT form
+    pear_delta_clip: tuple[float, float] = (-0.08, 0.3)
+    pear_gamma: float = 0.999
+    pear_block: int = 1
+    normalize: str = "tokens"  # tokens (global unmasked-token count) | sequence (per-sequence mean)
+    loss_backend: str = "auto"  # auto (triton on CUDA, torch elsewhere) | triton | torch
+    # --- optimisation
+    lr: float = 5e-5
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs (optimizer steps)
+    global_batch_size: int = 256  # sequences (packed rows with --packing) per optimizer step, all devices
+    micro_batch_size: int = 4  # per device per forward
+    max_length: int = 2048  # prompt + response tokens
+    overlong: str = "truncate"  # rows longer than max_length: truncate (response tail) | drop
+    warmup_ratio: float = 0.1
+    lr_scheduler: str = "cosine"  # any transformers scheduler name
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    # --- memory and speed
+    bf16: bool = False  # bf16 autocast (weights stay in model_dtype)
+    model_dtype: str = "float32"  # float32 | bfloat16 | float16 | auto
+    gradient_checkpointing: bool = False
+    packing: bool = False  # concatenate sequences into max_length rows (position_ids reset per sequence)
+    attn_implementation: str | None = None  # None = transformers' default (sdpa)
+    # --- checkpoints and logs
+    save_steps: int = 500
+    save_total_limit: int | None = None
+    resume: bool | str = False  # True = latest checkpoint in `out`; a path = that checkpoint
+    logging_steps: int = 1
+    report_to: str = "none"  # none | tensorboard | wandb | ... (passed to transformers)
+    dataloader_num_workers: int = 0
+
+    def problems(self) -> list[str]:
+        p: list[str] = []
+        for name in ("model", "data", "out"):
+            if not getattr(self, name):
+                p.append(f"{name} is empty; give --{name}")
+        if self.loss not in TRAIN_SCHEMES:
+            p.append(f"loss={self.loss!r} is not a scheme; use one of {', '.join(TRAIN_SCHEMES)}")
+        if self.level not in ("token", "sequence", "block"):
+            p.append(f"level={self.level!r}; use 'token', 'sequence' or 'block'")
+        if self.level == "sequence" and self.loss not in ("is", "pear"):
+            p.append(f"level='sequence' applies to is and pear only, not loss={self.loss!r}")
+        if self.level == "block" and self.loss != "pear":
+            p.append(f"level='block' applies to pear only, not loss={self.loss!r}")
+        if self.pear_block != 1 and self.level != "block":
+            p.append(f"pear_block={self.pear_block} needs level='block'")
+        if self.seq_mean and not (self.loss == "is" and self.level == "sequence"):
+            p.append("seq_mean applies to loss='is' with level='sequence' only")
+        if self.missing_behavior not in ("auto", "zero", "drop", "error"):
+            p.append(
+                f"missing_behavior={self.missing_behavior!r}; use auto, zero, drop or error"
+            )
+        for name in ("clip", "idft_gamma", "pear_delta_clip"):
+            msg = _pair_problem(name, getattr(self, name))
+            if msg:
+                p.append(msg)
+        if self.normalize not in ("tokens", "sequence"):
+            p.append(f"normalize={self.normalize!r}; use 'tokens' or 'sequence'")
+        if self.loss_backend not in ("auto", "triton", "torch"):
+            p.append(f"loss_backend={self.loss_backend!r}; use auto, triton or torch")
+        if self.pear_block < 1:
+            p.append(f"pear_block={self.pear_block} must be >= 1")
+        if not 0.0 < self.pear_gamma <= 1.0:
+            p.append(f"pear_gamma={self.pear_gamma} must be in (0, 1]")
+        if self.idft_beta <= 0:
+            p.append(f"idft_beta={self.idft_beta} must be > 0")
+        if self.lr <= 0:
+            p.append(f"lr={self.lr} must be > 0")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            p.append(f"epochs={self.epochs} must be > 0 (or set max_steps > 0)")
+        if self.micro_batch_size < 1:
+            p.append(f"micro_batch_size={self.micro_batch_size} must be >= 1")
+        if self.global_batch_size < self.micro_batch_size:
+            p.append(
+                f"global_batch_size={self.global_batch_size} is smaller than "
+                f"micro_batch_size={self.micro_batch_size}; raise it or lower the micro batch"
+            )
+        elif self.global_batch_size % self.micro_batch_size:
+            p.append(
+                f"global_batch_size={self.global_batch_size} is not a multiple of "
+                f"micro_batch_size={self.micro_batch_size}"
+            )
+        if self.max_length < 2:
+            p.append(f"max_length={self.max_length} must be >= 2")
+        if self.overlong not in ("truncate", "drop"):
+            p.append(f"overlong={self.overlong!r}; use 'truncate' or 'drop'")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            p.append(f"warmup_ratio={self.warmup_ratio} must be in [0, 1)")
+        if self.model_dtype not in ("float32", "bfloat16", "float16", "auto"):
+            p.append(f"model_dtype={self.model_dtype!r}; use float32, bfloat16, float16 or auto")
+        if self.save_steps < 1:
+            p.append(f"save_steps={self.save_steps} must be >= 1")
+        if self.logging_steps < 1:
+            p.append(f"logging_steps={self.logging_steps} must be >= 1")
+        return p
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvalConfig(ConfigBase):
+    """Options of `onpolicy-sft eval` / `onpolicy_sft.evaluate(...)` (METHODS.md, "Evaluation protocol")."""
+
+    model: str  # model directory or hub name
+    out: str  # output dir: results.json, results.md, samples.jsonl, eval_config.json
+    benchmarks: tuple[str, ...] = EVAL_BENCHMARKS
+    benchmark_dir: str | None = None  # local files DIR/<benchmark>.{jsonl,json,parquet} (fields: problem, answer)
+    n: int = 16  # samples per problem (avg@n, pass@k for k <= n)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 4096
+    engine: str = "auto"  # auto | vllm | hf
+    seed: int = 0
+    limit: int | None = None  # first `limit` problems of each benchmark (smoke runs)
+    label: str | None = None  # row name in the markdown table (default: the model path's last part)
+    verifier_fallback: str | None = "math-verify"  # Verifier fallback for undecided pairs
+    verifier_timeout_s: float = 5.0
+
+    def problems(self) -> list[str]:
+        p: list[str] = []
+        for name in ("model", "out"):
+            if not getattr(self, name):
+                p.append(f"{name} is empty; give --{name}")
+        if not self.benchmarks:
+            p.append("benchmarks is empty; give at least one, e.g. --benchmarks math500")
+        dup = sorted({b for b in self.benchmarks if self.benchmarks.count(b) > 1})
+        if dup:
+            p.append(f"benchmarks lists {dup} more than once")
+        if self.n < 1:
+            p.append(f"n={self.n} must be >= 1")
+        if self.temperature < 0:
+            p.append(f"temperature={self.temperature} must be >= 0")
+        if not 0.0 < self.top_p <= 1.0:
+            p.append(f"top_p={self.top_p} must be in (0, 1]")
+        if self.max_tokens < 1:
+            p.append(f"max_tokens={self.max_tokens} must be >= 1")
+        if self.engine not in ("auto", "vllm", "hf"):
+            p.append(f"engine={self.engine!r}; use auto, vllm or hf")
+        if self.limit is not None and self.limit < 1:
+            p.append(f"limit={self.limit} must be >= 1 (or None for all problems)")
+        return p
+
 
 # ------------------------------------------------------------ end train
 

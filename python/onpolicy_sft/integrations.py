@@ -1,0 +1,389 @@
+"""PolicyLoss inside existing training code, without ever building the (N, V) logits.
+
+Two ways in, one mechanism underneath:
+
+- :func:`compute_loss_func` returns a callable for the ``compute_loss_func``
+  argument of a transformers ``Trainer`` (or TRL's ``SFTTrainer``, which
+  passes it through). Plain training code keeps its model, data and
+  optimiser; only the loss changes.
+- ``onpolicy-sft train`` (:mod:`onpolicy_sft.train`) uses :class:`LossHead`
+  directly and computes the loss *inside* the lm_head's own forward.
+
+Both rely on :class:`LossHead`: it replaces the ``forward`` of the model's
+output embedding (``model.get_output_embeddings()``, the lm_head ``Linear``)
+so that, while armed, it receives the final hidden state ``(B, T, H)`` and
+returns zero-width logits ``(B, T, 0)`` instead of ``(B, T, V)``. The loss
+then runs on the hidden state and ``lm_head.weight`` through
+:class:`onpolicy_sft.losses.PolicyLoss` (chunked torch on CPU, fused Triton
+on CUDA), which never materialises the logits either. Disarmed (generation,
+evaluation) the lm_head behaves exactly as before.
+
+Where the weight is read matters for sharded training: the trainer path
+computes the loss while the lm_head's forward runs, i.e. while FSDP or
+DeepSpeed ZeRO-3 hold the gathered weight. The drop-in path cannot (a
+transformers Trainer pops ``labels`` before the forward), so it computes the
+loss right after the forward from ``lm_head.weight``: correct on one device,
+with DDP, and with FSDP2 (whose root module keeps its parameters gathered
+until backward); with ZeRO-3 or FSDP1 use ``onpolicy-sft train``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from onpolicy_sft.losses import LossOutput, PolicyLoss
+
+__all__ = [
+    "LossHead",
+    "PolicyLossFunc",
+    "SelectedLoss",
+    "compute_loss_func",
+    "policy_loss_from_hidden",
+]
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class SelectedLoss:
+    """PolicyLoss output for one micro-batch, with the counts needed to renormalise.
+
+    output: the LossOutput over the selected (response) positions only.
+    num_tokens: number of supervised positions in this micro-batch.
+    num_sequences: number of distinct sequences that have supervised positions.
+    """
+
+    output: LossOutput
+    num_tokens: int
+    num_sequences: int
+
+
+def policy_loss_from_hidden(
+    loss_fn: PolicyLoss,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    behavior_logprobs: torch.Tensor | None = None,
+    seq_ids: torch.Tensor | None = None,
+    normalizer: torch.Tensor | float | None = None,
+) -> SelectedLoss:
+    """Shift, select the supervised positions and call ``loss_fn``.
+
+    hidden: (B, T, H) final hidden state (after the last norm).
+    weight: (V, H) lm_head weight; bias: (V,) or None.
+    labels: (B, T) *unshifted* labels in the transformers convention: the
+        token at position t is the target of the prediction made at t - 1;
+        ``-100`` marks prompt and padding.
+    behavior_logprobs: (B, T) aligned with ``labels`` (value at a response
+        token's own position), or None.
+    seq_ids: (B, T) sequence index of each position (packing), or None for
+        one sequence per row.
+    normalizer: Z for ``normalize="tokens"`` (e.g. the supervised-token count
+        of the whole accumulated, all-device batch); default the local count.
+
+    Only positions with a label reach the loss (prompt tokens are skipped
+    rather than masked), so the kernel's work is proportional to response
+    tokens. Under autocast, hidden and weight are cast to the autocast dtype
+    as the lm_head's own matmul would be, and the loss runs with autocast off.
+    """
+    if hidden.dim() != 3 or labels.shape != hidden.shape[:2]:
+        raise ValueError(
+            f"hidden {tuple(hidden.shape)} and labels {tuple(labels.shape)} do not line up; "
+            "expected hidden (B, T, H) and labels (B, T)"
+        )
+    bsz, seqlen, dim = hidden.shape
+    target = labels[:, 1:]
+    keep = (target != IGNORE_INDEX).reshape(-1)
+    idx = keep.nonzero().squeeze(1)
+    h = hidden[:, :-1].reshape(-1, dim).index_select(0, idx)
+    y = target.reshape(-1).index_select(0, idx)
+    blp = None
+    if behavior_logprobs is not None:
+        blp = behavior_logprobs[:, 1:].reshape(-1).index_select(0, idx).float()
+    if seq_ids is None:
+        rows = torch.arange(bsz, device=labels.device).unsqueeze(1).expand(bsz, seqlen - 1)
+    else:
+        rows = seq_ids[:, 1:]
+    sid = rows.reshape(-1).index_select(0, idx)
+    # consecutive 0..S-1 ids, in order (PolicyLoss groups sequence-level weights by them)
+    if sid.numel():
+        _, sid = torch.unique_consecutive(sid, return_inverse=True)
+    num_sequences = int(sid.max().item()) + 1 if sid.numel() else 0
+
+    device_type = h.device.type
+    w = weight
+    b = bias
+    autocast_on = torch.is_autocast_enabled(device_type)
+    if autocast_on:
+        dtype = torch.get_autocast_dtype(device_type)
+        h, w = h.to(dtype), w.to(dtype)
+        b = b.to(dtype) if b is not None else None
+    elif w.dtype != h.dtype:
+        w = w.to(h.dtype)
+        b = b.to(h.dtype) if b is not None else None
+    ctx = torch.autocast(device_type, enabled=False) if autocast_on else contextlib.nullcontext()
+    with ctx:
+        out = loss_fn(h, w, y, behavior_logprobs=blp, seq_ids=sid, bias=b, normalizer=normalizer)
+    return SelectedLoss(output=out, num_tokens=int(idx.numel()), num_sequences=num_sequences)
+
+
+class LossHead:
+    """Arms a causal LM's lm_head to feed PolicyLoss instead of returning logits.
+
+    ``LossHead.install(model, loss_fn)`` is idempotent per model (the second
+    call returns the first head, with ``loss_fn`` replaced). Modes:
+
+    - ``with head.batch(labels, behavior_logprobs, seq_ids):`` the loss is
+      computed inside the lm_head forward (weights as FSDP/ZeRO-3 gathered
+      them); read it from ``head.result``.
+    - ``with head.capture():`` the lm_head stores its input hidden state in
+      ``head.hidden`` and returns zero-width logits.
+    - otherwise: the original forward (generation and evaluation work).
+    """
+
+    _ATTR = "_onpolicy_sft_loss_head"
+
+    def __init__(self, model: torch.nn.Module, loss_fn: PolicyLoss) -> None:
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor):
+            raise ValueError(
+                f"{type(model).__name__} has no output embedding with a weight "
+                "(model.get_output_embeddings() is None); PolicyLoss needs a causal LM "
+                "whose lm_head is a Linear layer"
+            )
+        self.model = model
+        self.module = head
+        self.loss_fn = loss_fn
+        self._orig_forward = head.forward
+        self._batch: dict[str, Any] | None = None
+        self._capture = False
+        self.result: SelectedLoss | None = None
+        self.hidden: torch.Tensor | None = None
+        head.forward = self._forward
+        setattr(model, self._ATTR, self)
+
+    @classmethod
+    def install(cls, model: torch.nn.Module, loss_fn: PolicyLoss) -> LossHead:
+        existing = getattr(model, cls._ATTR, None)
+        if isinstance(existing, LossHead):
+            existing.loss_fn = loss_fn
+            return existing
+        return cls(model, loss_fn)
+
+    def remove(self) -> None:
+        """Restore the original lm_head forward."""
+        self.module.forward = self._orig_forward
+        if getattr(self.model, self._ATTR, None) is self:
+            delattr(self.model, self._ATTR)
+
+    def _forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self._batch is not None:
+            self.result = policy_loss_from_hidden(
+                self.loss_fn,
+                hidden,
+                self.module.weight,
+                bias=getattr(self.module, "bias", None),
+                **self._batch,
+            )
+            return hidden.new_zeros((*hidden.shape[:-1], 0))
+        if self._capture:
+            self.hidden = hidden
+            return hidden.new_zeros((*hidden.shape[:-1], 0))
+        return self._orig_forward(hidden)
+
+    @contextlib.contextmanager
+    def batch(
+        self,
+        labels: torch.Tensor,
+        behavior_logprobs: torch.Tensor | None = None,
+        seq_ids: torch.Tensor | None = None,
+        normalizer: torch.Tensor | float | None = None,
+    ) -> Iterator[LossHead]:
+        """Compute the loss for these labels in the next lm_head forward."""
+        self.result = None
+        self._batch = {
+            "labels": labels,
+            "behavior_logprobs": behavior_logprobs,
+            "seq_ids": seq_ids,
+            "normalizer": normalizer,
+        }
+        try:
+            yield self
+        finally:
+            self._batch = None
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[LossHead]:
+        """Store the lm_head's input hidden state instead of computing logits."""
+        self.hidden = None
+        self._capture = True
+        try:
+            yield self
+        finally:
+            self._capture = False
+
+
+def build_policy_loss(scheme: str, **kwargs: Any) -> PolicyLoss:
+    """``PolicyLoss(scheme, **kwargs)``, imported lazily (torch + kernels)."""
+    from onpolicy_sft.losses import PolicyLoss
+
+    return PolicyLoss(scheme, **kwargs)
+
+
+class PolicyLossFunc:
+    """A ``compute_loss_func`` for transformers' Trainer: ``(outputs, labels, num_items_in_batch)``.
+
+    Built by :func:`compute_loss_func`. Attach it to the model (``model=`` at
+    construction, or ``.attach(model)``) before training. Per-token behaviour
+    log-probs (schemes ``is`` and ``pear``) and packed ``seq_ids`` travel in
+    the batch as ``behavior_logprobs`` / ``seq_ids`` (B, T) tensors aligned
+    with ``labels``; a forward pre-hook takes them out of the model's inputs.
+    Keep them in the batch with ``remove_unused_columns=False`` or a collator
+    that adds them.
+
+    The returned loss is the sum of weighted token losses divided by
+    ``num_items_in_batch`` (the Trainer's count of supervised tokens over the
+    whole accumulated batch), so gradient accumulation gives the same
+    gradient as one large batch -- the default normalisation of METHODS.md.
+    Without ``num_items_in_batch`` it is PolicyLoss's own normalisation.
+    ``last`` holds the most recent :class:`SelectedLoss` (weights, stats).
+    """
+
+    def __init__(
+        self,
+        loss_fn: PolicyLoss,
+        model: torch.nn.Module | None = None,
+        *,
+        gradient_accumulation_steps: int = 1,
+    ) -> None:
+        self.loss_fn = loss_fn
+        self.normalize = loss_fn.spec.normalize
+        self.gradient_accumulation_steps = gradient_accumulation_steps
+        self.head: LossHead | None = None
+        self.last: SelectedLoss | None = None
+        self._extras: dict[str, torch.Tensor | None] = {}
+        self._hook: Any = None
+        if model is not None:
+            self.attach(model)
+
+    def attach(self, model: torch.nn.Module) -> PolicyLossFunc:
+        self.head = LossHead.install(model, self.loss_fn)
+        if self._hook is not None:
+            self._hook.remove()
+        self._hook = model.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
+        return self
+
+    def _pre_forward(
+        self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        kwargs = dict(kwargs)
+        self._extras = {
+            "behavior_logprobs": kwargs.pop("behavior_logprobs", None),
+            "seq_ids": kwargs.pop("seq_ids", None),
+        }
+        assert self.head is not None
+        # A generation step (KV cache in use) needs real logits; a training or
+        # evaluation forward from the Trainer never carries a cache.
+        generating = kwargs.get("past_key_values") is not None or bool(kwargs.get("use_cache"))
+        self.head._capture = not generating
+        if not generating:
+            self.head.hidden = None
+        return args, kwargs
+
+    def __call__(
+        self,
+        outputs: Any,
+        labels: torch.Tensor | None,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        if self.head is None:
+            raise RuntimeError(
+                "compute_loss_func is not attached to a model; build it with "
+                "compute_loss_func(scheme, model=model) or call .attach(model) before training"
+            )
+        if labels is None:
+            raise ValueError(
+                "compute_loss_func got labels=None; the batch needs a 'labels' tensor "
+                "(-100 on prompt and padding tokens)"
+            )
+        hidden = self.head.hidden
+        self.head._capture = False
+        if hidden is None:
+            raise RuntimeError(
+                "no hidden state was captured in the model's forward; was the model "
+                "called with a KV cache (use_cache=True)? Call it without one in training"
+            )
+        self.head.hidden = None
+        res = policy_loss_from_hidden(
+            self.loss_fn,
+            hidden,
+            self.head.module.weight,
+            labels.to(hidden.device),
+            bias=getattr(self.head.module, "bias", None),
+            behavior_logprobs=self._extras.get("behavior_logprobs"),
+            seq_ids=self._extras.get("seq_ids"),
+            normalizer=num_items_in_batch if self.normalize == "tokens" else None,
+        )
+        self._extras = {}
+        self.last = res
+        if self.normalize == "tokens":
+            return res.output.loss
+        # Per-sequence normalisation: the Trainer counts tokens, not sequences, so
+        # the micro-batch mean is divided by the accumulation steps instead.
+        return res.output.loss / self.gradient_accumulation_steps
+
+
+def scale_to_global(res: SelectedLoss, total_sequences: torch.Tensor | int | None) -> torch.Tensor:
+    """Turn a per-sequence-normalised micro-batch loss into a share of the global mean.
+
+    With normalize="sequence" PolicyLoss averages over the S sequences of this
+    micro-batch; multiplying by S / ``total_sequences`` (sequences in the whole
+    accumulated, all-device batch) gives the mean over the global batch.
+    ``None`` keeps the micro-batch mean.
+    """
+    loss = res.output.loss
+    if total_sequences is None:
+        return loss
+    if torch.is_tensor(total_sequences):
+        total_sequences = total_sequences.to(loss.device).clamp(min=1)
+    else:
+        total_sequences = max(int(total_sequences), 1)
+    return loss * res.num_sequences / total_sequences
+
+
+def compute_loss_func(
+    scheme: str = "sft",
+    *,
+    model: torch.nn.Module | None = None,
+    gradient_accumulation_steps: int = 1,
+    **loss_kwargs: Any,
+) -> PolicyLossFunc:
+    """A Trainer ``compute_loss_func`` computing PolicyLoss(scheme, **loss_kwargs).
+
+    scheme: sft | dft | is | idft | pear; loss_kwargs: any PolicyLoss option
+    (level, clip, idft_beta, ..., backend). ``model``: the model the Trainer
+    trains (needed: Trainer does not pass it to the loss function).
+    ``gradient_accumulation_steps`` only matters with ``normalize="sequence"``.
+
+    Example::
+
+        loss_func = compute_loss_func("dft", model=model)
+        trainer = Trainer(model=model, args=args, train_dataset=ds,
+                          data_collator=collator, compute_loss_func=loss_func)
+        trainer.train()
+
+    See examples/compute_loss_func_trainer.py for a runnable script.
+    """
+    return PolicyLossFunc(
+        build_policy_loss(scheme, **loss_kwargs),
+        model=model,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+    )
