@@ -71,6 +71,111 @@ class ConfigBase:
 # ---------------------------------------------------------------- rewrite
 # RewriteConfig (issue: rewrite pipeline) goes in this section.
 
+REWRITE_METHODS = ("tiers", "hinted", "grape")
+REWRITE_SELECTIONS = ("first", "random", "likeliest", "shortest")
+REWRITE_ENGINES = ("auto", "vllm", "hf")
+
+# Fields that define *what* a rewrite produces: a rerun into the same --out must
+# keep them (the rest -- engine, batch sizes, parallelism -- may change on resume).
+REWRITE_IDENTITY = (
+    "model",
+    "dataset",
+    "split",
+    "problem_field",
+    "solution_field",
+    "answer_field",
+    "id_field",
+    "method",
+    "k_self",
+    "k_guided",
+    "k_hinted",
+    "temperature_self",
+    "temperature_guided",
+    "top_p",
+    "max_tokens",
+    "seed",
+    "beta",
+    "hinted_temperature",
+    "hinted_top_p",
+    "copy_span_words",
+    "limit",
+    "suffix",
+)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RewriteConfig(ConfigBase):
+    """Options of `onpolicy-sft rewrite` (METHODS.md, "Data level")."""
+
+    model: str  # local directory or hub name of pi_0
+    dataset: str  # hub name, or a local json/jsonl/parquet/csv file or dataset directory
+    out: str  # output directory (data.parquet, ledger/, config.json, report.*)
+    split: str = "train"
+    problem_field: str = "problem"
+    solution_field: str = "solution"  # the expert solution y*
+    answer_field: str | None = None  # None: an "answer" column if present, else last \boxed{} of y*
+    id_field: str | None = None  # None: the row index in the split
+    engine: str = "auto"  # auto = vllm when importable and CUDA is available, else hf
+    method: str = "tiers"  # tiers: self -> guided -> expert; hinted: self -> hinted; grape
+    k_self: int = 4
+    k_guided: int = 4
+    k_hinted: int = 1  # Hinted Decoding samples per problem the model got wrong
+    temperature_self: float = 1.0
+    temperature_guided: float = 0.7
+    top_p: float = 1.0  # for the self and guided stages
+    max_tokens: int = 2048
+    selection: str = "likeliest"  # among several correct samples: first|random|likeliest|shortest
+    shard: str = "0/1"  # i/n: this worker takes the rows with index % n == i
+    seed: int = 0
+    beta: float = 3.0  # Hinted Decoding: lambda = clip(beta * H(p) / log V, 0, 1)
+    hinted_temperature: float = 0.3
+    hinted_top_p: float = 0.95
+    copy_span_words: int = 25  # reject rewrites sharing this many consecutive words with y*
+    limit: int | None = None  # only the first N rows (before sharding)
+    suffix: str | None = None  # None: "Please reason step by step, ... \boxed{}."
+    batch_problems: int = 64  # problems per generation call (and per durable ledger write)
+    max_batch_size: int = 64  # HF engine: rows decoded together
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    dtype: str = "auto"
+    verify_fallback: str | None = "math-verify"  # None: Rust fast path only
+    phi: bool = True  # compute phi = log pi_0 + H(pi_0) for the report (HF scoring only)
+    progress: bool = True
+
+    def shard_index(self) -> tuple[int, int]:
+        i, n = self.shard.split("/")
+        return int(i), int(n)
+
+    def problems(self) -> list[str]:
+        out: list[str] = []
+        if self.method not in REWRITE_METHODS:
+            out.append(f"method={self.method!r}; use one of {', '.join(REWRITE_METHODS)}")
+        if self.selection not in REWRITE_SELECTIONS:
+            out.append(f"selection={self.selection!r}; use one of {', '.join(REWRITE_SELECTIONS)}")
+        if self.engine not in REWRITE_ENGINES:
+            out.append(f"engine={self.engine!r}; use one of {', '.join(REWRITE_ENGINES)}")
+        for name in ("k_self", "k_guided", "k_hinted", "max_tokens", "batch_problems"):
+            if getattr(self, name) < 1:
+                out.append(f"{name}={getattr(self, name)} must be >= 1")
+        for name in ("temperature_self", "temperature_guided", "hinted_temperature", "beta"):
+            if getattr(self, name) < 0:
+                out.append(f"{name}={getattr(self, name)} must be >= 0")
+        for name in ("top_p", "hinted_top_p"):
+            if not 0 < getattr(self, name) <= 1:
+                out.append(f"{name}={getattr(self, name)} must be in (0, 1]")
+        if self.copy_span_words < 1:
+            out.append(f"copy_span_words={self.copy_span_words} must be >= 1")
+        if self.limit is not None and self.limit < 1:
+            out.append(f"limit={self.limit} must be >= 1 (or None for all rows)")
+        try:
+            i, n = self.shard_index()
+            if n < 1 or not 0 <= i < n:
+                raise ValueError
+        except ValueError:
+            out.append(f"shard={self.shard!r}; use i/n with 0 <= i < n, e.g. --shard 0/4")
+        return out
+
 
 # ------------------------------------------------------------ end rewrite
 

@@ -1,0 +1,223 @@
+"""Loading problems, the copy check, and the durable side store of scores.
+
+Problems come through HF ``datasets``: a hub name, or a local json / jsonl /
+parquet / csv file, or a local dataset directory. Every error names the bad
+row or column and the flag that fixes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+LOCAL_BUILDERS = {
+    ".json": "json",
+    ".jsonl": "json",
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".arrow": "arrow",
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    problem_id: str
+    problem: str
+    solution: str  # the expert solution y*
+    answer: str | None  # the reference answer a*; None when none could be extracted
+
+
+def load_table(dataset: str, split: str = "train") -> Any:
+    """Return a ``datasets.Dataset`` for a hub name, a local file or a local directory."""
+    import datasets
+
+    expanded = os.path.expanduser(dataset)
+    if os.path.isfile(expanded):
+        ext = os.path.splitext(expanded)[1].lower()
+        builder = LOCAL_BUILDERS.get(ext)
+        if builder is None:
+            raise ValueError(
+                f"dataset file {dataset!r} has extension {ext!r}; use one of "
+                f"{', '.join(sorted(LOCAL_BUILDERS))} (or a hub dataset name)"
+            )
+        return datasets.load_dataset(builder, data_files=expanded, split="train")
+    if os.path.isdir(expanded):
+        if os.path.exists(os.path.join(expanded, "dataset_info.json")) or os.path.exists(
+            os.path.join(expanded, "state.json")
+        ):
+            loaded = datasets.load_from_disk(expanded)
+            return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+        return datasets.load_dataset(expanded, split=split)
+    if dataset.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"dataset path {dataset!r} does not exist; check --dataset")
+    return datasets.load_dataset(dataset, split=split)
+
+
+def _field(row: dict[str, Any], name: str, i: int, source: str, flag: str) -> str:
+    value = row.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise ValueError(f'row {i} of {source} has no "{name}" field; map your column with {flag}')
+    return str(value)
+
+
+def load_problems(
+    dataset: str,
+    *,
+    split: str = "train",
+    problem_field: str = "problem",
+    solution_field: str = "solution",
+    answer_field: str | None = None,
+    id_field: str | None = None,
+    limit: int | None = None,
+    extract_answer: Any = None,
+) -> list[Problem]:
+    """Read and validate every row (before sharding, so ids are global).
+
+    answer_field None: an "answer" column when the dataset has one, else the
+    last ``\\boxed{}`` of the solution (``extract_answer``); a row whose answer
+    cannot be found gets ``answer=None`` (it goes to the expert tier).
+    """
+    table = load_table(dataset, split)
+    source = os.path.basename(dataset) if os.path.exists(os.path.expanduser(dataset)) else dataset
+    columns = list(table.column_names)
+    if len(table) == 0:
+        raise ValueError(
+            f"dataset {dataset!r} (split {split!r}) has no rows; check --dataset/--split"
+        )
+    for name, flag in ((problem_field, "--problem-field"), (solution_field, "--solution-field")):
+        if name not in columns:
+            raise ValueError(
+                f'{source} has no "{name}" column (columns: {", ".join(columns)}); '
+                f"map your column with {flag}"
+            )
+    if answer_field is not None and answer_field not in columns:
+        raise ValueError(
+            f'{source} has no "{answer_field}" column (columns: {", ".join(columns)}); '
+            "fix --answer-field (or leave it out to take the last \\boxed{} of the solution)"
+        )
+    if id_field is not None and id_field not in columns:
+        raise ValueError(
+            f'{source} has no "{id_field}" column (columns: {", ".join(columns)}); fix --id-field'
+        )
+    answer_col = (
+        answer_field if answer_field is not None else ("answer" if "answer" in columns else None)
+    )
+    n = len(table) if limit is None else min(limit, len(table))
+    out: list[Problem] = []
+    seen: set[str] = set()
+    for i in range(n):
+        row = table[i]
+        problem = _field(row, problem_field, i, source, "--problem-field")
+        solution = _field(row, solution_field, i, source, "--solution-field")
+        answer: str | None = None
+        if answer_col is not None and row.get(answer_col) not in (None, ""):
+            answer = str(row[answer_col]).strip()
+        elif extract_answer is not None:
+            answer = extract_answer(solution)
+        pid = str(row[id_field]) if id_field is not None else str(i)
+        if pid in seen:
+            raise ValueError(
+                f'row {i} of {source} repeats id {pid!r} of column "{id_field}"; ids must be unique'
+            )
+        seen.add(pid)
+        out.append(Problem(pid, problem, solution, answer or None))
+    return out
+
+
+def shard_rows(items: Sequence[Any], index: int, count: int) -> list[Any]:
+    """Rows i with i % count == index (stable across workers)."""
+    return [x for i, x in enumerate(items) if i % count == index]
+
+
+# ------------------------------------------------------------------ copy check
+_MENTION = re.compile(
+    r"\b(reference solution|the reference|reference answer|(?:provided|given|original|above|"
+    r"example) solution|solution (?:above|provided|given)|as (?:shown|stated|given) in the "
+    r"(?:reference|solution))\b",
+    re.IGNORECASE,
+)
+
+
+def copy_rejection(output: str, reference: str, span_words: int) -> str | None:
+    """Why ``output`` is not a rewrite of its own (a reason string), or None.
+
+    Rejects outputs that mention the reference, and outputs that share a span
+    of ``span_words`` consecutive whitespace-separated words with it.
+    """
+    m = _MENTION.search(output)
+    if m:
+        return f"rejected: mentions the reference ({m.group(0).lower()!r})"
+    ref_words = reference.split()
+    out_words = output.split()
+    if len(ref_words) >= span_words and len(out_words) >= span_words:
+        grams = {
+            tuple(ref_words[i : i + span_words]) for i in range(len(ref_words) - span_words + 1)
+        }
+        for i in range(len(out_words) - span_words + 1):
+            if tuple(out_words[i : i + span_words]) in grams:
+                return f"rejected: copies {span_words}+ consecutive words of the reference"
+    return None
+
+
+# ------------------------------------------------------------------ side store
+# phi = log pi_0(y_t) + H_t, binned per response for the report's histogram.
+PHI_EDGES = np.linspace(-12.0, 6.0, 73)
+
+
+def phi_summary(phi: np.ndarray) -> dict[str, Any]:
+    phi = np.asarray(phi, dtype=np.float64)
+    counts, _ = np.histogram(np.clip(phi, PHI_EDGES[0], PHI_EDGES[-1]), bins=PHI_EDGES)
+    return {
+        "phi_mean": float(phi.mean()) if phi.size else None,
+        "phi_hist": {int(i): int(c) for i, c in enumerate(counts) if c},
+    }
+
+
+class SideStore:
+    """Append-only JSON lines next to the ledger: expert scores and phi summaries.
+
+    Each ``append`` is flushed and fsynced before it returns; a torn last line
+    (kill -9 mid-write) is ignored on reading. Later lines win.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def append(self, records: Iterable[dict[str, Any]]) -> None:
+        lines = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+        if not lines:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(lines)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read(self) -> list[dict[str, Any]]:
+        if not os.path.exists(self.path):
+            return []
+        out = []
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                if not line.endswith("\n"):
+                    break  # torn write
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return out
+
+    def experts(self) -> dict[str, dict[str, Any]]:
+        return {r["problem_id"]: r for r in self.read() if r.get("kind") == "expert"}
+
+    def phis(self) -> dict[tuple[str, str, int], dict[str, Any]]:
+        return {
+            (r["problem_id"], r["stage"], int(r["sample_index"])): r
+            for r in self.read()
+            if r.get("kind") == "phi"
+        }

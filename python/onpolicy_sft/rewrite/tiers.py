@@ -1,0 +1,666 @@
+"""The rewrite pipeline: self -> guided -> expert (MTG), or self -> hinted (DDT), or GRAPE.
+
+Durability: every chunk of problems is generated, verified, written to the
+ledger (durable when ``record`` returns) and only then marked finished with
+``finish_stage``. A rerun asks the ledger what is ``pending``, so a kill -9 at
+any moment loses at most the chunk in flight, and a chunk whose attempts were
+recorded but not yet marked finished is finished from the ledger without
+generating again. Expert scores and phi summaries go to an append-only side
+store (``scores.jsonl``) written *before* the ledger, so the ledger stays the
+single source of truth for what is done.
+
+Layout of ``--out DIR``: ``config.json``, ``ledger/``, ``scores.jsonl``,
+``data.parquet``, ``report.md``/``report.json``/``*.png``. With ``--shard i/n``
+each worker writes ``DIR/shard-i-of-n/`` with the same layout; running the
+same command without ``--shard`` merges the shards (``Ledger.merge``) and
+finishes anything a shard left undone.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from onpolicy_sft.config import REWRITE_IDENTITY, RewriteConfig
+from onpolicy_sft.rewrite import prompts as P
+from onpolicy_sft.rewrite.data import (
+    Problem,
+    SideStore,
+    copy_rejection,
+    load_problems,
+    phi_summary,
+    shard_rows,
+)
+
+STAGES = {"tiers": ("self", "guided"), "hinted": ("self", "hinted"), "grape": ("self",)}
+
+
+@dataclass
+class RewriteResult:
+    out: str
+    tiers: dict[str, int]
+    rows: int
+    timings: dict[str, float] = field(default_factory=dict)
+    paths: dict[str, str] = field(default_factory=dict)
+
+
+class Timer:
+    """Wall time per phase (generation, scoring, verification, ledger, bookkeeping)."""
+
+    def __init__(self) -> None:
+        self.totals: Counter[str] = Counter()
+
+    def __call__(self, name: str) -> _Phase:
+        return _Phase(self, name)
+
+
+class _Phase:
+    def __init__(self, timer: Timer, name: str) -> None:
+        self.timer, self.name = timer, name
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.timer.totals[self.name] += time.perf_counter() - self.t0
+
+
+def _chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def _check_resume(cfg: RewriteConfig, run_dir: str) -> None:
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        old = json.load(f)
+    diffs = [
+        f"{k}: {old.get(k)!r} -> {getattr(cfg, k)!r}"
+        for k in REWRITE_IDENTITY
+        if k in old and old.get(k) != getattr(cfg, k)
+    ]
+    if diffs:
+        raise ValueError(
+            f"{run_dir} holds a rewrite with other settings ({'; '.join(diffs)}); "
+            "rerun with the same settings to resume, or choose a new --out"
+        )
+
+
+class Pipeline:
+    def __init__(self, cfg: RewriteConfig, engine: Any = None) -> None:
+        self.cfg = cfg
+        self.timer = Timer()
+        self._engine = engine
+        self._hf: Any = None
+        self._verifier: Any = None
+        index, count = cfg.shard_index()
+        self.run_dir = cfg.out if count == 1 else os.path.join(cfg.out, f"shard-{index}-of-{count}")
+        self.suffix = P.SUFFIX if cfg.suffix is None else cfg.suffix
+
+    # ------------------------------------------------------------ resources
+    def log(self, msg: str) -> None:
+        print(f"[rewrite] {msg}", file=sys.stderr, flush=True)
+
+    @property
+    def engine(self) -> Any:
+        if self._engine is None:
+            from onpolicy_sft.engines import load_engine
+
+            self._engine = load_engine(
+                self.cfg.engine,
+                self.cfg.model,
+                tensor_parallel_size=self.cfg.tensor_parallel_size,
+                data_parallel_size=self.cfg.data_parallel_size,
+                gpu_memory_utilization=self.cfg.gpu_memory_utilization,
+                dtype=self.cfg.dtype,
+                seed=self.cfg.seed,
+                max_batch_size=self.cfg.max_batch_size,
+            )
+        return self._engine
+
+    def hf_engine(self) -> Any:
+        """An HFEngine (Hinted Decoding needs raw per-step logits of two streams)."""
+        from onpolicy_sft.engines.hf import HFEngine
+
+        if isinstance(self._engine, HFEngine):
+            return self._engine
+        if self._hf is None:
+            close = getattr(self._engine, "close", None)
+            if callable(close):  # free vLLM's memory before loading the HF copy
+                close()
+                self._engine = None
+            self._hf = HFEngine(
+                self.cfg.model,
+                dtype=None if self.cfg.dtype == "auto" else self.cfg.dtype,
+                max_batch_size=self.cfg.max_batch_size,
+            )
+            self._engine = self._hf
+        return self._hf
+
+    @property
+    def verifier(self) -> Any:
+        if self._verifier is None:
+            from onpolicy_sft.verify import Verifier
+
+            self._verifier = Verifier(fallback=self.cfg.verify_fallback)
+        return self._verifier
+
+    def train_prompt(self, problem: str) -> str:
+        return P.train_prompt(self.engine.tokenizer, problem, self.suffix)
+
+    # ------------------------------------------------------------ main
+    def run(self) -> RewriteResult:
+        from onpolicy_sft.ledger import Ledger
+        from onpolicy_sft.verify import extract_answer
+
+        cfg = self.cfg
+        t_start = time.perf_counter()
+        os.makedirs(self.run_dir, exist_ok=True)
+        _check_resume(cfg, self.run_dir)
+        with self.timer("load"):
+            problems = load_problems(
+                cfg.dataset,
+                split=cfg.split,
+                problem_field=cfg.problem_field,
+                solution_field=cfg.solution_field,
+                answer_field=cfg.answer_field,
+                id_field=cfg.id_field,
+                limit=cfg.limit,
+                extract_answer=extract_answer,
+            )
+        index, count = cfg.shard_index()
+        problems = shard_rows(problems, index, count)
+        if not problems:
+            raise ValueError(
+                f"shard {cfg.shard} of {cfg.dataset!r} has no rows; use fewer shards than rows"
+            )
+        cfg.save(os.path.join(self.run_dir, "config.json"))
+        ledger_path = os.path.join(self.run_dir, "ledger")
+        if count == 1:
+            self._merge_shards(ledger_path)
+        self.side = SideStore(os.path.join(self.run_dir, "scores.jsonl"))
+        self.by_id = {p.problem_id: p for p in problems}
+        with Ledger.open(ledger_path, create=True) as ledger:
+            with self.timer("ledger"):
+                ledger.add_problems(
+                    [p.problem_id for p in problems], [p.solution for p in problems]
+                )
+            no_answer = [p.problem_id for p in problems if p.answer is None]
+            if no_answer:
+                with self.timer("ledger"):
+                    for stage in STAGES[cfg.method]:
+                        ledger.finish_stage(no_answer, stage)
+            self.stage_self(ledger)
+            self.stage_expert_scores()
+            if cfg.method == "tiers":
+                self.stage_guided(ledger)
+            elif cfg.method == "hinted":
+                self.stage_hinted(ledger)
+            with self.timer("bookkeeping"):
+                rows = self.build_rows(ledger)
+                counts = self.attempt_counts(ledger)
+            ledger_stats = ledger.stats()
+        from onpolicy_sft.rewrite.report import write_data, write_report
+
+        with self.timer("export"):
+            data_path = os.path.join(self.run_dir, "data.parquet")
+            write_data(rows, data_path)
+        with self.timer("report"):
+            write_report(
+                self.run_dir,
+                stats={
+                    **counts,
+                    "method": cfg.method,
+                    "ledger": ledger_stats,
+                    "timings": dict(self.timer.totals),
+                },
+            )
+        tiers = Counter(r["tier"] for r in rows)
+        total = time.perf_counter() - t_start
+        timings = {**self.timer.totals, "total": total}
+        self.log(f"done: {len(rows)} rows, tiers {dict(tiers)} in {total:.1f}s -> {data_path}")
+        return RewriteResult(
+            out=self.run_dir,
+            tiers=dict(tiers),
+            rows=len(rows),
+            timings=timings,
+            paths={
+                "data": data_path,
+                "ledger": ledger_path,
+                "report": os.path.join(self.run_dir, "report.md"),
+            },
+        )
+
+    def _merge_shards(self, ledger_path: str) -> None:
+        from onpolicy_sft.ledger import Ledger
+
+        shard_dirs = sorted(glob.glob(os.path.join(self.cfg.out, "shard-*-of-*")))
+        if not shard_dirs or os.path.exists(ledger_path):
+            return
+        ledgers = [
+            os.path.join(d, "ledger")
+            for d in shard_dirs
+            if os.path.exists(os.path.join(d, "ledger"))
+        ]
+        self.log(f"merging {len(ledgers)} shard ledgers into {ledger_path}")
+        Ledger.merge(ledgers, ledger_path)
+        side = SideStore(os.path.join(self.cfg.out, "scores.jsonl"))
+        for d in shard_dirs:
+            side.append(SideStore(os.path.join(d, "scores.jsonl")).read())
+
+    # ------------------------------------------------------------ helpers
+    def _pending(self, ledger: Any, stage: str, k: int) -> list[str]:
+        """Pending problems of this shard; chunks recorded but not finished are finished here."""
+        with self.timer("ledger"):
+            pending = [pid for pid in ledger.pending(stage) if pid in self.by_id]
+            done = [
+                pid for pid in pending if sum(a.stage == stage for a in ledger.attempts(pid)) >= k
+            ]
+            if done:
+                ledger.finish_stage(done, stage)
+        if done:
+            self.log(f"{stage}: {len(done)} problems were recorded before an interruption; kept")
+        return [pid for pid in pending if pid not in set(done)]
+
+    def _progress(self, total: int, stage: str) -> Any:
+        from tqdm.auto import tqdm
+
+        return tqdm(
+            total=total,
+            desc=f"rewrite {stage}",
+            unit="problem",
+            disable=not self.cfg.progress,
+            file=sys.stderr,
+        )
+
+    def _verify(self, texts: list[str], golds: list[str]) -> list[Any]:
+        with self.timer("verify"):
+            return list(self.verifier.verdicts(texts, golds))
+
+    def _phi_records(
+        self, stage: str, items: list[tuple[str, int, str, list[int]]]
+    ) -> list[dict[str, Any]]:
+        """phi summaries of (problem_id, sample_index, prompt, token_ids) via an entropy scoring pass."""
+        if not self.cfg.phi or not items:
+            return []
+        eng = self.engine
+        if not hasattr(eng, "score_with_entropy"):
+            return []
+        with self.timer("score"):
+            scored = eng.score_with_entropy([i[2] for i in items], [i[3] for i in items])
+        return [
+            {
+                "kind": "phi",
+                "problem_id": pid,
+                "stage": stage,
+                "sample_index": j,
+                **phi_summary(lp + ent),
+            }
+            for (pid, j, _, _), (lp, ent) in zip(items, scored)
+        ]
+
+    # ------------------------------------------------------------ stages
+    def stage_self(self, ledger: Any) -> None:
+        from onpolicy_sft.ledger import Attempt
+
+        cfg = self.cfg
+        pending = self._pending(ledger, "self", cfg.k_self)
+        self.log(f"self: {len(pending)} of {len(self.by_id)} problems to sample (k={cfg.k_self})")
+        solved = 0
+        bar = self._progress(len(pending), "self")
+        for chunk in _chunks(pending, cfg.batch_problems):
+            probs = [self.by_id[pid] for pid in chunk]
+            prompts = [self.train_prompt(p.problem) for p in probs]
+            with self.timer("generate"):
+                outs = self.engine.generate(
+                    prompts,
+                    n=cfg.k_self,
+                    temperature=cfg.temperature_self,
+                    top_p=cfg.top_p,
+                    max_tokens=cfg.max_tokens,
+                    seed=cfg.seed + _chunk_seed(chunk),
+                )
+            flat = [
+                (p, pr, j, s) for p, pr, row in zip(probs, prompts, outs) for j, s in enumerate(row)
+            ]
+            verdicts = self._verify([s.text for *_, s in flat], [p.answer or "" for p, *_ in flat])
+            with self.timer("bookkeeping"):
+                attempts = [
+                    Attempt(
+                        problem_id=p.problem_id,
+                        stage="self",
+                        sample_index=j,
+                        text=s.text,
+                        token_ids=list(s.token_ids),
+                        behavior_logprobs=np.asarray(s.logprobs, np.float32),
+                        correct=bool(v.correct),
+                        reason=str(v.reason),
+                        # the self prompt is the training prompt: pi_0(y|x) = behaviour
+                        base_logprobs=np.asarray(s.logprobs, np.float32),
+                    )
+                    for (p, _, j, s), v in zip(flat, verdicts)
+                ]
+            side = self._phi_records(
+                "self",
+                [
+                    (a.problem_id, a.sample_index, pr, list(a.token_ids))
+                    for a, (_, pr, _, _) in zip(attempts, flat)
+                    if a.correct
+                ],
+            )
+            with self.timer("ledger"):
+                self.side.append(side)
+                ledger.record(attempts)
+                ledger.finish_stage(chunk, "self")
+            solved += len({a.problem_id for a in attempts if a.correct})
+            bar.update(len(chunk))
+            bar.set_postfix_str(f"self={solved}")
+        bar.close()
+
+    def stage_guided(self, ledger: Any) -> None:
+        from onpolicy_sft.ledger import Attempt
+
+        cfg = self.cfg
+        pending = self._pending(ledger, "guided", cfg.k_guided)
+        self.log(
+            f"guided: {len(pending)} problems without a correct self sample (k={cfg.k_guided})"
+        )
+        solved, rejected = 0, 0
+        bar = self._progress(len(pending), "guided")
+        for chunk in _chunks(pending, cfg.batch_problems):
+            probs = [self.by_id[pid] for pid in chunk]
+            tok = self.engine.tokenizer
+            prompts = [P.guided_prompt(tok, p.problem, p.solution, self.suffix) for p in probs]
+            with self.timer("generate"):
+                outs = self.engine.generate(
+                    prompts,
+                    n=cfg.k_guided,
+                    temperature=cfg.temperature_guided,
+                    top_p=cfg.top_p,
+                    max_tokens=cfg.max_tokens,
+                    seed=cfg.seed + 1 + _chunk_seed(chunk),
+                )
+            flat = [(p, j, s) for p, row in zip(probs, outs) for j, s in enumerate(row)]
+            verdicts = self._verify([s.text for *_, s in flat], [p.answer or "" for p, *_ in flat])
+            with self.timer("bookkeeping"):
+                keep, reasons, correct = [], [], []
+                for (p, _, s), v in zip(flat, verdicts):
+                    why = (
+                        copy_rejection(s.text, p.solution, cfg.copy_span_words)
+                        if v.correct
+                        else None
+                    )
+                    reasons.append(why or str(v.reason))
+                    correct.append(bool(v.correct) and why is None)
+                    rejected += why is not None
+                keep = [i for i, c in enumerate(correct) if c]
+            train_prompts = [self.train_prompt(flat[i][0].problem) for i in keep]
+            with self.timer("score"):
+                base = self.engine.score(train_prompts, [flat[i][2].token_ids for i in keep])
+            base_of = dict(zip(keep, base))
+            with self.timer("bookkeeping"):
+                attempts = [
+                    Attempt(
+                        problem_id=p.problem_id,
+                        stage="guided",
+                        sample_index=j,
+                        text=s.text,
+                        token_ids=list(s.token_ids),
+                        behavior_logprobs=np.asarray(s.logprobs, np.float32),
+                        correct=correct[i],
+                        reason=reasons[i],
+                        base_logprobs=base_of.get(i),
+                    )
+                    for i, (p, j, s) in enumerate(flat)
+                ]
+            side = self._phi_records(
+                "guided",
+                [
+                    (flat[i][0].problem_id, flat[i][1], tp, list(flat[i][2].token_ids))
+                    for i, tp in zip(keep, train_prompts)
+                ],
+            )
+            with self.timer("ledger"):
+                self.side.append(side)
+                ledger.record(attempts)
+                ledger.finish_stage(chunk, "guided")
+            solved += len({a.problem_id for a in attempts if a.correct})
+            bar.update(len(chunk))
+            bar.set_postfix_str(f"guided={solved} rejected={rejected}")
+        bar.close()
+
+    def stage_hinted(self, ledger: Any) -> None:
+        from onpolicy_sft.ledger import Attempt
+        from onpolicy_sft.rewrite.hinted import HintedParams, hinted_decode
+
+        cfg = self.cfg
+        pending = self._pending(ledger, "hinted", cfg.k_hinted)
+        self.log(f"hinted: {len(pending)} problems without a correct self sample (beta={cfg.beta})")
+        if not pending:
+            return
+        eng = self.hf_engine()
+        params = HintedParams(
+            beta=cfg.beta,
+            temperature=cfg.hinted_temperature,
+            top_p=cfg.hinted_top_p,
+            max_tokens=cfg.max_tokens,
+        )
+        solved = 0
+        bar = self._progress(len(pending), "hinted")
+        for chunk in _chunks(pending, cfg.batch_problems):
+            probs = [self.by_id[pid] for pid in chunk]
+            hinted = [
+                P.hinted_prompt(eng.tokenizer, p.problem, p.solution, self.suffix) for p in probs
+            ]
+            plain = [self.train_prompt(p.problem) for p in probs]
+            with self.timer("generate"):
+                outs = hinted_decode(
+                    eng,
+                    hinted,
+                    plain,
+                    n=cfg.k_hinted,
+                    seed=cfg.seed + 2 + _chunk_seed(chunk),
+                    params=params,
+                    max_batch_size=cfg.max_batch_size,
+                )
+            flat = [(p, j, s) for p, row in zip(probs, outs) for j, s in enumerate(row)]
+            verdicts = self._verify([s.text for *_, s in flat], [p.answer or "" for p, *_ in flat])
+            with self.timer("bookkeeping"):
+                attempts, side = [], []
+                for (p, j, s), v in zip(flat, verdicts):
+                    why = (
+                        copy_rejection(s.text, p.solution, cfg.copy_span_words)
+                        if v.correct
+                        else None
+                    )
+                    attempts.append(
+                        Attempt(
+                            problem_id=p.problem_id,
+                            stage="hinted",
+                            sample_index=j,
+                            text=s.text,
+                            token_ids=list(s.token_ids),
+                            behavior_logprobs=s.logprobs,
+                            correct=bool(v.correct) and why is None,
+                            reason=why or f"{v.reason}; finish={s.finish_reason}",
+                            base_logprobs=s.base_logprobs,  # log q: the plain stream is pi_0(y|x)
+                        )
+                    )
+                    side.append(
+                        {
+                            "kind": "phi",
+                            "problem_id": p.problem_id,
+                            "stage": "hinted",
+                            "sample_index": j,
+                            **phi_summary(s.phi),
+                        }
+                    )
+            with self.timer("ledger"):
+                self.side.append(side)
+                ledger.record(attempts)
+                ledger.finish_stage(chunk, "hinted")
+            solved += len({a.problem_id for a in attempts if a.correct})
+            bar.update(len(chunk))
+            bar.set_postfix_str(f"hinted={solved}")
+        bar.close()
+
+    def stage_expert_scores(self) -> None:
+        """pi_0(y*|x) for every problem: the 'before rewriting' side of the report."""
+        cfg = self.cfg
+        have = self.side.experts()
+        todo = [pid for pid in self.by_id if pid not in have]
+        if not todo:
+            return
+        self.log(f"expert: scoring {len(todo)} expert solutions under pi_0")
+        eng = self.engine
+        eos = eng.tokenizer.eos_token_id
+        for chunk in _chunks(todo, cfg.batch_problems):
+            probs = [self.by_id[pid] for pid in chunk]
+            prompts = [self.train_prompt(p.problem) for p in probs]
+            ids = [eng.encode(p.solution) + ([eos] if eos is not None else []) for p in probs]
+            with self.timer("score"):
+                if cfg.phi and hasattr(eng, "score_with_entropy"):
+                    scored = eng.score_with_entropy(prompts, ids)
+                else:
+                    scored = [(lp, None) for lp in eng.score(prompts, ids)]
+            records = []
+            for p, t, (lp, ent) in zip(probs, ids, scored):
+                rec: dict[str, Any] = {
+                    "kind": "expert",
+                    "problem_id": p.problem_id,
+                    "token_ids": list(map(int, t)),
+                    "base_logprobs": [float(x) for x in lp],
+                }
+                if ent is not None:
+                    rec.update(phi_summary(lp + ent))
+                records.append(rec)
+            with self.timer("ledger"):
+                self.side.append(records)
+
+    # ------------------------------------------------------------ output
+    def build_rows(self, ledger: Any) -> list[dict[str, Any]]:
+        cfg = self.cfg
+        experts = self.side.experts()
+        phis = self.side.phis()
+        assignment = ledger.assign(selection=cfg.selection, seed=cfg.seed)
+        rows = []
+        for a in assignment:
+            if a.problem_id not in self.by_id:
+                continue
+            p = self.by_id[a.problem_id]
+            exp = experts.get(p.problem_id)
+            attempt, tier = a.attempt, a.tier
+            if cfg.method == "grape" and attempt is not None and exp is not None:
+                # GRAPE inside rewrite: the expert solution competes with the correct samples
+                mean = lambda x: float(np.mean(x)) if len(x) else -np.inf  # noqa: E731
+                base = (
+                    attempt.base_logprobs
+                    if attempt.base_logprobs is not None
+                    else attempt.behavior_logprobs
+                )
+                if mean(exp["base_logprobs"]) > mean(base):
+                    attempt, tier = None, "expert"
+            row: dict[str, Any] = {
+                "problem_id": p.problem_id,
+                "problem": p.problem,
+                "prompt": self.train_prompt(p.problem),
+                "answer": p.answer or "",
+                "tier": tier,
+            }
+            if attempt is None:
+                row.update(
+                    response=p.solution,
+                    response_token_ids=exp["token_ids"] if exp else self._expert_ids(p),
+                    behavior_logprobs=None,
+                    base_logprobs=exp["base_logprobs"] if exp else None,
+                    verdict=None,
+                    reason=self._expert_reason(ledger, p),
+                    phi_mean=exp.get("phi_mean") if exp else None,
+                    phi_hist=exp.get("phi_hist") if exp else None,
+                )
+            else:
+                ph = phis.get((p.problem_id, attempt.stage, int(attempt.sample_index)), {})
+                row.update(
+                    response=attempt.text,
+                    response_token_ids=[int(t) for t in attempt.token_ids],
+                    behavior_logprobs=[float(x) for x in attempt.behavior_logprobs],
+                    base_logprobs=None
+                    if attempt.base_logprobs is None
+                    else [float(x) for x in attempt.base_logprobs],
+                    verdict=bool(attempt.correct),
+                    reason=attempt.reason,
+                    phi_mean=ph.get("phi_mean"),
+                    phi_hist=ph.get("phi_hist"),
+                )
+            row["expert_base_logprobs"] = exp["base_logprobs"] if exp else None
+            rows.append(row)
+        return rows
+
+    def attempt_counts(self, ledger: Any) -> dict[str, Any]:
+        """Attempts, correct ones and rejections (with their reasons) per stage."""
+        attempts: Counter[str] = Counter()
+        rejections: Counter[str] = Counter()
+        for pid in self.by_id:
+            for a in ledger.attempts(pid):
+                attempts[f"{a.stage} total"] += 1
+                attempts[f"{a.stage} correct"] += bool(a.correct)
+                if a.reason.startswith("rejected"):
+                    rejections[f"{a.stage}: {a.reason}"] += 1
+        no_answer = sum(p.answer is None for p in self.by_id.values())
+        return {
+            "attempts": dict(attempts),
+            "rejections": dict(rejections),
+            "no_reference_answer": no_answer,
+        }
+
+    def _expert_ids(self, p: Problem) -> list[int]:
+        eos = self.engine.tokenizer.eos_token_id
+        return self.engine.encode(p.solution) + ([eos] if eos is not None else [])
+
+    def _expert_reason(self, ledger: Any, p: Problem) -> str:
+        if p.answer is None:
+            return "expert: no reference answer could be extracted from the solution"
+        attempts = ledger.attempts(p.problem_id)
+        if self.cfg.method == "grape" and any(a.correct for a in attempts):
+            return "expert: grape kept the expert solution (highest mean log pi_0)"
+        parts = []
+        for stage in STAGES[self.cfg.method]:
+            mine = [a for a in attempts if a.stage == stage]
+            rej = sum(a.reason.startswith("rejected") for a in mine)
+            parts.append(f"{stage} 0/{len(mine)}" + (f" ({rej} rejected as copies)" if rej else ""))
+        return "expert: no correct rewrite (" + ", ".join(parts) + ")"
+
+
+def _chunk_seed(chunk: Sequence[str]) -> int:
+    """A seed offset from the chunk's problem ids, so a resumed chunk draws fresh but reproducible samples."""
+    import zlib
+
+    return zlib.crc32("\x00".join(chunk).encode()) % 1_000_000
+
+
+def rewrite(
+    config: RewriteConfig | None = None, /, *, engine: Any = None, **kwargs: Any
+) -> RewriteResult:
+    """Rewrite a dataset (see RewriteConfig for every option).
+
+    ``rewrite(model=..., dataset=..., out=...)`` or ``rewrite(RewriteConfig(...))``.
+    ``engine`` is either the RewriteConfig field (``"auto" | "vllm" | "hf"``) or an
+    already loaded Engine to use.
+    """
+    if isinstance(engine, str):
+        kwargs["engine"] = engine
+        engine = None
+    cfg = config if config is not None else RewriteConfig(**kwargs)
+    if config is not None and kwargs:
+        cfg = cfg.replace(**kwargs)
+    return Pipeline(cfg, engine=engine).run()
