@@ -91,14 +91,17 @@ def make_case(
     )
 
 
-def run_ours(case: dict[str, Any], opts: dict[str, Any], **call: Any):
+def run_ours(case: dict[str, Any], opts: dict[str, Any], *, device: str = "cpu", **call: Any):
     dt = case["dtype"]
-    h = case["hidden"].to(dt).requires_grad_()
-    w = case["weight"].to(dt).requires_grad_()
-    b = None if case["bias"] is None else case["bias"].to(dt).requires_grad_()
+    h = case["hidden"].to(device=device, dtype=dt).requires_grad_()
+    w = case["weight"].to(device=device, dtype=dt).requires_grad_()
+    b = None if case["bias"] is None else case["bias"].to(device=device, dtype=dt)
+    if b is not None:
+        b.requires_grad_()
     call.setdefault("behavior_logprobs", case["blogp"].float())
     call.setdefault("seq_ids", case["seq_ids"])
-    out = PolicyLoss(**opts)(h, w, case["labels"], bias=b, **call)
+    call = {k: v.to(device) if torch.is_tensor(v) else v for k, v in call.items()}
+    out = PolicyLoss(**opts)(h, w, case["labels"].to(device), bias=b, **call)
     (out.loss * case["upstream"].float()).backward()
     return out, h.grad, w.grad, None if b is None else b.grad
 
@@ -116,16 +119,16 @@ def run_ref(case: dict[str, Any], opts: dict[str, Any], **call: Any):
 
 
 def assert_close(name: str, ours: torch.Tensor, ref: torch.Tensor, tol: tuple[float, float]):
-    ours, ref = ours.detach().double(), ref.detach().double()
+    ours, ref = ours.detach().cpu().double(), ref.detach().cpu().double()
     assert torch.isfinite(ours).all(), f"{name}: non-finite values {ours}"
     err = (ours - ref).abs().max().item() if ref.numel() else 0.0
     bound = tol[0] + tol[1] * (ref.abs().max().item() if ref.numel() else 0.0)
     assert err <= bound, f"{name}: max error {err:.3g} > {bound:.3g}"
 
 
-def compare(case, opts, *, backend="torch", chunk_size=4, tol=None, **call):
+def compare(case, opts, *, backend="torch", chunk_size=4, tol=None, device="cpu", **call):
     o = dict(opts, backend=backend, chunk_size=chunk_size)
-    ours, gh, gw, gb = run_ours(case, o, **call)
+    ours, gh, gw, gb = run_ours(case, o, device=device, **call)
     ref, rh, rw, rb = run_ref(case, opts, **call)
     tol = tol or TOL[case["dtype"]]
     assert_close("loss", ours.loss, ref.loss, tol["value"])

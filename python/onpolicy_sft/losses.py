@@ -51,13 +51,14 @@ class LossOutput:
 
 
 def _triton_usable(device: torch.device) -> bool:
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
-        return False
+    """Triton kernels run on CUDA tensors, or on CPU tensors when they were built by the
+    interpreter (TRITON_INTERPRET=1 set before ``onpolicy_sft.kernels.policy_loss`` loads)."""
     try:
-        import triton  # noqa: F401
+        from .kernels import policy_loss
     except ImportError:
         return False
-    return True
+    interpreted = policy_loss.INTERPRETED and os.environ.get("TRITON_INTERPRET") == "1"
+    return device.type == "cuda" or (device.type == "cpu" and interpreted)
 
 
 class PolicyLoss:
@@ -138,8 +139,9 @@ class PolicyLoss:
             return "triton" if device.type == "cuda" and _triton_usable(device) else "torch"
         if self.backend == "triton" and not _triton_usable(device):
             raise LossSpecError(
-                f"backend='triton' needs a CUDA tensor (got {device}) or TRITON_INTERPRET=1 set"
-                " before triton is imported, and the triton package; use backend='torch' on CPU"
+                f"backend='triton' needs a CUDA tensor (got {device}), or TRITON_INTERPRET=1 set"
+                " before onpolicy_sft.kernels.policy_loss is imported, and the triton package;"
+                " use backend='torch' on CPU"
             )
         return self.backend
 

@@ -250,7 +250,7 @@ def local_weights(
     elif spec.scheme == "idft":
         assert entropy is not None
         phi = lp + entropy.float()
-        gamma = torch.exp(-phi / spec.idft_beta).clamp(*spec.idft_gamma)
+        gamma = torch.exp((-phi / spec.idft_beta).clamp(max=80.0)).clamp(*spec.idft_gamma)
         w = torch.exp(gamma * lp)
         if spec.idft_detach_gamma_only:
             return w, w * (1.0 + gamma * lp)
