@@ -369,7 +369,61 @@ class EvalConfig(ConfigBase):
 
 
 # ---------------------------------------------------------------- demo
-# DemoConfig (issue: demo) goes in this section.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DemoConfig(ConfigBase):
+    """`onpolicy-sft demo`: the whole method on the bundled tiny model, on a CPU.
+
+    ``DemoConfig.preset(quick=...)`` gives the two sizes the command uses;
+    every field can still be overridden from Python.
+    """
+
+    out: str = "demo_out"  # output directory (report.md, plots, every stage's files)
+    seed: int = 0  # one seed for rewriting, training order and evaluation sampling
+    engine: str = "auto"  # generation engine: auto | hf | vllm (auto = vllm with CUDA, else hf)
+    quick: bool = False  # the reduced size CI runs (< 2 minutes)
+    n_train: int = 128  # training problems rewritten and trained on (from the bundled split)
+    n_eval: int = 128  # held-out problems evaluated
+    k_eval: int = 4  # samples per held-out problem: the table reports avg@k_eval
+    k_self: int = 4  # self-tier samples per problem (T = temperature_self)
+    k_guided: int = 4  # guided-tier samples per problem (T = temperature_guided)
+    temperature_self: float = 1.0  # METHODS.md default
+    temperature_guided: float = 0.7  # METHODS.md default
+    temperature_eval: float = 1.0  # evaluation protocol: T = 1.0, top-p = 1
+    max_tokens: int = 160  # new tokens per generation (own-style answers need ~40, expert ~120)
+    epochs: float = 3.0  # training epochs over the n_train rows, per method
+    lr: float = 1e-3  # peak learning rate of every method (same for all, as in the papers)
+    batch_size: int = 16  # sequences per optimizer step
+    threads: int = 2  # torch CPU threads (the demo's time budget assumes 2 cores)
+    model: str | None = None  # None = the bundled tiny model (assets/tiny_model)
+    data_dir: str | None = None  # None = the bundled splits (assets/data/{train,eval}.jsonl)
+
+    @classmethod
+    def preset(cls, *, quick: bool = False, **overrides: Any) -> DemoConfig:
+        """The full demo (<= 10 min on 2 cores) or the quick CI size (< 2 min)."""
+        base: dict[str, Any] = {"quick": quick}
+        if quick:
+            base.update(n_train=24, n_eval=24, k_eval=2, k_self=2, k_guided=2, epochs=2.0)
+        base.update(overrides)
+        return cls(**base)
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.engine not in ("auto", "hf", "vllm"):
+            out.append(f"engine={self.engine!r} is not one of auto, hf, vllm")
+        for name in ("n_train", "n_eval", "k_eval", "k_self", "k_guided", "max_tokens"):
+            if getattr(self, name) < 1:
+                out.append(f"{name}={getattr(self, name)} must be >= 1")
+        if self.data_dir is None and (self.n_train > 512 or self.n_eval > 256):
+            out.append(
+                f"n_train={self.n_train}, n_eval={self.n_eval}: the bundled splits hold 512 "
+                "training and 256 held-out problems; use at most those"
+            )
+        if not self.epochs > 0 or not self.lr > 0 or self.batch_size < 1 or self.threads < 1:
+            out.append(
+                f"epochs={self.epochs}, lr={self.lr}, batch_size={self.batch_size}, "
+                f"threads={self.threads} must all be positive"
+            )
+        return out
 
 
 # ------------------------------------------------------------ end demo

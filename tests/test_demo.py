@@ -1,0 +1,113 @@
+"""The demo: bundled assets, config presets, and the --quick run end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from onpolicy_sft.config import ConfigError, DemoConfig
+from onpolicy_sft.demo import ASSETS, DATA_DIR, MODEL_DIR, METHODS, ess_fraction, is_weights
+
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?|nan|inf", re.IGNORECASE)
+
+
+def test_assets_are_bundled_and_small() -> None:
+    assert (MODEL_DIR / "config.json").is_file()
+    assert list(MODEL_DIR.glob("*.safetensors"))
+    assert (MODEL_DIR / "tokenizer.json").is_file()
+    size = sum(f.stat().st_size for f in ASSETS.rglob("*") if f.is_file())
+    assert size <= 20 * 2**20, f"assets are {size / 2**20:.1f} MiB; the budget is 20 MiB"
+
+
+@pytest.mark.parametrize("split", ["train", "eval"])
+def test_bundled_splits_have_expert_solutions(split: str) -> None:
+    rows = [json.loads(x) for x in (DATA_DIR / f"{split}.jsonl").read_text().splitlines()]
+    assert len(rows) >= 128
+    for r in rows:
+        assert {"id", "problem", "solution", "answer", "difficulty"} <= set(r)
+        assert r["solution"].endswith(f"\\boxed{{{r['answer']}}}.")
+
+
+def test_splits_are_disjoint() -> None:
+    def problems(split: str) -> set[str]:
+        lines = (DATA_DIR / f"{split}.jsonl").read_text().splitlines()
+        return {json.loads(x)["problem"] for x in lines}
+
+    assert not problems("train") & problems("eval")
+
+
+def test_chat_template_is_bundled() -> None:
+    from transformers import AutoTokenizer
+
+    from onpolicy_sft.rewrite.prompts import train_prompt
+
+    tok = AutoTokenizer.from_pretrained(MODEL_DIR)
+    assert train_prompt(tok, "Ann has 3 apples.").startswith("<|im_start|>user\n")
+
+
+@pytest.mark.parametrize(
+    "weights, expected",
+    [([1.0, 1.0, 1.0], 1.0), ([1.0, 0.0, 0.0, 0.0], 0.25), ([2.0, 2.0], 1.0)],
+    ids=["uniform", "one-of-four", "scaled"],
+)
+def test_ess_fraction(weights: list[float], expected: float) -> None:
+    import numpy as np
+
+    assert ess_fraction(np.array(weights)) == pytest.approx(expected)
+
+
+def test_is_weights_expert_rows_use_p() -> None:
+    import numpy as np
+
+    base = np.log(np.array([0.5, 0.1]))
+    assert is_weights(base, None) == pytest.approx([0.5, 0.1])
+    assert is_weights(base, base) == pytest.approx([1.0, 1.0])
+    assert is_weights(np.array([0.0]), np.array([-5.0])) == pytest.approx([2.0])  # clipped
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [({"engine": "gpu"}, "engine"), ({"k_eval": 0}, "k_eval"), ({"n_train": 10_000}, "n_train")],
+    ids=["engine", "k_eval", "n_train"],
+)
+def test_config_rejects_bad_values(changes: dict[str, object], field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        DemoConfig.preset(**changes)
+
+
+def test_quick_preset_is_smaller() -> None:
+    full, quick = DemoConfig.preset(), DemoConfig.preset(quick=True)
+    assert quick.n_train < full.n_train and quick.n_eval < full.n_eval
+
+
+@pytest.mark.slow
+def test_quick_demo_report_has_every_table_and_figure(tmp_path: Path) -> None:
+    from onpolicy_sft.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--seed", "0", "--engine", "hf"]) == 0
+    report = (out / "report.md").read_text()
+    for heading in ("## Results", "## Policy gap", "## What the numbers say", "## Time"):
+        assert heading in report
+    rows = {line.split("|")[1].strip(): line for line in report.splitlines() if line.startswith("|")}
+    for name in ["Base (pi_0)", *(m[0] for m in METHODS)]:
+        assert name in rows, f"method {name!r} missing from the results table"
+    for name in ("self", "guided", "expert", "expert data", "rewritten data"):
+        assert name in rows, f"row {name!r} missing from the policy-gap tables"
+    for key in ("Base (pi_0)", *(m[0] for m in METHODS), "expert data", "rewritten data"):
+        cells = rows[key].split("|")[2:-1]
+        values = [float(c.strip().rstrip("%")) for c in cells if NUMBER.fullmatch(c.strip().rstrip("%"))]
+        assert values and all(math.isfinite(v) for v in values), rows[key]
+    for png in ("accuracy.png", "policy_gap_nll.png", "importance_weights.png", "training_loss.png"):
+        assert (out / png).stat().st_size > 1000
+        assert f"]({png})" in report
+    results = json.loads((out / "results.json").read_text())
+    for method, cols in results["table"].items():
+        assert all(math.isfinite(v) and 0 <= v <= 100 for v in cols.values()), method
+    assert math.isfinite(results["ess"]["expert data"]) and math.isfinite(
+        results["ess"]["rewritten data"]
+    )

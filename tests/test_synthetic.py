@@ -1,0 +1,67 @@
+"""The synthetic task: seeded, verifiable, two styles that agree on the answer."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from onpolicy_sft import synthetic
+
+BOXED = re.compile(r"\\boxed\{([^}]*)\}")
+
+
+def _eval_own(own: str) -> int:
+    """Replay the terse chain of thought: every step is true and feeds the next."""
+    prev = None
+    for left, op, right, res in re.findall(r"(\d+)([+\-*/])(\d+)=(\d+)\.", own):
+        a, b, r = int(left), int(right), int(res)
+        if prev is not None:
+            assert a == prev, own
+        assert {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op] == r, own
+        if op == "/":
+            assert a % b == 0, own
+        prev = r
+    assert prev is not None, own
+    return prev
+
+
+def test_same_seed_same_problems() -> None:
+    assert synthetic.generate(50, seed=3) == synthetic.generate(50, seed=3)
+    assert synthetic.generate(50, seed=3) != synthetic.generate(50, seed=4)
+
+
+@pytest.mark.parametrize("difficulty", [1, 2, 3, 4], ids=lambda d: f"{d}-op")
+def test_both_styles_are_correct(difficulty: int) -> None:
+    import random
+
+    rng = random.Random(difficulty)
+    for i in range(200):
+        p = synthetic.make_problem(rng, f"x{i}", difficulty)
+        assert p.own.count("=") == difficulty
+        assert _eval_own(p.own) == int(p.answer)
+        assert BOXED.findall(p.own) == [p.answer]
+        assert BOXED.findall(p.expert) == [p.answer]
+        assert p.expert.endswith(f"The answer is \\boxed{{{p.answer}}}.")
+        assert int(p.answer) >= 0
+
+
+def test_styles_differ() -> None:
+    """The expert never writes the model's operator notation, and is several times longer."""
+    for p in synthetic.generate(200, seed=0):
+        assert not re.search(r"\d[+\-*/]\d", p.expert), p.expert
+        assert len(p.expert) > 2 * len(p.own)
+
+
+def test_iter_unique_excludes() -> None:
+    held = {p.problem for p in synthetic.generate(100, seed=1)}
+    stream = synthetic.iter_unique(1, exclude=held)
+    got = [next(stream) for _ in range(300)]
+    assert not held & {p.problem for p in got}
+    assert len({p.problem for p in got}) == 300
+
+
+def test_verifier_agrees_with_gold() -> None:
+    verify = pytest.importorskip("onpolicy_sft.verify").verify
+    for p in synthetic.generate(20, seed=2):
+        assert verify(p.own, p.answer).correct is not False
+        assert verify(p.expert, p.answer).correct is not False
