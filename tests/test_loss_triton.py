@@ -30,7 +30,7 @@ if not HAS_CUDA and not policy_loss.INTERPRETED:  # pragma: no cover - import-or
     )
 
 from onpolicy_sft.losses import PolicyLoss  # noqa: E402
-from test_loss import DTYPES, SCHEMES, TOL, compare, make_case, run_ours  # noqa: E402
+from test_loss import DTYPES, SCHEMES, TOL, assert_close, compare, make_case, run_ours  # noqa: E402
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 
@@ -244,3 +244,32 @@ def test_gpu_matches_fp32_reference_and_memory_is_one_chunk():
     grads = 4 * (2 * n * h + 3 * v * h)
     chunk = 4 * 128 * v
     assert peak <= grads + 2 * chunk + 64 * 2**20, (peak, grads, chunk)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("scheme", ["dft", "pear"])
+def test_gpu_bf16_grads_match_float64_reference(scheme, backend):
+    """bf16 on CUDA takes the float32-output GEMM path for grad_weight accumulation."""
+    from onpolicy_sft.kernels.reference import policy_loss_reference
+
+    n, h, v = 512, 128, 8192
+    hidden, weight, labels, seq_ids = _gpu_case(n, h, v, torch.bfloat16)
+    blogp = -torch.rand(n, device="cuda", dtype=torch.float64)
+    hh = hidden.double().requires_grad_()
+    ww = weight.double().requires_grad_()
+    ref = policy_loss_reference(
+        hh, ww, labels, scheme=scheme, behavior_logprobs=blogp, seq_ids=seq_ids
+    )
+    (ref.loss * 0.7).backward()
+    h1 = hidden.clone().requires_grad_()
+    w1 = weight.clone().requires_grad_()
+    out = PolicyLoss(scheme, backend=backend, chunk_size=128)(
+        h1, w1, labels, behavior_logprobs=blogp.float(), seq_ids=seq_ids
+    )
+    (out.loss * 0.7).backward()
+    tol = TOL[torch.bfloat16]
+    assert_close("loss", out.loss, ref.loss, tol["value"])
+    assert_close("weights", out.weights, ref.weights, tol["weights"])
+    assert_close("grad_hidden", h1.grad, hh.grad, tol["grad"])
+    assert_close("grad_weight", w1.grad, ww.grad, tol["grad"])

@@ -21,7 +21,8 @@ in the torch backend) -- never (N x V).
 
 Gradients are computed during forward (as Liger-Kernel's fused linear cross
 entropy does) when any input requires grad; backward only scales them by the
-upstream gradient. grad_weight and grad_bias accumulate in float32.
+upstream gradient. grad_weight and grad_bias accumulate in float32 (on CUDA
+with fp16/bf16 via cuBLAS float32-output GEMMs, no (V, H) temporary).
 """
 
 from __future__ import annotations
@@ -124,6 +125,30 @@ def _pow2_chunk(n: int, rows: int) -> int:
     return 1 << (rows.bit_length() - 1) if rows < n else n
 
 
+_OUT_DTYPE_ADDMM: bool | None = None  # does this torch accept addmm(..., out_dtype) on CUDA?
+
+
+def _addmm_fp32_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """acc (float32) += a @ b with float32 accumulation and no (V, H) temporary.
+
+    fp32 inputs: in-place addmm. fp16/bf16 on CUDA: cuBLAS with float32 output
+    (``torch.addmm(..., out_dtype=float32)``, torch >= 2.8); elsewhere a temporary
+    product in the input dtype, added in float32.
+    """
+    global _OUT_DTYPE_ADDMM
+    if a.dtype == acc.dtype:
+        acc.addmm_(a, b)
+        return
+    if acc.is_cuda and _OUT_DTYPE_ADDMM is not False:
+        try:
+            torch.addmm(acc, a, b, torch.float32, out=acc)
+            _OUT_DTYPE_ADDMM = True
+            return
+        except (RuntimeError, TypeError):
+            _OUT_DTYPE_ADDMM = False
+    acc.add_(torch.mm(a, b))
+
+
 def _linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     out = F.linear(h, weight, bias)
     return out if out.is_contiguous() else out.contiguous()
@@ -162,9 +187,9 @@ def _run(
         assert gh is not None and gw is not None
         hc = hidden[sl]
         torch.mm(dz, weight, out=gh[sl])
-        gw.add_(torch.mm(dz.t(), hc))
+        _addmm_fp32_(gw, dz.t(), hc)
         if gb is not None:
-            gb.add_(dz.float().sum(0))
+            gb.add_(dz.sum(0, dtype=torch.float32))
 
     for start in range(0, n, chunk):
         sl = slice(start, min(n, start + chunk))
@@ -237,11 +262,16 @@ class PolicyLossFunction(torch.autograd.Function):
             )
         gh, gw, gb = ctx.saved_tensors
         g = g_loss.float()
-        grad_h = (gh.float() * g).to(gh.dtype) if ctx.needs_input_grad[0] else None
-        grad_w = (gw * g).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
-        grad_b = None
+        grad_h = grad_w = grad_b = None
+        # scale in float32, round once into the parameter dtype (no float32 copy)
+        if ctx.needs_input_grad[0]:
+            grad_h = gh * g  # 0-d g: result keeps gh's dtype
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.empty(gw.shape, dtype=ctx.weight_dtype, device=gw.device)
+            torch.mul(gw, g, out=grad_w)
         if gb is not None and ctx.needs_input_grad[2]:
-            grad_b = (gb * g).to(ctx.bias_dtype)
+            grad_b = torch.empty(gb.shape, dtype=ctx.bias_dtype, device=gb.device)
+            torch.mul(gb, g, out=grad_b)
         return grad_h, grad_w, grad_b, None, None, None, None, None, None, None, None
 
 
