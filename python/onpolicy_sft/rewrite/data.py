@@ -46,6 +46,8 @@ def load_table(dataset: str, split: str = "train") -> Any:
                 f"dataset file {dataset!r} has extension {ext!r}; use one of "
                 f"{', '.join(sorted(LOCAL_BUILDERS))} (or a hub dataset name)"
             )
+        if _local_file_is_empty(expanded, builder):
+            raise ValueError(f"dataset {dataset!r} has no rows; check --dataset")
         return datasets.load_dataset(builder, data_files=expanded, split="train")
     if os.path.isdir(expanded):
         if os.path.exists(os.path.join(expanded, "dataset_info.json")) or os.path.exists(
@@ -57,6 +59,20 @@ def load_table(dataset: str, split: str = "train") -> Any:
     if dataset.startswith((".", "/", "~")):
         raise FileNotFoundError(f"dataset path {dataset!r} does not exist; check --dataset")
     return datasets.load_dataset(dataset, split=split)
+
+
+def _local_file_is_empty(path: str, builder: str) -> bool:
+    if os.path.getsize(path) == 0:
+        return True
+    if builder == "parquet":
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(path).metadata.num_rows) == 0
+    if builder == "json":
+        with open(path, encoding="utf-8") as f:
+            head = f.read(4096).strip()
+        return head in ("", "[]")
+    return False
 
 
 def _field(row: dict[str, Any], name: str, i: int, source: str, flag: str) -> str:
@@ -128,6 +144,13 @@ def load_problems(
         seen.add(pid)
         out.append(Problem(pid, problem, solution, answer or None))
     return out
+
+
+def response_ids(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a written response as training sees it: the text, then EOS."""
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    eos = getattr(tokenizer, "eos_token_id", None)
+    return ids + ([int(eos)] if eos is not None else [])
 
 
 def shard_rows(items: Sequence[Any], index: int, count: int) -> list[Any]:

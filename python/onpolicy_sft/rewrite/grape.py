@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from onpolicy_sft.rewrite import prompts as P
-from onpolicy_sft.rewrite.data import load_table
+from onpolicy_sft.rewrite.data import load_table, response_ids
 
 
 @dataclass(frozen=True)
@@ -104,15 +104,12 @@ def select(
             raise ValueError("select needs model= (--model) or an engine=")
         engine = load_engine(engine_kind, model, **engine_kwargs)
     tok = engine.tokenizer
-    eos = tok.eos_token_id
     sfx = P.SUFFIX if suffix is None else suffix
     flat: list[tuple[str, int, str, str, list[int]]] = []
     for problem, resps in groups.items():
         prompt = P.train_prompt(tok, problem, sfx)
         for j, r in enumerate(resps):
-            flat.append(
-                (problem, j, prompt, r, engine.encode(r) + ([eos] if eos is not None else []))
-            )
+            flat.append((problem, j, prompt, r, response_ids(tok, r)))
     scored: list[np.ndarray] = []
     for s in range(0, len(flat), batch_size):
         chunk = flat[s : s + batch_size]

@@ -38,6 +38,7 @@ from onpolicy_sft.rewrite.data import (
     copy_rejection,
     load_problems,
     phi_summary,
+    response_ids,
     shard_rows,
 )
 
@@ -160,10 +161,14 @@ class Pipeline:
 
     # ------------------------------------------------------------ main
     def run(self) -> RewriteResult:
+        cfg = self.cfg
+        if self._engine is None:  # fail on a bad --model before any work
+            from onpolicy_sft.engines.hf import resolve_model_path
+
+            resolve_model_path(cfg.model)
         from onpolicy_sft.ledger import Ledger
         from onpolicy_sft.verify import extract_answer
 
-        cfg = self.cfg
         t_start = time.perf_counter()
         os.makedirs(self.run_dir, exist_ok=True)
         _check_resume(cfg, self.run_dir)
@@ -523,11 +528,10 @@ class Pipeline:
             return
         self.log(f"expert: scoring {len(todo)} expert solutions under pi_0")
         eng = self.engine
-        eos = eng.tokenizer.eos_token_id
         for chunk in _chunks(todo, cfg.batch_problems):
             probs = [self.by_id[pid] for pid in chunk]
             prompts = [self.train_prompt(p.problem) for p in probs]
-            ids = [eng.encode(p.solution) + ([eos] if eos is not None else []) for p in probs]
+            ids = [response_ids(eng.tokenizer, p.solution) for p in probs]
             with self.timer("score"):
                 if cfg.phi and hasattr(eng, "score_with_entropy"):
                     scored = eng.score_with_entropy(prompts, ids)
@@ -624,8 +628,7 @@ class Pipeline:
         }
 
     def _expert_ids(self, p: Problem) -> list[int]:
-        eos = self.engine.tokenizer.eos_token_id
-        return self.engine.encode(p.solution) + ([eos] if eos is not None else [])
+        return response_ids(self.engine.tokenizer, p.solution)
 
     def _expert_reason(self, ledger: Any, p: Problem) -> str:
         if p.answer is None:
