@@ -208,9 +208,15 @@ class TrainConfig(ConfigBase):
     out: str  # output dir: checkpoints, final weights, resolved config, data stats
     split: str = "train"  # split to read when `data` is a dataset name
     prompt_field: str = "prompt"  # chat-templated prompt column (used as is when present)
-    problem_field: str = "problem"  # raw problem column, templated with train_prompt() when no prompt column
-    response_field: str = "response"  # response text (tokenised + EOS when no response_token_ids column)
-    behavior_field: str = "behavior_logprobs"  # per-token behaviour log-probs column ("base_logprobs" also works)
+    problem_field: str = (
+        "problem"  # raw problem column, templated with train_prompt() when no prompt column
+    )
+    response_field: str = (
+        "response"  # response text (tokenised + EOS when no response_token_ids column)
+    )
+    behavior_field: str = (
+        "behavior_logprobs"  # per-token behaviour log-probs column ("base_logprobs" also works)
+    )
     # rows without behaviour log-probs (expert rows): "auto" = blogp 0 for `is` (the DFT weight, as
     # MTG's released training does) and an error for `pear`; "zero" = blogp 0 for every scheme;
     # "drop" = leave such rows out; "error" = refuse.
@@ -232,7 +238,9 @@ class TrainConfig(ConfigBase):
     lr: float = 5e-5
     epochs: float = 1.0
     max_steps: int = -1  # > 0 overrides epochs (optimizer steps)
-    global_batch_size: int = 256  # sequences (packed rows with --packing) per optimizer step, all devices
+    global_batch_size: int = (
+        256  # sequences (packed rows with --packing) per optimizer step, all devices
+    )
     micro_batch_size: int = 4  # per device per forward
     max_length: int = 2048  # prompt + response tokens
     overlong: str = "truncate"  # rows longer than max_length: truncate (response tail) | drop
@@ -245,7 +253,9 @@ class TrainConfig(ConfigBase):
     bf16: bool = False  # bf16 autocast (weights stay in model_dtype)
     model_dtype: str = "float32"  # float32 | bfloat16 | float16 | auto
     gradient_checkpointing: bool = False
-    packing: bool = False  # concatenate sequences into max_length rows (position_ids reset per sequence)
+    packing: bool = (
+        False  # concatenate sequences into max_length rows (position_ids reset per sequence)
+    )
     attn_implementation: str | None = None  # None = transformers' default (sdpa)
     # --- checkpoints and logs
     save_steps: int = 500
@@ -273,9 +283,7 @@ class TrainConfig(ConfigBase):
         if self.seq_mean and not (self.loss == "is" and self.level == "sequence"):
             p.append("seq_mean applies to loss='is' with level='sequence' only")
         if self.missing_behavior not in ("auto", "zero", "drop", "error"):
-            p.append(
-                f"missing_behavior={self.missing_behavior!r}; use auto, zero, drop or error"
-            )
+            p.append(f"missing_behavior={self.missing_behavior!r}; use auto, zero, drop or error")
         for name in ("clip", "idft_gamma", "pear_delta_clip"):
             msg = _pair_problem(name, getattr(self, name))
             if msg:
@@ -328,7 +336,9 @@ class EvalConfig(ConfigBase):
     model: str  # model directory or hub name
     out: str  # output dir: results.json, results.md, samples.jsonl, eval_config.json
     benchmarks: tuple[str, ...] = EVAL_BENCHMARKS
-    benchmark_dir: str | None = None  # local files DIR/<benchmark>.{jsonl,json,parquet} (fields: problem, answer)
+    benchmark_dir: str | None = (
+        None  # local files DIR/<benchmark>.{jsonl,json,parquet} (fields: problem, answer)
+    )
     n: int = 16  # samples per problem (avg@n, pass@k for k <= n)
     temperature: float = 1.0
     top_p: float = 1.0

@@ -296,6 +296,9 @@ class PolicyLossFunc:
         self.head._capture = not generating
         if not generating:
             self.head.hidden = None
+            # no KV cache in training (transformers only honours packed
+            # position_ids without one)
+            kwargs["use_cache"] = False
         return args, kwargs
 
     def __call__(

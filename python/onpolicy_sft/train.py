@@ -489,6 +489,9 @@ class PolicyTrainer(Trainer):  # type: ignore[misc]
         labels = inputs.pop("labels")
         behavior = inputs.pop("behavior_logprobs", None)
         seq_ids = inputs.pop("seq_ids", None)
+        # No KV cache in training: it costs memory, and transformers only honours
+        # packed position_ids (no cross-sequence attention) without one.
+        inputs.setdefault("use_cache", False)
         tokens = self.normalize == "tokens"
         total = num_items_in_batch if tokens else self._seqs_in_batch
         with self.loss_head.batch(labels, behavior, seq_ids, normalizer=total if tokens else None):
