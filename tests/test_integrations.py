@@ -1,0 +1,201 @@
+"""compute_loss_func drops into a plain transformers Trainer and matches `onpolicy-sft train`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Any:
+    # tiny models on a shared 2-core machine: one intra-op thread is far faster
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tiny_qwen2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """data.parquet with rows of different lengths; behaviour log-probs perturbed from pi_0."""
+    from onpolicy_sft.rewrite.prompts import train_prompt
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2)
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for i in range(8):
+        problem = f"{i} * {i + 3}?"
+        prompt = train_prompt(tok, problem)
+        response = f"{i}*{i + 3}={i * (i + 3)}" + " ok" * (i % 3) + f" \\boxed{{{i * (i + 3)}}}"
+        r = [*tok(response, add_special_tokens=False).input_ids, tok.eos_token_id]
+        p = tok(prompt, add_special_tokens=False).input_ids
+        with torch.no_grad():
+            lp = torch.log_softmax(model(torch.tensor([p + r])).logits[0, len(p) - 1 : -1], -1)
+        blp = lp.gather(1, torch.tensor(r)[:, None])[:, 0]
+        blp = blp + 0.3 * torch.randn(blp.shape, generator=gen)  # off-policy: ratios != 1
+        rows.append(
+            {
+                "problem_id": f"q{i}",
+                "prompt": prompt,
+                "response": response,
+                "response_token_ids": r,
+                "tier": "self",
+                "behavior_logprobs": blp.tolist(),
+            }
+        )
+    out = tmp_path_factory.mktemp("integ_data")
+    pq.write_table(pa.Table.from_pylist(rows), out / "data.parquet")
+    return out
+
+
+STEPS = 4
+
+
+@pytest.mark.parametrize("scheme", ["sft", "dft", "is", "idft"])
+def test_compute_loss_func_in_a_plain_trainer_matches_onpolicy_sft_train(
+    scheme: str, tiny_qwen2: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    from onpolicy_sft.cli import main
+    from onpolicy_sft.config import TrainConfig
+    from onpolicy_sft.integrations import compute_loss_func
+    from onpolicy_sft.train import Collator, ExampleDataset, build_examples, read_data
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+
+    # 1. the command line
+    ours = tmp_path / "ours"
+    argv = ["train", "--model", str(tiny_qwen2), "--data", str(data_dir), "--out", str(ours)]
+    argv += ["--loss", scheme, "--lr", "2e-3", "--max-steps", str(STEPS), "--warmup-ratio", "0"]
+    argv += ["--global-batch-size", "4", "--micro-batch-size", "2", "--seed", "3"]
+    argv += ["--lr-scheduler", "constant", "--save-steps", "1000", "--loss-backend", "torch"]
+    assert main(argv) == 0
+    state = json.loads((ours / "trainer_state.json").read_text())
+    ours_loss = [h["loss"] for h in state["log_history"] if "nll" in h]
+
+    # 2. a plain transformers Trainer with compute_loss_func, same data and schedule
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2)
+    cfg = TrainConfig(model=str(tiny_qwen2), data=str(data_dir), out=str(tmp_path), loss=scheme)
+    examples, _ = build_examples(read_data(str(data_dir)), tok, cfg)
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
+    loss_func = compute_loss_func(scheme, model=model, backend="torch")
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(
+            output_dir=str(tmp_path / "plain"),
+            per_device_train_batch_size=2,
+            gradient_accumulation_steps=2,
+            learning_rate=2e-3,
+            max_steps=STEPS,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            seed=3,
+            data_seed=3,
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            remove_unused_columns=False,
+            dataloader_pin_memory=False,
+        ),
+        train_dataset=ExampleDataset(examples),
+        data_collator=Collator(tok.pad_token_id, with_behavior=scheme == "is"),
+        compute_loss_func=loss_func,
+    )
+    trainer.train()
+    plain_loss = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+    assert len(ours_loss) == len(plain_loss) == STEPS
+    assert plain_loss == pytest.approx(ours_loss, rel=1e-5)
+    assert loss_func.last is not None
+    ours_params = load_file(str(ours / "model.safetensors"))
+    for name, value in model.state_dict().items():
+        if name in ours_params:
+            torch.testing.assert_close(value, ours_params[name], rtol=1e-5, atol=1e-6)
+    if scheme == "is":  # the behaviour log-probs reached the loss: the weights are not DFT's p
+        last = loss_func.last.output
+        assert not torch.allclose(last.weights, last.logprobs.exp(), rtol=1e-2)
+
+
+def test_loss_head_equals_cross_entropy_on_materialised_logits(tiny_llama: Path) -> None:
+    """The shift/selection plumbing: sft through LossHead == F.cross_entropy on the logits."""
+    from onpolicy_sft.integrations import LossHead, build_policy_loss
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    ids = torch.randint(3, 200, (3, 17))
+    labels = ids.clone()
+    labels[:, :5] = -100  # prompt
+    labels[1, 12:] = -100  # padding
+    mask = torch.ones_like(ids)
+    mask[1, 12:] = 0
+
+    ref_model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    logits = ref_model(input_ids=ids, attention_mask=mask).logits
+    ref = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
+    ref.backward()
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    head = LossHead.install(model, build_policy_loss("sft", backend="torch"))
+    with head.batch(labels):
+        out = model(input_ids=ids, attention_mask=mask, use_cache=False)
+    assert out.logits.shape == (3, 17, 0)
+    assert head.result is not None and head.result.num_tokens == int((labels[:, 1:] != -100).sum())
+    head.result.output.loss.backward()
+    torch.testing.assert_close(head.result.output.loss, ref.detach(), rtol=1e-5, atol=1e-6)
+    for (name, p), (_, q) in zip(model.named_parameters(), ref_model.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+    # disarmed, the model is the model again: full logits, identical to the reference
+    with torch.no_grad():
+        again = model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(again, logits.detach())
+    head.remove()
+    assert model.get_output_embeddings().forward.__self__ is model.get_output_embeddings()
+
+
+def test_drop_in_leaves_generation_working(tiny_qwen2: Path) -> None:
+    from onpolicy_sft.integrations import compute_loss_func
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
+    compute_loss_func("dft", model=model, backend="torch")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    out = model.generate(ids, max_new_tokens=4, do_sample=False)
+    assert out.shape == (1, 8)
+
+
+def test_unattached_or_label_less_calls_explain_the_fix() -> None:
+    from onpolicy_sft.integrations import PolicyLossFunc, build_policy_loss
+
+    func = PolicyLossFunc(build_policy_loss("sft"))
+    with pytest.raises(RuntimeError, match=r"\.attach\(model\)"):
+        func(None, torch.zeros(1, 3, dtype=torch.long))
+
+
+def test_the_example_script_runs(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "compute_loss_func_trainer.py"), "--steps", "10"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "scheme=dft: final step stats" in proc.stdout
+    losses = json.loads(proc.stdout.split("logged losses: ")[1].strip().replace("'", '"'))
+    assert len(losses) == 2
