@@ -1,8 +1,9 @@
 """The Triton backend against the float64 reference.
 
 Without CUDA the kernels run in Triton's CPU interpreter: TRITON_INTERPRET=1 is
-set before ``onpolicy_sft.kernels.policy_loss`` is imported (the flag is read
-when ``@triton.jit`` decorates, and again at launch) and left set. Interpreter shapes stay tiny
+set while ``onpolicy_sft.kernels.policy_loss`` is imported (the flag is read
+when ``@triton.jit`` decorates) and, by a fixture, during each test of this
+file (it is read again at launch); the rest of the session does not see it. Interpreter shapes stay tiny
 (N <= 16, H <= 16, V <= 80); the vocabulary tile is capped at 16 so that the
 rows span several tiles with a ragged last one. Real shapes run under the
 ``gpu`` marker.
@@ -16,11 +17,17 @@ import pytest
 import torch
 
 HAS_CUDA = torch.cuda.is_available()
+_saved = os.environ.get("TRITON_INTERPRET")
 if not HAS_CUDA:
-    # Stays set for the session: triton also reads it lazily at launch time.
     os.environ["TRITON_INTERPRET"] = "1"
-triton = pytest.importorskip("triton")
-from onpolicy_sft.kernels import fused, policy_loss, weights  # noqa: E402
+try:
+    triton = pytest.importorskip("triton")
+    from onpolicy_sft.kernels import fused, policy_loss, weights
+finally:  # leave the rest of the session as it was
+    if _saved is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = _saved
 
 if not HAS_CUDA and not policy_loss.INTERPRETED:  # pragma: no cover - import-order accident
     pytest.skip(
@@ -33,6 +40,13 @@ from onpolicy_sft.losses import PolicyLoss  # noqa: E402
 from test_loss import DTYPES, SCHEMES, TOL, assert_close, compare, make_case, run_ours  # noqa: E402
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def _interpreter(monkeypatch):
+    """Triton also reads TRITON_INTERPRET at launch time: set it for each test here only."""
+    if not HAS_CUDA:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture
