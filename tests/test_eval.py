@@ -1,0 +1,218 @@
+"""Evaluator: avg@k / pass@k math, the papers' table, local benchmarks, the Verifier, the CLI."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from onpolicy_sft.evaluate import (
+    avg_at_k,
+    default_ks,
+    evaluate,
+    load_benchmark,
+    markdown_table,
+    pass_at_k,
+    summarize,
+)
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "eval"
+RESPONSES = {
+    k: v
+    for k, v in json.loads((FIXTURES / "responses.json").read_text(encoding="utf-8")).items()
+    if not k.startswith("_")
+}
+
+
+# ------------------------------------------------------------------ metrics
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8])
+def test_pass_at_k_is_the_chance_that_k_of_n_samples_hold_a_correct_one(n: int) -> None:
+    """Unbiased estimator == brute force over every k-subset of the n samples."""
+    for c in range(n + 1):
+        samples = [True] * c + [False] * (n - c)
+        for k in range(1, n + 1):
+            subsets = list(itertools.combinations(samples, k))
+            brute = sum(any(s) for s in subsets) / len(subsets)
+            assert pass_at_k(n, c, k) == pytest.approx(brute, abs=1e-12), (n, c, k)
+
+
+def test_pass_at_1_is_avg_at_n_and_pass_at_k_grows_with_k() -> None:
+    rng = np.random.default_rng(0)
+    correct = (rng.random((20, 16)) < rng.random((20, 1))).tolist()
+    s = summarize(correct)
+    assert s["pass@k"]["1"] == pytest.approx(s["avg@16"])
+    values = [s["pass@k"][str(k)] for k in default_ks(16)]
+    assert values == sorted(values)
+    assert default_ks(16) == [1, 2, 4, 8, 16] and default_ks(6) == [1, 2, 4, 6]
+
+
+def test_bad_inputs_name_the_problem() -> None:
+    with pytest.raises(ValueError, match="k <= n"):
+        pass_at_k(4, 1, 5)
+    with pytest.raises(ValueError, match="same number"):
+        summarize([[True, False], [True]])
+    with pytest.raises(ValueError):
+        avg_at_k([])
+
+
+# ------------------------------------------------------------------ benchmarks
+
+
+def test_local_benchmarks_load_with_the_documented_fields() -> None:
+    m = load_benchmark("math500", FIXTURES)
+    assert [(p.id, p.answer) for p in m] == [("m1", "12"), ("m2", "\\frac{1}{2}"), ("m3", "27")]
+    a = load_benchmark("amc23", FIXTURES)  # question / final_answer (list, $..$) / unique_id
+    assert [(p.id, p.problem[:8], p.answer) for p in a] == [
+        ("a1", "How many", "6"),
+        ("a2", "What is ", "6"),
+    ]
+    assert len(load_benchmark("math500", FIXTURES, limit=2)) == 2
+
+
+def test_missing_benchmark_file_or_field_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"aime24\.jsonl.*drop the name"):
+        load_benchmark("aime24", FIXTURES)
+    (tmp_path / "mine.jsonl").write_text('{"problem": "1+1?", "solution": "2"}\n')
+    with pytest.raises(ValueError, match=r"row 0 .* has no answer.*'solution'"):
+        load_benchmark("mine", tmp_path)
+    with pytest.raises(ValueError, match="not known"):
+        load_benchmark("gsm9k")
+
+
+# ------------------------------------------------------------------ end to end
+
+
+class ScriptedEngine:
+    """An Engine that answers each fixture problem with its scripted responses."""
+
+    def __init__(self, tokenizer: Any, problems: dict[str, str]) -> None:
+        self.tokenizer = tokenizer
+        self.problems = problems  # problem text -> problem id
+        self.calls: list[dict[str, Any]] = []
+
+    def generate(self, prompts: Sequence[str], *, n: int, **kw: Any) -> list[list[Any]]:
+        from onpolicy_sft.engines.base import Sample
+
+        self.calls.append({"prompts": list(prompts), "n": n, **kw})
+        out = []
+        for prompt in prompts:
+            (pid,) = [i for text, i in self.problems.items() if text in prompt]
+            resp = RESPONSES[pid][:n]
+            out.append(
+                [
+                    Sample(text=t, token_ids=list(range(len(t))), finish_reason="stop")
+                    for t, _ in resp
+                ]
+            )
+        return out
+
+
+def _scripted_engine() -> ScriptedEngine:
+    from onpolicy_sft.testing import build_tokenizer
+
+    problems = {
+        p.problem: p.id for name in ("math500", "amc23") for p in load_benchmark(name, FIXTURES)
+    }
+    return ScriptedEngine(build_tokenizer(), problems)
+
+
+def test_eval_table_equals_hand_computed_avg_and_pass_at_k(tmp_path: Path) -> None:
+    engine = _scripted_engine()
+    res = evaluate(
+        model="models/tiny-dft",
+        out=str(tmp_path),
+        benchmarks="math500,amc23",
+        benchmark_dir=str(FIXTURES),
+        n=4,
+        temperature=0.6,
+        max_tokens=64,
+        engine=engine,
+    )
+    # the protocol reached the engine: chat template + the boxed suffix, n, T
+    call = engine.calls[0]
+    assert call["n"] == 4 and call["temperature"] == 0.6 and call["max_tokens"] == 64
+    assert call["prompts"][0].startswith("<|im_start|>user\nWhat is $7 + 5$?")
+    assert "put your final answer within \\boxed{}" in call["prompts"][0]
+
+    # the Verifier agrees with the hand-made verdicts of every scripted response
+    samples = [json.loads(x) for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 5 * 4
+    for s in samples:
+        assert s["correct"] == RESPONSES[s["problem_id"]][s["sample_index"]][1], s
+
+    # by hand: math500 correct counts (4, 1, 0) of 4; amc23 (2, 3) of 4
+    #   avg@4    math500 (1 + 1/4 + 0)/3 = 41.667     amc23 (2/4 + 3/4)/2 = 62.5
+    #   pass@2   c=4: 1, c=1: 1 - C(3,2)/C(4,2) = 1/2, c=0: 0 -> 50.0
+    #            c=2: 1 - C(2,2)/C(4,2) = 5/6, c=3: 1 -> 91.667
+    #   pass@4   (1 + 1 + 0)/3 = 66.667                (1 + 1)/2 = 100
+    r = json.loads((tmp_path / "results.json").read_text())
+    m, a = r["benchmarks"]["math500"], r["benchmarks"]["amc23"]
+    assert m["avg@4"] == pytest.approx(125 / 3) and a["avg@4"] == pytest.approx(62.5)
+    assert m["pass@k"] == pytest.approx({"1": 125 / 3, "2": 50.0, "4": 200 / 3})
+    assert a["pass@k"] == pytest.approx({"1": 62.5, "2": 275 / 3, "4": 100.0})
+    assert m["correct_counts"] == {"m1": 4, "m2": 1, "m3": 0}
+    assert r["average"]["avg@4"] == pytest.approx((125 / 3 + 62.5) / 2)
+    assert r["average"]["pass@k"]["4"] == pytest.approx((200 / 3 + 100) / 2)
+
+    md = (tmp_path / "results.md").read_text()
+    assert res.markdown == md
+    assert "| Model | MATH500 | AMC23 | Avg. (2) |\n|---|---:|---:|---:|\n" in md
+    assert "| tiny-dft | 41.67 | 62.50 | 52.08 |" in md
+    assert "### pass@4 (%)" in md and "| tiny-dft | 66.67 | 100.00 | 83.33 |" in md
+    assert "n = 4 samples per problem, temperature 0.6" in md
+    assert json.loads((tmp_path / "eval_config.json").read_text())["n"] == 4
+
+
+def test_table_has_a_row_per_model_and_the_five_benchmark_average() -> None:
+    names = ["math500", "minerva", "olympiadbench", "aime24", "amc23"]
+
+    def result(label: str, values: list[float]) -> dict[str, Any]:
+        return {
+            "label": label,
+            "config": {"n": 16},
+            "benchmarks": {
+                b: {"avg@16": v, "pass@k": {"1": v, "16": min(100.0, 2 * v)}}
+                for b, v in zip(names, values)
+            },
+        }
+
+    table = markdown_table(
+        [result("base", [40, 10, 15, 3.3, 20]), result("DFT", [60, 20, 25, 10, 40])]
+    )
+    lines = table.splitlines()
+    assert lines[0] == "| Model | MATH500 | Minerva | Olympiad | AIME24 | AMC23 | Avg. |"
+    assert lines[2] == "| base | 40.00 | 10.00 | 15.00 | 3.30 | 20.00 | 17.66 |"
+    assert lines[3] == "| DFT | 60.00 | 20.00 | 25.00 | 10.00 | 40.00 | 31.00 |"
+    partial = result("half", [50, 10])
+    assert markdown_table([partial, result("all", [1, 1, 1, 1, 1])]).splitlines()[2] == (
+        "| half | 50.00 | 10.00 | - | - | - | - |"
+    )
+
+
+def test_cli_evaluates_a_tiny_model_with_the_hf_engine(tiny_qwen2: Path, tmp_path: Path) -> None:
+    import torch
+    from onpolicy_sft.cli import main
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        argv = ["eval", "--model", str(tiny_qwen2), "--out", str(tmp_path / "ev")]
+        argv += ["--benchmarks", "math500,amc23", "--benchmark-dir", str(FIXTURES)]
+        argv += ["--n", "2", "--max-tokens", "6", "--engine", "hf", "--limit", "2"]
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(saved)
+    r = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert set(r["benchmarks"]) == {"math500", "amc23"}
+    assert r["benchmarks"]["math500"]["problems"] == 2 and r["benchmarks"]["math500"]["n"] == 2
+    samples = (tmp_path / "ev" / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == 2 * 2 * 2
+    assert all(json.loads(s)["num_tokens"] <= 6 for s in samples)
+    # --combine tabulates saved results
+    assert main(["eval", "--combine", str(tmp_path / "ev"), str(tmp_path / "ev")]) == 0
