@@ -118,15 +118,20 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = SamplingParams(
-            n=n,
-            temperature=temperature,
-            top_p=top_p,
-            max_tokens=max_tokens,
-            seed=seed,
-            stop=list(stop) if stop else None,
-            logprobs=0,
-        )
+        # one seed per prompt (vLLM gives sample j of a request seed + j), so two
+        # prompts of one call never share random numbers
+        params = [
+            SamplingParams(
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max_tokens,
+                seed=None if seed is None else (int(seed) * 1_000_003 + i * n) % (2**31 - 1),
+                stop=list(stop) if stop else None,
+                logprobs=0,
+            )
+            for i in range(len(prompts))
+        ]
         inputs = [TokensPrompt(prompt_token_ids=self.encode(p)) for p in prompts]
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
         stopper = StopChecker(self.tokenizer, stop)

@@ -161,6 +161,14 @@ class Pipeline:
 
     # ------------------------------------------------------------ main
     def run(self) -> RewriteResult:
+        try:
+            return self._run()
+        finally:
+            close = getattr(self._verifier, "close", None)
+            if callable(close):  # stop the fallback worker processes
+                close()
+
+    def _run(self) -> RewriteResult:
         cfg = self.cfg
         if self._engine is None:  # fail on a bad --model before any work
             from onpolicy_sft.engines.hf import resolve_model_path
