@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from onpolicy_sft.ledger import (
     Attempt,
     Ledger,
