@@ -88,7 +88,9 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_batch(tmp_path: Path) -
             text=True,
         )
         lines: list[str] = []
-        reader = threading.Thread(target=lambda p=proc: lines.extend(p.stdout), daemon=True)
+        reader = threading.Thread(
+            target=lambda p=proc, out=lines: out.extend(p.stdout), daemon=True
+        )
         reader.start()
         # first trials die early (some while opening), later ones after many commits
         time.sleep(rng.uniform(0.05, 0.3) if trial % 3 else rng.uniform(0.3, 0.9))
