@@ -28,7 +28,6 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-
 from onpolicy_sft.ledger import Attempt, Ledger
 
 BATCH = 1000
