@@ -18,6 +18,20 @@ pub enum Error {
     },
     /// Anything else, already phrased for the user.
     Msg(String),
+    /// A file is damaged at `offset` (a checksum or framing error that is not
+    /// a torn tail left by a crash).
+    Corrupt {
+        path: String,
+        offset: u64,
+        detail: String,
+        fix: String,
+    },
+    /// Another process holds a writer lock; `holder` says who (pid, host).
+    Locked {
+        path: String,
+        holder: String,
+        fix: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -36,6 +50,20 @@ impl fmt::Display for Error {
             }
             Error::Io { path, source } => write!(f, "{path}: {source}"),
             Error::Msg(m) => f.write_str(m),
+            Error::Corrupt {
+                path,
+                offset,
+                detail,
+                fix,
+            } => {
+                write!(
+                    f,
+                    "{path} is corrupt at byte offset {offset}: {detail}; {fix}"
+                )
+            }
+            Error::Locked { path, holder, fix } => {
+                write!(f, "{path} is locked by another writer ({holder}); {fix}")
+            }
         }
     }
 }

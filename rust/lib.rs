@@ -27,8 +27,479 @@ mod python {
     // ---------------------------------------------------------------- ledger
     // (bindings of crate::ledger live in this section)
 
-    pub fn register_ledger(_m: &Bound<'_, PyModule>) -> PyResult<()> {
-        Ok(())
+    mod ledger_py {
+        use std::panic::{catch_unwind, AssertUnwindSafe};
+        use std::path::PathBuf;
+        use std::sync::Mutex;
+
+        use pyo3::exceptions::{PyException, PyOSError, PyValueError};
+        use pyo3::prelude::*;
+        use pyo3::pybacked::PyBackedStr;
+        use pyo3::types::{PyBytes, PyDict, PyList};
+        use pyo3::{create_exception, intern};
+
+        use crate::error::Error;
+        use crate::ledger::index::Selection;
+        use crate::ledger::{self, AttemptIn, Columns, Ledger, OpenOptions2};
+
+        create_exception!(
+            _core,
+            LedgerError,
+            PyException,
+            "A ledger operation failed."
+        );
+        create_exception!(
+            _core,
+            LedgerCorruptError,
+            LedgerError,
+            "A ledger file is damaged (the message names the file and byte offset)."
+        );
+        create_exception!(
+            _core,
+            LedgerLockedError,
+            LedgerError,
+            "Another process holds the ledger's writer lock (the message names it)."
+        );
+
+        fn to_py(e: Error) -> PyErr {
+            let msg = e.to_string();
+            match e {
+                Error::Corrupt { .. } => LedgerCorruptError::new_err(msg),
+                Error::Locked { .. } => LedgerLockedError::new_err(msg),
+                Error::Io { .. } => PyOSError::new_err(msg),
+                Error::TooLarge { .. } => PyValueError::new_err(msg),
+                _ => LedgerError::new_err(msg),
+            }
+        }
+
+        /// Run `f` without the GIL; a panic becomes a LedgerError.
+        fn guarded<T: Send>(
+            py: Python<'_>,
+            f: impl FnOnce() -> crate::error::Result<T> + Send,
+        ) -> PyResult<T> {
+            match py.detach(|| catch_unwind(AssertUnwindSafe(f))) {
+                Ok(r) => r.map_err(to_py),
+                Err(p) => {
+                    let what = p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    Err(LedgerError::new_err(format!(
+                        "internal error in the ledger (a bug; please report it): {what}"
+                    )))
+                }
+            }
+        }
+
+        fn stage_of(s: &str) -> PyResult<u8> {
+            ledger::stage_code(s).ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "stage {s:?} unknown; use \"self\", \"guided\" or \"hinted\""
+                ))
+            })
+        }
+
+        fn selection_of(s: &str) -> PyResult<Selection> {
+            Selection::parse(s).ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "selection {s:?} unknown; use \"likeliest\", \"first\", \"random\" or \"shortest\""
+                ))
+            })
+        }
+
+        fn u32_at(b: &[u8], i: usize) -> u32 {
+            u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+        }
+
+        fn columns_dict<'py>(py: Python<'py>, c: Columns) -> PyResult<Bound<'py, PyDict>> {
+            fn raw<T: Copy>(v: &[T]) -> &[u8] {
+                // SAFETY: plain integer data viewed as bytes (little-endian host, asserted below).
+                unsafe {
+                    std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v))
+                }
+            }
+            const _: () = assert!(cfg!(target_endian = "little"));
+            let d = PyDict::new(py);
+            d.set_item("problem", PyBytes::new(py, raw(&c.problem)))?;
+            d.set_item("stage", PyBytes::new(py, &c.stage))?;
+            d.set_item("sample", PyBytes::new(py, raw(&c.sample)))?;
+            d.set_item("correct", PyBytes::new(py, &c.correct))?;
+            d.set_item("has_base", PyBytes::new(py, &c.has_base))?;
+            d.set_item("text", PyBytes::new(py, &c.text))?;
+            d.set_item("text_off", PyBytes::new(py, raw(&c.text_off)))?;
+            d.set_item("reason", PyBytes::new(py, &c.reason))?;
+            d.set_item("reason_off", PyBytes::new(py, raw(&c.reason_off)))?;
+            d.set_item("tokens", PyBytes::new(py, &c.tokens))?;
+            d.set_item("behavior", PyBytes::new(py, &c.behavior))?;
+            d.set_item("tok_off", PyBytes::new(py, raw(&c.tok_off)))?;
+            d.set_item("base", PyBytes::new(py, &c.base))?;
+            d.set_item("base_off", PyBytes::new(py, raw(&c.base_off)))?;
+            Ok(d)
+        }
+
+        /// The Rust ledger; `onpolicy_sft.ledger.Ledger` is its Python face.
+        #[pyclass(module = "onpolicy_sft._core", name = "LedgerCore")]
+        pub struct LedgerCore {
+            inner: Mutex<Option<Ledger>>,
+            path: String,
+        }
+
+        impl LedgerCore {
+            fn with<T: Send>(
+                &self,
+                py: Python<'_>,
+                f: impl FnOnce(&mut Ledger) -> crate::error::Result<T> + Send,
+            ) -> PyResult<T> {
+                let path = &self.path;
+                let inner = &self.inner;
+                guarded(py, move || {
+                    let mut g = inner.lock().unwrap_or_else(|p| p.into_inner());
+                    match g.as_mut() {
+                        Some(l) => f(l),
+                        None => Err(Error::Msg(format!(
+                            "ledger {path} is closed; open it again with Ledger.open"
+                        ))),
+                    }
+                })
+            }
+        }
+
+        #[pymethods]
+        impl LedgerCore {
+            #[new]
+            #[pyo3(signature = (path, *, create=true, readonly=false, repair=false, segment_bytes=None))]
+            fn new(
+                py: Python<'_>,
+                path: PathBuf,
+                create: bool,
+                readonly: bool,
+                repair: bool,
+                segment_bytes: Option<u64>,
+            ) -> PyResult<Self> {
+                let opts = OpenOptions2 {
+                    create,
+                    readonly,
+                    repair,
+                    segment_bytes: segment_bytes.unwrap_or(ledger::DEFAULT_SEGMENT_BYTES),
+                };
+                let p = path.clone();
+                let l = guarded(py, move || Ledger::open(&p, &opts))?;
+                Ok(LedgerCore {
+                    inner: Mutex::new(Some(l)),
+                    path: path.display().to_string(),
+                })
+            }
+
+            /// Warnings from opening (torn tails cut, repairs).
+            fn warnings(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+                self.with(py, |l| Ok(l.warnings().to_vec()))
+            }
+
+            fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
+                self.with(py, |l| Ok(l.len()))
+            }
+
+            fn close(&self) {
+                let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+                g.take();
+            }
+
+            fn add_problems(
+                &self,
+                py: Python<'_>,
+                ids: Vec<PyBackedStr>,
+                references: Vec<PyBackedStr>,
+            ) -> PyResult<()> {
+                self.with(py, move |l| {
+                    let i: Vec<&str> = ids.iter().map(|s| &**s).collect();
+                    let r: Vec<&str> = references.iter().map(|s| &**s).collect();
+                    l.add_problems(&i, &r)
+                })
+            }
+
+            /// Record attempts. Scalars are read from each object's attributes
+            /// (problem_id, stage, sample_index, correct, text, reason); arrays
+            /// come concatenated: `tok_lens` u32 per attempt, `tokens` u32,
+            /// `behavior` f32 (same lengths), `base_lens` i32 per attempt (-1 =
+            /// no base log-probs), `base` f32.
+            #[allow(clippy::too_many_arguments)]
+            fn record<'py>(
+                &self,
+                py: Python<'py>,
+                attempts: &Bound<'py, PyList>,
+                tok_lens: &[u8],
+                tokens: &[u8],
+                behavior: &[u8],
+                base_lens: &[u8],
+                base: &[u8],
+            ) -> PyResult<()> {
+                let n = attempts.len();
+                if tok_lens.len() != 4 * n || base_lens.len() != 4 * n {
+                    return Err(PyValueError::new_err(format!(
+                        "record: {n} attempts but {} token lengths and {} base lengths",
+                        tok_lens.len() / 4,
+                        base_lens.len() / 4
+                    )));
+                }
+                struct Row {
+                    pid: PyBackedStr,
+                    stage: u8,
+                    sample: u32,
+                    correct: bool,
+                    text: PyBackedStr,
+                    reason: PyBackedStr,
+                }
+                let mut rows = Vec::with_capacity(n);
+                for (i, a) in attempts.iter().enumerate() {
+                    let field = |name: &Bound<'py, pyo3::types::PyString>| {
+                        a.getattr(name).map_err(|e| {
+                            PyValueError::new_err(format!(
+                                "attempt #{i}: {e}; pass Attempt objects"
+                            ))
+                        })
+                    };
+                    let stage: PyBackedStr = field(intern!(py, "stage"))?.extract()?;
+                    let sample = field(intern!(py, "sample_index"))?
+                        .extract::<u32>()
+                        .map_err(|_| {
+                            PyValueError::new_err(format!(
+                                "attempt #{i}: sample_index must be an int in 0..2**32"
+                            ))
+                        })?;
+                    rows.push(Row {
+                        pid: field(intern!(py, "problem_id"))?.extract()?,
+                        stage: stage_of(&stage)?,
+                        sample,
+                        correct: field(intern!(py, "correct"))?.is_truthy()?,
+                        text: field(intern!(py, "text"))?.extract()?,
+                        reason: field(intern!(py, "reason"))?.extract()?,
+                    });
+                }
+                let mut ins = Vec::with_capacity(n);
+                let (mut t, mut b) = (0usize, 0usize);
+                for (i, r) in rows.iter().enumerate() {
+                    let nt = 4 * u32_at(tok_lens, i) as usize;
+                    let nb = i32::from_le_bytes(base_lens[4 * i..4 * i + 4].try_into().unwrap());
+                    if t + nt > tokens.len() || t + nt > behavior.len() {
+                        return Err(PyValueError::new_err(
+                            "record: token arrays shorter than their lengths",
+                        ));
+                    }
+                    let base_slice = if nb >= 0 {
+                        let nb = 4 * nb as usize;
+                        if b + nb > base.len() {
+                            return Err(PyValueError::new_err(
+                                "record: base array shorter than its lengths",
+                            ));
+                        }
+                        b += nb;
+                        Some(&base[b - nb..b])
+                    } else {
+                        None
+                    };
+                    ins.push(AttemptIn {
+                        problem_id: &r.pid,
+                        stage: r.stage,
+                        sample_index: r.sample,
+                        correct: r.correct,
+                        text: &r.text,
+                        reason: &r.reason,
+                        token_ids: &tokens[t..t + nt],
+                        behavior: &behavior[t..t + nt],
+                        base: base_slice,
+                    });
+                    t += nt;
+                }
+                self.with(py, move |l| l.record(&ins))
+            }
+
+            fn finish_stage(
+                &self,
+                py: Python<'_>,
+                ids: Vec<PyBackedStr>,
+                stage: &str,
+            ) -> PyResult<()> {
+                let s = stage_of(stage)?;
+                self.with(py, move |l| {
+                    let i: Vec<&str> = ids.iter().map(|s| &**s).collect();
+                    l.finish_stage(&i, s)
+                })
+            }
+
+            fn pending<'py>(&self, py: Python<'py>, stage: &str) -> PyResult<Bound<'py, PyList>> {
+                let s = stage_of(stage)?;
+                let ids = self.with(py, move |l| {
+                    Ok(l.pending(s)
+                        .into_iter()
+                        .map(|p| l.problem_id(p).to_string())
+                        .collect::<Vec<_>>())
+                })?;
+                PyList::new(py, ids)
+            }
+
+            /// Every problem id, in ledger order.
+            fn problem_ids<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+                let ids = self.with(py, |l| {
+                    Ok((0..l.len() as u32)
+                        .map(|p| l.problem_id(p).to_string())
+                        .collect::<Vec<_>>())
+                })?;
+                PyList::new(py, ids)
+            }
+
+            fn has_problem(&self, py: Python<'_>, problem_id: &str) -> PyResult<bool> {
+                self.with(py, |l| Ok(l.lookup(problem_id).is_some()))
+            }
+
+            /// Columns of every attempt of `problem_id`, oldest first.
+            fn attempts<'py>(
+                &self,
+                py: Python<'py>,
+                problem_id: &str,
+            ) -> PyResult<Bound<'py, PyDict>> {
+                let c = self.with(py, |l| match l.lookup(problem_id) {
+                    Some(p) => l.attempts(p),
+                    None => Err(Error::Msg(format!(
+                        "problem {problem_id:?} is not in the ledger; add it with add_problems first"
+                    ))),
+                })?;
+                columns_dict(py, c)
+            }
+
+            /// Columns of the attempts at these locations (u64 each).
+            fn read_locs<'py>(&self, py: Python<'py>, locs: &[u8]) -> PyResult<Bound<'py, PyDict>> {
+                let locs: Vec<u64> = locs
+                    .chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+                    .collect();
+                let c = self.with(py, move |l| l.read_locs(&locs))?;
+                columns_dict(py, c)
+            }
+
+            /// References of these problems (u32 ordinals each): (bytes, i64 offsets).
+            fn references<'py>(
+                &self,
+                py: Python<'py>,
+                problems: &[u8],
+            ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+                let ps: Vec<u32> = problems
+                    .chunks_exact(4)
+                    .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+                    .collect();
+                let (data, off) = self.with(py, move |l| {
+                    let mut data = Vec::new();
+                    let mut off: Vec<u8> = 0i64.to_le_bytes().to_vec();
+                    for p in ps {
+                        if p as usize >= l.len() {
+                            return Err(Error::Msg(format!("problem #{p} out of range")));
+                        }
+                        data.extend_from_slice(l.reference(p)?.as_bytes());
+                        off.extend_from_slice(&(data.len() as i64).to_le_bytes());
+                    }
+                    Ok((data, off))
+                })?;
+                Ok((PyBytes::new(py, &data), PyBytes::new(py, &off)))
+            }
+
+            /// (tier codes u8 per problem: 0 self, 1 guided, 2 hinted, 3 expert;
+            /// chosen attempt locations u64 per problem, 0 for expert)
+            #[pyo3(signature = (selection="likeliest", seed=0))]
+            fn assign<'py>(
+                &self,
+                py: Python<'py>,
+                selection: &str,
+                seed: u64,
+            ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+                let sel = selection_of(selection)?;
+                let (tier, locs) = self.with(py, move |l| {
+                    let a = l.assign(sel, seed);
+                    let locs: Vec<u8> = l
+                        .chosen_locs(&a)
+                        .iter()
+                        .flat_map(|x| x.to_le_bytes())
+                        .collect();
+                    Ok((a.tier, locs))
+                })?;
+                Ok((PyBytes::new(py, &tier), PyBytes::new(py, &locs)))
+            }
+
+            #[pyo3(signature = (selection="likeliest", seed=0))]
+            fn stats<'py>(
+                &self,
+                py: Python<'py>,
+                selection: &str,
+                seed: u64,
+            ) -> PyResult<Bound<'py, PyDict>> {
+                let sel = selection_of(selection)?;
+                let s = self.with(py, move |l| Ok(l.stats(sel, seed)))?;
+                let d = PyDict::new(py);
+                d.set_item("problems", s.problems)?;
+                d.set_item("attempts", s.attempts)?;
+                let stages = PyDict::new(py);
+                for (name, c, tried, solved) in &s.stages {
+                    let e = PyDict::new(py);
+                    e.set_item("attempts", c.attempts)?;
+                    e.set_item("correct", c.correct)?;
+                    e.set_item(
+                        "pass_rate",
+                        if c.attempts > 0 {
+                            c.correct as f64 / c.attempts as f64
+                        } else {
+                            f64::NAN
+                        },
+                    )?;
+                    e.set_item("problems_tried", tried)?;
+                    e.set_item("problems_solved", solved)?;
+                    stages.set_item(name, e)?;
+                }
+                for (name, k) in &s.finished {
+                    if let Some(e) = stages.get_item(name)? {
+                        e.set_item("problems_finished", k)?;
+                    }
+                }
+                d.set_item("stages", stages)?;
+                let tiers = PyDict::new(py);
+                let mean = PyDict::new(py);
+                for (name, k, m, with_base) in &s.tiers {
+                    tiers.set_item(name, k)?;
+                    if name != "expert" {
+                        let e = PyDict::new(py);
+                        e.set_item("mean", m)?;
+                        e.set_item("with_base", with_base)?;
+                        mean.set_item(name, e)?;
+                    }
+                }
+                d.set_item("tiers", tiers)?;
+                d.set_item("mean_base_logprob", mean)?;
+                d.set_item("selection", selection)?;
+                d.set_item("index_bytes", s.index_bytes)?;
+                d.set_item("segments", s.segments)?;
+                d.set_item("disk_bytes", s.disk_bytes)?;
+                Ok(d)
+            }
+
+            /// Merge shard ledgers into a new ledger at `out`; returns warnings.
+            #[staticmethod]
+            fn merge(py: Python<'_>, paths: Vec<PathBuf>, out: PathBuf) -> PyResult<Vec<String>> {
+                guarded(py, move || Ledger::merge(&paths, &out))
+            }
+        }
+
+        pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+            m.add_class::<LedgerCore>()?;
+            m.add("LedgerError", m.py().get_type::<LedgerError>())?;
+            m.add(
+                "LedgerCorruptError",
+                m.py().get_type::<LedgerCorruptError>(),
+            )?;
+            m.add("LedgerLockedError", m.py().get_type::<LedgerLockedError>())?;
+            Ok(())
+        }
+    }
+
+    pub fn register_ledger(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        ledger_py::register(m)
     }
 
     // ------------------------------------------------------------ end ledger

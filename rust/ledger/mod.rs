@@ -1,1 +1,1271 @@
 //! The tier ledger: append-only journal, recovery, tier assignment, statistics, merge.
+//!
+//! A ledger is a directory holding a `LOCK` file and append-only segment
+//! files (format in [`format`]). Every mutating call is one group commit:
+//! its frames and a sealing COMMIT frame go out in one write followed by
+//! one `fdatasync`, so a call is durable when it returns and a crash leaves
+//! either the whole call or none of it. The in-memory [`index::Index`]
+//! keeps problems, stage bits and correct attempts; texts and arrays stay on
+//! disk and are read back by location.
+
+pub mod crc;
+pub mod format;
+pub mod index;
+mod lock;
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use format::*;
+use index::{AttemptFacts, Index, Selection, StageCounts, NONE, N_STAGES, STAGE_NAMES};
+
+pub use index::{stage_code, tier_name};
+pub use lock::hostname;
+
+/// Default size at which a writer starts a new segment file.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 256 << 20;
+
+/// How to open a ledger.
+#[derive(Clone, Debug)]
+pub struct OpenOptions2 {
+    pub create: bool,
+    pub readonly: bool,
+    pub repair: bool,
+    /// Roll over to a new segment file past this size.
+    pub segment_bytes: u64,
+}
+
+impl Default for OpenOptions2 {
+    fn default() -> Self {
+        OpenOptions2 {
+            create: true,
+            readonly: false,
+            repair: false,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+        }
+    }
+}
+
+/// One attempt to record; arrays are little-endian bytes (u32 token ids,
+/// float32 log-probs) exactly as they will be stored.
+#[derive(Clone, Copy, Debug)]
+pub struct AttemptIn<'a> {
+    pub problem_id: &'a str,
+    pub stage: u8,
+    pub sample_index: u32,
+    pub correct: bool,
+    pub text: &'a str,
+    pub reason: &'a str,
+    pub token_ids: &'a [u8],
+    pub behavior: &'a [u8],
+    pub base: Option<&'a [u8]>,
+}
+
+/// Attempts read back, column by column (offsets have n + 1 entries;
+/// array offsets count elements, text offsets count bytes).
+#[derive(Default, Debug, Clone, PartialEq)]
+pub struct Columns {
+    pub problem: Vec<u32>,
+    pub stage: Vec<u8>,
+    pub sample: Vec<u32>,
+    pub correct: Vec<u8>,
+    pub has_base: Vec<u8>,
+    pub text: Vec<u8>,
+    pub text_off: Vec<i64>,
+    pub reason: Vec<u8>,
+    pub reason_off: Vec<i64>,
+    pub tokens: Vec<u8>,
+    pub behavior: Vec<u8>,
+    pub tok_off: Vec<i64>,
+    pub base: Vec<u8>,
+    pub base_off: Vec<i64>,
+}
+
+impl Columns {
+    fn new(cap: usize) -> Columns {
+        let mut c = Columns::default();
+        for v in [
+            &mut c.text_off,
+            &mut c.reason_off,
+            &mut c.tok_off,
+            &mut c.base_off,
+        ] {
+            v.reserve(cap + 1);
+            v.push(0);
+        }
+        c
+    }
+
+    pub fn len(&self) -> usize {
+        self.problem.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.problem.is_empty()
+    }
+
+    fn push(&mut self, h: &AttemptHead, payload: &[u8]) {
+        let mut at = ATTEMPT_HEAD;
+        let mut take = |n: usize| {
+            let s = &payload[at..at + n];
+            at += n;
+            s
+        };
+        let text = take(h.text_len as usize);
+        let reason = take(h.reason_len as usize);
+        let nb = 4 * h.ntok as usize;
+        let toks = take(nb);
+        let beh = take(nb);
+        let base = if h.has_base { take(nb) } else { &[][..] };
+        self.problem.push(h.problem);
+        self.stage.push(h.stage);
+        self.sample.push(h.sample_index);
+        self.correct.push(h.correct as u8);
+        self.has_base.push(h.has_base as u8);
+        self.text.extend_from_slice(text);
+        self.text_off.push(self.text.len() as i64);
+        self.reason.extend_from_slice(reason);
+        self.reason_off.push(self.reason.len() as i64);
+        self.tokens.extend_from_slice(toks);
+        self.behavior.extend_from_slice(beh);
+        self.tok_off.push((self.tokens.len() / 4) as i64);
+        self.base.extend_from_slice(base);
+        self.base_off.push((self.base.len() / 4) as i64);
+    }
+}
+
+/// Per-stage and per-tier numbers for `stats()`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stats {
+    pub problems: u64,
+    pub attempts: u64,
+    /// per stage: attempts, correct attempts, problems tried, problems solved
+    pub stages: Vec<(String, StageCounts, u64, u64)>,
+    /// per tier (self, guided, hinted, expert): problems, mean base log-prob
+    /// of the chosen attempts that have base log-probs, and how many had them
+    pub tiers: Vec<(String, u64, f64, u64)>,
+    pub finished: Vec<(String, u64)>,
+    pub index_bytes: u64,
+    pub segments: u64,
+    pub disk_bytes: u64,
+}
+
+struct Segment {
+    num: u32,
+    path: PathBuf,
+    file: File,
+    /// committed length (what replay accepted; where the writer appends)
+    len: u64,
+}
+
+/// The ledger. See the module docs.
+pub struct Ledger {
+    dir: PathBuf,
+    readonly: bool,
+    segment_bytes: u64,
+    _lock: Option<lock::WriterLock>,
+    segs: Vec<Segment>,
+    index: Index,
+    warnings: Vec<String>,
+    buf: Vec<u8>,
+    poisoned: Option<String>,
+}
+
+fn io(path: &Path, e: std::io::Error) -> Error {
+    Error::Io {
+        path: path.display().to_string(),
+        source: e,
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io(dir, e))
+}
+
+fn mean_f32(bytes: &[u8]) -> f32 {
+    if bytes.is_empty() {
+        return f32::NAN;
+    }
+    let mut s = 0f64;
+    for c in bytes.chunks_exact(4) {
+        s += f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64;
+    }
+    (s / (bytes.len() / 4) as f64) as f32
+}
+
+fn plural(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// A frame read during replay whose COMMIT has not been seen yet.
+struct Pending {
+    kind: u8,
+    offset: usize,
+    payload: usize,
+    len: usize,
+}
+
+enum Tail {
+    Clean,
+    /// uncommitted bytes from `at` to the end (a crash or a write in flight)
+    Torn {
+        at: u64,
+        bytes: u64,
+        records: u64,
+    },
+    /// damage at `bad` that valid frames follow; `at` is the last commit before it
+    Corrupt {
+        at: u64,
+        bad: u64,
+        detail: String,
+    },
+}
+
+impl Ledger {
+    /// Open (or create) the ledger in directory `dir`.
+    pub fn open(dir: &Path, opts: &OpenOptions2) -> Result<Ledger> {
+        if opts.repair && opts.readonly {
+            return Err(Error::Msg(format!(
+                "cannot repair {} read-only: repair cuts files; open with readonly=False, repair=True",
+                dir.display()
+            )));
+        }
+        if !dir.exists() {
+            if opts.readonly || !opts.create {
+                return Err(Error::Msg(format!(
+                    "no ledger at {}; check the path, or open with create=True (and readonly=False) to start one",
+                    dir.display()
+                )));
+            }
+            fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        } else if !dir.is_dir() {
+            return Err(Error::Msg(format!(
+                "{} is a file, not a ledger directory; pass a directory path",
+                dir.display()
+            )));
+        }
+        let lock = if opts.readonly {
+            None
+        } else {
+            Some(lock::WriterLock::acquire(dir)?)
+        };
+        let writer_active = opts.readonly && lock::WriterLock::writer_active(dir)?;
+        let mut nums = Vec::new();
+        for entry in fs::read_dir(dir).map_err(|e| io(dir, e))? {
+            let entry = entry.map_err(|e| io(dir, e))?;
+            if let Some(n) = entry.file_name().to_str().and_then(parse_segment_name) {
+                nums.push(n);
+            }
+        }
+        nums.sort_unstable();
+        let mut me = Ledger {
+            dir: dir.to_path_buf(),
+            readonly: opts.readonly,
+            segment_bytes: opts.segment_bytes.max(4096),
+            _lock: lock,
+            segs: Vec::new(),
+            index: Index::default(),
+            warnings: Vec::new(),
+            buf: Vec::new(),
+            poisoned: None,
+        };
+        let mut data = Vec::new();
+        let count = nums.len();
+        for (i, &num) in nums.iter().enumerate() {
+            let path = dir.join(segment_name(num));
+            if num as usize != i + 1 {
+                let missing = dir.join(segment_name(i as u32 + 1));
+                if opts.repair {
+                    me.quarantine_from(
+                        &nums[i..],
+                        &format!("segment {} is missing", missing.display()),
+                    )?;
+                    break;
+                }
+                return Err(Error::Corrupt {
+                    path: missing.display().to_string(),
+                    offset: 0,
+                    detail: "segment file missing (segments must be numbered 1, 2, ... without gaps)".into(),
+                    fix: "restore the file, or open with repair=True to keep the segments before the gap".into(),
+                });
+            }
+            let is_last = i + 1 == count;
+            let file = if opts.readonly {
+                File::open(&path)
+            } else {
+                OpenOptions::new().read(true).write(true).open(&path)
+            }
+            .map_err(|e| io(&path, e))?;
+            data.clear();
+            (&file).read_to_end(&mut data).map_err(|e| io(&path, e))?;
+            let (tail, valid) = me.replay(num, &path, &data, is_last)?;
+            let valid = valid as u64;
+            match tail {
+                Tail::Clean => {}
+                Tail::Torn { at, bytes, records } => {
+                    let what = format!(
+                        "{}: torn tail of {} ({}) after byte offset {at}, left by an unacknowledged write",
+                        path.display(),
+                        plural(bytes, "byte"),
+                        plural(records, "record"),
+                    );
+                    if !opts.readonly {
+                        file.set_len(at).map_err(|e| io(&path, e))?;
+                        file.sync_all().map_err(|e| io(&path, e))?;
+                        me.warnings.push(format!("{what}; cut it"));
+                    } else if !writer_active {
+                        me.warnings.push(format!(
+                            "{what}; ignored it (read-only; a writer's open will cut it)"
+                        ));
+                    }
+                }
+                Tail::Corrupt { at, bad, detail } => {
+                    if !opts.repair {
+                        return Err(Error::Corrupt {
+                            path: path.display().to_string(),
+                            offset: bad,
+                            detail: format!("{detail}, and valid records follow it, so this is not a torn tail from a crash"),
+                            fix: format!(
+                                "open with repair=True to keep everything before byte {at} (the last whole commit) and move the rest aside, or restore the file from a copy"
+                            ),
+                        });
+                    }
+                    let qpath = dir.join(format!("{}.quarantine-at-{at}", segment_name(num)));
+                    fs::write(&qpath, &data[at as usize..]).map_err(|e| io(&qpath, e))?;
+                    file.set_len(at).map_err(|e| io(&path, e))?;
+                    file.sync_all().map_err(|e| io(&path, e))?;
+                    me.warnings.push(format!(
+                        "{}: repaired: {detail} at byte offset {bad}; kept everything before byte {at} (the last whole commit) and moved the {} after it to {}",
+                        path.display(),
+                        plural(data.len() as u64 - at, "byte"),
+                        qpath.display()
+                    ));
+                    me.segs.push(Segment {
+                        num,
+                        path,
+                        file,
+                        len: at,
+                    });
+                    me.quarantine_from(&nums[i + 1..], "they follow a repaired corruption")?;
+                    break;
+                }
+            }
+            if is_last && valid < SEG_HEADER as u64 {
+                // a segment whose header never made it to disk
+                if !opts.readonly {
+                    fs::remove_file(&path).map_err(|e| io(&path, e))?;
+                    sync_dir(dir)?;
+                }
+                continue;
+            }
+            me.segs.push(Segment {
+                num,
+                path,
+                file,
+                len: valid,
+            });
+        }
+        me.index.shrink();
+        Ok(me)
+    }
+
+    fn quarantine_from(&mut self, nums: &[u32], why: &str) -> Result<()> {
+        for &n in nums {
+            let from = self.dir.join(segment_name(n));
+            let to = self.dir.join(format!("{}.quarantine", segment_name(n)));
+            fs::rename(&from, &to).map_err(|e| io(&from, e))?;
+            self.warnings.push(format!(
+                "repair: moved {} aside to {} ({why})",
+                from.display(),
+                to.display()
+            ));
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// Replay one segment into the index. Returns the state of its tail and
+    /// the length of its committed prefix.
+    fn replay(
+        &mut self,
+        num: u32,
+        path: &Path,
+        data: &[u8],
+        is_last: bool,
+    ) -> Result<(Tail, usize)> {
+        let corrupt = |offset: usize, detail: String| Error::Corrupt {
+            path: path.display().to_string(),
+            offset: offset as u64,
+            detail,
+            fix: "restore the file from a copy, or open with repair=True to keep what precedes it"
+                .into(),
+        };
+        if data.len() < SEG_HEADER {
+            if is_last {
+                let bytes = data.len() as u64;
+                let tail = if bytes == 0 {
+                    Tail::Clean
+                } else {
+                    Tail::Torn {
+                        at: 0,
+                        bytes,
+                        records: 0,
+                    }
+                };
+                return Ok((tail, 0));
+            }
+            return Err(corrupt(
+                0,
+                format!("segment is {} bytes, shorter than its header", data.len()),
+            ));
+        }
+        if &data[..8] != SEG_MAGIC {
+            return Err(corrupt(0, "not a ledger segment (bad magic)".into()));
+        }
+        let version = rd_u32(data, 8);
+        if version != FORMAT_VERSION {
+            return Err(Error::Msg(format!(
+                "{} has ledger format version {version}; this build reads version {FORMAT_VERSION}; use a matching onpolicy-sft",
+                path.display()
+            )));
+        }
+        if rd_u32(data, 12) != num {
+            return Err(corrupt(
+                12,
+                format!(
+                    "header says segment {} but the file name says {num}",
+                    rd_u32(data, 12)
+                ),
+            ));
+        }
+        let mut pos = SEG_HEADER;
+        let mut committed = SEG_HEADER;
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut bad: Option<(usize, &'static str)> = None;
+        while pos < data.len() {
+            match check_frame(data, pos) {
+                Ok(f) => {
+                    if f.kind == K_COMMIT {
+                        if f.len != 12 {
+                            return Err(corrupt(pos, "commit frame of the wrong size".into()));
+                        }
+                        let sealed = rd_u32(data, f.payload + 8) as usize;
+                        if sealed != pending.len() {
+                            bad = Some((
+                                pos,
+                                "commit frame seals a different number of records than precede it",
+                            ));
+                            break;
+                        }
+                        for p in pending.drain(..) {
+                            Self::apply(&mut self.index, num, data, &p)
+                                .map_err(|d| corrupt(p.offset, d))?;
+                        }
+                        committed = f.next;
+                    } else {
+                        pending.push(Pending {
+                            kind: f.kind,
+                            offset: pos,
+                            payload: f.payload,
+                            len: f.len,
+                        });
+                    }
+                    pos = f.next;
+                }
+                Err(BadFrame::Truncated) => {
+                    bad = Some((pos, "record cut short"));
+                    break;
+                }
+                Err(BadFrame::Invalid(why)) => {
+                    bad = Some((pos, why));
+                    break;
+                }
+            }
+        }
+        let tail = match bad {
+            None if pending.is_empty() => Tail::Clean,
+            None => {
+                if !is_last {
+                    return Err(corrupt(
+                        committed,
+                        "records without a commit at the end of a segment that is not the last"
+                            .into(),
+                    ));
+                }
+                Tail::Torn {
+                    at: committed as u64,
+                    bytes: (data.len() - committed) as u64,
+                    records: pending.len() as u64,
+                }
+            }
+            Some((b, why)) => {
+                if is_last && resync(data, b + 1).is_none() {
+                    // the cut-off frame counts as a record unless it is a commit
+                    let partial = (data.get(b + 2) != Some(&K_COMMIT)) as u64;
+                    Tail::Torn {
+                        at: committed as u64,
+                        bytes: (data.len() - committed) as u64,
+                        records: pending.len() as u64 + partial,
+                    }
+                } else {
+                    Tail::Corrupt {
+                        at: committed as u64,
+                        bad: b as u64,
+                        detail: why.to_string(),
+                    }
+                }
+            }
+        };
+        Ok((tail, committed))
+    }
+
+    fn apply(
+        ix: &mut Index,
+        num: u32,
+        data: &[u8],
+        p: &Pending,
+    ) -> std::result::Result<(), String> {
+        let pl = &data[p.payload..p.payload + p.len];
+        match p.kind {
+            K_PROBLEM => {
+                if pl.len() < 8 {
+                    return Err("problem record too short".into());
+                }
+                let (il, rl) = (rd_u32(pl, 0) as usize, rd_u32(pl, 4) as usize);
+                if 8 + il + rl != pl.len() {
+                    return Err("problem record sizes do not add up".into());
+                }
+                let id = std::str::from_utf8(&pl[8..8 + il])
+                    .map_err(|_| "problem id is not UTF-8".to_string())?;
+                if ix.lookup(id).is_none() {
+                    ix.push_problem(id, make_loc(num, p.offset as u64));
+                }
+            }
+            K_ATTEMPT => {
+                let h = AttemptHead::read(pl).ok_or("attempt record sizes do not add up")?;
+                if h.problem as usize >= ix.len() {
+                    return Err(format!(
+                        "attempt refers to problem #{} but only {} exist",
+                        h.problem,
+                        ix.len()
+                    ));
+                }
+                ix.add_attempt(&AttemptFacts {
+                    problem: h.problem,
+                    stage: h.stage,
+                    correct: h.correct,
+                    sample_index: h.sample_index,
+                    score: h.score,
+                    score_from_base: h.has_base,
+                    ntok: h.ntok,
+                    text_len: h.text_len,
+                    loc: make_loc(num, p.offset as u64),
+                });
+            }
+            K_FINISH => {
+                if pl.len() < 8
+                    || pl[0] as usize >= N_STAGES
+                    || 8 + 4 * rd_u32(pl, 4) as usize != pl.len()
+                {
+                    return Err("finish record malformed".into());
+                }
+                let bit = 1u8 << pl[0];
+                for c in pl[8..].chunks_exact(4) {
+                    let q = u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize;
+                    if q >= ix.len() {
+                        return Err(format!(
+                            "finish record names problem #{q} but only {} exist",
+                            ix.len()
+                        ));
+                    }
+                    ix.finished[q] |= bit;
+                }
+            }
+            _ => return Err(format!("unexpected frame kind {}", p.kind)),
+        }
+        Ok(())
+    }
+
+    /// Warnings from opening (torn tails cut, repairs made).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.readonly {
+            return Err(Error::Msg(format!(
+                "ledger {} is open read-only; open it with readonly=False to write",
+                self.dir.display()
+            )));
+        }
+        if let Some(p) = &self.poisoned {
+            return Err(Error::Msg(format!(
+                "ledger {} refused the write: an earlier write failed and could not be rolled back ({p}); reopen it",
+                self.dir.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Make sure the current segment can take `need` more bytes.
+    fn ensure_room(&mut self, need: usize) -> Result<()> {
+        let roll = match self.segs.last() {
+            None => true,
+            Some(s) => s.len > SEG_HEADER as u64 && s.len + need as u64 > self.segment_bytes,
+        };
+        if !roll {
+            return Ok(());
+        }
+        let num = self.segs.last().map_or(1, |s| s.num + 1);
+        if num >= 1 << 24 {
+            return Err(Error::Msg(
+                "ledger has 2^24 segments; merge it into a new ledger".into(),
+            ));
+        }
+        let path = self.dir.join(segment_name(num));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| io(&path, e))?;
+        file.write_all_at(&segment_header(num), 0)
+            .map_err(|e| io(&path, e))?;
+        file.sync_all().map_err(|e| io(&path, e))?;
+        sync_dir(&self.dir)?;
+        self.segs.push(Segment {
+            num,
+            path,
+            file,
+            len: SEG_HEADER as u64,
+        });
+        Ok(())
+    }
+
+    /// Append `self.buf` to the current segment and fsync it.
+    fn append_buf(&mut self) -> Result<()> {
+        let seg = self.segs.last_mut().expect("ensure_room made a segment");
+        let at = seg.len;
+        let res = seg
+            .file
+            .write_all_at(&self.buf, at)
+            .and_then(|_| seg.file.sync_data());
+        if let Err(e) = res {
+            if let Err(e2) = seg.file.set_len(at).and_then(|_| seg.file.sync_data()) {
+                self.poisoned = Some(format!("{e}; then {e2}"));
+            }
+            return Err(io(&seg.path, e));
+        }
+        seg.len += self.buf.len() as u64;
+        Ok(())
+    }
+
+    fn cur_loc(&self) -> Loc {
+        let seg = self.segs.last().expect("segment");
+        make_loc(seg.num, seg.len + self.buf.len() as u64)
+    }
+
+    fn push_commit(&mut self, frames: u32) {
+        let s = begin_frame(&mut self.buf, K_COMMIT);
+        self.buf.extend_from_slice(&0u64.to_le_bytes());
+        self.buf.extend_from_slice(&frames.to_le_bytes());
+        end_frame(&mut self.buf, s);
+    }
+
+    /// Add problems with their references (expert solutions). Idempotent:
+    /// a problem already present with the same reference is skipped.
+    pub fn add_problems(&mut self, ids: &[&str], refs: &[&str]) -> Result<()> {
+        self.check_writable()?;
+        if ids.len() != refs.len() {
+            return Err(Error::Msg(format!(
+                "add_problems got {} ids but {} references; pass one reference per id",
+                ids.len(),
+                refs.len()
+            )));
+        }
+        let mut new: Vec<usize> = Vec::new();
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (i, (&id, &r)) in ids.iter().zip(refs).enumerate() {
+            if id.is_empty() || id.len() > 65_536 {
+                return Err(Error::Msg(format!(
+                    "problem id #{i} is {} bytes; ids must be 1 to 65536 bytes",
+                    id.len()
+                )));
+            }
+            if 8 + id.len() + r.len() > MAX_PAYLOAD {
+                return Err(Error::TooLarge {
+                    what: format!("reference of problem {id:?}"),
+                    size: r.len(),
+                    limit: MAX_PAYLOAD - 8 - id.len(),
+                    fix: "shorten the reference".into(),
+                });
+            }
+            let existing = if let Some(p) = self.index.lookup(id) {
+                Some(self.reference(p)?)
+            } else {
+                seen.get(id).map(|&j| refs[j].to_string())
+            };
+            match existing {
+                Some(old) if old == r => {}
+                Some(_) => {
+                    return Err(Error::Msg(format!(
+                        "problem {id:?} is already in the ledger with a different reference; problem ids must be unique (de-duplicate the dataset or give the variants distinct ids)"
+                    )))
+                }
+                None => {
+                    seen.insert(id, i);
+                    new.push(i);
+                }
+            }
+        }
+        self.index.reserve(new.len());
+        // chunks of at most 64 MiB, each its own commit (add_problems is idempotent)
+        let mut start = 0;
+        while start < new.len() {
+            let mut end = start;
+            let mut size = FRAME_HEADER + 12;
+            while end < new.len() && (end == start || size < 64 << 20) {
+                size += FRAME_HEADER + 8 + ids[new[end]].len() + refs[new[end]].len();
+                end += 1;
+            }
+            self.ensure_room(size)?;
+            self.buf.clear();
+            let mut locs = Vec::with_capacity(end - start);
+            for &i in &new[start..end] {
+                locs.push(self.cur_loc());
+                let s = begin_frame(&mut self.buf, K_PROBLEM);
+                self.buf
+                    .extend_from_slice(&(ids[i].len() as u32).to_le_bytes());
+                self.buf
+                    .extend_from_slice(&(refs[i].len() as u32).to_le_bytes());
+                self.buf.extend_from_slice(ids[i].as_bytes());
+                self.buf.extend_from_slice(refs[i].as_bytes());
+                end_frame(&mut self.buf, s);
+            }
+            self.push_commit((end - start) as u32);
+            self.append_buf()?;
+            for (&i, loc) in new[start..end].iter().zip(locs) {
+                self.index.push_problem(ids[i], loc);
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Record attempts; durable (fsynced) when it returns. All or nothing:
+    /// a bad attempt anywhere in the batch rejects the whole batch.
+    pub fn record(&mut self, attempts: &[AttemptIn]) -> Result<()> {
+        self.check_writable()?;
+        if attempts.is_empty() {
+            return Ok(());
+        }
+        let mut probs = Vec::with_capacity(attempts.len());
+        let mut total = FRAME_HEADER + 12;
+        for (i, a) in attempts.iter().enumerate() {
+            let p = self.index.lookup(a.problem_id).ok_or_else(|| {
+                Error::Msg(format!(
+                    "attempt #{i} is for problem {:?}, which is not in the ledger; add it with add_problems(ids, references) first",
+                    a.problem_id
+                ))
+            })?;
+            let who = || {
+                format!(
+                    "attempt #{i} (problem {:?}, stage {}, sample {})",
+                    a.problem_id,
+                    STAGE_NAMES.get(a.stage as usize).unwrap_or(&"?"),
+                    a.sample_index
+                )
+            };
+            if a.stage as usize >= N_STAGES {
+                return Err(Error::Msg(format!(
+                    "{}: stage code {} unknown; stages are self, guided, hinted",
+                    who(),
+                    a.stage
+                )));
+            }
+            if a.token_ids.len() % 4 != 0 || a.behavior.len() % 4 != 0 {
+                return Err(Error::Msg(format!(
+                    "{}: arrays must be 4-byte elements",
+                    who()
+                )));
+            }
+            if a.behavior.len() != a.token_ids.len() {
+                return Err(Error::Msg(format!(
+                    "{}: behavior_logprobs has {} values but token_ids has {}; give one log-prob per response token",
+                    who(),
+                    a.behavior.len() / 4,
+                    a.token_ids.len() / 4
+                )));
+            }
+            if let Some(b) = a.base {
+                if b.len() != a.token_ids.len() {
+                    return Err(Error::Msg(format!(
+                        "{}: base_logprobs has {} values but token_ids has {}; give one log-prob per response token, or None",
+                        who(),
+                        b.len() / 4,
+                        a.token_ids.len() / 4
+                    )));
+                }
+            }
+            let arrays = if a.base.is_some() { 3 } else { 2 };
+            let payload = ATTEMPT_HEAD + a.text.len() + a.reason.len() + arrays * a.token_ids.len();
+            if payload > MAX_PAYLOAD || a.text.len() > u32::MAX as usize {
+                return Err(Error::TooLarge {
+                    what: who(),
+                    size: payload,
+                    limit: MAX_PAYLOAD,
+                    fix: "split or shorten the response".into(),
+                });
+            }
+            total += FRAME_HEADER + payload;
+            probs.push(p);
+        }
+        self.ensure_room(total)?;
+        self.buf.clear();
+        self.buf.reserve(total);
+        let mut facts = Vec::with_capacity(attempts.len());
+        let mut undo: Vec<(u32, Loc)> = Vec::with_capacity(attempts.len());
+        for (a, &p) in attempts.iter().zip(&probs) {
+            let loc = self.cur_loc();
+            let prev = self.index.last_attempt[p as usize];
+            undo.push((p, prev));
+            self.index.last_attempt[p as usize] = loc;
+            let score = mean_f32(a.base.unwrap_or(a.behavior));
+            let h = AttemptHead {
+                problem: p,
+                sample_index: a.sample_index,
+                stage: a.stage,
+                correct: a.correct,
+                has_base: a.base.is_some(),
+                ntok: (a.token_ids.len() / 4) as u32,
+                text_len: a.text.len() as u32,
+                reason_len: a.reason.len() as u32,
+                score,
+                prev,
+            };
+            let s = begin_frame(&mut self.buf, K_ATTEMPT);
+            h.write(&mut self.buf);
+            self.buf.extend_from_slice(a.text.as_bytes());
+            self.buf.extend_from_slice(a.reason.as_bytes());
+            self.buf.extend_from_slice(a.token_ids);
+            self.buf.extend_from_slice(a.behavior);
+            if let Some(b) = a.base {
+                self.buf.extend_from_slice(b);
+            }
+            end_frame(&mut self.buf, s);
+            facts.push(AttemptFacts {
+                problem: p,
+                stage: a.stage,
+                correct: a.correct,
+                sample_index: a.sample_index,
+                score,
+                score_from_base: a.base.is_some(),
+                ntok: h.ntok,
+                text_len: h.text_len,
+                loc,
+            });
+        }
+        self.push_commit(attempts.len() as u32);
+        if let Err(e) = self.append_buf() {
+            for (p, prev) in undo.into_iter().rev() {
+                self.index.last_attempt[p as usize] = prev;
+            }
+            return Err(e);
+        }
+        for f in &facts {
+            self.index.add_attempt(f);
+        }
+        Ok(())
+    }
+
+    /// Mark `stage` finished for these problems (durable when it returns).
+    pub fn finish_stage(&mut self, ids: &[&str], stage: u8) -> Result<()> {
+        self.check_writable()?;
+        if stage as usize >= N_STAGES {
+            return Err(Error::Msg(format!(
+                "stage code {stage} unknown; stages are self, guided, hinted"
+            )));
+        }
+        let bit = 1u8 << stage;
+        let mut ords = Vec::with_capacity(ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            let p = self.index.lookup(id).ok_or_else(|| {
+                Error::Msg(format!(
+                    "finish_stage: problem #{i} {id:?} is not in the ledger; add it with add_problems first"
+                ))
+            })?;
+            if self.index.finished[p as usize] & bit == 0 {
+                ords.push(p);
+            }
+        }
+        ords.sort_unstable();
+        ords.dedup();
+        for chunk in ords.chunks(1 << 20) {
+            let size = 2 * FRAME_HEADER + 12 + 8 + 4 * chunk.len();
+            self.ensure_room(size)?;
+            self.buf.clear();
+            let s = begin_frame(&mut self.buf, K_FINISH);
+            self.buf.extend_from_slice(&[stage, 0, 0, 0]);
+            self.buf
+                .extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+            for &p in chunk {
+                self.buf.extend_from_slice(&p.to_le_bytes());
+            }
+            end_frame(&mut self.buf, s);
+            self.push_commit(1);
+            self.append_buf()?;
+            for &p in chunk {
+                self.index.finished[p as usize] |= bit;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ids of problems that still need `stage`, in ledger order.
+    pub fn pending(&self, stage: u8) -> Vec<u32> {
+        self.index.pending(stage)
+    }
+
+    pub fn problem_id(&self, p: u32) -> &str {
+        self.index.id(p)
+    }
+
+    pub fn lookup(&self, id: &str) -> Option<u32> {
+        self.index.lookup(id)
+    }
+
+    /// Read and check the frame at `loc`; returns its payload.
+    fn read_frame(&self, loc: Loc, kind: u8, scratch: &mut Vec<u8>) -> Result<()> {
+        let (num, off) = (loc_seg(loc), loc_offset(loc));
+        let seg = match self.segs.get((num as usize).wrapping_sub(1)) {
+            Some(s) if s.num == num && off + FRAME_HEADER as u64 <= s.len => s,
+            _ => {
+                return Err(Error::Msg(format!(
+                    "internal: location {loc:#x} is outside the ledger"
+                )))
+            }
+        };
+        let mut h = [0u8; FRAME_HEADER];
+        seg.file
+            .read_exact_at(&mut h, off)
+            .map_err(|e| io(&seg.path, e))?;
+        let len = rd_u32(&h, 4) as usize;
+        let corrupt = |detail: &str| {
+            Error::Corrupt {
+            path: seg.path.display().to_string(),
+            offset: off,
+            detail: detail.to_string(),
+            fix: "the file changed on disk after it was opened; reopen the ledger (repair=True if it reports damage)".into(),
+        }
+        };
+        if h[0..2] != FRAME_MAGIC
+            || h[2] != kind
+            || len > MAX_PAYLOAD
+            || off + (FRAME_HEADER + len) as u64 > seg.len
+        {
+            return Err(corrupt("bad frame header"));
+        }
+        scratch.resize(len, 0);
+        seg.file
+            .read_exact_at(scratch, off + FRAME_HEADER as u64)
+            .map_err(|e| io(&seg.path, e))?;
+        let want = rd_u32(&h, 8);
+        if crc::crc32c_append(crc::crc32c(&h[0..8]), scratch) != want {
+            return Err(corrupt("checksum mismatch"));
+        }
+        Ok(())
+    }
+
+    /// The reference (expert solution) of problem `p`.
+    pub fn reference(&self, p: u32) -> Result<String> {
+        let mut b = Vec::new();
+        self.read_frame(self.index.ref_loc[p as usize], K_PROBLEM, &mut b)?;
+        let il = rd_u32(&b, 0) as usize;
+        Ok(String::from_utf8_lossy(&b[8 + il..]).into_owned())
+    }
+
+    /// Read attempts at these locations into columns.
+    pub fn read_locs(&self, locs: &[Loc]) -> Result<Columns> {
+        let mut cols = Columns::new(locs.len());
+        let mut scratch = Vec::new();
+        for &loc in locs {
+            self.read_frame(loc, K_ATTEMPT, &mut scratch)?;
+            let h = AttemptHead::read(&scratch).ok_or_else(|| Error::Corrupt {
+                path: self.dir.display().to_string(),
+                offset: loc_offset(loc),
+                detail: "attempt record sizes do not add up".into(),
+                fix: "reopen the ledger".into(),
+            })?;
+            cols.push(&h, &scratch);
+        }
+        Ok(cols)
+    }
+
+    /// Locations of every attempt of problem `p`, oldest first.
+    pub fn attempt_locs(&self, p: u32) -> Result<Vec<Loc>> {
+        let mut out = Vec::new();
+        let mut loc = self.index.last_attempt[p as usize];
+        let mut h = [0u8; FRAME_HEADER + ATTEMPT_HEAD];
+        while loc != 0 {
+            out.push(loc);
+            let (num, off) = (loc_seg(loc), loc_offset(loc));
+            let seg = &self.segs[num as usize - 1];
+            seg.file
+                .read_exact_at(&mut h, off)
+                .map_err(|e| io(&seg.path, e))?;
+            let prev = rd_u64(&h, FRAME_HEADER + 28);
+            if prev >= loc {
+                return Err(Error::Corrupt {
+                    path: seg.path.display().to_string(),
+                    offset: off,
+                    detail: "attempt chain points forward".into(),
+                    fix: "reopen the ledger".into(),
+                });
+            }
+            loc = prev;
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Every attempt of problem `p`, oldest first.
+    pub fn attempts(&self, p: u32) -> Result<Columns> {
+        let locs = self.attempt_locs(p)?;
+        self.read_locs(&locs)
+    }
+
+    pub fn assign(&self, sel: Selection, seed: u64) -> index::Assigned {
+        self.index.assign(sel, seed)
+    }
+
+    /// Locations of the chosen attempts (0 for expert rows).
+    pub fn chosen_locs(&self, a: &index::Assigned) -> Vec<Loc> {
+        a.choice
+            .iter()
+            .map(|&c| {
+                if c == NONE {
+                    0
+                } else {
+                    self.index.cands.loc[c as usize]
+                }
+            })
+            .collect()
+    }
+
+    pub fn stats(&self, sel: Selection, seed: u64) -> Stats {
+        let ix = &self.index;
+        let n = ix.len();
+        let a = ix.assign(sel, seed);
+        let mut tiers = vec![(0u64, 0f64, 0u64); 4];
+        for p in 0..n {
+            let t = a.tier[p] as usize;
+            tiers[t].0 += 1;
+            let c = a.choice[p];
+            if c != NONE && ix.cands.stage[c as usize] & 0x80 != 0 {
+                let s = ix.cands.score[c as usize];
+                if s.is_finite() {
+                    tiers[t].1 += s as f64;
+                    tiers[t].2 += 1;
+                }
+            }
+        }
+        let stages = (0..N_STAGES)
+            .map(|s| {
+                let bit = 1u8 << s;
+                let tried = ix.tried.iter().filter(|&&b| b & bit != 0).count() as u64;
+                let solved = ix.solved.iter().filter(|&&b| b & bit != 0).count() as u64;
+                (STAGE_NAMES[s].to_string(), ix.counts[s], tried, solved)
+            })
+            .collect();
+        let finished = (0..N_STAGES)
+            .map(|s| {
+                let bit = 1u8 << s;
+                (
+                    STAGE_NAMES[s].to_string(),
+                    ix.finished.iter().filter(|&&b| b & bit != 0).count() as u64,
+                )
+            })
+            .collect();
+        Stats {
+            problems: n as u64,
+            attempts: ix.counts.iter().map(|c| c.attempts).sum(),
+            stages,
+            tiers: tiers
+                .into_iter()
+                .enumerate()
+                .map(|(t, (k, sum, m))| {
+                    (
+                        tier_name(t as u8).to_string(),
+                        k,
+                        if m > 0 { sum / m as f64 } else { f64::NAN },
+                        m,
+                    )
+                })
+                .collect(),
+            finished,
+            index_bytes: ix.memory_bytes() as u64,
+            segments: self.segs.len() as u64,
+            disk_bytes: self.segs.iter().map(|s| s.len).sum(),
+        }
+    }
+
+    /// Walk every committed frame in log order.
+    fn for_each_frame(&self, mut f: impl FnMut(u8, &[u8]) -> Result<()>) -> Result<()> {
+        let mut data = Vec::new();
+        for seg in &self.segs {
+            data.clear();
+            data.resize(seg.len as usize, 0);
+            seg.file
+                .read_exact_at(&mut data, 0)
+                .map_err(|e| io(&seg.path, e))?;
+            let mut pos = SEG_HEADER;
+            while pos < data.len() {
+                let fr = check_frame(&data, pos).map_err(|e| Error::Corrupt {
+                    path: seg.path.display().to_string(),
+                    offset: pos as u64,
+                    detail: format!("{e:?}"),
+                    fix: "the file changed after it was opened; reopen the ledger".into(),
+                })?;
+                f(fr.kind, &data[fr.payload..fr.next])?;
+                pos = fr.next;
+            }
+        }
+        Ok(())
+    }
+
+    /// Merge ledgers written by separate workers into a new ledger at `out`:
+    /// problems in input order (a problem in several inputs must have the
+    /// same reference), then each input's attempts and finished stages in its
+    /// own record order.
+    pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<Vec<String>> {
+        if out.exists() && fs::read_dir(out).map_err(|e| io(out, e))?.next().is_some() {
+            return Err(Error::Msg(format!(
+                "merge output {} exists and is not empty; pass a new path",
+                out.display()
+            )));
+        }
+        let mut dst = Ledger::open(out, &OpenOptions2::default())?;
+        let mut warnings = Vec::new();
+        for path in inputs {
+            let src = Ledger::open(
+                path,
+                &OpenOptions2 {
+                    readonly: true,
+                    create: false,
+                    ..Default::default()
+                },
+            )?;
+            warnings.extend(src.warnings.iter().cloned());
+            // problems first (in chunks), so attempts can refer to them
+            let n = src.len() as u32;
+            let mut start = 0u32;
+            while start < n {
+                let end = (start + 4096).min(n);
+                let refs: Vec<String> = (start..end)
+                    .map(|p| src.reference(p))
+                    .collect::<Result<_>>()?;
+                let ids: Vec<&str> = (start..end).map(|p| src.problem_id(p)).collect();
+                let rr: Vec<&str> = refs.iter().map(|s| s.as_str()).collect();
+                dst.add_problems(&ids, &rr)
+                    .map_err(|e| Error::Msg(format!("merging {}: {e}", path.display())))?;
+                start = end;
+            }
+            let mut batch: Vec<Vec<u8>> = Vec::new();
+            let mut batch_bytes = 0usize;
+            let flush = |dst: &mut Ledger, batch: &mut Vec<Vec<u8>>| -> Result<()> {
+                let heads: Vec<AttemptHead> = batch
+                    .iter()
+                    .map(|b| AttemptHead::read(b).expect("checked on open"))
+                    .collect();
+                let ins: Vec<AttemptIn> = batch
+                    .iter()
+                    .zip(&heads)
+                    .map(|(b, h)| attempt_in(src.problem_id(h.problem), h, b))
+                    .collect();
+                dst.record(&ins)?;
+                batch.clear();
+                Ok(())
+            };
+            src.for_each_frame(|kind, pl| {
+                match kind {
+                    K_ATTEMPT => {
+                        batch_bytes += pl.len();
+                        batch.push(pl.to_vec());
+                        if batch.len() >= 4096 || batch_bytes >= 32 << 20 {
+                            flush(&mut dst, &mut batch)?;
+                            batch_bytes = 0;
+                        }
+                    }
+                    K_FINISH => {
+                        flush(&mut dst, &mut batch)?;
+                        batch_bytes = 0;
+                        let ids: Vec<&str> = pl[8..]
+                            .chunks_exact(4)
+                            .map(|c| src.problem_id(rd_u32(c, 0)))
+                            .collect();
+                        dst.finish_stage(&ids, pl[0])?;
+                    }
+                    _ => {}
+                }
+                Ok(())
+            })?;
+            flush(&mut dst, &mut batch)?;
+        }
+        Ok(warnings)
+    }
+}
+
+/// View a stored attempt payload as an [`AttemptIn`] (for merge).
+fn attempt_in<'a>(problem_id: &'a str, h: &AttemptHead, b: &'a [u8]) -> AttemptIn<'a> {
+    let mut at = ATTEMPT_HEAD;
+    let mut take = |n: usize| {
+        let s = &b[at..at + n];
+        at += n;
+        s
+    };
+    let text = take(h.text_len as usize);
+    let reason = take(h.reason_len as usize);
+    let nb = 4 * h.ntok as usize;
+    let token_ids = take(nb);
+    let behavior = take(nb);
+    let base = if h.has_base { Some(take(nb)) } else { None };
+    AttemptIn {
+        problem_id,
+        stage: h.stage,
+        sample_index: h.sample_index,
+        correct: h.correct,
+        text: std::str::from_utf8(text).unwrap_or(""),
+        reason: std::str::from_utf8(reason).unwrap_or(""),
+        token_ids,
+        behavior,
+        base,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,475 @@
+"""The tier ledger: every rewrite attempt recorded durably, tiers derived from it.
+
+A thin face over the Rust ledger (``onpolicy_sft._core.LedgerCore``, see
+``rust/ledger/``). A ledger is a directory of append-only, checksummed
+segment files; each :meth:`Ledger.record` call is one group commit, fsynced
+before it returns, so a crash (even SIGKILL) loses nothing acknowledged and
+never leaves half a batch behind. One writer at a time (a ``flock`` on
+``<dir>/LOCK``); readers may open a ledger that is being written.
+
+Tiers (METHODS.md, three-tier rewriting): a problem's tier is the earliest
+stage (self < guided < hinted) with a correct attempt, else ``"expert"``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from onpolicy_sft import _core
+from onpolicy_sft._core import LedgerCorruptError, LedgerError, LedgerLockedError
+
+__all__ = [
+    "AssignedProblem",
+    "Assignment",
+    "Attempt",
+    "Ledger",
+    "LedgerCorruptError",
+    "LedgerError",
+    "LedgerLockedError",
+    "LedgerWarning",
+]
+
+STAGES = ("self", "guided", "hinted")
+TIERS = ("self", "guided", "hinted", "expert")
+SELECTIONS = ("likeliest", "first", "random", "shortest")
+_EMPTY_F32 = np.zeros(0, dtype=np.float32)
+_CHUNK = 4096  # attempts read back per call when iterating an Assignment
+
+
+class LedgerWarning(UserWarning):
+    """Something was cut or repaired when a ledger was opened (the message says what)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Attempt:
+    """One sampled response to a problem in one stage.
+
+    ``token_ids``: (T,) response tokens, EOS included when generation stopped on it.
+    ``behavior_logprobs``: float32 (T,), log-probs under the prompt that generated it.
+    ``base_logprobs``: float32 (T,) or None, pi_0(y|x) under the *training* prompt.
+    """
+
+    problem_id: str
+    stage: str
+    sample_index: int
+    text: str
+    token_ids: Sequence[int]
+    behavior_logprobs: np.ndarray
+    correct: bool
+    reason: str = ""
+    base_logprobs: np.ndarray | None = None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Attempt):
+            return NotImplemented
+        if (
+            self.problem_id,
+            self.stage,
+            self.sample_index,
+            self.text,
+            bool(self.correct),
+            self.reason,
+        ) != (
+            other.problem_id,
+            other.stage,
+            other.sample_index,
+            other.text,
+            bool(other.correct),
+            other.reason,
+        ):
+            return False
+        if list(self.token_ids) != list(other.token_ids):
+            return False
+        if not np.array_equal(
+            np.asarray(self.behavior_logprobs, dtype=np.float32),
+            np.asarray(other.behavior_logprobs, dtype=np.float32),
+        ):
+            return False
+        if (self.base_logprobs is None) != (other.base_logprobs is None):
+            return False
+        return self.base_logprobs is None or np.array_equal(
+            np.asarray(self.base_logprobs, dtype=np.float32),
+            np.asarray(other.base_logprobs, dtype=np.float32),
+        )
+
+    __hash__ = object.__hash__
+
+
+@dataclass(frozen=True)
+class AssignedProblem:
+    """One row of an :class:`Assignment`: ``attempt`` is None for expert rows."""
+
+    problem_id: str
+    tier: str
+    attempt: Attempt | None
+
+
+def _attempts_from_columns(cols: dict[str, bytes], problem_ids: Sequence[str]) -> list[Attempt]:
+    stage = np.frombuffer(cols["stage"], dtype=np.uint8)
+    sample = np.frombuffer(cols["sample"], dtype="<u4")
+    correct = np.frombuffer(cols["correct"], dtype=np.uint8)
+    has_base = np.frombuffer(cols["has_base"], dtype=np.uint8)
+    text_off = np.frombuffer(cols["text_off"], dtype="<i8").tolist()
+    reason_off = np.frombuffer(cols["reason_off"], dtype="<i8").tolist()
+    tok_off = np.frombuffer(cols["tok_off"], dtype="<i8").tolist()
+    base_off = np.frombuffer(cols["base_off"], dtype="<i8").tolist()
+    tokens = np.frombuffer(cols["tokens"], dtype="<u4")
+    behavior = np.frombuffer(cols["behavior"], dtype="<f4")
+    base = np.frombuffer(cols["base"], dtype="<f4")
+    text, reason = cols["text"], cols["reason"]
+    out = []
+    for i in range(len(stage)):
+        t0, t1 = tok_off[i], tok_off[i + 1]
+        out.append(
+            Attempt(
+                problem_id=problem_ids[i],
+                stage=STAGES[stage[i]],
+                sample_index=int(sample[i]),
+                text=text[text_off[i] : text_off[i + 1]].decode(),
+                token_ids=tokens[t0:t1].tolist(),
+                behavior_logprobs=behavior[t0:t1].astype(np.float32),
+                correct=bool(correct[i]),
+                reason=reason[reason_off[i] : reason_off[i + 1]].decode(),
+                base_logprobs=base[base_off[i] : base_off[i + 1]].astype(np.float32)
+                if has_base[i]
+                else None,
+            )
+        )
+    return out
+
+
+class Assignment:
+    """Per problem (in ledger order): tier and chosen attempt. Iterating reads
+    the chosen attempts from disk in chunks; :meth:`tiers` does not read any."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        problem_ids: list[str],
+        tier_codes: np.ndarray,
+        locs: np.ndarray,
+        selection: str,
+        seed: int,
+    ) -> None:
+        self._ledger = ledger
+        self.problem_ids = problem_ids
+        self.tier_codes = tier_codes  # uint8 (P,): 0 self, 1 guided, 2 hinted, 3 expert
+        self._locs = locs  # uint64 (P,): 0 for expert rows
+        self.selection = selection
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.problem_ids)
+
+    def tiers(self) -> dict[str, int]:
+        counts = np.bincount(self.tier_codes, minlength=4)
+        return {name: int(counts[i]) for i, name in enumerate(TIERS)}
+
+    def tier_of(self, problem_id: str) -> str:
+        return TIERS[self.tier_codes[self.problem_ids.index(problem_id)]]
+
+    def __iter__(self) -> Iterator[AssignedProblem]:
+        core = self._ledger._live()
+        for start in range(0, len(self), _CHUNK):
+            end = min(start + _CHUNK, len(self))
+            locs = self._locs[start:end]
+            picked = np.nonzero(locs)[0]
+            ids = self.problem_ids[start:end]
+            cols = core.read_locs(locs[picked].astype("<u8").tobytes())
+            atts = _attempts_from_columns(cols, [ids[i] for i in picked])
+            by_row = dict(zip(picked.tolist(), atts))
+            for i in range(end - start):
+                yield AssignedProblem(
+                    problem_id=ids[i],
+                    tier=TIERS[self.tier_codes[start + i]],
+                    attempt=by_row.get(i),
+                )
+
+    def __repr__(self) -> str:
+        return f"Assignment({len(self)} problems, tiers={self.tiers()}, selection={self.selection!r}, seed={self.seed})"
+
+
+def _check_selection(selection: str) -> None:
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection {selection!r} unknown; use one of {', '.join(SELECTIONS)}")
+
+
+class Ledger:
+    """Crash-safe record of rewrite attempts. Use :meth:`open`; also a context manager."""
+
+    def __init__(self, core: Any, path: str) -> None:
+        self._core: Any = core
+        self.path = path
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        create: bool = True,
+        readonly: bool = False,
+        repair: bool = False,
+        segment_bytes: int | None = None,
+    ) -> Ledger:
+        """Open the ledger directory ``path`` (created when missing and ``create``).
+
+        A torn tail left by a crash is cut with a :class:`LedgerWarning`
+        (bytes and records dropped). Damage in the middle of a file raises
+        :class:`LedgerCorruptError` naming file and offset, unless
+        ``repair=True``, which keeps everything before it and moves the rest
+        aside. A second writer gets :class:`LedgerLockedError` naming the holder.
+        """
+        core = _core.LedgerCore(
+            os.fspath(path),
+            create=create,
+            readonly=readonly,
+            repair=repair,
+            segment_bytes=segment_bytes,
+        )
+        for msg in core.warnings():
+            warnings.warn(msg, LedgerWarning, stacklevel=2)
+        return cls(core, os.fspath(path))
+
+    def _live(self) -> Any:
+        if self._core is None:
+            raise LedgerError(f"ledger {self.path} is closed; open it again with Ledger.open")
+        return self._core
+
+    @property
+    def warnings(self) -> list[str]:
+        """What opening cut or repaired (also issued as LedgerWarning)."""
+        return list(self._live().warnings())
+
+    def __len__(self) -> int:
+        return int(self._live().__len__())
+
+    def __contains__(self, problem_id: object) -> bool:
+        return isinstance(problem_id, str) and bool(self._live().has_problem(problem_id))
+
+    def problem_ids(self) -> list[str]:
+        return list(self._live().problem_ids())
+
+    def add_problems(self, ids: Sequence[str], references: Sequence[str]) -> None:
+        """Add problems with their references (expert solutions). Idempotent."""
+        self._live().add_problems(list(ids), list(references))
+
+    def record(self, attempts: Sequence[Attempt]) -> None:
+        """Record attempts; durable when it returns; all-or-nothing per call."""
+        core = self._live()
+        attempts = list(attempts)
+        n = len(attempts)
+        if n == 0:
+            return
+        toks = [a.token_ids for a in attempts]
+        blps = [
+            _EMPTY_F32 if a.behavior_logprobs is None else a.behavior_logprobs for a in attempts
+        ]
+        bases = [a.base_logprobs for a in attempts]
+        tok_lens = np.fromiter(map(len, toks), dtype=np.int64, count=n)
+        blp_lens = np.fromiter(map(len, blps), dtype=np.int64, count=n)
+        base_lens = np.fromiter(
+            (-1 if b is None else len(b) for b in bases), dtype=np.int64, count=n
+        )
+        bad = np.nonzero(blp_lens != tok_lens)[0]
+        if len(bad):
+            i = int(bad[0])
+            a = attempts[i]
+            raise ValueError(
+                f"attempt #{i} (problem {a.problem_id!r}, stage {a.stage}, sample {a.sample_index}):"
+                f" behavior_logprobs has {blp_lens[i]} values but token_ids has {tok_lens[i]};"
+                " give one log-prob per response token"
+            )
+        bad = np.nonzero((base_lens >= 0) & (base_lens != tok_lens))[0]
+        if len(bad):
+            i = int(bad[0])
+            a = attempts[i]
+            raise ValueError(
+                f"attempt #{i} (problem {a.problem_id!r}, stage {a.stage}, sample {a.sample_index}):"
+                f" base_logprobs has {base_lens[i]} values but token_ids has {tok_lens[i]};"
+                " give one log-prob per response token, or None"
+            )
+        if tok_lens.sum():
+            tok = np.concatenate([np.asarray(t) for t in toks if len(t)])
+            if tok.dtype.kind not in "iu" or (tok.size and (tok.min() < 0 or tok.max() >= 2**32)):
+                raise ValueError(
+                    "token_ids must be integers in 0..2**32 (got dtype"
+                    f" {tok.dtype}, range {tok.min()}..{tok.max()})"
+                )
+            tokens = tok.astype("<u4", copy=False).tobytes()
+            behavior = np.concatenate(blps).astype("<f4", copy=False).tobytes()
+        else:
+            tokens = behavior = b""
+        present = [b for b in bases if b is not None and len(b)]
+        base = np.concatenate(present).astype("<f4", copy=False).tobytes() if present else b""
+        core.record(
+            attempts,
+            tok_lens.astype("<u4").tobytes(),
+            tokens,
+            behavior,
+            base_lens.astype("<i4").tobytes(),
+            base,
+        )
+
+    def finish_stage(self, problem_ids: Sequence[str], stage: str) -> None:
+        """Mark ``stage`` done for these problems (they leave ``pending(stage)``)."""
+        self._live().finish_stage(list(problem_ids), stage)
+
+    def pending(self, stage: str) -> list[str]:
+        """Problems with no correct attempt in an earlier stage and ``stage`` not finished."""
+        return list(self._live().pending(stage))
+
+    def attempts(self, problem_id: str) -> list[Attempt]:
+        """Every attempt of ``problem_id``, in record order."""
+        cols = self._live().attempts(problem_id)
+        n = len(cols["stage"])
+        return _attempts_from_columns(cols, [problem_id] * n)
+
+    def assign(self, selection: str = "likeliest", seed: int = 0) -> Assignment:
+        """Tier and chosen attempt per problem; a pure function of the records and ``seed``.
+
+        ``likeliest``: highest mean base log-prob (behaviour log-prob when base is
+        missing); ``first``: lowest sample index; ``random``: seeded, independent of
+        record order; ``shortest``: fewest tokens. Ties go to the lower sample index,
+        then the earlier record.
+        """
+        _check_selection(selection)
+        core = self._live()
+        tiers, locs = core.assign(selection, seed)
+        return Assignment(
+            self,
+            list(core.problem_ids()),
+            np.frombuffer(tiers, dtype=np.uint8),
+            np.frombuffer(locs, dtype="<u8"),
+            selection,
+            seed,
+        )
+
+    def stats(self, selection: str = "likeliest", seed: int = 0) -> dict[str, Any]:
+        """Counts per tier, pass rate per stage, mean base log-prob per tier (of the
+        attempts ``selection`` chooses), index memory and disk size."""
+        _check_selection(selection)
+        return dict(self._live().stats(selection, seed))
+
+    def to_arrow(self, selection: str = "likeliest", seed: int = 0) -> Any:
+        """The assigned training set as a pyarrow Table, one row per problem in ledger order.
+
+        Columns: problem_id, tier, sample_index, response (the chosen attempt's
+        text, or the reference for expert rows), response_token_ids,
+        behavior_logprobs, base_logprobs (null for expert rows or when missing),
+        verdict (null for expert rows), reason.
+        """
+        import pyarrow as pa
+
+        a = self.assign(selection, seed)
+        core = self._live()
+        locs = a._locs
+        chosen = np.nonzero(locs)[0]
+        expert = np.nonzero(locs == 0)[0]
+        cols = core.read_locs(locs[chosen].astype("<u8").tobytes())
+        ref_data, ref_off = core.references(expert.astype("<u4").tobytes())
+        nc, ne = len(chosen), len(expert)
+
+        def strings(data: bytes, off: bytes, n: int) -> Any:
+            o = np.frombuffer(off, dtype="<i8")
+            if o[-1] < 2**31:
+                return pa.StringArray.from_buffers(
+                    n, pa.py_buffer(o.astype("<i4").tobytes()), pa.py_buffer(data)
+                )
+            return pa.LargeStringArray.from_buffers(n, pa.py_buffer(off), pa.py_buffer(data))
+
+        def lists(values: np.ndarray, off: bytes, mask: np.ndarray | None) -> Any:
+            o = np.frombuffer(off, dtype="<i8")
+            arr = pa.array(values)
+            big = o[-1] >= 2**31
+            offsets = pa.array(o if big else o.astype(np.int32))
+            cls = pa.LargeListArray if big else pa.ListArray
+            return cls.from_arrays(offsets, arr, mask=None if mask is None else pa.array(mask))
+
+        tokens = np.frombuffer(cols["tokens"], dtype="<u4").astype(np.int32)
+        behavior = np.frombuffer(cols["behavior"], dtype="<f4")
+        base = np.frombuffer(cols["base"], dtype="<f4")
+        no_base = np.frombuffer(cols["has_base"], dtype=np.uint8) == 0
+        chosen_part = {
+            "sample_index": pa.array(np.frombuffer(cols["sample"], dtype="<u4").astype(np.int32)),
+            "response": strings(cols["text"], cols["text_off"], nc),
+            "response_token_ids": lists(tokens, cols["tok_off"], None),
+            "behavior_logprobs": lists(behavior, cols["tok_off"], None),
+            "base_logprobs": lists(base, cols["base_off"], no_base),
+            "verdict": pa.array(np.frombuffer(cols["correct"], dtype=np.uint8).astype(bool)),
+            "reason": strings(cols["reason"], cols["reason_off"], nc),
+        }
+        expert_part = {
+            "response": strings(ref_data, ref_off, ne),
+            "reason": pa.array(["expert"] * ne, type=pa.string()),
+        }
+        columns: dict[str, Any] = {}
+        for name, part in chosen_part.items():
+            other = expert_part.get(name)
+            if other is None:
+                other = pa.nulls(ne, type=part.type)
+            elif other.type != part.type:
+                other = other.cast(part.type)
+                part = part.cast(other.type) if part.type != other.type else part
+            columns[name] = pa.concat_arrays([part, other])
+        order = np.concatenate([chosen, expert])
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        ids = pa.array(a.problem_ids, type=pa.string())
+        tier_names = np.array(TIERS, dtype=object)[a.tier_codes]
+        table = pa.table(
+            {
+                "problem_id": ids,
+                "tier": pa.array(tier_names.tolist(), type=pa.string()),
+                **{k: v.take(pa.array(inverse)) for k, v in columns.items()},
+            }
+        )
+        return table
+
+    def export(
+        self,
+        path: str | os.PathLike[str],
+        format: str = "parquet",
+        *,
+        selection: str = "likeliest",
+        seed: int = 0,
+    ) -> None:
+        """Write the assigned training set (see :meth:`to_arrow`) as parquet or jsonl."""
+        if format not in ("parquet", "jsonl"):
+            raise ValueError(f"format {format!r} unknown; use 'parquet' or 'jsonl'")
+        table = self.to_arrow(selection, seed)
+        if format == "parquet":
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, os.fspath(path))
+        else:
+            import datasets
+
+            datasets.Dataset(table).to_json(os.fspath(path), lines=True)
+
+    @staticmethod
+    def merge(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> None:
+        """Merge shard ledgers into a new ledger at ``out`` (which must not exist or be empty)."""
+        for msg in _core.LedgerCore.merge([os.fspath(p) for p in paths], os.fspath(out)):
+            warnings.warn(msg, LedgerWarning, stacklevel=2)
+
+    def close(self) -> None:
+        """Release the writer lock and files. Idempotent."""
+        if self._core is not None:
+            self._core.close()
+            self._core = None
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._core is None else f"{len(self)} problems"
+        return f"Ledger({self.path!r}, {state})"

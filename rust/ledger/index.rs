@@ -1,0 +1,482 @@
+//! The in-memory index: problems, stage bits, and the correct attempts
+//! (the only ones tier assignment can choose). Texts and arrays stay on disk.
+//!
+//! Memory per problem: id bytes + 4 (id end) + ~5-10 (hash slots) + 8
+//! (reference location) + 8 (newest attempt location) + 3 (stage bits),
+//! plus 29 bytes per *correct* attempt. Incorrect attempts cost nothing
+//! here: `attempts()` follows the `prev_loc` chain on disk.
+
+use super::format::Loc;
+
+pub const N_STAGES: usize = 3;
+pub const STAGE_NAMES: [&str; N_STAGES] = ["self", "guided", "hinted"];
+pub const EXPERT: u8 = 3;
+pub const NONE: u32 = u32::MAX;
+
+pub fn stage_code(name: &str) -> Option<u8> {
+    STAGE_NAMES.iter().position(|s| *s == name).map(|i| i as u8)
+}
+
+pub fn tier_name(code: u8) -> &'static str {
+    match code {
+        0..=2 => STAGE_NAMES[code as usize],
+        _ => "expert",
+    }
+}
+
+/// Stable 64-bit hash of a problem id (never changes across versions or
+/// platforms: the `random` selection depends on it).
+pub fn id_hash(b: &[u8]) -> u64 {
+    // FNV-1a over the bytes, then a splitmix64 finaliser.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &x in b {
+        h ^= x as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    mix64(h)
+}
+
+pub fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Correct attempts, struct-of-arrays, in record order.
+#[derive(Default, Clone)]
+pub struct Candidates {
+    pub problem: Vec<u32>,
+    /// stage in the low 2 bits, bit 7 set when `score` comes from base log-probs
+    pub stage: Vec<u8>,
+    pub sample: Vec<u32>,
+    pub score: Vec<f32>,
+    pub ntok: Vec<u32>,
+    pub text_len: Vec<u32>,
+    pub loc: Vec<Loc>,
+}
+
+impl Candidates {
+    pub fn len(&self) -> usize {
+        self.problem.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.problem.is_empty()
+    }
+
+    fn bytes(&self) -> usize {
+        self.problem.capacity() * 4
+            + self.stage.capacity()
+            + self.sample.capacity() * 4
+            + self.score.capacity() * 4
+            + self.ntok.capacity() * 4
+            + self.text_len.capacity() * 4
+            + self.loc.capacity() * 8
+    }
+
+    fn shrink(&mut self) {
+        self.problem.shrink_to_fit();
+        self.stage.shrink_to_fit();
+        self.sample.shrink_to_fit();
+        self.score.shrink_to_fit();
+        self.ntok.shrink_to_fit();
+        self.text_len.shrink_to_fit();
+        self.loc.shrink_to_fit();
+    }
+}
+
+#[derive(Default, Clone, Copy, Debug, PartialEq)]
+pub struct StageCounts {
+    pub attempts: u64,
+    pub correct: u64,
+}
+
+#[derive(Default)]
+pub struct Index {
+    id_bytes: Vec<u8>,
+    id_end: Vec<u32>,
+    table: Vec<u32>,
+    pub ref_loc: Vec<Loc>,
+    pub last_attempt: Vec<Loc>,
+    pub finished: Vec<u8>,
+    pub solved: Vec<u8>,
+    pub tried: Vec<u8>,
+    pub cands: Candidates,
+    pub counts: [StageCounts; N_STAGES],
+}
+
+/// Per-attempt facts the index keeps.
+#[derive(Clone, Copy, Debug)]
+pub struct AttemptFacts {
+    pub problem: u32,
+    pub stage: u8,
+    pub correct: bool,
+    pub sample_index: u32,
+    pub score: f32,
+    pub score_from_base: bool,
+    pub ntok: u32,
+    pub text_len: u32,
+    pub loc: Loc,
+}
+
+impl Index {
+    pub fn len(&self) -> usize {
+        self.id_end.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.id_end.is_empty()
+    }
+
+    pub fn id(&self, i: u32) -> &str {
+        let i = i as usize;
+        let start = if i == 0 {
+            0
+        } else {
+            self.id_end[i - 1] as usize
+        };
+        // SAFETY-free: ids are only ever inserted from &str.
+        std::str::from_utf8(&self.id_bytes[start..self.id_end[i] as usize]).unwrap_or("")
+    }
+
+    fn id_bytes_of(&self, i: u32) -> &[u8] {
+        let i = i as usize;
+        let start = if i == 0 {
+            0
+        } else {
+            self.id_end[i - 1] as usize
+        };
+        &self.id_bytes[start..self.id_end[i] as usize]
+    }
+
+    pub fn lookup(&self, id: &str) -> Option<u32> {
+        if self.table.is_empty() {
+            return None;
+        }
+        let mask = self.table.len() - 1;
+        let mut slot = id_hash(id.as_bytes()) as usize & mask;
+        loop {
+            let v = self.table[slot];
+            if v == NONE {
+                return None;
+            }
+            if self.id_bytes_of(v) == id.as_bytes() {
+                return Some(v);
+            }
+            slot = (slot + 1) & mask;
+        }
+    }
+
+    fn place(&mut self, i: u32) {
+        let mask = self.table.len() - 1;
+        let mut slot = id_hash(self.id_bytes_of(i)) as usize & mask;
+        while self.table[slot] != NONE {
+            slot = (slot + 1) & mask;
+        }
+        self.table[slot] = i;
+    }
+
+    fn grow_table(&mut self, want: usize) {
+        // load factor <= 3/4
+        let need = (want * 4).div_ceil(3).next_power_of_two().max(16);
+        if need <= self.table.len() {
+            return;
+        }
+        self.table = vec![NONE; need];
+        for i in 0..self.len() as u32 {
+            self.place(i);
+        }
+    }
+
+    /// Reserve room for `extra` more problems (avoids repeated rehashing).
+    pub fn reserve(&mut self, extra: usize) {
+        self.grow_table(self.len() + extra);
+    }
+
+    /// Add a problem the caller checked is new; returns its ordinal.
+    pub fn push_problem(&mut self, id: &str, ref_loc: Loc) -> u32 {
+        let i = self.len() as u32;
+        self.id_bytes.extend_from_slice(id.as_bytes());
+        self.id_end.push(self.id_bytes.len() as u32);
+        self.ref_loc.push(ref_loc);
+        self.last_attempt.push(0);
+        self.finished.push(0);
+        self.solved.push(0);
+        self.tried.push(0);
+        let before = self.table.len();
+        self.grow_table(self.len());
+        if self.table.len() == before {
+            // not rebuilt (a rebuild places every problem, this one included)
+            self.place(i);
+        }
+        i
+    }
+
+    pub fn id_bytes_total(&self) -> usize {
+        self.id_bytes.len()
+    }
+
+    pub fn add_attempt(&mut self, a: &AttemptFacts) {
+        let p = a.problem as usize;
+        let bit = 1u8 << a.stage;
+        self.last_attempt[p] = a.loc;
+        self.tried[p] |= bit;
+        let c = &mut self.counts[a.stage as usize];
+        c.attempts += 1;
+        if a.correct {
+            c.correct += 1;
+            self.solved[p] |= bit;
+            let cs = &mut self.cands;
+            cs.problem.push(a.problem);
+            cs.stage
+                .push(a.stage | if a.score_from_base { 0x80 } else { 0 });
+            cs.sample.push(a.sample_index);
+            cs.score.push(a.score);
+            cs.ntok.push(a.ntok);
+            cs.text_len.push(a.text_len);
+            cs.loc.push(a.loc);
+        }
+    }
+
+    /// Problems that still need `stage`: no correct attempt in an earlier
+    /// stage and `stage` not finished.
+    pub fn pending(&self, stage: u8) -> Vec<u32> {
+        let earlier = (1u8 << stage) - 1;
+        let bit = 1u8 << stage;
+        (0..self.len())
+            .filter(|&p| self.solved[p] & earlier == 0 && self.finished[p] & bit == 0)
+            .map(|p| p as u32)
+            .collect()
+    }
+
+    /// Tier of each problem: earliest stage with a correct attempt, else expert.
+    pub fn tier(&self, p: usize) -> u8 {
+        let s = self.solved[p];
+        if s == 0 {
+            EXPERT
+        } else {
+            s.trailing_zeros() as u8
+        }
+    }
+
+    /// Bytes of heap held by the index (capacities, not lengths).
+    pub fn memory_bytes(&self) -> usize {
+        self.id_bytes.capacity()
+            + self.id_end.capacity() * 4
+            + self.table.capacity() * 4
+            + self.ref_loc.capacity() * 8
+            + self.last_attempt.capacity() * 8
+            + self.finished.capacity()
+            + self.solved.capacity()
+            + self.tried.capacity()
+            + self.cands.bytes()
+    }
+
+    pub fn shrink(&mut self) {
+        self.id_bytes.shrink_to_fit();
+        self.id_end.shrink_to_fit();
+        self.ref_loc.shrink_to_fit();
+        self.last_attempt.shrink_to_fit();
+        self.finished.shrink_to_fit();
+        self.solved.shrink_to_fit();
+        self.tried.shrink_to_fit();
+        self.cands.shrink();
+    }
+}
+
+/// How to choose among several correct attempts of the winning stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Selection {
+    First,
+    Random,
+    Likeliest,
+    Shortest,
+}
+
+impl Selection {
+    pub fn parse(s: &str) -> Option<Selection> {
+        Some(match s {
+            "first" => Selection::First,
+            "random" => Selection::Random,
+            "likeliest" => Selection::Likeliest,
+            "shortest" => Selection::Shortest,
+            _ => return None,
+        })
+    }
+}
+
+/// Per problem (in ledger order): tier code and chosen candidate (NONE for expert).
+pub struct Assigned {
+    pub tier: Vec<u8>,
+    pub choice: Vec<u32>,
+}
+
+fn score_key(s: f32) -> f32 {
+    if s.is_nan() {
+        f32::NEG_INFINITY
+    } else {
+        s
+    }
+}
+
+impl Index {
+    /// Choose one correct attempt per problem. A pure function of the
+    /// records and `seed`: ties go to the lower sample index, then to the
+    /// earlier record; `random` draws from a hash of (seed, problem id,
+    /// stage, sample index), so it does not depend on record order.
+    pub fn assign(&self, sel: Selection, seed: u64) -> Assigned {
+        let n = self.len();
+        let cs = &self.cands;
+        let mut choice = vec![NONE; n];
+        let rkey = |c: usize| -> u64 {
+            let p = cs.problem[c];
+            let h = mix64(seed ^ id_hash(self.id_bytes_of(p)));
+            mix64(h ^ (((cs.stage[c] & 3) as u64) << 32 | cs.sample[c] as u64))
+        };
+        // is candidate a (later in record order) strictly better than b?
+        let better = |a: usize, b: usize| -> bool {
+            let (sa, sb) = (cs.stage[a] & 3, cs.stage[b] & 3);
+            if sa != sb {
+                return sa < sb;
+            }
+            let ord = match sel {
+                Selection::First => std::cmp::Ordering::Equal,
+                Selection::Likeliest => score_key(cs.score[b])
+                    .partial_cmp(&score_key(cs.score[a]))
+                    .unwrap(),
+                Selection::Shortest => {
+                    (cs.ntok[a], cs.text_len[a]).cmp(&(cs.ntok[b], cs.text_len[b]))
+                }
+                Selection::Random => rkey(a).cmp(&rkey(b)),
+            };
+            match ord {
+                std::cmp::Ordering::Less => true,
+                std::cmp::Ordering::Greater => false,
+                std::cmp::Ordering::Equal => cs.sample[a] < cs.sample[b],
+            }
+        };
+        for c in 0..cs.len() {
+            let p = cs.problem[c] as usize;
+            let cur = choice[p];
+            if cur == NONE || better(c, cur as usize) {
+                choice[p] = c as u32;
+            }
+        }
+        let tier = choice
+            .iter()
+            .map(|&c| {
+                if c == NONE {
+                    EXPERT
+                } else {
+                    cs.stage[c as usize] & 3
+                }
+            })
+            .collect();
+        Assigned { tier, choice }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(
+        problem: u32,
+        stage: u8,
+        correct: bool,
+        sample: u32,
+        score: f32,
+        ntok: u32,
+    ) -> AttemptFacts {
+        AttemptFacts {
+            problem,
+            stage,
+            correct,
+            sample_index: sample,
+            score,
+            score_from_base: true,
+            ntok,
+            text_len: ntok,
+            loc: 1000 + sample as u64,
+        }
+    }
+
+    #[test]
+    fn lookup_many() {
+        let mut ix = Index::default();
+        for i in 0..5000 {
+            assert_eq!(ix.push_problem(&format!("p{i}"), 0), i);
+        }
+        for i in 0..5000 {
+            assert_eq!(ix.lookup(&format!("p{i}")), Some(i));
+            assert_eq!(ix.id(i), format!("p{i}"));
+        }
+        assert_eq!(ix.lookup("nope"), None);
+        assert_eq!(ix.lookup(""), None);
+    }
+
+    #[test]
+    fn tiers_and_selection() {
+        let mut ix = Index::default();
+        for id in ["a", "b", "c", "d"] {
+            ix.push_problem(id, 0);
+        }
+        // a: self correct (two), b: self wrong, guided correct; c: nothing correct; d: guided+hinted
+        ix.add_attempt(&facts(0, 0, true, 0, -2.0, 10));
+        ix.add_attempt(&facts(0, 0, true, 1, -1.0, 5));
+        ix.add_attempt(&facts(0, 1, true, 0, -0.1, 1));
+        ix.add_attempt(&facts(1, 0, false, 0, -0.5, 3));
+        ix.add_attempt(&facts(1, 1, true, 2, -3.0, 3));
+        ix.add_attempt(&facts(2, 0, false, 0, 0.0, 3));
+        ix.add_attempt(&facts(3, 2, true, 0, 0.0, 3));
+        ix.add_attempt(&facts(3, 1, true, 5, -9.0, 3));
+        let a = ix.assign(Selection::First, 0);
+        assert_eq!(a.tier, vec![0, 1, EXPERT, 1]);
+        assert_eq!(ix.cands.sample[a.choice[0] as usize], 0);
+        let l = ix.assign(Selection::Likeliest, 0);
+        assert_eq!(ix.cands.sample[l.choice[0] as usize], 1);
+        let s = ix.assign(Selection::Shortest, 0);
+        assert_eq!(ix.cands.sample[s.choice[0] as usize], 1);
+        assert_eq!(ix.pending(0), vec![0, 1, 2, 3]);
+        assert_eq!(ix.pending(1), vec![1, 2, 3]);
+        ix.finished[1] |= 2;
+        assert_eq!(ix.pending(1), vec![2, 3]);
+        assert_eq!(ix.pending(2), vec![2]);
+        assert_eq!(
+            ix.counts[0],
+            StageCounts {
+                attempts: 4,
+                correct: 2
+            }
+        );
+    }
+
+    #[test]
+    fn random_depends_on_seed_not_order() {
+        let build = |rev: bool| {
+            let mut ix = Index::default();
+            ix.push_problem("x", 0);
+            let mut order: Vec<u32> = (0..16).collect();
+            if rev {
+                order.reverse();
+            }
+            for s in order {
+                ix.add_attempt(&facts(0, 0, true, s, 0.0, 1));
+            }
+            ix
+        };
+        let (f, r) = (build(false), build(true));
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..64 {
+            let pick_f = f.cands.sample[f.assign(Selection::Random, seed).choice[0] as usize];
+            let pick_r = r.cands.sample[r.assign(Selection::Random, seed).choice[0] as usize];
+            assert_eq!(pick_f, pick_r);
+            seen.insert(pick_f);
+        }
+        assert!(
+            seen.len() > 4,
+            "random picks too few distinct samples: {seen:?}"
+        );
+    }
+}

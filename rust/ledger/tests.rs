@@ -1,0 +1,377 @@
+use super::*;
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ledger-test-{}-{name}", std::process::id()));
+    let _ = fs::remove_dir_all(&d);
+    d
+}
+
+fn f32s(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn u32s(v: &[u32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+struct Owned {
+    pid: String,
+    stage: u8,
+    sample: u32,
+    correct: bool,
+    text: String,
+    toks: Vec<u8>,
+    blp: Vec<u8>,
+    base: Option<Vec<u8>>,
+}
+
+impl Owned {
+    fn new(pid: &str, stage: u8, sample: u32, correct: bool, n: u32) -> Owned {
+        let toks: Vec<u32> = (0..n).map(|i| i * 7 + sample).collect();
+        let blp: Vec<f32> = (0..n).map(|i| -(i as f32) * 0.25 - sample as f32).collect();
+        Owned {
+            pid: pid.into(),
+            stage,
+            sample,
+            correct,
+            text: format!("answer {sample} to {pid} \u{00e9}"),
+            toks: u32s(&toks),
+            blp: f32s(&blp),
+            base: (sample % 2 == 0).then(|| f32s(&blp.iter().map(|x| x - 1.0).collect::<Vec<_>>())),
+        }
+    }
+    fn as_in(&self) -> AttemptIn<'_> {
+        AttemptIn {
+            problem_id: &self.pid,
+            stage: self.stage,
+            sample_index: self.sample,
+            correct: self.correct,
+            text: &self.text,
+            reason: "r",
+            token_ids: &self.toks,
+            behavior: &self.blp,
+            base: self.base.as_deref(),
+        }
+    }
+}
+
+fn writer(d: &Path) -> Ledger {
+    Ledger::open(d, &OpenOptions2::default()).unwrap()
+}
+
+fn fill(l: &mut Ledger, probs: usize, per: u32) -> Vec<Owned> {
+    let ids: Vec<String> = (0..probs).map(|i| format!("p{i}")).collect();
+    let refs: Vec<String> = (0..probs).map(|i| format!("reference {i}")).collect();
+    let idr: Vec<&str> = ids.iter().map(|s| s.as_str()).collect();
+    let rr: Vec<&str> = refs.iter().map(|s| s.as_str()).collect();
+    l.add_problems(&idr, &rr).unwrap();
+    let mut all = Vec::new();
+    for s in 0..per {
+        let batch: Vec<Owned> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| Owned::new(id, 0, s, (i + s as usize) % 3 == 0, s + 1))
+            .collect();
+        l.record(&batch.iter().map(|o| o.as_in()).collect::<Vec<_>>())
+            .unwrap();
+        all.extend(batch);
+    }
+    all
+}
+
+#[test]
+fn roundtrip_and_reopen() {
+    let d = tmpdir("roundtrip");
+    let mut l = writer(&d);
+    let all = fill(&mut l, 10, 4);
+    let check = |l: &Ledger| {
+        assert_eq!(l.len(), 10);
+        let p3 = l.lookup("p3").unwrap();
+        let cols = l.attempts(p3).unwrap();
+        let mine: Vec<&Owned> = all.iter().filter(|o| o.pid == "p3").collect();
+        assert_eq!(cols.len(), mine.len());
+        for (k, o) in mine.iter().enumerate() {
+            assert_eq!(cols.sample[k], o.sample);
+            assert_eq!(cols.correct[k] == 1, o.correct);
+            let t0 = cols.text_off[k] as usize;
+            let t1 = cols.text_off[k + 1] as usize;
+            assert_eq!(&cols.text[t0..t1], o.text.as_bytes());
+            let a0 = cols.tok_off[k] as usize * 4;
+            let a1 = cols.tok_off[k + 1] as usize * 4;
+            assert_eq!(&cols.tokens[a0..a1], &o.toks[..]);
+            assert_eq!(&cols.behavior[a0..a1], &o.blp[..]);
+            let b0 = cols.base_off[k] as usize * 4;
+            let b1 = cols.base_off[k + 1] as usize * 4;
+            assert_eq!(&cols.base[b0..b1], o.base.as_deref().unwrap_or(&[]));
+        }
+        assert_eq!(l.reference(p3).unwrap(), "reference 3");
+    };
+    check(&l);
+    let stats = |l: &Ledger| {
+        let mut s = l.stats(Selection::Likeliest, 0);
+        s.index_bytes = 0; // capacities differ between a grown and a replayed index
+        format!("{s:?}")
+    };
+    let before = stats(&l);
+    drop(l);
+    let l = writer(&d);
+    assert!(l.warnings().is_empty(), "{:?}", l.warnings());
+    check(&l);
+    assert_eq!(stats(&l), before);
+    fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn second_writer_refused_reader_allowed() {
+    let d = tmpdir("lock");
+    let mut l = writer(&d);
+    fill(&mut l, 3, 1);
+    let e = Ledger::open(&d, &OpenOptions2::default())
+        .err()
+        .expect("second writer must be refused");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&format!("pid {}", std::process::id())),
+        "{msg}"
+    );
+    assert!(msg.contains("readonly=True"), "{msg}");
+    let r = Ledger::open(
+        &d,
+        &OpenOptions2 {
+            readonly: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(r.len(), 3);
+    drop(l);
+    drop(writer(&d));
+    fs::remove_dir_all(&d).unwrap();
+}
+
+fn seg1(d: &Path) -> PathBuf {
+    d.join(segment_name(1))
+}
+
+#[test]
+fn torn_tail_cut_with_warning() {
+    let d = tmpdir("torn");
+    let mut l = writer(&d);
+    fill(&mut l, 4, 2);
+    let good = fs::metadata(seg1(&d)).unwrap().len();
+    let o = Owned::new("p1", 1, 9, true, 50);
+    l.record(&[o.as_in()]).unwrap();
+    drop(l);
+    let full = fs::read(seg1(&d)).unwrap();
+    for cut in [good as usize + 1, good as usize + 30, full.len() - 1] {
+        fs::write(seg1(&d), &full[..cut]).unwrap();
+        let l = writer(&d);
+        assert_eq!(l.warnings().len(), 1, "{:?}", l.warnings());
+        assert!(
+            l.warnings()[0].contains(&format!("of {} ", plural(cut as u64 - good, "byte"))),
+            "{:?}",
+            l.warnings()
+        );
+        assert!(l.warnings()[0].contains("1 record"), "{:?}", l.warnings());
+        assert_eq!(l.attempts(l.lookup("p1").unwrap()).unwrap().len(), 2);
+        drop(l);
+        assert_eq!(fs::metadata(seg1(&d)).unwrap().len(), good);
+    }
+    fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn mid_file_corruption_named_then_repaired() {
+    let d = tmpdir("corrupt");
+    let mut l = writer(&d);
+    fill(&mut l, 20, 3);
+    drop(l);
+    let mut bytes = fs::read(seg1(&d)).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    fs::write(seg1(&d), &bytes).unwrap();
+    let e = Ledger::open(&d, &OpenOptions2::default())
+        .err()
+        .expect("corruption must be detected");
+    match &e {
+        Error::Corrupt { path, offset, .. } => {
+            assert!(path.ends_with("seg-00000001.ldg"));
+            assert!(
+                *offset <= at as u64 && at as u64 - offset < 200,
+                "offset {offset} vs flipped {at}"
+            );
+        }
+        other => panic!("wrong error {other}"),
+    }
+    assert!(e.to_string().contains("repair=True"));
+    let ro = Ledger::open(
+        &d,
+        &OpenOptions2 {
+            readonly: true,
+            ..Default::default()
+        },
+    );
+    assert!(matches!(ro, Err(Error::Corrupt { .. })));
+    let l = Ledger::open(
+        &d,
+        &OpenOptions2 {
+            repair: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(l.warnings()[0].contains("repaired"), "{:?}", l.warnings());
+    assert_eq!(l.len(), 20);
+    drop(l);
+    let l = writer(&d);
+    assert!(l.warnings().is_empty());
+    fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn segments_roll_and_merge_matches_single_writer() {
+    let d = tmpdir("single");
+    let mut l = Ledger::open(
+        &d,
+        &OpenOptions2 {
+            segment_bytes: 4096,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let all = fill(&mut l, 30, 3);
+    l.finish_stage(&["p1", "p2"], 0).unwrap();
+    assert!(l.segs.len() > 2);
+    drop(l);
+    // shards: even / odd problems, each its own writer
+    let (a, b) = (tmpdir("shard-a"), tmpdir("shard-b"));
+    for (dir, parity) in [(&a, 0usize), (&b, 1)] {
+        let mut s = writer(dir);
+        let ids: Vec<String> = (0..30)
+            .filter(|i| i % 2 == parity)
+            .map(|i| format!("p{i}"))
+            .collect();
+        let refs: Vec<String> = (0..30)
+            .filter(|i| i % 2 == parity)
+            .map(|i| format!("reference {i}"))
+            .collect();
+        s.add_problems(
+            &ids.iter().map(|x| x.as_str()).collect::<Vec<_>>(),
+            &refs.iter().map(|x| x.as_str()).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let mine: Vec<AttemptIn> = all
+            .iter()
+            .filter(|o| ids.contains(&o.pid))
+            .map(|o| o.as_in())
+            .collect();
+        for chunk in mine.chunks(7) {
+            s.record(chunk).unwrap();
+        }
+        let fin: Vec<&str> = ["p1", "p2"]
+            .into_iter()
+            .filter(|p| ids.iter().any(|x| x == p))
+            .collect();
+        s.finish_stage(&fin, 0).unwrap();
+    }
+    let m = tmpdir("merged");
+    Ledger::merge(&[a.clone(), b.clone()], &m).unwrap();
+    let one = Ledger::open(
+        &d,
+        &OpenOptions2 {
+            readonly: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mer = Ledger::open(
+        &m,
+        &OpenOptions2 {
+            readonly: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(one.len(), mer.len());
+    for sel in [
+        Selection::First,
+        Selection::Random,
+        Selection::Likeliest,
+        Selection::Shortest,
+    ] {
+        let (x, y) = (one.assign(sel, 5), mer.assign(sel, 5));
+        for i in 0..30 {
+            let id = format!("p{i}");
+            let (p, q) = (
+                one.lookup(&id).unwrap() as usize,
+                mer.lookup(&id).unwrap() as usize,
+            );
+            assert_eq!(x.tier[p], y.tier[q]);
+            let lx = one
+                .read_locs(
+                    &one.chosen_locs(&x)[p..p + 1]
+                        .iter()
+                        .copied()
+                        .filter(|&l| l != 0)
+                        .collect::<Vec<_>>(),
+                )
+                .unwrap();
+            let ly = mer
+                .read_locs(
+                    &mer.chosen_locs(&y)[q..q + 1]
+                        .iter()
+                        .copied()
+                        .filter(|&l| l != 0)
+                        .collect::<Vec<_>>(),
+                )
+                .unwrap();
+            assert_eq!((lx.sample, lx.text), (ly.sample, ly.text));
+        }
+    }
+    for s in 0..3u8 {
+        let ids = |l: &Ledger| {
+            let mut v: Vec<String> = l
+                .pending(s)
+                .iter()
+                .map(|&p| l.problem_id(p).to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(ids(&one), ids(&mer));
+    }
+    for dir in [d, a, b, m] {
+        fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+#[test]
+fn bad_inputs_rejected_whole() {
+    let d = tmpdir("bad");
+    let mut l = writer(&d);
+    fill(&mut l, 2, 1);
+    let good = Owned::new("p0", 0, 5, true, 3);
+    let mut bad = Owned::new("p1", 0, 5, true, 3);
+    bad.blp.truncate(4);
+    let e = l
+        .record(&[good.as_in(), bad.as_in()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("attempt #1") && e.contains("behavior_logprobs has 1"),
+        "{e}"
+    );
+    let unknown = Owned::new("zz", 0, 0, true, 1);
+    assert!(l
+        .record(&[unknown.as_in()])
+        .unwrap_err()
+        .to_string()
+        .contains("\"zz\""));
+    assert_eq!(l.attempts(0).unwrap().len(), 1);
+    let e = l.add_problems(&["p0"], &["other"]).unwrap_err().to_string();
+    assert!(e.contains("different reference"), "{e}");
+    l.add_problems(&["p0", "p9", "p9"], &["reference 0", "x", "x"])
+        .unwrap();
+    assert_eq!(l.len(), 3);
+    fs::remove_dir_all(&d).unwrap();
+}

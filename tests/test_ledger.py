@@ -1,0 +1,233 @@
+"""The tier ledger's Python API: recording, stages, tiers, selection, export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onpolicy_sft.ledger import (
+    Attempt,
+    Ledger,
+    LedgerError,
+    LedgerLockedError,
+)
+
+
+def att(
+    pid: str,
+    stage: str = "self",
+    k: int = 0,
+    correct: bool = True,
+    n: int = 3,
+    base: float | None = None,
+    text: str | None = None,
+) -> Attempt:
+    blp = -np.arange(1, n + 1, dtype=np.float32) / (k + 1)
+    return Attempt(
+        problem_id=pid,
+        stage=stage,
+        sample_index=k,
+        text=text if text is not None else f"{pid}/{stage}/{k} ∑ \\boxed{{{k}}}",
+        token_ids=list(range(100 + k, 100 + k + n)),
+        behavior_logprobs=blp,
+        correct=correct,
+        reason="match" if correct else "wrong answer",
+        base_logprobs=None if base is None else np.full(n, base, dtype=np.float32),
+    )
+
+
+@pytest.fixture
+def ledger(tmp_path: Path):
+    with Ledger.open(tmp_path / "led") as led:
+        led.add_problems(["p0", "p1", "p2"], ["r0 \\boxed{0}", "r1", "r2"])
+        yield led
+
+
+def test_roundtrip_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "led"
+    written = [att("a", k=0, base=-0.5), att("a", k=1, correct=False), att("b", "guided", 2, n=0)]
+    with Ledger.open(path) as led:
+        led.add_problems(["a", "b"], ["ref a", "ref b"])
+        led.record(written)
+    with Ledger.open(path, readonly=True) as led:
+        assert led.attempts("a") == written[:2]
+        assert led.attempts("b") == written[2:]
+        assert led.attempts("a")[0].base_logprobs.dtype == np.float32
+        assert led.problem_ids() == ["a", "b"]
+
+
+def test_add_problems_is_idempotent_but_rejects_changed_reference(ledger: Ledger) -> None:
+    ledger.add_problems(["p0", "p3"], ["r0 \\boxed{0}", "r3"])
+    assert ledger.problem_ids() == ["p0", "p1", "p2", "p3"]
+    with pytest.raises(LedgerError, match="different reference"):
+        ledger.add_problems(["p1"], ["changed"])
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        pytest.param(att("nope"), "not in the ledger", id="unknown-problem"),
+        pytest.param(
+            Attempt("p0", "self", 0, "t", [1, 2], np.zeros(1, np.float32), True),
+            "behavior_logprobs has 1 values but token_ids has 2",
+            id="misaligned-behavior",
+        ),
+        pytest.param(
+            Attempt("p0", "self", 0, "t", [1], np.zeros(1, np.float32), True, "", np.zeros(3)),
+            "base_logprobs has 3 values",
+            id="misaligned-base",
+        ),
+        pytest.param(att("p0", stage="bogus"), 'stage "bogus" unknown', id="unknown-stage"),
+        pytest.param(
+            Attempt("p0", "self", -1, "t", [], np.zeros(0, np.float32), True),
+            "sample_index",
+            id="negative-sample",
+        ),
+    ],
+)
+def test_bad_batch_rejected_whole(ledger: Ledger, bad: Attempt, match: str) -> None:
+    with pytest.raises((ValueError, LedgerError), match=match):
+        ledger.record([att("p1"), bad])
+    assert ledger.attempts("p1") == []
+
+
+def test_pending_follows_stage_order(ledger: Ledger) -> None:
+    assert ledger.pending("self") == ["p0", "p1", "p2"]
+    ledger.record([att("p0", correct=True), att("p1", correct=False)])
+    ledger.finish_stage(["p0", "p1"], "self")
+    assert ledger.pending("self") == ["p2"]
+    # p0 solved on its own: not pending for the later stages
+    assert ledger.pending("guided") == ["p1", "p2"]
+    ledger.record([att("p1", "guided", 0, correct=True)])
+    ledger.finish_stage(["p1"], "guided")
+    assert ledger.pending("guided") == ["p2"]
+    assert ledger.pending("hinted") == ["p2"]
+    with pytest.raises(ValueError, match='stage "later" unknown'):
+        ledger.pending("later")
+
+
+def test_tiers_earliest_correct_stage_else_expert(ledger: Ledger) -> None:
+    ledger.record(
+        [
+            att("p0", "guided", 0, True),
+            att("p0", "self", 1, True),
+            att("p1", "self", 0, False),
+            att("p1", "hinted", 0, True),
+            att("p2", "self", 0, False),
+        ]
+    )
+    a = ledger.assign()
+    rows = {r.problem_id: r for r in a}
+    assert {k: r.tier for k, r in rows.items()} == {"p0": "self", "p1": "hinted", "p2": "expert"}
+    assert rows["p0"].attempt == att("p0", "self", 1, True)
+    assert rows["p2"].attempt is None
+    assert a.tiers() == {"self": 1, "guided": 0, "hinted": 1, "expert": 1}
+
+
+@pytest.mark.parametrize(
+    "selection, expected_k",
+    [
+        pytest.param("first", 1, id="first-lowest-sample-index"),
+        pytest.param("likeliest", 3, id="likeliest-highest-mean-base"),
+        pytest.param("shortest", 2, id="shortest-fewest-tokens"),
+    ],
+)
+def test_selection_rules(ledger: Ledger, selection: str, expected_k: int) -> None:
+    ledger.record(
+        [
+            att("p0", k=3, n=5, base=-0.1),
+            att("p0", k=1, n=4, base=-2.0),
+            att("p0", k=2, n=2, base=-1.0),
+            att("p0", k=0, n=1, base=0.0, correct=False),
+        ]
+    )
+    row = next(iter(ledger.assign(selection)))
+    assert row.attempt is not None and row.attempt.sample_index == expected_k
+
+
+def test_likeliest_falls_back_to_behavior_logprobs(ledger: Ledger) -> None:
+    # behaviour means: k=0 -> -2.0, k=3 -> -0.5 (att divides by k + 1)
+    ledger.record([att("p0", k=0), att("p0", k=3)])
+    row = next(iter(ledger.assign("likeliest")))
+    assert row.attempt is not None and row.attempt.sample_index == 3
+
+
+def test_random_selection_is_seeded(ledger: Ledger) -> None:
+    ledger.record([att(p, k=k) for p in ("p0", "p1", "p2") for k in range(8)])
+    picks = {
+        seed: [r.attempt.sample_index for r in ledger.assign("random", seed)] for seed in range(12)
+    }
+    again = {
+        seed: [r.attempt.sample_index for r in ledger.assign("random", seed)] for seed in range(12)
+    }
+    assert picks == again
+    assert len({tuple(v) for v in picks.values()}) > 3
+    with pytest.raises(ValueError, match="selection 'best' unknown"):
+        ledger.assign("best")
+
+
+def test_stats(ledger: Ledger) -> None:
+    ledger.record(
+        [
+            att("p0", k=0, base=-1.0),
+            att("p0", k=1, correct=False),
+            att("p1", k=0, correct=False),
+            att("p1", "guided", 0, base=-3.0),
+        ]
+    )
+    s = ledger.stats()
+    assert s["tiers"] == {"self": 1, "guided": 1, "hinted": 0, "expert": 1}
+    assert s["stages"]["self"]["pass_rate"] == pytest.approx(1 / 3)
+    assert s["stages"]["guided"]["problems_solved"] == 1
+    assert s["mean_base_logprob"]["self"]["mean"] == pytest.approx(-1.0)
+    assert s["mean_base_logprob"]["guided"]["mean"] == pytest.approx(-3.0)
+    assert 0 < s["index_bytes"] < 10_000
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_export(ledger: Ledger, tmp_path: Path, fmt: str) -> None:
+    ledger.record([att("p0", k=0, base=-1.0), att("p1", "guided", 1, n=2)])
+    out = tmp_path / f"data.{fmt}"
+    ledger.export(out, fmt)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(out).to_pylist()
+    else:
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["problem_id"] for r in rows] == ["p0", "p1", "p2"]
+    assert [r["tier"] for r in rows] == ["self", "guided", "expert"]
+    assert rows[0]["response_token_ids"] == [100, 101, 102]
+    assert rows[0]["base_logprobs"] == [-1.0, -1.0, -1.0]
+    assert rows[1]["base_logprobs"] is None
+    assert rows[1]["behavior_logprobs"] == pytest.approx([-0.5, -1.0])
+    assert rows[2]["response"] == "r2" and rows[2]["response_token_ids"] is None
+    assert rows[2]["verdict"] is None and rows[0]["verdict"] is True
+
+
+def test_second_writer_refused_with_holder_named(ledger: Ledger) -> None:
+    import os
+
+    with pytest.raises(LedgerLockedError, match=rf"pid {os.getpid()} on host .*readonly=True"):
+        Ledger.open(ledger.path)
+    with Ledger.open(ledger.path, readonly=True) as reader:
+        assert len(reader) == 3
+        with pytest.raises(LedgerError, match="read-only"):
+            reader.record([att("p0")])
+
+
+def test_closed_ledger_says_so(tmp_path: Path) -> None:
+    led = Ledger.open(tmp_path / "led")
+    led.close()
+    led.close()
+    with pytest.raises(LedgerError, match="closed"):
+        led.pending("self")
+    with Ledger.open(tmp_path / "led"):  # lock released by close
+        pass
+
+
+def test_open_missing_readonly_is_clear(tmp_path: Path) -> None:
+    with pytest.raises(LedgerError, match="no ledger at"):
+        Ledger.open(tmp_path / "missing", readonly=True)

@@ -1,0 +1,329 @@
+"""Reliability of the ledger: SIGKILL at random moments, damaged files, property tests."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onpolicy_sft.ledger import Attempt, Ledger, LedgerCorruptError, LedgerWarning
+
+N_PROBLEMS = 50
+PER_BATCH = 20
+
+# The child appends batches forever and prints each batch id once `record`
+# has returned (acknowledged = durable). Attempt j of batch b is fully
+# determined by (b, j), so the parent can check that what it reads is whole.
+CHILD = r"""
+import sys
+import numpy as np
+from onpolicy_sft.ledger import Attempt, Ledger
+
+path, start = sys.argv[1], int(sys.argv[2])
+led = Ledger.open(path)
+led.add_problems([f"p{i}" for i in range(50)], [f"reference {i}" for i in range(50)])
+b = start
+while True:
+    batch = []
+    for j in range(20):
+        n = (b * 7 + j) % 300
+        batch.append(Attempt(
+            problem_id=f"p{(b + j) % 50}", stage="self", sample_index=b * 100 + j,
+            text=f"batch {b} item {j} " + "x" * ((b + j) % 997),
+            token_ids=np.arange(n, dtype=np.int64) + b,
+            behavior_logprobs=np.full(n, -(b % 13) - j / 32, dtype=np.float32),
+            correct=(b + j) % 3 == 0, reason=f"r{b}",
+            base_logprobs=np.full(n, -1.5, dtype=np.float32) if j % 2 else None,
+        ))
+    led.record(batch)
+    print(b, flush=True)
+    b += 1
+"""
+
+
+def expected(b: int, j: int) -> Attempt:
+    n = (b * 7 + j) % 300
+    return Attempt(
+        problem_id=f"p{(b + j) % 50}",
+        stage="self",
+        sample_index=b * 100 + j,
+        text=f"batch {b} item {j} " + "x" * ((b + j) % 997),
+        token_ids=list(range(b, b + n)),
+        behavior_logprobs=np.full(n, -(b % 13) - j / 32, dtype=np.float32),
+        correct=(b + j) % 3 == 0,
+        reason=f"r{b}",
+        base_logprobs=np.full(n, -1.5, dtype=np.float32) if j % 2 else None,
+    )
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    pkg = str(Path(__import__("onpolicy_sft").__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = pkg + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def test_sigkill_at_random_moments_loses_no_acknowledged_batch(tmp_path: Path) -> None:
+    path = tmp_path / "led"
+    rng = random.Random(1234)
+    acked: set[int] = set()
+    env = child_env()
+    trials = 24
+    for trial in range(trials):
+        start = trial * 10_000
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(path), str(start)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
+        lines: list[str] = []
+        reader = threading.Thread(
+            target=lambda p=proc, out=lines: out.extend(p.stdout), daemon=True
+        )
+        reader.start()
+        # first trials die early (some while opening), later ones after many commits
+        time.sleep(rng.uniform(0.05, 0.3) if trial % 3 else rng.uniform(0.3, 0.9))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        reader.join()
+        err = proc.stderr.read()
+        assert proc.returncode == -signal.SIGKILL, err
+        assert "Error" not in err, err
+        acked.update(int(x) for x in lines)
+        # every acknowledged batch is there and whole; nothing partial is visible
+        with _any_warnings():
+            led = Ledger.open(path)
+        with led:
+            seen: dict[int, list[Attempt]] = {}
+            for p in range(N_PROBLEMS):
+                for a in led.attempts(f"p{p}"):
+                    seen.setdefault(a.sample_index // 100, []).append(a)
+            missing = acked - seen.keys()
+            assert not missing, f"trial {trial}: acknowledged batches lost: {sorted(missing)[:5]}"
+            parent_own = seen.pop(999_999, [])  # one per earlier trial, recorded below
+            assert len(parent_own) == trial
+            for b, atts in seen.items():
+                assert len(atts) == PER_BATCH, f"trial {trial}: batch {b} partial ({len(atts)})"
+                for a in atts:
+                    assert a == expected(b, a.sample_index % 100), f"batch {b} damaged"
+            # and the ledger takes new records
+            led.record([expected(999_999, 0)])
+            assert led.attempts("p49")[-1] == expected(999_999, 0)
+    assert len(acked) > trials, f"too few batches acknowledged to test anything: {len(acked)}"
+
+
+class _any_warnings:
+    """Collect LedgerWarnings without requiring one (a kill between commits leaves none)."""
+
+    def __enter__(self) -> None:
+        import warnings
+
+        self._cm = warnings.catch_warnings(record=True)
+        self.caught = self._cm.__enter__()
+        warnings.simplefilter("always")
+
+    def __exit__(self, *exc: object) -> None:
+        self._cm.__exit__(*exc)
+        for w in self.caught:
+            assert issubclass(w.category, LedgerWarning), w
+            assert "torn tail" in str(w.message), w.message
+
+
+def att(pid: str, k: int, n: int = 40, stage: str = "self", correct: bool = True) -> Attempt:
+    return Attempt(
+        pid,
+        stage,
+        k,
+        f"text {pid} {k}",
+        list(range(n)),
+        np.full(n, -k / 7, dtype=np.float32),
+        correct,
+        "",
+        np.full(n, -k / 5, dtype=np.float32) if k % 2 else None,
+    )
+
+
+def build(path: Path, batches: int = 20) -> None:
+    with Ledger.open(path) as led:
+        led.add_problems([f"q{i}" for i in range(10)], [f"ref {i}" for i in range(10)])
+        for b in range(batches):
+            led.record([att(f"q{(b + j) % 10}", b * 10 + j) for j in range(10)])
+
+
+def segment(path: Path) -> Path:
+    return path / "seg-00000001.ldg"
+
+
+def test_flipped_byte_mid_segment_is_named_then_repaired(tmp_path: Path) -> None:
+    path = tmp_path / "led"
+    build(path)
+    data = bytearray(segment(path).read_bytes())
+    at = len(data) // 2
+    data[at] ^= 0x5A
+    segment(path).write_bytes(bytes(data))
+    for readonly in (False, True):
+        with pytest.raises(LedgerCorruptError) as info:
+            Ledger.open(path, readonly=readonly)
+        msg = str(info.value)
+        assert "seg-00000001.ldg" in msg and "corrupt at byte offset" in msg
+        offset = int(msg.split("byte offset ")[1].split(":")[0])
+        assert 0 <= at - offset < 600, (at, offset)
+        assert "repair=True" in msg
+    with pytest.warns(LedgerWarning, match="repaired.*kept everything before byte"):
+        led = Ledger.open(path, repair=True)
+    with led:
+        kept = sum(len(led.attempts(f"q{i}")) for i in range(10))
+        assert 0 < kept < 200 and kept % 10 == 0  # whole batches only
+        led.record([att("q0", 5000)])
+    quarantined = list(path.glob("*.quarantine-at-*"))
+    assert len(quarantined) == 1
+    with Ledger.open(path, readonly=True) as led:  # clean now
+        assert led.warnings == []
+        assert sum(len(led.attempts(f"q{i}")) for i in range(10)) == kept + 1
+
+
+@pytest.mark.parametrize("cut_back", [1, 7, 13, 100], ids=lambda c: f"cut-{c}-bytes")
+def test_torn_tail_cut_with_counts(tmp_path: Path, cut_back: int) -> None:
+    path = tmp_path / "led"
+    build(path, batches=3)
+    data = segment(path).read_bytes()
+    segment(path).write_bytes(data[:-cut_back])
+    with pytest.warns(LedgerWarning, match=r"torn tail of \d+ bytes? \(\d+ records?\).*cut it"):
+        led = Ledger.open(path)
+    with led:
+        assert sum(len(led.attempts(f"q{i}")) for i in range(10)) == 20  # last batch gone whole
+    with Ledger.open(path) as led:
+        assert led.warnings == []
+
+
+def test_reader_sees_committed_prefix_while_writer_appends(tmp_path: Path) -> None:
+    path = tmp_path / "led"
+    build(path, batches=2)
+    with Ledger.open(path) as writer:
+        writer.record([att("q1", 777)])
+        with Ledger.open(path, readonly=True) as reader:
+            assert reader.warnings == []
+            assert att("q1", 777) in reader.attempts("q1")
+
+
+# ------------------------------------------------------------------ properties
+
+attempt_specs = st.lists(
+    st.tuples(
+        st.integers(0, 5),  # problem
+        st.sampled_from(["self", "guided", "hinted"]),
+        st.booleans(),  # correct
+        st.integers(0, 6),  # tokens
+        st.one_of(st.none(), st.floats(-8, 0, width=32)),  # base mean
+        st.floats(-8, 0, width=32),  # behaviour value
+    ),
+    max_size=40,
+)
+
+
+def materialise(specs: list[tuple]) -> list[Attempt]:
+    out = []
+    for k, (p, stage, correct, n, base, beh) in enumerate(specs):
+        out.append(
+            Attempt(
+                f"id{p}",
+                stage,
+                k,  # unique sample index: ties decided by value, not by order
+                f"t{k}",
+                list(range(n)),
+                np.full(n, beh, dtype=np.float32),
+                correct,
+                "",
+                None if base is None else np.full(n, base, dtype=np.float32),
+            )
+        )
+    return out
+
+
+def assignment(led: Ledger, selection: str, seed: int) -> dict[str, tuple[str, Attempt | None]]:
+    return {r.problem_id: (r.tier, r.attempt) for r in led.assign(selection, seed)}
+
+
+def write(path: Path, attempts: list[Attempt], ids: list[str], chunk: int = 7) -> None:
+    with Ledger.open(path) as led:
+        led.add_problems(ids, [f"ref {i}" for i in ids])
+        for s in range(0, len(attempts), chunk):
+            led.record(attempts[s : s + chunk])
+
+
+SETTINGS = settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@SETTINGS
+@given(specs=attempt_specs, seed=st.integers(0, 2**32), order_seed=st.integers(0, 1000))
+def test_assign_is_a_pure_function_of_records_and_seed(
+    tmp_path_factory: pytest.TempPathFactory, specs: list[tuple], seed: int, order_seed: int
+) -> None:
+    attempts = materialise(specs)
+    ids = [f"id{i}" for i in range(6)]
+    shuffled = attempts[:]
+    random.Random(order_seed).shuffle(shuffled)
+    a, b = tmp_path_factory.mktemp("a") / "led", tmp_path_factory.mktemp("b") / "led"
+    write(a, attempts, ids)
+    write(b, shuffled, ids[::-1], chunk=3)
+    with Ledger.open(a, readonly=True) as la, Ledger.open(b, readonly=True) as lb:
+        for sel in ("likeliest", "first", "random", "shortest"):
+            x = assignment(la, sel, seed)
+            assert x == assignment(la, sel, seed)
+            assert x == assignment(lb, sel, seed), sel
+            for pid, (tier, chosen) in x.items():
+                good = [t for t in attempts if t.problem_id == pid and t.correct]
+                if not good:
+                    assert (tier, chosen) == ("expert", None)
+                else:
+                    assert tier == min(
+                        (t.stage for t in good), key=["self", "guided", "hinted"].index
+                    )
+                    assert chosen in good and chosen.stage == tier
+
+
+@SETTINGS
+@given(specs=attempt_specs, shards=st.integers(1, 4), finish=st.lists(st.integers(0, 5)))
+def test_merge_of_shards_equals_single_writer(
+    tmp_path_factory: pytest.TempPathFactory, specs: list[tuple], shards: int, finish: list[int]
+) -> None:
+    attempts = materialise(specs)
+    ids = [f"id{i}" for i in range(6)]
+    root = tmp_path_factory.mktemp("m")
+    write(root / "single", attempts, ids)
+    with Ledger.open(root / "single") as led:
+        led.finish_stage([f"id{i}" for i in finish], "self")
+    parts = []
+    for s in range(shards):
+        mine = [i for k, i in enumerate(ids) if k % shards == s]
+        write(root / f"shard{s}", [t for t in attempts if t.problem_id in mine], mine)
+        with Ledger.open(root / f"shard{s}") as led:
+            led.finish_stage([f"id{i}" for i in finish if f"id{i}" in mine], "self")
+        parts.append(root / f"shard{s}")
+    Ledger.merge(parts, root / "merged")
+    with (
+        Ledger.open(root / "single", readonly=True) as one,
+        Ledger.open(root / "merged", readonly=True) as merged,
+    ):
+        assert sorted(one.problem_ids()) == sorted(merged.problem_ids())
+        for pid in ids:
+            assert one.attempts(pid) == merged.attempts(pid)
+        for stage in ("self", "guided", "hinted"):
+            assert sorted(one.pending(stage)) == sorted(merged.pending(stage))
+        for sel in ("likeliest", "first", "random", "shortest"):
+            assert assignment(one, sel, 3) == assignment(merged, sel, 3)
+        s1, s2 = one.stats(), merged.stats()
+        assert s1["tiers"] == s2["tiers"] and s1["stages"].keys() == s2["stages"].keys()
