@@ -504,3 +504,50 @@ def test_patched_model_uses_num_items_in_batch_and_shift_labels(tiny_qwen2):
     count = (shifted != -100).sum().item()
     torch.testing.assert_close(b.loss, a.loss * count / 50, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(a.loss, c.loss, rtol=1e-5, atol=1e-6)
+
+
+def test_frozen_lm_head_only_gets_hidden_grads():
+    case = make_case()
+    full, gh_full, _, _ = run_ours(case, dict(scheme="idft", backend="torch", chunk_size=4))
+    h = case["hidden"].float().requires_grad_()
+    w = case["weight"].float()  # frozen
+    out = PolicyLoss("idft", backend="torch", chunk_size=4)(
+        h, w, case["labels"], bias=case["bias"].float()
+    )
+    (out.loss * case["upstream"].float()).backward()
+    torch.testing.assert_close(out.loss, full.loss.detach())
+    torch.testing.assert_close(h.grad, gh_full)
+
+
+def test_autocast_runs_the_loss_in_the_autocast_dtype():
+    """Under autocast, fp32 master weights are cast like F.linear would, and the grads
+    reach the fp32 leaves; equal to casting to bf16 by hand."""
+    case = make_case(with_bias=False)
+    opts = dict(scheme="dft", backend="torch", chunk_size=4)
+    h = case["hidden"].float().requires_grad_()
+    w = case["weight"].float().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = PolicyLoss(**opts)(h, w, case["labels"])
+    out.loss.backward()
+    assert h.grad.dtype == torch.float32 and w.grad.dtype == torch.float32
+    h2 = case["hidden"].float().requires_grad_()
+    w2 = case["weight"].float().requires_grad_()
+    out2 = PolicyLoss(**opts)(h2.bfloat16(), w2.bfloat16(), case["labels"])
+    out2.loss.backward()
+    torch.testing.assert_close(out.loss, out2.loss)
+    torch.testing.assert_close(h.grad, h2.grad)
+    torch.testing.assert_close(w.grad, w2.grad)
+
+
+def test_empty_batch_gives_zero_loss():
+    h = torch.zeros(0, 8, requires_grad=True)
+    w = torch.randn(11, 8, requires_grad=True)
+    out = PolicyLoss("pear", backend="torch")(
+        h,
+        w,
+        torch.zeros(0, dtype=torch.long),
+        behavior_logprobs=torch.zeros(0),
+        seq_ids=torch.zeros(0, dtype=torch.long),
+    )
+    out.loss.backward()
+    assert out.loss.item() == 0.0 and w.grad.abs().max() == 0

@@ -316,6 +316,7 @@ def patch_model(model: Any, loss_fn: PolicyLoss) -> Any:
             )
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
+        kwargs.pop("logits_to_keep", None)  # no logits are built
         outputs = decoder(
             input_ids=input_ids,
             attention_mask=attention_mask,

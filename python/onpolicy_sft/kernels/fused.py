@@ -165,7 +165,7 @@ def _run(
     spec: LossSpec,
     rows: RowOps,
     chunk: int,
-    need_grad: bool,
+    needs: tuple[bool, bool, bool],
 ) -> tuple[torch.Tensor, ...]:
     n, h = hidden.shape
     v = weight.shape[0]
@@ -176,18 +176,17 @@ def _run(
     lse = torch.empty(n, dtype=f32, device=dev)
     w = torch.empty(n, dtype=f32, device=dev)
     coef = torch.empty(n, dtype=f32, device=dev)
-    gh = gw = gb = None
-    if need_grad:
-        gh = torch.empty_like(hidden)
-        gw = torch.zeros(v, h, dtype=f32, device=dev)
-        gb = torch.zeros(v, dtype=f32, device=dev) if bias is not None else None
+    need_grad = any(needs)
+    gh = torch.empty_like(hidden) if needs[0] else None
+    gw = torch.zeros(v, h, dtype=f32, device=dev) if needs[1] else None
+    gb = torch.zeros(v, dtype=f32, device=dev) if needs[2] and bias is not None else None
     local = spec.token_local
 
     def accumulate(dz: torch.Tensor, sl: slice) -> None:
-        assert gh is not None and gw is not None
-        hc = hidden[sl]
-        torch.mm(dz, weight, out=gh[sl])
-        _addmm_fp32_(gw, dz.t(), hc)
+        if gh is not None:
+            torch.mm(dz, weight, out=gh[sl])
+        if gw is not None:
+            _addmm_fp32_(gw, dz.t(), hidden[sl])
         if gb is not None:
             gb.add_(dz.sum(0, dtype=torch.float32))
 
@@ -240,16 +239,15 @@ class PolicyLossFunction(torch.autograd.Function):
         spec: LossSpec,
         rows: RowOps,
         chunk: int,
-        need_grad: bool,
+        needs: tuple[bool, bool, bool],
     ):
         loss, logp, ent, w, gh, gw, gb = _run(
-            hidden, weight, bias, labels, blogp, scale, segs, spec, rows, chunk, need_grad
+            hidden, weight, bias, labels, blogp, scale, segs, spec, rows, chunk, needs
         )
         ctx.weight_dtype = weight.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
-        ctx.has_grad = need_grad
-        if need_grad:
-            ctx.save_for_backward(gh, gw, gb)
+        ctx.has_grad = any(needs)
+        ctx.save_for_backward(gh, gw, gb)
         ctx.mark_non_differentiable(logp, ent, w)
         return loss, logp, ent, w
 
@@ -264,9 +262,9 @@ class PolicyLossFunction(torch.autograd.Function):
         g = g_loss.float()
         grad_h = grad_w = grad_b = None
         # scale in float32, round once into the parameter dtype (no float32 copy)
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0] and gh is not None:
             grad_h = gh * g  # 0-d g: result keeps gh's dtype
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1] and gw is not None:
             grad_w = torch.empty(gw.shape, dtype=ctx.weight_dtype, device=gw.device)
             torch.mul(gw, g, out=grad_w)
         if gb is not None and ctx.needs_input_grad[2]:
@@ -317,32 +315,42 @@ def fused_policy_loss(
         raise ValueError(f"labels has shape {tuple(labels.shape)}; it must be (N,) = ({n},)")
     if bias is not None and bias.shape != (v,):
         raise ValueError(f"bias has shape {tuple(bias.shape)}; it must be (V,) = ({v},)")
+    dev_type = hidden.device.type
+    if torch.is_autocast_enabled(dev_type):
+        # what F.linear would do under autocast; grads flow back through these casts
+        dt = torch.get_autocast_dtype(dev_type)
+        hidden, weight = hidden.to(dt), weight.to(dt)
+        bias = None if bias is None else bias.to(dt)
     if hidden.dtype != weight.dtype:
         raise ValueError(
             f"hidden is {hidden.dtype} but the lm_head weight is {weight.dtype};"
             " cast one of them (e.g. run the model under one dtype or autocast)"
         )
     rows = get_rows(backend)
-    chunk = int(chunk_size) if chunk_size else rows.chunk_size(n, v, hidden.dtype)
+    chunk = int(chunk_size) if chunk_size else max(1, rows.chunk_size(n, v, hidden.dtype))
     if chunk < 1:
         raise ValueError(f"chunk_size={chunk_size!r} must be >= 1")
-    need_grad = torch.is_grad_enabled() and (
-        hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    grad_on = torch.is_grad_enabled()
+    needs = (
+        grad_on and hidden.requires_grad,
+        grad_on and weight.requires_grad,
+        grad_on and bias is not None and bias.requires_grad,
     )
     hidden = hidden if hidden.is_contiguous() else hidden.contiguous()
-    loss, logp, ent, w = PolicyLossFunction.apply(
-        hidden,
-        weight,
-        bias,
-        labels,
-        blogp,
-        scale.float(),
-        segs,
-        spec,
-        rows,
-        chunk,
-        need_grad,
-    )
+    with torch.autocast(hidden.device.type, enabled=False):
+        loss, logp, ent, w = PolicyLossFunction.apply(
+            hidden,
+            weight,
+            bias,
+            labels,
+            blogp,
+            scale.float(),
+            segs,
+            spec,
+            rows,
+            chunk,
+            needs,
+        )
     return loss, logp, ent, w
 
 
