@@ -405,3 +405,11 @@ def test_packed_rows_give_the_same_loss_and_gradient_as_padded_rows(
     assert n_pad == n_pack
     torch.testing.assert_close(l_pack, l_pad, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(g_pack, g_pad, rtol=1e-3, atol=1e-6)
+
+
+def test_package_level_train_is_callable_after_importing_the_module() -> None:
+    import onpolicy_sft
+    import onpolicy_sft.train as train_module
+
+    assert callable(onpolicy_sft.train) and callable(onpolicy_sft.evaluate)
+    assert train_module.train is train

@@ -27,6 +27,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
+import types
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -459,3 +461,18 @@ def combine(paths: Sequence[str | os.PathLike[str]]) -> str:
             path = path / "results.json"
         results.append(json.loads(path.read_text(encoding="utf-8")))
     return results_markdown(results)
+
+
+class _CallableModule(types.ModuleType):
+    """``onpolicy_sft.evaluate(...)`` must work whatever was imported first.
+
+    Importing ``onpolicy_sft.evaluate`` (the module) binds the package
+    attribute ``evaluate`` to the module, shadowing the lazily exported
+    function of the same name; calling the module calls the function.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> EvalResult:
+        return evaluate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

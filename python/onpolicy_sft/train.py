@@ -21,6 +21,8 @@ import json
 import math
 import os
 import random
+import sys
+import types
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -720,3 +722,18 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
         log_history=list(trainer.state.log_history),
         data_stats=stats,
     )
+
+
+class _CallableModule(types.ModuleType):
+    """``onpolicy_sft.train(cfg)`` must work whatever was imported first.
+
+    Importing ``onpolicy_sft.train`` (the module) binds the package attribute
+    ``train`` to the module, shadowing the lazily exported function of the
+    same name; calling the module calls the function.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> TrainResult:
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,268 @@
+"""Benchmark: training throughput and memory, our loss vs transformers' default loss.
+
+Claim (issue 6): on a CUDA GPU, with a locally built model of Qwen2.5-0.5B's
+shapes (24 layers, hidden 896, 14/2 heads, MLP 4864, vocabulary 151936, tied
+embeddings) and 2048-token sequences, ``PolicyTrainer`` (PolicyLoss inside
+the lm_head, logits never built) trains at >= 1.0x the tokens/s of the same
+transformers Trainer computing its default loss from materialised logits,
+with <= 0.5x the loss-related memory.
+
+Variants, all in the same process, same model init, same random data, same
+TrainingArguments (bf16 autocast, gradient checkpointing, AdamW):
+
+- ``floor``: the decoder only, loss = mean of the last hidden state -- no
+  lm_head, no loss. Its peak is subtracted from the others to give the
+  *loss-related* memory (lm_head logits/gradients and the loss itself);
+- ``hf default``: transformers' Trainer, the model computes logits and its
+  cross-entropy (``labels`` passed to forward);
+- ``ours sft`` / ``ours dft``: ``onpolicy_sft.train.PolicyTrainer``.
+
+Per variant: median seconds per optimizer step over ``--steps`` steps after
+``--warmup`` steps, tokens/s (all tokens of the batch, prompt included), and
+peak memory (``torch.cuda.max_memory_allocated``). Prints one table and the
+machine; appends a JSON line to bench_results/train.jsonl. Without CUDA it says
+so and exits 0 (``--smoke`` runs tiny shapes on the CPU to check the script).
+
+    python benches/bench_train.py [--micro-batch 4] [--seq 2048] [--steps 8] [--warmup 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import gc
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+QWEN25_05B = dict(
+    vocab_size=151936,
+    hidden_size=896,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    intermediate_size=4864,
+    max_position_embeddings=32768,
+    rope_theta=1000000.0,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+)
+SMOKE = dict(
+    vocab_size=2048,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    intermediate_size=128,
+    max_position_embeddings=512,
+    tie_word_embeddings=True,
+)
+TARGET_SPEED = 1.0
+TARGET_MEM = 0.5
+
+
+def machine() -> dict[str, Any]:
+    import torch
+    import transformers
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cuda": torch.version.cuda,
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+    return info
+
+
+def make_data(n_rows: int, seq: int, vocab: int, prompt_len: int) -> list[Any]:
+    import torch
+    from onpolicy_sft.train import Example
+
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for _ in range(n_rows):
+        ids = torch.randint(10, vocab, (seq,), generator=g).tolist()
+        rows.append(Example(input_ids=ids, labels=[-100] * prompt_len + ids[prompt_len:]))
+    return rows
+
+
+def run_variant(name: str, shapes: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from onpolicy_sft.integrations import build_policy_loss
+    from onpolicy_sft.train import Collator, ExampleDataset, PolicyTrainer
+    from transformers import AutoModelForCausalLM, Qwen2Config, Trainer, TrainerCallback
+    from transformers import TrainingArguments as TA
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    torch.manual_seed(0)
+    config = Qwen2Config(**shapes, use_cache=False)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    total_steps = args.warmup + args.steps
+    examples = make_data(
+        total_steps * args.micro_batch, args.seq, shapes["vocab_size"], args.prompt_len
+    )
+    step_times: list[float] = []
+
+    class Timer(TrainerCallback):  # type: ignore[misc]
+        def on_step_begin(self, *a: Any, **k: Any) -> None:
+            if cuda:
+                torch.cuda.synchronize()
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            if cuda:
+                torch.cuda.synchronize()
+            step_times.append(time.perf_counter() - self.t0)
+
+    targs = TA(
+        output_dir=tempfile.mkdtemp(prefix="bench_train_"),
+        per_device_train_batch_size=args.micro_batch,
+        gradient_accumulation_steps=1,
+        max_steps=total_steps,
+        learning_rate=1e-5,
+        lr_scheduler_type="constant",
+        bf16=cuda,
+        gradient_checkpointing=True,
+        save_strategy="no",
+        report_to=[],
+        logging_steps=10**6,
+        remove_unused_columns=False,
+        dataloader_pin_memory=cuda,
+        disable_tqdm=True,
+        use_cpu=not cuda,
+    )
+    common = dict(
+        model=model,
+        args=targs,
+        train_dataset=ExampleDataset(examples),
+        data_collator=Collator(pad_token_id=0),
+        callbacks=[Timer()],
+    )
+    if name == "hf default":
+        trainer: Any = Trainer(**common)
+    elif name == "floor":
+
+        class FloorTrainer(Trainer):  # type: ignore[misc]
+            def compute_loss(self, model: Any, inputs: Any, **kw: Any) -> Any:
+                inputs = dict(inputs)
+                inputs.pop("labels")
+                hidden = model.model(**inputs).last_hidden_state
+                return hidden.float().pow(2).mean()
+
+        trainer = FloorTrainer(**common)
+    else:
+        scheme = name.split()[-1]
+        loss_fn = build_policy_loss(scheme)
+        trainer = PolicyTrainer(**common, loss_fn=loss_fn)
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    peak = torch.cuda.max_memory_allocated() if cuda else 0
+    del trainer, model
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    timed = step_times[args.warmup :]
+    med = statistics.median(timed)
+    return {
+        "variant": name,
+        "step_s": med,
+        "tokens_per_s": args.micro_batch * args.seq / med,
+        "peak_gib": peak / 2**30,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--micro-batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=2048)
+    parser.add_argument("--prompt-len", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--variants", default="floor,hf default,ours sft,ours dft", help="comma-separated"
+    )
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU")
+    args = parser.parse_args()
+
+    import torch
+
+    info = machine()
+    if not torch.cuda.is_available() and not args.smoke:
+        print("bench_train: no CUDA GPU on this machine; nothing to measure (use --smoke for a")
+        print("CPU check of the script). Machine:", json.dumps(info))
+        return 0
+    shapes = QWEN25_05B
+    if args.smoke:
+        shapes = SMOKE
+        args.seq, args.prompt_len, args.steps, args.warmup = 128, 32, 2, 1
+        torch.set_num_threads(1)
+    rows = [run_variant(v.strip(), shapes, args) for v in args.variants.split(",")]
+    by = {r["variant"]: r for r in rows}
+    floor = by.get("floor", {}).get("peak_gib")
+    base = by.get("hf default")
+    print(
+        f"\nbench_train: Qwen2.5-0.5B shapes{' (SMOKE: tiny shapes, CPU)' if args.smoke else ''}, "
+        f"micro-batch {args.micro_batch} x seq {args.seq}, {'bf16 autocast, ' if not args.smoke else ''}gradient "
+        f"checkpointing, median of {args.steps} steps after {args.warmup}"
+    )
+    head = f"{'variant':<12} {'s/step':>8} {'tokens/s':>10} {'vs hf':>6} {'peak GiB':>9} "
+    head += f"{'loss GiB':>9} {'vs hf':>6}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        r["loss_gib"] = r["peak_gib"] - floor if floor is not None else None
+        if base is not None:
+            r["speed_vs_hf"] = r["tokens_per_s"] / base["tokens_per_s"]
+            base_loss = base["peak_gib"] - floor if floor is not None else None
+            r["loss_mem_vs_hf"] = (
+                r["loss_gib"] / base_loss if r["loss_gib"] is not None and base_loss else None
+            )
+        fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+        print(
+            f"{r['variant']:<12} {r['step_s']:>8.3f} {r['tokens_per_s']:>10.0f} "
+            f"{fmt(r.get('speed_vs_hf'), '>6.2f')} {r['peak_gib']:>9.2f} "
+            f"{fmt(r['loss_gib'], '>9.2f')} {fmt(r.get('loss_mem_vs_hf'), '>6.2f')}"
+        )
+    print(
+        f"targets: ours >= {TARGET_SPEED}x hf tokens/s and <= {TARGET_MEM}x hf loss-related memory"
+    )
+    print("machine:", json.dumps(info))
+    out = REPO / "bench_results"
+    out.mkdir(exist_ok=True)
+    record = {
+        "bench": "train",
+        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "smoke": args.smoke,
+        "micro_batch": args.micro_batch,
+        "seq": args.seq,
+        "rows": rows,
+        "machine": info,
+    }
+    with open(out / "train.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
