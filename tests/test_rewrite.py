@@ -340,3 +340,44 @@ def test_package_is_callable():
 
     assert callable(onpolicy_sft.rewrite)
     assert callable(onpolicy_sft.select)
+
+
+def test_plain_fallback_prompt_warns():
+    tok = build_tokenizer(chat_template=None)
+    with pytest.warns(UserWarning, match="no chat template"):
+        prompt = P.train_prompt(tok, "What is 1+1?")
+    assert prompt == P.PLAIN_TEMPLATE.format(content=f"What is 1+1?\n{P.SUFFIX}")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "parquet", "csv"])
+def test_local_formats_load_the_same_problems(tmp_path, fmt):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from onpolicy_sft.rewrite.data import load_problems
+    from onpolicy_sft.verify import extract_answer
+
+    rows = [{"problem": p, "solution": s["solution"]} for p, s in SCRIPT.items()]
+    path = tmp_path / f"train.{fmt}"
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif fmt == "json":
+        path.write_text(json.dumps(rows))
+    elif fmt == "parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    else:
+        import csv
+
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["problem", "solution"])
+            w.writeheader()
+            w.writerows(rows)
+    probs = load_problems(str(path), extract_answer=extract_answer)
+    assert [p.problem for p in probs] == list(SCRIPT)
+    assert [p.answer for p in probs] == ["5", "6", "12", "7", None, "9"]
+
+
+def test_missing_dataset_path(tmp_path):
+    from onpolicy_sft.rewrite.data import load_problems
+
+    with pytest.raises(FileNotFoundError, match="does not exist; check --dataset"):
+        load_problems(str(tmp_path / "nope.jsonl"))
