@@ -273,11 +273,11 @@ def patch_model(model: Any, loss_fn: PolicyLoss) -> Any:
             f"{type(model).__name__} has no output embedding (lm_head); patch_model needs a"
             " causal LM such as Qwen2ForCausalLM or LlamaForCausalLM"
         )
-    cfg = getattr(model, "config", None)
-    if getattr(cfg, "final_logit_softcapping", None) not in (None, 0):
+    softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    if softcap not in (None, 0):
         raise TypeError(
-            f"{type(model).__name__} soft-caps its logits (final_logit_softcapping="
-            f"{cfg.final_logit_softcapping}); the fused loss does not implement that"
+            f"{type(model).__name__} soft-caps its logits (final_logit_softcapping={softcap});"
+            " the fused loss does not implement that"
         )
     decoder = getattr(model, getattr(model, "base_model_prefix", "model"), None)
     if decoder is None or decoder is model:
@@ -351,7 +351,7 @@ def patch_model(model: Any, loss_fn: PolicyLoss) -> Any:
         state.last = out
         model.policy_loss_output = out
         return CausalLMOutputWithPast(
-            loss=out.loss,
+            loss=out.loss,  # type: ignore[arg-type]
             logits=None,
             past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,

@@ -166,7 +166,15 @@ def _run(
     rows: RowOps,
     chunk: int,
     needs: tuple[bool, bool, bool],
-) -> tuple[torch.Tensor, ...]:
+) -> tuple[
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor | None,
+    torch.Tensor | None,
+    torch.Tensor | None,
+]:
     n, h = hidden.shape
     v = weight.shape[0]
     f32 = torch.float32

@@ -28,8 +28,8 @@ from __future__ import annotations
 import math
 
 import torch
-import triton
-import triton.language as tl
+import triton  # type: ignore[import-untyped]
+import triton.language as tl  # type: ignore[import-untyped]
 
 from .weights import LossSpec
 

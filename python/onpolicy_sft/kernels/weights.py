@@ -124,10 +124,10 @@ class LossSpec:
 
 
 class Segments(NamedTuple):
-    """seg: (N,) int64 in [0, count): which sequence each token belongs to."""
+    """seg: (N,) int64 in [0, num): which sequence each token belongs to."""
 
     seg: torch.Tensor
-    count: int
+    num: int
 
 
 def segments(
@@ -329,7 +329,7 @@ def clipped(
         if spec.level == "sequence":
             assert segs is not None
             m = mask.double()
-            tot = torch.zeros(segs.count, dtype=torch.float64, device=d.device)
+            tot = torch.zeros(segs.num, dtype=torch.float64, device=d.device)
             tot = tot.index_add_(0, segs.seg, m * d)
             if spec.seq_mean:
                 n_s = torch.zeros_like(tot).index_add_(0, segs.seg, m)
@@ -373,7 +373,7 @@ def token_scale(
             return m / z.clamp(min=1e-12)
         return m / m.sum().clamp(min=1.0)
     assert segs is not None
-    n_s = torch.zeros(segs.count, dtype=torch.float32, device=m.device).index_add_(0, segs.seg, m)
+    n_s = torch.zeros(segs.num, dtype=torch.float32, device=m.device).index_add_(0, segs.seg, m)
     s = (n_s > 0).sum().clamp(min=1).float()
     return m / (n_s[segs.seg].clamp(min=1.0) * s)
 
