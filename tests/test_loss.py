@@ -551,3 +551,23 @@ def test_empty_batch_gives_zero_loss():
     )
     out.loss.backward()
     assert out.loss.item() == 0.0 and w.grad.abs().max() == 0
+
+
+def test_patched_tied_model_matches_transformers_own_loss(tmp_path):
+    """sft through patch_model equals transformers' cross entropy on materialised logits,
+    with the lm_head tied to the input embedding (its grad has two contributions)."""
+    from onpolicy_sft.testing import build_tiny_model
+
+    path = build_tiny_model(tmp_path / "tied", arch="qwen2", tie_word_embeddings=True)
+    model, ids, am, labels, _ = _model_batch(path)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    want = model(input_ids=ids, attention_mask=am, labels=labels)
+    want.loss.backward()
+    want_grads = _grads(model)
+    model.zero_grad(set_to_none=True)
+    patch_model(model, PolicyLoss("sft", backend="torch", chunk_size=4))
+    got = model(input_ids=ids, attention_mask=am, labels=labels)
+    got.loss.backward()
+    torch.testing.assert_close(got.loss, want.loss, rtol=1e-5, atol=1e-6)
+    for name, g in _grads(model).items():
+        torch.testing.assert_close(g, want_grads[name], rtol=1e-4, atol=1e-6, msg=name)

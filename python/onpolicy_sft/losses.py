@@ -195,15 +195,13 @@ class PolicyLoss:
         labels = labels.to(device=device, dtype=torch.long)
         mask = labels != spec.ignore_index
         v = lm_head_weight.shape[0]
-        if n:
-            lo = int(torch.where(mask, labels, 0).min())
-            hi = int(torch.where(mask, labels, 0).max())
-            if lo < 0 or hi >= v:
-                bad = int((((labels < 0) | (labels >= v)) & mask).nonzero()[0, 0])
-                raise LossSpecError(
-                    f"label {int(labels[bad])} at row {bad} is outside the vocabulary [0, {v});"
-                    f" mask such tokens with ignore_index={spec.ignore_index}"
-                )
+        out_of_vocab = ((labels < 0) | (labels >= v)) & mask
+        if n and bool(out_of_vocab.any()):  # one host sync; a bad label would read garbage
+            bad = int(out_of_vocab.nonzero()[0, 0])
+            raise LossSpecError(
+                f"label {int(labels[bad])} at row {bad} is outside the vocabulary [0, {v});"
+                f" mask such tokens with ignore_index={spec.ignore_index}"
+            )
         segs = segments(
             n,
             device,
