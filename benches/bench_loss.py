@@ -44,6 +44,7 @@ OURS = {  # variant name: PolicyLoss kwargs
     "ours idft": dict(scheme="idft"),
     "ours is-seq": dict(scheme="is", level="sequence"),
     "ours pear": dict(scheme="pear"),
+    "ours dft, grad_accum=input": dict(scheme="dft", grad_accum="input"),
 }
 
 

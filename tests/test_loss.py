@@ -107,7 +107,7 @@ def run_ours(case: dict[str, Any], opts: dict[str, Any], *, device: str = "cpu",
 
 
 def run_ref(case: dict[str, Any], opts: dict[str, Any], **call: Any):
-    o = {k: v for k, v in opts.items() if k not in ("backend", "chunk_size")}
+    o = {k: v for k, v in opts.items() if k not in ("backend", "chunk_size", "grad_accum")}
     h = case["hidden"].clone().requires_grad_()
     w = case["weight"].clone().requires_grad_()
     b = None if case["bias"] is None else case["bias"].clone().requires_grad_()
@@ -571,3 +571,20 @@ def test_patched_tied_model_matches_transformers_own_loss(tmp_path):
     torch.testing.assert_close(got.loss, want.loss, rtol=1e-5, atol=1e-6)
     for name, g in _grads(model).items():
         torch.testing.assert_close(g, want_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
+@pytest.mark.parametrize("opts", [SCHEMES["dft"], SCHEMES["pear-token"]], ids=["dft", "pear"])
+def test_grad_accum_in_input_dtype_matches_reference(opts, dtype):
+    case = make_case(dtype=dtype, seed=11)
+    compare(dict(case), dict(opts, grad_accum="input"))
+
+
+def test_second_backward_is_refused():
+    case = make_case()
+    h = case["hidden"].float().requires_grad_()
+    out = PolicyLoss("dft", backend="torch")(h, case["weight"].float(), case["labels"])
+    out.loss.backward(retain_graph=True)
+    # the precomputed grads were consumed in place; autograd's version check says so
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.loss.backward()

@@ -82,6 +82,12 @@ class PolicyLoss:
     backend: "auto" (triton on CUDA, torch otherwise), "torch" or "triton"
       (CUDA, or CPU with TRITON_INTERPRET=1 set before triton is imported).
     chunk_size: rows per chunk (default: sized so one chunk's buffers are ~512 MiB).
+    grad_accum: "float32" (default) accumulates grad_weight over the chunks in a
+      float32 (V, H) buffer; "input" accumulates in the weight's dtype in place
+      (bf16: one rounding per chunk), saving the V x H x 4-byte buffer at peak:
+      2.0 GiB at the Qwen2.5-7B lm_head, where the "gradient buffers + 1 GiB"
+      memory target is out of reach with the float32 buffer (estimate; see
+      benches/bench_loss.py, which measures both).
 
     Peak extra memory is O(chunk_size x V); the (N, V) logits are never built.
     """
@@ -104,6 +110,7 @@ class PolicyLoss:
         ignore_index: int = -100,
         backend: str = "auto",
         chunk_size: int | None = None,
+        grad_accum: str = "float32",
     ) -> None:
         self.spec = LossSpec(
             scheme=scheme,
@@ -124,8 +131,14 @@ class PolicyLoss:
             raise LossSpecError(f"backend={backend!r} is unknown; use one of {list(BACKENDS)}")
         if chunk_size is not None and chunk_size < 1:
             raise LossSpecError(f"chunk_size={chunk_size!r} must be >= 1 (or None for auto)")
+        if grad_accum not in ("float32", "input"):
+            raise LossSpecError(
+                f"grad_accum={grad_accum!r} is unknown; use 'float32' (exact accumulation) or"
+                " 'input' (accumulate in the weight dtype, less memory)"
+            )
         self.backend = backend
         self.chunk_size = chunk_size
+        self.grad_accum = grad_accum
 
     def __repr__(self) -> str:
         return f"PolicyLoss({self.spec!r}, backend={self.backend!r})"
@@ -227,6 +240,7 @@ class PolicyLoss:
             bias=bias,
             backend=backend,
             chunk_size=self.chunk_size,
+            grad_accum=self.grad_accum,
         )
         clip_mask = clipped(logp, ent, blogp, mask, segs, spec)
         stats = weight_stats(w, logp, ent, mask, clip_mask)

@@ -166,6 +166,7 @@ def _run(
     rows: RowOps,
     chunk: int,
     needs: tuple[bool, bool, bool],
+    accum_fp32: bool = True,
 ) -> tuple[
     torch.Tensor,
     torch.Tensor,
@@ -186,7 +187,8 @@ def _run(
     coef = torch.empty(n, dtype=f32, device=dev)
     need_grad = any(needs)
     gh = torch.empty_like(hidden) if needs[0] else None
-    gw = torch.zeros(v, h, dtype=f32, device=dev) if needs[1] else None
+    gw_dtype = f32 if accum_fp32 else weight.dtype
+    gw = torch.zeros(v, h, dtype=gw_dtype, device=dev) if needs[1] else None
     gb = torch.zeros(v, dtype=f32, device=dev) if needs[2] and bias is not None else None
     local = spec.token_local
 
@@ -194,7 +196,10 @@ def _run(
         if gh is not None:
             torch.mm(dz, weight, out=gh[sl])
         if gw is not None:
-            _addmm_fp32_(gw, dz.t(), hidden[sl])
+            if accum_fp32:
+                _addmm_fp32_(gw, dz.t(), hidden[sl])
+            else:  # in place in the input dtype: one rounding per chunk, no extra (V, H)
+                gw.addmm_(dz.t(), hidden[sl])
         if gb is not None:
             gb.add_(dz.sum(0, dtype=torch.float32))
 
@@ -248,9 +253,10 @@ class PolicyLossFunction(torch.autograd.Function):
         rows: RowOps,
         chunk: int,
         needs: tuple[bool, bool, bool],
+        accum_fp32: bool,
     ):
         loss, logp, ent, w, gh, gw, gb = _run(
-            hidden, weight, bias, labels, blogp, scale, segs, spec, rows, chunk, needs
+            hidden, weight, bias, labels, blogp, scale, segs, spec, rows, chunk, needs, accum_fp32
         )
         ctx.weight_dtype = weight.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
@@ -268,17 +274,22 @@ class PolicyLossFunction(torch.autograd.Function):
             )
         gh, gw, gb = ctx.saved_tensors
         g = g_loss.float()
+        # The saved buffers are scaled in place and handed out as the grads; a second
+        # backward (retain_graph=True) is refused by autograd's saved-tensor version check.
         grad_h = grad_w = grad_b = None
         # scale in float32, round once into the parameter dtype (no float32 copy)
         if ctx.needs_input_grad[0] and gh is not None:
-            grad_h = gh * g  # 0-d g: result keeps gh's dtype
+            grad_h = gh.mul_(g)  # in place: the buffer becomes the grad
         if ctx.needs_input_grad[1] and gw is not None:
-            grad_w = torch.empty(gw.shape, dtype=ctx.weight_dtype, device=gw.device)
-            torch.mul(gw, g, out=grad_w)
+            if gw.dtype == ctx.weight_dtype:  # scale in place: the buffer becomes the grad
+                grad_w = gw.mul_(g)
+            else:
+                grad_w = torch.empty(gw.shape, dtype=ctx.weight_dtype, device=gw.device)
+                torch.mul(gw, g, out=grad_w)
         if gb is not None and ctx.needs_input_grad[2]:
             grad_b = torch.empty(gb.shape, dtype=ctx.bias_dtype, device=gb.device)
             torch.mul(gb, g, out=grad_b)
-        return grad_h, grad_w, grad_b, None, None, None, None, None, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None, None, None, None, None, None, None
 
 
 def get_rows(backend: str) -> RowOps:
@@ -303,13 +314,17 @@ def fused_policy_loss(
     bias: torch.Tensor | None = None,
     backend: str = "torch",
     chunk_size: int | None = None,
+    grad_accum: str = "float32",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fused lm_head + weighted log-likelihood. Returns (loss, logprobs, entropy, weights).
 
     hidden: (N, H), weight: (V, H), labels: (N,) int (already shifted),
     scale: (N,) float32 = m_t / Z_t (``weights.token_scale``), blogp: (N,) float32 or None
     (required for is/pear, missing values already resolved), segs: sequences
-    (required for sequence is and pear), bias: (V,) or None.
+    (required for sequence is and pear), bias: (V,) or None. grad_accum: "float32"
+    accumulates grad_weight over chunks in float32 (a (V, H) float32 buffer);
+    "input" accumulates in the weight's dtype in place (bf16: one rounding per chunk),
+    so grad_weight needs no memory beyond its own buffer.
     Only ``loss`` carries gradient; the others are detached float32 (N,).
     """
     if hidden.ndim != 2 or weight.ndim != 2 or hidden.shape[1] != weight.shape[1]:
@@ -334,6 +349,8 @@ def fused_policy_loss(
             f"hidden is {hidden.dtype} but the lm_head weight is {weight.dtype};"
             " cast one of them (e.g. run the model under one dtype or autocast)"
         )
+    if grad_accum not in ("float32", "input"):
+        raise ValueError(f"grad_accum={grad_accum!r} is unknown; use 'float32' or 'input'")
     rows = get_rows(backend)
     chunk = int(chunk_size) if chunk_size else max(1, rows.chunk_size(n, v, hidden.dtype))
     if chunk < 1:
@@ -358,6 +375,7 @@ def fused_policy_loss(
             rows,
             chunk,
             needs,
+            grad_accum == "float32",
         )
     return loss, logp, ent, w
 
