@@ -36,6 +36,7 @@ SHAPES = {  # name: (N tokens, H hidden, V vocabulary)
 }
 TARGET_FLOOR = {"0.5b": 2.0, "7b": 1.3}
 TARGET_VS_LIGER_DFT = 1.5
+TWO_PASS = ("is-seq", "pear")  # variant-name endings of the schemes that run two passes
 TARGET_EXTRA_MEM = 2**30
 OURS = {  # variant name: PolicyLoss kwargs
     "ours sft": dict(scheme="sft"),
@@ -276,15 +277,26 @@ def main(argv: list[str] | None = None) -> int:
     checks: list[dict[str, Any]] = []
     for shape in {r["shape"] for r in rows}:
         by = {r["variant"]: r for r in rows if r["shape"] == shape}
-        worst = max((r["vs_floor"] or math.inf) for k, r in by.items() if k.startswith("ours"))
-        checks.append(
-            dict(
-                shape=shape,
-                check=f"ours <= {TARGET_FLOOR[shape]}x floor",
-                value=worst,
-                ok=worst <= TARGET_FLOOR[shape],
-            )
-        )
+        # one pass (3 GEMMs, like the floor) vs two passes (sequence is, pear: the
+        # logits GEMM runs again after the weight step, 4 GEMMs)
+        for label, keep in (
+            ("ours one-pass schemes", lambda k: not k.endswith(TWO_PASS)),
+            ("ours two-pass schemes (is-seq, pear)", lambda k: k.endswith(TWO_PASS)),
+        ):
+            ratios = [
+                (r["vs_floor"] or math.inf)
+                for k, r in by.items()
+                if k.startswith("ours") and keep(k)
+            ]
+            if ratios:
+                checks.append(
+                    dict(
+                        shape=shape,
+                        check=f"{label}: worst <= {TARGET_FLOOR[shape]}x floor",
+                        value=max(ratios),
+                        ok=max(ratios) <= TARGET_FLOOR[shape],
+                    )
+                )
         lig = by.get("liger dft (use_token_scaling)")
         if lig is not None and not math.isnan(lig["median_ms"]):
             speed = lig["median_ms"] / by["ours dft"]["median_ms"]
