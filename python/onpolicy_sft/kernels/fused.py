@@ -21,8 +21,10 @@ in the torch backend) -- never (N x V).
 
 Gradients are computed during forward (as Liger-Kernel's fused linear cross
 entropy does) when any input requires grad; backward only scales them by the
-upstream gradient. grad_weight and grad_bias accumulate in float32 (on CUDA
-with fp16/bf16 via cuBLAS float32-output GEMMs, no (V, H) temporary).
+upstream gradient. grad_bias accumulates in float32; grad_weight in float32 by
+default (on CUDA with fp16/bf16 via cuBLAS float32-output GEMMs when torch
+offers them, no (V, H) temporary) or, with grad_accum="input", in place in the
+weight's dtype.
 """
 
 from __future__ import annotations
@@ -132,8 +134,8 @@ def _addmm_fp32_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
     """acc (float32) += a @ b with float32 accumulation and no (V, H) temporary.
 
     fp32 inputs: in-place addmm. fp16/bf16 on CUDA: cuBLAS with float32 output
-    (``torch.addmm(..., out_dtype=float32)``, torch >= 2.8); elsewhere a temporary
-    product in the input dtype, added in float32.
+    (``torch.addmm(..., out_dtype=float32)``) where the installed torch offers it;
+    otherwise a temporary product in the input dtype, added in float32.
     """
     global _OUT_DTYPE_ADDMM
     if a.dtype == acc.dtype:
