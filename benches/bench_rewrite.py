@@ -56,6 +56,8 @@ def machine() -> dict[str, Any]:
         "gpu": gpu,
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -287,7 +289,17 @@ def main() -> int:
     ap.add_argument("--gpu-prompts", type=int, default=64)
     ap.add_argument("--gpu-tokens", type=int, default=512)
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (on a shared, loaded machine 1 is far steadier)",
+    )
     args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.problems, args.hinted_problems, args.hinted_tokens = 16, 2, 16
     if not CORPUS.exists():
