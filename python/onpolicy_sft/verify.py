@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -355,3 +357,18 @@ class Verifier:
                         "the machine may be overloaded"
                     )
         return results
+
+
+class _CallableModule(types.ModuleType):
+    """``onpolicy_sft.verify`` is both this module and the function :func:`verify`.
+
+    Importing the submodule binds the package attribute ``verify`` to the module
+    (the import system does that after the lazy export), so the module itself is
+    made callable: ``onpolicy_sft.verify(prediction, gold)`` works in any import order.
+    """
+
+    def __call__(self, prediction: str, gold: str) -> Verdict:
+        return verify(prediction, gold)
+
+
+sys.modules[__name__].__class__ = _CallableModule
