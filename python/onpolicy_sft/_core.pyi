@@ -8,6 +8,19 @@ __version__: str
 
 # ---------------------------------------------------------------- verify
 
+from collections.abc import Sequence
+
+_VerdictTuple = tuple[bool | None, str | None, str | None, str]
+
+VERIFY_MAX_PREDICTION_BYTES: int
+VERIFY_MAX_GOLD_BYTES: int
+
+def verify(prediction: str, gold: str) -> _VerdictTuple: ...
+def verify_batch(
+    predictions: Sequence[str], golds: Sequence[str], threads: int | None = None
+) -> list[_VerdictTuple]: ...
+def extract_answer(text: str) -> str | None: ...
+
 # ------------------------------------------------------------ end verify
 
 # ---------------------------------------------------------------- ledger

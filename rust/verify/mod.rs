@@ -1,1 +1,458 @@
 //! Answer extraction, normalisation and equivalence (see METHODS.md, "Verification semantics").
+//!
+//! `verify(prediction, gold)` answers whether the prediction reaches the gold
+//! answer the way the reference does — math-verify 0.9.0,
+//! `verify(parse("\\boxed{" + gold + "}"), parse(prediction))` — or says it is
+//! not sure (`correct: None`) so that the caller can ask the reference itself.
+//!
+//! Pipeline: [`extract`] finds candidate answers in priority order, each is
+//! normalised ([`normalize`]) and parsed ([`parse`], [`pyexpr`]); the first
+//! one that parses is the answer. [`compare`] decides equivalence. The string
+//! forms are compared too (the reference also accepts equal normalised strings).
+//!
+//! Size caps (inputs beyond them are undecided, never slow):
+//! - [`MAX_PREDICTION_BYTES`] for the prediction, [`MAX_GOLD_BYTES`] for the gold;
+//! - [`parse::MAX_ANSWER_BYTES`] for one extracted answer, [`parse::MAX_DEPTH`] nesting;
+//! - [`MAX_CANDIDATES`] candidates tried per priority.
+
+pub mod compare;
+pub mod extract;
+pub mod normalize;
+pub mod num;
+pub mod parse;
+pub mod pyexpr;
+
+use extract::{CandKind, EnvKind};
+use normalize::BoxedMode;
+use parse::{Node, PErr, Value};
+
+/// Predictions longer than this (bytes) are left undecided.
+pub const MAX_PREDICTION_BYTES: usize = 1 << 20;
+/// Gold answers longer than this (bytes) are left undecided.
+pub const MAX_GOLD_BYTES: usize = 1 << 14;
+/// At most this many candidates of one priority are tried before giving up.
+pub const MAX_CANDIDATES: usize = 64;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    /// `Some(true/false)` when decided, `None` when the fast path is not sure.
+    pub correct: Option<bool>,
+    /// The answer found in the prediction (normalised LaTeX or number text).
+    pub pred_answer: Option<String>,
+    /// The gold answer after normalisation.
+    pub gold_answer: Option<String>,
+    /// Why: "equal", "not equal", "equal strings", "no answer", or what was not supported.
+    pub reason: String,
+}
+
+/// What extraction found in one text.
+#[derive(Clone, Debug)]
+enum Found {
+    /// parsed value and its string, plus the first-tried candidate's string
+    Value {
+        value: Value,
+        text: String,
+        fallback: Option<String>,
+    },
+    /// no candidate parsed; only the fallback string remains
+    NoValue { fallback: Option<String> },
+    /// a candidate could not be reproduced faithfully
+    Unsure {
+        why: String,
+        fallback: Option<String>,
+    },
+}
+
+enum Tried {
+    Ok(Value),
+    Failed,
+    Unsure(String),
+}
+
+fn parse_latex(s: &str) -> Result<Value, PErr> {
+    let st = s.trim();
+    // the reference's LaTeX parser rejects a trailing period ("5.", "x = 5.")
+    if st.ends_with('.') && !st.ends_with("\\.") {
+        return Err(PErr::Invalid);
+    }
+    match parse::parse_answer(st) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            // retry with the last part of an equation chain a = b = c
+            if !st.contains(',') && !st.contains(';') {
+                let parts = split_eq(st);
+                if parts.len() > 2 {
+                    let last = parts[parts.len() - 1];
+                    return parse::parse_answer(last.trim()).map_err(|e2| {
+                        if e == PErr::Invalid && e2 == PErr::Invalid {
+                            PErr::Invalid
+                        } else {
+                            PErr::Unsupported
+                        }
+                    });
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Split at `=` not preceded by `\`, `<`, `!`, `>`.
+fn split_eq(s: &str) -> Vec<&str> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut st = 0;
+    for i in 0..b.len() {
+        if b[i] == b'=' && (i == 0 || !matches!(b[i - 1], b'\\' | b'<' | b'!' | b'>')) {
+            out.push(&s[st..i]);
+            st = i + 1;
+        }
+    }
+    out.push(&s[st..]);
+    out
+}
+
+fn try_candidate(t: &str, c: &extract::Cand) -> (Tried, Option<String>) {
+    match &c.kind {
+        CandKind::Number { text, pct } => {
+            let Some(v) = num::parse_decimal(text.trim_start_matches('-')) else {
+                return (Tried::Unsure("number too long".into()), Some(text.clone()));
+            };
+            let v = if text.starts_with('-') {
+                v.negate()
+            } else {
+                Some(v)
+            };
+            let Some(v) = v else {
+                return (Tried::Unsure("number too long".into()), Some(text.clone()));
+            };
+            let n = Node::Num {
+                v,
+                float: text.contains('.'),
+            };
+            let n = if *pct { Node::Pct(Box::new(n)) } else { n };
+            (Tried::Ok(Value::Expr(n)), Some(text.clone()))
+        }
+        CandKind::Expr(s) => match pyexpr::parse_py(s) {
+            Ok(n) => {
+                // a lone number in parentheses is an atomic literal; anything else is
+                // an unevaluated expression (never an atomic literal)
+                let n = match n {
+                    Node::Num { .. } => n,
+                    other => Node::Mul(vec![other]),
+                };
+                (Tried::Ok(Value::Expr(n)), Some(s.clone()))
+            }
+            Err(pyexpr::PyErr::Syntax) => (Tried::Failed, Some(s.clone())),
+            Err(pyexpr::PyErr::Unsupported) => (
+                Tried::Unsure("unsupported plain expression".into()),
+                Some(s.clone()),
+            ),
+        },
+        CandKind::Latex(envs) => {
+            let mut strs = Vec::new();
+            let mut vals: Vec<Option<Value>> = Vec::new();
+            let mut unsure: Option<String> = None;
+            for env in envs {
+                let content = &t[env.content.0..env.content.1];
+                let mode = if env.kind == EnvKind::Boxed {
+                    BoxedMode::Last
+                } else {
+                    BoxedMode::All
+                };
+                let Some(norm) = normalize::normalize(content, mode) else {
+                    return (
+                        Tried::Unsure("LaTeX normalisation not reproduced".into()),
+                        None,
+                    );
+                };
+                match parse_latex(&norm) {
+                    Ok(v) => {
+                        let v = if env.pct {
+                            match v {
+                                Value::Expr(n) => Some(Value::Expr(Node::Pct(Box::new(n)))),
+                                _ => {
+                                    unsure.get_or_insert_with(|| "percent of a non-number".into());
+                                    None
+                                }
+                            }
+                        } else {
+                            Some(v)
+                        };
+                        vals.push(v);
+                    }
+                    Err(PErr::Invalid) => vals.push(None),
+                    Err(PErr::Unsupported) => {
+                        unsure
+                            .get_or_insert_with(|| format!("unsupported LaTeX: {}", short(&norm)));
+                        vals.push(None);
+                    }
+                }
+                strs.push(norm);
+            }
+            let all_parsed = vals.iter().all(|v| v.is_some());
+            if vals.len() > 1 {
+                if let Some(u) = unsure {
+                    return (Tried::Unsure(u), None);
+                }
+                if all_parsed {
+                    let mut items = Vec::new();
+                    for v in vals.into_iter().flatten() {
+                        match v {
+                            Value::Set(xs) => items.extend(xs),
+                            x => items.push(x),
+                        }
+                    }
+                    return (Tried::Ok(Value::Set(items)), Some(strs.join(" and ")));
+                }
+                let first = strs.first().cloned();
+                return match vals.into_iter().next().flatten() {
+                    Some(v) => (Tried::Ok(v), first),
+                    None => (Tried::Failed, first),
+                };
+            }
+            let s = strs.into_iter().next();
+            if let Some(u) = unsure {
+                return (Tried::Unsure(u), s);
+            }
+            match vals.into_iter().next().flatten() {
+                Some(v) => (Tried::Ok(v), s),
+                None => (Tried::Failed, s),
+            }
+        }
+    }
+}
+
+fn short(s: &str) -> String {
+    let mut o: String = s.chars().take(40).collect();
+    if o.len() < s.len() {
+        o.push('…');
+    }
+    o
+}
+
+fn find(t: &str) -> Found {
+    if extract::has_priority0_form(t) {
+        return Found::Unsure {
+            why: "\"final answer is ... I hope\" form".into(),
+            fallback: None,
+        };
+    }
+    let mut fallback: Option<String> = None;
+    let mut fallback_known = true;
+    let mut first = true;
+    for pr in extract::PRIORITIES {
+        let cands = extract::candidates(t, pr);
+        for (k, c) in cands.iter().enumerate() {
+            if k >= MAX_CANDIDATES {
+                return Found::Unsure {
+                    why: "too many candidate answers".into(),
+                    fallback: if fallback_known { fallback } else { None },
+                };
+            }
+            if matches!(c.kind, CandKind::Expr(_)) && extract::has_unreproduced_ops(t) {
+                return Found::Unsure {
+                    why: "× or ÷ in a plain expression".into(),
+                    fallback: if fallback_known { fallback } else { None },
+                };
+            }
+            let (res, s) = try_candidate(t, c);
+            if first {
+                first = false;
+                match &s {
+                    Some(x) if !x.is_empty() => fallback = Some(x.clone()),
+                    Some(_) => {}
+                    None => fallback_known = false,
+                }
+            } else if fallback.is_none() && fallback_known {
+                if let Some(x) = &s {
+                    if !x.is_empty() {
+                        fallback = Some(x.clone());
+                    }
+                } else {
+                    fallback_known = false;
+                }
+            }
+            match res {
+                Tried::Ok(v) => {
+                    return Found::Value {
+                        value: v,
+                        text: s.unwrap_or_default(),
+                        fallback: if fallback_known { fallback } else { None },
+                    };
+                }
+                Tried::Failed => continue,
+                Tried::Unsure(why) => {
+                    return Found::Unsure {
+                        why,
+                        fallback: if fallback_known { fallback } else { None },
+                    }
+                }
+            }
+        }
+    }
+    if !fallback_known {
+        return Found::Unsure {
+            why: "LaTeX normalisation not reproduced".into(),
+            fallback: if fallback_known { fallback } else { None },
+        };
+    }
+    Found::NoValue { fallback }
+}
+
+/// The answer the extraction ladder finds in `text` (normalised), if any.
+pub fn extract_answer(text: &str) -> Option<String> {
+    if text.len() > MAX_PREDICTION_BYTES {
+        return None;
+    }
+    match find(text) {
+        Found::Value { text, .. } => Some(text),
+        Found::NoValue { fallback } => fallback,
+        Found::Unsure { fallback, .. } => fallback,
+    }
+}
+
+fn strings_equal(a: &Option<String>, b: &Option<String>) -> bool {
+    match (a, b) {
+        (Some(x), Some(y)) => {
+            let (x, y) = (x.trim(), y.trim());
+            !x.is_empty() && x == y
+        }
+        _ => false,
+    }
+}
+
+/// Decide whether `prediction` reaches `gold` (a bare answer, no `\boxed`).
+pub fn verify(prediction: &str, gold: &str) -> Verdict {
+    let undecided = |why: &str, p: Option<String>, g: Option<String>| Verdict {
+        correct: None,
+        pred_answer: p,
+        gold_answer: g,
+        reason: why.to_string(),
+    };
+    if prediction.len() > MAX_PREDICTION_BYTES {
+        return undecided(
+            &format!(
+                "prediction is {} bytes, over the fast-path cap of {MAX_PREDICTION_BYTES}",
+                prediction.len()
+            ),
+            None,
+            None,
+        );
+    }
+    if gold.len() > MAX_GOLD_BYTES {
+        return undecided(
+            &format!(
+                "gold is {} bytes, over the fast-path cap of {MAX_GOLD_BYTES}",
+                gold.len()
+            ),
+            None,
+            None,
+        );
+    }
+    let gold_text = format!("\\boxed{{{gold}}}");
+    let g = find(&gold_text);
+    let p = find(prediction);
+    let (g_val, g_str, g_fb, g_unsure) = match g {
+        Found::Value {
+            value,
+            text,
+            fallback,
+        } => (Some(value), Some(text), fallback, None),
+        Found::NoValue { fallback } => (None, fallback.clone(), fallback, None),
+        Found::Unsure { why, fallback, .. } => (None, fallback.clone(), fallback, Some(why)),
+    };
+    let (p_val, p_str, p_fb, p_unsure) = match p {
+        Found::Value {
+            value,
+            text,
+            fallback,
+        } => (Some(value), Some(text), fallback, None),
+        Found::NoValue { fallback } => (None, fallback.clone(), fallback, None),
+        Found::Unsure { why, fallback, .. } => (None, fallback.clone(), fallback, Some(why)),
+    };
+    // the reference compares each gold item with each prediction item:
+    // values with values, fallback strings with fallback strings
+    if strings_equal(&g_fb, &p_fb) {
+        return Verdict {
+            correct: Some(true),
+            pred_answer: p_str,
+            gold_answer: g_str,
+            reason: "equal strings".into(),
+        };
+    }
+    if let Some(why) = g_unsure {
+        return undecided(&format!("gold: {why}"), p_str, g_str);
+    }
+    if let Some(why) = p_unsure {
+        return undecided(&why, p_str, g_str);
+    }
+    match (&g_val, &p_val) {
+        (Some(gv), Some(pv)) => match compare::equal(gv, pv) {
+            Some(true) => Verdict {
+                correct: Some(true),
+                pred_answer: p_str,
+                gold_answer: g_str,
+                reason: "equal".into(),
+            },
+            Some(false) => Verdict {
+                correct: Some(false),
+                pred_answer: p_str,
+                gold_answer: g_str,
+                reason: "not equal".into(),
+            },
+            None => undecided("comparison not supported", p_str, g_str),
+        },
+        (None, _) => Verdict {
+            correct: Some(false),
+            pred_answer: p_str,
+            gold_answer: g_str,
+            reason: "gold has no parsable answer".into(),
+        },
+        (_, None) => Verdict {
+            correct: Some(false),
+            pred_answer: p_str,
+            gold_answer: g_str,
+            reason: if p_fb.is_none() {
+                "no answer found".into()
+            } else {
+                "answer does not parse".into()
+            },
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(p: &str, g: &str) -> Option<bool> {
+        verify(p, g).correct
+    }
+
+    #[test]
+    fn basic_verdicts() {
+        assert_eq!(v("The answer is $\\boxed{42}$.", "42"), Some(true));
+        assert_eq!(v("The answer is $\\boxed{41}$.", "42"), Some(false));
+        assert_eq!(v("so x = 5", "5"), Some(true));
+        assert_eq!(v("\\boxed{\\frac{1}{2}}", "0.5"), Some(true));
+        assert_eq!(v("\\boxed{\\dfrac{2}{4}}", "\\frac12"), Some(true));
+        assert_eq!(v("We get 10%.", "10"), Some(true));
+        assert_eq!(v("", "5"), Some(false));
+        assert_eq!(v("no numbers here", "5"), Some(false));
+    }
+
+    #[test]
+    fn bad_inputs_do_not_panic() {
+        let big = "1".repeat(10 << 20);
+        assert_eq!(v(&big, "1"), None);
+        let nested = "{".repeat(100_000);
+        let _ = verify(&format!("\\boxed{{{nested}"), "1");
+        let _ = verify(&format!("\\boxed{{{nested}1{}}}", "}".repeat(100_000)), "1");
+        let _ = verify("\\boxed{", "1");
+        let _ = verify("a\0b \\boxed{\0}", "\0");
+        let _ = verify("ü ∑ 漢字 $\\boxed{é}$ 😀", "😀");
+        let _ = verify("$", "$");
+        let _ = verify("\\", "\\");
+    }
+}

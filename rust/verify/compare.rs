@@ -1,0 +1,663 @@
+//! Equivalence of two parsed answers, following the reference's rules
+//! (math-verify 0.9.0 `verify(gold, pred)`, default float_rounding=6):
+//!
+//! - a decimal literal against an integer literal: equal only when exactly equal;
+//! - a decimal literal against anything else: equal when both round to the same
+//!   6 decimals;
+//! - two integers (or integer percentages): equal values, the percent sign ignored;
+//! - otherwise: mathematical equality (exact rationals, else numeric to ~1e-12,
+//!   with a grey zone left undecided);
+//! - expressions with variables: equal at several sample points;
+//! - `x = 5` against `5`: the right-hand side; `x = 5` against `y = 5`: unequal;
+//! - sets (any order), tuples (in order), intervals (ends and openness).
+//!
+//! Every function returns `Option<bool>`: `None` is "not sure" (undecided).
+
+use super::num::Rat;
+use super::parse::{Fun, Node, Value};
+
+/// Value of an expression: exact when it is a rational, else a float.
+#[derive(Clone, Copy, Debug)]
+pub struct Ev {
+    pub exact: Option<Rat>,
+    pub f: f64,
+}
+
+impl Ev {
+    fn rat(r: Rat) -> Ev {
+        Ev {
+            exact: Some(r),
+            f: r.to_f64(),
+        }
+    }
+    fn float(f: f64) -> Ev {
+        Ev { exact: None, f }
+    }
+}
+
+fn factorial(n: i128) -> Option<Rat> {
+    if !(0..=30).contains(&n) {
+        return None;
+    }
+    let mut r: i128 = 1;
+    for k in 2..=n {
+        r = r.checked_mul(k)?;
+    }
+    Some(Rat::int(r))
+}
+
+/// Evaluate `n` with symbols bound by `env` (None: a symbol without binding,
+/// infinity, division by zero or a non-real value).
+pub fn eval(n: &Node, env: &dyn Fn(&str) -> Option<f64>) -> Option<Ev> {
+    let r = match n {
+        Node::Num { v, .. } => Ev::rat(*v),
+        Node::Frac(v) => Ev::rat(*v),
+        Node::Sym(s) => Ev::float(env(s)?),
+        Node::Pi => Ev::float(std::f64::consts::PI),
+        Node::E => Ev::float(std::f64::consts::E),
+        Node::Inf => return None,
+        Node::Add(ts) => {
+            let mut acc = Ev::rat(Rat::int(0));
+            for t in ts {
+                let v = eval(t, env)?;
+                acc = Ev {
+                    exact: match (acc.exact, v.exact) {
+                        (Some(a), Some(b)) => a.plus(b),
+                        _ => None,
+                    },
+                    f: acc.f + v.f,
+                };
+            }
+            acc
+        }
+        Node::Mul(ts) => {
+            let mut acc = Ev::rat(Rat::int(1));
+            for t in ts {
+                let v = eval(t, env)?;
+                acc = Ev {
+                    exact: match (acc.exact, v.exact) {
+                        (Some(a), Some(b)) => a.times(b),
+                        _ => None,
+                    },
+                    f: acc.f * v.f,
+                };
+            }
+            acc
+        }
+        Node::Neg(a) => {
+            let v = eval(a, env)?;
+            Ev {
+                exact: v.exact.and_then(|r| r.negate()),
+                f: -v.f,
+            }
+        }
+        Node::Div(a, b) => {
+            let x = eval(a, env)?;
+            let y = eval(b, env)?;
+            if y.f == 0.0 || y.exact.is_some_and(|r| r.n == 0) {
+                return None;
+            }
+            Ev {
+                exact: match (x.exact, y.exact) {
+                    (Some(a), Some(b)) => a.over(b),
+                    _ => None,
+                },
+                f: x.f / y.f,
+            }
+        }
+        Node::Pow(a, b) => {
+            let x = eval(a, env)?;
+            let y = eval(b, env)?;
+            let exact = match (x.exact, y.exact) {
+                (Some(a), Some(b)) if b.is_int() && !(a.n == 0 && b.n < 0) => a.pow(b.n),
+                _ => None,
+            };
+            let f = x.f.powf(y.f);
+            if !f.is_finite() && exact.is_none() {
+                return None;
+            }
+            Ev {
+                exact,
+                f: exact.map(|r| r.to_f64()).unwrap_or(f),
+            }
+        }
+        Node::Root(a, k) => {
+            let x = eval(a, env)?;
+            let kk = eval(k, env)?;
+            let kr = kk.exact?;
+            if !kr.is_int() || kr.n < 2 {
+                return None;
+            }
+            if x.f < 0.0 {
+                return None;
+            }
+            let exact = if kr.n == 2 {
+                x.exact.and_then(|r| r.sqrt())
+            } else {
+                None
+            };
+            let f = x.f.powf(1.0 / kr.n as f64);
+            Ev {
+                exact,
+                f: exact.map(|r| r.to_f64()).unwrap_or(f),
+            }
+        }
+        Node::Fact(a) => {
+            let x = eval(a, env)?;
+            let r = x.exact?;
+            if !r.is_int() {
+                return None;
+            }
+            Ev::rat(factorial(r.n)?)
+        }
+        Node::Func(f, a) => {
+            let x = eval(a, env)?;
+            let v = match f {
+                Fun::Sin => x.f.sin(),
+                Fun::Cos => x.f.cos(),
+                Fun::Tan => x.f.tan(),
+                Fun::Ln => {
+                    if x.f <= 0.0 {
+                        return None;
+                    }
+                    x.f.ln()
+                }
+                Fun::Log10 => {
+                    if x.f <= 0.0 {
+                        return None;
+                    }
+                    x.f.log10()
+                }
+            };
+            Ev::float(v)
+        }
+        Node::Pct(a) => {
+            let v = eval(a, env)?;
+            let h = Rat::int(100);
+            Ev {
+                exact: v.exact.and_then(|r| r.over(h)),
+                f: v.f / 100.0,
+            }
+        }
+    };
+    if !r.f.is_finite() {
+        return None;
+    }
+    Some(r)
+}
+
+fn no_env(_: &str) -> Option<f64> {
+    None
+}
+
+fn collect_syms(n: &Node, out: &mut Vec<String>) {
+    match n {
+        Node::Sym(s) if !out.contains(s) => out.push(s.clone()),
+        Node::Add(v) | Node::Mul(v) => v.iter().for_each(|x| collect_syms(x, out)),
+        Node::Neg(a) | Node::Fact(a) | Node::Func(_, a) | Node::Pct(a) => collect_syms(a, out),
+        Node::Div(a, b) | Node::Pow(a, b) | Node::Root(a, b) => {
+            collect_syms(a, out);
+            collect_syms(b, out);
+        }
+        _ => {}
+    }
+}
+
+fn has_inf(n: &Node) -> bool {
+    match n {
+        Node::Inf => true,
+        Node::Add(v) | Node::Mul(v) => v.iter().any(has_inf),
+        Node::Neg(a) | Node::Fact(a) | Node::Func(_, a) | Node::Pct(a) => has_inf(a),
+        Node::Div(a, b) | Node::Pow(a, b) | Node::Root(a, b) => has_inf(a) || has_inf(b),
+        _ => false,
+    }
+}
+
+/// The reference's "atomic number" classes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Atom {
+    Int(Rat),
+    Rational(Rat),
+    Float(Rat),
+    PctInt(Rat),
+    PctFloat(Rat),
+    PctRational(Rat),
+    Composite,
+}
+
+fn atom(n: &Node) -> Atom {
+    match n {
+        Node::Num { v, float: false } => Atom::Int(*v),
+        Node::Num { v, float: true } => Atom::Float(*v),
+        Node::Frac(v) => {
+            if v.is_int() {
+                Atom::Int(*v)
+            } else {
+                Atom::Rational(*v)
+            }
+        }
+        Node::Pct(a) => match atom(a) {
+            Atom::Int(v) => Atom::PctInt(v),
+            Atom::Float(v) => Atom::PctFloat(v),
+            Atom::Rational(v) => Atom::PctRational(v),
+            _ => Atom::Composite,
+        },
+        _ => Atom::Composite,
+    }
+}
+
+/// Relative closeness of two floats: Some(true) clearly equal, Some(false) clearly not.
+fn float_eq(a: f64, b: f64) -> Option<bool> {
+    let scale = a.abs().max(b.abs()).max(1e-300);
+    let d = (a - b).abs();
+    if d <= 1e-11 * scale.max(1.0) {
+        Some(true)
+    } else if d > 1e-7 * scale {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// Mathematical equality of two constant expressions.
+fn math_eq(a: &Ev, b: &Ev) -> Option<bool> {
+    if let (Some(x), Some(y)) = (a.exact, b.exact) {
+        return Some(x == y);
+    }
+    // an irrational value can never equal a rational exactly, but floats cannot
+    // tell them apart reliably: use the numeric comparison with a grey zone
+    float_eq(a.f, b.f)
+}
+
+/// round(x, 6) == round(y, 6), undecided when either value sits on a rounding boundary.
+fn round6_eq(a: &Ev, b: &Ev) -> Option<bool> {
+    let r = |e: &Ev| -> Option<i128> {
+        if let Some(x) = e.exact {
+            return x.round_decimals(6);
+        }
+        let s = e.f * 1e6;
+        if !s.is_finite() || s.abs() > 1e15 {
+            return None;
+        }
+        let fr = s - s.floor();
+        if (fr - 0.5).abs() < 1e-6 {
+            return None;
+        }
+        Some(s.round() as i128)
+    };
+    Some(r(a)? == r(b)?)
+}
+
+/// Two constant expressions (no symbols).
+fn const_eq(g: &Node, p: &Node) -> Option<bool> {
+    if has_inf(g) || has_inf(p) {
+        return match (g, p) {
+            (Node::Inf, Node::Inf) => Some(true),
+            (Node::Neg(a), Node::Neg(b)) if **a == Node::Inf && **b == Node::Inf => Some(true),
+            (Node::Inf, _) | (_, Node::Inf) if !has_inf(g) || !has_inf(p) => Some(false),
+            _ => None,
+        };
+    }
+    let ag = atom(g);
+    let ap = atom(p);
+    let eg = eval(g, &no_env)?;
+    let ep = eval(p, &no_env)?;
+    let is_float = |a: Atom| matches!(a, Atom::Float(_) | Atom::PctFloat(_));
+    let is_num = |a: Atom| !matches!(a, Atom::Composite);
+    if is_num(ag) || is_num(ap) {
+        if is_float(ag) || is_float(ap) {
+            // Integer vs Float: sympy's Integer == Float is False after rounding,
+            // only the symbolic fallback (exact difference 0) can succeed
+            if matches!(ag, Atom::Int(_)) || matches!(ap, Atom::Int(_)) {
+                return math_eq(&eg, &ep);
+            }
+            if round6_eq(&eg, &ep)? {
+                return Some(true);
+            }
+            return math_eq(&eg, &ep);
+        }
+        let int_like = |a: Atom| matches!(a, Atom::Int(_) | Atom::PctInt(_));
+        if int_like(ag) && int_like(ap) {
+            let raw = |a: Atom| match a {
+                Atom::Int(v) | Atom::PctInt(v) => v,
+                _ => unreachable!(),
+            };
+            return Some(raw(ag) == raw(ap));
+        }
+        return math_eq(&eg, &ep);
+    }
+    // neither atomic: numeric equality; a Float inside a composite expression
+    // keeps the comparison numeric as well
+    math_eq(&eg, &ep)
+}
+
+/// Expressions that may contain symbols: compare at sample points.
+fn expr_eq(g: &Node, p: &Node) -> Option<bool> {
+    let mut syms = Vec::new();
+    collect_syms(g, &mut syms);
+    collect_syms(p, &mut syms);
+    if syms.is_empty() {
+        return const_eq(g, p);
+    }
+    // a bare symbol on either side follows the reference's symbol rules
+    match (g, p) {
+        (Node::Sym(a), Node::Sym(b)) => return Some(a == b),
+        (Node::Sym(_), _) | (_, Node::Sym(_)) => return None,
+        _ => {}
+    }
+    let mut gs = Vec::new();
+    collect_syms(g, &mut gs);
+    let mut ps = Vec::new();
+    collect_syms(p, &mut ps);
+    gs.sort();
+    ps.sort();
+    let points: [[f64; 3]; 3] = [
+        [0.5377, 1.8339, -2.2588],
+        [0.8622, 0.3188, -1.3077],
+        [-0.4336, 0.3426, 3.5784],
+    ];
+    let mut all_eq = true;
+    for pt in points.iter() {
+        let env = |s: &str| -> Option<f64> {
+            let k = syms.iter().position(|x| x == s)?;
+            let base = pt[k % 3];
+            Some(base + (k / 3) as f64 * 0.731)
+        };
+        let a = eval(g, &env)?;
+        let b = eval(p, &env)?;
+        match float_eq(a.f, b.f) {
+            Some(true) => {}
+            Some(false) => all_eq = false,
+            None => return None,
+        }
+    }
+    if all_eq {
+        // same function of the same variables
+        if gs != ps {
+            return None;
+        }
+        Some(true)
+    } else {
+        Some(false)
+    }
+}
+
+fn is_assignment(v: &Value) -> bool {
+    matches!(v, Value::Eq(nodes) if matches!(nodes[0], Node::Sym(_)))
+}
+
+fn last_rhs(v: &Value) -> Option<Node> {
+    match v {
+        Value::Eq(nodes) => nodes.last().cloned(),
+        _ => None,
+    }
+}
+
+fn elem_eq(g: &Value, p: &Value) -> Option<bool> {
+    equal(g, p)
+}
+
+fn set_eq(g: &[Value], p: &[Value]) -> Option<bool> {
+    // dedupe exact duplicates as a FiniteSet does
+    let dedup = |v: &[Value]| -> Vec<Value> {
+        let mut out: Vec<Value> = Vec::new();
+        for x in v {
+            if !out.contains(x) {
+                out.push(x.clone());
+            }
+        }
+        out
+    };
+    let g = dedup(g);
+    let p = dedup(p);
+    if g.len() != p.len() {
+        // sizes could still agree after numeric de-duplication (1/2 and 0.5): unsure
+        return if g
+            .iter()
+            .chain(p.iter())
+            .all(|x| matches!(x, Value::Expr(Node::Num { float: false, .. })))
+        {
+            Some(false)
+        } else {
+            None
+        };
+    }
+    // every gold element must match a distinct pred element
+    let mut used = vec![false; p.len()];
+    for ge in &g {
+        let mut found = false;
+        for (j, pe) in p.iter().enumerate() {
+            if used[j] {
+                continue;
+            }
+            match elem_eq(ge, pe) {
+                Some(true) => {
+                    used[j] = true;
+                    found = true;
+                    break;
+                }
+                Some(false) => {}
+                None => return None,
+            }
+        }
+        if !found {
+            return Some(false);
+        }
+    }
+    Some(true)
+}
+
+fn tuple_eq(g: &[Value], p: &[Value]) -> Option<bool> {
+    if g.len() != p.len() {
+        return Some(false);
+    }
+    let mut all = true;
+    for (a, b) in g.iter().zip(p) {
+        match elem_eq(a, b)? {
+            true => {}
+            false => all = false,
+        }
+    }
+    Some(all)
+}
+
+fn node_of(v: &Value) -> Option<&Node> {
+    match v {
+        Value::Expr(n) => Some(n),
+        _ => None,
+    }
+}
+
+/// Is `gold` equivalent to `pred`?
+pub fn equal(gold: &Value, pred: &Value) -> Option<bool> {
+    if gold == pred {
+        return Some(true);
+    }
+    let g_assign = is_assignment(gold);
+    let p_eq = matches!(pred, Value::Eq(_));
+    let g_eq = matches!(gold, Value::Eq(_));
+    // follow the gold's format: an equation prediction against a plain gold
+    // is reduced to its last right-hand side, an assignment gold against a
+    // plain prediction likewise
+    if p_eq && !g_eq {
+        let rhs = last_rhs(pred)?;
+        return equal(gold, &Value::Expr(rhs));
+    }
+    if g_assign && !p_eq {
+        let rhs = last_rhs(gold)?;
+        return equal(&Value::Expr(rhs), pred);
+    }
+    match (gold, pred) {
+        (Value::Eq(g), Value::Eq(p)) => {
+            // both assignments x = ... : same variable and same value
+            match (&g[0], &p[0]) {
+                (Node::Sym(a), Node::Sym(b)) if g.len() == 2 && p.len() == 2 => {
+                    if a != b {
+                        return None;
+                    }
+                    expr_eq(&g[1], &p[1])
+                }
+                _ => None,
+            }
+        }
+        (Value::Eq(_), _) | (_, Value::Eq(_)) => None,
+        (Value::Text(a), Value::Text(b)) => Some(a == b),
+        (Value::Text(_), Value::Expr(n)) | (Value::Expr(n), Value::Text(_)) => {
+            // a word or letter against a number: unequal; against symbols: unsure
+            let mut s = Vec::new();
+            collect_syms(n, &mut s);
+            if s.is_empty() && !matches!(n, Node::E) && !has_e(n) {
+                Some(false)
+            } else {
+                None
+            }
+        }
+        (Value::Text(_), _) | (_, Value::Text(_)) => None,
+        (Value::Expr(g), Value::Expr(p)) => expr_eq(g, p),
+        (Value::Set(g), Value::Set(p)) => set_eq(g, p),
+        (Value::Tuple(g), Value::Tuple(p)) => tuple_eq(g, p),
+        (Value::Set(_), Value::Tuple(_)) | (Value::Tuple(_), Value::Set(_)) => None,
+        (
+            Value::Interval {
+                lo: a,
+                hi: b,
+                lo_open: ao,
+                hi_open: bo,
+            },
+            Value::Interval {
+                lo: c,
+                hi: d,
+                lo_open: co,
+                hi_open: dopen,
+            },
+        ) => {
+            if ao != co || bo != dopen {
+                return Some(false);
+            }
+            let x = interval_end_eq(a, c)?;
+            let y = interval_end_eq(b, d)?;
+            Some(x && y)
+        }
+        (
+            Value::Interval {
+                lo,
+                hi,
+                lo_open: true,
+                hi_open: true,
+            },
+            Value::Set(p) | Value::Tuple(p),
+        )
+        | (
+            Value::Set(p) | Value::Tuple(p),
+            Value::Interval {
+                lo,
+                hi,
+                lo_open: true,
+                hi_open: true,
+            },
+        ) => {
+            if p.len() != 2 {
+                return Some(false);
+            }
+            let a = node_of(&p[0])?;
+            let b = node_of(&p[1])?;
+            let x = expr_eq(lo, a)?;
+            let y = expr_eq(hi, b)?;
+            Some(x && y)
+        }
+        (Value::Interval { .. }, _) | (_, Value::Interval { .. }) => {
+            // interval vs a number or a closed interval vs a pair: different kinds
+            if matches!(gold, Value::Expr(_)) || matches!(pred, Value::Expr(_)) {
+                Some(false)
+            } else {
+                None
+            }
+        }
+        (Value::Set(s), Value::Expr(_)) => {
+            // a number is compared as the singleton set {number}
+            if s.len() == 1 {
+                equal(&s[0], pred)
+            } else {
+                Some(false)
+            }
+        }
+        (Value::Expr(_), Value::Set(s)) => {
+            if s.len() == 1 {
+                equal(gold, &s[0])
+            } else {
+                Some(false)
+            }
+        }
+        (Value::Tuple(_), Value::Expr(_)) | (Value::Expr(_), Value::Tuple(_)) => Some(false),
+    }
+}
+
+fn has_e(n: &Node) -> bool {
+    match n {
+        Node::E => true,
+        Node::Add(v) | Node::Mul(v) => v.iter().any(has_e),
+        Node::Neg(a) | Node::Fact(a) | Node::Func(_, a) | Node::Pct(a) => has_e(a),
+        Node::Div(a, b) | Node::Pow(a, b) | Node::Root(a, b) => has_e(a) || has_e(b),
+        _ => false,
+    }
+}
+
+fn interval_end_eq(a: &Node, b: &Node) -> Option<bool> {
+    let ia = has_inf(a);
+    let ib = has_inf(b);
+    if ia || ib {
+        let sign = |n: &Node| -> Option<i8> {
+            match n {
+                Node::Inf => Some(1),
+                Node::Neg(x) if **x == Node::Inf => Some(-1),
+                _ => None,
+            }
+        };
+        return match (sign(a), sign(b)) {
+            (Some(x), Some(y)) => Some(x == y),
+            (Some(_), None) | (None, Some(_)) if !(ia && ib) => Some(false),
+            _ => None,
+        };
+    }
+    expr_eq(a, b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse::parse_answer;
+    use super::*;
+
+    fn eq(g: &str, p: &str) -> Option<bool> {
+        equal(&parse_answer(g).unwrap(), &parse_answer(p).unwrap())
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(eq("5", "5.0"), Some(true));
+        assert_eq!(eq("5", "5.0000001"), Some(false));
+        assert_eq!(eq("\\frac{1}{3}", "0.333333"), Some(true));
+        assert_eq!(eq("\\frac{1}{3}", "0.33333"), Some(false));
+        assert_eq!(eq("2.5", "2.5000001"), Some(true));
+        assert_eq!(eq("10", "10\\%"), Some(true));
+        assert_eq!(eq("10", "10.0\\%"), Some(false));
+        assert_eq!(eq("0.1", "10\\%"), Some(true));
+        assert_eq!(eq("\\sqrt{2}", "\\frac{\\sqrt{8}}{2}"), Some(true));
+        assert_eq!(eq("6", "2\\times 3"), Some(true));
+        assert_eq!(eq("2\\pi", "6.283185"), Some(true));
+        assert_eq!(eq("\\sqrt{2}", "1.41421"), Some(false));
+        assert_eq!(eq("12", "13"), Some(false));
+    }
+
+    #[test]
+    fn structures() {
+        assert_eq!(eq("5", "x = 5"), Some(true));
+        assert_eq!(eq("x=5", "5"), Some(true));
+        assert_eq!(eq("x=5", "y=5"), None);
+        assert_eq!(eq("\\{1,2\\}", "2,1"), Some(true));
+        assert_eq!(eq("(1,2)", "(1,2)"), Some(true));
+        assert_eq!(eq("[1,2)", "[1,2]"), Some(false));
+        assert_eq!(eq("(1,2,3)", "(1,3,2)"), Some(false));
+        assert_eq!(eq("4a-2", "-2+4a"), Some(true));
+        assert_eq!(eq("\\text{Evelyn}", "\\text{evelyn}"), Some(true));
+    }
+}

@@ -1,0 +1,809 @@
+//! A small LaTeX answer parser: the subset of LaTeX that final answers use
+//! (numbers, fractions, roots, powers, pi, e, percentages, degrees, sets,
+//! tuples, intervals, equations, a word in `\text{}`), parsed into a tree that
+//! can be evaluated exactly (rationals) or numerically.
+//!
+//! Anything outside the subset is `Unsupported`: the caller leaves the pair
+//! undecided rather than guessing. Recursion depth is capped (`MAX_DEPTH`).
+
+use super::num::{parse_decimal, Rat};
+
+pub const MAX_DEPTH: usize = 64;
+/// Longest answer string the parser accepts (bytes); longer -> Unsupported.
+pub const MAX_ANSWER_BYTES: usize = 2048;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fun {
+    Sin,
+    Cos,
+    Tan,
+    Ln,
+    Log10,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Node {
+    /// literal number; `float` when written with a decimal point
+    Num {
+        v: Rat,
+        float: bool,
+    },
+    Sym(String),
+    Pi,
+    E,
+    Inf,
+    Add(Vec<Node>),
+    Mul(Vec<Node>),
+    Neg(Box<Node>),
+    Div(Box<Node>, Box<Node>),
+    Pow(Box<Node>, Box<Node>),
+    Root(Box<Node>, Box<Node>), // radicand, index
+    Fact(Box<Node>),
+    Func(Fun, Box<Node>),
+    /// x% (the reference keeps x and an unevaluated 1/100)
+    Pct(Box<Node>),
+    /// an evaluated fraction of integers or a mixed number (atomic Rational)
+    Frac(Rat),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Expr(Node),
+    /// a = b = c ...
+    Eq(Vec<Node>),
+    Set(Vec<Value>),
+    Tuple(Vec<Value>),
+    Interval {
+        lo: Node,
+        hi: Node,
+        lo_open: bool,
+        hi_open: bool,
+    },
+    /// a word: `\text{Evelyn}` or a single letter, lower-cased as the reference does
+    Text(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PErr {
+    /// outside the supported subset: undecided
+    Unsupported,
+    /// the reference's parser rejects this too (e.g. empty)
+    Invalid,
+}
+
+type R<T> = Result<T, PErr>;
+
+#[derive(Clone, Debug, PartialEq)]
+enum Tok {
+    Num(String),
+    Letter(char),
+    Cmd(String),
+    Ch(char),
+}
+
+fn tokenize(s: &str) -> R<Vec<Tok>> {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c.is_ascii_whitespace() {
+            i += 1;
+            continue;
+        }
+        if c.is_ascii_digit() || (c == b'.' && b.get(i + 1).is_some_and(|d| d.is_ascii_digit())) {
+            let st = i;
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            if i < b.len() && b[i] == b'.' {
+                if !b.get(i + 1).is_some_and(|d| d.is_ascii_digit()) {
+                    return Err(PErr::Unsupported);
+                }
+                i += 1;
+                while i < b.len() && b[i].is_ascii_digit() {
+                    i += 1;
+                }
+            }
+            out.push(Tok::Num(s[st..i].to_string()));
+            continue;
+        }
+        if c.is_ascii_alphabetic() {
+            out.push(Tok::Letter(c as char));
+            i += 1;
+            continue;
+        }
+        if c == b'\\' {
+            let st = i + 1;
+            let mut j = st;
+            while j < b.len() && b[j].is_ascii_alphabetic() {
+                j += 1;
+            }
+            if j == st {
+                // escaped symbol: \{ \} \% \, \; \! \  \|
+                let Some(&n) = b.get(st) else {
+                    return Err(PErr::Unsupported);
+                };
+                match n {
+                    b'{' | b'}' | b'%' => out.push(Tok::Cmd((n as char).to_string())),
+                    b',' | b';' | b':' | b' ' => {}
+                    _ => return Err(PErr::Unsupported),
+                }
+                i = st + 1;
+                continue;
+            }
+            let name = &s[st..j];
+            match name {
+                "quad" | "qquad" => {}
+                _ => out.push(Tok::Cmd(name.to_string())),
+            }
+            i = j;
+            continue;
+        }
+        match c {
+            b'+' | b'-' | b'*' | b'/' | b'^' | b'(' | b')' | b'[' | b']' | b'{' | b'}' | b','
+            | b'=' | b'!' | b'%' | b'_' | b'<' | b'>' | b'|' | b':' | b';' => {
+                out.push(Tok::Ch(c as char));
+                i += 1;
+            }
+            _ => return Err(PErr::Unsupported),
+        }
+    }
+    Ok(out)
+}
+
+struct P {
+    t: Vec<Tok>,
+    i: usize,
+    depth: usize,
+}
+
+fn num_node(s: &str) -> R<Node> {
+    let v = parse_decimal(s).ok_or(PErr::Unsupported)?;
+    Ok(Node::Num {
+        v,
+        float: s.contains('.'),
+    })
+}
+
+impl P {
+    fn peek(&self) -> Option<&Tok> {
+        self.t.get(self.i)
+    }
+    fn peek_at(&self, k: usize) -> Option<&Tok> {
+        self.t.get(self.i + k)
+    }
+    fn is_ch(&self, c: char) -> bool {
+        matches!(self.peek(), Some(Tok::Ch(x)) if *x == c)
+    }
+    fn is_cmd(&self, c: &str) -> bool {
+        matches!(self.peek(), Some(Tok::Cmd(x)) if x == c)
+    }
+    fn eat_ch(&mut self, c: char) -> bool {
+        if self.is_ch(c) {
+            self.i += 1;
+            true
+        } else {
+            false
+        }
+    }
+    fn expect_ch(&mut self, c: char) -> R<()> {
+        if self.eat_ch(c) {
+            Ok(())
+        } else {
+            Err(PErr::Unsupported)
+        }
+    }
+    fn enter(&mut self) -> R<()> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(PErr::Unsupported);
+        }
+        Ok(())
+    }
+
+    fn expr(&mut self) -> R<Node> {
+        self.enter()?;
+        let mut terms = vec![self.term()?];
+        loop {
+            if self.eat_ch('+') {
+                terms.push(self.term()?);
+            } else if self.eat_ch('-') {
+                let t = self.term()?;
+                terms.push(Node::Neg(Box::new(t)));
+            } else {
+                break;
+            }
+        }
+        self.depth -= 1;
+        Ok(if terms.len() == 1 {
+            terms.pop().unwrap()
+        } else {
+            Node::Add(terms)
+        })
+    }
+
+    fn starts_factor(&self) -> bool {
+        match self.peek() {
+            Some(Tok::Num(_)) | Some(Tok::Letter(_)) => true,
+            Some(Tok::Ch('(')) | Some(Tok::Ch('{')) => true,
+            Some(Tok::Cmd(c)) => matches!(
+                c.as_str(),
+                "frac" | "sqrt" | "pi" | "infty" | "sin" | "cos" | "tan" | "ln" | "log" | "text"
+            ),
+            _ => false,
+        }
+    }
+
+    fn term(&mut self) -> R<Node> {
+        self.enter()?;
+        let mut f = vec![self.unary()?];
+        loop {
+            if self.eat_ch('*')
+                || (self.is_cmd("cdot") || self.is_cmd("times")) && {
+                    self.i += 1;
+                    true
+                }
+            {
+                f.push(self.unary()?);
+            } else if self.eat_ch('/')
+                || self.is_cmd("div") && {
+                    self.i += 1;
+                    true
+                }
+            {
+                let den = self.unary()?;
+                let num = if f.len() == 1 {
+                    f.pop().unwrap()
+                } else {
+                    Node::Mul(std::mem::take(&mut f))
+                };
+                f = vec![Node::Div(Box::new(num), Box::new(den))];
+            } else if self.starts_factor() {
+                // implicit multiplication; "2 3", "2(3)" and "1 000" are read
+                // unexpectedly by the reference: leave them undecided
+                let prev_is_num = matches!(self.t.get(self.i.wrapping_sub(1)), Some(Tok::Num(_)));
+                if prev_is_num && matches!(self.peek(), Some(Tok::Num(_)) | Some(Tok::Ch('('))) {
+                    return Err(PErr::Unsupported);
+                }
+                f.push(self.postfix()?);
+            } else {
+                break;
+            }
+        }
+        self.depth -= 1;
+        Ok(if f.len() == 1 {
+            f.pop().unwrap()
+        } else {
+            Node::Mul(f)
+        })
+    }
+
+    fn unary(&mut self) -> R<Node> {
+        self.enter()?;
+        let r = if self.eat_ch('-') {
+            let u = self.unary()?;
+            match u {
+                Node::Num { v, float } => Node::Num {
+                    v: v.negate().ok_or(PErr::Unsupported)?,
+                    float,
+                },
+                Node::Frac(v) => Node::Frac(v.negate().ok_or(PErr::Unsupported)?),
+                other => Node::Neg(Box::new(other)),
+            }
+        } else if self.eat_ch('+') {
+            self.unary()?
+        } else {
+            self.postfix()?
+        };
+        self.depth -= 1;
+        Ok(r)
+    }
+
+    fn group(&mut self) -> R<Node> {
+        // {expr} or a single token
+        if self.eat_ch('{') {
+            let e = self.expr()?;
+            self.expect_ch('}')?;
+            return Ok(e);
+        }
+        match self.peek().cloned() {
+            Some(Tok::Num(s)) => {
+                // a single digit when braces are absent (x^23 = x^2 * 3 in LaTeX)
+                self.i += 1;
+                if s.len() > 1 {
+                    return Err(PErr::Unsupported);
+                }
+                num_node(&s)
+            }
+            Some(Tok::Letter(c)) => {
+                self.i += 1;
+                letter_node(c)
+            }
+            Some(Tok::Cmd(c)) if c == "pi" => {
+                self.i += 1;
+                Ok(Node::Pi)
+            }
+            _ => Err(PErr::Unsupported),
+        }
+    }
+
+    fn postfix(&mut self) -> R<Node> {
+        self.enter()?;
+        let mut base = self.primary()?;
+        loop {
+            if self.is_ch('^') {
+                self.i += 1;
+                // degrees: ^\circ or ^{\circ}
+                if self.is_cmd("circ") {
+                    self.i += 1;
+                    continue;
+                }
+                if self.is_ch('{')
+                    && matches!(self.peek_at(1), Some(Tok::Cmd(c)) if c == "circ")
+                    && matches!(self.peek_at(2), Some(Tok::Ch('}')))
+                {
+                    self.i += 3;
+                    continue;
+                }
+                let e = self.group()?;
+                base = Node::Pow(Box::new(base), Box::new(e));
+            } else if self.is_ch('!') {
+                self.i += 1;
+                base = Node::Fact(Box::new(base));
+            } else if self.is_cmd("%") || self.is_ch('%') {
+                self.i += 1;
+                base = Node::Pct(Box::new(base));
+            } else {
+                break;
+            }
+        }
+        self.depth -= 1;
+        Ok(base)
+    }
+
+    fn primary(&mut self) -> R<Node> {
+        self.enter()?;
+        let tok = self.peek().cloned().ok_or(PErr::Unsupported)?;
+        let r = match tok {
+            Tok::Num(s) => {
+                self.i += 1;
+                let n = num_node(&s)?;
+                // mixed number: 2\frac{1}{2}
+                if !s.contains('.') && self.is_cmd("frac") {
+                    let save = self.i;
+                    self.i += 1;
+                    let a = self.group_int();
+                    let b = if a.is_some() { self.group_int() } else { None };
+                    match (a, b) {
+                        (Some(a), Some(b)) if b != 0 => {
+                            let whole = parse_decimal(&s).ok_or(PErr::Unsupported)?;
+                            let fr = Rat::new(a, b).ok_or(PErr::Unsupported)?;
+                            let v = whole.plus(fr).ok_or(PErr::Unsupported)?;
+                            Node::Frac(v)
+                        }
+                        _ => {
+                            self.i = save;
+                            n
+                        }
+                    }
+                } else {
+                    n
+                }
+            }
+            Tok::Letter(c) => {
+                self.i += 1;
+                letter_node(c)?
+            }
+            Tok::Ch('(') => {
+                self.i += 1;
+                let e = self.expr()?;
+                self.expect_ch(')')?;
+                e
+            }
+            Tok::Ch('{') => {
+                self.i += 1;
+                let e = self.expr()?;
+                self.expect_ch('}')?;
+                e
+            }
+            Tok::Cmd(c) => {
+                self.i += 1;
+                match c.as_str() {
+                    "pi" => Node::Pi,
+                    "infty" => Node::Inf,
+                    "frac" => {
+                        let save = self.i;
+                        if let (Some(a), Some(b)) = (self.group_int(), self.group_int()) {
+                            if b == 0 {
+                                return Err(PErr::Unsupported);
+                            }
+                            Node::Frac(Rat::new(a, b).ok_or(PErr::Unsupported)?)
+                        } else {
+                            self.i = save;
+                            let a = self.brace_expr()?;
+                            let b = self.brace_expr()?;
+                            Node::Div(Box::new(a), Box::new(b))
+                        }
+                    }
+                    "sqrt" => {
+                        if self.eat_ch('[') {
+                            let idx = self.expr()?;
+                            self.expect_ch(']')?;
+                            let a = self.brace_expr()?;
+                            Node::Root(Box::new(a), Box::new(idx))
+                        } else {
+                            let a = self.brace_expr()?;
+                            Node::Root(
+                                Box::new(a),
+                                Box::new(Node::Num {
+                                    v: Rat::int(2),
+                                    float: false,
+                                }),
+                            )
+                        }
+                    }
+                    "sin" | "cos" | "tan" | "ln" | "log" => {
+                        let f = match c.as_str() {
+                            "sin" => Fun::Sin,
+                            "cos" => Fun::Cos,
+                            "tan" => Fun::Tan,
+                            "ln" => Fun::Ln,
+                            _ => Fun::Log10,
+                        };
+                        let arg = if self.is_ch('(') {
+                            self.i += 1;
+                            let e = self.expr()?;
+                            self.expect_ch(')')?;
+                            e
+                        } else if self.is_ch('{') {
+                            self.brace_expr()?
+                        } else {
+                            match self.peek().cloned() {
+                                Some(Tok::Num(s)) => {
+                                    self.i += 1;
+                                    num_node(&s)?
+                                }
+                                Some(Tok::Letter(ch)) => {
+                                    self.i += 1;
+                                    letter_node(ch)?
+                                }
+                                _ => return Err(PErr::Unsupported),
+                            }
+                        };
+                        Node::Func(f, Box::new(arg))
+                    }
+                    _ => return Err(PErr::Unsupported),
+                }
+            }
+            _ => return Err(PErr::Unsupported),
+        };
+        self.depth -= 1;
+        Ok(r)
+    }
+
+    fn brace_expr(&mut self) -> R<Node> {
+        self.expect_ch('{')?;
+        let e = self.expr()?;
+        self.expect_ch('}')?;
+        Ok(e)
+    }
+
+    /// `{int}` with an optional sign, exactly; restores nothing on failure (caller saves)
+    fn group_int(&mut self) -> Option<i128> {
+        if !self.eat_ch('{') {
+            return None;
+        }
+        let neg = self.eat_ch('-');
+        let v = match self.peek().cloned() {
+            Some(Tok::Num(s)) if !s.contains('.') && s.len() <= 30 => {
+                self.i += 1;
+                s.parse::<i128>().ok()?
+            }
+            _ => return None,
+        };
+        if !self.eat_ch('}') {
+            return None;
+        }
+        Some(if neg { -v } else { v })
+    }
+}
+
+fn letter_node(c: char) -> R<Node> {
+    match c {
+        'e' => Ok(Node::E),
+        // the reference reads i as a symbol or the imaginary unit depending on context
+        'i' | 'I' | 'E' => Err(PErr::Unsupported),
+        c if c.is_ascii_lowercase() => Ok(Node::Sym(c.to_string())),
+        _ => Err(PErr::Unsupported),
+    }
+}
+
+fn parse_expr_tokens(t: Vec<Tok>) -> R<Node> {
+    if t.is_empty() {
+        return Err(PErr::Invalid);
+    }
+    let mut p = P { t, i: 0, depth: 0 };
+    let e = p.expr()?;
+    if p.i != p.t.len() {
+        return Err(PErr::Unsupported);
+    }
+    Ok(e)
+}
+
+/// Split at top-level occurrences of `sep` (outside (), [], {}).
+fn split_top(s: &str, sep: u8) -> Option<Vec<&str>> {
+    let b = s.as_bytes();
+    let mut depth: i64 = 0;
+    let mut parts = Vec::new();
+    let mut st = 0;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' if i + 1 < b.len() && (b[i + 1] == b'{' || b[i + 1] == b'}') => {
+                depth += if b[i + 1] == b'{' { 1 } else { -1 };
+                i += 2;
+                continue;
+            }
+            b'(' | b'[' | b'{' => depth += 1,
+            b')' | b']' | b'}' => depth -= 1,
+            c if c == sep && depth == 0 => {
+                parts.push(&s[st..i]);
+                st = i + 1;
+            }
+            _ => {}
+        }
+        if depth < 0 {
+            return None;
+        }
+        i += 1;
+    }
+    parts.push(&s[st..]);
+    Some(parts)
+}
+
+fn relation(s: &str) -> R<Value> {
+    if s.contains("\\le")
+        || s.contains("\\ge")
+        || s.contains("\\ne")
+        || s.contains('<')
+        || s.contains('>')
+        || s.contains("\\pm")
+        || s.contains("\\mp")
+        || s.contains("\\approx")
+        || s.contains("\\in")
+        || s.contains("\\cup")
+        || s.contains("\\cap")
+        || s.contains(':')
+        || s.contains(';')
+        || s.contains('|')
+        || s.contains('_')
+    {
+        return Err(PErr::Unsupported);
+    }
+    let parts: Vec<&str> = s.split('=').collect();
+    if parts.len() > 1 {
+        let mut nodes = Vec::new();
+        for p in parts {
+            nodes.push(parse_expr_tokens(tokenize(p)?).map_err(|_| PErr::Unsupported)?);
+        }
+        return Ok(Value::Eq(nodes));
+    }
+    // a lone \text{word}
+    let t = s.trim();
+    if let Some(inner) = t.strip_prefix("\\text{").and_then(|r| r.strip_suffix('}')) {
+        if !inner.is_empty()
+            && inner.chars().all(|c| c.is_ascii_alphabetic() || c == ' ')
+            && !inner.trim().is_empty()
+        {
+            let w: String = inner
+                .chars()
+                .filter(|c| *c != ' ')
+                .collect::<String>()
+                .to_lowercase();
+            return Ok(Value::Text(w));
+        }
+        return Err(PErr::Unsupported);
+    }
+    if t.contains("\\text") {
+        return Err(PErr::Unsupported);
+    }
+    // a single letter (upper case is lower-cased by the reference)
+    if t.len() == 1 && t.as_bytes()[0].is_ascii_alphabetic() {
+        let c = t.as_bytes()[0] as char;
+        if c == 'e' || c == 'E' || c == 'i' || c == 'I' {
+            return Err(PErr::Unsupported);
+        }
+        return Ok(Value::Text(c.to_ascii_lowercase().to_string()));
+    }
+    let toks = tokenize(t)?;
+    // multi-letter words ("yes", "Evelyn") are products of symbols in the reference
+    let letters = toks.iter().filter(|t| matches!(t, Tok::Letter(_))).count();
+    if letters > 1 && toks.iter().all(|t| matches!(t, Tok::Letter(_))) {
+        return Err(PErr::Unsupported);
+    }
+    if toks
+        .iter()
+        .any(|t| matches!(t, Tok::Letter(c) if c.is_ascii_uppercase()))
+    {
+        return Err(PErr::Unsupported);
+    }
+    parse_expr_tokens(toks).map(Value::Expr)
+}
+
+fn is_digits(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit())
+}
+
+/// Parse a normalised answer string into a `Value`.
+pub fn parse_answer(s: &str) -> R<Value> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err(PErr::Invalid);
+    }
+    if s.len() > MAX_ANSWER_BYTES {
+        return Err(PErr::Unsupported);
+    }
+    if s.contains("\\begin") || s.contains("\\end") || s.contains("\\\\") {
+        return Err(PErr::Unsupported);
+    }
+    // \{ a, b \}
+    if let Some(inner) = s.strip_prefix("\\{").and_then(|r| r.strip_suffix("\\}")) {
+        let parts = split_top(inner, b',').ok_or(PErr::Unsupported)?;
+        if parts.iter().any(|p| p.trim().is_empty()) {
+            return Err(PErr::Unsupported);
+        }
+        let mut items = Vec::new();
+        for p in parts {
+            items.push(relation(p.trim())?);
+        }
+        return Ok(Value::Set(items));
+    }
+    let parts = split_top(s, b',').ok_or(PErr::Unsupported)?;
+    if parts.len() > 1 {
+        // thousands separators: 1,234,567
+        let first = parts[0].trim();
+        if parts.iter().all(|p| is_digits(p))
+            && first.len() <= 3
+            && !first.starts_with('0')
+            && parts[1..].iter().all(|p| p.len() == 3)
+        {
+            return relation(&parts.concat());
+        }
+        if parts.iter().any(|p| p.trim().is_empty()) {
+            return Err(PErr::Unsupported);
+        }
+        if parts[1..].iter().any(|p| p.len() == 3 && is_digits(p))
+            || parts
+                .iter()
+                .any(|p| p.trim() != *p && is_digits(p.trim()) && p.trim().len() == 3)
+        {
+            return Err(PErr::Unsupported);
+        }
+        let mut items = Vec::new();
+        for p in parts {
+            items.push(relation(p.trim())?);
+        }
+        return Ok(Value::Set(items));
+    }
+    // (a, b) / [a, b] / (a, b, c)
+    let b = s.as_bytes();
+    let open = b[0];
+    let close = b[b.len() - 1];
+    if (open == b'(' || open == b'[') && (close == b')' || close == b']') && s.len() >= 2 {
+        let inner = &s[1..s.len() - 1];
+        if let Some(items) = split_top(inner, b',') {
+            // the brackets must enclose the whole string
+            let balanced = split_top(inner, b'\0').is_some() && {
+                let mut d = 0i64;
+                let mut ok = true;
+                for c in inner.bytes() {
+                    match c {
+                        b'(' | b'[' | b'{' => d += 1,
+                        b')' | b']' | b'}' => d -= 1,
+                        _ => {}
+                    }
+                    if d < 0 {
+                        ok = false;
+                        break;
+                    }
+                }
+                ok && d == 0
+            };
+            if balanced && items.len() >= 2 {
+                if items.iter().any(|p| p.trim().is_empty()) {
+                    return Err(PErr::Unsupported);
+                }
+                if items.len() == 2 {
+                    let lo = parse_expr_tokens(tokenize(items[0])?)?;
+                    let hi = parse_expr_tokens(tokenize(items[1])?)?;
+                    return Ok(Value::Interval {
+                        lo,
+                        hi,
+                        lo_open: open == b'(',
+                        hi_open: close == b')',
+                    });
+                }
+                if open == b'(' && close == b')' {
+                    let mut v = Vec::new();
+                    for p in items {
+                        v.push(relation(p.trim())?);
+                    }
+                    return Ok(Value::Tuple(v));
+                }
+                return Err(PErr::Unsupported);
+            }
+        }
+    }
+    relation(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(s: &str) -> Value {
+        parse_answer(s).unwrap_or_else(|e| panic!("{s}: {e:?}"))
+    }
+
+    #[test]
+    fn numbers_and_fractions() {
+        assert_eq!(
+            ok("12"),
+            Value::Expr(Node::Num {
+                v: Rat::int(12),
+                float: false
+            })
+        );
+        assert_eq!(
+            ok("-3"),
+            Value::Expr(Node::Num {
+                v: Rat::int(-3),
+                float: false
+            })
+        );
+        assert_eq!(
+            ok("\\frac{3}{6}"),
+            Value::Expr(Node::Frac(Rat::new(1, 2).unwrap()))
+        );
+        assert_eq!(
+            ok("2\\frac{1}{2}"),
+            Value::Expr(Node::Frac(Rat::new(5, 2).unwrap()))
+        );
+        assert_eq!(
+            ok("1,234"),
+            Value::Expr(Node::Num {
+                v: Rat::int(1234),
+                float: false
+            })
+        );
+        assert!(matches!(ok("1,23"), Value::Set(_)));
+        assert!(matches!(
+            ok("(1,2)"),
+            Value::Interval {
+                lo_open: true,
+                hi_open: true,
+                ..
+            }
+        ));
+        assert!(matches!(ok("(1,2,3)"), Value::Tuple(_)));
+        assert!(matches!(ok("\\{1,2\\}"), Value::Set(_)));
+        assert!(matches!(ok("x = 5"), Value::Eq(_)));
+        assert_eq!(ok("\\text{Evelyn}"), Value::Text("evelyn".into()));
+        assert_eq!(parse_answer(""), Err(PErr::Invalid));
+        assert_eq!(parse_answer("2(3)"), Err(PErr::Unsupported));
+        assert_eq!(parse_answer("1 000"), Err(PErr::Unsupported));
+        assert_eq!(
+            parse_answer("\\begin{pmatrix}1\\end{pmatrix}"),
+            Err(PErr::Unsupported)
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_bounded() {
+        let s = "{".repeat(10_000) + "1" + &"}".repeat(10_000);
+        assert_eq!(parse_answer(&s), Err(PErr::Unsupported));
+        let s = "(".repeat(100) + "1" + &")".repeat(100);
+        assert_eq!(parse_answer(&s), Err(PErr::Unsupported));
+    }
+}
