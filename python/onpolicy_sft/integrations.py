@@ -193,11 +193,21 @@ class LossHead:
                 bias=getattr(self.module, "bias", None),
                 **self._batch,
             )
-            return hidden.new_zeros((*hidden.shape[:-1], 0))
+            return self._empty_logits(hidden)
         if self._capture:
             self.hidden = hidden
-            return hidden.new_zeros((*hidden.shape[:-1], 0))
+            return self._empty_logits(hidden)
         return self._orig_forward(hidden)
+
+    def _empty_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, T, 0) logits: the lm_head restricted to zero vocabulary rows.
+
+        Free, yet connected to the autograd graph of the hidden state and the
+        lm_head weight, so DDP with ``find_unused_parameters=True`` (which walks
+        the graph from the forward's outputs) sees every parameter as used.
+        """
+        weight = self.module.weight
+        return torch.nn.functional.linear(hidden, weight[:0].to(hidden.dtype))
 
     @contextlib.contextmanager
     def batch(

@@ -688,8 +688,13 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
         seed=cfg.seed,
         data_seed=cfg.seed,
         remove_unused_columns=False,
+        # every parameter of a causal LM gets a gradient: no graph walk needed
+        ddp_find_unused_parameters=False,
         dataloader_num_workers=cfg.dataloader_num_workers,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # Without CUDA, transformers refuses bf16 and does not initialise
+        # torch.distributed (gloo) under torchrun unless told it runs on the CPU.
+        use_cpu=not torch.cuda.is_available() and (cfg.bf16 or world > 1),
         disable_tqdm=not os.isatty(2),
     )
     trainer = PolicyTrainer(
