@@ -413,3 +413,24 @@ def test_package_level_train_is_callable_after_importing_the_module() -> None:
 
     assert callable(onpolicy_sft.train) and callable(onpolicy_sft.evaluate)
     assert train_module.train is train
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("loss", ["dft", "pear"])
+def test_cuda_bf16_training_with_the_triton_backend(
+    loss: str, tiny_qwen2: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    res = train(
+        _cfg(
+            tiny_qwen2,
+            data_dir,
+            tmp_path / "out",
+            loss=loss,
+            bf16=True,
+            loss_backend="triton",
+            gradient_checkpointing=True,
+            max_steps=20,
+        )
+    )
+    nll = _losses(res.log_history, "nll")
+    assert nll[20] < nll[1] - 0.3

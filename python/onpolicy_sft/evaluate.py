@@ -376,6 +376,11 @@ def evaluate(
         with open(out / "samples.jsonl.tmp", "w", encoding="utf-8") as samples_file:
             for bench, probs in problems.items():
                 prompts = [train_prompt(engine.tokenizer, p.problem) for p in probs]
+                print(
+                    f"eval: {bench}: {len(probs)} problems x {cfg.n} samples ...",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 generations = engine.generate(
                     prompts,
                     n=cfg.n,
@@ -427,6 +432,11 @@ def evaluate(
                 entry["truncated_fraction"] = truncated / len(lengths)
                 entry["correct_counts"] = {p.id: sum(c) for p, c in zip(probs, correct)}
                 results["benchmarks"][bench] = entry
+                print(
+                    f"eval: {bench}: avg@{cfg.n} = {entry[f'avg@{cfg.n}']:.2f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         os.replace(out / "samples.jsonl.tmp", out / "samples.jsonl")
     finally:
         if own_verifier and hasattr(verifier, "close"):
