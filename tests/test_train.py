@@ -172,6 +172,9 @@ def test_resume_reproduces_the_losses_of_an_uninterrupted_run(
     again = _losses(train(cfg.replace(resume=True, max_steps=10)).log_history)
     assert sorted(again) == list(range(1, 11))
     assert again[8] == pytest.approx(full[8], rel=1e-5)
+    # a checkpoint is only resumed with the settings that wrote it
+    with pytest.raises(ValueError, match=r"loss: checkpoint 'is', now 'dft'"):
+        train(cfg.replace(resume=True, max_steps=12, loss="dft"))
 
 
 def test_gradient_accumulation_equals_one_big_batch(

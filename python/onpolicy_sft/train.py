@@ -615,6 +615,53 @@ def _resolve_resume(cfg: TrainConfig) -> str | None:
     return path
 
 
+# Fields that define what a run trains: a resumed run must keep them (max_steps,
+# epochs, save/log cadence, report_to, workers may change).
+RESUME_IDENTITY = (
+    "model",
+    "data",
+    "split",
+    "loss",
+    "level",
+    "clip",
+    "seq_mean",
+    "idft_beta",
+    "idft_gamma",
+    "idft_detach_gamma_only",
+    "pear_delta_clip",
+    "pear_gamma",
+    "pear_block",
+    "normalize",
+    "missing_behavior",
+    "behavior_field",
+    "global_batch_size",
+    "max_length",
+    "overlong",
+    "packing",
+    "seed",
+)
+
+
+def _check_resume(cfg: TrainConfig, checkpoint: str) -> None:
+    """Refuse to resume a checkpoint written by a run with a different identity."""
+    path = Path(checkpoint) / "train_config.json"
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    now = json.loads(json.dumps(cfg.to_dict(), default=str))
+    diff = [
+        f"{k}: checkpoint {saved[k]!r}, now {now[k]!r}"
+        for k in RESUME_IDENTITY
+        if k in saved and saved[k] != now.get(k)
+    ]
+    if diff:
+        raise ValueError(
+            f"cannot resume {checkpoint}: it was trained with different settings ("
+            + "; ".join(diff)
+            + "); rerun with the same values or write to a new --out without --resume"
+        )
+
+
 def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data`` with PolicyLoss(``cfg.loss``); write to ``cfg.out``.
 
@@ -634,6 +681,8 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     resume_from = _resolve_resume(cfg)
+    if resume_from is not None:
+        _check_resume(cfg, resume_from)
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     columns = read_data(cfg.data, cfg.split)
