@@ -216,3 +216,24 @@ def test_cli_evaluates_a_tiny_model_with_the_hf_engine(tiny_qwen2: Path, tmp_pat
     assert all(json.loads(s)["num_tokens"] <= 6 for s in samples)
     # --combine tabulates saved results
     assert main(["eval", "--combine", str(tmp_path / "ev"), str(tmp_path / "ev")]) == 0
+
+
+def test_hub_benchmarks_use_the_documented_dataset_and_fields(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import datasets
+
+    calls = []
+
+    def fake_load(hub: str, config: Any, split: str) -> list[dict[str, Any]]:
+        calls.append((hub, split))
+        if hub == "math-ai/olympiadbench":
+            return [{"question": "Find x.", "final_answer": ["$3$"], "id": 7}]
+        raise ConnectionError("no network here")
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    (p,) = load_benchmark("olympiadbench")
+    assert (p.id, p.problem, p.answer) == ("7", "Find x.", "3")
+    with pytest.raises(RuntimeError, match=r"HuggingFaceH4/aime_2024.*--benchmark-dir"):
+        load_benchmark("aime24")
+    assert calls == [("math-ai/olympiadbench", "test"), ("HuggingFaceH4/aime_2024", "train")]

@@ -164,7 +164,14 @@ def load_benchmark(
             )
         import datasets
 
-        ds = datasets.load_dataset(spec.hub, spec.config, split=spec.split)
+        try:
+            ds = datasets.load_dataset(spec.hub, spec.config, split=spec.split)
+        except Exception as exc:  # network, auth, renamed dataset: say how to go local
+            raise RuntimeError(
+                f"benchmark {name!r}: could not load {spec.hub} (split {spec.split}) through "
+                f"datasets ({type(exc).__name__}: {str(exc)[:200]}); download it elsewhere and "
+                f"pass --benchmark-dir DIR with DIR/{name}.jsonl (fields: problem, answer)"
+            ) from exc
         rows = [dict(r) for r in ds]
         where = f"{spec.hub} ({spec.split})"
         problem_fields = (spec.problem_field, *PROBLEM_FIELDS)
