@@ -152,7 +152,8 @@ class LossHead:
     _ATTR = "_onpolicy_sft_loss_head"
 
     def __init__(self, model: torch.nn.Module, loss_fn: PolicyLoss) -> None:
-        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        getter = getattr(model, "get_output_embeddings", None)
+        head = getter() if callable(getter) else None
         if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor):
             raise ValueError(
                 f"{type(model).__name__} has no output embedding with a weight "

@@ -463,6 +463,7 @@ class PolicyTrainer(Trainer):  # type: ignore[misc]
 
     def __init__(self, *args: Any, loss_fn: Any, normalize: str = "tokens", **kwargs: Any):
         super().__init__(*args, **kwargs)
+        assert self.model is not None  # transformers.Trainer requires a model
         self.loss_head = LossHead.install(self.model, loss_fn)
         self.normalize = normalize
         self._reset_stats()
