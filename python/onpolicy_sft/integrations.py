@@ -100,19 +100,24 @@ def policy_loss_from_hidden(
             "expected hidden (B, T, H) and labels (B, T)"
         )
     bsz, seqlen, dim = hidden.shape
-    target = labels[:, 1:]
-    keep = (target != IGNORE_INDEX).reshape(-1)
-    idx = keep.nonzero().squeeze(1)
-    h = hidden[:, :-1].reshape(-1, dim).index_select(0, idx)
-    y = target.reshape(-1).index_select(0, idx)
+
+    def shift(x: torch.Tensor, fill: float) -> torch.Tensor:
+        # (B, T) -> (B, T): position t holds x[:, t + 1] (the label t predicts)
+        return torch.cat([x[:, 1:], x.new_full((bsz, 1), fill)], dim=1).reshape(-1)
+
+    target = shift(labels, IGNORE_INDEX)
+    idx = (target != IGNORE_INDEX).nonzero().squeeze(1)
+    # hidden.reshape is a view (hidden is contiguous): only the K supervised rows are copied
+    h = hidden.reshape(-1, dim).index_select(0, idx)
+    y = target.index_select(0, idx)
     blp = None
     if behavior_logprobs is not None:
-        blp = behavior_logprobs[:, 1:].reshape(-1).index_select(0, idx).float()
+        blp = shift(behavior_logprobs, 0.0).index_select(0, idx).float()
     if seq_ids is None:
-        rows = torch.arange(bsz, device=labels.device).unsqueeze(1).expand(bsz, seqlen - 1)
+        rows = torch.arange(bsz, device=labels.device).repeat_interleave(seqlen)
     else:
-        rows = seq_ids[:, 1:]
-    sid = rows.reshape(-1).index_select(0, idx)
+        rows = shift(seq_ids, 0)
+    sid = rows.index_select(0, idx)
     # consecutive 0..S-1 ids, in order (PolicyLoss groups sequence-level weights by them)
     if sid.numel():
         _, sid = torch.unique_consecutive(sid, return_inverse=True)
