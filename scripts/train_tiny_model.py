@@ -1,6 +1,6 @@
 """Train the demo's bundled tiny model from scratch, reproducibly, on a CPU.
 
-    /work/venv/bin/python scripts/train_tiny_model.py [--seed 0] [--steps 1600] [--out DIR]
+    /work/venv/bin/python scripts/train_tiny_model.py [--seed 0] [--steps 1000] [--out DIR]
 
 Writes, under ``python/onpolicy_sft/assets/`` by default:
 
@@ -53,20 +53,23 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ASSETS, help="assets directory to write")
-    p.add_argument("--steps", type=int, default=1600, help="optimizer steps")
+    p.add_argument("--steps", type=int, default=1000, help="optimizer steps")
     p.add_argument("--batch", type=int, default=32, help="sequences per step")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--guided-frac", type=float, default=0.25, help="fraction of guided batches")
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4, help="head dim = hidden / heads (>= 32)")
-    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--kv-heads", type=int, default=1)
     p.add_argument("--ffn", type=int, default=384)
     p.add_argument("--vocab", type=int, default=1024)
     p.add_argument("--n-train", type=int, default=512, help="bundled train split size")
     p.add_argument("--n-eval", type=int, default=256, help="bundled held-out split size")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--eval-n", type=int, default=200, help="problems for the self-solve check")
+    p.add_argument(
+        "--save-every", type=int, default=0, help="also save OUT/checkpoint every N steps (0: off)"
+    )
     return p.parse_args()
 
 
@@ -185,6 +188,9 @@ def main() -> int:
                 f"({'guided' if guided else 'self'}) {el:.0f}s",
                 flush=True,
             )
+        if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
+            model.save_pretrained(args.out / "checkpoint", safe_serialization=True)
+            tok.save_pretrained(args.out / "checkpoint")
     train_s = time.time() - t0
 
     # ------------------------------------------------------ self-solve check
