@@ -171,6 +171,24 @@ pub fn eval(n: &Node, env: &dyn Fn(&str) -> Option<f64>) -> Option<Ev> {
             };
             Ev::float(v)
         }
+        Node::Opaque(name, args) => {
+            // an arbitrary but fixed function of its arguments
+            let mut h = name
+                .bytes()
+                .fold(0.0f64, |h, b| (h * 31.0 + b as f64) % 1000.0);
+            for a in args {
+                h += 1.37 * eval(a, env)?.f;
+            }
+            Ev::float(2.0 + h.sin())
+        }
+        Node::Log(a, b) => {
+            let x = eval(a, env)?;
+            let y = eval(b, env)?;
+            if x.f <= 0.0 || y.f <= 0.0 || y.f == 1.0 {
+                return None;
+            }
+            Ev::float(x.f.ln() / y.f.ln())
+        }
         Node::Pct(a) => {
             let v = eval(a, env)?;
             let h = Rat::int(100);
@@ -195,10 +213,11 @@ fn collect_syms(n: &Node, out: &mut Vec<String>) {
         Node::Sym(s) if !out.contains(s) => out.push(s.clone()),
         Node::Add(v) | Node::Mul(v) => v.iter().for_each(|x| collect_syms(x, out)),
         Node::Neg(a) | Node::Fact(a) | Node::Func(_, a) | Node::Pct(a) => collect_syms(a, out),
-        Node::Div(a, b) | Node::Pow(a, b) | Node::Root(a, b) => {
+        Node::Div(a, b) | Node::Pow(a, b) | Node::Root(a, b) | Node::Log(a, b) => {
             collect_syms(a, out);
             collect_syms(b, out);
         }
+        Node::Opaque(_, v) => v.iter().for_each(|x| collect_syms(x, out)),
         _ => {}
     }
 }
@@ -208,7 +227,10 @@ fn has_inf(n: &Node) -> bool {
         Node::Inf => true,
         Node::Add(v) | Node::Mul(v) => v.iter().any(has_inf),
         Node::Neg(a) | Node::Fact(a) | Node::Func(_, a) | Node::Pct(a) => has_inf(a),
-        Node::Div(a, b) | Node::Pow(a, b) | Node::Root(a, b) => has_inf(a) || has_inf(b),
+        Node::Div(a, b) | Node::Pow(a, b) | Node::Root(a, b) | Node::Log(a, b) => {
+            has_inf(a) || has_inf(b)
+        }
+        Node::Opaque(_, v) => v.iter().any(has_inf),
         _ => false,
     }
 }
@@ -331,14 +353,87 @@ fn const_eq(g: &Node, p: &Node) -> Option<bool> {
     math_eq(&eg, &ep)
 }
 
+fn has_opaque(n: &Node) -> bool {
+    match n {
+        Node::Opaque(..) => true,
+        Node::Add(v) | Node::Mul(v) => v.iter().any(has_opaque),
+        Node::Neg(a) | Node::Fact(a) | Node::Func(_, a) | Node::Pct(a) => has_opaque(a),
+        Node::Div(a, b) | Node::Pow(a, b) | Node::Root(a, b) | Node::Log(a, b) => {
+            has_opaque(a) || has_opaque(b)
+        }
+        _ => false,
+    }
+}
+
+fn is_constant(n: &Node) -> bool {
+    let mut s = Vec::new();
+    collect_syms(n, &mut s);
+    s.is_empty() && !has_opaque(n)
+}
+
+/// Sample points for variables (fixed, so verdicts are deterministic).
+const POINTS: [[f64; 3]; 3] = [
+    [0.5377, 1.8339, -2.2588],
+    [0.8622, 0.3188, -1.3077],
+    [-0.4336, 0.3426, 3.5784],
+];
+
+/// Values of `n` at the sample points (None where undefined).
+fn samples(n: &Node, syms: &[String]) -> Vec<Option<f64>> {
+    POINTS
+        .iter()
+        .map(|pt| {
+            let env = |s: &str| -> Option<f64> {
+                let k = syms.iter().position(|x| x == s)?;
+                Some(pt[k % 3] + (k / 3) as f64 * 0.731)
+            };
+            eval(n, &env).map(|e| e.f)
+        })
+        .collect()
+}
+
+/// A constant against an expression with variables or undefined functions.
+fn const_vs_symbolic(c: &Node, x: &Node) -> Option<bool> {
+    if has_inf(c) || has_inf(x) {
+        return None;
+    }
+    // a bare symbol: the reference compares names (E the symbol vs e the number)
+    if let Node::Sym(name) = x {
+        return Some(name == "e" && *c == Node::E);
+    }
+    if has_opaque(x) {
+        return Some(false);
+    }
+    let mut syms = Vec::new();
+    collect_syms(x, &mut syms);
+    let vals = samples(x, &syms);
+    let vals: Vec<f64> = vals.into_iter().collect::<Option<Vec<_>>>()?;
+    let first = vals[0];
+    if vals.iter().any(|v| float_eq(*v, first) == Some(false)) {
+        return Some(false); // not constant: it cannot equal a number
+    }
+    None
+}
+
 /// Expressions that may contain symbols: compare at sample points.
 fn expr_eq(g: &Node, p: &Node) -> Option<bool> {
+    let gc = is_constant(g);
+    let pc = is_constant(p);
+    if gc && pc {
+        return const_eq(g, p);
+    }
+    if gc {
+        return const_vs_symbolic(g, p);
+    }
+    if pc {
+        return const_vs_symbolic(p, g);
+    }
+    if has_opaque(g) || has_opaque(p) {
+        return None;
+    }
     let mut syms = Vec::new();
     collect_syms(g, &mut syms);
     collect_syms(p, &mut syms);
-    if syms.is_empty() {
-        return const_eq(g, p);
-    }
     // a bare symbol on either side follows the reference's symbol rules
     match (g, p) {
         (Node::Sym(a), Node::Sym(b)) => return Some(a == b),
@@ -493,13 +588,23 @@ pub fn equal(gold: &Value, pred: &Value) -> Option<bool> {
             match (&g[0], &p[0]) {
                 (Node::Sym(a), Node::Sym(b)) if g.len() == 2 && p.len() == 2 => {
                     if a != b {
-                        return None;
+                        // x = 5 against y = 5: different variables
+                        return Some(false);
                     }
                     expr_eq(&g[1], &p[1])
                 }
                 _ => None,
             }
         }
+        (Value::Rel, Value::Expr(n)) | (Value::Expr(n), Value::Rel) => {
+            // an inequality never equals a number
+            if is_constant(n) {
+                Some(false)
+            } else {
+                None
+            }
+        }
+        (Value::Rel, _) | (_, Value::Rel) => None,
         (Value::Eq(_), _) | (_, Value::Eq(_)) => None,
         (Value::Text(a), Value::Text(b)) => Some(a == b),
         (Value::Text(_), Value::Expr(n)) | (Value::Expr(n), Value::Text(_)) => {
@@ -597,7 +702,10 @@ fn has_e(n: &Node) -> bool {
         Node::E => true,
         Node::Add(v) | Node::Mul(v) => v.iter().any(has_e),
         Node::Neg(a) | Node::Fact(a) | Node::Func(_, a) | Node::Pct(a) => has_e(a),
-        Node::Div(a, b) | Node::Pow(a, b) | Node::Root(a, b) => has_e(a) || has_e(b),
+        Node::Div(a, b) | Node::Pow(a, b) | Node::Root(a, b) | Node::Log(a, b) => {
+            has_e(a) || has_e(b)
+        }
+        Node::Opaque(_, v) => v.iter().any(has_e),
         _ => false,
     }
 }
@@ -652,7 +760,7 @@ mod tests {
     fn structures() {
         assert_eq!(eq("5", "x = 5"), Some(true));
         assert_eq!(eq("x=5", "5"), Some(true));
-        assert_eq!(eq("x=5", "y=5"), None);
+        assert_eq!(eq("x=5", "y=5"), Some(false));
         assert_eq!(eq("\\{1,2\\}", "2,1"), Some(true));
         assert_eq!(eq("(1,2)", "(1,2)"), Some(true));
         assert_eq!(eq("[1,2)", "[1,2]"), Some(false));

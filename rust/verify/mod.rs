@@ -250,12 +250,6 @@ fn find(t: &str) -> Found {
                     fallback: if fallback_known { fallback } else { None },
                 };
             }
-            if matches!(c.kind, CandKind::Expr(_)) && extract::has_unreproduced_ops(t) {
-                return Found::Unsure {
-                    why: "× or ÷ in a plain expression".into(),
-                    fallback: if fallback_known { fallback } else { None },
-                };
-            }
             let (res, s) = try_candidate(t, c);
             if first {
                 first = false;
