@@ -13,7 +13,30 @@
 //!
 //! Every function returns `Option<bool>`: `None` is "not sure" (undecided).
 
+use std::cell::Cell;
+
 use super::num::Rat;
+
+thread_local! {
+    /// Decimals used when a float literal is compared (the reference's
+    /// float_rounding, 6 by default). Set per call by `with_options`.
+    static FLOAT_ROUNDING: Cell<u32> = const { Cell::new(6) };
+    /// The reference's `strict`: when false, variables are matched by position
+    /// (not reproduced: comparisons with variables are left undecided).
+    static STRICT: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Run `f` with the given comparison options (restored afterwards).
+pub fn with_options<T>(float_rounding: u32, strict: bool, f: impl FnOnce() -> T) -> T {
+    let old = (
+        FLOAT_ROUNDING.with(|c| c.replace(float_rounding)),
+        STRICT.with(|c| c.replace(strict)),
+    );
+    let r = f();
+    FLOAT_ROUNDING.with(|c| c.set(old.0));
+    STRICT.with(|c| c.set(old.1));
+    r
+}
 use super::parse::{Fun, Node, Value};
 
 /// Value of an expression: exact when it is a rational, else a float.
@@ -291,13 +314,15 @@ fn math_eq(a: &Ev, b: &Ev) -> Option<bool> {
     float_eq(a.f, b.f)
 }
 
-/// round(x, 6) == round(y, 6), undecided when either value sits on a rounding boundary.
+/// round(x, k) == round(y, k) (k = float_rounding, 6 by default), undecided
+/// when either value sits on a rounding boundary.
 fn round6_eq(a: &Ev, b: &Ev) -> Option<bool> {
+    let k = FLOAT_ROUNDING.with(|c| c.get()).min(12);
     let r = |e: &Ev| -> Option<i128> {
         if let Some(x) = e.exact {
-            return x.round_decimals(6);
+            return x.round_decimals(k);
         }
-        let s = e.f * 1e6;
+        let s = e.f * 10f64.powi(k as i32);
         if !s.is_finite() || s.abs() > 1e15 {
             return None;
         }
@@ -419,6 +444,10 @@ fn const_vs_symbolic(c: &Node, x: &Node) -> Option<bool> {
 fn expr_eq(g: &Node, p: &Node) -> Option<bool> {
     let gc = is_constant(g);
     let pc = is_constant(p);
+    let strict = STRICT.with(|c| c.get());
+    if !strict && !(gc && pc) {
+        return None;
+    }
     if gc && pc {
         return const_eq(g, p);
     }
@@ -596,7 +625,7 @@ pub fn equal(gold: &Value, pred: &Value) -> Option<bool> {
                 _ => None,
             }
         }
-        (Value::Rel, Value::Expr(n)) | (Value::Expr(n), Value::Rel) => {
+        (Value::Rel(_), Value::Expr(n)) | (Value::Expr(n), Value::Rel(_)) => {
             // an inequality never equals a number
             if is_constant(n) {
                 Some(false)
@@ -604,7 +633,7 @@ pub fn equal(gold: &Value, pred: &Value) -> Option<bool> {
                 None
             }
         }
-        (Value::Rel, _) | (_, Value::Rel) => None,
+        (Value::Rel(_), _) | (_, Value::Rel(_)) => None,
         (Value::Eq(_), _) | (_, Value::Eq(_)) => None,
         (Value::Text(a), Value::Text(b)) => Some(a == b),
         (Value::Text(_), Value::Expr(n)) | (Value::Expr(n), Value::Text(_)) => {

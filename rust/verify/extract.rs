@@ -826,62 +826,133 @@ fn anchor_start(b: &[u8], i: usize) -> bool {
     i == 0 || b[i].is_ascii_whitespace() || b[i] == b'=' || b[i] >= 0x80
 }
 
-/// Candidates of one priority, in the order they are tried.
-pub fn candidates(t: &str, priority: u32) -> Vec<Cand> {
-    let mut out = Vec::new();
-    match priority {
-        50 => {
-            final_answer_matches(t, true, &mut out);
-            scan_all(
-                t,
-                &|t, i| m_chain(t, i, Ctx::Boxed).map(|(e, v)| (e, CandKind::Latex(v))),
-                &env_start,
-                &mut out,
-            );
-            // \boxed{.+} greedy: from the first "\boxed{" to the last "}" of the text
-            if let Some(s) = t.find("\\boxed{") {
-                if let Some(last) = t.rfind('}') {
-                    if last > s + 7 {
-                        out.push(Cand {
-                            start: s,
-                            end: last + 1,
-                            kind: CandKind::Latex(vec![EnvM {
-                                kind: EnvKind::Boxed,
-                                content: (s, last + 1),
-                                pct: false,
-                            }]),
-                        });
-                    }
-                }
+/// Which extraction targets are enabled, and where `\boxed` ranks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExtractOpts {
+    pub latex: bool,
+    pub expr: bool,
+    /// `\boxed` before "final answer ... is" (the reference's boxed_match_priority=0)
+    /// instead of alongside it (the default, 50)
+    pub boxed_first: bool,
+}
+
+impl Default for ExtractOpts {
+    fn default() -> Self {
+        ExtractOpts {
+            latex: true,
+            expr: true,
+            boxed_first: false,
+        }
+    }
+}
+
+/// The priority groups, in the order they are tried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Group {
+    /// boxed (+ "final answer is" when they share a priority)
+    Boxed,
+    FinalAnswer,
+    AnswerColon,
+    Answer,
+    Plain,
+}
+
+pub fn groups(o: &ExtractOpts) -> &'static [Group] {
+    if o.boxed_first {
+        &[
+            Group::Boxed,
+            Group::FinalAnswer,
+            Group::AnswerColon,
+            Group::Answer,
+            Group::Plain,
+        ]
+    } else {
+        &[
+            Group::Boxed,
+            Group::AnswerColon,
+            Group::Answer,
+            Group::Plain,
+        ]
+    }
+}
+
+fn boxed_candidates(t: &str, out: &mut Vec<Cand>) {
+    scan_all(
+        t,
+        &|t, i| m_chain(t, i, Ctx::Boxed).map(|(e, v)| (e, CandKind::Latex(v))),
+        &env_start,
+        out,
+    );
+    // \boxed{.+} greedy: from the first "\boxed{" to the last "}" of the text
+    if let Some(s) = t.find("\\boxed{") {
+        if let Some(last) = t.rfind('}') {
+            if last > s + 7 {
+                out.push(Cand {
+                    start: s,
+                    end: last + 1,
+                    kind: CandKind::Latex(vec![EnvM {
+                        kind: EnvKind::Boxed,
+                        content: (s, last + 1),
+                        pct: false,
+                    }]),
+                });
             }
-            final_answer_matches(t, false, &mut out);
         }
-        100 => {
-            answer_matches(t, true, true, &mut out);
-            answer_matches(t, true, false, &mut out);
+    }
+}
+
+/// Candidates of one priority group, in the order they are tried.
+pub fn candidates(t: &str, group: Group, o: &ExtractOpts) -> Vec<Cand> {
+    let mut out = Vec::new();
+    match group {
+        Group::Boxed => {
+            // the reference lists its LaTeX patterns before its expression patterns
+            if o.latex && !o.boxed_first {
+                final_answer_matches(t, true, &mut out);
+            }
+            if o.latex {
+                boxed_candidates(t, &mut out);
+            }
+            if o.expr && !o.boxed_first {
+                final_answer_matches(t, false, &mut out);
+            }
         }
-        200 => {
-            answer_matches(t, false, true, &mut out);
-            answer_matches(t, false, false, &mut out);
+        Group::FinalAnswer => {
+            if o.latex {
+                final_answer_matches(t, true, &mut out);
+            }
+            if o.expr {
+                final_answer_matches(t, false, &mut out);
+            }
         }
-        300 => {
-            scan_all(
-                t,
-                &|t, i| m_chain(t, i, Ctx::Plain).map(|(e, v)| (e, CandKind::Latex(v))),
-                &env_start,
-                &mut out,
-            );
-            scan_all(t, &m_expr_anchored, &anchor_start, &mut out);
-            scan_all(t, &m_number_anchored, &anchor_start, &mut out);
+        Group::AnswerColon | Group::Answer => {
+            let colon = group == Group::AnswerColon;
+            if o.latex {
+                answer_matches(t, colon, true, &mut out);
+            }
+            if o.expr {
+                answer_matches(t, colon, false, &mut out);
+            }
         }
-        _ => {}
+        Group::Plain => {
+            if o.latex {
+                scan_all(
+                    t,
+                    &|t, i| m_chain(t, i, Ctx::Plain).map(|(e, v)| (e, CandKind::Latex(v))),
+                    &env_start,
+                    &mut out,
+                );
+            }
+            if o.expr {
+                scan_all(t, &m_expr_anchored, &anchor_start, &mut out);
+                scan_all(t, &m_number_anchored, &anchor_start, &mut out);
+            }
+        }
     }
     // rightmost end first, then leftmost start; stable for ties
     out.sort_by(|a, b| b.end.cmp(&a.end).then(a.start.cmp(&b.start)));
     out
 }
-
-pub const PRIORITIES: [u32; 4] = [50, 100, 200, 300];
 
 /// Does the text hold the priority-0 form ("final answer is X. I hope") that
 /// is not reproduced here?
@@ -897,10 +968,11 @@ pub fn char_len_at(t: &str, i: usize) -> usize {
 mod tests {
     use super::*;
 
-    fn first(t: &str) -> Option<(u32, Cand)> {
-        for p in PRIORITIES {
-            if let Some(c) = candidates(t, p).into_iter().next() {
-                return Some((p, c));
+    fn first(t: &str) -> Option<(Group, Cand)> {
+        let o = ExtractOpts::default();
+        for &g in groups(&o) {
+            if let Some(c) = candidates(t, g, &o).into_iter().next() {
+                return Some((g, c));
             }
         }
         None
@@ -909,14 +981,14 @@ mod tests {
     #[test]
     fn boxed_wins() {
         let (p, c) = first("so $x=2$ and \\boxed{5}.").unwrap();
-        assert_eq!(p, 50);
+        assert_eq!(p, Group::Boxed);
         assert!(matches!(c.kind, CandKind::Latex(ref v) if v[0].kind == EnvKind::Boxed));
     }
 
     #[test]
     fn last_number() {
         let (p, c) = first("we get 12 apples and then 15").unwrap();
-        assert_eq!(p, 300);
+        assert_eq!(p, Group::Plain);
         assert!(matches!(c.kind, CandKind::Number { ref text, .. } if text == "15"));
         let (_, c) = first("total 1,234,567 dollars").unwrap();
         assert!(matches!(c.kind, CandKind::Number { ref text, .. } if text == "1234567"));
@@ -925,7 +997,7 @@ mod tests {
     #[test]
     fn answer_anchor() {
         let (p, c) = first("The answer is 7 and later 9").unwrap();
-        assert_eq!(p, 200);
+        assert_eq!(p, Group::Answer);
         assert!(matches!(c.kind, CandKind::Number { ref text, .. } if text == "7"));
     }
 

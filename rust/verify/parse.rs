@@ -66,8 +66,9 @@ pub enum Value {
     },
     /// a word: `\text{Evelyn}` or a single letter, lower-cased as the reference does
     Text(String),
-    /// an inequality or a chain with one (`x \le 3`, `0 < n < 5`): never equal to a number
-    Rel,
+    /// an inequality or a chain with one (`x \le 3`, `0 < n < 5`), as written:
+    /// never equal to a number; equal to the same text
+    Rel(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,6 +149,10 @@ fn tokenize(s: &str) -> R<Vec<Tok>> {
             continue;
         }
         match c {
+            b'!' if b.get(i + 1) == Some(&b'=') => {
+                out.push(Tok::Cmd("neq".into()));
+                i += 2;
+            }
             b'+' | b'-' | b'*' | b'/' | b'^' | b'(' | b')' | b'[' | b']' | b'{' | b'}' | b','
             | b'=' | b'!' | b'%' | b'_' | b'<' | b'>' | b'|' | b':' | b';' => {
                 out.push(Tok::Ch(c as char));
@@ -783,7 +788,7 @@ fn relation(s: &str) -> R<Value> {
             nodes.push(parse_expr_tokens(p).map_err(|_| PErr::Unsupported)?);
         }
         return Ok(if has_ineq {
-            Value::Rel
+            Value::Rel(t.split_whitespace().collect())
         } else {
             Value::Eq(nodes)
         });
@@ -829,6 +834,20 @@ pub fn parse_answer(s: &str) -> R<Value> {
             && parts[1..].iter().all(|p| p.len() == 3)
         {
             return relation(&parts.concat());
+        }
+        // 16,386.20: thousands separators with a decimal part
+        let last = parts[parts.len() - 1];
+        if let Some((int_last, frac)) = last.split_once('.') {
+            if parts[..parts.len() - 1].iter().all(|p| is_digits(p))
+                && first.len() <= 3
+                && !first.starts_with('0')
+                && parts[1..parts.len() - 1].iter().all(|p| p.len() == 3)
+                && int_last.len() == 3
+                && is_digits(int_last)
+                && is_digits(frac)
+            {
+                return relation(&parts.concat());
+            }
         }
         if parts.iter().any(|p| p.trim().is_empty()) {
             return Err(PErr::Unsupported);
