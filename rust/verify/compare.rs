@@ -445,7 +445,8 @@ fn expr_eq(g: &Node, p: &Node) -> Option<bool> {
     let gc = is_constant(g);
     let pc = is_constant(p);
     let strict = STRICT.with(|c| c.get());
-    if !strict && !(gc && pc) {
+    let both_constant = gc && pc;
+    if !(strict || both_constant) {
         return None;
     }
     if gc && pc {
