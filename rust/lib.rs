@@ -100,6 +100,58 @@ mod python {
         out.map_err(pyo3::exceptions::PyRuntimeError::new_err)
     }
 
+    /// verify_case(prediction, gold, harness, match_types, precision, strict,
+    /// allow_set_relation_comp): the fast path called the way math-verify's own
+    /// test suite calls it ("compare_strings" or "verify_parse_default").
+    #[pyfunction]
+    #[pyo3(name = "verify_case")]
+    #[allow(clippy::too_many_arguments)]
+    fn py_verify_case(
+        py: Python<'_>,
+        prediction: String,
+        gold: String,
+        harness: String,
+        match_types: Vec<String>,
+        precision: u32,
+        strict: bool,
+        allow_set_relation_comp: bool,
+    ) -> PyResult<VerdictTuple> {
+        use crate::verify::{extract::ExtractOpts, Options};
+        let opts = match harness.as_str() {
+            "verify_parse_default" => Options {
+                wrap_gold: false,
+                ..Options::default()
+            },
+            "compare_strings" => Options {
+                extract: ExtractOpts {
+                    latex: match_types.iter().any(|m| m == "latex"),
+                    expr: match_types.iter().any(|m| m == "expr"),
+                    boxed_first: true,
+                },
+                wrap_gold: false,
+                float_rounding: precision,
+                strict,
+                allow_set_relation_comp,
+            },
+            other => {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "unknown harness {other:?}; use \"compare_strings\" or \"verify_parse_default\""
+                )))
+            }
+        };
+        py.detach(|| {
+            std::panic::catch_unwind(|| {
+                verdict_tuple(crate::verify::verify_with(&prediction, &gold, &opts))
+            })
+        })
+        .map_err(|p| {
+            pyo3::exceptions::PyRuntimeError::new_err(format!(
+                "verify_case failed on input 0: {}",
+                panic_message(p.as_ref())
+            ))
+        })
+    }
+
     /// extract_answer(text) -> the answer the extraction ladder finds, or None
     #[pyfunction]
     #[pyo3(name = "extract_answer")]
@@ -117,6 +169,7 @@ mod python {
         m.add_function(wrap_pyfunction!(py_verify, m)?)?;
         m.add_function(wrap_pyfunction!(py_verify_batch, m)?)?;
         m.add_function(wrap_pyfunction!(py_extract_answer, m)?)?;
+        m.add_function(wrap_pyfunction!(py_verify_case, m)?)?;
         m.add(
             "VERIFY_MAX_PREDICTION_BYTES",
             crate::verify::MAX_PREDICTION_BYTES,

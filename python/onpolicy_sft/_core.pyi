@@ -20,6 +20,15 @@ def verify_batch(
     predictions: Sequence[str], golds: Sequence[str], threads: int | None = None
 ) -> list[_VerdictTuple]: ...
 def extract_answer(text: str) -> str | None: ...
+def verify_case(
+    prediction: str,
+    gold: str,
+    harness: str,
+    match_types: Sequence[str],
+    precision: int,
+    strict: bool,
+    allow_set_relation_comp: bool,
+) -> _VerdictTuple: ...
 
 # ------------------------------------------------------------ end verify
 

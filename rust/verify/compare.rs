@@ -13,7 +13,30 @@
 //!
 //! Every function returns `Option<bool>`: `None` is "not sure" (undecided).
 
+use std::cell::Cell;
+
 use super::num::Rat;
+
+thread_local! {
+    /// Decimals used when a float literal is compared (the reference's
+    /// float_rounding, 6 by default). Set per call by `with_options`.
+    static FLOAT_ROUNDING: Cell<u32> = const { Cell::new(6) };
+    /// The reference's `strict`: when false, variables are matched by position
+    /// (not reproduced: comparisons with variables are left undecided).
+    static STRICT: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Run `f` with the given comparison options (restored afterwards).
+pub fn with_options<T>(float_rounding: u32, strict: bool, f: impl FnOnce() -> T) -> T {
+    let old = (
+        FLOAT_ROUNDING.with(|c| c.replace(float_rounding)),
+        STRICT.with(|c| c.replace(strict)),
+    );
+    let r = f();
+    FLOAT_ROUNDING.with(|c| c.set(old.0));
+    STRICT.with(|c| c.set(old.1));
+    r
+}
 use super::parse::{Fun, Node, Value};
 
 /// Value of an expression: exact when it is a rational, else a float.
@@ -171,6 +194,24 @@ pub fn eval(n: &Node, env: &dyn Fn(&str) -> Option<f64>) -> Option<Ev> {
             };
             Ev::float(v)
         }
+        Node::Opaque(name, args) => {
+            // an arbitrary but fixed function of its arguments
+            let mut h = name
+                .bytes()
+                .fold(0.0f64, |h, b| (h * 31.0 + b as f64) % 1000.0);
+            for a in args {
+                h += 1.37 * eval(a, env)?.f;
+            }
+            Ev::float(2.0 + h.sin())
+        }
+        Node::Log(a, b) => {
+            let x = eval(a, env)?;
+            let y = eval(b, env)?;
+            if x.f <= 0.0 || y.f <= 0.0 || y.f == 1.0 {
+                return None;
+            }
+            Ev::float(x.f.ln() / y.f.ln())
+        }
         Node::Pct(a) => {
             let v = eval(a, env)?;
             let h = Rat::int(100);
@@ -195,10 +236,11 @@ fn collect_syms(n: &Node, out: &mut Vec<String>) {
         Node::Sym(s) if !out.contains(s) => out.push(s.clone()),
         Node::Add(v) | Node::Mul(v) => v.iter().for_each(|x| collect_syms(x, out)),
         Node::Neg(a) | Node::Fact(a) | Node::Func(_, a) | Node::Pct(a) => collect_syms(a, out),
-        Node::Div(a, b) | Node::Pow(a, b) | Node::Root(a, b) => {
+        Node::Div(a, b) | Node::Pow(a, b) | Node::Root(a, b) | Node::Log(a, b) => {
             collect_syms(a, out);
             collect_syms(b, out);
         }
+        Node::Opaque(_, v) => v.iter().for_each(|x| collect_syms(x, out)),
         _ => {}
     }
 }
@@ -208,7 +250,10 @@ fn has_inf(n: &Node) -> bool {
         Node::Inf => true,
         Node::Add(v) | Node::Mul(v) => v.iter().any(has_inf),
         Node::Neg(a) | Node::Fact(a) | Node::Func(_, a) | Node::Pct(a) => has_inf(a),
-        Node::Div(a, b) | Node::Pow(a, b) | Node::Root(a, b) => has_inf(a) || has_inf(b),
+        Node::Div(a, b) | Node::Pow(a, b) | Node::Root(a, b) | Node::Log(a, b) => {
+            has_inf(a) || has_inf(b)
+        }
+        Node::Opaque(_, v) => v.iter().any(has_inf),
         _ => false,
     }
 }
@@ -269,13 +314,15 @@ fn math_eq(a: &Ev, b: &Ev) -> Option<bool> {
     float_eq(a.f, b.f)
 }
 
-/// round(x, 6) == round(y, 6), undecided when either value sits on a rounding boundary.
+/// round(x, k) == round(y, k) (k = float_rounding, 6 by default), undecided
+/// when either value sits on a rounding boundary.
 fn round6_eq(a: &Ev, b: &Ev) -> Option<bool> {
+    let k = FLOAT_ROUNDING.with(|c| c.get()).min(12);
     let r = |e: &Ev| -> Option<i128> {
         if let Some(x) = e.exact {
-            return x.round_decimals(6);
+            return x.round_decimals(k);
         }
-        let s = e.f * 1e6;
+        let s = e.f * 10f64.powi(k as i32);
         if !s.is_finite() || s.abs() > 1e15 {
             return None;
         }
@@ -331,14 +378,92 @@ fn const_eq(g: &Node, p: &Node) -> Option<bool> {
     math_eq(&eg, &ep)
 }
 
+fn has_opaque(n: &Node) -> bool {
+    match n {
+        Node::Opaque(..) => true,
+        Node::Add(v) | Node::Mul(v) => v.iter().any(has_opaque),
+        Node::Neg(a) | Node::Fact(a) | Node::Func(_, a) | Node::Pct(a) => has_opaque(a),
+        Node::Div(a, b) | Node::Pow(a, b) | Node::Root(a, b) | Node::Log(a, b) => {
+            has_opaque(a) || has_opaque(b)
+        }
+        _ => false,
+    }
+}
+
+fn is_constant(n: &Node) -> bool {
+    let mut s = Vec::new();
+    collect_syms(n, &mut s);
+    s.is_empty() && !has_opaque(n)
+}
+
+/// Sample points for variables (fixed, so verdicts are deterministic).
+const POINTS: [[f64; 3]; 3] = [
+    [0.5377, 1.8339, -2.2588],
+    [0.8622, 0.3188, -1.3077],
+    [-0.4336, 0.3426, 3.5784],
+];
+
+/// Values of `n` at the sample points (None where undefined).
+fn samples(n: &Node, syms: &[String]) -> Vec<Option<f64>> {
+    POINTS
+        .iter()
+        .map(|pt| {
+            let env = |s: &str| -> Option<f64> {
+                let k = syms.iter().position(|x| x == s)?;
+                Some(pt[k % 3] + (k / 3) as f64 * 0.731)
+            };
+            eval(n, &env).map(|e| e.f)
+        })
+        .collect()
+}
+
+/// A constant against an expression with variables or undefined functions.
+fn const_vs_symbolic(c: &Node, x: &Node) -> Option<bool> {
+    if has_inf(c) || has_inf(x) {
+        return None;
+    }
+    // a bare symbol: the reference compares names (E the symbol vs e the number)
+    if let Node::Sym(name) = x {
+        return Some(name == "e" && *c == Node::E);
+    }
+    if has_opaque(x) {
+        return Some(false);
+    }
+    let mut syms = Vec::new();
+    collect_syms(x, &mut syms);
+    let vals = samples(x, &syms);
+    let vals: Vec<f64> = vals.into_iter().collect::<Option<Vec<_>>>()?;
+    let first = vals[0];
+    if vals.iter().any(|v| float_eq(*v, first) == Some(false)) {
+        return Some(false); // not constant: it cannot equal a number
+    }
+    None
+}
+
 /// Expressions that may contain symbols: compare at sample points.
 fn expr_eq(g: &Node, p: &Node) -> Option<bool> {
+    let gc = is_constant(g);
+    let pc = is_constant(p);
+    let strict = STRICT.with(|c| c.get());
+    let both_constant = gc && pc;
+    if !(strict || both_constant) {
+        return None;
+    }
+    if gc && pc {
+        return const_eq(g, p);
+    }
+    if gc {
+        return const_vs_symbolic(g, p);
+    }
+    if pc {
+        return const_vs_symbolic(p, g);
+    }
+    if has_opaque(g) || has_opaque(p) {
+        return None;
+    }
     let mut syms = Vec::new();
     collect_syms(g, &mut syms);
     collect_syms(p, &mut syms);
-    if syms.is_empty() {
-        return const_eq(g, p);
-    }
     // a bare symbol on either side follows the reference's symbol rules
     match (g, p) {
         (Node::Sym(a), Node::Sym(b)) => return Some(a == b),
@@ -493,13 +618,23 @@ pub fn equal(gold: &Value, pred: &Value) -> Option<bool> {
             match (&g[0], &p[0]) {
                 (Node::Sym(a), Node::Sym(b)) if g.len() == 2 && p.len() == 2 => {
                     if a != b {
-                        return None;
+                        // x = 5 against y = 5: different variables
+                        return Some(false);
                     }
                     expr_eq(&g[1], &p[1])
                 }
                 _ => None,
             }
         }
+        (Value::Rel(_), Value::Expr(n)) | (Value::Expr(n), Value::Rel(_)) => {
+            // an inequality never equals a number
+            if is_constant(n) {
+                Some(false)
+            } else {
+                None
+            }
+        }
+        (Value::Rel(_), _) | (_, Value::Rel(_)) => None,
         (Value::Eq(_), _) | (_, Value::Eq(_)) => None,
         (Value::Text(a), Value::Text(b)) => Some(a == b),
         (Value::Text(_), Value::Expr(n)) | (Value::Expr(n), Value::Text(_)) => {
@@ -597,7 +732,10 @@ fn has_e(n: &Node) -> bool {
         Node::E => true,
         Node::Add(v) | Node::Mul(v) => v.iter().any(has_e),
         Node::Neg(a) | Node::Fact(a) | Node::Func(_, a) | Node::Pct(a) => has_e(a),
-        Node::Div(a, b) | Node::Pow(a, b) | Node::Root(a, b) => has_e(a) || has_e(b),
+        Node::Div(a, b) | Node::Pow(a, b) | Node::Root(a, b) | Node::Log(a, b) => {
+            has_e(a) || has_e(b)
+        }
+        Node::Opaque(_, v) => v.iter().any(has_e),
         _ => false,
     }
 }
@@ -652,7 +790,7 @@ mod tests {
     fn structures() {
         assert_eq!(eq("5", "x = 5"), Some(true));
         assert_eq!(eq("x=5", "5"), Some(true));
-        assert_eq!(eq("x=5", "y=5"), None);
+        assert_eq!(eq("x=5", "y=5"), Some(false));
         assert_eq!(eq("\\{1,2\\}", "2,1"), Some(true));
         assert_eq!(eq("(1,2)", "(1,2)"), Some(true));
         assert_eq!(eq("[1,2)", "[1,2]"), Some(false));

@@ -484,7 +484,7 @@ const MAX_EXPR_RUN: usize = 400;
 /// `-?\(?-?\d[chars]*[ops][chars]+\)?` then the suffix, at `i` (after the prefix).
 /// Only ASCII operators are reproduced; `×` and `÷` make the reference's
 /// expression parser fail, so a run containing them is reported as such.
-fn m_expr_core(t: &str, i: usize) -> Option<(usize, String)> {
+fn m_expr_core(t: &str, i: usize, accept: &dyn Fn(usize) -> bool) -> Option<(usize, String)> {
     let b = t.as_bytes();
     let mut j = i;
     if b_at(b, j) == b'-' {
@@ -500,37 +500,47 @@ fn m_expr_core(t: &str, i: usize) -> Option<(usize, String)> {
         return None;
     }
     let q = j;
+    // the run of expression characters; × and ÷ belong to the class (the
+    // reference's expression parser then rejects them, and the candidate fails)
+    let uni_op = |k: usize| -> usize {
+        if t.is_char_boundary(k) && (t[k..].starts_with('×') || t[k..].starts_with('÷')) {
+            2
+        } else {
+            0
+        }
+    };
     let mut r = q + 1;
-    while r < b.len() && is_expr_char(b[r]) && r - q < MAX_EXPR_RUN {
-        r += 1;
+    while r < b.len() && r - q < MAX_EXPR_RUN {
+        if is_expr_char(b[r]) {
+            r += 1;
+        } else if uni_op(r) > 0 {
+            r += 2;
+        } else {
+            break;
+        }
     }
-    // (if the run stops at a non-ASCII byte, it could be × or ÷: those are
-    // part of the reference's character class; treat as no match here and let
-    // the caller mark the text as not reproducible)
+    // suffix: (?:\*\*)?(?:\.|,|:|\s|\)|\$|$)
     let suffix_at = |f: usize| -> Option<usize> {
         let mut f = f;
         if t[f..].starts_with("**") {
-            // (?:\*\*)? then one of . , : \s ) $ or end
-            let g = f + 2;
-            if g >= b.len() {
-                return Some(g);
+            f += 2;
+            if f >= b.len() {
+                return Some(f);
             }
-            let c = b[g];
-            if matches!(c, b'.' | b',' | b':' | b')' | b'$') {
-                return Some(g + 1);
+            if matches!(b[f], b'.' | b',' | b':' | b')' | b'$') {
+                return Some(f + 1);
             }
-            let w = ws_len(t, g);
+            let w = ws_len(t, f);
             if w > 0 {
-                return Some(g + w);
+                return Some(f + w);
             }
+            f -= 2;
         }
         if f >= b.len() {
             return Some(f);
         }
-        let c = b[f];
-        if matches!(c, b'.' | b',' | b':' | b')' | b'$') {
-            f += 1;
-            return Some(f);
+        if matches!(b[f], b'.' | b',' | b':' | b')' | b'$') {
+            return Some(f + 1);
         }
         let w = ws_len(t, f);
         if w > 0 {
@@ -542,19 +552,28 @@ fn m_expr_core(t: &str, i: usize) -> Option<(usize, String)> {
     let mut op = r;
     while op > q + 1 {
         op -= 1;
-        if !is_op(b[op]) {
+        let ol = if is_op(b[op]) { 1 } else { uni_op(op) };
+        if ol == 0 {
             continue;
         }
         let mut e = r;
-        while e >= op + 2 {
+        while e > op + ol {
+            if !t.is_char_boundary(e) {
+                e -= 1;
+                continue;
+            }
             // \)? greedy
             if b_at(b, e) == b')' {
                 if let Some(f) = suffix_at(e + 1) {
-                    return Some((f, t[i..e + 1].to_string()));
+                    if accept(f) {
+                        return Some((f, t[i..e + 1].to_string()));
+                    }
                 }
             }
             if let Some(f) = suffix_at(e) {
-                return Some((f, t[i..e].to_string()));
+                if accept(f) {
+                    return Some((f, t[i..e].to_string()));
+                }
             }
             e -= 1;
         }
@@ -562,17 +581,77 @@ fn m_expr_core(t: &str, i: usize) -> Option<(usize, String)> {
     None
 }
 
-fn m_expr_anchored(t: &str, i: usize) -> Option<(usize, CandKind)> {
+fn m_expr_anchored_with(
+    t: &str,
+    i: usize,
+    accept: &dyn Fn(usize) -> bool,
+) -> Option<(usize, CandKind)> {
     for p in m_prefix(t, i, true) {
-        if let Some((e, s)) = m_expr_core(t, p) {
+        if let Some((e, s)) = m_expr_core(t, p, accept) {
             return Some((e, CandKind::Expr(s)));
         }
     }
     None
 }
 
+fn m_expr_anchored(t: &str, i: usize) -> Option<(usize, CandKind)> {
+    m_expr_anchored_with(t, i, &|_| true)
+}
+
+/// `EXPR_OR_NUMBER` followed by a condition on what comes after (the
+/// reference's `(?!\s*=)`): backtracks into shorter expressions, then numbers.
+fn m_expr_or_number_with(
+    t: &str,
+    i: usize,
+    accept: &dyn Fn(usize) -> bool,
+) -> Option<(usize, CandKind)> {
+    if let Some(m) = m_expr_anchored_with(t, i, accept) {
+        return Some(m);
+    }
+    match m_number_anchored(t, i) {
+        Some((e, k)) if accept(e) => Some((e, k)),
+        Some((_, CandKind::Number { text, pct: true })) => {
+            // without the optional percent sign
+            let end = number_end_without_pct(t, i)?;
+            if accept(end) {
+                Some((end, CandKind::Number { text, pct: false }))
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+fn number_end_without_pct(t: &str, i: usize) -> Option<usize> {
+    for p in m_prefix(t, i, true) {
+        let mut starts = Vec::new();
+        if let Some(c) = t[p..].chars().next() {
+            if CURRENCY.contains(c) {
+                starts.push(p + c.len_utf8());
+            }
+        }
+        starts.push(p);
+        for s in starts {
+            if let Some((e, _, pct)) = m_number_core(t, s) {
+                if !pct {
+                    return Some(e);
+                }
+                // recompute the end before the percent suffix
+                let b = t.as_bytes();
+                let mut k = e;
+                while k > s && !b[k - 1].is_ascii_digit() {
+                    k -= 1;
+                }
+                return Some(k);
+            }
+        }
+    }
+    None
+}
+
 fn m_expr_or_number(t: &str, i: usize) -> Option<(usize, CandKind)> {
-    m_expr_anchored(t, i).or_else(|| m_number_anchored(t, i))
+    m_expr_or_number_with(t, i, &|_| true)
 }
 
 fn find_ci(t: &str, from: usize, pat: &str) -> Option<usize> {
@@ -642,11 +721,9 @@ fn answer_matches(t: &str, colon: bool, latex: bool, out: &mut Vec<Cand>) {
                 // \s* greedy, backtracking one whitespace at a time
                 let mut k = ws_end;
                 loop {
-                    if let Some((e, kind)) = m_expr_or_number(t, k) {
-                        if not_eq_after(e) {
-                            got = Some((e, kind));
-                            break 'outer;
-                        }
+                    if let Some((e, kind)) = m_expr_or_number_with(t, k, &not_eq_after) {
+                        got = Some((e, kind));
+                        break 'outer;
                     }
                     if k == after {
                         break;
@@ -658,11 +735,9 @@ fn answer_matches(t: &str, colon: bool, latex: bool, out: &mut Vec<Cand>) {
             }
             if got.is_none() {
                 for q in char_steps(t, p, 50, false) {
-                    if let Some((e, kind)) = m_expr_or_number(t, q) {
-                        if not_eq_after(e) {
-                            got = Some((e, kind));
-                            break;
-                        }
+                    if let Some((e, kind)) = m_expr_or_number_with(t, q, &not_eq_after) {
+                        got = Some((e, kind));
+                        break;
                     }
                 }
             }
@@ -751,72 +826,138 @@ fn anchor_start(b: &[u8], i: usize) -> bool {
     i == 0 || b[i].is_ascii_whitespace() || b[i] == b'=' || b[i] >= 0x80
 }
 
-/// Candidates of one priority, in the order they are tried.
-pub fn candidates(t: &str, priority: u32) -> Vec<Cand> {
-    let mut out = Vec::new();
-    match priority {
-        50 => {
-            final_answer_matches(t, true, &mut out);
-            scan_all(
-                t,
-                &|t, i| m_chain(t, i, Ctx::Boxed).map(|(e, v)| (e, CandKind::Latex(v))),
-                &env_start,
-                &mut out,
-            );
-            // \boxed{.+} greedy: from the first "\boxed{" to the last "}" of the text
-            if let Some(s) = t.find("\\boxed{") {
-                if let Some(last) = t.rfind('}') {
-                    if last > s + 7 {
-                        out.push(Cand {
-                            start: s,
-                            end: last + 1,
-                            kind: CandKind::Latex(vec![EnvM {
-                                kind: EnvKind::Boxed,
-                                content: (s, last + 1),
-                                pct: false,
-                            }]),
-                        });
-                    }
-                }
+/// Which extraction targets are enabled, and where `\boxed` ranks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExtractOpts {
+    pub latex: bool,
+    pub expr: bool,
+    /// `\boxed` before "final answer ... is" (the reference's boxed_match_priority=0)
+    /// instead of alongside it (the default, 50)
+    pub boxed_first: bool,
+}
+
+impl Default for ExtractOpts {
+    fn default() -> Self {
+        ExtractOpts {
+            latex: true,
+            expr: true,
+            boxed_first: false,
+        }
+    }
+}
+
+/// The priority groups, in the order they are tried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Group {
+    /// boxed (+ "final answer is" when they share a priority)
+    Boxed,
+    FinalAnswer,
+    AnswerColon,
+    Answer,
+    Plain,
+}
+
+pub fn groups(o: &ExtractOpts) -> &'static [Group] {
+    if o.boxed_first {
+        &[
+            Group::Boxed,
+            Group::FinalAnswer,
+            Group::AnswerColon,
+            Group::Answer,
+            Group::Plain,
+        ]
+    } else {
+        &[
+            Group::Boxed,
+            Group::AnswerColon,
+            Group::Answer,
+            Group::Plain,
+        ]
+    }
+}
+
+fn boxed_candidates(t: &str, out: &mut Vec<Cand>) {
+    scan_all(
+        t,
+        &|t, i| m_chain(t, i, Ctx::Boxed).map(|(e, v)| (e, CandKind::Latex(v))),
+        &env_start,
+        out,
+    );
+    // \boxed{.+} greedy: from the first "\boxed{" to the last "}" of the text
+    if let Some(s) = t.find("\\boxed{") {
+        if let Some(last) = t.rfind('}') {
+            if last > s + 7 {
+                out.push(Cand {
+                    start: s,
+                    end: last + 1,
+                    kind: CandKind::Latex(vec![EnvM {
+                        kind: EnvKind::Boxed,
+                        content: (s, last + 1),
+                        pct: false,
+                    }]),
+                });
             }
-            final_answer_matches(t, false, &mut out);
         }
-        100 => {
-            answer_matches(t, true, true, &mut out);
-            answer_matches(t, true, false, &mut out);
+    }
+}
+
+/// Candidates of one priority group, in the order they are tried.
+pub fn candidates(t: &str, group: Group, o: &ExtractOpts) -> Vec<Cand> {
+    let mut out = Vec::new();
+    match group {
+        Group::Boxed => {
+            // the reference lists its LaTeX patterns before its expression patterns
+            if o.latex && !o.boxed_first {
+                final_answer_matches(t, true, &mut out);
+            }
+            if o.latex {
+                boxed_candidates(t, &mut out);
+            }
+            if o.expr && !o.boxed_first {
+                final_answer_matches(t, false, &mut out);
+            }
         }
-        200 => {
-            answer_matches(t, false, true, &mut out);
-            answer_matches(t, false, false, &mut out);
+        Group::FinalAnswer => {
+            if o.latex {
+                final_answer_matches(t, true, &mut out);
+            }
+            if o.expr {
+                final_answer_matches(t, false, &mut out);
+            }
         }
-        300 => {
-            scan_all(
-                t,
-                &|t, i| m_chain(t, i, Ctx::Plain).map(|(e, v)| (e, CandKind::Latex(v))),
-                &env_start,
-                &mut out,
-            );
-            scan_all(t, &m_expr_anchored, &anchor_start, &mut out);
-            scan_all(t, &m_number_anchored, &anchor_start, &mut out);
+        Group::AnswerColon | Group::Answer => {
+            let colon = group == Group::AnswerColon;
+            if o.latex {
+                answer_matches(t, colon, true, &mut out);
+            }
+            if o.expr {
+                answer_matches(t, colon, false, &mut out);
+            }
         }
-        _ => {}
+        Group::Plain => {
+            if o.latex {
+                scan_all(
+                    t,
+                    &|t, i| m_chain(t, i, Ctx::Plain).map(|(e, v)| (e, CandKind::Latex(v))),
+                    &env_start,
+                    &mut out,
+                );
+            }
+            if o.expr {
+                scan_all(t, &m_expr_anchored, &anchor_start, &mut out);
+                scan_all(t, &m_number_anchored, &anchor_start, &mut out);
+            }
+        }
     }
     // rightmost end first, then leftmost start; stable for ties
     out.sort_by(|a, b| b.end.cmp(&a.end).then(a.start.cmp(&b.start)));
     out
 }
 
-pub const PRIORITIES: [u32; 4] = [50, 100, 200, 300];
-
 /// Does the text hold the priority-0 form ("final answer is X. I hope") that
 /// is not reproduced here?
 pub fn has_priority0_form(t: &str) -> bool {
     t.contains("I hope") && find_ci(t, 0, "final answer is").is_some()
-}
-
-/// Text has characters in an expression run that are not reproduced (× ÷).
-pub fn has_unreproduced_ops(t: &str) -> bool {
-    t.contains('×') || t.contains('÷')
 }
 
 pub fn char_len_at(t: &str, i: usize) -> usize {
@@ -827,10 +968,11 @@ pub fn char_len_at(t: &str, i: usize) -> usize {
 mod tests {
     use super::*;
 
-    fn first(t: &str) -> Option<(u32, Cand)> {
-        for p in PRIORITIES {
-            if let Some(c) = candidates(t, p).into_iter().next() {
-                return Some((p, c));
+    fn first(t: &str) -> Option<(Group, Cand)> {
+        let o = ExtractOpts::default();
+        for &g in groups(&o) {
+            if let Some(c) = candidates(t, g, &o).into_iter().next() {
+                return Some((g, c));
             }
         }
         None
@@ -839,14 +981,14 @@ mod tests {
     #[test]
     fn boxed_wins() {
         let (p, c) = first("so $x=2$ and \\boxed{5}.").unwrap();
-        assert_eq!(p, 50);
+        assert_eq!(p, Group::Boxed);
         assert!(matches!(c.kind, CandKind::Latex(ref v) if v[0].kind == EnvKind::Boxed));
     }
 
     #[test]
     fn last_number() {
         let (p, c) = first("we get 12 apples and then 15").unwrap();
-        assert_eq!(p, 300);
+        assert_eq!(p, Group::Plain);
         assert!(matches!(c.kind, CandKind::Number { ref text, .. } if text == "15"));
         let (_, c) = first("total 1,234,567 dollars").unwrap();
         assert!(matches!(c.kind, CandKind::Number { ref text, .. } if text == "1234567"));
@@ -855,7 +997,7 @@ mod tests {
     #[test]
     fn answer_anchor() {
         let (p, c) = first("The answer is 7 and later 9").unwrap();
-        assert_eq!(p, 200);
+        assert_eq!(p, Group::Answer);
         assert!(matches!(c.kind, CandKind::Number { ref text, .. } if text == "7"));
     }
 

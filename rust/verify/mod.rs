@@ -231,7 +231,7 @@ fn short(s: &str) -> String {
     o
 }
 
-fn find(t: &str) -> Found {
+fn find(t: &str, o: &extract::ExtractOpts) -> Found {
     if extract::has_priority0_form(t) {
         return Found::Unsure {
             why: "\"final answer is ... I hope\" form".into(),
@@ -241,18 +241,12 @@ fn find(t: &str) -> Found {
     let mut fallback: Option<String> = None;
     let mut fallback_known = true;
     let mut first = true;
-    for pr in extract::PRIORITIES {
-        let cands = extract::candidates(t, pr);
+    for &group in extract::groups(o) {
+        let cands = extract::candidates(t, group, o);
         for (k, c) in cands.iter().enumerate() {
             if k >= MAX_CANDIDATES {
                 return Found::Unsure {
                     why: "too many candidate answers".into(),
-                    fallback: if fallback_known { fallback } else { None },
-                };
-            }
-            if matches!(c.kind, CandKind::Expr(_)) && extract::has_unreproduced_ops(t) {
-                return Found::Unsure {
-                    why: "× or ÷ in a plain expression".into(),
                     fallback: if fallback_known { fallback } else { None },
                 };
             }
@@ -305,7 +299,7 @@ pub fn extract_answer(text: &str) -> Option<String> {
     if text.len() > MAX_PREDICTION_BYTES {
         return None;
     }
-    match find(text) {
+    match find(text, &extract::ExtractOpts::default()) {
         Found::Value { text, .. } => Some(text),
         Found::NoValue { fallback } => fallback,
         Found::Unsure { fallback, .. } => fallback,
@@ -322,8 +316,40 @@ fn strings_equal(a: &Option<String>, b: &Option<String>) -> bool {
     }
 }
 
+/// How a pair is read and compared. `Options::default()` is the reference call
+/// `verify(parse("\\boxed{" + gold + "}"), parse(prediction))`.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    pub extract: extract::ExtractOpts,
+    /// wrap the gold in `\boxed{}` before extraction
+    pub wrap_gold: bool,
+    /// decimals for float comparisons
+    pub float_rounding: u32,
+    /// variables must match by name (false: not reproduced, left undecided)
+    pub strict: bool,
+    /// compare relations with sets (true: not reproduced, left undecided)
+    pub allow_set_relation_comp: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            extract: extract::ExtractOpts::default(),
+            wrap_gold: true,
+            float_rounding: 6,
+            strict: true,
+            allow_set_relation_comp: false,
+        }
+    }
+}
+
 /// Decide whether `prediction` reaches `gold` (a bare answer, no `\boxed`).
 pub fn verify(prediction: &str, gold: &str) -> Verdict {
+    verify_with(prediction, gold, &Options::default())
+}
+
+/// `verify` with explicit options (used to replay the reference's own test cases).
+pub fn verify_with(prediction: &str, gold: &str, opts: &Options) -> Verdict {
     let undecided = |why: &str, p: Option<String>, g: Option<String>| Verdict {
         correct: None,
         pred_answer: p,
@@ -350,9 +376,13 @@ pub fn verify(prediction: &str, gold: &str) -> Verdict {
             None,
         );
     }
-    let gold_text = format!("\\boxed{{{gold}}}");
-    let g = find(&gold_text);
-    let p = find(prediction);
+    let gold_text = if opts.wrap_gold {
+        format!("\\boxed{{{gold}}}")
+    } else {
+        gold.to_string()
+    };
+    let g = find(&gold_text, &opts.extract);
+    let p = find(prediction, &opts.extract);
     let (g_val, g_str, g_fb, g_unsure) = match g {
         Found::Value {
             value,
@@ -388,21 +418,35 @@ pub fn verify(prediction: &str, gold: &str) -> Verdict {
         return undecided(&why, p_str, g_str);
     }
     match (&g_val, &p_val) {
-        (Some(gv), Some(pv)) => match compare::equal(gv, pv) {
-            Some(true) => Verdict {
-                correct: Some(true),
-                pred_answer: p_str,
-                gold_answer: g_str,
-                reason: "equal".into(),
-            },
-            Some(false) => Verdict {
-                correct: Some(false),
-                pred_answer: p_str,
-                gold_answer: g_str,
-                reason: "not equal".into(),
-            },
-            None => undecided("comparison not supported", p_str, g_str),
-        },
+        (Some(gv), Some(pv))
+            if opts.allow_set_relation_comp
+                && [gv, pv].iter().any(|v| {
+                    matches!(
+                        v,
+                        Value::Rel(_) | Value::Set(_) | Value::Interval { .. } | Value::Eq(_)
+                    )
+                }) =>
+        {
+            undecided("set-relation comparison not supported", p_str, g_str)
+        }
+        (Some(gv), Some(pv)) => {
+            match compare::with_options(opts.float_rounding, opts.strict, || compare::equal(gv, pv))
+            {
+                Some(true) => Verdict {
+                    correct: Some(true),
+                    pred_answer: p_str,
+                    gold_answer: g_str,
+                    reason: "equal".into(),
+                },
+                Some(false) => Verdict {
+                    correct: Some(false),
+                    pred_answer: p_str,
+                    gold_answer: g_str,
+                    reason: "not equal".into(),
+                },
+                None => undecided("comparison not supported", p_str, g_str),
+            }
+        }
         (None, _) => Verdict {
             correct: Some(false),
             pred_answer: p_str,

@@ -44,6 +44,11 @@ pub enum Node {
     Pct(Box<Node>),
     /// an evaluated fraction of integers or a mixed number (atomic Rational)
     Frac(Rat),
+    /// an undefined function applied to arguments (`f(x)`, `P(0)`, `\\binom{n}{2}`):
+    /// never equal to a number, unknown against other expressions
+    Opaque(String, Vec<Node>),
+    /// log base b of x
+    Log(Box<Node>, Box<Node>),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -61,6 +66,9 @@ pub enum Value {
     },
     /// a word: `\text{Evelyn}` or a single letter, lower-cased as the reference does
     Text(String),
+    /// an inequality or a chain with one (`x \le 3`, `0 < n < 5`), as written:
+    /// never equal to a number; equal to the same text
+    Rel(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,6 +149,10 @@ fn tokenize(s: &str) -> R<Vec<Tok>> {
             continue;
         }
         match c {
+            b'!' if b.get(i + 1) == Some(&b'=') => {
+                out.push(Tok::Cmd("neq".into()));
+                i += 2;
+            }
             b'+' | b'-' | b'*' | b'/' | b'^' | b'(' | b')' | b'[' | b']' | b'{' | b'}' | b','
             | b'=' | b'!' | b'%' | b'_' | b'<' | b'>' | b'|' | b':' | b';' => {
                 out.push(Tok::Ch(c as char));
@@ -368,6 +380,25 @@ impl P {
         let r = match tok {
             Tok::Num(s) => {
                 self.i += 1;
+                if self.is_ch('_') {
+                    // a base subscript (221_3, 1121_{10}) is dropped by the reference
+                    self.i += 1;
+                    self.subscript_text()?;
+                }
+                // "2(3)" is read as 2 + 3 by the reference
+                if !s.contains('.')
+                    && self.is_ch('(')
+                    && matches!(self.peek_at(1), Some(Tok::Num(x)) if !x.contains('.'))
+                    && matches!(self.peek_at(2), Some(Tok::Ch(')')))
+                {
+                    let Some(Tok::Num(x)) = self.peek_at(1).cloned() else {
+                        unreachable!()
+                    };
+                    self.i += 3;
+                    let a = parse_decimal(&s).ok_or(PErr::Unsupported)?;
+                    let b = parse_decimal(&x).ok_or(PErr::Unsupported)?;
+                    return Ok(Node::Frac(a.plus(b).ok_or(PErr::Unsupported)?));
+                }
                 let n = num_node(&s)?;
                 // mixed number: 2\frac{1}{2}
                 if !s.contains('.') && self.is_cmd("frac") {
@@ -393,7 +424,35 @@ impl P {
             }
             Tok::Letter(c) => {
                 self.i += 1;
-                letter_node(c)?
+                let mut node = letter_node(c)?;
+                if self.is_ch('_') {
+                    // x_1, x_{10}: one symbol
+                    self.i += 1;
+                    let sub = self.subscript_text()?;
+                    if c == 'e' || c == 'i' {
+                        return Err(PErr::Unsupported);
+                    }
+                    node = Node::Sym(format!("{}_{sub}", c.to_ascii_lowercase()));
+                }
+                if self.is_ch('(') {
+                    // f(x), P(0): an undefined function of a single atom;
+                    // a(b+c) is a product in the reference
+                    let single = matches!(
+                        (self.peek_at(1), self.peek_at(2)),
+                        (Some(Tok::Num(_)) | Some(Tok::Letter(_)), Some(Tok::Ch(')')))
+                    );
+                    if single {
+                        self.i += 1;
+                        let arg = self.primary()?;
+                        self.expect_ch(')')?;
+                        let name = match &node {
+                            Node::Sym(n) => n.clone(),
+                            _ => "e".to_string(),
+                        };
+                        node = Node::Opaque(name, vec![arg]);
+                    }
+                }
+                node
             }
             Tok::Ch('(') => {
                 self.i += 1;
@@ -443,6 +502,42 @@ impl P {
                             )
                         }
                     }
+                    "binom" | "dbinom" | "tbinom" => {
+                        let save = self.i;
+                        if let (Some(a), Some(b)) = (self.group_int(), self.group_int()) {
+                            Node::Frac(binom(a, b).ok_or(PErr::Unsupported)?)
+                        } else {
+                            self.i = save;
+                            let a = self.brace_expr()?;
+                            let b = self.brace_expr()?;
+                            Node::Opaque("binomial".into(), vec![a, b])
+                        }
+                    }
+                    "log" if self.is_ch('_') => {
+                        self.i += 1;
+                        let base = self.group()?;
+                        let arg = if self.is_ch('{') {
+                            self.brace_expr()?
+                        } else if self.is_ch('(') {
+                            self.i += 1;
+                            let e = self.expr()?;
+                            self.expect_ch(')')?;
+                            e
+                        } else {
+                            match self.peek().cloned() {
+                                Some(Tok::Num(s)) => {
+                                    self.i += 1;
+                                    num_node(&s)?
+                                }
+                                Some(Tok::Letter(ch)) => {
+                                    self.i += 1;
+                                    letter_node(ch)?
+                                }
+                                _ => return Err(PErr::Unsupported),
+                            }
+                        };
+                        Node::Log(Box::new(arg), Box::new(base))
+                    }
                     "sin" | "cos" | "tan" | "ln" | "log" => {
                         let f = match c.as_str() {
                             "sin" => Fun::Sin,
@@ -482,6 +577,45 @@ impl P {
         Ok(r)
     }
 
+    /// the text of a subscript: one token, or `{letters/digits}`
+    fn subscript_text(&mut self) -> R<String> {
+        match self.peek().cloned() {
+            Some(Tok::Num(n)) => {
+                self.i += 1;
+                // x_12 is x_1 followed by 2 in LaTeX: not reproduced
+                if n.len() > 1 {
+                    return Err(PErr::Unsupported);
+                }
+                Ok(n)
+            }
+            Some(Tok::Letter(c)) => {
+                self.i += 1;
+                Ok(c.to_string())
+            }
+            Some(Tok::Ch('{')) => {
+                self.i += 1;
+                let mut out = String::new();
+                loop {
+                    match self.peek().cloned() {
+                        Some(Tok::Num(n)) => out.push_str(&n),
+                        Some(Tok::Letter(c)) => out.push(c),
+                        Some(Tok::Ch('}')) => {
+                            self.i += 1;
+                            break;
+                        }
+                        _ => return Err(PErr::Unsupported),
+                    }
+                    self.i += 1;
+                }
+                if out.is_empty() {
+                    return Err(PErr::Unsupported);
+                }
+                Ok(format!("{{{out}}}"))
+            }
+            _ => Err(PErr::Unsupported),
+        }
+    }
+
     fn brace_expr(&mut self) -> R<Node> {
         self.expect_ch('{')?;
         let e = self.expr()?;
@@ -509,12 +643,30 @@ impl P {
     }
 }
 
+fn binom(n: i128, k: i128) -> Option<Rat> {
+    if !(0..=200).contains(&n) || k < 0 || k > n {
+        return if (0..=200).contains(&n) && (k < 0 || k > n) {
+            Some(Rat::int(0))
+        } else {
+            None
+        };
+    }
+    let mut r = Rat::int(1);
+    for j in 0..k {
+        r = r.times(Rat::new(n - j, j + 1)?)?;
+    }
+    Some(r)
+}
+
 fn letter_node(c: char) -> R<Node> {
     match c {
+        // lower-case e is Euler's number; upper-case letters become lower-case
+        // symbols (E is then a symbol named "e", not Euler's number)
         'e' => Ok(Node::E),
         // the reference reads i as a symbol or the imaginary unit depending on context
-        'i' | 'I' | 'E' => Err(PErr::Unsupported),
+        'i' | 'I' => Err(PErr::Unsupported),
         c if c.is_ascii_lowercase() => Ok(Node::Sym(c.to_string())),
+        c if c.is_ascii_uppercase() => Ok(Node::Sym(format!("{}", c.to_ascii_lowercase()))),
         _ => Err(PErr::Unsupported),
     }
 }
@@ -562,32 +714,31 @@ fn split_top(s: &str, sep: u8) -> Option<Vec<&str>> {
     Some(parts)
 }
 
+fn is_rel_tok(t: &Tok) -> bool {
+    match t {
+        Tok::Ch('<') | Tok::Ch('>') => true,
+        Tok::Cmd(c) => matches!(
+            c.as_str(),
+            "le" | "leq" | "ge" | "geq" | "ne" | "neq" | "lt" | "gt" | "leqslant" | "geqslant"
+        ),
+        _ => false,
+    }
+}
+
 fn relation(s: &str) -> R<Value> {
-    if s.contains("\\le")
-        || s.contains("\\ge")
-        || s.contains("\\ne")
-        || s.contains('<')
-        || s.contains('>')
-        || s.contains("\\pm")
+    if s.contains("\\pm")
         || s.contains("\\mp")
         || s.contains("\\approx")
         || s.contains("\\in")
         || s.contains("\\cup")
         || s.contains("\\cap")
+        || s.contains("\\equiv")
+        || s.contains("\\mod")
         || s.contains(':')
         || s.contains(';')
         || s.contains('|')
-        || s.contains('_')
     {
         return Err(PErr::Unsupported);
-    }
-    let parts: Vec<&str> = s.split('=').collect();
-    if parts.len() > 1 {
-        let mut nodes = Vec::new();
-        for p in parts {
-            nodes.push(parse_expr_tokens(tokenize(p)?).map_err(|_| PErr::Unsupported)?);
-        }
-        return Ok(Value::Eq(nodes));
     }
     // a lone \text{word}
     let t = s.trim();
@@ -611,22 +762,36 @@ fn relation(s: &str) -> R<Value> {
     // a single letter (upper case is lower-cased by the reference)
     if t.len() == 1 && t.as_bytes()[0].is_ascii_alphabetic() {
         let c = t.as_bytes()[0] as char;
-        if c == 'e' || c == 'E' || c == 'i' || c == 'I' {
+        if c == 'e' || c == 'i' || c == 'I' {
             return Err(PErr::Unsupported);
         }
         return Ok(Value::Text(c.to_ascii_lowercase().to_string()));
     }
-    let toks = tokenize(t)?;
-    // multi-letter words ("yes", "Evelyn") are products of symbols in the reference
-    let letters = toks.iter().filter(|t| matches!(t, Tok::Letter(_))).count();
-    if letters > 1 && toks.iter().all(|t| matches!(t, Tok::Letter(_))) {
-        return Err(PErr::Unsupported);
+    let mut toks = tokenize(t)?;
+    // "= 3" reads as 3
+    if matches!(toks.first(), Some(Tok::Ch('='))) {
+        toks.remove(0);
     }
-    if toks
-        .iter()
-        .any(|t| matches!(t, Tok::Letter(c) if c.is_ascii_uppercase()))
-    {
-        return Err(PErr::Unsupported);
+    let has_ineq = toks.iter().any(is_rel_tok);
+    let has_eq = toks.iter().any(|t| matches!(t, Tok::Ch('=')));
+    if has_ineq || has_eq {
+        let mut parts: Vec<Vec<Tok>> = vec![Vec::new()];
+        for tok in toks {
+            if is_rel_tok(&tok) || tok == Tok::Ch('=') {
+                parts.push(Vec::new());
+            } else {
+                parts.last_mut().unwrap().push(tok);
+            }
+        }
+        let mut nodes = Vec::new();
+        for p in parts {
+            nodes.push(parse_expr_tokens(p).map_err(|_| PErr::Unsupported)?);
+        }
+        return Ok(if has_ineq {
+            Value::Rel(t.split_whitespace().collect())
+        } else {
+            Value::Eq(nodes)
+        });
     }
     parse_expr_tokens(toks).map(Value::Expr)
 }
@@ -669,6 +834,20 @@ pub fn parse_answer(s: &str) -> R<Value> {
             && parts[1..].iter().all(|p| p.len() == 3)
         {
             return relation(&parts.concat());
+        }
+        // 16,386.20: thousands separators with a decimal part
+        let last = parts[parts.len() - 1];
+        if let Some((int_last, frac)) = last.split_once('.') {
+            if parts[..parts.len() - 1].iter().all(|p| is_digits(p))
+                && first.len() <= 3
+                && !first.starts_with('0')
+                && parts[1..parts.len() - 1].iter().all(|p| p.len() == 3)
+                && int_last.len() == 3
+                && is_digits(int_last)
+                && is_digits(frac)
+            {
+                return relation(&parts.concat());
+            }
         }
         if parts.iter().any(|p| p.trim().is_empty()) {
             return Err(PErr::Unsupported);
@@ -791,7 +970,8 @@ mod tests {
         assert!(matches!(ok("x = 5"), Value::Eq(_)));
         assert_eq!(ok("\\text{Evelyn}"), Value::Text("evelyn".into()));
         assert_eq!(parse_answer(""), Err(PErr::Invalid));
-        assert_eq!(parse_answer("2(3)"), Err(PErr::Unsupported));
+        // the reference reads "2(3)" as 2 + 3
+        assert_eq!(ok("2(3)"), Value::Expr(Node::Frac(Rat::int(5))));
         assert_eq!(parse_answer("1 000"), Err(PErr::Unsupported));
         assert_eq!(
             parse_answer("\\begin{pmatrix}1\\end{pmatrix}"),

@@ -1,0 +1,277 @@
+"""Verifier benchmark: agreement with math-verify and speed, baseline and ours in one process.
+
+For each corpus file in ../shared/data/verify_corpus (real model outputs with
+math-verify 0.9.0 verdicts, ``mv.default``):
+
+- agreement of the Rust fast path with ``mv.default`` on the pairs it decides,
+  the share it leaves undecided, and the agreement once undecided pairs go
+  through the math-verify fallback (``Verifier``, killable worker processes);
+- fast-path pairs/s on 1 and 2 threads (all pairs of the file), and p99 of the
+  per-pair CPU time (``time.thread_time``: other processes on a shared box do
+  not inflate it);
+- math-verify pairs/s measured now, in this process, on a seeded sample of the
+  same pairs (time-boxed per file; the sample size is printed), and the ratio.
+
+math-verify's own test cases (``math_verify_tests_0.9.0``) are scored against
+their ``expected`` labels: the fast path is run with each case's options
+(precision, strict, match types, harness), undecided cases go to math-verify
+called exactly as that harness does.
+
+Usage: python benches/bench_verify.py [--mv-seconds 20] [--no-fallback]
+Appends one JSON line to bench_results/verify.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import logging
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("ONPOLICY_SFT_SHARED", REPO.parent / "shared"))
+CORPUS = SHARED / "data" / "verify_corpus"
+FILES = ["zeroeval_math_l5", "qwen25math_cot100", "mr_gsm8k", "tora_gsm8k"]
+
+
+def load(name: str) -> list[dict]:
+    with gzip.open(CORPUS / f"{name}.jsonl.gz", "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def machine() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import math_verify  # noqa: F401
+
+    try:
+        import torch
+
+        torch_v = torch.__version__
+    except Exception:
+        torch_v = "absent"
+    from importlib.metadata import version
+
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch_v,
+        "math_verify": version("math-verify"),
+        "onpolicy_sft": version("onpolicy-sft") if _installed("onpolicy-sft") else "source",
+    }
+
+
+def _installed(dist: str) -> bool:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version(dist)
+        return True
+    except PackageNotFoundError:
+        return False
+
+
+def time_ours(preds: list[str], golds: list[str], threads: int) -> float:
+    from onpolicy_sft import _core
+
+    _core.verify_batch(preds[:100], golds[:100], threads)  # warm-up
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        _core.verify_batch(preds, golds, threads)
+        best = min(best, time.perf_counter() - t)
+    return len(preds) / best
+
+
+def p99_ours_us(preds: list[str], golds: list[str]) -> float:
+    from onpolicy_sft import _core
+
+    ts = []
+    for p, g in zip(preds, golds):
+        t = time.thread_time_ns()
+        _core.verify(p, g)
+        ts.append(time.thread_time_ns() - t)
+    ts.sort()
+    return ts[min(len(ts) - 1, int(len(ts) * 0.99))] / 1e3
+
+
+def time_math_verify(preds: list[str], golds: list[str], seconds: float, seed: int) -> tuple:
+    """math-verify in this process on a seeded sample, until `seconds` have passed."""
+    from math_verify import parse, verify
+
+    idx = list(range(len(preds)))
+    random.Random(seed).shuffle(idx)
+    done = 0
+    t0 = time.perf_counter()
+    for i in idx:
+        verify(parse("\\boxed{" + golds[i] + "}"), parse(preds[i]))
+        done += 1
+        if time.perf_counter() - t0 > seconds:
+            break
+    return done / (time.perf_counter() - t0), done
+
+
+def bench_file(name: str, args: argparse.Namespace) -> dict:
+    from onpolicy_sft import Verifier, verify_batch
+
+    rows = load(name)
+    preds = [r["solution_text"] for r in rows]
+    golds = [r["gold_answer"] for r in rows]
+    ref = [bool(r["mv"]["default"]) for r in rows]
+    fast = verify_batch(preds, golds, threads=1)
+    decided = [i for i, v in enumerate(fast) if v.correct is not None]
+    agree_dec = sum(fast[i].correct == ref[i] for i in decided)
+    und = [i for i, v in enumerate(fast) if v.correct is None]
+    res = {
+        "file": name,
+        "pairs": len(rows),
+        "agree_decided_pct": 100.0 * agree_dec / max(1, len(decided)),
+        "undecided_pct": 100.0 * len(und) / len(rows),
+        "agree_fast_only_pct": 100.0 * agree_dec / len(rows),
+    }
+    if not args.no_fallback and und:
+        with Verifier(fallback="math-verify", timeout_s=5.0, threads=2) as v:
+            t = time.perf_counter()
+            out = v.verdicts([preds[i] for i in und], [golds[i] for i in und])
+            res["fallback_s"] = time.perf_counter() - t
+            res["fallback_timeouts"] = v.last_stats["timeouts"]
+        agree_fb = agree_dec + sum(o.correct == ref[i] for o, i in zip(out, und))
+        res["agree_with_fallback_pct"] = 100.0 * agree_fb / len(rows)
+    elif not und:
+        res["agree_with_fallback_pct"] = res["agree_fast_only_pct"]
+    res["ours_1t_pairs_s"] = time_ours(preds, golds, 1)
+    res["ours_2t_pairs_s"] = time_ours(preds, golds, 2)
+    res["p99_us"] = p99_ours_us(preds, golds)
+    mv_rate, mv_n = time_math_verify(preds, golds, args.mv_seconds, seed=0)
+    res["mv_pairs_s"] = mv_rate
+    res["mv_sample"] = mv_n
+    res["ratio_1t"] = res["ours_1t_pairs_s"] / mv_rate
+    return res
+
+
+def bench_mv_tests(args: argparse.Namespace) -> dict:
+    """math-verify's own 276 test cases, scored against their expected labels."""
+    from onpolicy_sft import _core
+
+    rows = load("math_verify_tests_0.9.0")
+    fast = []
+    for r in rows:
+        o = r.get("options") or {}
+        fast.append(
+            _core.verify_case(
+                r["pred"],
+                r["gold"],
+                r["harness"],
+                o.get("match_types", ["latex", "expr"]),
+                int(o.get("precision", 6)),
+                bool(o.get("strict", True)),
+                bool(o.get("allow_set_relation_comp", False)),
+            )[0]
+        )
+    exp = [bool(r["expected"]) for r in rows]
+    decided = [i for i, c in enumerate(fast) if c is not None]
+    agree_dec = sum(fast[i] == exp[i] for i in decided)
+    final = list(fast)
+    if not args.no_fallback:
+        for i, c in enumerate(fast):
+            if c is None:
+                final[i] = _mv_case(rows[i])
+    res = {
+        "file": "math_verify_tests_0.9.0",
+        "pairs": len(rows),
+        "agree_decided_pct": 100.0 * agree_dec / max(1, len(decided)),
+        "undecided_pct": 100.0 * (len(rows) - len(decided)) / len(rows),
+        "agree_fast_only_pct": 100.0 * agree_dec / len(rows),
+    }
+    if not args.no_fallback:
+        res["agree_with_fallback_pct"] = 100.0 * sum(f == e for f, e in zip(final, exp)) / len(rows)
+    return res
+
+
+def _mv_case(r: dict) -> bool:
+    """math-verify called as its own test harness does (see the corpus README)."""
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+    if r["harness"] == "verify_parse_default":
+        return bool(verify(parse(r["gold"]), parse(r["pred"])))
+    o = r["options"]
+    cfg = []
+    if "latex" in o["match_types"]:
+        cfg.append(LatexExtractionConfig(boxed_match_priority=0))
+    if "expr" in o["match_types"]:
+        cfg.append(ExprExtractionConfig())
+    g = parse(r["gold"], cfg)
+    p = parse(r["pred"], cfg)
+    return bool(
+        verify(
+            g,
+            p,
+            float_rounding=o["precision"],
+            strict=o["strict"],
+            allow_set_relation_comp=o["allow_set_relation_comp"],
+        )
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mv-seconds", type=float, default=20.0, help="math-verify time box per file")
+    ap.add_argument("--no-fallback", action="store_true", help="skip the fallback columns")
+    args = ap.parse_args()
+    if not CORPUS.is_dir():
+        print(f"corpus not found at {CORPUS}; set ONPOLICY_SFT_SHARED", file=sys.stderr)
+        return 1
+    logging.disable(logging.WARNING)  # math-verify warns on each of its own timeouts
+    results = [bench_file(n, args) for n in FILES]
+    results.append(bench_mv_tests(args))
+    m = machine()
+    print(f"machine: {m['cpu']} ({m['cores']} cores), {m['platform']}")
+    print(f"python {m['python']}, torch {m['torch']}, math-verify {m['math_verify']}")
+    hdr = (
+        f"{'file':26} {'pairs':>6} {'agree%':>7} {'undec%':>6} {'agree+fb%':>9} "
+        f"{'ours/s 1t':>10} {'ours/s 2t':>10} {'mv/s':>6} {'(n)':>5} {'ratio':>6} {'p99 us':>7}"
+    )
+    print(hdr)
+    print("-" * len(hdr))
+    for r in results:
+        fb = r.get("agree_with_fallback_pct")
+        print(
+            f"{r['file']:26} {r['pairs']:6d} {r['agree_decided_pct']:7.2f} "
+            f"{r['undecided_pct']:6.2f} {(f'{fb:.2f}' if fb is not None else '-'):>9} "
+            + (
+                f"{r['ours_1t_pairs_s']:10.0f} {r['ours_2t_pairs_s']:10.0f} "
+                f"{r['mv_pairs_s']:6.1f} {r['mv_sample']:5d} {r['ratio_1t']:6.0f} "
+                f"{r['p99_us']:7.0f}"
+                if "ours_1t_pairs_s" in r
+                else ""
+            )
+        )
+    print(
+        "agree% = agreement with math-verify on the pairs the fast path decides; "
+        "agree+fb% = on all pairs, undecided ones sent to the math-verify fallback; "
+        "mv/s on a seeded sample of (n) pairs; ratio = ours 1 thread / math-verify; "
+        "p99 = per-pair CPU time of the fast path"
+    )
+    out = REPO / "bench_results"
+    out.mkdir(exist_ok=True)
+    with open(out / "verify.jsonl", "a") as f:
+        f.write(json.dumps({"time": time.time(), "machine": m, "results": results}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
