@@ -207,6 +207,19 @@ fn plural(n: u64, what: &str) -> String {
     }
 }
 
+/// Whether the file from `pos` on looks like a write a crash interrupted:
+/// blocks the kernel never wrote read back as zeros, so the damage is a
+/// trailing zero run that is all of the bad region or spans a whole 4 KiB
+/// block boundary (a bit flip in a frame that merely ends in a few zero
+/// bytes does not).
+fn unwritten_tail(data: &[u8], pos: usize) -> bool {
+    let z = data.iter().rposition(|&x| x != 0).map_or(0, |i| i + 1);
+    if z == data.len() {
+        return false;
+    }
+    z <= pos || z.next_multiple_of(4096) < data.len()
+}
+
 /// A frame read during replay whose COMMIT has not been seen yet.
 struct Pending {
     kind: u8,
@@ -450,7 +463,8 @@ impl Ledger {
         let mut pos = SEG_HEADER;
         let mut committed = SEG_HEADER;
         let mut pending: Vec<Pending> = Vec::new();
-        let mut bad: Option<(usize, &'static str)> = None;
+        // (offset, why, whether it looks like an interrupted write)
+        let mut bad: Option<(usize, &'static str, bool)> = None;
         while pos < data.len() {
             match check_frame(data, pos) {
                 Ok(f) => {
@@ -463,6 +477,7 @@ impl Ledger {
                             bad = Some((
                                 pos,
                                 "commit frame seals a different number of records than precede it",
+                                false,
                             ));
                             break;
                         }
@@ -482,11 +497,11 @@ impl Ledger {
                     pos = f.next;
                 }
                 Err(BadFrame::Truncated) => {
-                    bad = Some((pos, "record cut short"));
+                    bad = Some((pos, "record cut short", true));
                     break;
                 }
                 Err(BadFrame::Invalid(why)) => {
-                    bad = Some((pos, why));
+                    bad = Some((pos, why, unwritten_tail(data, pos)));
                     break;
                 }
             }
@@ -507,8 +522,11 @@ impl Ledger {
                     records: pending.len() as u64,
                 }
             }
-            Some((b, why)) => {
-                if is_last && resync(data, b + 1).is_none() {
+            Some((b, why, interrupted)) => {
+                // A crash leaves a prefix of the last write (a frame cut short)
+                // or zeros; a whole frame with a bad checksum, or valid frames
+                // after a bad one, is damage, not a crash.
+                if is_last && interrupted && resync(data, b + 1).is_none() {
                     // the cut-off frame counts as a record unless it is a commit
                     let partial = (data.get(b + 2) != Some(&K_COMMIT)) as u64;
                     Tail::Torn {
