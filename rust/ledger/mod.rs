@@ -481,6 +481,8 @@ impl Ledger {
                             ));
                             break;
                         }
+                        let new_problems = pending.iter().filter(|p| p.kind == K_PROBLEM).count();
+                        self.index.reserve(new_problems);
                         for p in pending.drain(..) {
                             Self::apply(&mut self.index, num, data, &p)
                                 .map_err(|d| corrupt(p.offset, d))?;
@@ -564,9 +566,7 @@ impl Ledger {
                 }
                 let id = std::str::from_utf8(&pl[8..8 + il])
                     .map_err(|_| "problem id is not UTF-8".to_string())?;
-                if ix.lookup(id).is_none() {
-                    ix.push_problem(id, make_loc(num, p.offset as u64));
-                }
+                ix.insert(id, make_loc(num, p.offset as u64));
             }
             K_ATTEMPT => {
                 let h = AttemptHead::read(pl).ok_or("attempt record sizes do not add up")?;
