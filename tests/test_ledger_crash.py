@@ -327,3 +327,46 @@ def test_merge_of_shards_equals_single_writer(
             assert assignment(one, sel, 3) == assignment(merged, sel, 3)
         s1, s2 = one.stats(), merged.stats()
         assert s1["tiers"] == s2["tiers"] and s1["stages"].keys() == s2["stages"].keys()
+
+
+def test_forked_child_does_not_keep_the_writer_lock(tmp_path: Path) -> None:
+    path = tmp_path / "led"
+    led = Ledger.open(path)
+    pid = os.fork()
+    if pid == 0:  # child: outlive the parent's ledger, like a forked worker pool
+        time.sleep(3)
+        os._exit(0)
+    try:
+        led.close()
+        with Ledger.open(path) as again:  # would be refused if the child held the lock
+            again.add_problems(["x"], ["y"])
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+def test_second_writer_in_another_process_refused_naming_holder(tmp_path: Path) -> None:
+    from onpolicy_sft.ledger import LedgerLockedError
+
+    path = tmp_path / "led"
+    code = (
+        "import sys, time\n"
+        "from onpolicy_sft.ledger import Ledger\n"
+        "led = Ledger.open(sys.argv[1])\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True, env=child_env()
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        with pytest.raises(LedgerLockedError, match=rf"locked by another writer \(pid {proc.pid} "):
+            Ledger.open(path)
+        with Ledger.open(path, readonly=True) as reader:  # readers are welcome
+            assert len(reader) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    with Ledger.open(path):  # the kernel dropped the killed holder's lock
+        pass
