@@ -388,17 +388,12 @@ mod python {
                     .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
                     .collect();
                 let (data, off) = self.with(py, move |l| {
-                    let mut data = Vec::new();
-                    let mut off: Vec<u8> = 0i64.to_le_bytes().to_vec();
-                    for p in ps {
-                        if p as usize >= l.len() {
-                            return Err(Error::Msg(format!("problem #{p} out of range")));
-                        }
-                        data.extend_from_slice(l.reference(p)?.as_bytes());
-                        off.extend_from_slice(&(data.len() as i64).to_le_bytes());
+                    if let Some(&p) = ps.iter().find(|&&p| p as usize >= l.len()) {
+                        return Err(Error::Msg(format!("problem #{p} out of range")));
                     }
-                    Ok((data, off))
+                    l.references(&ps)
                 })?;
+                let off: Vec<u8> = off.iter().flat_map(|x| x.to_le_bytes()).collect();
                 Ok((PyBytes::new(py, &data), PyBytes::new(py, &off)))
             }
 

@@ -1027,19 +1027,115 @@ impl Ledger {
         Ok(String::from_utf8_lossy(&b[8 + il..]).into_owned())
     }
 
+    /// Read and check the frames at `locs` (of `kind`), in file order
+    /// through a 1 MiB window so that many small frames cost few reads.
+    /// Returns all payloads concatenated and each one's (start, end) in
+    /// the order of `locs`.
+    fn read_many(&self, locs: &[Loc], kind: u8) -> Result<(Vec<u8>, Vec<(usize, usize)>)> {
+        const WINDOW: usize = 1 << 20;
+        let mut order: Vec<usize> = (0..locs.len()).collect();
+        order.sort_unstable_by_key(|&i| locs[i]);
+        let mut out = Vec::new();
+        let mut spans = vec![(0usize, 0usize); locs.len()];
+        let mut win: Vec<u8> = Vec::new();
+        let (mut win_seg, mut win_start) = (0u32, 0u64);
+        let mut big = Vec::new();
+        for i in order {
+            let loc = locs[i];
+            let (num, off) = (loc_seg(loc), loc_offset(loc));
+            let seg = match self.segs.get((num as usize).wrapping_sub(1)) {
+                Some(s) if s.num == num && off + FRAME_HEADER as u64 <= s.len => s,
+                _ => {
+                    return Err(Error::Msg(format!(
+                        "internal: location {loc:#x} is outside the ledger"
+                    )))
+                }
+            };
+            let in_window = |start: u64, len: usize, ws: u32, wst: u64, wl: usize| {
+                ws == num && start >= wst && start + len as u64 <= wst + wl as u64
+            };
+            if !in_window(off, FRAME_HEADER, win_seg, win_start, win.len()) {
+                let n = (WINDOW as u64).min(seg.len - off) as usize;
+                win.resize(n, 0);
+                seg.file
+                    .read_exact_at(&mut win, off)
+                    .map_err(|e| io(&seg.path, e))?;
+                (win_seg, win_start) = (num, off);
+            }
+            let h0 = (off - win_start) as usize;
+            let len = rd_u32(&win, h0 + 4) as usize;
+            let corrupt = |detail: &str| {
+                Error::Corrupt {
+                path: seg.path.display().to_string(),
+                offset: off,
+                detail: detail.to_string(),
+                fix: "the file changed on disk after it was opened; reopen the ledger (repair=True if it reports damage)".into(),
+            }
+            };
+            if win[h0..h0 + 2] != FRAME_MAGIC
+                || win[h0 + 2] != kind
+                || len > MAX_PAYLOAD
+                || off + (FRAME_HEADER + len) as u64 > seg.len
+            {
+                return Err(corrupt("bad frame header"));
+            }
+            let mut header = [0u8; FRAME_HEADER];
+            header.copy_from_slice(&win[h0..h0 + FRAME_HEADER]);
+            let payload: &[u8] = if FRAME_HEADER + len > WINDOW {
+                big.resize(len, 0);
+                seg.file
+                    .read_exact_at(&mut big, off + FRAME_HEADER as u64)
+                    .map_err(|e| io(&seg.path, e))?;
+                &big
+            } else {
+                if !in_window(off, FRAME_HEADER + len, win_seg, win_start, win.len()) {
+                    let n = (WINDOW as u64).min(seg.len - off) as usize;
+                    win.resize(n, 0);
+                    seg.file
+                        .read_exact_at(&mut win, off)
+                        .map_err(|e| io(&seg.path, e))?;
+                    win_start = off;
+                }
+                let p0 = (off - win_start) as usize + FRAME_HEADER;
+                &win[p0..p0 + len]
+            };
+            if crc::crc32c_append(crc::crc32c(&header[0..8]), payload) != rd_u32(&header, 8) {
+                return Err(corrupt("checksum mismatch"));
+            }
+            spans[i] = (out.len(), out.len() + len);
+            out.extend_from_slice(payload);
+        }
+        Ok((out, spans))
+    }
+
+    /// References of problems `ps`: all bytes and n + 1 offsets.
+    pub fn references(&self, ps: &[u32]) -> Result<(Vec<u8>, Vec<i64>)> {
+        let locs: Vec<Loc> = ps.iter().map(|&p| self.index.ref_loc[p as usize]).collect();
+        let (buf, spans) = self.read_many(&locs, K_PROBLEM)?;
+        let mut data = Vec::with_capacity(buf.len());
+        let mut off = Vec::with_capacity(ps.len() + 1);
+        off.push(0i64);
+        for (a, b) in spans {
+            let il = rd_u32(&buf, a) as usize;
+            data.extend_from_slice(&buf[a + 8 + il..b]);
+            off.push(data.len() as i64);
+        }
+        Ok((data, off))
+    }
+
     /// Read attempts at these locations into columns.
     pub fn read_locs(&self, locs: &[Loc]) -> Result<Columns> {
         let mut cols = Columns::new(locs.len());
-        let mut scratch = Vec::new();
-        for &loc in locs {
-            self.read_frame(loc, K_ATTEMPT, &mut scratch)?;
-            let h = AttemptHead::read(&scratch).ok_or_else(|| Error::Corrupt {
+        let (buf, spans) = self.read_many(locs, K_ATTEMPT)?;
+        for (&loc, (a, b)) in locs.iter().zip(spans) {
+            let payload = &buf[a..b];
+            let h = AttemptHead::read(payload).ok_or_else(|| Error::Corrupt {
                 path: self.dir.display().to_string(),
                 offset: loc_offset(loc),
                 detail: "attempt record sizes do not add up".into(),
                 fix: "reopen the ledger".into(),
             })?;
-            cols.push(&h, &scratch);
+            cols.push(&h, payload);
         }
         Ok(cols)
     }
