@@ -220,6 +220,9 @@ fn unwritten_tail(data: &[u8], pos: usize) -> bool {
     z <= pos || z.next_multiple_of(4096) < data.len()
 }
 
+/// (start, end) of one payload in a buffer of several.
+type Span = (usize, usize);
+
 /// A frame read during replay whose COMMIT has not been seen yet.
 struct Pending {
     kind: u8,
@@ -1031,7 +1034,7 @@ impl Ledger {
     /// through a 1 MiB window so that many small frames cost few reads.
     /// Returns all payloads concatenated and each one's (start, end) in
     /// the order of `locs`.
-    fn read_many(&self, locs: &[Loc], kind: u8) -> Result<(Vec<u8>, Vec<(usize, usize)>)> {
+    fn read_many(&self, locs: &[Loc], kind: u8) -> Result<(Vec<u8>, Vec<Span>)> {
         const WINDOW: usize = 1 << 20;
         let mut order: Vec<usize> = (0..locs.len()).collect();
         order.sort_unstable_by_key(|&i| locs[i]);
