@@ -259,7 +259,17 @@ mod python {
                             ))
                         })
                     };
-                    let stage: PyBackedStr = field(intern!(py, "stage"))?.extract()?;
+                    let text_field = |name: &Bound<'py, pyo3::types::PyString>| {
+                        field(name)?.extract::<PyBackedStr>().map_err(|_| {
+                            PyValueError::new_err(format!(
+                                "attempt #{i}: {} must be a str",
+                                name.to_string_lossy()
+                            ))
+                        })
+                    };
+                    let stage = text_field(intern!(py, "stage"))?;
+                    let stage = stage_of(&stage)
+                        .map_err(|e| PyValueError::new_err(format!("attempt #{i}: {e}")))?;
                     let sample = field(intern!(py, "sample_index"))?
                         .extract::<u32>()
                         .map_err(|_| {
@@ -268,12 +278,12 @@ mod python {
                             ))
                         })?;
                     rows.push(Row {
-                        pid: field(intern!(py, "problem_id"))?.extract()?,
-                        stage: stage_of(&stage)?,
+                        pid: text_field(intern!(py, "problem_id"))?,
+                        stage,
                         sample,
                         correct: field(intern!(py, "correct"))?.is_truthy()?,
-                        text: field(intern!(py, "text"))?.extract()?,
-                        reason: field(intern!(py, "reason"))?.extract()?,
+                        text: text_field(intern!(py, "text"))?,
+                        reason: text_field(intern!(py, "reason"))?,
                     });
                 }
                 let mut ins = Vec::with_capacity(n);
