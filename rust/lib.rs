@@ -415,7 +415,17 @@ mod python {
                             ))
                         })
                     };
-                    let stage: PyBackedStr = field(intern!(py, "stage"))?.extract()?;
+                    let text_field = |name: &Bound<'py, pyo3::types::PyString>| {
+                        field(name)?.extract::<PyBackedStr>().map_err(|_| {
+                            PyValueError::new_err(format!(
+                                "attempt #{i}: {} must be a str",
+                                name.to_string_lossy()
+                            ))
+                        })
+                    };
+                    let stage = text_field(intern!(py, "stage"))?;
+                    let stage = stage_of(&stage)
+                        .map_err(|e| PyValueError::new_err(format!("attempt #{i}: {e}")))?;
                     let sample = field(intern!(py, "sample_index"))?
                         .extract::<u32>()
                         .map_err(|_| {
@@ -424,12 +434,12 @@ mod python {
                             ))
                         })?;
                     rows.push(Row {
-                        pid: field(intern!(py, "problem_id"))?.extract()?,
-                        stage: stage_of(&stage)?,
+                        pid: text_field(intern!(py, "problem_id"))?,
+                        stage,
                         sample,
                         correct: field(intern!(py, "correct"))?.is_truthy()?,
-                        text: field(intern!(py, "text"))?.extract()?,
-                        reason: field(intern!(py, "reason"))?.extract()?,
+                        text: text_field(intern!(py, "text"))?,
+                        reason: text_field(intern!(py, "reason"))?,
                     });
                 }
                 let mut ins = Vec::with_capacity(n);
@@ -544,17 +554,12 @@ mod python {
                     .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
                     .collect();
                 let (data, off) = self.with(py, move |l| {
-                    let mut data = Vec::new();
-                    let mut off: Vec<u8> = 0i64.to_le_bytes().to_vec();
-                    for p in ps {
-                        if p as usize >= l.len() {
-                            return Err(Error::Msg(format!("problem #{p} out of range")));
-                        }
-                        data.extend_from_slice(l.reference(p)?.as_bytes());
-                        off.extend_from_slice(&(data.len() as i64).to_le_bytes());
+                    if let Some(&p) = ps.iter().find(|&&p| p as usize >= l.len()) {
+                        return Err(Error::Msg(format!("problem #{p} out of range")));
                     }
-                    Ok((data, off))
+                    l.references(&ps)
                 })?;
+                let off: Vec<u8> = off.iter().flat_map(|x| x.to_le_bytes()).collect();
                 Ok((PyBytes::new(py, &data), PyBytes::new(py, &off)))
             }
 

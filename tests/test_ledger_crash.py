@@ -20,7 +20,7 @@ from onpolicy_sft.ledger import Attempt, Ledger, LedgerCorruptError, LedgerWarni
 N_PROBLEMS = 50
 PER_BATCH = 20
 
-# The child appends batches forever and prints each batch id once `record`
+# The child appends batches forever (every 4th one ~1-2 MB) and prints each batch id once `record`
 # has returned (acknowledged = durable). Attempt j of batch b is fully
 # determined by (b, j), so the parent can check that what it reads is whole.
 CHILD = r"""
@@ -38,7 +38,7 @@ while True:
         n = (b * 7 + j) % 300
         batch.append(Attempt(
             problem_id=f"p{(b + j) % 50}", stage="self", sample_index=b * 100 + j,
-            text=f"batch {b} item {j} " + "x" * ((b + j) % 997),
+            text=f"batch {b} item {j} " + "x" * ((b + j) % 997) * (100 if b % 4 == 0 else 1),
             token_ids=np.arange(n, dtype=np.int64) + b,
             behavior_logprobs=np.full(n, -(b % 13) - j / 32, dtype=np.float32),
             correct=(b + j) % 3 == 0, reason=f"r{b}",
@@ -56,7 +56,8 @@ def expected(b: int, j: int) -> Attempt:
         problem_id=f"p{(b + j) % 50}",
         stage="self",
         sample_index=b * 100 + j,
-        text=f"batch {b} item {j} " + "x" * ((b + j) % 997),
+        # every 4th batch is ~1-2 MB, large enough for record's early writeback
+        text=f"batch {b} item {j} " + "x" * ((b + j) % 997) * (100 if b % 4 == 0 else 1),
         token_ids=list(range(b, b + n)),
         behavior_logprobs=np.full(n, -(b % 13) - j / 32, dtype=np.float32),
         correct=(b + j) % 3 == 0,
@@ -76,6 +77,7 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_batch(tmp_path: Path) -
     path = tmp_path / "led"
     rng = random.Random(1234)
     acked: set[int] = set()
+    torn = 0  # kills that landed inside a write (informational: timing decides)
     env = child_env()
     trials = 24
     for trial in range(trials):
@@ -88,12 +90,23 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_batch(tmp_path: Path) -
             text=True,
         )
         lines: list[str] = []
-        reader = threading.Thread(
-            target=lambda p=proc, out=lines: out.extend(p.stdout), daemon=True
-        )
+        before_big = threading.Event()  # the child is about to write a big batch
+
+        def read(p: subprocess.Popen = proc, out: list[str] = lines, ev=before_big) -> None:
+            for line in p.stdout:
+                out.append(line)
+                if int(line) % 4 == 3:
+                    ev.set()
+
+        reader = threading.Thread(target=read, daemon=True)
         reader.start()
-        # first trials die early (some while opening), later ones after many commits
-        time.sleep(rng.uniform(0.05, 0.3) if trial % 3 else rng.uniform(0.3, 0.9))
+        if trial % 2:
+            # random moments: some during open, some after many commits
+            time.sleep(rng.uniform(0.05, 0.3) if trial % 3 else rng.uniform(0.3, 0.9))
+        else:
+            # aim at a big batch in flight (its early writeback) to leave torn tails
+            before_big.wait(timeout=5)
+            time.sleep(rng.uniform(0.0, 0.04))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         reader.join()
@@ -102,8 +115,9 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_batch(tmp_path: Path) -
         assert "Error" not in err, err
         acked.update(int(x) for x in lines)
         # every acknowledged batch is there and whole; nothing partial is visible
-        with _any_warnings():
+        with _any_warnings() as seen_warnings:
             led = Ledger.open(path)
+        torn += len(seen_warnings.caught)
         with led:
             seen: dict[int, list[Attempt]] = {}
             for p in range(N_PROBLEMS):
@@ -121,17 +135,19 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_batch(tmp_path: Path) -
             led.record([expected(999_999, 0)])
             assert led.attempts("p49")[-1] == expected(999_999, 0)
     assert len(acked) > trials, f"too few batches acknowledged to test anything: {len(acked)}"
+    print(f"{trials} kills, {len(acked)} batches acknowledged, {torn} torn tails cut")
 
 
 class _any_warnings:
     """Collect LedgerWarnings without requiring one (a kill between commits leaves none)."""
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> _any_warnings:
         import warnings
 
         self._cm = warnings.catch_warnings(record=True)
         self.caught = self._cm.__enter__()
         warnings.simplefilter("always")
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self._cm.__exit__(*exc)
@@ -327,3 +343,46 @@ def test_merge_of_shards_equals_single_writer(
             assert assignment(one, sel, 3) == assignment(merged, sel, 3)
         s1, s2 = one.stats(), merged.stats()
         assert s1["tiers"] == s2["tiers"] and s1["stages"].keys() == s2["stages"].keys()
+
+
+def test_forked_child_does_not_keep_the_writer_lock(tmp_path: Path) -> None:
+    path = tmp_path / "led"
+    led = Ledger.open(path)
+    pid = os.fork()
+    if pid == 0:  # child: outlive the parent's ledger, like a forked worker pool
+        time.sleep(3)
+        os._exit(0)
+    try:
+        led.close()
+        with Ledger.open(path) as again:  # would be refused if the child held the lock
+            again.add_problems(["x"], ["y"])
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+def test_second_writer_in_another_process_refused_naming_holder(tmp_path: Path) -> None:
+    from onpolicy_sft.ledger import LedgerLockedError
+
+    path = tmp_path / "led"
+    code = (
+        "import sys, time\n"
+        "from onpolicy_sft.ledger import Ledger\n"
+        "led = Ledger.open(sys.argv[1])\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True, env=child_env()
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        with pytest.raises(LedgerLockedError, match=rf"locked by another writer \(pid {proc.pid} "):
+            Ledger.open(path)
+        with Ledger.open(path, readonly=True) as reader:  # readers are welcome
+            assert len(reader) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    with Ledger.open(path):  # the kernel dropped the killed holder's lock
+        pass

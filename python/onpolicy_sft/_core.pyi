@@ -2,7 +2,7 @@
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, final
 
 __version__: str
 
@@ -38,6 +38,7 @@ class LedgerError(Exception): ...
 class LedgerCorruptError(LedgerError): ...
 class LedgerLockedError(LedgerError): ...
 
+@final
 class LedgerCore:
     def __new__(
         cls,

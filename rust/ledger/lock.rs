@@ -9,11 +9,62 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Once;
 
 use crate::error::{Error, Result};
 
 pub struct WriterLock {
     _file: File,
+    slot: Option<usize>,
+}
+
+// A forked child inherits the lock's file descriptor, and with it the lock:
+// a worker pool forked while a ledger is open would keep the ledger locked
+// after its parent dies. The child half of a pthread_atfork handler closes
+// the inherited descriptors (close(2) is async-signal-safe; the slots are
+// plain atomics, so the handler takes no lock). The parent's lock stays.
+const SLOTS: usize = 64;
+static LOCK_FDS: [AtomicI32; SLOTS] = [const { AtomicI32::new(-1) }; SLOTS];
+static ATFORK: Once = Once::new();
+
+extern "C" fn close_inherited_locks() {
+    for slot in &LOCK_FDS {
+        let fd = slot.swap(-1, Ordering::SeqCst);
+        if fd >= 0 {
+            // SAFETY: fd was a lock descriptor of the parent, inherited by this child.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+fn register_for_fork(fd: i32) -> Option<usize> {
+    ATFORK.call_once(|| {
+        // SAFETY: registering a handler that only calls close(2).
+        unsafe { libc::pthread_atfork(None, None, Some(close_inherited_locks)) };
+    });
+    LOCK_FDS.iter().position(|s| {
+        s.compare_exchange(-1, fd, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    })
+}
+
+impl Drop for WriterLock {
+    fn drop(&mut self) {
+        if let Some(i) = self.slot {
+            LOCK_FDS[i].store(-1, Ordering::SeqCst);
+        }
+        // `_file` closes after this, releasing the lock
+    }
+}
+
+/// Whether process `pid` exists (on this host).
+fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe {
+        libc::kill(pid, 0) == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> Error {
@@ -86,7 +137,19 @@ impl WriterLock {
             }
         }
         if !got {
-            let holder = read_holder(&mut file);
+            let mut holder = read_holder(&mut file);
+            let pid = holder
+                .strip_prefix("pid ")
+                .and_then(|r| r.split(' ').next())
+                .and_then(|p| p.parse::<i32>().ok());
+            let same_host = holder.contains(&format!(" on host {} ", hostname()));
+            if let (Some(pid), true) = (pid, same_host) {
+                if !pid_alive(pid) {
+                    holder.push_str(&format!(
+                        "; pid {pid} has exited, so a process it started still holds the lock: stop leftover worker processes"
+                    ));
+                }
+            }
             return Err(Error::Locked {
                 path: dir.display().to_string(),
                 holder,
@@ -108,7 +171,8 @@ impl WriterLock {
             .map_err(|e| io_err(&path, e))?;
         file.write_all(info.as_bytes())
             .map_err(|e| io_err(&path, e))?;
-        Ok(WriterLock { _file: file })
+        let slot = register_for_fork(file.as_raw_fd());
+        Ok(WriterLock { _file: file, slot })
     }
 
     /// Whether some process holds the writer lock right now (readers use
