@@ -246,11 +246,12 @@ def test_tokenisation_puts_the_loss_on_response_tokens_and_eos(
     for i, ex in enumerate(examples):
         prompt_ids = tok(cols["prompt"][i], add_special_tokens=False).input_ids
         resp = cols["response_token_ids"][i]
-        assert ex.input_ids == prompt_ids + resp
-        assert ex.labels == [-100] * len(prompt_ids) + resp
+        assert ex.input_ids.tolist() == prompt_ids + list(resp)
+        assert ex.labels.tolist() == [-100] * len(prompt_ids) + list(resp)
         assert ex.labels[-1] == tok.eos_token_id
         assert ex.behavior is not None
         assert ex.behavior[len(prompt_ids) :] == pytest.approx(cols["behavior_logprobs"][i])
+        assert not ex.behavior[: len(prompt_ids)].any()
 
 
 def test_plain_dataset_is_templated_and_gets_eos(tiny_qwen2: Path, tmp_path: Path) -> None:
@@ -267,8 +268,8 @@ def test_plain_dataset_is_templated_and_gets_eos(tiny_qwen2: Path, tmp_path: Pat
     (ex,), _ = build_examples(read_data(str(path)), tok, cfg)
     p = tok(train_prompt(tok, "1+1?"), add_special_tokens=False).input_ids
     r = tok("2. \\boxed{2}", add_special_tokens=False).input_ids
-    assert ex.input_ids == p + r + [tok.eos_token_id]
-    assert ex.labels == [-100] * len(p) + r + [tok.eos_token_id]
+    assert ex.input_ids.tolist() == [*p, *r, tok.eos_token_id]
+    assert ex.labels.tolist() == [-100] * len(p) + r + [tok.eos_token_id]
 
 
 def _one_row(tiny_qwen2: Path, tmp_path: Path, **row: Any) -> Path:
