@@ -793,6 +793,20 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
     if trainer.is_world_process_zero():
         cfg.save(out / "train_config.json")
         _write_json(out / "data_stats.json", stats.to_dict())
+        dropped = (
+            stats.dropped_overlong
+            + stats.dropped_prompt_too_long
+            + stats.dropped_no_behavior
+            + stats.dropped_empty_response
+        )
+        print(
+            f"train: {stats.used}/{stats.rows} rows ({stats.response_tokens} response tokens), "
+            f"{stats.truncated} truncated and {dropped} dropped at max_length={cfg.max_length} "
+            f"(see data_stats.json); loss={cfg.loss}, {grad_accum} accumulation step(s) x "
+            f"{cfg.micro_batch_size} x {world} device(s)",
+            file=sys.stderr,
+            flush=True,
+        )
     result = trainer.train(resume_from_checkpoint=resume_from)
     trainer.loss_head.remove()
     trainer.save_model(str(out))
