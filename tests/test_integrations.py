@@ -65,10 +65,12 @@ def data_dir(tiny_qwen2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 STEPS = 4
 
 
-@pytest.mark.parametrize("scheme", ["sft", "dft", "is", "idft"])
+@pytest.mark.parametrize("scheme", ["sft", "dft", "is", "idft", "dft-per-sequence"])
 def test_compute_loss_func_in_a_plain_trainer_matches_onpolicy_sft_train(
     scheme: str, tiny_qwen2: Path, data_dir: Path, tmp_path: Path
 ) -> None:
+    normalize = "sequence" if scheme.endswith("per-sequence") else "tokens"
+    scheme = scheme.split("-")[0]
     from onpolicy_sft.cli import main
     from onpolicy_sft.config import TrainConfig
     from onpolicy_sft.integrations import compute_loss_func
@@ -82,6 +84,7 @@ def test_compute_loss_func_in_a_plain_trainer_matches_onpolicy_sft_train(
     argv += ["--loss", scheme, "--lr", "2e-3", "--max-steps", str(STEPS), "--warmup-ratio", "0"]
     argv += ["--global-batch-size", "4", "--micro-batch-size", "2", "--seed", "3"]
     argv += ["--lr-scheduler", "constant", "--save-steps", "1000", "--loss-backend", "torch"]
+    argv += ["--normalize", normalize]
     assert main(argv) == 0
     state = json.loads((ours / "trainer_state.json").read_text())
     ours_loss = [h["loss"] for h in state["log_history"] if "nll" in h]
@@ -91,7 +94,11 @@ def test_compute_loss_func_in_a_plain_trainer_matches_onpolicy_sft_train(
     cfg = TrainConfig(model=str(tiny_qwen2), data=str(data_dir), out=str(tmp_path), loss=scheme)
     examples, _ = build_examples(read_data(str(data_dir)), tok, cfg)
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
-    loss_func = compute_loss_func(scheme, model=model, backend="torch")
+    # (every micro-batch holds 2 sequences, so per-sequence normalisation over the
+    # accumulated batch is the micro-batch mean / accumulation steps)
+    loss_func = compute_loss_func(
+        scheme, model=model, backend="torch", normalize=normalize, gradient_accumulation_steps=2
+    )
     trainer = Trainer(
         model=model,
         args=TrainingArguments(
