@@ -448,6 +448,8 @@ def evaluate(
     finally:
         if own_verifier and hasattr(verifier, "close"):
             verifier.close()
+        if own_engine and hasattr(engine, "close"):
+            engine.close()  # vLLM: give the GPU memory back (several evaluations per process)
     results["average"] = _average(results["benchmarks"])
     _write_json(out / "results.json", results)
     md = results_markdown([results])
