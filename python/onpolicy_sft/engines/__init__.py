@@ -7,7 +7,7 @@ available, else the HF engine. Backends are imported only when chosen.
 from __future__ import annotations
 
 import importlib.util
-from typing import Any
+from typing import Any, cast
 
 from onpolicy_sft.engines.base import Engine, Sample
 
@@ -39,7 +39,7 @@ def load_engine(kind: str, model: Any, **kwargs: Any) -> Engine:
 
         for key in ("max_batch_size", "score_batch_size", "device"):
             kwargs.pop(key, None)
-        return VLLMEngine(model, **kwargs)
+        return cast(Engine, VLLMEngine(model, **kwargs))
     from onpolicy_sft.engines.hf import HFEngine
 
     for key in (

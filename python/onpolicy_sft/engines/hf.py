@@ -245,7 +245,7 @@ class HFEngine:
                 dtype = getattr(torch, dtype)
             self.model = AutoModelForCausalLM.from_pretrained(
                 path, dtype=dtype, trust_remote_code=trust_remote_code
-            ).to(device)
+            ).to(device)  # type: ignore[arg-type]
             self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(
                 path, trust_remote_code=trust_remote_code
             )

@@ -142,7 +142,7 @@ class VLLMEngine:
                 ids = list(comp.token_ids)
                 lps = [
                     float(step[tok].logprob) if step and tok in step else float("nan")
-                    for tok, step in zip(ids, comp.logprobs or [None] * len(ids))
+                    for tok, step in zip(ids, comp.logprobs or [{}] * len(ids))
                 ]
                 samples.append(
                     Sample(

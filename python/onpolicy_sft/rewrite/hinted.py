@@ -263,7 +263,8 @@ def hinted_decode_reference(
                 lq_ = model(input_ids=seq_q, use_cache=False).logits[:, -1].float()
                 modes = torch.as_tensor([state.mode()], device=device)
                 out = _mix_step(lp_, lq_, modes, u[t : t + 1], params, log_v)
-                if state.push(*(x.item() for x in out)):
+                tok, beh, base, phi, lam = (x.item() for x in out)
+                if state.push(int(tok), float(beh), float(base), float(phi), float(lam)):
                     break
             per_problem.append(state.result())
         results.append(per_problem)

@@ -23,7 +23,7 @@ import json
 import os
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,7 +58,7 @@ class Timer:
     """Wall time per phase (generation, scoring, verification, ledger, bookkeeping)."""
 
     def __init__(self) -> None:
-        self.totals: Counter[str] = Counter()
+        self.totals: defaultdict[str, float] = defaultdict(float)
 
     def __call__(self, name: str) -> _Phase:
         return _Phase(self, name)
@@ -286,7 +286,7 @@ class Pipeline:
         return [pid for pid in pending if pid not in set(done)]
 
     def _progress(self, total: int, stage: str) -> Any:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
         return tqdm(
             total=total,
