@@ -142,3 +142,20 @@ def test_missing_model_path_names_it(tmp_path, kind):
 def test_unknown_engine_kind():
     with pytest.raises(ValueError, match="engine 'tgi' is not known"):
         load_engine("tgi", "x")
+
+
+def test_per_row_prefill_equals_padded_batch(engine):
+    """Prefilling prompts one by one and left-padding the caches = one padded batch."""
+    from onpolicy_sft.engines.hf import Stream
+
+    ids = [engine.encode(p) for p in prompts(engine)]
+    assert len(ids[0]) != len(ids[1])  # padding is exercised
+    a, b = Stream(engine.model, engine.pad_id), Stream(engine.model, engine.pad_id)
+    la = a.prefill(ids, repeat=2, per_row=True)
+    lb = b.prefill(ids, repeat=2, per_row=False)
+    torch.testing.assert_close(la, lb, atol=1e-4, rtol=1e-4)
+    tok = la.argmax(-1)
+    for _ in range(3):
+        la, lb = a.step(tok), b.step(tok)
+        torch.testing.assert_close(la, lb, atol=1e-4, rtol=1e-4)
+        tok = la.argmax(-1)

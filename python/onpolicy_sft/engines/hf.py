@@ -134,31 +134,47 @@ class Stream:
         self.next_pos: torch.Tensor | None = None  # (B,) position of the next token
 
     @torch.no_grad()
-    def prefill(self, prompts: Sequence[Sequence[int]], repeat: int = 1) -> torch.Tensor:
-        """Run the prompts; return the last-position logits (B * repeat, V) float32."""
+    def prefill(
+        self, prompts: Sequence[Sequence[int]], repeat: int = 1, per_row: bool | None = None
+    ) -> torch.Tensor:
+        """Run the prompts; return the last-position logits (B * repeat, V) float32.
+
+        per_row (default: on CPU) prefills each prompt alone and left-pads the
+        caches afterwards. On CPU a padded batch forces SDPA's masked math path,
+        which materialises (B, heads, L, L): 32 hinted prompts of 811-4705 tokens
+        took 10.2 s batched vs 0.84 s row by row (tiny Qwen2, 1 thread). On GPU
+        the padded batch is the faster choice.
+        """
         from transformers import DynamicCache
 
-        length = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), length), dtype=torch.long)
-        for i, p in enumerate(prompts):
+        for p in prompts:
             if len(p) == 0:
                 raise ValueError("an empty prompt cannot be generated from; check the prompt text")
-            ids[i, length - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
+        length = max(len(p) for p in prompts)
+        mask = torch.zeros((len(prompts), length), dtype=torch.long)
+        for i, p in enumerate(prompts):
             mask[i, length - len(p) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        pos = (mask.cumsum(-1) - 1).clamp_(min=0)
-        self.cache = DynamicCache(config=self.model.config)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=pos,
-            past_key_values=self.cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        self.cache = out.past_key_values
-        logits = out.logits[:, -1, :].float()
+        mask = mask.to(self.device)
+        if per_row is None:
+            per_row = self.device.type == "cpu" and len(prompts) > 1
+        logits = self._prefill_rows(prompts, length) if per_row else None
+        if logits is None:
+            ids = torch.full((len(prompts), length), self.pad_id, dtype=torch.long)
+            for i, p in enumerate(prompts):
+                ids[i, length - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
+            ids = ids.to(self.device)
+            pos = (mask.cumsum(-1) - 1).clamp_(min=0)
+            self.cache = DynamicCache(config=self.model.config)
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=pos,
+                past_key_values=self.cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            self.cache = out.past_key_values
+            logits = out.logits[:, -1, :].float()
         self.mask = mask
         self.next_pos = mask.sum(-1)
         if repeat > 1:
@@ -167,6 +183,40 @@ class Stream:
             self.next_pos = self.next_pos.repeat_interleave(repeat, dim=0)
             logits = logits.repeat_interleave(repeat, dim=0)
         return logits
+
+    def _prefill_rows(self, prompts: Sequence[Sequence[int]], length: int) -> torch.Tensor | None:
+        """Prefill one prompt at a time, then left-pad and stack the caches.
+
+        Returns None (caller falls back to the padded batch) for caches that are
+        not plain per-layer key/value tensors (sliding-window or hybrid layers).
+        """
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        caches, logits = [], []
+        for p in prompts:
+            cache = DynamicCache(config=self.model.config)
+            if any(type(layer) is not DynamicLayer for layer in cache.layers):
+                return None
+            out = self.model(
+                input_ids=torch.as_tensor([list(p)], dtype=torch.long, device=self.device),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            caches.append(out.past_key_values)
+            logits.append(out.logits[:, -1, :].float())
+        merged = DynamicCache(config=self.model.config)
+        for li in range(len(caches[0].layers)):
+            keys, values = [], []
+            for c, p in zip(caches, prompts):
+                pad = length - len(p)
+                k, v = c.layers[li].keys, c.layers[li].values  # (1, heads, len, dim)
+                keys.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
+                values.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
+            merged.update(torch.cat(keys), torch.cat(values), li)
+        self.cache = merged
+        return torch.cat(logits)
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
