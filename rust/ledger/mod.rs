@@ -353,7 +353,9 @@ impl Ledger {
                         return Err(Error::Corrupt {
                             path: path.display().to_string(),
                             offset: bad,
-                            detail: format!("{detail}, and valid records follow it, so this is not a torn tail from a crash"),
+                            detail: format!(
+                                "{detail}; not a torn tail from a crash (whole records or later segments follow it)"
+                            ),
                             fix: format!(
                                 "open with repair=True to keep everything before byte {at} (the last whole commit) and move the rest aside, or restore the file from a copy"
                             ),
