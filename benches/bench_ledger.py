@@ -295,6 +295,29 @@ def main() -> int:
             "<= 200 B",
         )
     )
+    # a realistic mix: 8 attempts per problem (4 self + 4 guided), ~40% correct
+    mix_n = min(n, 100_000)
+    mix_dir = Path(tempfile.mkdtemp(dir=shm or root))
+    try:
+        empty = np.zeros(0, dtype=np.float32)
+        mix = [
+            Attempt(ids[i], "self" if k < 4 else "guided", k, "", [], empty, (i + k) % 5 < 2)
+            for i in range(mix_n)
+            for k in range(8)
+        ]
+        time_record(mix_dir / "l", ids[:mix_n], mix)
+        with Ledger.open(mix_dir / "l", readonly=True) as m:
+            res["index_bytes_per_problem_8_attempts"] = m.stats()["index_bytes"] / mix_n
+    finally:
+        shutil.rmtree(mix_dir)
+    rows.append(
+        (
+            "index memory, 8 attempts/problem, 40% correct",
+            f"{res['index_bytes_per_problem_8_attempts']:.0f} B",
+            "",
+            "<= 200 B",
+        )
+    )
     for sel in ("likeliest", "random"):
         ts = []
         for _ in range(3):
