@@ -421,9 +421,8 @@ class Ledger:
             other = expert_part.get(name)
             if other is None:
                 other = pa.nulls(ne, type=part.type)
-            elif other.type != part.type:
-                other = other.cast(part.type)
-                part = part.cast(other.type) if part.type != other.type else part
+            elif other.type != part.type:  # one side needed 64-bit offsets
+                part, other = part.cast(pa.large_string()), other.cast(pa.large_string())
             columns[name] = pa.concat_arrays([part, other])
         order = np.concatenate([chosen, expert])
         inverse = np.empty_like(order)

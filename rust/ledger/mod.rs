@@ -7,6 +7,21 @@
 //! either the whole call or none of it. The in-memory [`index::Index`]
 //! keeps problems, stage bits and correct attempts; texts and arrays stay on
 //! disk and are read back by location.
+//!
+//! Recovery on open (every frame's CRC is checked):
+//! - a *torn tail* in the last segment (a frame cut short, or zero blocks the
+//!   kernel never wrote, with nothing valid after it) is what a crash leaves
+//!   behind: a writer cuts it back to the last COMMIT and warns with the bytes
+//!   and records dropped; a reader ignores it (silently while a writer holds
+//!   the lock, since that is simply a write in flight);
+//! - anything else (a whole frame with a bad checksum, valid frames after a
+//!   bad one, a missing segment) is corruption: an error naming the file and
+//!   byte offset, unless `repair`, which keeps everything up to the last whole
+//!   commit before it and moves the rest aside to `*.quarantine*` files.
+//!
+//! Concurrency: one writer, enforced by `flock` on `LOCK` (see `lock`);
+//! any number of readers, which never write and see the committed prefix
+//! as of their open.
 
 pub mod crc;
 pub mod format;
