@@ -342,7 +342,20 @@ impl Ledger {
             .map_err(|e| io(&path, e))?;
             data.clear();
             (&file).read_to_end(&mut data).map_err(|e| io(&path, e))?;
-            let (tail, valid) = me.replay(num, &path, &data, is_last)?;
+            let (tail, valid) = match me.replay(num, &path, &data, is_last) {
+                // a damaged segment header: nothing of it was applied, so
+                // repair can set this and every later segment aside
+                Err(Error::Corrupt { offset, detail, .. })
+                    if opts.repair && offset < SEG_HEADER as u64 =>
+                {
+                    me.quarantine_from(
+                        &nums[i..],
+                        &format!("{} has a damaged header: {detail}", path.display()),
+                    )?;
+                    break;
+                }
+                r => r?,
+            };
             let valid = valid as u64;
             match tail {
                 Tail::Clean => {}
