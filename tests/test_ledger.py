@@ -183,6 +183,9 @@ def test_stats(ledger: Ledger) -> None:
     assert s["stages"]["guided"]["problems_solved"] == 1
     assert s["mean_base_logprob"]["self"]["mean"] == pytest.approx(-1.0)
     assert s["mean_base_logprob"]["guided"]["mean"] == pytest.approx(-3.0)
+    assert s["stages"]["hinted"]["pass_rate"] is None
+    assert s["mean_base_logprob"]["hinted"]["mean"] is None
+    json.dumps(s, allow_nan=False)
     assert 0 < s["index_bytes"] < 10_000
 
 

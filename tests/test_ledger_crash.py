@@ -386,3 +386,27 @@ def test_second_writer_in_another_process_refused_naming_holder(tmp_path: Path) 
         proc.wait()
     with Ledger.open(path):  # the kernel dropped the killed holder's lock
         pass
+
+
+def test_readers_open_cleanly_while_a_writer_appends(tmp_path: Path) -> None:
+    path = tmp_path / "led"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(path), "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        assert proc.stdout.readline().strip() == "0"  # first batch acknowledged
+        counts = []
+        for _ in range(8):
+            with _any_warnings() as caught, Ledger.open(path, readonly=True) as reader:
+                n = sum(len(reader.attempts(f"p{p}")) for p in range(N_PROBLEMS))
+            assert caught.caught == [], "a write in flight is not a torn tail"
+            assert n % PER_BATCH == 0, f"reader saw a partial batch ({n} attempts)"
+            counts.append(n)
+            time.sleep(0.02)
+        assert counts == sorted(counts) and counts[-1] > counts[0], counts
+    finally:
+        proc.kill()
+        proc.wait()

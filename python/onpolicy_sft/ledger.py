@@ -354,7 +354,15 @@ class Ledger:
         """Counts per tier, pass rate per stage, mean base log-prob per tier (of the
         attempts ``selection`` chooses), index memory and disk size."""
         _check_selection(selection)
-        return dict(self._live().stats(selection, seed))
+        s = dict(self._live().stats(selection, seed))
+        # undefined rates and means are None (not NaN) so the dict serialises as JSON
+        for stage in s["stages"].values():
+            if stage["attempts"] == 0:
+                stage["pass_rate"] = None
+        for tier in s["mean_base_logprob"].values():
+            if tier["with_base"] == 0:
+                tier["mean"] = None
+        return s
 
     def to_arrow(self, selection: str = "likeliest", seed: int = 0) -> Any:
         """The assigned training set as a pyarrow Table, one row per problem in ledger order.
@@ -413,9 +421,8 @@ class Ledger:
             other = expert_part.get(name)
             if other is None:
                 other = pa.nulls(ne, type=part.type)
-            elif other.type != part.type:
-                other = other.cast(part.type)
-                part = part.cast(other.type) if part.type != other.type else part
+            elif other.type != part.type:  # one side needed 64-bit offsets
+                part, other = part.cast(pa.large_string()), other.cast(pa.large_string())
             columns[name] = pa.concat_arrays([part, other])
         order = np.concatenate([chosen, expert])
         inverse = np.empty_like(order)

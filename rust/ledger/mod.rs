@@ -7,6 +7,21 @@
 //! either the whole call or none of it. The in-memory [`index::Index`]
 //! keeps problems, stage bits and correct attempts; texts and arrays stay on
 //! disk and are read back by location.
+//!
+//! Recovery on open (every frame's CRC is checked):
+//! - a *torn tail* in the last segment (a frame cut short, or zero blocks the
+//!   kernel never wrote, with nothing valid after it) is what a crash leaves
+//!   behind: a writer cuts it back to the last COMMIT and warns with the bytes
+//!   and records dropped; a reader ignores it (silently while a writer holds
+//!   the lock, since that is simply a write in flight);
+//! - anything else (a whole frame with a bad checksum, valid frames after a
+//!   bad one, a missing segment) is corruption: an error naming the file and
+//!   byte offset, unless `repair`, which keeps everything up to the last whole
+//!   commit before it and moves the rest aside to `*.quarantine*` files.
+//!
+//! Concurrency: one writer, enforced by `flock` on `LOCK` (see `lock`);
+//! any number of readers, which never write and see the committed prefix
+//! as of their open.
 
 pub mod crc;
 pub mod format;
@@ -327,7 +342,20 @@ impl Ledger {
             .map_err(|e| io(&path, e))?;
             data.clear();
             (&file).read_to_end(&mut data).map_err(|e| io(&path, e))?;
-            let (tail, valid) = me.replay(num, &path, &data, is_last)?;
+            let (tail, valid) = match me.replay(num, &path, &data, is_last) {
+                // a damaged segment header: nothing of it was applied, so
+                // repair can set this and every later segment aside
+                Err(Error::Corrupt { offset, detail, .. })
+                    if opts.repair && offset < SEG_HEADER as u64 =>
+                {
+                    me.quarantine_from(
+                        &nums[i..],
+                        &format!("{} has a damaged header: {detail}", path.display()),
+                    )?;
+                    break;
+                }
+                r => r?,
+            };
             let valid = valid as u64;
             match tail {
                 Tail::Clean => {}
@@ -353,7 +381,9 @@ impl Ledger {
                         return Err(Error::Corrupt {
                             path: path.display().to_string(),
                             offset: bad,
-                            detail: format!("{detail}, and valid records follow it, so this is not a torn tail from a crash"),
+                            detail: format!(
+                                "{detail}; not a torn tail from a crash (whole records or later segments follow it)"
+                            ),
                             fix: format!(
                                 "open with repair=True to keep everything before byte {at} (the last whole commit) and move the rest aside, or restore the file from a copy"
                             ),

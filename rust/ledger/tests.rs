@@ -448,3 +448,53 @@ fn every_flipped_byte_is_detected() {
     }
     fs::remove_dir_all(&d).unwrap();
 }
+
+/// A damaged header of a later segment is named; repair keeps the earlier
+/// segments and sets the damaged one (and any after it) aside.
+#[test]
+fn damaged_segment_header_named_then_set_aside() {
+    let d = tmpdir("header");
+    let mut l = Ledger::open(
+        &d,
+        &OpenOptions2 {
+            segment_bytes: 4096,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    fill(&mut l, 40, 6);
+    let segs = l.segs.len();
+    assert!(segs >= 3);
+    drop(l);
+    let second = d.join(segment_name(2));
+    let mut bytes = fs::read(&second).unwrap();
+    bytes[3] ^= 0xff;
+    fs::write(&second, &bytes).unwrap();
+    let e = Ledger::open(&d, &OpenOptions2::default())
+        .err()
+        .expect("damaged header");
+    assert!(
+        matches!(&e, Error::Corrupt { path, offset: 0, .. } if path.ends_with("seg-00000002.ldg")),
+        "{e}"
+    );
+    let l = Ledger::open(
+        &d,
+        &OpenOptions2 {
+            repair: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(l.segs.len(), 1);
+    assert_eq!(l.warnings().len(), segs - 1, "{:?}", l.warnings());
+    assert!(
+        l.warnings()[0].contains("damaged header"),
+        "{:?}",
+        l.warnings()
+    );
+    drop(l);
+    let l = writer(&d);
+    assert!(l.warnings().is_empty());
+    assert!(d.join(format!("{}.quarantine", segment_name(2))).exists());
+    fs::remove_dir_all(&d).unwrap();
+}
