@@ -75,6 +75,19 @@ fn parse_latex(s: &str) -> Result<Value, PErr> {
     if st.ends_with('.') && !st.ends_with("\\.") {
         return Err(PErr::Invalid);
     }
+    // ... nor a dangling separator or operator ("x = 5,", "3 \cdot", "= 5", "*(n)"),
+    // an ellipsis command, or a congruence with \pmod
+    let dangling_end = [",", "=", "+", "-", "*", "/", "^", "\\cdot", "\\times"];
+    if dangling_end
+        .iter()
+        .any(|d| st.ends_with(d) && !st.ends_with("\\,"))
+        || st.starts_with('*')
+        || st.starts_with('=')
+        || ellipsis_after_operator(st)
+        || (st.contains("\\equiv") && st.contains("\\pmod"))
+    {
+        return Err(PErr::Invalid);
+    }
     match parse::parse_answer(st) {
         Ok(v) => Ok(v),
         Err(e) => {
@@ -95,6 +108,23 @@ fn parse_latex(s: &str) -> Result<Value, PErr> {
             Err(e)
         }
     }
+}
+
+/// `\dots` / `\cdots` at the start or right after an operator or comma: the
+/// reference's parser rejects it (inside a product, `(2)\cdots(4)`, it does not).
+fn ellipsis_after_operator(s: &str) -> bool {
+    for pat in ["\\cdots", "\\dots"] {
+        let mut from = 0;
+        while let Some(p) = s[from..].find(pat) {
+            let at = from + p;
+            let before = s[..at].trim_end();
+            if before.is_empty() || before.ends_with(['+', '-', '=', ',', '*']) {
+                return true;
+            }
+            from = at + pat.len();
+        }
+    }
+    false
 }
 
 /// Split at `=` not preceded by `\`, `<`, `!`, `>`.
