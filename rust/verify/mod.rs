@@ -529,4 +529,199 @@ mod tests {
         let _ = verify("$", "$");
         let _ = verify("\\", "\\");
     }
+
+    /// xorshift64*: a tiny deterministic generator for the bounded fuzz tests
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    const PIECES: &[&str] = &[
+        "\\boxed{",
+        "\\fbox{",
+        "{",
+        "}",
+        "$",
+        "$$",
+        "\\frac",
+        "\\dfrac",
+        "\\sqrt",
+        "\\sqrt[3]",
+        "1",
+        "23",
+        "4.5",
+        "0.5",
+        ".5",
+        "1,000",
+        ",",
+        " ",
+        "  ",
+        "\n",
+        "=",
+        "answer",
+        "Answer:",
+        "final answer is",
+        "The final answer is",
+        "I hope",
+        "\\(",
+        "\\)",
+        "\\[",
+        "\\]",
+        "(",
+        ")",
+        "[",
+        "]",
+        "\\{",
+        "\\}",
+        "\\left(",
+        "\\right)",
+        "x",
+        "y_1",
+        "^",
+        "_",
+        "-",
+        "+",
+        "*",
+        "/",
+        "%",
+        "\\%",
+        "\\text{",
+        "\\text{ cm}",
+        "\\mathrm{",
+        "é",
+        "😀",
+        "\0",
+        "×",
+        "÷",
+        "\\pi",
+        "\\infty",
+        "\\le",
+        "<",
+        ">",
+        "!",
+        "**",
+        "\\cdots",
+        "\\dots",
+        "\\ldots",
+        "\\cdot",
+        "\\times",
+        "^\\circ",
+        "\\pm",
+        "\\binom",
+        "\\lfloor",
+        "\\rfloor",
+        "\\log_",
+        "\\ln",
+        "\\sin",
+        "and",
+        "or",
+        "\\!",
+        "\\,",
+        "\\$",
+        "\\",
+        "e",
+        "i",
+        "E",
+        "AB",
+        "f(",
+        "2(",
+        "2^2004",
+        "99999999999999999999999999999999999999",
+        "0.3333333",
+        "\\begin{pmatrix}",
+        "\\end{pmatrix}",
+        "&",
+        "\\\\",
+        "\\alpha",
+        "\\equiv",
+        "\\pmod{",
+        "sqrt(",
+        "^(",
+    ];
+
+    fn random_text(r: &mut Rng) -> String {
+        let n = r.below(40);
+        (0..n).map(|_| PIECES[r.below(PIECES.len())]).collect()
+    }
+
+    /// Bounded fuzz: random concatenations of LaTeX-ish pieces and random bytes
+    /// never panic, always give a reason, and give the same verdict twice.
+    #[test]
+    fn fuzz_random_inputs_never_panic() {
+        let mut r = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..4000 {
+            let p = random_text(&mut r);
+            let g = random_text(&mut r);
+            let v = verify(&p, &g);
+            assert!(!v.reason.is_empty(), "{p:?} / {g:?}");
+            assert_eq!(v, verify(&p, &g), "not deterministic on {p:?} / {g:?}");
+            let _ = extract_answer(&p);
+            let wrapped = verify(&format!("so \\boxed{{{g}}}"), &g);
+            assert!(!wrapped.reason.is_empty());
+        }
+        for _ in 0..1000 {
+            let n = r.below(200);
+            let bytes: Vec<u8> = (0..n).map(|_| r.next() as u8).collect();
+            let s = String::from_utf8_lossy(&bytes);
+            let _ = verify(&s, &s);
+            let _ = extract_answer(&s);
+        }
+    }
+
+    /// Properties on generated answers: integers are equal exactly when they
+    /// are the same number; a fraction equals its reduced form and its
+    /// 6-decimal rounding; a boxed answer equals itself.
+    #[test]
+    fn generated_answers_follow_the_rules() {
+        let mut r = Rng(42);
+        for _ in 0..2000 {
+            let a = r.below(2000) as i64 - 1000;
+            let b = if r.below(2) == 0 {
+                a
+            } else {
+                r.below(2000) as i64 - 1000
+            };
+            let v = verify(&format!("The answer is $\\boxed{{{a}}}$."), &b.to_string());
+            assert_eq!(v.correct, Some(a == b), "{a} vs {b}: {v:?}");
+            let p = r.below(500) as i64 + 1;
+            let q = r.below(500) as i64 + 1;
+            let frac = format!("\\boxed{{\\frac{{{p}}}{{{q}}}}}");
+            let g = {
+                let mut x = p;
+                let mut y = q;
+                while y != 0 {
+                    (x, y) = (y, x % y);
+                }
+                if q / x == 1 {
+                    format!("{}", p / x)
+                } else {
+                    format!("\\frac{{{}}}{{{}}}", p / x, q / x)
+                }
+            };
+            assert_eq!(verify(&frac, &g).correct, Some(true), "{frac} vs {g}");
+            let dec = format!("{:.6}", p as f64 / q as f64);
+            let exact_int = p % q == 0;
+            let got = verify(
+                &format!("\\boxed{{{dec}}}"),
+                &format!("\\frac{{{p}}}{{{q}}}"),
+            )
+            .correct;
+            if !exact_int {
+                // sits on a rounding boundary only when 10^6 p / q ends in exactly .5
+                assert!(
+                    got == Some(true) || got.is_none(),
+                    "{dec} vs {p}/{q}: {got:?}"
+                );
+            }
+        }
+    }
 }
