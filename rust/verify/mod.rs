@@ -262,12 +262,6 @@ fn short(s: &str) -> String {
 }
 
 fn find(t: &str, o: &extract::ExtractOpts) -> Found {
-    if extract::has_priority0_form(t) {
-        return Found::Unsure {
-            why: "\"final answer is ... I hope\" form".into(),
-            fallback: None,
-        };
-    }
     let mut fallback: Option<String> = None;
     let mut fallback_known = true;
     let mut first = true;
