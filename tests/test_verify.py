@@ -135,7 +135,7 @@ def test_oversized_input_is_undecided_with_the_cap_in_the_reason() -> None:
 
 def test_verifier_without_fallback_counts_undecided_as_incorrect() -> None:
     v = Verifier(fallback=None)
-    out = v.verdicts(["\\boxed{\\lfloor 2.5 \\rfloor}", "\\boxed{7}"], ["2", "7"])
+    out = v.verdicts(["\\boxed{\\lfloor \\pi \\rfloor}", "\\boxed{7}"], ["3", "7"])
     assert [o.correct for o in out] == [False, True]
     assert out[0].reason.startswith("undecided")
     assert v.last_stats["undecided_without_fallback"] == 1
@@ -143,8 +143,8 @@ def test_verifier_without_fallback_counts_undecided_as_incorrect() -> None:
 
 def test_verifier_fallback_resolves_undecided_pairs() -> None:
     # floor is not in the fast path's subset: math-verify decides these
-    preds = ["\\boxed{\\lfloor 2.5 \\rfloor}", "\\boxed{\\lfloor 2.5 \\rfloor}", "\\boxed{7}"]
-    golds = ["2", "3", "7"]
+    preds = ["\\boxed{\\lfloor \\pi \\rfloor}", "\\boxed{\\lfloor \\pi \\rfloor}", "\\boxed{7}"]
+    golds = ["3", "4", "7"]
     assert verify(preds[0], golds[0]).correct is None  # the fast path defers this one
     with Verifier(fallback="math-verify", timeout_s=30.0, threads=1) as v:
         out = v.verdicts(preds, golds)
@@ -167,7 +167,7 @@ def test_verifier_kills_a_worker_at_the_deadline() -> None:
         assert v.timeouts == [0]
         # the pool recovers: a fresh worker answers the next call
         v.timeout_s = 60.0
-        out = v.verdicts(["\\boxed{\\lfloor 2.5 \\rfloor}"], ["2"])
+        out = v.verdicts(["\\boxed{\\lfloor \\pi \\rfloor}"], ["3"])
         assert out[0].correct is True
 
 

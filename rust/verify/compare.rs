@@ -136,7 +136,7 @@ pub fn eval(n: &Node, env: &dyn Fn(&str) -> Option<f64>) -> Option<Ev> {
                 _ => None,
             };
             let f = x.f.powf(y.f);
-            if !f.is_finite() && exact.is_none() {
+            if f.is_nan() && exact.is_none() {
                 return None;
             }
             Ev {
@@ -175,7 +175,22 @@ pub fn eval(n: &Node, env: &dyn Fn(&str) -> Option<f64>) -> Option<Ev> {
         }
         Node::Func(f, a) => {
             let x = eval(a, env)?;
+            if matches!(f, Fun::Floor | Fun::Ceil) {
+                if let Some(r) = x.exact {
+                    let q = r.n.div_euclid(r.d);
+                    let up = if r.n.rem_euclid(r.d) != 0 { 1 } else { 0 };
+                    return Some(Ev::rat(Rat::int(if matches!(f, Fun::Floor) {
+                        q
+                    } else {
+                        q + up
+                    })));
+                }
+                // of an irrational or a variable: not reproduced (piecewise constant;
+                // sample points cannot tell)
+                return None;
+            }
             let v = match f {
+                Fun::Floor | Fun::Ceil => unreachable!(),
                 Fun::Sin => x.f.sin(),
                 Fun::Cos => x.f.cos(),
                 Fun::Tan => x.f.tan(),
@@ -221,7 +236,7 @@ pub fn eval(n: &Node, env: &dyn Fn(&str) -> Option<f64>) -> Option<Ev> {
             }
         }
     };
-    if !r.f.is_finite() {
+    if r.f.is_nan() {
         return None;
     }
     Some(r)
@@ -308,6 +323,12 @@ fn float_eq(a: f64, b: f64) -> Option<bool> {
 fn math_eq(a: &Ev, b: &Ev) -> Option<bool> {
     if let (Some(x), Some(y)) = (a.exact, b.exact) {
         return Some(x == y);
+    }
+    // beyond f64 (2^2004): unequal to any finite value, unknown otherwise
+    match (a.f.is_infinite(), b.f.is_infinite()) {
+        (true, true) => return None,
+        (true, false) | (false, true) => return Some(false),
+        _ => {}
     }
     // an irrational value can never equal a rational exactly, but floats cannot
     // tell them apart reliably: use the numeric comparison with a grey zone
@@ -397,10 +418,11 @@ fn is_constant(n: &Node) -> bool {
 }
 
 /// Sample points for variables (fixed, so verdicts are deterministic).
+/// Positive, so that roots and logarithms of variables stay real.
 const POINTS: [[f64; 3]; 3] = [
-    [0.5377, 1.8339, -2.2588],
-    [0.8622, 0.3188, -1.3077],
-    [-0.4336, 0.3426, 3.5784],
+    [0.5377, 1.8339, 2.2588],
+    [0.8622, 0.3188, 1.3077],
+    [1.4336, 0.3426, 3.5784],
 ];
 
 /// Values of `n` at the sample points (None where undefined).

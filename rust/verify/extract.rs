@@ -797,6 +797,65 @@ fn final_answer_matches(t: &str, latex: bool, out: &mut Vec<Cand>) {
     }
 }
 
+/// `\.?\s?I hope` at `e`: the end of it.
+fn hope_tail(t: &str, e: usize) -> Option<usize> {
+    let mut k = e;
+    if b_at(t.as_bytes(), k) == b'.' {
+        k += 1;
+    }
+    for k2 in [k + if k < t.len() { ws_len(t, k) } else { 0 }, k] {
+        if t[k2..].starts_with("I hope") {
+            return Some(k2 + 6);
+        }
+    }
+    None
+}
+
+/// `final answer is:?\s*X\.?\s?I hope` (the reference's priority 0).
+fn final_answer_hope_matches(t: &str, latex: bool, out: &mut Vec<Cand>) {
+    let mut from = 0;
+    while let Some(s) = find_ci(t, from, "final answer is") {
+        let mut k = s + 15;
+        if b_at(t.as_bytes(), k) == b':' {
+            k += 1;
+        }
+        let after = k;
+        let ws_end = skip_ws(t, k);
+        let mut got: Option<(usize, CandKind)> = None;
+        if latex {
+            if let Some((e, envs)) = m_chain(t, ws_end, Ctx::Plain) {
+                if let Some(h) = hope_tail(t, e) {
+                    got = Some((h, CandKind::Latex(envs)));
+                }
+            }
+        } else {
+            let ok = |e: usize| hope_tail(t, e).is_some();
+            let mut k = ws_end;
+            loop {
+                if let Some((e, kind)) = m_expr_or_number_with(t, k, &ok) {
+                    got = hope_tail(t, e).map(|h| (h, kind));
+                    break;
+                }
+                if k == after {
+                    break;
+                }
+                k -= t[..k].chars().next_back().map_or(1, |c| c.len_utf8());
+            }
+        }
+        match got {
+            Some((e, kind)) => {
+                out.push(Cand {
+                    start: s,
+                    end: e,
+                    kind,
+                });
+                from = e.max(s + 1);
+            }
+            None => from = s + 1,
+        }
+    }
+}
+
 type Matcher<'a> = &'a dyn Fn(&str, usize) -> Option<(usize, CandKind)>;
 
 fn scan_all(t: &str, f: Matcher<'_>, starts: &dyn Fn(&[u8], usize) -> bool, out: &mut Vec<Cand>) {
@@ -849,7 +908,10 @@ impl Default for ExtractOpts {
 /// The priority groups, in the order they are tried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Group {
-    /// boxed (+ "final answer is" when they share a priority)
+    /// "final answer is X. I hope" (priority 0)
+    Hope,
+    /// boxed (+ "final answer is" when they share a priority; + "I hope" forms
+    /// when boxed comes first)
     Boxed,
     FinalAnswer,
     AnswerColon,
@@ -904,17 +966,32 @@ fn boxed_candidates(t: &str, out: &mut Vec<Cand>) {
 /// Candidates of one priority group, in the order they are tried.
 pub fn candidates(t: &str, group: Group, o: &ExtractOpts) -> Vec<Cand> {
     let mut out = Vec::new();
+    let hope = t.contains("I hope");
     match group {
+        Group::Hope => {
+            if hope && o.latex {
+                final_answer_hope_matches(t, true, &mut out);
+            }
+            if hope && o.expr {
+                final_answer_hope_matches(t, false, &mut out);
+            }
+        }
         Group::Boxed => {
             // the reference lists its LaTeX patterns before its expression patterns
             if o.latex && !o.boxed_first {
                 final_answer_matches(t, true, &mut out);
+            }
+            if o.latex && o.boxed_first && hope {
+                final_answer_hope_matches(t, true, &mut out);
             }
             if o.latex {
                 boxed_candidates(t, &mut out);
             }
             if o.expr && !o.boxed_first {
                 final_answer_matches(t, false, &mut out);
+            }
+            if o.expr && o.boxed_first && hope {
+                final_answer_hope_matches(t, false, &mut out);
             }
         }
         Group::FinalAnswer => {
@@ -952,12 +1029,6 @@ pub fn candidates(t: &str, group: Group, o: &ExtractOpts) -> Vec<Cand> {
     // rightmost end first, then leftmost start; stable for ties
     out.sort_by(|a, b| b.end.cmp(&a.end).then(a.start.cmp(&b.start)));
     out
-}
-
-/// Does the text hold the priority-0 form ("final answer is X. I hope") that
-/// is not reproduced here?
-pub fn has_priority0_form(t: &str) -> bool {
-    t.contains("I hope") && find_ci(t, 0, "final answer is").is_some()
 }
 
 pub fn char_len_at(t: &str, i: usize) -> usize {

@@ -14,6 +14,8 @@ pub const MAX_ANSWER_BYTES: usize = 2048;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Fun {
+    Floor,
+    Ceil,
     Sin,
     Cos,
     Tan,
@@ -241,7 +243,42 @@ impl P {
             Some(Tok::Ch('(')) | Some(Tok::Ch('{')) => true,
             Some(Tok::Cmd(c)) => matches!(
                 c.as_str(),
-                "frac" | "sqrt" | "pi" | "infty" | "sin" | "cos" | "tan" | "ln" | "log" | "text"
+                "frac"
+                    | "sqrt"
+                    | "pi"
+                    | "infty"
+                    | "sin"
+                    | "cos"
+                    | "tan"
+                    | "ln"
+                    | "log"
+                    | "text"
+                    | "lfloor"
+                    | "lceil"
+                    | "binom"
+                    | "alpha"
+                    | "beta"
+                    | "gamma"
+                    | "delta"
+                    | "theta"
+                    | "phi"
+                    | "omega"
+                    | "lambda"
+                    | "mu"
+                    | "sigma"
+                    | "tau"
+                    | "rho"
+                    | "psi"
+                    | "chi"
+                    | "eta"
+                    | "zeta"
+                    | "kappa"
+                    | "nu"
+                    | "xi"
+                    | "epsilon"
+                    | "varepsilon"
+                    | "varphi"
+                    | "vartheta"
             ),
             _ => false,
         }
@@ -274,9 +311,19 @@ impl P {
             } else if self.starts_factor() {
                 // implicit multiplication; "2 3", "2(3)" and "1 000" are read
                 // unexpectedly by the reference: leave them undecided
-                let prev_is_num = matches!(self.t.get(self.i.wrapping_sub(1)), Some(Tok::Num(_)));
-                if prev_is_num && matches!(self.peek(), Some(Tok::Num(_)) | Some(Tok::Ch('('))) {
+                let prev = self.t.get(self.i.wrapping_sub(1)).cloned();
+                let prev_is_num = matches!(prev, Some(Tok::Num(_)));
+                if prev_is_num && matches!(self.peek(), Some(Tok::Num(_))) {
                     return Err(PErr::Unsupported);
+                }
+                if self.is_ch('(') {
+                    // 2(x+1) is a product; 2(3) (handled as a sum) and 2.5(3) are not reproduced
+                    let lone = matches!(self.peek_at(1), Some(Tok::Num(_)))
+                        && matches!(self.peek_at(2), Some(Tok::Ch(')')));
+                    let float_prev = matches!(&prev, Some(Tok::Num(x)) if x.contains('.'));
+                    if prev_is_num && (lone || float_prev) {
+                        return Err(PErr::Unsupported);
+                    }
                 }
                 f.push(self.postfix()?);
             } else {
@@ -321,11 +368,8 @@ impl P {
         }
         match self.peek().cloned() {
             Some(Tok::Num(s)) => {
-                // a single digit when braces are absent (x^23 = x^2 * 3 in LaTeX)
+                // the reference reads 2^2004 as 2**2004 (the whole number)
                 self.i += 1;
-                if s.len() > 1 {
-                    return Err(PErr::Unsupported);
-                }
                 num_node(&s)
             }
             Some(Tok::Letter(c)) => {
@@ -470,6 +514,29 @@ impl P {
                 self.i += 1;
                 match c.as_str() {
                     "pi" => Node::Pi,
+                    "alpha" | "beta" | "gamma" | "delta" | "theta" | "phi" | "omega" | "lambda"
+                    | "mu" | "sigma" | "tau" | "rho" | "psi" | "chi" | "eta" | "zeta" | "kappa"
+                    | "nu" | "xi" | "epsilon" | "varepsilon" | "varphi" | "vartheta" => {
+                        let mut name = c.clone();
+                        if self.is_ch('_') {
+                            self.i += 1;
+                            let sub = self.subscript_text()?;
+                            name = format!("{name}_{sub}");
+                        }
+                        Node::Sym(name)
+                    }
+                    "lfloor" | "lceil" => {
+                        let close = if c == "lfloor" { "rfloor" } else { "rceil" };
+                        let e = self.expr()?;
+                        if !self.is_cmd(close) {
+                            return Err(PErr::Unsupported);
+                        }
+                        self.i += 1;
+                        Node::Func(
+                            if c == "lfloor" { Fun::Floor } else { Fun::Ceil },
+                            Box::new(e),
+                        )
+                    }
                     "infty" => Node::Inf,
                     "frac" => {
                         let save = self.i;
