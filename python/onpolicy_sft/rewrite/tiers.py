@@ -329,6 +329,8 @@ class Pipeline:
         cfg = self.cfg
         pending = self._pending(ledger, "self", cfg.k_self)
         self.log(f"self: {len(pending)} of {len(self.by_id)} problems to sample (k={cfg.k_self})")
+        if pending:
+            self.engine  # load before the progress bar starts timing  # noqa: B018
         solved = 0
         bar = self._progress(len(pending), "self")
         for chunk in _chunks(pending, cfg.batch_problems):
@@ -388,6 +390,8 @@ class Pipeline:
         self.log(
             f"guided: {len(pending)} problems without a correct self sample (k={cfg.k_guided})"
         )
+        if pending:
+            self.engine  # load before the progress bar starts timing  # noqa: B018
         solved, rejected = 0, 0
         bar = self._progress(len(pending), "guided")
         for chunk in _chunks(pending, cfg.batch_problems):
