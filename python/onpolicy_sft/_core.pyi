@@ -8,8 +8,6 @@ __version__: str
 
 # ---------------------------------------------------------------- verify
 
-from collections.abc import Sequence
-
 _VerdictTuple = tuple[bool | None, str | None, str | None, str]
 
 VERIFY_MAX_PREDICTION_BYTES: int
