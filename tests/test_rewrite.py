@@ -381,3 +381,50 @@ def test_missing_dataset_path(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="does not exist; check --dataset"):
         load_problems(str(tmp_path / "nope.jsonl"))
+
+
+def test_hinted_method_on_a_tiny_model(tiny_qwen2, dataset, tmp_path):
+    """--method hinted: self first, then Hinted Decoding for the problems still unsolved."""
+    from onpolicy_sft.engines.hf import HFEngine
+    from onpolicy_sft.ledger import Ledger
+    from onpolicy_sft.rewrite import rewrite
+    from onpolicy_sft.rewrite.data import SideStore
+
+    out = tmp_path / "out"
+    eng = HFEngine(str(tiny_qwen2))
+    res = rewrite(
+        engine=eng,
+        model=str(tiny_qwen2),
+        dataset=dataset,
+        out=str(out),
+        method="hinted",
+        k_self=1,
+        max_tokens=6,
+        limit=3,
+        progress=False,
+    )
+    assert res.tiers == {"expert": 3}  # a random tiny model solves nothing
+    with Ledger.open(str(out / "ledger"), readonly=True) as led:
+        for pid in ("0", "1", "2"):
+            hinted = [a for a in led.attempts(pid) if a.stage == "hinted"]
+            assert len(hinted) == 1
+            a = hinted[0]
+            assert len(a.base_logprobs) == len(a.token_ids) == len(a.behavior_logprobs)
+            # base log-probs are pi_0 under the training prompt
+            [lp] = eng.score(
+                [P.train_prompt(eng.tokenizer, list(SCRIPT)[int(pid)])], [list(a.token_ids)]
+            )
+            np.testing.assert_allclose(a.base_logprobs, lp, atol=1e-4)
+    phis = SideStore(str(out / "scores.jsonl")).phis()
+    assert {k for k in phis if k[1] == "hinted"} == {(p, "hinted", 0) for p in ("0", "1", "2")}
+
+
+def test_weights_and_ess():
+    from onpolicy_sft.rewrite.report import _ess, _weights
+
+    base = np.log(np.array([0.5, 0.25, 1.0]))
+    np.testing.assert_allclose(_weights(base, None), [0.5, 0.25, 1.0])  # expert: w = p_t
+    ratio = np.array([4.0, 1.5, 0.5])
+    np.testing.assert_allclose(_weights(base, base - np.log(ratio)), [2.0, 1.5, 0.5])  # clip at 2
+    assert _ess(np.ones(5)) == pytest.approx(1.0)
+    assert _ess(np.array([1.0, 0.0, 0.0, 0.0])) == pytest.approx(0.25)
