@@ -400,8 +400,8 @@ class DemoConfig(ConfigBase):
     temperature_guided: float = 0.7  # METHODS.md default
     temperature_eval: float = 1.0  # evaluation protocol: T = 1.0, top-p = 1
     max_tokens: int = 160  # new tokens per generation (own-style answers need ~40, expert ~120)
-    epochs: float = 3.0  # training epochs over the n_train rows, per method
-    lr: float = 1e-3  # peak learning rate of every method (same for all, as in the papers)
+    epochs: float = 2.0  # training epochs over the n_train rows, per method
+    lr: float = 3e-4  # peak learning rate of every method (same for all, as in the papers)
     batch_size: int = 16  # sequences per optimizer step
     threads: int = 2  # torch CPU threads (the demo's time budget assumes 2 cores)
     model: str | None = None  # None = the bundled tiny model (assets/tiny_model)
@@ -412,7 +412,7 @@ class DemoConfig(ConfigBase):
         """The full demo (<= 10 min on 2 cores) or the quick CI size (< 2 min)."""
         base: dict[str, Any] = {"quick": quick}
         if quick:
-            base.update(n_train=24, n_eval=24, k_eval=2, k_self=2, k_guided=2, epochs=2.0)
+            base.update(n_train=24, n_eval=24, k_eval=2, k_self=2, k_guided=2, epochs=1.0)
         base.update(overrides)
         return cls(**base)
 

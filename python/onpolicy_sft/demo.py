@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -105,6 +106,23 @@ def is_weights(base_logprobs: np.ndarray, behavior_logprobs: np.ndarray | None) 
     return np.clip(np.exp(base_logprobs.astype(np.float64) - b), *IS_CLIP)
 
 
+_STEP = re.compile(r"(\d+)\s*([+\-*/])\s*(\d+)\s*=\s*(\d+)")
+
+
+def steps_correct(text: str) -> bool:
+    """Whether every ``a op b = c`` step in an own-style solution is true arithmetic."""
+    steps = _STEP.findall(text)
+    ops = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+    for a, op, b, c in steps:
+        x, y, z = int(a), int(b), int(c)
+        if op == "/":
+            if y == 0 or x != y * z:
+                return False
+        elif ops[op](x, y) != z:
+            return False
+    return bool(steps)
+
+
 # ------------------------------------------------------------------ stages
 
 
@@ -180,43 +198,60 @@ def _train(
     return {"steps": res.global_step, "training_loss": res.training_loss, "losses": losses}
 
 
-def _evaluate(
-    cfg: DemoConfig, model_dir: Path, problems: list[dict[str, Any]], verifier: Any
-) -> dict[str, Any]:
-    """avg@k on the held-out problems, overall and per difficulty; plus the style of the answers."""
-    from onpolicy_sft.engines import load_engine
-    from onpolicy_sft.rewrite.prompts import train_prompt
+def _write_benchmarks(eval_rows: list[dict[str, Any]], bench_dir: Path) -> list[str]:
+    """One local benchmark file per difficulty (the table's columns, as the papers' benchmarks)."""
+    names = []
+    for d in sorted({int(r.get("difficulty", 0)) for r in eval_rows}):
+        name = f"{d}-op"
+        rows = [
+            {"id": r["id"], "problem": r["problem"], "answer": r["answer"]}
+            for r in eval_rows
+            if int(r.get("difficulty", 0)) == d
+        ]
+        _write_jsonl(bench_dir / f"{name}.jsonl", rows)
+        names.append(name)
+    return names
 
-    eng = load_engine(_engine_kind(cfg.engine), str(model_dir), seed=cfg.seed)
-    prompts = [train_prompt(eng.tokenizer, p["problem"]) for p in problems]
-    samples = eng.generate(
-        prompts,
+
+def _evaluate(
+    cfg: DemoConfig,
+    label: str,
+    model_dir: Path,
+    bench_dir: Path,
+    benchmarks: list[str],
+    out: Path,
+    verifier: Any,
+) -> dict[str, Any]:
+    """avg@k on the held-out problems per difficulty (onpolicy_sft.evaluate), plus answer style."""
+    from onpolicy_sft.config import EvalConfig
+    from onpolicy_sft.evaluate import evaluate
+
+    ecfg = EvalConfig(
+        model=str(model_dir),
+        out=str(out),
+        benchmarks=tuple(benchmarks),
+        benchmark_dir=str(bench_dir),
         n=cfg.k_eval,
         temperature=cfg.temperature_eval,
         top_p=1.0,
         max_tokens=cfg.max_tokens,
+        engine=_engine_kind(cfg.engine),
         seed=cfg.seed + 1,
+        label=label,
     )
-    texts = [s.text for per in samples for s in per]
-    golds = [p["answer"] for p in problems for _ in range(cfg.k_eval)]
-    ok = np.array(verifier.verify_batch(texts, golds), dtype=np.float64).reshape(
-        len(problems), cfg.k_eval
-    )
-    diffs = np.array([int(p.get("difficulty", 0)) for p in problems])
-    cols: dict[str, float] = {}
-    for d in sorted(set(diffs.tolist())):
-        cols[f"{d}-op"] = 100.0 * float(ok[diffs == d].mean())
-    cols["Avg."] = 100.0 * float(ok.mean())
-    expert_style = float(np.mean(["The answer is" in t for t in texts]))
-    lengths = [len(s.token_ids) for per in samples for s in per]
+    res = evaluate(ecfg, verifier=verifier).results
+    key = f"avg@{cfg.k_eval}"
+    cols = {b: float(res["benchmarks"][b][key]) for b in benchmarks}
+    cols["Avg."] = sum(cols.values()) / len(cols)
+    samples = _read_jsonl(out / "samples.jsonl")
+    n = max(1, len(samples))
     return {
         "columns": cols,
-        "expert_style_frac": expert_style,
-        "mean_tokens": float(np.mean(lengths)),
-        "truncated_frac": float(
-            np.mean([s.finish_reason == "length" for per in samples for s in per])
-        ),
-        "example": texts[0] if texts else "",
+        "results": res,
+        "expert_style_frac": sum("The answer is" in s["response"] for s in samples) / n,
+        "mean_tokens": sum(s["num_tokens"] for s in samples) / n,
+        "truncated_frac": sum(s["finish_reason"] == "length" for s in samples) / n,
+        "example": samples[0]["response"] if samples else "",
     }
 
 
@@ -263,8 +298,15 @@ def _policy_gap(model: Path, rewrite_dir: Path, train_rows: list[dict[str, Any]]
     nll_by["rewritten data (all rows)"] = nll([a for v in by_tier.values() for a in v])
     ew = np.concatenate(expert_w)
     rw = np.concatenate(rewritten_w)
+    tokens = {t: sum(len(a) for a in by_tier.get(t, [])) for t in TIERS}
+    total_tokens = max(1, sum(tokens.values()))
+    guided = [r["response"] for r in table if r["tier"] == "guided"]
     return {
         "tiers": {t: len(by_tier.get(t, [])) for t in TIERS},
+        "token_share": {t: tokens[t] / total_tokens for t in TIERS},
+        "guided_steps_ok": (
+            float(np.mean([steps_correct(x) for x in guided])) if guided else float("nan")
+        ),
         "nll": nll_by,
         "ess": {"expert data": ess_fraction(ew), "rewritten data": ess_fraction(rw)},
         "weights": {"expert data": ew, "rewritten data": rw},
@@ -344,37 +386,74 @@ def _plots(out: Path, res: dict[str, Any]) -> list[str]:
     return files
 
 
+def _se_points(p_percent: float, n: int) -> float:
+    """Binomial standard error in points of an accuracy measured on n samples (a lower bound:
+    samples of one problem are correlated)."""
+    p = min(max(p_percent / 100.0, 0.01), 0.99)
+    return 100.0 * math.sqrt(p * (1 - p) / max(1, n))
+
+
 def _conclusion(res: dict[str, Any]) -> str:
     t = {n: r["Avg."] for n, r in res["table"].items()}
     base = t["Base (pi_0)"]
+    n = res["n_eval"] * res["k"]
+    se_diff = math.sqrt(2) * _se_points(base, n)
+
+    def cmp(a: float, b: float) -> str:
+        d = a - b
+        if abs(d) < 2 * se_diff:
+            return f"{d:+.2f} points, within noise (2 s.e. of a difference ~ {2 * se_diff:.1f})"
+        return f"{d:+.2f} points, {'better' if d > 0 else 'worse'} beyond noise"
+
     lines = []
     for plain, rew in (("SFT", "Rewriting + SFT"), ("DFT", "Rewriting + DFT")):
-        d = t[rew] - t[plain]
-        verdict = "helps" if d > 0 else ("does not help" if d < 0 else "makes no difference")
         lines.append(
-            f"- Rewriting {verdict} with the {plain} loss on this toy: {t[rew]:.2f} vs {t[plain]:.2f} "
-            f"avg@{res['k']} ({d:+.2f} points; base model {base:.2f})."
+            f"- {rew} vs {plain}: {t[rew]:.2f} vs {t[plain]:.2f} avg@{res['k']} "
+            f"({cmp(t[rew], t[plain])})."
         )
+    for name in t:
+        if name != "Base (pi_0)":
+            lines.append(f"- {name} vs the base model: {cmp(t[name], base)}.")
+    best = max(t, key=lambda k: t[k])
+    lines.append(f"- Best row: {best} ({t[best]:.2f}).")
     ess = res["ess"]
     nll = res["nll"]
     lines.append(
-        f"- The policy gap: expert solutions cost {nll['expert data (all problems)']:.2f} nats/token "
-        f"under pi_0, the rewritten data {nll['rewritten data (all rows)']:.2f}; the ESS fraction of the "
-        f"importance weights is {ess['expert data']:.2f} on the expert data and "
+        f"- The policy gap is large and rewriting shrinks it: expert solutions cost "
+        f"{nll['expert data (all problems)']:.2f} nats/token under pi_0, self rewrites "
+        f"{nll['self']:.2f} and guided rewrites {nll['guided']:.2f}; the ESS fraction of the "
+        f"token importance weights is {ess['expert data']:.2f} on the expert data and "
         f"{ess['rewritten data']:.2f} on the rewritten data."
     )
+    tok = res["token_share"]
+    if tok.get("expert", 0.0) > 0.3:
+        lines.append(
+            f"- Expert rows are {100 * res['tiers']['expert'] / max(1, sum(res['tiers'].values())):.0f}% "
+            f"of the rewritten rows but {100 * tok['expert']:.0f}% of its response tokens (prose is "
+            "long, the model's own solutions are short). With a token-normalised loss, "
+            "rewriting + SFT is therefore still trained mostly on expert text; DFT and IS "
+            "down-weight exactly those tokens (their weight is p_t, tiny under pi_0)."
+        )
+    ok = res.get("guided_steps_ok")
+    if ok is not None and not math.isnan(ok):
+        lines.append(
+            f"- Verification checks the final answer only: {100 * ok:.0f}% of the kept guided "
+            "rewrites have every arithmetic step right; the rest reached the reference answer "
+            "with a wrong step (copied from the reference), and training on them teaches "
+            "wrong arithmetic."
+        )
     ev = res["eval"]
-    sft_style = ev["SFT"]["expert_style_frac"]
     lines.append(
-        f"- After plain SFT {100 * sft_style:.0f}% of the model's answers are in the expert's style "
-        f"(base {100 * ev['Base (pi_0)']['expert_style_frac']:.0f}%): SFT on off-policy text moves "
-        "the model toward a style it has never practised, which is the mechanism the papers name."
+        f"- Answers in the expert's prose style: base {100 * ev['Base (pi_0)']['expert_style_frac']:.0f}%, "
+        f"SFT {100 * ev['SFT']['expert_style_frac']:.0f}%, DFT {100 * ev['DFT']['expert_style_frac']:.0f}%, "
+        f"rewriting + SFT {100 * ev['Rewriting + SFT']['expert_style_frac']:.0f}%."
     )
-    n = res["n_eval"] * res["k"]
-    se = 100 * math.sqrt(max(base, 1) / 100 * (1 - min(base, 99) / 100) / n)
     lines.append(
-        f"- Sampling noise: with {res['n_eval']} problems x {res['k']} samples one standard error is "
-        f"about {se:.1f} points; differences smaller than ~2 standard errors are not evidence."
+        f"- Noise: {res['n_eval']} problems x {res['k']} samples; one standard error of an "
+        f"accuracy near the base's is at least {_se_points(base, n):.1f} points. A tiny model, "
+        f"{res['n_train']} training problems and a few optimizer steps make this a "
+        "demonstration of the pipeline and of the policy-gap measurements, not a replication "
+        "of the papers' effect sizes."
     )
     return "\n".join(lines)
 
@@ -396,14 +475,19 @@ def _write_report(out: Path, res: dict[str, Any], files: list[str]) -> str:
         "",
         "## Policy gap",
         "",
-        "| Tier | Rows | Share | Mean NLL / token under pi_0 |",
-        "|---|---:|---:|---:|",
+        "| Tier | Rows | Share of rows | Share of tokens | Mean NLL / token under pi_0 |",
+        "|---|---:|---:|---:|---:|",
     ]
+    share = res["token_share"]
     for t in TIERS:
-        lines.append(f"| {t} | {tiers[t]} | {100 * tiers[t] / total:.1f}% | {nll[t]:.4f} |")
+        lines.append(
+            f"| {t} | {tiers[t]} | {100 * tiers[t] / total:.1f}% | {100 * share[t]:.1f}% "
+            f"| {nll[t]:.4f} |"
+        )
+    expert_nll = nll["expert data (all problems)"]
     lines += [
-        f"| expert data (all problems) | {res['n_train']} | - | {nll['expert data (all problems)']:.4f} |",
-        f"| rewritten data (all rows) | {total} | - | {nll['rewritten data (all rows)']:.4f} |",
+        f"| expert data (all problems) | {res['n_train']} | - | - | {expert_nll:.4f} |",
+        f"| rewritten data (all rows) | {total} | - | - | {nll['rewritten data (all rows)']:.4f} |",
         "",
         "| Data | ESS fraction of token importance weights |",
         "|---|---:|",
@@ -519,13 +603,23 @@ def demo(
     # 4. evaluation
     from onpolicy_sft.verify import Verifier
 
+    bench_dir = root / "data" / "benchmarks"
+    benchmarks = _write_benchmarks(eval_rows, bench_dir)
     verifier = Verifier()
     evals: dict[str, dict[str, Any]] = {}
     t0 = time.time()
-    for name, mdir in model_dirs.items():
-        stages.set_postfix_str(f"eval {name}")
-        evals[name] = _evaluate(cfg, mdir, eval_rows, verifier)
-        stages.update()
+    try:
+        for name, mdir in model_dirs.items():
+            stages.set_postfix_str(f"eval {name}")
+            slug = "base" if mdir == model_dir else mdir.name
+            evals[name] = _evaluate(
+                cfg, name, mdir, bench_dir, benchmarks, root / "eval" / slug, verifier
+            )
+            stages.update()
+    finally:
+        close = getattr(verifier, "close", None)
+        if callable(close):
+            close()
     seconds["evaluate (6 models)"] = time.time() - t0
 
     # 5. report
@@ -547,6 +641,8 @@ def demo(
         "nll": gap["nll"],
         "ess": gap["ess"],
         "weights": gap["weights"],
+        "token_share": gap["token_share"],
+        "guided_steps_ok": gap["guided_steps_ok"],
         "seconds": seconds,
     }
     files = _plots(root, res)
