@@ -28,12 +28,12 @@ import json
 import math
 import os
 import sys
-import types
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from onpolicy_sft._callable import make_module_callable
 from onpolicy_sft.config import EVAL_BENCHMARKS, EvalConfig
 
 __all__ = [
@@ -482,16 +482,4 @@ def combine(paths: Sequence[str | os.PathLike[str]]) -> str:
     return results_markdown(results)
 
 
-class _CallableModule(types.ModuleType):
-    """``onpolicy_sft.evaluate(...)`` must work whatever was imported first.
-
-    Importing ``onpolicy_sft.evaluate`` (the module) binds the package
-    attribute ``evaluate`` to the module, shadowing the lazily exported
-    function of the same name; calling the module calls the function.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> EvalResult:
-        return evaluate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_module_callable(__name__, evaluate)

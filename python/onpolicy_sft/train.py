@@ -22,7 +22,6 @@ import math
 import os
 import random
 import sys
-import types
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
 
+from onpolicy_sft._callable import make_module_callable
 from onpolicy_sft.config import TrainConfig
 from onpolicy_sft.integrations import (
     IGNORE_INDEX,
@@ -823,16 +823,4 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
     )
 
 
-class _CallableModule(types.ModuleType):
-    """``onpolicy_sft.train(cfg)`` must work whatever was imported first.
-
-    Importing ``onpolicy_sft.train`` (the module) binds the package attribute
-    ``train`` to the module, shadowing the lazily exported function of the
-    same name; calling the module calls the function.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> TrainResult:
-        return train(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_module_callable(__name__, train)

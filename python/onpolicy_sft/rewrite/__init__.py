@@ -11,9 +11,9 @@ callable: ``onpolicy_sft.rewrite(...)`` works whichever of the two it is.
 
 from __future__ import annotations
 
-import sys
-import types
 from typing import Any
+
+from onpolicy_sft._callable import make_module_callable
 
 __all__ = ["rewrite", "select"]
 
@@ -32,9 +32,4 @@ def select(*args: Any, **kwargs: Any) -> Any:
     return _select(*args, **kwargs)
 
 
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return rewrite(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_module_callable(__name__, rewrite)
