@@ -168,10 +168,14 @@ pub fn eval(n: &Node, env: &dyn Fn(&str) -> Option<f64>) -> Option<Ev> {
         Node::Fact(a) => {
             let x = eval(a, env)?;
             let r = x.exact?;
-            if !r.is_int() {
+            if !r.is_int() || r.n < 0 {
                 return None;
             }
-            Ev::rat(factorial(r.n)?)
+            match factorial(r.n) {
+                Some(v) => Ev::rat(v),
+                // beyond i128: a float (infinite past 170!), never an exact value
+                None => Ev::float((2..=r.n.min(400)).fold(1.0f64, |acc, k| acc * k as f64)),
+            }
         }
         Node::Func(f, a) => {
             let x = eval(a, env)?;

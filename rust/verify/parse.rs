@@ -829,7 +829,11 @@ fn relation(s: &str) -> R<Value> {
     // a single letter (upper case is lower-cased by the reference)
     if t.len() == 1 && t.as_bytes()[0].is_ascii_alphabetic() {
         let c = t.as_bytes()[0] as char;
-        if c == 'e' || c == 'i' || c == 'I' {
+        if c == 'e' {
+            // Euler's number in the reference
+            return Ok(Value::Expr(Node::E));
+        }
+        if c == 'i' || c == 'I' {
             return Err(PErr::Unsupported);
         }
         return Ok(Value::Text(c.to_ascii_lowercase().to_string()));
