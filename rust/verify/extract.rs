@@ -142,7 +142,7 @@ fn next_closer(t: &str, which: Closer, from: usize) -> Option<usize> {
     CLOSERS.with(|c| {
         let mut c = c.borrow_mut();
         let key = (t.as_ptr() as usize, t.len());
-        if c.as_ref().is_none_or(|x| x.key != key) {
+        if !c.as_ref().is_some_and(|x| x.key == key) {
             let b = t.as_bytes();
             let mut cl = Closers {
                 key,
