@@ -502,17 +502,20 @@ fn expr_eq(g: &Node, p: &Node) -> Option<bool> {
     collect_syms(p, &mut ps);
     gs.sort();
     ps.sort();
-    let points: [[f64; 3]; 3] = [
-        [0.5377, 1.8339, -2.2588],
-        [0.8622, 0.3188, -1.3077],
-        [-0.4336, 0.3426, 3.5784],
+    // every variable takes both signs across the points (sqrt(x^2) is |x|, not x,
+    // for the reference's real symbols); an undefined value leaves it undecided
+    let points: [[f64; 3]; 4] = [
+        [0.5377, 1.8339, 2.2588],
+        [0.8622, 0.3188, 1.3077],
+        [1.4336, 0.3426, 3.5784],
+        [0.7254, 2.1031, 1.1711],
     ];
     let mut all_eq = true;
-    for pt in points.iter() {
+    for (j, pt) in points.iter().enumerate() {
         let env = |s: &str| -> Option<f64> {
             let k = syms.iter().position(|x| x == s)?;
-            let base = pt[k % 3];
-            Some(base + (k / 3) as f64 * 0.731)
+            let v = pt[k % 3] + (k / 3) as f64 * 0.731;
+            Some(if (j + k) % 2 == 1 { -v } else { v })
         };
         let a = eval(g, &env)?;
         let b = eval(p, &env)?;
@@ -822,6 +825,10 @@ mod tests {
         assert_eq!(eq("[1,2)", "[1,2]"), Some(false));
         assert_eq!(eq("(1,2,3)", "(1,3,2)"), Some(false));
         assert_eq!(eq("4a-2", "-2+4a"), Some(true));
+        // real symbols: sqrt(y^2) is |y|
+        assert_ne!(eq("y", "\\sqrt{y^2}"), Some(true));
+        assert_ne!(eq("x+y", "x+\\sqrt{y^2}"), Some(true));
+        assert_eq!(eq("(x+y)^2", "x^2+2xy+y^2"), Some(true));
         assert_eq!(eq("\\text{Evelyn}", "\\text{evelyn}"), Some(true));
     }
 }
