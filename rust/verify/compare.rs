@@ -366,7 +366,18 @@ fn const_eq(g: &Node, p: &Node) -> Option<bool> {
         return match (g, p) {
             (Node::Inf, Node::Inf) => Some(true),
             (Node::Neg(a), Node::Neg(b)) if **a == Node::Inf && **b == Node::Inf => Some(true),
-            (Node::Inf, _) | (_, Node::Inf) if !has_inf(g) || !has_inf(p) => Some(false),
+            (Node::Inf, Node::Neg(_)) | (Node::Neg(_), Node::Inf) => Some(false),
+            // plus or minus infinity against a finite number
+            _ if has_inf(g) != has_inf(p) => {
+                let (inf_side, other) = if has_inf(g) { (g, p) } else { (p, g) };
+                let signed_inf = matches!(inf_side, Node::Inf)
+                    || matches!(inf_side, Node::Neg(x) if **x == Node::Inf);
+                if signed_inf && eval(other, &no_env).is_some_and(|e| e.f.is_finite()) {
+                    Some(false)
+                } else {
+                    None
+                }
+            }
             _ => None,
         };
     }

@@ -792,15 +792,27 @@ fn is_rel_tok(t: &Tok) -> bool {
     }
 }
 
+/// Does `s` use the command `\\name` (not a longer command such as `\\infty` for `\\in`)?
+fn has_cmd(s: &str, name: &str) -> bool {
+    let pat = format!("\\{name}");
+    let b = s.as_bytes();
+    let mut from = 0;
+    while let Some(p) = s[from..].find(&pat) {
+        let end = from + p + pat.len();
+        if !b.get(end).is_some_and(|c| c.is_ascii_alphabetic()) {
+            return true;
+        }
+        from = end;
+    }
+    false
+}
+
 fn relation(s: &str) -> R<Value> {
-    if s.contains("\\pm")
-        || s.contains("\\mp")
-        || s.contains("\\approx")
-        || s.contains("\\in")
-        || s.contains("\\cup")
-        || s.contains("\\cap")
-        || s.contains("\\equiv")
-        || s.contains("\\mod")
+    if [
+        "pm", "mp", "approx", "in", "cup", "cap", "equiv", "mod", "pmod", "setminus",
+    ]
+    .iter()
+    .any(|c| has_cmd(s, c))
         || s.contains(':')
         || s.contains(';')
         || s.contains('|')
