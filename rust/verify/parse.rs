@@ -253,6 +253,12 @@ impl P {
                     | "ln"
                     | "log"
                     | "text"
+                    | "triangle"
+                    | "angle"
+                    | "ell"
+                    | "overline"
+                    | "overrightarrow"
+                    | "vec"
                     | "lfloor"
                     | "lceil"
                     | "binom"
@@ -525,6 +531,39 @@ impl P {
                         }
                         Node::Sym(name)
                     }
+                    // named objects the reference reads as plain symbols
+                    "triangle" | "angle" | "ell" => {
+                        if self.is_ch('(') {
+                            // \ell(n): an undefined function
+                            let single = matches!(
+                                (self.peek_at(1), self.peek_at(2)),
+                                (Some(Tok::Num(_)) | Some(Tok::Letter(_)), Some(Tok::Ch(')')))
+                            );
+                            if !single {
+                                return Err(PErr::Unsupported);
+                            }
+                            self.i += 1;
+                            let arg = self.primary()?;
+                            self.expect_ch(')')?;
+                            Node::Opaque(c.clone(), vec![arg])
+                        } else {
+                            Node::Sym(c.clone())
+                        }
+                    }
+                    // \overline{AB}, \vec{v}, \text{cm}: one symbol named after the content
+                    "overline" | "overrightarrow" | "vec" | "text" => {
+                        let word = self.brace_word()?;
+                        let prefix = match c.as_str() {
+                            "overline" => "bar",
+                            "text" => "",
+                            _ => "vec",
+                        };
+                        Node::Sym(if prefix.is_empty() {
+                            word
+                        } else {
+                            format!("{prefix}{{{word}}}")
+                        })
+                    }
                     "lfloor" | "lceil" => {
                         let close = if c == "lfloor" { "rfloor" } else { "rceil" };
                         let e = self.expr()?;
@@ -642,6 +681,28 @@ impl P {
         };
         self.depth -= 1;
         Ok(r)
+    }
+
+    /// `{letters and digits}` as one lower-case word (spaces dropped)
+    fn brace_word(&mut self) -> R<String> {
+        self.expect_ch('{')?;
+        let mut out = String::new();
+        loop {
+            match self.peek().cloned() {
+                Some(Tok::Letter(c)) => out.push(c.to_ascii_lowercase()),
+                Some(Tok::Num(n)) => out.push_str(&n),
+                Some(Tok::Ch('}')) => {
+                    self.i += 1;
+                    break;
+                }
+                _ => return Err(PErr::Unsupported),
+            }
+            self.i += 1;
+        }
+        if out.is_empty() || out.len() > 64 {
+            return Err(PErr::Unsupported);
+        }
+        Ok(out)
     }
 
     /// the text of a subscript: one token, or `{letters/digits}`
@@ -833,9 +894,6 @@ fn relation(s: &str) -> R<Value> {
                 .to_lowercase();
             return Ok(Value::Text(w));
         }
-        return Err(PErr::Unsupported);
-    }
-    if t.contains("\\text") {
         return Err(PErr::Unsupported);
     }
     // a single letter (upper case is lower-cased by the reference)
