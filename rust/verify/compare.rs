@@ -734,8 +734,32 @@ pub fn equal(gold: &Value, pred: &Value) -> Option<bool> {
             if p.len() != 2 {
                 return Some(false);
             }
-            let a = node_of(&p[0])?;
-            let b = node_of(&p[1])?;
+            let mut a = node_of(&p[0])?;
+            let mut b = node_of(&p[1])?;
+            // a gold set is compared in sorted order (a finite set keeps its
+            // elements sorted); a predicted set or a tuple in written order
+            if matches!(gold, Value::Set(_)) {
+                let va = eval(a, &no_env)?.f;
+                let vb = eval(b, &no_env)?.f;
+                if float_eq(va, vb) != Some(false) {
+                    return None;
+                }
+                if va > vb {
+                    std::mem::swap(&mut a, &mut b);
+                }
+            }
+            let (mut lo, mut hi) = (lo, hi);
+            if matches!(gold, Value::Set(_)) {
+                // the interval's ends are sorted too when compared with a set
+                let vl = eval(lo, &no_env)?.f;
+                let vh = eval(hi, &no_env)?.f;
+                if float_eq(vl, vh) != Some(false) {
+                    return None;
+                }
+                if vl > vh {
+                    std::mem::swap(&mut lo, &mut hi);
+                }
+            }
             let x = expr_eq(lo, a)?;
             let y = expr_eq(hi, b)?;
             Some(x && y)
@@ -835,6 +859,9 @@ mod tests {
         assert_eq!(eq("(1,2)", "(1,2)"), Some(true));
         assert_eq!(eq("[1,2)", "[1,2]"), Some(false));
         assert_eq!(eq("(1,2,3)", "(1,3,2)"), Some(false));
+        // a gold set against an open interval: sorted; a predicted set: as written
+        assert_eq!(eq("2,1", "(1,2)"), Some(true));
+        assert_eq!(eq("(1,2)", "2,1"), Some(false));
         assert_eq!(eq("4a-2", "-2+4a"), Some(true));
         // real symbols: sqrt(y^2) is |y|
         assert_ne!(eq("y", "\\sqrt{y^2}"), Some(true));
