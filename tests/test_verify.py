@@ -115,6 +115,11 @@ BAD_INPUTS = {
     "many-dollars": ("$" * 200_000, "1"),
     "many-boxes": ("\\boxed{1}" * 50_000, "1"),
     "many-answers": ("answer: " * 50_000, "1"),
+    "unclosed-display-brackets": ("\\[ x " * 100_000, "1"),
+    "unclosed-inline-parens": ("\\( x " * 100_000, "1"),
+    "unclosed-display-dollars": ("$$ x " * 100_000, "1"),
+    "long-expression-run": ("= " + "1+" * 200_000 + "1x", "1"),
+    "many-final-answers": ("final answer is " * 30_000 + "I hope", "1"),
 }
 
 

@@ -102,3 +102,53 @@ def test_math_verify_own_test_cases(shared_dir: Path) -> None:
             misses.append(r["id"])
     assert decided >= 150  # most cases are decided by the fast path
     assert 1 - wrong / decided >= 0.99, misses
+
+
+def _generated_pairs(seed: int, n: int) -> list[tuple[str, str]]:
+    """Prose mixing numbers, math environments, boxes and answer anchors (not from the corpus)."""
+    rng = random.Random(seed)
+    nums = ["3", "-3", "12", "1,234", "1 234", "12.5", "0.75", "$5", "7%", "3/4", "2^5", "2*3"]
+    nums += ["(1+2)", "4.", "-0.5", "10,5", "007", "\\frac{3}{4}", "\\sqrt{4}"]
+    words = ["We compute", "so", "Thus", "which gives", "Answer", "answer:", "x =", "=", "**"]
+    words += ["The final answer is", "and", ",", ".", "\n", "$y = 2$", "\\(z\\)", "$$w$$", "is"]
+    words += ["\\boxed{", "}", "I hope it is correct.", "final answer", "hence"]
+
+    def frag() -> str:
+        k = rng.random()
+        if k < 0.45:
+            return rng.choice(nums)
+        if k < 0.55:
+            return "$" + rng.choice(nums) + "$"
+        if k < 0.6:
+            return "\\boxed{" + rng.choice(nums) + "}"
+        return rng.choice(words)
+
+    golds = ["3", "-3", "12", "1234", "12.5", "0.75", "5", "7", "\\frac34", "32", "6", "2"]
+    return [
+        (" ".join(frag() for _ in range(rng.randint(1, 14))), rng.choice(golds)) for _ in range(n)
+    ]
+
+
+def test_generated_prose_agrees_with_math_verify_run_live() -> None:
+    # Outside the corpus the fast path was tuned on: math-verify itself (in
+    # this process) is the reference for every pair the fast path decides.
+    pytest.importorskip("math_verify")
+    import logging
+
+    from math_verify import parse
+    from math_verify import verify as mv_verify
+
+    pairs = _generated_pairs(seed=7, n=300)
+    verdicts = verify_batch([p for p, _ in pairs], [g for _, g in pairs])
+    decided = [(p, g, v) for (p, g), v in zip(pairs, verdicts) if v.correct is not None]
+    assert len(decided) >= 0.8 * len(pairs)
+    logging.disable(logging.WARNING)
+    try:
+        misses = [
+            (p, g, v)
+            for p, g, v in decided
+            if mv_verify(parse("\\boxed{" + g + "}"), parse(p)) != v.correct
+        ]
+    finally:
+        logging.disable(logging.NOTSET)
+    assert len(misses) <= 0.005 * len(decided), misses[:5]

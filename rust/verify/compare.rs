@@ -168,10 +168,14 @@ pub fn eval(n: &Node, env: &dyn Fn(&str) -> Option<f64>) -> Option<Ev> {
         Node::Fact(a) => {
             let x = eval(a, env)?;
             let r = x.exact?;
-            if !r.is_int() {
+            if !r.is_int() || r.n < 0 {
                 return None;
             }
-            Ev::rat(factorial(r.n)?)
+            match factorial(r.n) {
+                Some(v) => Ev::rat(v),
+                // beyond i128: a float (infinite past 170!), never an exact value
+                None => Ev::float((2..=r.n.min(400)).fold(1.0f64, |acc, k| acc * k as f64)),
+            }
         }
         Node::Func(f, a) => {
             let x = eval(a, env)?;
@@ -362,7 +366,18 @@ fn const_eq(g: &Node, p: &Node) -> Option<bool> {
         return match (g, p) {
             (Node::Inf, Node::Inf) => Some(true),
             (Node::Neg(a), Node::Neg(b)) if **a == Node::Inf && **b == Node::Inf => Some(true),
-            (Node::Inf, _) | (_, Node::Inf) if !has_inf(g) || !has_inf(p) => Some(false),
+            (Node::Inf, Node::Neg(_)) | (Node::Neg(_), Node::Inf) => Some(false),
+            // plus or minus infinity against a finite number
+            _ if has_inf(g) != has_inf(p) => {
+                let (inf_side, other) = if has_inf(g) { (g, p) } else { (p, g) };
+                let signed_inf = matches!(inf_side, Node::Inf)
+                    || matches!(inf_side, Node::Neg(x) if **x == Node::Inf);
+                if signed_inf && eval(other, &no_env).is_some_and(|e| e.f.is_finite()) {
+                    Some(false)
+                } else {
+                    None
+                }
+            }
             _ => None,
         };
     }
@@ -498,17 +513,20 @@ fn expr_eq(g: &Node, p: &Node) -> Option<bool> {
     collect_syms(p, &mut ps);
     gs.sort();
     ps.sort();
-    let points: [[f64; 3]; 3] = [
-        [0.5377, 1.8339, -2.2588],
-        [0.8622, 0.3188, -1.3077],
-        [-0.4336, 0.3426, 3.5784],
+    // every variable takes both signs across the points (sqrt(x^2) is |x|, not x,
+    // for the reference's real symbols); an undefined value leaves it undecided
+    let points: [[f64; 3]; 4] = [
+        [0.5377, 1.8339, 2.2588],
+        [0.8622, 0.3188, 1.3077],
+        [1.4336, 0.3426, 3.5784],
+        [0.7254, 2.1031, 1.1711],
     ];
     let mut all_eq = true;
-    for pt in points.iter() {
+    for (j, pt) in points.iter().enumerate() {
         let env = |s: &str| -> Option<f64> {
             let k = syms.iter().position(|x| x == s)?;
-            let base = pt[k % 3];
-            Some(base + (k / 3) as f64 * 0.731)
+            let v = pt[k % 3] + (k / 3) as f64 * 0.731;
+            Some(if (j + k) % 2 == 1 { -v } else { v })
         };
         let a = eval(g, &env)?;
         let b = eval(p, &env)?;
@@ -716,8 +734,32 @@ pub fn equal(gold: &Value, pred: &Value) -> Option<bool> {
             if p.len() != 2 {
                 return Some(false);
             }
-            let a = node_of(&p[0])?;
-            let b = node_of(&p[1])?;
+            let mut a = node_of(&p[0])?;
+            let mut b = node_of(&p[1])?;
+            // a gold set is compared in sorted order (a finite set keeps its
+            // elements sorted); a predicted set or a tuple in written order
+            if matches!(gold, Value::Set(_)) {
+                let va = eval(a, &no_env)?.f;
+                let vb = eval(b, &no_env)?.f;
+                if float_eq(va, vb) != Some(false) {
+                    return None;
+                }
+                if va > vb {
+                    std::mem::swap(&mut a, &mut b);
+                }
+            }
+            let (mut lo, mut hi) = (lo, hi);
+            if matches!(gold, Value::Set(_)) {
+                // the interval's ends are sorted too when compared with a set
+                let vl = eval(lo, &no_env)?.f;
+                let vh = eval(hi, &no_env)?.f;
+                if float_eq(vl, vh) != Some(false) {
+                    return None;
+                }
+                if vl > vh {
+                    std::mem::swap(&mut lo, &mut hi);
+                }
+            }
             let x = expr_eq(lo, a)?;
             let y = expr_eq(hi, b)?;
             Some(x && y)
@@ -817,7 +859,14 @@ mod tests {
         assert_eq!(eq("(1,2)", "(1,2)"), Some(true));
         assert_eq!(eq("[1,2)", "[1,2]"), Some(false));
         assert_eq!(eq("(1,2,3)", "(1,3,2)"), Some(false));
+        // a gold set against an open interval: sorted; a predicted set: as written
+        assert_eq!(eq("2,1", "(1,2)"), Some(true));
+        assert_eq!(eq("(1,2)", "2,1"), Some(false));
         assert_eq!(eq("4a-2", "-2+4a"), Some(true));
+        // real symbols: sqrt(y^2) is |y|
+        assert_ne!(eq("y", "\\sqrt{y^2}"), Some(true));
+        assert_ne!(eq("x+y", "x+\\sqrt{y^2}"), Some(true));
+        assert_eq!(eq("(x+y)^2", "x^2+2xy+y^2"), Some(true));
         assert_eq!(eq("\\text{Evelyn}", "\\text{evelyn}"), Some(true));
     }
 }

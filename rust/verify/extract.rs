@@ -113,6 +113,64 @@ fn pct_len(t: &str, i: usize) -> usize {
     0
 }
 
+#[derive(Clone, Copy)]
+enum Closer {
+    Bracket,
+    Paren,
+    Newline,
+}
+
+struct Closers {
+    key: (usize, usize),
+    bracket: Vec<usize>,
+    paren: Vec<usize>,
+    newline: Vec<usize>,
+}
+
+thread_local! {
+    /// Positions of `\]`, `\)` and newlines of the text being scanned; reset at
+    /// every `candidates` call, so it never outlives one text.
+    static CLOSERS: std::cell::RefCell<Option<Closers>> = const { std::cell::RefCell::new(None) };
+}
+
+fn reset_closers() {
+    CLOSERS.with(|c| *c.borrow_mut() = None);
+}
+
+/// First position >= `from` of the closer in `t`.
+fn next_closer(t: &str, which: Closer, from: usize) -> Option<usize> {
+    CLOSERS.with(|c| {
+        let mut c = c.borrow_mut();
+        let key = (t.as_ptr() as usize, t.len());
+        if !c.as_ref().is_some_and(|x| x.key == key) {
+            let b = t.as_bytes();
+            let mut cl = Closers {
+                key,
+                bracket: Vec::new(),
+                paren: Vec::new(),
+                newline: Vec::new(),
+            };
+            for k in 0..b.len() {
+                match b[k] {
+                    b'\\' if b_at(b, k + 1) == b']' => cl.bracket.push(k),
+                    b'\\' if b_at(b, k + 1) == b')' => cl.paren.push(k),
+                    b'\n' => cl.newline.push(k),
+                    _ => {}
+                }
+            }
+            *c = Some(cl);
+        }
+        let cl = c.as_ref().unwrap();
+        let v = match which {
+            Closer::Bracket => &cl.bracket,
+            Closer::Paren => &cl.paren,
+            Closer::Newline => &cl.newline,
+        };
+        let k = v.partition_point(|&p| p < from);
+        v.get(k).copied()
+    })
+}
+
 /// One math environment starting at `i` (regex alternation order), plus the
 /// trailing `\s*` and optional percent sign.
 fn m_env(t: &str, i: usize, ctx: Ctx) -> Option<(usize, EnvM)> {
@@ -134,19 +192,14 @@ fn m_env(t: &str, i: usize, ctx: Ctx) -> Option<(usize, EnvM)> {
             j += 1;
         }
     }
-    // \[ ... \]
+    // \[ ... \] : ends at the first "\]" (found by binary search, so that many
+    // unclosed openers stay linear)
     if found.is_none() && t[i..].starts_with("\\[") && prev != b'\\' {
         let cs = i + 2;
-        let mut j = cs;
-        while j < b.len() {
-            if j > cs && b[j] == b'\\' && b_at(b, j + 1) == b']' && b[j - 1] != b'\\' {
+        if let Some(j) = next_closer(t, Closer::Bracket, cs) {
+            if j > cs && b[j - 1] != b'\\' {
                 found = Some((j + 2, EnvKind::DisplayBracket, (cs, j)));
-                break;
             }
-            if b[j] == b'\\' && b_at(b, j + 1) == b']' {
-                break;
-            }
-            j += 1;
         }
     }
     // $ ... $ (single line, not after a digit or backslash)
@@ -168,19 +221,14 @@ fn m_env(t: &str, i: usize, ctx: Ctx) -> Option<(usize, EnvM)> {
             j += 1;
         }
     }
-    // \( ... \)
+    // \( ... \) : single line, ends at the first "\)"
     if found.is_none() && t[i..].starts_with("\\(") && prev != b'\\' {
         let cs = i + 2;
-        let mut j = cs;
-        while j < b.len() {
-            if j > cs && b[j] == b'\\' && b_at(b, j + 1) == b')' && b[j - 1] != b'\\' {
+        if let Some(j) = next_closer(t, Closer::Paren, cs) {
+            let nl = next_closer(t, Closer::Newline, cs).unwrap_or(usize::MAX);
+            if nl > j && j > cs && b[j - 1] != b'\\' {
                 found = Some((j + 2, EnvKind::InlineParen, (cs, j)));
-                break;
             }
-            if b[j] == b'\n' || (b[j] == b'\\' && b_at(b, j + 1) == b')') {
-                break;
-            }
-            j += 1;
         }
     }
     // \s[ ... ]\s
@@ -965,6 +1013,7 @@ fn boxed_candidates(t: &str, out: &mut Vec<Cand>) {
 
 /// Candidates of one priority group, in the order they are tried.
 pub fn candidates(t: &str, group: Group, o: &ExtractOpts) -> Vec<Cand> {
+    reset_closers();
     let mut out = Vec::new();
     let hope = t.contains("I hope");
     match group {

@@ -73,10 +73,18 @@ pub fn extract_boxed(text: &str, mode: BoxedMode) -> String {
     let mut current = text.len();
     let mut max_pos = text.len();
     let mut last_boxed_start: Option<usize> = None;
+    let mut last_b = text.rfind("\\boxed");
+    let mut last_f = text.rfind("\\fbox");
     loop {
-        let hay = &text[..current];
-        let bi = hay.rfind("\\boxed");
-        let fi = hay.rfind("\\fbox");
+        // each command is searched for again only once the scan has passed its
+        // last known position, so many boxes stay linear
+        if last_b.is_some_and(|p| p + 6 > current) {
+            last_b = text[..current].rfind("\\boxed");
+        }
+        if last_f.is_some_and(|p| p + 5 > current) {
+            last_f = text[..current].rfind("\\fbox");
+        }
+        let (bi, fi) = (last_b, last_f);
         let (start, cmd_len) = match (bi, fi) {
             (None, None) => break,
             (Some(b), None) => (b, 6),

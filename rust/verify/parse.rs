@@ -253,6 +253,12 @@ impl P {
                     | "ln"
                     | "log"
                     | "text"
+                    | "triangle"
+                    | "angle"
+                    | "ell"
+                    | "overline"
+                    | "overrightarrow"
+                    | "vec"
                     | "lfloor"
                     | "lceil"
                     | "binom"
@@ -525,6 +531,39 @@ impl P {
                         }
                         Node::Sym(name)
                     }
+                    // named objects the reference reads as plain symbols
+                    "triangle" | "angle" | "ell" => {
+                        if self.is_ch('(') {
+                            // \ell(n): an undefined function
+                            let single = matches!(
+                                (self.peek_at(1), self.peek_at(2)),
+                                (Some(Tok::Num(_)) | Some(Tok::Letter(_)), Some(Tok::Ch(')')))
+                            );
+                            if !single {
+                                return Err(PErr::Unsupported);
+                            }
+                            self.i += 1;
+                            let arg = self.primary()?;
+                            self.expect_ch(')')?;
+                            Node::Opaque(c.clone(), vec![arg])
+                        } else {
+                            Node::Sym(c.clone())
+                        }
+                    }
+                    // \overline{AB}, \vec{v}, \text{cm}: one symbol named after the content
+                    "overline" | "overrightarrow" | "vec" | "text" => {
+                        let word = self.brace_word()?;
+                        let prefix = match c.as_str() {
+                            "overline" => "bar",
+                            "text" => "",
+                            _ => "vec",
+                        };
+                        Node::Sym(if prefix.is_empty() {
+                            word
+                        } else {
+                            format!("{prefix}{{{word}}}")
+                        })
+                    }
                     "lfloor" | "lceil" => {
                         let close = if c == "lfloor" { "rfloor" } else { "rceil" };
                         let e = self.expr()?;
@@ -642,6 +681,28 @@ impl P {
         };
         self.depth -= 1;
         Ok(r)
+    }
+
+    /// `{letters and digits}` as one lower-case word (spaces dropped)
+    fn brace_word(&mut self) -> R<String> {
+        self.expect_ch('{')?;
+        let mut out = String::new();
+        loop {
+            match self.peek().cloned() {
+                Some(Tok::Letter(c)) => out.push(c.to_ascii_lowercase()),
+                Some(Tok::Num(n)) => out.push_str(&n),
+                Some(Tok::Ch('}')) => {
+                    self.i += 1;
+                    break;
+                }
+                _ => return Err(PErr::Unsupported),
+            }
+            self.i += 1;
+        }
+        if out.is_empty() || out.len() > 64 {
+            return Err(PErr::Unsupported);
+        }
+        Ok(out)
     }
 
     /// the text of a subscript: one token, or `{letters/digits}`
@@ -792,15 +853,27 @@ fn is_rel_tok(t: &Tok) -> bool {
     }
 }
 
+/// Does `s` use the command `\\name` (not a longer command such as `\\infty` for `\\in`)?
+fn has_cmd(s: &str, name: &str) -> bool {
+    let pat = format!("\\{name}");
+    let b = s.as_bytes();
+    let mut from = 0;
+    while let Some(p) = s[from..].find(&pat) {
+        let end = from + p + pat.len();
+        if !b.get(end).is_some_and(|c| c.is_ascii_alphabetic()) {
+            return true;
+        }
+        from = end;
+    }
+    false
+}
+
 fn relation(s: &str) -> R<Value> {
-    if s.contains("\\pm")
-        || s.contains("\\mp")
-        || s.contains("\\approx")
-        || s.contains("\\in")
-        || s.contains("\\cup")
-        || s.contains("\\cap")
-        || s.contains("\\equiv")
-        || s.contains("\\mod")
+    if [
+        "pm", "mp", "approx", "in", "cup", "cap", "equiv", "mod", "pmod", "setminus",
+    ]
+    .iter()
+    .any(|c| has_cmd(s, c))
         || s.contains(':')
         || s.contains(';')
         || s.contains('|')
@@ -823,13 +896,14 @@ fn relation(s: &str) -> R<Value> {
         }
         return Err(PErr::Unsupported);
     }
-    if t.contains("\\text") {
-        return Err(PErr::Unsupported);
-    }
     // a single letter (upper case is lower-cased by the reference)
     if t.len() == 1 && t.as_bytes()[0].is_ascii_alphabetic() {
         let c = t.as_bytes()[0] as char;
-        if c == 'e' || c == 'i' || c == 'I' {
+        if c == 'e' {
+            // Euler's number in the reference
+            return Ok(Value::Expr(Node::E));
+        }
+        if c == 'i' || c == 'I' {
             return Err(PErr::Unsupported);
         }
         return Ok(Value::Text(c.to_ascii_lowercase().to_string()));
