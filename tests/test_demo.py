@@ -8,9 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
-
 from onpolicy_sft.config import ConfigError, DemoConfig
-from onpolicy_sft.demo import ASSETS, DATA_DIR, MODEL_DIR, METHODS, ess_fraction, is_weights
+from onpolicy_sft.demo import ASSETS, DATA_DIR, METHODS, MODEL_DIR, ess_fraction, is_weights
 
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?|nan|inf", re.IGNORECASE)
 
@@ -41,9 +40,8 @@ def test_splits_are_disjoint() -> None:
 
 
 def test_chat_template_is_bundled() -> None:
-    from transformers import AutoTokenizer
-
     from onpolicy_sft.rewrite.prompts import train_prompt
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(MODEL_DIR)
     assert train_prompt(tok, "Ann has 3 apples.").startswith("<|im_start|>user\n")
@@ -93,16 +91,25 @@ def test_quick_demo_report_has_every_table_and_figure(tmp_path: Path) -> None:
     report = (out / "report.md").read_text()
     for heading in ("## Results", "## Policy gap", "## What the numbers say", "## Time"):
         assert heading in report
-    rows = {line.split("|")[1].strip(): line for line in report.splitlines() if line.startswith("|")}
+    rows = {
+        line.split("|")[1].strip(): line for line in report.splitlines() if line.startswith("|")
+    }
     for name in ["Base (pi_0)", *(m[0] for m in METHODS)]:
         assert name in rows, f"method {name!r} missing from the results table"
     for name in ("self", "guided", "expert", "expert data", "rewritten data"):
         assert name in rows, f"row {name!r} missing from the policy-gap tables"
     for key in ("Base (pi_0)", *(m[0] for m in METHODS), "expert data", "rewritten data"):
         cells = rows[key].split("|")[2:-1]
-        values = [float(c.strip().rstrip("%")) for c in cells if NUMBER.fullmatch(c.strip().rstrip("%"))]
+        values = [
+            float(c.strip().rstrip("%")) for c in cells if NUMBER.fullmatch(c.strip().rstrip("%"))
+        ]
         assert values and all(math.isfinite(v) for v in values), rows[key]
-    for png in ("accuracy.png", "policy_gap_nll.png", "importance_weights.png", "training_loss.png"):
+    for png in (
+        "accuracy.png",
+        "policy_gap_nll.png",
+        "importance_weights.png",
+        "training_loss.png",
+    ):
         assert (out / png).stat().st_size > 1000
         assert f"]({png})" in report
     results = json.loads((out / "results.json").read_text())
