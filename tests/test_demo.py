@@ -118,3 +118,17 @@ def test_quick_demo_report_has_every_table_and_figure(tmp_path: Path) -> None:
     assert math.isfinite(results["ess"]["expert data"]) and math.isfinite(
         results["ess"]["rewritten data"]
     )
+
+
+def test_demo_is_callable_after_module_import() -> None:
+    import onpolicy_sft
+    import onpolicy_sft.demo
+
+    assert callable(onpolicy_sft.demo)
+
+
+def test_cli_parses_demo_flags() -> None:
+    from onpolicy_sft.cli import build_parser
+
+    args = build_parser().parse_args(["demo", "--quick", "--seed", "3", "--out", "x"])
+    assert (args.quick, args.seed, args.out, args.engine) == (True, 3, "x", "auto")

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from onpolicy_sft._callable import make_module_callable
 from onpolicy_sft.config import DemoConfig
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -711,3 +712,8 @@ def _count_params(model_dir: Path) -> int:
             for k in st.keys():
                 n += int(np.prod(st.get_slice(k).get_shape()))
     return n
+
+
+# `import onpolicy_sft.demo` binds the package attribute `demo` to this module;
+# making the module callable keeps `onpolicy_sft.demo(...)` working either way.
+make_module_callable(__name__, demo)
