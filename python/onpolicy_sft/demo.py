@@ -492,6 +492,24 @@ def _write_report(out: Path, res: dict[str, Any], files: list[str]) -> str:
         f"{res['n_train']} training problems, {res['n_eval']} held-out problems, seed {res['seed']}, "
         f"engine {res['engine']}, {'quick' if res['quick'] else 'full'} size.",
         "",
+        "## Setup",
+        "",
+        "- pi_0 is the bundled tiny model, trained from scratch to solve arithmetic word problems "
+        "in a terse style of its own (`3*4=12. 12+5=17. \\boxed{17}`). The expert solutions of "
+        "the training problems are correct but verbose prose (`... 12 plus 5, that is 17. The "
+        "answer is \\boxed{17}.`): the policy gap.",
+        f"- Rewriting: three tiers (self: k={res['k_self']} samples at T=1.0; guided: "
+        f"k={res['k_guided']} at T=0.7 with the expert solution in the prompt; else expert), "
+        "verified against the reference answer; among several correct samples the likeliest "
+        "under pi_0 is kept.",
+        "- SFT/DFT train on the expert solutions, the rewriting rows on the rewritten data; all five "
+        f"start from pi_0 with the same optimiser (AdamW, lr {res['lr']:g}, cosine, "
+        f"{res['epochs']:g} epochs, batch {res['batch_size']}, seed {res['seed']}). IS uses "
+        "token-level clipped ratios (0, 2) against the stored behaviour log-probs (blogp = 0 "
+        "for expert rows).",
+        f"- Evaluation: avg@{res['k']} at T=1.0, top-p 1 on held-out problems (columns: number of "
+        "operations, like the papers' benchmarks), graded by onpolicy_sft.Verifier.",
+        "",
         "## Results",
         "",
         _format_table(res["table"], res["k"]),
@@ -662,6 +680,11 @@ def demo(
         "quick": cfg.quick,
         "engine": _engine_kind(cfg.engine),
         "k": cfg.k_eval,
+        "k_self": cfg.k_self,
+        "k_guided": cfg.k_guided,
+        "lr": cfg.lr,
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
         "n_train": len(train_rows),
         "n_eval": len(eval_rows),
         "model_params": n_params,
