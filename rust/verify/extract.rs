@@ -175,6 +175,28 @@ fn next_closer(t: &str, which: Closer, from: usize) -> Option<usize> {
 /// trailing `\s*` and optional percent sign.
 fn m_env(t: &str, i: usize, ctx: Ctx) -> Option<(usize, EnvM)> {
     let b = t.as_bytes();
+    // cheap rejection: every alternative starts with one of these
+    match b_at(b, i) {
+        b'$' => {}
+        b'\\' => {
+            let n = b_at(b, i + 1);
+            if !(n == b'[' || n == b'(' || (n == b'f' && ctx == Ctx::Plain)) {
+                return None;
+            }
+        }
+        b'-' => {
+            if ctx != Ctx::Plain || b_at(b, i + 1) != b'\\' {
+                return None;
+            }
+        }
+        c if c.is_ascii_whitespace() => {
+            if b_at(b, i + 1) != b'[' {
+                return None;
+            }
+        }
+        c if c >= 0x80 => {}
+        _ => return None,
+    }
     let prev = if i > 0 { b[i - 1] } else { 0 };
     let mut found: Option<(usize, EnvKind, (usize, usize))> = None;
     // $$ ... $$
@@ -352,28 +374,44 @@ fn m_chain(t: &str, i: usize, ctx: Ctx) -> Option<(usize, Vec<EnvM>)> {
 const CURRENCY: &str = "$€£¥₹₽₪₩₫฿₡₢₣₤₥₦₧₨₩₪₫₭₮₯₰₱₲₳₴₵₶₷₸₹₺₻₼₽₾₿";
 
 /// `(?:^|\s|=)(?:\*\*)?` at `i`: the position after the prefix.
-fn m_prefix(t: &str, i: usize, at_start_ok: bool) -> Vec<usize> {
-    let mut outs = Vec::new();
+/// Positions after `(?:^|\s|=)(?:\*\*)?` at `i`, in the order the regex tries them
+/// (a fixed-size list: this runs at every whitespace of the text).
+fn m_prefix(t: &str, i: usize, at_start_ok: bool) -> Prefixes {
+    let mut out = Prefixes { v: [0; 4], n: 0 };
     let b = t.as_bytes();
-    let mut bases = Vec::new();
+    let push_base = |p: usize, out: &mut Prefixes| {
+        if t[p..].starts_with("**") {
+            out.v[out.n] = p + 2;
+            out.n += 1;
+        }
+        out.v[out.n] = p;
+        out.n += 1;
+    };
     if i == 0 && at_start_ok {
-        bases.push(0);
+        push_base(0, &mut out);
     }
     if i < b.len() {
         let w = ws_len(t, i);
         if w > 0 {
-            bases.push(i + w);
+            push_base(i + w, &mut out);
         } else if b[i] == b'=' {
-            bases.push(i + 1);
+            push_base(i + 1, &mut out);
         }
     }
-    for p in bases {
-        if t[p..].starts_with("**") {
-            outs.push(p + 2);
-        }
-        outs.push(p);
+    out
+}
+
+struct Prefixes {
+    v: [usize; 4],
+    n: usize,
+}
+
+impl IntoIterator for Prefixes {
+    type Item = usize;
+    type IntoIter = std::iter::Take<std::array::IntoIter<usize, 4>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.v.into_iter().take(self.n)
     }
-    outs
 }
 
 fn digits(b: &[u8], mut i: usize) -> usize {
@@ -708,8 +746,15 @@ fn find_ci(t: &str, from: usize, pat: &str) -> Option<usize> {
     if p.is_empty() || b.len() < p.len() {
         return None;
     }
+    let (lo, up) = (p[0].to_ascii_lowercase(), p[0].to_ascii_uppercase());
+    let last = b.len() - p.len();
     let mut i = from;
-    while i + p.len() <= b.len() {
+    while i <= last {
+        // first byte (either case) located with a fast scan, then the rest compared
+        match b[i..=last].iter().position(|&c| c == lo || c == up) {
+            None => return None,
+            Some(k) => i += k,
+        }
         if b[i..i + p.len()].eq_ignore_ascii_case(p) {
             return Some(i);
         }
@@ -925,12 +970,33 @@ fn scan_all(t: &str, f: Matcher<'_>, starts: &dyn Fn(&[u8], usize) -> bool, out:
     }
 }
 
+/// Where a math environment can start: `$`, a backslash, `-\frac`, or a
+/// whitespace before `[` (a cheap filter; the matcher decides).
 fn env_start(b: &[u8], i: usize) -> bool {
-    matches!(b[i], b'$' | b'\\' | b'-') || b[i].is_ascii_whitespace() || b[i] >= 0x80
+    match b[i] {
+        b'$' | b'\\' => true,
+        b'-' => b_at(b, i + 1) == b'\\',
+        c if c.is_ascii_whitespace() => b_at(b, i + 1) == b'[',
+        c => c >= 0x80,
+    }
 }
 
+/// Where a number or an expression can start: the text start, or a whitespace or
+/// `=` followed by something a number can begin with (a cheap filter).
 fn anchor_start(b: &[u8], i: usize) -> bool {
-    i == 0 || b[i].is_ascii_whitespace() || b[i] == b'=' || b[i] >= 0x80
+    if i == 0 {
+        return true;
+    }
+    if !(b[i].is_ascii_whitespace() || b[i] == b'=' || b[i] >= 0x80) {
+        return false;
+    }
+    let n = b_at(b, i + 1);
+    b[i] >= 0x80
+        || n.is_ascii_digit()
+        || matches!(n, b'.' | b'-' | b'(' | b'*')
+        || n >= 0x80
+        || n == b'$'
+    // "\s\s" then a digit: the prefix is one whitespace, so a second one fails
 }
 
 /// Which extraction targets are enabled, and where `\boxed` ranks.
@@ -1033,7 +1099,7 @@ pub fn candidates(t: &str, group: Group, o: &ExtractOpts) -> Vec<Cand> {
             if o.latex && o.boxed_first && hope {
                 final_answer_hope_matches(t, true, &mut out);
             }
-            if o.latex {
+            if o.latex && t.contains("\\boxed") {
                 boxed_candidates(t, &mut out);
             }
             if o.expr && !o.boxed_first {
