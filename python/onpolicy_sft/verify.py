@@ -20,12 +20,12 @@ import logging
 import os
 import sys
 import time
-import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from onpolicy_sft import _core
+from onpolicy_sft._callable import make_module_callable
 
 __all__ = ["Verdict", "Verifier", "extract_answer", "verify", "verify_batch"]
 
@@ -152,7 +152,6 @@ class _Worker:
 
     def __init__(self) -> None:
         import subprocess
-        import sys
         from multiprocessing.connection import Connection
 
         pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -359,16 +358,5 @@ class Verifier:
         return results
 
 
-class _CallableModule(types.ModuleType):
-    """``onpolicy_sft.verify`` is both this module and the function :func:`verify`.
-
-    Importing the submodule binds the package attribute ``verify`` to the module
-    (the import system does that after the lazy export), so the module itself is
-    made callable: ``onpolicy_sft.verify(prediction, gold)`` works in any import order.
-    """
-
-    def __call__(self, prediction: str, gold: str) -> Verdict:
-        return verify(prediction, gold)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+# `onpolicy_sft.verify` is both this module and the function verify().
+make_module_callable(__name__, verify)
