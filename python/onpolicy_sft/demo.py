@@ -715,6 +715,9 @@ def demo(
     )
     print("ESS fraction: " + ", ".join(f"{k} {v:.3f}" for k, v in gap["ess"].items()))
     print(f"tiers: {gap['tiers']}; total {seconds['total']:.0f}s; report: {root / 'report.md'}")
+    print()
+    print("What the numbers say:")
+    print(_conclusion(res))
     return DemoResult(
         out=str(root),
         table=res["table"],
