@@ -18,42 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from _machine import machine  # benches/_machine.py, beside this script
 from onpolicy_sft.ledger import Attempt, Ledger
 
 BATCH = 1000
-
-
-def machine() -> dict[str, str]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {}
-    for pkg in ("numpy", "pyarrow", "torch"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = "-"
-    return {
-        "platform": platform.platform(),
-        "cpu": f"{cpu} x{os.cpu_count()}",
-        "python": sys.version.split()[0],
-        **versions,
-    }
 
 
 def fresh_process_rss_delta(path: Path) -> int:

@@ -22,12 +22,13 @@ import datetime as _dt
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from _machine import machine  # benches/_machine.py, beside this script
 
 REPO = Path(__file__).resolve().parent.parent
 SHAPES = {  # name: (N tokens, H hidden, V vocabulary)
@@ -47,36 +48,6 @@ OURS = {  # variant name: PolicyLoss kwargs
     "ours pear": dict(scheme="pear"),
     "ours dft, grad_accum=input": dict(scheme="dft", grad_accum="input"),
 }
-
-
-def machine() -> dict[str, Any]:
-    import torch
-
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-    }
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except ImportError:
-        info["triton"] = None
-    try:
-        from importlib.metadata import version
-
-        import liger_kernel  # noqa: F401
-
-        info["liger_kernel"] = version("liger-kernel")
-    except Exception:
-        info["liger_kernel"] = None
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
-    return info
 
 
 def measure(fn: Callable[[], None], *, iters: int, warmup: int) -> tuple[float, int]:

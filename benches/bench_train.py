@@ -32,13 +32,14 @@ import argparse
 import datetime as _dt
 import gc
 import json
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _machine import machine  # benches/_machine.py, beside this script
 
 REPO = Path(__file__).resolve().parent.parent
 QWEN25_05B = dict(
@@ -65,30 +66,6 @@ SMOKE = dict(
 )
 TARGET_SPEED = 1.0
 TARGET_MEM = 0.5
-
-
-def machine() -> dict[str, Any]:
-    import torch
-    import transformers
-
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "cuda": torch.version.cuda,
-    }
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except ImportError:
-        info["triton"] = None
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
-    return info
 
 
 def make_data(n_rows: int, seq: int, vocab: int, prompt_len: int) -> list[Any]:

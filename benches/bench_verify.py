@@ -28,11 +28,12 @@ import gzip
 import json
 import logging
 import os
-import platform
 import random
 import sys
 import time
 from pathlib import Path
+
+from _machine import machine  # benches/_machine.py, beside this script
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("ONPOLICY_SFT_SHARED", REPO.parent / "shared"))
@@ -43,46 +44,6 @@ FILES = ["zeroeval_math_l5", "qwen25math_cot100", "mr_gsm8k", "tora_gsm8k"]
 def load(name: str) -> list[dict]:
     with gzip.open(CORPUS / f"{name}.jsonl.gz", "rt", encoding="utf-8") as f:
         return [json.loads(line) for line in f]
-
-
-def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import math_verify  # noqa: F401
-
-    try:
-        import torch
-
-        torch_v = torch.__version__
-    except Exception:
-        torch_v = "absent"
-    from importlib.metadata import version
-
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch_v,
-        "math_verify": version("math-verify"),
-        "onpolicy_sft": version("onpolicy-sft") if _installed("onpolicy-sft") else "source",
-    }
-
-
-def _installed(dist: str) -> bool:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        version(dist)
-        return True
-    except PackageNotFoundError:
-        return False
 
 
 def time_ours(preds: list[str], golds: list[str], threads: int) -> float:
@@ -243,7 +204,7 @@ def main() -> int:
     results = [bench_file(n, args) for n in FILES]
     results.append(bench_mv_tests(args))
     m = machine()
-    print(f"machine: {m['cpu']} ({m['cores']} cores), {m['platform']}")
+    print(f"machine: {m['cpu']}, {m['platform']}")
     print(f"python {m['python']}, torch {m['torch']}, math-verify {m['math_verify']}")
     hdr = (
         f"{'file':26} {'pairs':>6} {'agree%':>7} {'undec%':>6} {'agree+fb%':>9} "
