@@ -205,7 +205,7 @@ def main() -> int:
     results.append(bench_mv_tests(args))
     m = machine()
     print(f"machine: {m['cpu']}, {m['platform']}")
-    print(f"python {m['python']}, torch {m['torch']}, math-verify {m['math_verify']}")
+    print(f"python {m['python']}, torch {m['torch']}, math-verify {m['math-verify']}")
     hdr = (
         f"{'file':26} {'pairs':>6} {'agree%':>7} {'undec%':>6} {'agree+fb%':>9} "
         f"{'ours/s 1t':>10} {'ours/s 2t':>10} {'mv/s':>6} {'(n)':>5} {'ratio':>6} {'p99 us':>7} "
