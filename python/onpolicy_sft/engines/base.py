@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -24,6 +24,19 @@ class Sample:
     token_ids: list[int]
     logprobs: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
     finish_reason: str = "stop"
+
+
+class TokenizerIO:
+    """Text <-> token ids the way every engine does it: prompts are already
+    chat-templated, so no special tokens are added; decoding drops them."""
+
+    tokenizer: Any
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
 
 
 @runtime_checkable

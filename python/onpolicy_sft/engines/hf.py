@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from onpolicy_sft.engines.base import Sample
+from onpolicy_sft.engines.base import Sample, TokenizerIO
 
 # Tokens of the LM head processed at once in `score` (float32 logits of
 # 1024 x 152k = 620 MB peak on a Qwen-size vocabulary).
@@ -265,7 +265,7 @@ class StopChecker:
         return (text[:cut], True) if cut >= 0 else (text, False)
 
 
-class HFEngine:
+class HFEngine(TokenizerIO):
     """The Engine protocol on transformers (CPU or GPU).
 
     model: a local directory or a hub name, or an already loaded causal LM
@@ -319,12 +319,6 @@ class HFEngine:
         self.stop_ids = eos_ids(self.model, self.tokenizer)
 
     # ------------------------------------------------------------ tokenising
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
-
     # ------------------------------------------------------------ generation
     def generate(
         self,

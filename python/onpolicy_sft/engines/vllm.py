@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from onpolicy_sft.engines.base import Sample
+from onpolicy_sft.engines.base import Sample, TokenizerIO
 from onpolicy_sft.engines.hf import StopChecker, resolve_model_path
 
 
-class VLLMEngine:
+class VLLMEngine(TokenizerIO):
     """Engine protocol on vLLM. Extra keyword arguments go to ``vllm.LLM``."""
 
     def __init__(
@@ -97,12 +97,6 @@ class VLLMEngine:
                 torch.cuda.empty_cache()
         except Exception:  # freeing is best effort; the process exit frees the rest
             pass
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
 
     def generate(
         self,
