@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from _machine import machine  # benches/_machine.py, beside this script
+
 from onpolicy_sft.ledger import Attempt, Ledger
 
 BATCH = 1000

@@ -85,6 +85,7 @@ def variants(
 ) -> tuple[dict[str, Callable[[], None]], int]:
     import torch
     import torch.nn.functional as F
+
     from onpolicy_sft.losses import PolicyLoss
 
     dt = torch.bfloat16 if dev == "cuda" else torch.float32

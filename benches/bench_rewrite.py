@@ -200,6 +200,7 @@ def bench_hinted(n_problems: int, n_reference: int, max_tokens: int) -> dict[str
 # ---------------------------------------------------------------- 3. vLLM vs HF
 def bench_vllm_vs_hf(n_prompts: int, max_tokens: int) -> dict[str, Any] | None:
     import torch
+
     from onpolicy_sft.engines import vllm_available
 
     if not torch.cuda.is_available():

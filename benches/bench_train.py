@@ -70,6 +70,7 @@ TARGET_MEM = 0.5
 
 def make_data(n_rows: int, seq: int, vocab: int, prompt_len: int) -> list[Any]:
     import torch
+
     from onpolicy_sft.train import Example
 
     g = torch.Generator().manual_seed(0)
@@ -82,10 +83,11 @@ def make_data(n_rows: int, seq: int, vocab: int, prompt_len: int) -> list[Any]:
 
 def run_variant(name: str, shapes: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     import torch
-    from onpolicy_sft.integrations import build_policy_loss
-    from onpolicy_sft.train import Collator, ExampleDataset, PolicyTrainer
     from transformers import AutoModelForCausalLM, Qwen2Config, Trainer, TrainerCallback
     from transformers import TrainingArguments as TA
+
+    from onpolicy_sft.integrations import build_policy_loss
+    from onpolicy_sft.train import Collator, ExampleDataset, PolicyTrainer
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"

@@ -19,8 +19,9 @@ import argparse
 import tempfile
 
 import torch
-from onpolicy_sft.integrations import compute_loss_func
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+
+from onpolicy_sft.integrations import compute_loss_func
 
 PAIRS = [(f"What is {a} + {b}?", f"{a} + {b} = {a + b}. \\boxed{{{a + b}}}") for a, b in
          [(2, 3), (7, 5), (11, 4), (6, 9), (13, 8), (3, 14), (21, 5), (9, 9)]]  # fmt: skip

@@ -77,8 +77,9 @@ def main() -> int:
     args = parse_args()
     import numpy as np
     import torch
-    from onpolicy_sft.testing import build_tiny_model, build_tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from onpolicy_sft.testing import build_tiny_model, build_tokenizer
 
     torch.set_num_threads(args.threads)
     random.seed(args.seed)

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from onpolicy_sft.config import ConfigError, DemoConfig
 from onpolicy_sft.demo import ASSETS, DATA_DIR, METHODS, MODEL_DIR, ess_fraction, is_weights
 
@@ -40,8 +41,9 @@ def test_splits_are_disjoint() -> None:
 
 
 def test_chat_template_is_bundled() -> None:
-    from onpolicy_sft.rewrite.prompts import train_prompt
     from transformers import AutoTokenizer
+
+    from onpolicy_sft.rewrite.prompts import train_prompt
 
     tok = AutoTokenizer.from_pretrained(MODEL_DIR)
     assert train_prompt(tok, "Ann has 3 apples.").startswith("<|im_start|>user\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from onpolicy_sft.engines import Engine, load_engine
 from onpolicy_sft.engines.hf import sample_from_logits
 from onpolicy_sft.rewrite.prompts import train_prompt

@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 import pytest
+
 from onpolicy_sft.engines import load_engine, vllm_available
 from onpolicy_sft.rewrite.prompts import train_prompt
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from onpolicy_sft.evaluate import (
     avg_at_k,
     default_ks,
@@ -197,6 +198,7 @@ def test_table_has_a_row_per_model_and_the_five_benchmark_average() -> None:
 
 def test_cli_evaluates_a_tiny_model_with_the_hf_engine(tiny_qwen2: Path, tmp_path: Path) -> None:
     import torch
+
     from onpolicy_sft.cli import main
 
     saved = torch.get_num_threads()

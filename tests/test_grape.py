@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+
 from onpolicy_sft.engines.hf import HFEngine
 from onpolicy_sft.rewrite.data import response_ids
 from onpolicy_sft.rewrite.grape import length_normalised, select, top_k

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from onpolicy_sft.engines.hf import HFEngine
 from onpolicy_sft.rewrite.hinted import (
     HintedParams,

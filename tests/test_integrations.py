@@ -30,8 +30,9 @@ def _one_thread() -> Any:
 @pytest.fixture(scope="module")
 def data_dir(tiny_qwen2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """data.parquet with rows of different lengths; behaviour log-probs perturbed from pi_0."""
-    from onpolicy_sft.rewrite.prompts import train_prompt
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from onpolicy_sft.rewrite.prompts import train_prompt
 
     tok = AutoTokenizer.from_pretrained(tiny_qwen2)
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
@@ -71,12 +72,13 @@ def test_compute_loss_func_in_a_plain_trainer_matches_onpolicy_sft_train(
 ) -> None:
     normalize = "sequence" if scheme.endswith("per-sequence") else "tokens"
     scheme = scheme.split("-")[0]
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+
     from onpolicy_sft.cli import main
     from onpolicy_sft.config import TrainConfig
     from onpolicy_sft.integrations import compute_loss_func
     from onpolicy_sft.train import Collator, ExampleDataset, build_examples, read_data
-    from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
     # 1. the command line
     ours = tmp_path / "ours"
@@ -140,8 +142,9 @@ def test_compute_loss_func_in_a_plain_trainer_matches_onpolicy_sft_train(
 
 def test_loss_head_equals_cross_entropy_on_materialised_logits(tiny_llama: Path) -> None:
     """The shift/selection plumbing: sft through LossHead == F.cross_entropy on the logits."""
-    from onpolicy_sft.integrations import LossHead, build_policy_loss
     from transformers import AutoModelForCausalLM
+
+    from onpolicy_sft.integrations import LossHead, build_policy_loss
 
     torch.manual_seed(0)
     ids = torch.randint(3, 200, (3, 17))
@@ -175,8 +178,9 @@ def test_loss_head_equals_cross_entropy_on_materialised_logits(tiny_llama: Path)
 
 
 def test_drop_in_leaves_generation_working(tiny_qwen2: Path) -> None:
-    from onpolicy_sft.integrations import compute_loss_func
     from transformers import AutoModelForCausalLM
+
+    from onpolicy_sft.integrations import compute_loss_func
 
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
     compute_loss_func("dft", model=model, backend="torch")

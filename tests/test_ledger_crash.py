@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from onpolicy_sft.ledger import Attempt, Ledger, LedgerCorruptError, LedgerWarning
 
 N_PROBLEMS = 50

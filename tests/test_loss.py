@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from onpolicy_sft.kernels import fused
 from onpolicy_sft.kernels.reference import policy_loss_reference
 from onpolicy_sft.losses import LossSpecError, PolicyLoss, patch_model, unpatch_model

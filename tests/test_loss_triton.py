@@ -36,8 +36,9 @@ if not HAS_CUDA and not policy_loss.INTERPRETED:  # pragma: no cover - import-or
         allow_module_level=True,
     )
 
-from onpolicy_sft.losses import PolicyLoss  # noqa: E402
 from test_loss import DTYPES, SCHEMES, TOL, assert_close, compare, make_case, run_ours  # noqa: E402
+
+from onpolicy_sft.losses import PolicyLoss  # noqa: E402
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 

@@ -353,6 +353,7 @@ def test_plain_fallback_prompt_warns():
 def test_local_formats_load_the_same_problems(tmp_path, fmt):
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     from onpolicy_sft.rewrite.data import load_problems
     from onpolicy_sft.verify import extract_answer
 

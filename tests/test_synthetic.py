@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+
 from onpolicy_sft import synthetic
 
 BOXED = re.compile(r"\\boxed\{([^}]*)\}")

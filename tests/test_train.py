@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+
 from onpolicy_sft.config import ConfigError, TrainConfig
 from onpolicy_sft.train import (
     Collator,
@@ -47,8 +48,9 @@ def _behavior_logprobs(model_dir: Path, prompt_ids: list[int], resp_ids: list[in
 
 def make_data(model_dir: Path, out: Path, *, n: int = N_ROWS, expert_rows: int = 0) -> Path:
     """A rewrite-style data.parquet: templated prompt, response token ids (EOS), blogp."""
-    from onpolicy_sft.rewrite.prompts import train_prompt
     from transformers import AutoTokenizer
+
+    from onpolicy_sft.rewrite.prompts import train_prompt
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     rows = []
@@ -373,8 +375,9 @@ def test_config_reports_every_problem_at_once() -> None:
 def test_packed_rows_give_the_same_loss_and_gradient_as_padded_rows(
     loss: str, tiny_qwen2: Path, data_dir: Path
 ) -> None:
-    from onpolicy_sft.integrations import LossHead, build_policy_loss
     from transformers import AutoModelForCausalLM
+
+    from onpolicy_sft.integrations import LossHead, build_policy_loss
 
     level = "sequence" if loss == "is-sequence" else "token"
     scheme = loss.split("-")[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from onpolicy_sft import Verdict, Verifier, verify, verify_batch
 from onpolicy_sft.verify import extract_answer
 

@@ -14,6 +14,7 @@ import random
 from pathlib import Path
 
 import pytest
+
 from onpolicy_sft import _core
 from onpolicy_sft.verify import Verifier, verify_batch
 
