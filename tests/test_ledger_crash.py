@@ -362,6 +362,27 @@ def test_forked_child_does_not_keep_the_writer_lock(tmp_path: Path) -> None:
         os.waitpid(pid, 0)
 
 
+def test_forked_child_cannot_write_through_the_parents_ledger(tmp_path: Path) -> None:
+    """A fork shares the file offsets but not the lock: its writes would be overwritten."""
+    path = tmp_path / "led"
+    led = Ledger.open(path)
+    led.add_problems(["a"], ["ref a"])
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            led.add_problems(["b"], ["ref b"])
+        except Exception as exc:  # the refusal must say why and what to do
+            code = 0 if "fork" in str(exc) and "open the ledger in the child" in str(exc) else 2
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0, "the forked child was allowed to write"
+    led.add_problems(["c"], ["ref c"])
+    led.close()
+    with Ledger.open(path, readonly=True) as again:
+        assert again.stats()["problems"] == 2
+
+
 def test_second_writer_in_another_process_refused_naming_holder(tmp_path: Path) -> None:
     from onpolicy_sft.ledger import LedgerLockedError
 

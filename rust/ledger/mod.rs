@@ -190,6 +190,10 @@ pub struct Ledger {
     /// bytes at the start of `buf` already written by `flush_early`
     flushed: usize,
     poisoned: Option<String>,
+    /// the process that opened the ledger: a forked child shares the file
+    /// offsets but not the writer lock, so it must not write (its bytes would
+    /// be overwritten by the parent's next append)
+    owner_pid: u32,
 }
 
 fn io(path: &Path, e: std::io::Error) -> Error {
@@ -312,6 +316,7 @@ impl Ledger {
             buf: Vec::new(),
             flushed: 0,
             poisoned: None,
+            owner_pid: std::process::id(),
         };
         let mut data = Vec::new();
         let count = nums.len();
@@ -671,6 +676,16 @@ impl Ledger {
     }
 
     fn check_writable(&self) -> Result<()> {
+        if std::process::id() != self.owner_pid {
+            return Err(Error::Msg(format!(
+                "ledger {} was opened by process {}, and this process ({}) is a fork of it that \
+                 does not hold the writer lock; open the ledger in the child instead (readonly=True \
+                 to read), or write from the parent only",
+                self.dir.display(),
+                self.owner_pid,
+                std::process::id()
+            )));
+        }
         if self.readonly {
             return Err(Error::Msg(format!(
                 "ledger {} is open read-only; open it with readonly=False to write",

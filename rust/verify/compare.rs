@@ -311,10 +311,24 @@ fn atom(n: &Node) -> Atom {
 }
 
 /// Relative closeness of two floats: Some(true) clearly equal, Some(false) clearly not.
+///
+/// Purely relative: an absolute tolerance would call `e^{-30}` equal to `0` or to
+/// `e^{-31}`, which math-verify (exact sympy arithmetic) does not. Values near the
+/// bottom of f64's range, and a tiny value against an exact zero (float error, or
+/// a true difference?), are left undecided for the fallback.
 fn float_eq(a: f64, b: f64) -> Option<bool> {
-    let scale = a.abs().max(b.abs()).max(1e-300);
+    if a == b {
+        return Some(true);
+    }
+    let scale = a.abs().max(b.abs());
+    if scale < 1e-290 {
+        return None;
+    }
+    if a == 0.0 || b == 0.0 {
+        return if scale > 1e-9 { Some(false) } else { None };
+    }
     let d = (a - b).abs();
-    if d <= 1e-11 * scale.max(1.0) {
+    if d <= 1e-11 * scale {
         Some(true)
     } else if d > 1e-7 * scale {
         Some(false)
@@ -333,6 +347,11 @@ fn math_eq(a: &Ev, b: &Ev) -> Option<bool> {
         (true, true) => return None,
         (true, false) | (false, true) => return Some(false),
         _ => {}
+    }
+    // an inexact 0.0 may be an underflow (10^{-400}, e^{-1000}) or a float error
+    // (sin(pi)): only math-verify can tell
+    if (a.f == 0.0 && a.exact.is_none()) || (b.f == 0.0 && b.exact.is_none()) {
+        return None;
     }
     // an irrational value can never equal a rational exactly, but floats cannot
     // tell them apart reliably: use the numeric comparison with a grey zone
@@ -848,6 +867,25 @@ mod tests {
         assert_eq!(eq("2\\pi", "6.283185"), Some(true));
         assert_eq!(eq("\\sqrt{2}", "1.41421"), Some(false));
         assert_eq!(eq("12", "13"), Some(false));
+    }
+
+    /// Tiny and underflowing values: never "equal" by an absolute tolerance
+    /// (math-verify 0.9.0 says False to each pair below).
+    #[test]
+    fn tiny_values_are_not_equal_to_zero_or_each_other() {
+        for (g, p) in [
+            ("10^{-13}", "\\sqrt{2}\\cdot 10^{-13}"),
+            ("e^{-31}", "e^{-30}"),
+            ("0", "e^{-30}"),
+            ("0", "\\pi\\cdot10^{-12}"),
+            ("0", "\\sin(10^{-12})"),
+            ("0", "10^{-400}"),
+            ("0", "\\frac{1}{10^{400}}"),
+            ("0", "e^{-1000}"),
+        ] {
+            assert_ne!(eq(g, p), Some(true), "gold {g} vs prediction {p}");
+        }
+        assert_eq!(eq("e^{-30}", "e^{-30}"), Some(true));
     }
 
     #[test]
