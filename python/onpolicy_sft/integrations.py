@@ -3,9 +3,10 @@
 Two ways in, one mechanism underneath:
 
 - :func:`compute_loss_func` returns a callable for the ``compute_loss_func``
-  argument of a transformers ``Trainer`` (or TRL's ``SFTTrainer``, which
-  passes it through). Plain training code keeps its model, data and
-  optimiser; only the loss changes.
+  argument of a transformers ``Trainer``. Plain training code keeps its
+  model, data and optimiser; only the loss changes. (TRL's ``SFTTrainer``
+  also takes a ``compute_loss_func`` but computes token metrics from the
+  training logits, which are zero-width here: it is not supported.)
 - ``onpolicy-sft train`` (:mod:`onpolicy_sft.train`) uses :class:`LossHead`
   directly and computes the loss *inside* the lm_head's own forward.
 
@@ -15,8 +16,9 @@ so that, while armed, it receives the final hidden state ``(B, T, H)`` and
 returns zero-width logits ``(B, T, 0)`` instead of ``(B, T, V)``. The loss
 then runs on the hidden state and ``lm_head.weight`` through
 :class:`onpolicy_sft.losses.PolicyLoss` (chunked torch on CPU, fused Triton
-on CUDA), which never materialises the logits either. Disarmed (generation,
-evaluation) the lm_head behaves exactly as before.
+on CUDA), which never materialises the logits either. In evaluation
+(``model.eval()``) the armed head returns the real logits as well; disarmed
+(generation) it behaves exactly as before.
 
 Where the weight is read matters for sharded training: the trainer path
 computes the loss while the lm_head's forward runs, i.e. while FSDP or
@@ -202,7 +204,10 @@ class LossHead:
             return self._empty_logits(hidden)
         if self._capture:
             self.hidden = hidden
-            return self._empty_logits(hidden)
+            # Training: zero-width logits, the point of the fused loss. Evaluation
+            # (module.eval()): real logits too, for compute_metrics and the like.
+            if self.module.training:
+                return self._empty_logits(hidden)
         return self._orig_forward(hidden)
 
     def _empty_logits(self, hidden: torch.Tensor) -> torch.Tensor:
