@@ -50,7 +50,9 @@ OURS = {  # variant name: PolicyLoss kwargs
 }
 
 
-def measure(fn: Callable[[], None], *, iters: int, warmup: int) -> tuple[float, int]:
+def measure(
+    fn: Callable[[], None], *, iters: int, warmup: int, zero: Callable[[], None] = lambda: None
+) -> tuple[float, int]:
     """Median milliseconds and peak bytes above the pre-call allocation."""
     import time
 
@@ -66,6 +68,10 @@ def measure(fn: Callable[[], None], *, iters: int, warmup: int) -> tuple[float, 
             times.append((time.perf_counter() - t0) * 1e3)
         return statistics.median(times), -1
     for _ in range(iters):
+        # free the previous call's gradients BEFORE reading the baseline, so the
+        # peak includes this call's gradient buffers (the target is "gradient
+        # buffers + 1 GiB": they must not be hidden in the baseline)
+        zero()
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -82,7 +88,7 @@ def measure(fn: Callable[[], None], *, iters: int, warmup: int) -> tuple[float, 
 
 def variants(
     n: int, h: int, v: int, skip_eager: bool, dev: str = "cuda"
-) -> tuple[dict[str, Callable[[], None]], int]:
+) -> tuple[dict[str, Callable[[], None]], int, Callable[[], None]]:
     import torch
     import torch.nn.functional as F
 
@@ -170,7 +176,7 @@ def variants(
 
         out[name] = run
     grad_bytes = (n * h + v * h) * 2  # bf16 grad_hidden + grad_weight
-    return out, grad_bytes
+    return out, grad_bytes, zero
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,11 +213,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         n, h, v = SHAPES[shape]
         dev = "cuda" if torch.cuda.is_available() else "cpu"
-        fns, grad_bytes = variants(n, h, v, args.skip_eager, dev)
+        fns, grad_bytes, zero = variants(n, h, v, args.skip_eager, dev)
         floor_ms = None
         for name, fn in fns.items():
             try:
-                ms, peak = measure(fn, iters=args.iters, warmup=args.warmup)
+                ms, peak = measure(fn, iters=args.iters, warmup=args.warmup, zero=zero)
                 err = None
             except torch.cuda.OutOfMemoryError as e:
                 ms, peak, err = math.nan, -1, f"OOM: {str(e).splitlines()[0]}"

@@ -90,7 +90,8 @@ class TorchRows:
         lse = m[:, 0] + log_s
         # H = -sum p (z - lse) = log s - sum(e u) / s, both relative to the row max:
         # no cancellation for logits of +-1e4.
-        ent = log_s - (e * u).sum(-1) / s
+        # (a -inf logit, e.g. a masking bias, contributes 0, not 0 * -inf = nan)
+        ent = log_s - torch.where(e > 0, e * u, 0.0).sum(-1) / s
         del u
         logp = z.gather(1, safe[:, None])[:, 0] - lse
         if local:

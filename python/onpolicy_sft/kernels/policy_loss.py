@@ -84,7 +84,8 @@ def _policy_loss_fwd_kernel(
         alpha = tl.exp(m - m_new)
         u = tl.where(inb, z - m_new, 0.0)
         e = tl.where(inb, tl.exp(u), 0.0)
-        t = alpha * (t + (m - m_new) * s) + tl.sum(e * u, axis=0)
+        # a -inf logit (masking bias) contributes 0 to sum(e u), not 0 * -inf = nan
+        t = alpha * (t + (m - m_new) * s) + tl.sum(tl.where(e > 0, e * u, 0.0), axis=0)
         s = alpha * s + tl.sum(e, axis=0)
         m = m_new
     log_s = tl.log(s)

@@ -83,7 +83,8 @@ def policy_loss_reference(
     mask = labels != ignore_index
     safe = torch.where(mask, labels, torch.zeros_like(labels))
     logp = logsm.gather(1, safe[:, None])[:, 0]
-    ent = -(logsm.exp() * logsm).sum(-1)
+    p = logsm.exp()
+    ent = -torch.where(p > 0, p * logsm, 0.0).sum(-1)  # 0 log 0 = 0 (-inf logits)
     lp = logp.detach().double().tolist()
     hh = ent.detach().double().tolist()
     mk = mask.tolist()
