@@ -100,7 +100,15 @@ def test_quick_demo_report_has_every_table_and_figure(tmp_path: Path) -> None:
         assert name in rows, f"method {name!r} missing from the results table"
     for name in ("self", "guided", "expert", "expert data", "rewritten data"):
         assert name in rows, f"row {name!r} missing from the policy-gap tables"
-    for key in ("Base (pi_0)", *(m[0] for m in METHODS), "expert data", "rewritten data"):
+    for key in (
+        "Base (pi_0)",
+        *(m[0] for m in METHODS),
+        "self",
+        "guided",
+        "expert",
+        "expert data",
+        "rewritten data",
+    ):
         cells = rows[key].split("|")[2:-1]
         values = [
             float(c.strip().rstrip("%")) for c in cells if NUMBER.fullmatch(c.strip().rstrip("%"))

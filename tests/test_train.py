@@ -441,3 +441,23 @@ def test_cuda_bf16_training_with_the_triton_backend(
     )
     nll = _losses(res.log_history, "nll")
     assert nll[20] < nll[1] - 0.3
+
+
+def test_raw_prompt_column_goes_through_the_chat_template(tiny_qwen2):
+    """A prompt/response dataset (not written by rewrite) gets the chat template;
+    a prompt that already ends in the template's assistant opening is kept as is."""
+    from transformers import AutoTokenizer
+
+    from onpolicy_sft.config import TrainConfig
+    from onpolicy_sft.rewrite.prompts import chat
+    from onpolicy_sft.train import build_examples
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2)
+    templated = chat(tok, "What is 2+2?")
+    columns = {"prompt": ["What is 1+1?", templated], "response": ["2", "4"]}
+    cfg = TrainConfig(model=str(tiny_qwen2), data="unused", out="unused", loss="sft")
+    examples, stats = build_examples(columns, tok, cfg)
+    assert stats.prompts_templated == 1
+    assert tok.decode(examples[0].input_ids.tolist()).startswith(chat(tok, "What is 1+1?"))
+    assert tok.decode(examples[1].input_ids.tolist()).startswith(templated)
+    assert not tok.decode(examples[1].input_ids.tolist()).startswith(chat(tok, templated))

@@ -438,10 +438,15 @@ def _conclusion(res: dict[str, Any]) -> str:
         )
     ess = res["ess"]
     nll = res["nll"]
+    shrinks = (
+        nll["rewritten data (all rows)"] < nll["expert data (all problems)"]
+        and ess["rewritten data"] > ess["expert data"]
+    )
     lines.append(
-        f"- The policy gap is large and rewriting shrinks it: expert solutions cost "
-        f"{nll['expert data (all problems)']:.2f} nats/token under pi_0, self rewrites "
-        f"{nll['self']:.2f} and guided rewrites {nll['guided']:.2f}; the ESS fraction of the "
+        f"- {'Rewriting shrinks the policy gap' if shrinks else 'Rewriting does NOT shrink the policy gap here'}: "
+        f"expert solutions cost {nll['expert data (all problems)']:.2f} nats/token under pi_0, "
+        f"the rewritten data {nll['rewritten data (all rows)']:.2f} (self rewrites "
+        f"{nll['self']:.2f}, guided {nll['guided']:.2f}); the ESS fraction of the "
         f"token importance weights is {ess['expert data']:.2f} on the expert data and "
         f"{ess['rewritten data']:.2f} on the rewritten data."
     )
@@ -459,17 +464,23 @@ def _conclusion(res: dict[str, Any]) -> str:
         lines.append(
             f"- Verification checks the final answer only: {100 * ok:.0f}% of the kept guided "
             "rewrites have every arithmetic step right; the rest reached the reference answer "
-            "with a wrong step (copied from the reference), and training on them teaches "
-            "wrong arithmetic."
+            "with a wrong step, and training on them teaches wrong arithmetic."
         )
     ev = res["eval"]
+    style = {name: ev[name]["expert_style_frac"] for name in ev}
+    learned = [name for name, frac in style.items() if frac >= 0.05]
     lines.append(
-        f"- Answers in the expert's prose style: base {100 * ev['Base (pi_0)']['expert_style_frac']:.0f}%, "
-        f"SFT {100 * ev['SFT']['expert_style_frac']:.0f}%, DFT {100 * ev['DFT']['expert_style_frac']:.0f}%, "
-        f"rewriting + SFT {100 * ev['Rewriting + SFT']['expert_style_frac']:.0f}%. "
-        "A few steps do not teach the model the expert's style; what they change is its "
-        "accuracy, and the methods that lose most are those whose loss is dominated by expert "
-        "tokens (about 9 nats each; see the gradient norms under Training)."
+        "- Answers in the expert's prose style: "
+        + ", ".join(f"{name} {100 * frac:.0f}%" for name, frac in style.items())
+        + ". "
+        + (
+            "A few steps did not teach any model the expert's style (all under 5%); what "
+            "they changed is accuracy."
+            if not learned
+            else f"{', '.join(learned)} picked up the expert's style (5% or more of answers)."
+        )
+        + f" Each expert token costs {nll['expert']:.2f} nats under pi_0 on average (see the "
+        "gradient norms under Training)."
     )
     lines.append(
         f"- Noise: {res['n_eval']} problems x {res['k']} samples; one standard error of an "

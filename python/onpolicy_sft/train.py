@@ -95,6 +95,7 @@ class DataStats:
     dropped_no_behavior: int = 0  # missing behaviour log-probs with missing_behavior="drop"
     dropped_empty_response: int = 0
     zero_behavior: int = 0  # rows whose missing behaviour log-probs were set to 0
+    prompts_templated: int = 0  # raw prompt column values put through the chat template here
     prompt_tokens: int = 0
     response_tokens: int = 0
     packed_rows: int = 0
@@ -185,7 +186,7 @@ def build_examples(
     response text is tokenised and EOS appended. Behaviour log-probs must have
     exactly one value per response token: a mismatch names the row.
     """
-    from onpolicy_sft.rewrite.prompts import train_prompt
+    from onpolicy_sft.rewrite.prompts import chat, train_prompt
 
     n = len(next(iter(columns.values()), []))
     stats = DataStats(rows=n)
@@ -208,11 +209,18 @@ def build_examples(
             f"{cfg.problem_field!r} column; its columns are {sorted(columns)}; map yours with "
             "--prompt-field or --problem-field"
         )
+    # A prompt column written by rewrite/select is already chat-templated; a raw
+    # one (e.g. a prompt/completion dataset) is recognised by not ending in the
+    # template's assistant opening, and templated here like the problem text.
+    assistant_opening = chat(tokenizer, "\x00").split("\x00")[-1]
     prompts: list[str] = []
     for i in range(n):
         p = prompts_raw[i] if prompts_raw is not None else None
-        if p:
+        if p and str(p).endswith(assistant_opening):
             prompts.append(str(p))
+        elif p:
+            prompts.append(chat(tokenizer, str(p)))
+            stats.prompts_templated += 1
         elif problems is not None and problems[i]:
             prompts.append(train_prompt(tokenizer, str(problems[i])))
         else:
@@ -708,6 +716,9 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
 
+    from onpolicy_sft.engines.hf import resolve_model_path
+
+    resolve_model_path(cfg.model)  # a missing model path is named before anything is written
     set_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -803,7 +814,13 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
             f"train: {stats.used}/{stats.rows} rows ({stats.response_tokens} response tokens), "
             f"{stats.truncated} truncated and {dropped} dropped at max_length={cfg.max_length} "
             f"(see data_stats.json); loss={cfg.loss}, {grad_accum} accumulation step(s) x "
-            f"{cfg.micro_batch_size} x {world} device(s)",
+            f"{cfg.micro_batch_size} x {world} device(s)"
+            + (
+                f"; {stats.prompts_templated} raw {cfg.prompt_field!r} values were put "
+                "through the chat template"
+                if stats.prompts_templated
+                else ""
+            ),
             file=sys.stderr,
             flush=True,
         )

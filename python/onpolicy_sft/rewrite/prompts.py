@@ -31,7 +31,8 @@ PLAIN_TEMPLATE = "User: {content}\n\nAssistant: "
 _warned: set[int] = set()
 
 
-def _chat(tokenizer: Any, content: str) -> str:
+def chat(tokenizer: Any, content: str) -> str:
+    """One user turn through the chat template (or the plain fallback), assistant turn opened."""
     if getattr(tokenizer, "chat_template", None):
         return str(
             tokenizer.apply_chat_template(
@@ -52,7 +53,7 @@ def _chat(tokenizer: Any, content: str) -> str:
 
 def train_prompt(tokenizer: Any, problem: str, suffix: str = SUFFIX) -> str:
     """The plain prompt x: used for self samples, training, pi_0(y|x) and evaluation."""
-    return _chat(tokenizer, f"{problem}\n{suffix}" if suffix else problem)
+    return chat(tokenizer, f"{problem}\n{suffix}" if suffix else problem)
 
 
 def guided_prompt(tokenizer: Any, problem: str, reference: str, suffix: str = SUFFIX) -> str:
@@ -61,7 +62,7 @@ def guided_prompt(tokenizer: Any, problem: str, reference: str, suffix: str = SU
         f"{GUIDED_INSTRUCTION}\n\nProblem:\n{problem}\n\nReference solution:\n{reference}\n\n"
         f"Now solve the problem yourself.\n{problem}\n{suffix}"
     )
-    return _chat(tokenizer, content)
+    return chat(tokenizer, content)
 
 
 def hinted_prompt(tokenizer: Any, problem: str, reference: str, suffix: str = SUFFIX) -> str:
@@ -70,4 +71,4 @@ def hinted_prompt(tokenizer: Any, problem: str, reference: str, suffix: str = SU
         f"{HINTED_INSTRUCTION}\n\nProblem:\n{problem}\n\nReference solution:\n{reference}\n\n"
         f"{problem}\n{suffix}"
     )
-    return _chat(tokenizer, content)
+    return chat(tokenizer, content)
