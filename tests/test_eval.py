@@ -239,3 +239,37 @@ def test_hub_benchmarks_use_the_documented_dataset_and_fields(
     with pytest.raises(RuntimeError, match=r"HuggingFaceH4/aime_2024.*--benchmark-dir"):
         load_benchmark("aime24")
     assert calls == [("math-ai/olympiadbench", "test"), ("HuggingFaceH4/aime_2024", "train")]
+
+
+def test_a_crash_on_a_later_benchmark_keeps_the_finished_ones(tmp_path: Path) -> None:
+    """Rerunning into the same --out regenerates only what did not finish."""
+    opts = dict(
+        model="models/tiny-dft",
+        out=str(tmp_path),
+        benchmarks="math500,amc23",
+        benchmark_dir=str(FIXTURES),
+        n=4,
+        temperature=0.6,
+        max_tokens=64,
+    )
+    crashing = _scripted_engine()
+    real_generate = crashing.generate
+
+    def generate(prompts: Sequence[str], **kw: Any) -> list[list[Any]]:
+        if crashing.calls:  # the second benchmark: the engine dies (OOM, preemption, ...)
+            raise RuntimeError("engine died")
+        return real_generate(prompts, **kw)
+
+    crashing.generate = generate  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="engine died"):
+        evaluate(**opts, engine=crashing)
+    assert (tmp_path / "partial" / "math500.json").exists()
+
+    again = _scripted_engine()
+    evaluate(**opts, engine=again)
+    assert len(again.calls) == 1  # only amc23 was generated
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert r["benchmarks"]["math500"]["correct_counts"] == {"m1": 4, "m2": 1, "m3": 0}
+    assert r["average"]["avg@4"] == pytest.approx((125 / 3 + 62.5) / 2)
+    samples = (tmp_path / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == 5 * 4

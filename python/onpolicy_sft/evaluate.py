@@ -322,6 +322,17 @@ class EvalResult:
     markdown: str
 
 
+def _model_fingerprint(model: Any) -> list[Any]:
+    """Names, sizes and mtimes of a local model's files: results of an earlier run are
+    reused only for the same weights (retraining into the same directory changes it)."""
+    path = Path(str(model))
+    if not path.is_dir():
+        return [str(model)]
+    return sorted(
+        [f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in path.iterdir() if f.is_file()
+    )
+
+
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
@@ -381,7 +392,27 @@ def evaluate(
     }
     try:
         with open(out / "samples.jsonl.tmp", "w", encoding="utf-8") as samples_file:
+            partial = out / "partial"
+            partial.mkdir(exist_ok=True)
             for bench, probs in problems.items():
+                # A benchmark finished by an earlier run with the same config is
+                # kept, not regenerated: a crash on benchmark 5 loses nothing of 1-4.
+                done_file = partial / f"{bench}.json"
+                done_samples = partial / f"{bench}.samples.jsonl"
+                if done_file.exists() and done_samples.exists():
+                    done = json.loads(done_file.read_text(encoding="utf-8"))
+                    if done.get("config") == json.loads(
+                        json.dumps(cfg.to_dict(), default=str)
+                    ) and done.get("model_fingerprint") == _model_fingerprint(cfg.model):
+                        results["benchmarks"][bench] = done["entry"]
+                        samples_file.write(done_samples.read_text(encoding="utf-8"))
+                        print(
+                            f"eval: {bench}: kept from an earlier run ({done_file})",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                        continue
+                bench_lines: list[str] = []
                 prompts = [train_prompt(engine.tokenizer, p.problem) for p in probs]
                 print(
                     f"eval: {bench}: {len(probs)} problems x {cfg.n} samples ...",
@@ -415,7 +446,7 @@ def evaluate(
                         row.append(ok)
                         lengths.append(len(s.token_ids))
                         truncated += s.finish_reason == "length"
-                        samples_file.write(
+                        bench_lines.append(
                             json.dumps(
                                 {
                                     "benchmark": bench,
@@ -439,6 +470,18 @@ def evaluate(
                 entry["truncated_fraction"] = truncated / len(lengths)
                 entry["correct_counts"] = {p.id: sum(c) for p, c in zip(probs, correct)}
                 results["benchmarks"][bench] = entry
+                samples_file.writelines(bench_lines)
+                tmp = done_samples.with_suffix(".tmp")
+                tmp.write_text("".join(bench_lines), encoding="utf-8")
+                os.replace(tmp, done_samples)
+                _write_json(
+                    done_file,
+                    {
+                        "config": cfg.to_dict(),
+                        "model_fingerprint": _model_fingerprint(cfg.model),
+                        "entry": entry,
+                    },
+                )
                 print(
                     f"eval: {bench}: avg@{cfg.n} = {entry[f'avg@{cfg.n}']:.2f}",
                     file=sys.stderr,
