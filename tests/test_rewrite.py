@@ -316,6 +316,8 @@ def test_report_cli_rerenders(dataset, tmp_path):
         (LONG_SOLUTION, "consecutive words"),
         ("Preamble. " + " ".join(LONG_SOLUTION.split()[3:30]) + " end", "consecutive words"),
         (" ".join(LONG_SOLUTION.split()[:24]) + " and so on", None),
+        ("Take the reference frame at O, so v = \\boxed{4}.", None),
+        ("The reference shows v = 4, so \\boxed{4}.", "mentions the reference"),
     ],
     ids=[
         "own-words",
@@ -324,6 +326,8 @@ def test_report_cli_rerenders(dataset, tmp_path):
         "verbatim",
         "copied-span",
         "short-overlap",
+        "physics-reference-frame",
+        "mention-the-reference-shows",
     ],
 )
 def test_copy_rejection(text, rejected):

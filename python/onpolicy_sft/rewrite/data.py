@@ -159,8 +159,12 @@ def shard_rows(items: Sequence[Any], index: int, count: int) -> list[Any]:
 
 
 # ------------------------------------------------------------------ copy check
+# "the reference" alone only when it is about the text ("the reference shows", "as in the
+# reference."), not "the reference frame/point/angle" of a physics or geometry solution.
 _MENTION = re.compile(
-    r"\b(reference solution|the reference|reference answer|(?:provided|given|original|above|"
+    r"\b(reference solution|the reference(?=\s*(?:[.,;:!?)]|$)|\s+(?:shows|says|states|gives|"
+    r"uses|does|did|solution|answer|text|proof|work|method|approach|above))|reference answer|"
+    r"(?:provided|given|original|above|"
     r"example) solution|solution (?:above|provided|given)|as (?:shown|stated|given) in the "
     r"(?:reference|solution))\b",
     re.IGNORECASE,
