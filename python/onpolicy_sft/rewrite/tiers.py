@@ -102,6 +102,7 @@ class Pipeline:
         self.cfg = cfg
         self.timer = Timer()
         self._engine = engine
+        self._engine_is_callers = engine is not None  # never close what the caller passed in
         self._hf: Any = None
         self._verifier: Any = None
         index, count = cfg.shard_index()
@@ -137,8 +138,8 @@ class Pipeline:
             return self._engine
         if self._hf is None:
             close = getattr(self._engine, "close", None)
-            if callable(close):  # free vLLM's memory before loading the HF copy
-                close()
+            if callable(close) and not self._engine_is_callers:
+                close()  # free vLLM's memory before loading the HF copy
                 self._engine = None
             self._hf = HFEngine(
                 self.cfg.model,
