@@ -125,6 +125,7 @@ def bench_file(name: str, args: argparse.Namespace) -> dict:
     # on the undecided pairs, as Verifier runs them
     e2e_s = len(rows) / res["ours_1t_pairs_s"] + res.get("fallback_s", 0.0)
     res["e2e_pairs_s"] = len(rows) / e2e_s
+    res["e2e_ratio"] = res["e2e_pairs_s"] / mv_rate
     return res
 
 
@@ -207,9 +208,9 @@ def main() -> int:
     print(f"machine: {m['cpu']}, {m['platform']}")
     print(f"python {m['python']}, torch {m['torch']}, math-verify {m['math-verify']}")
     hdr = (
-        f"{'file':26} {'pairs':>6} {'agree%':>7} {'undec%':>6} {'agree+fb%':>9} "
+        f"{'file':26} {'pairs':>6} {'agree%':>7} {'fast%':>7} {'undec%':>6} {'agree+fb%':>9} "
         f"{'ours/s 1t':>10} {'ours/s 2t':>10} {'mv/s':>6} {'(n)':>5} {'ratio':>6} {'p99 us':>7} "
-        f"{'e2e/s':>7}"
+        f"{'e2e/s':>7} {'e2e ratio':>9}"
     )
     print(hdr)
     print("-" * len(hdr))
@@ -217,21 +218,24 @@ def main() -> int:
         fb = r.get("agree_with_fallback_pct")
         print(
             f"{r['file']:26} {r['pairs']:6d} {r['agree_decided_pct']:7.2f} "
+            f"{r['agree_fast_only_pct']:7.2f} "
             f"{r['undecided_pct']:6.2f} {(f'{fb:.2f}' if fb is not None else '-'):>9} "
             + (
                 f"{r['ours_1t_pairs_s']:10.0f} {r['ours_2t_pairs_s']:10.0f} "
                 f"{r['mv_pairs_s']:6.1f} {r['mv_sample']:5d} {r['ratio_1t']:6.0f} "
-                f"{r['p99_us']:7.0f} {r['e2e_pairs_s']:7.0f}"
+                f"{r['p99_us']:7.0f} {r['e2e_pairs_s']:7.0f} {r['e2e_ratio']:9.1f}"
                 if "ours_1t_pairs_s" in r
                 else ""
             )
         )
     print(
         "agree% = agreement with math-verify on the pairs the fast path decides; "
+        "fast% = the same over all pairs, undecided ones counted as disagreements; "
         "agree+fb% = on all pairs, undecided ones sent to the math-verify fallback; "
         "mv/s on a seeded sample of (n) pairs; ratio = ours 1 thread / math-verify; "
         "p99 = per-pair CPU time of the fast path; e2e/s = fast path (1 thread) plus the "
-        "math-verify fallback (2 worker processes, 5 s deadline) on the undecided pairs"
+        "math-verify fallback (2 worker processes, 5 s deadline) on the undecided pairs; "
+        "e2e ratio = e2e/s / math-verify"
     )
     out = REPO / "bench_results"
     out.mkdir(exist_ok=True)
