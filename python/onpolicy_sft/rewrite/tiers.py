@@ -374,14 +374,23 @@ class Pipeline:
                     if a.correct
                 ],
             )
-            with self.timer("ledger"):
-                self.side.append(side)
-                ledger.record(attempts)
-                ledger.finish_stage(chunk, "self")
-            solved += len({a.problem_id for a in attempts if a.correct})
+            solved += self._commit(ledger, "self", chunk, attempts, side)
             bar.update(len(chunk))
             bar.set_postfix_str(f"self={solved}")
         bar.close()
+
+    def _commit(
+        self, ledger: Any, stage: str, chunk: Sequence[str], attempts: Sequence[Any], side: Any
+    ) -> int:
+        """Record a chunk's attempts and finish its stage (durable on return, so a kill
+        after this point never regenerates the chunk); returns how many problems it solved.
+        The side records (scores under the training prompt) go first: the ledger marks
+        the chunk done only once they are written."""
+        with self.timer("ledger"):
+            self.side.append(side)
+            ledger.record(attempts)
+            ledger.finish_stage(chunk, stage)
+        return len({a.problem_id for a in attempts if a.correct})
 
     def stage_guided(self, ledger: Any) -> None:
         from onpolicy_sft.ledger import Attempt
@@ -448,11 +457,7 @@ class Pipeline:
                     for i, tp in zip(keep, train_prompts)
                 ],
             )
-            with self.timer("ledger"):
-                self.side.append(side)
-                ledger.record(attempts)
-                ledger.finish_stage(chunk, "guided")
-            solved += len({a.problem_id for a in attempts if a.correct})
+            solved += self._commit(ledger, "guided", chunk, attempts, side)
             bar.update(len(chunk))
             bar.set_postfix_str(f"guided={solved} rejected={rejected}")
         bar.close()
@@ -523,11 +528,7 @@ class Pipeline:
                             **phi_summary(s.phi),
                         }
                     )
-            with self.timer("ledger"):
-                self.side.append(side)
-                ledger.record(attempts)
-                ledger.finish_stage(chunk, "hinted")
-            solved += len({a.problem_id for a in attempts if a.correct})
+            solved += self._commit(ledger, "hinted", chunk, attempts, side)
             bar.update(len(chunk))
             bar.set_postfix_str(f"hinted={solved}")
         bar.close()
