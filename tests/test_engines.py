@@ -160,3 +160,19 @@ def test_per_row_prefill_equals_padded_batch(engine):
         la, lb = a.step(tok), b.step(tok)
         torch.testing.assert_close(la, lb, atol=1e-4, rtol=1e-4)
         tok = la.argmax(-1)
+
+
+@pytest.mark.parametrize(
+    "attr, value", [("final_logit_softcapping", 30.0), ("logit_scale", 0.0625)], ids=str
+)
+def test_models_that_transform_their_logits_are_refused_by_hf_scoring(tiny_qwen2, attr, value):
+    """score() applies the lm_head itself: a model-specific transform after it would be
+    skipped silently, so such models are refused with the way out."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from onpolicy_sft.engines.hf import HFEngine
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
+    setattr(model.config, attr, value)
+    with pytest.raises(ValueError, match=f"{attr}=.*--engine vllm"):
+        HFEngine(model, tokenizer=AutoTokenizer.from_pretrained(tiny_qwen2))

@@ -257,6 +257,20 @@ class _PatchState:
     last: LossOutput | None = None
 
 
+def logit_transform(model: Any) -> str | None:
+    """Describe a final-logit transform the model applies after its lm_head (Gemma-2
+    soft-capping, Cohere's logit scale), or None. Code that applies the lm_head itself
+    (this loss, HFEngine.score) would silently compute other log-probs for such models."""
+    config = getattr(model, "config", None)
+    softcap = getattr(config, "final_logit_softcapping", None)
+    if softcap not in (None, 0):
+        return f"{type(model).__name__} soft-caps its logits (final_logit_softcapping={softcap})"
+    scale = getattr(config, "logit_scale", None)
+    if scale not in (None, 1, 1.0):
+        return f"{type(model).__name__} scales its logits (logit_scale={scale})"
+    return None
+
+
 def patch_model(model: Any, loss_fn: PolicyLoss) -> Any:
     """Make a transformers causal LM compute ``loss_fn`` inside its forward.
 
@@ -285,12 +299,9 @@ def patch_model(model: Any, loss_fn: PolicyLoss) -> Any:
             f"{type(model).__name__} has no output embedding (lm_head); patch_model needs a"
             " causal LM such as Qwen2ForCausalLM or LlamaForCausalLM"
         )
-    softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
-    if softcap not in (None, 0):
-        raise TypeError(
-            f"{type(model).__name__} soft-caps its logits (final_logit_softcapping={softcap});"
-            " the fused loss does not implement that"
-        )
+    problem = logit_transform(model)
+    if problem:
+        raise TypeError(f"{problem}; the fused loss does not implement that")
     decoder = getattr(model, getattr(model, "base_model_prefix", "model"), None)
     if decoder is None or decoder is model:
         raise TypeError(

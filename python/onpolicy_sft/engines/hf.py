@@ -309,6 +309,11 @@ class HFEngine(TokenizerIO):
             if device is not None:
                 self.model.to(device)
         self.model.eval()
+        from onpolicy_sft.losses import logit_transform
+
+        problem = logit_transform(self.model)
+        if problem:  # score() applies the lm_head itself and would skip the transform
+            raise ValueError(f"{problem}: the HF engine cannot score it; use --engine vllm")
         self.device = next(self.model.parameters()).device
         self.max_batch_size = max(1, int(max_batch_size))
         self.score_batch_size = max(1, int(score_batch_size))
