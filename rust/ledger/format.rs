@@ -217,7 +217,42 @@ pub struct AttemptHead {
     pub prev: Loc,
 }
 
+/// The variable-length fields of an attempt payload, in their stored order.
+pub struct AttemptParts<'a> {
+    pub text: &'a [u8],
+    pub reason: &'a [u8],
+    /// u32 little-endian token ids
+    pub tokens: &'a [u8],
+    /// f32 little-endian behaviour log-probs
+    pub behavior: &'a [u8],
+    /// f32 little-endian base log-probs, when stored
+    pub base: Option<&'a [u8]>,
+}
+
 impl AttemptHead {
+    /// Slice a payload whose size [`AttemptHead::read`] has checked into its fields.
+    pub fn split<'a>(&self, payload: &'a [u8]) -> AttemptParts<'a> {
+        let mut at = ATTEMPT_HEAD;
+        let mut take = |n: usize| {
+            let s = &payload[at..at + n];
+            at += n;
+            s
+        };
+        let text = take(self.text_len as usize);
+        let reason = take(self.reason_len as usize);
+        let nb = 4 * self.ntok as usize;
+        let tokens = take(nb);
+        let behavior = take(nb);
+        let base = if self.has_base { Some(take(nb)) } else { None };
+        AttemptParts {
+            text,
+            reason,
+            tokens,
+            behavior,
+            base,
+        }
+    }
+
     pub fn payload_len(&self) -> usize {
         let arrays = if self.has_base { 3 } else { 2 };
         ATTEMPT_HEAD

@@ -124,31 +124,20 @@ impl Columns {
     }
 
     fn push(&mut self, h: &AttemptHead, payload: &[u8]) {
-        let mut at = ATTEMPT_HEAD;
-        let mut take = |n: usize| {
-            let s = &payload[at..at + n];
-            at += n;
-            s
-        };
-        let text = take(h.text_len as usize);
-        let reason = take(h.reason_len as usize);
-        let nb = 4 * h.ntok as usize;
-        let toks = take(nb);
-        let beh = take(nb);
-        let base = if h.has_base { take(nb) } else { &[][..] };
+        let parts = h.split(payload);
         self.problem.push(h.problem);
         self.stage.push(h.stage);
         self.sample.push(h.sample_index);
         self.correct.push(h.correct as u8);
         self.has_base.push(h.has_base as u8);
-        self.text.extend_from_slice(text);
+        self.text.extend_from_slice(parts.text);
         self.text_off.push(self.text.len() as i64);
-        self.reason.extend_from_slice(reason);
+        self.reason.extend_from_slice(parts.reason);
         self.reason_off.push(self.reason.len() as i64);
-        self.tokens.extend_from_slice(toks);
-        self.behavior.extend_from_slice(beh);
+        self.tokens.extend_from_slice(parts.tokens);
+        self.behavior.extend_from_slice(parts.behavior);
         self.tok_off.push((self.tokens.len() / 4) as i64);
-        self.base.extend_from_slice(base);
+        self.base.extend_from_slice(parts.base.unwrap_or_default());
         self.base_off.push((self.base.len() / 4) as i64);
     }
 }
@@ -1456,18 +1445,13 @@ impl Ledger {
 
 /// View a stored attempt payload as an [`AttemptIn`] (for merge).
 fn attempt_in<'a>(problem_id: &'a str, h: &AttemptHead, b: &'a [u8]) -> AttemptIn<'a> {
-    let mut at = ATTEMPT_HEAD;
-    let mut take = |n: usize| {
-        let s = &b[at..at + n];
-        at += n;
-        s
-    };
-    let text = take(h.text_len as usize);
-    let reason = take(h.reason_len as usize);
-    let nb = 4 * h.ntok as usize;
-    let token_ids = take(nb);
-    let behavior = take(nb);
-    let base = if h.has_base { Some(take(nb)) } else { None };
+    let AttemptParts {
+        text,
+        reason,
+        tokens: token_ids,
+        behavior,
+        base,
+    } = h.split(b);
     AttemptIn {
         problem_id,
         stage: h.stage,
