@@ -25,7 +25,8 @@ SCRIPT = textwrap.dedent(
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
     from onpolicy_sft.config import TrainConfig
     from onpolicy_sft.integrations import compute_loss_func
-    from onpolicy_sft.train import Collator, ExampleDataset, build_examples, read_data, train
+    from onpolicy_sft.train import (
+        Collator, ExampleDataset, build_examples, read_data, shutdown_distributed, train)
 
     model_dir, data_dir, out = sys.argv[1:4]
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -53,7 +54,8 @@ SCRIPT = textwrap.dedent(
     trainer.train()
     plain = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     if int(os.environ.get("RANK", "0")) == 0:
-        print("RESULT " + json.dumps({"ours": ours, "plain": plain}))
+        print("RESULT " + json.dumps({"ours": ours, "plain": plain}), flush=True)
+    shutdown_distributed()
     """
 )
 
@@ -157,3 +159,29 @@ def test_fsdp2_gradients_equal_a_one_process_reference(tiny_qwen2: Path, tmp_pat
         ("head", "DTensor", "0"),
         ("drop-in", "DTensor", "0"),
     ], proc.stdout
+
+
+@pytest.mark.slow
+def test_cli_train_under_torchrun_exits_cleanly_on_every_rank(
+    tiny_qwen2: Path, tmp_path: Path
+) -> None:
+    """`torchrun -m onpolicy_sft train` ends with exit 0 on both ranks: the CLI
+    tears the gloo process group down itself instead of leaving it to
+    interpreter exit (where a rank could abort after finishing its work)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_train import make_data
+
+    data = make_data(tiny_qwen2, tmp_path / "data")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    cmd += ["--master_port", "29521", "-m", "onpolicy_sft", "train"]
+    cmd += ["--model", str(tiny_qwen2), "--data", str(data), "--out", str(out)]
+    cmd += ["--loss", "dft", "--max-steps", "2", "--micro-batch-size", "2"]
+    cmd += ["--global-batch-size", "4", "--save-steps", "1000"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "terminate called" not in proc.stderr
+    assert proc.stdout.count("trained 2 steps") == 2, proc.stdout[-2000:]
+    assert (out / "train_config.json").is_file()
+    assert (out / "model.safetensors").is_file()

@@ -53,6 +53,7 @@ __all__ = [
     "pack_examples",
     "policy_loss_kwargs",
     "read_data",
+    "shutdown_distributed",
     "train",
 ]
 
@@ -633,6 +634,23 @@ def _world_size() -> int:
         return max(1, int(os.environ.get("WORLD_SIZE", "1")))
     except ValueError:
         return 1
+
+
+def shutdown_distributed(*, wait: bool = True) -> None:
+    """Wait for every rank, then tear down the process group, if one is up.
+
+    Call it once, at the end of a process that trained under torchrun or
+    accelerate. Left to interpreter exit, gloo's worker threads can be destroyed
+    while still joinable, and a rank then aborts ("terminate called without an
+    active exception") after its work is done, failing the whole launch.
+    ``wait=False`` skips the barrier: for a rank that failed, whose peers may
+    never reach it.
+    """
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def _resolve_resume(cfg: TrainConfig) -> str | None:

@@ -166,9 +166,14 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    from onpolicy_sft.train import train
+    from onpolicy_sft.train import shutdown_distributed, train
 
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except BaseException:
+        shutdown_distributed(wait=False)
+        raise
+    shutdown_distributed()
     print(
         f"trained {result.global_step} steps (mean loss {result.training_loss:.4f}); "
         f"model and train_config.json in {result.out}; "
