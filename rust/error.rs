@@ -71,3 +71,40 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// Lock `m`, refusing a mutex that a panic poisoned: the state behind it may
+/// be half-updated, so the caller is told to reopen (for the ledger, opening
+/// rescans the files and recovers every durable record) instead of carrying on.
+pub fn lock_unpoisoned<'a, T>(
+    m: &'a std::sync::Mutex<T>,
+    what: &str,
+) -> Result<std::sync::MutexGuard<'a, T>> {
+    m.lock().map_err(|_| {
+        Error::Msg(format!(
+            "{what}: an earlier call failed with an internal error, so its in-memory state \
+             may be inconsistent and it refuses further calls; close it and open it again \
+             (opening rescans the files and recovers everything already written)"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn a_poisoned_lock_is_refused_with_the_fix() {
+        let m = Arc::new(Mutex::new(1));
+        assert_eq!(*lock_unpoisoned(&m, "ledger x").unwrap(), 1);
+        let m2 = Arc::clone(&m);
+        let _ = std::thread::spawn(move || {
+            let _g = m2.lock().unwrap();
+            panic!("boom");
+        })
+        .join();
+        let err = lock_unpoisoned(&m, "ledger x").err().unwrap().to_string();
+        assert!(err.starts_with("ledger x: an earlier call failed"), "{err}");
+        assert!(err.contains("open it again"), "{err}");
+    }
+}

@@ -310,7 +310,7 @@ mod python {
                 let path = &self.path;
                 let inner = &self.inner;
                 guarded(py, move || {
-                    let mut g = inner.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut g = crate::error::lock_unpoisoned(inner, &format!("ledger {path}"))?;
                     match g.as_mut() {
                         Some(l) => f(l),
                         None => Err(Error::Msg(format!(

@@ -68,7 +68,12 @@ def test_verdict_fields() -> None:
     assert v.correct is True
     assert v.pred_answer == "\\frac{1}{2}"
     assert v.gold_answer == "\\frac{1}{2}"  # the reference rewrites "0.5" as a fraction
-    assert v.reason
+    assert v.reason == "equal as normalised text"  # both read \\frac{1}{2}
+    # answers that are not values (text, set membership) match as normalised text
+    assert verify("\\boxed{\\text{Monday}}", "\\text{Monday}").reason == "equal as normalised text"
+    assert verify("\\boxed{x \\in A}", "x \\in A").reason == "equal as normalised text"
+    assert verify("\\boxed{3}", "4").reason == "not equal"
+    assert verify("\\boxed{2/4}", "1/2").reason == "equal"  # equal values, different text
 
 
 def test_batch_equals_single_and_is_thread_count_independent() -> None:

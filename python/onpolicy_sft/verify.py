@@ -38,7 +38,7 @@ class Verdict:
 
     correct: True/False, or None when the fast path could not decide.
     pred_answer / gold_answer: the extracted (normalised) answers, when found.
-    reason: why, e.g. "equal", "not equal", "equal strings", "no answer found",
+    reason: why, e.g. "equal", "not equal", "equal as normalised text", "no answer found",
         "unsupported LaTeX: ...", "fallback", "timeout".
     """
 

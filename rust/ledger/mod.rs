@@ -1409,7 +1409,8 @@ impl Ledger {
                     .iter()
                     .zip(&heads)
                     .map(|(b, h)| attempt_in(src.problem_id(h.problem), h, b))
-                    .collect();
+                    .collect::<Result<_>>()
+                    .map_err(|e| Error::Msg(format!("merging {}: {e}", path.display())))?;
                 dst.record(&ins)?;
                 batch.clear();
                 Ok(())
@@ -1443,8 +1444,10 @@ impl Ledger {
     }
 }
 
-/// View a stored attempt payload as an [`AttemptIn`] (for merge).
-fn attempt_in<'a>(problem_id: &'a str, h: &AttemptHead, b: &'a [u8]) -> AttemptIn<'a> {
+/// View a stored attempt payload as an [`AttemptIn`] (for merge). Text that is
+/// not UTF-8 (only a damaged file that still passed its checksum can hold it)
+/// is an error naming the attempt, never silently replaced.
+fn attempt_in<'a>(problem_id: &'a str, h: &AttemptHead, b: &'a [u8]) -> Result<AttemptIn<'a>> {
     let AttemptParts {
         text,
         reason,
@@ -1452,17 +1455,26 @@ fn attempt_in<'a>(problem_id: &'a str, h: &AttemptHead, b: &'a [u8]) -> AttemptI
         behavior,
         base,
     } = h.split(b);
-    AttemptIn {
+    let utf8 = |field: &str, bytes: &'a [u8]| {
+        std::str::from_utf8(bytes).map_err(|e| {
+            Error::Msg(format!(
+                "attempt {} of problem {problem_id:?}: its {field} is not UTF-8 ({e}); \
+                 the attempts merged before it are kept, the file needs inspecting",
+                h.sample_index
+            ))
+        })
+    };
+    Ok(AttemptIn {
         problem_id,
         stage: h.stage,
         sample_index: h.sample_index,
         correct: h.correct,
-        text: std::str::from_utf8(text).unwrap_or(""),
-        reason: std::str::from_utf8(reason).unwrap_or(""),
+        text: utf8("text", text)?,
+        reason: utf8("reason", reason)?,
         token_ids,
         behavior,
         base,
-    }
+    })
 }
 
 #[cfg(test)]

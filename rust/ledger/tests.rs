@@ -498,3 +498,33 @@ fn damaged_segment_header_named_then_set_aside() {
     assert!(d.join(format!("{}.quarantine", segment_name(2))).exists());
     fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn merge_refuses_text_that_is_not_utf8_instead_of_blanking_it() {
+    let h = AttemptHead {
+        problem: 0,
+        sample_index: 3,
+        stage: 0,
+        correct: true,
+        has_base: false,
+        ntok: 1,
+        text_len: 2,
+        reason_len: 2,
+        score: 0.0,
+        prev: 0,
+    };
+    let mut good = Vec::new();
+    h.write(&mut good);
+    good.extend_from_slice(b"ok");
+    good.extend_from_slice(b"r!");
+    good.extend_from_slice(&u32s(&[7]));
+    good.extend_from_slice(&f32s(&[-0.5]));
+    let a = attempt_in("p0", &AttemptHead::read(&good).unwrap(), &good).unwrap();
+    assert_eq!((a.text, a.reason, a.sample_index), ("ok", "r!", 3));
+
+    let mut bad = good.clone();
+    bad[ATTEMPT_HEAD] = 0xff;
+    let err = attempt_in("p0", &h, &bad).err().unwrap().to_string();
+    assert!(err.contains("attempt 3 of problem \"p0\""), "{err}");
+    assert!(err.contains("text is not UTF-8"), "{err}");
+}

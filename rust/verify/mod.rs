@@ -41,7 +41,7 @@ pub struct Verdict {
     pub pred_answer: Option<String>,
     /// The gold answer after normalisation.
     pub gold_answer: Option<String>,
-    /// Why: "equal", "not equal", "equal strings", "no answer", or what was not supported.
+    /// Why: "equal", "not equal", "equal as normalised text", "no answer", or what was not supported.
     pub reason: String,
 }
 
@@ -432,7 +432,7 @@ pub fn verify_with(prediction: &str, gold: &str, opts: &Options) -> Verdict {
             correct: Some(true),
             pred_answer: p_str,
             gold_answer: g_str,
-            reason: "equal strings".into(),
+            reason: "equal as normalised text".into(),
         };
     }
     if let Some(why) = g_unsure {
