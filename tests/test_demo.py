@@ -60,6 +60,17 @@ def test_ess_fraction(weights: list[float], expected: float) -> None:
     assert ess_fraction(np.array(weights)) == pytest.approx(expected)
 
 
+def test_paired_standard_error_by_hand() -> None:
+    from onpolicy_sft.demo import _paired_se_points
+
+    a = {"x": {"p1": 1.0, "p2": 0.5, "p3": 0.0}, "y": {"q1": 1.0, "q2": 1.0}}
+    b = {"x": {"p1": 0.5, "p2": 0.5, "p3": 0.5}, "y": {"q1": 0.0, "q2": 1.0}}
+    # x: d = (.5, 0, -.5), sample variance .25, / 3;  y: d = (1, 0), variance .5, / 2
+    expected = 100 * math.sqrt(0.25 / 3 + 0.5 / 2) / 2
+    assert _paired_se_points(a, b) == pytest.approx(expected)
+    assert _paired_se_points(a, a) == 0.0
+
+
 def test_is_weights_expert_rows_use_p() -> None:
     import numpy as np
 

@@ -256,8 +256,16 @@ def _evaluate(
     cols["Avg."] = sum(cols.values()) / len(cols)
     samples = _read_jsonl(out / "samples.jsonl")
     n = max(1, len(samples))
+    per_problem: dict[str, dict[str, list[bool]]] = {b: {} for b in benchmarks}
+    for smp in samples:
+        per_problem[smp["benchmark"]].setdefault(smp["problem_id"], []).append(bool(smp["correct"]))
     return {
         "columns": cols,
+        # benchmark -> problem -> accuracy over its k samples, for paired comparisons
+        "per_problem": {
+            b: {pid: sum(c) / len(c) for pid, c in probs.items()}
+            for b, probs in per_problem.items()
+        },
         "results": res,
         "expert_style_frac": sum("The answer is" in s["response"] for s in samples) / n,
         "mean_tokens": sum(s["num_tokens"] for s in samples) / n,
@@ -404,27 +412,46 @@ def _se_points(p_percent: float, n: int) -> float:
     return 100.0 * math.sqrt(p * (1 - p) / max(1, n))
 
 
+def _paired_se_points(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]]) -> float:
+    """Standard error, in points, of the difference of two models' "Avg." columns.
+
+    Both models answer the same problems, so the comparison is paired: per
+    problem, the difference of their accuracies over the k samples; per
+    benchmark (column), the variance of the mean of those differences; "Avg."
+    is the unweighted mean of the columns, so the variances add with weight
+    1/B^2. Samples of one problem stay together, so their correlation is
+    accounted for (an unpaired binomial estimate is not).
+    """
+    var = 0.0
+    for bench, acc in a.items():
+        d = np.array([acc[pid] - b[bench][pid] for pid in acc], dtype=np.float64)
+        if d.size > 1:
+            var += float(d.var(ddof=1)) / d.size
+    return 100.0 * math.sqrt(var) / max(1, len(a))
+
+
 def _conclusion(res: dict[str, Any]) -> str:
     t = {n: r["Avg."] for n, r in res["table"].items()}
     base = t["Base (pi_0)"]
     n = res["n_eval"] * res["k"]
-    se_diff = math.sqrt(2) * _se_points(base, n)
+    per_problem = {name: e["per_problem"] for name, e in res["eval"].items()}
 
-    def cmp(a: float, b: float) -> str:
-        d = a - b
-        if abs(d) < 2 * se_diff:
-            return f"{d:+.2f} points, within noise (2 s.e. of a difference ~ {2 * se_diff:.1f})"
-        return f"{d:+.2f} points, {'better' if d > 0 else 'worse'} beyond noise"
+    def cmp(a: str, b: str) -> str:
+        d = t[a] - t[b]
+        se = _paired_se_points(per_problem[a], per_problem[b])
+        if abs(d) < 2 * se:
+            return f"{d:+.2f} points, within noise (paired s.e. {se:.1f})"
+        return f"{d:+.2f} points, {'better' if d > 0 else 'worse'} beyond 2 paired s.e. ({se:.1f})"
 
     lines = []
     for plain, rew in (("SFT", "Rewriting + SFT"), ("DFT", "Rewriting + DFT")):
         lines.append(
             f"- {rew} vs {plain}: {t[rew]:.2f} vs {t[plain]:.2f} avg@{res['k']} "
-            f"({cmp(t[rew], t[plain])})."
+            f"({cmp(rew, plain)})."
         )
     for name in t:
         if name != "Base (pi_0)":
-            lines.append(f"- {name} vs the base model: {cmp(t[name], base)}.")
+            lines.append(f"- {name} vs the base model: {cmp(name, 'Base (pi_0)')}.")
     best = max(t, key=lambda k: t[k])
     lines.append(f"- Best row: {best} ({t[best]:.2f}).")
     if best == "Base (pi_0)":
@@ -484,7 +511,9 @@ def _conclusion(res: dict[str, Any]) -> str:
     )
     lines.append(
         f"- Noise: {res['n_eval']} problems x {res['k']} samples; one standard error of an "
-        f"accuracy near the base's is at least {_se_points(base, n):.1f} points. A tiny model, "
+        f"accuracy near the base's is at least {_se_points(base, n):.1f} points (binomial); "
+        "differences between methods are judged by the paired standard error over the same "
+        "problems, given with each comparison above. A tiny model, "
         f"{res['n_train']} training problems and a few optimizer steps make this a "
         "demonstration of the pipeline and of the policy-gap measurements, not a replication "
         "of the papers' effect sizes."
