@@ -67,7 +67,9 @@ class PolicyLoss:
     scheme: "sft" (w=1), "dft" (w=sg(p)), "is" (clipped importance ratio),
       "idft" (w=sg(p^gamma)), "pear" (suffix-discounted ratio); see METHODS.md.
     level: "token" or "sequence" ("sequence": is and pear only); "block": pear
-      with suffix sums over whole later blocks of ``pear_block`` tokens.
+      with suffix sums over whole later blocks of ``pear_block`` tokens. The
+      discount follows the same sum: gamma is raised to the number of tokens in
+      those later blocks (not T - t), so every token of a block gets one weight.
     clip: (low, high) clip of the is ratio. seq_mean: sequence is uses the mean
       log-ratio (geometric-mean ratio) instead of the sum.
     idft_beta, idft_gamma: gamma_t = clip(exp(-phi_t / beta), *idft_gamma),

@@ -63,6 +63,28 @@ enum Found {
     },
 }
 
+/// (value, shown string, fallback string, why unsure) of a [`Found`].
+type FoundParts = (
+    Option<Value>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+impl Found {
+    fn into_parts(self) -> FoundParts {
+        match self {
+            Found::Value {
+                value,
+                text,
+                fallback,
+            } => (Some(value), Some(text), fallback, None),
+            Found::NoValue { fallback } => (None, fallback.clone(), fallback, None),
+            Found::Unsure { why, fallback } => (None, fallback.clone(), fallback, Some(why)),
+        }
+    }
+}
+
 enum Tried {
     Ok(Value),
     Failed,
@@ -407,24 +429,8 @@ pub fn verify_with(prediction: &str, gold: &str, opts: &Options) -> Verdict {
     };
     let g = find(&gold_text, &opts.extract);
     let p = find(prediction, &opts.extract);
-    let (g_val, g_str, g_fb, g_unsure) = match g {
-        Found::Value {
-            value,
-            text,
-            fallback,
-        } => (Some(value), Some(text), fallback, None),
-        Found::NoValue { fallback } => (None, fallback.clone(), fallback, None),
-        Found::Unsure { why, fallback, .. } => (None, fallback.clone(), fallback, Some(why)),
-    };
-    let (p_val, p_str, p_fb, p_unsure) = match p {
-        Found::Value {
-            value,
-            text,
-            fallback,
-        } => (Some(value), Some(text), fallback, None),
-        Found::NoValue { fallback } => (None, fallback.clone(), fallback, None),
-        Found::Unsure { why, fallback, .. } => (None, fallback.clone(), fallback, Some(why)),
-    };
+    let (g_val, g_str, g_fb, g_unsure) = g.into_parts();
+    let (p_val, p_str, p_fb, p_unsure) = p.into_parts();
     // the reference compares each gold item with each prediction item:
     // values with values, fallback strings with fallback strings
     if strings_equal(&g_fb, &p_fb) {

@@ -251,9 +251,7 @@ fn basic_latex(s: &str) -> Option<String> {
         }
         if rest.starts_with("\\!") {
             i += 2;
-            while i < s.len() && b[i].is_ascii_whitespace() {
-                i += 1;
-            }
+            i = skip_ascii_ws(b, i);
             continue;
         }
         if let Some(r) = rest.strip_prefix("\\text") {
@@ -371,19 +369,13 @@ fn replace_pass(s: &str) -> String {
         // \s*\{\s*,\s*\} -> ","
         {
             let mut j = i;
-            while j < s.len() && b[j].is_ascii_whitespace() {
-                j += 1;
-            }
+            j = skip_ascii_ws(b, j);
             if b.get(j) == Some(&b'{') {
                 let mut k = j + 1;
-                while k < s.len() && b[k].is_ascii_whitespace() {
-                    k += 1;
-                }
+                k = skip_ascii_ws(b, k);
                 if b.get(k) == Some(&b',') {
                     k += 1;
-                    while k < s.len() && b[k].is_ascii_whitespace() {
-                        k += 1;
-                    }
+                    k = skip_ascii_ws(b, k);
                     if b.get(k) == Some(&b'}') {
                         out.push(',');
                         i = k + 1;
@@ -398,17 +390,9 @@ fn replace_pass(s: &str) -> String {
             if b[j] == b',' {
                 j += 1;
             }
-            while j < s.len() && b[j].is_ascii_whitespace() {
-                j += 1;
-            }
+            j = skip_ascii_ws(b, j);
             let r = &s[j..];
-            let word = if r.starts_with("and") {
-                3
-            } else if r.starts_with("or") {
-                2
-            } else {
-                0
-            };
+            let word = and_or_len(r);
             // the lookbehind applies at the start of the match; a bare "and" needs
             // a non-letter before it, which is checked above
             if word > 0
@@ -426,26 +410,14 @@ fn replace_pass(s: &str) -> String {
             if b[j] == b',' {
                 j += 1;
             }
-            while j < s.len() && b[j].is_ascii_whitespace() {
-                j += 1;
-            }
+            j = skip_ascii_ws(b, j);
             if s[j..].starts_with("\\text{") {
                 let mut k = j + 6;
-                while k < s.len() && b[k].is_ascii_whitespace() {
-                    k += 1;
-                }
-                let w = if s[k..].starts_with("and") {
-                    3
-                } else if s[k..].starts_with("or") {
-                    2
-                } else {
-                    0
-                };
+                k = skip_ascii_ws(b, k);
+                let w = and_or_len(&s[k..]);
                 if w > 0 {
                     k += w;
-                    while k < s.len() && b[k].is_ascii_whitespace() {
-                        k += 1;
-                    }
+                    k = skip_ascii_ws(b, k);
                     if b.get(k) == Some(&b'}') {
                         out.push(',');
                         i = k + 1;
@@ -482,9 +454,7 @@ fn replace_pass(s: &str) -> String {
         // \s*\bpercentage\b etc.
         {
             let mut j = i;
-            while j < s.len() && b[j].is_ascii_whitespace() {
-                j += 1;
-            }
+            j = skip_ascii_ws(b, j);
             let word_start_ok = j == 0 || !is_word_byte(b[j - 1]) || j > i;
             let bstart = j == 0 || !is_word_byte(b[j - 1]);
             if word_start_ok && bstart {
@@ -898,6 +868,25 @@ pub fn normalize(text: &str, boxed: BoxedMode) -> Option<String> {
     }
     let t = malformed(&t)?;
     Some(t.trim().to_string())
+}
+
+/// The index of the first byte at or after `i` that is not ASCII white space.
+fn skip_ascii_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && b[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    i
+}
+
+/// The length of a leading "and" (3) or "or" (2) in `r`, else 0.
+fn and_or_len(r: &str) -> usize {
+    if r.starts_with("and") {
+        3
+    } else if r.starts_with("or") {
+        2
+    } else {
+        0
+    }
 }
 
 #[cfg(test)]
