@@ -9,8 +9,8 @@ a ``transformers.Trainer`` -- with one line changed: the loss.
 
 Schemes ``is`` and ``pear`` also need per-token behaviour log-probs in the
 batch (``behavior_logprobs``, (B, T) aligned with ``labels``); see
-``onpolicy_sft.train.Collator``. TRL's ``SFTTrainer`` is not supported: it
-computes token metrics from the training logits, which this loss never builds.
+``onpolicy_sft.train.Collator``. For TRL's ``SFTTrainer`` see
+``examples/compute_loss_func_sft_trainer.py``.
 """
 
 from __future__ import annotations

@@ -4,9 +4,10 @@ Two ways in, one mechanism underneath:
 
 - :func:`compute_loss_func` returns a callable for the ``compute_loss_func``
   argument of a transformers ``Trainer``. Plain training code keeps its
-  model, data and optimiser; only the loss changes. (TRL's ``SFTTrainer``
-  also takes a ``compute_loss_func`` but computes token metrics from the
-  training logits, which are zero-width here: it is not supported.)
+  model, data and optimiser; only the loss changes. TRL's ``SFTTrainer``
+  (>= 1.16) takes the same callable: it calls it on the model's output and
+  computes its own metrics in a separate gradient-free forward through its
+  chunked LM head, so our zero-width logits never reach them.
 - ``onpolicy-sft train`` (:mod:`onpolicy_sft.train`) uses :class:`LossHead`
   directly and computes the loss *inside* the lm_head's own forward.
 

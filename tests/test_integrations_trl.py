@@ -1,0 +1,117 @@
+"""``compute_loss_func`` inside TRL's SFTTrainer.
+
+TRL implements DFT itself (``loss_type="dft"``) and plain NLL, from its own
+chunked LM head; our drop-in computes the same losses from the hidden state
+through PolicyLoss. With SGD (no Adam sign-amplification of rounding) the
+logged losses agree step by step, and TRL's own metrics still come out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+trl = pytest.importorskip("trl")
+
+REPO = Path(__file__).resolve().parents[1]
+
+PAIRS = [(2, 3), (7, 5), (11, 4), (6, 9), (13, 8), (3, 14), (21, 5), (9, 9)]
+
+
+def _dataset() -> Any:
+    from datasets import Dataset
+
+    return Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": f"What is {a}+{b}?"}],
+                "completion": [
+                    {"role": "assistant", "content": f"{a}+{b}={a + b}. \\boxed{{{a + b}}}"}
+                ],
+            }
+            for a, b in PAIRS
+        ]
+    )
+
+
+def _train(model_dir: Path, out: Path, *, trl_loss: str, ours: str | None) -> tuple[list, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from onpolicy_sft.integrations import compute_loss_func
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    func = compute_loss_func(ours, model=model) if ours else None
+    args = trl.SFTConfig(
+        output_dir=str(out),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        learning_rate=0.5,
+        optim="sgd",
+        max_steps=3,
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        bf16=False,  # SFTConfig defaults to bf16; compare in fp32
+        seed=0,
+        data_seed=0,
+        loss_type=trl_loss,
+        dataloader_pin_memory=False,
+    )
+    kwargs = {"compute_loss_func": func} if func else {}
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    trainer = trl.SFTTrainer(
+        model=model, args=args, train_dataset=_dataset(), processing_class=tok, **kwargs
+    )
+    trainer.train()
+    return [h for h in trainer.state.log_history if "loss" in h], func
+
+
+@pytest.mark.parametrize(("scheme", "trl_loss"), [("dft", "dft"), ("sft", "nll")])
+def test_sft_trainer_with_our_loss_matches_trl_own(
+    tiny_qwen2: Path, tmp_path: Path, scheme: str, trl_loss: str
+) -> None:
+    theirs, _ = _train(tiny_qwen2, tmp_path / "trl", trl_loss=trl_loss, ours=None)
+    mine, func = _train(tiny_qwen2, tmp_path / "ours", trl_loss="nll", ours=scheme)
+    assert len(mine) == len(theirs) == 3
+    assert [h["loss"] for h in mine] == pytest.approx([h["loss"] for h in theirs], rel=1e-5)
+    # the loss changed the model: later steps see different losses
+    assert len({round(h["loss"], 6) for h in mine}) > 1
+    # TRL's own metrics still come out (from its gradient-free second forward)
+    for h in mine:
+        assert math.isfinite(h["entropy"]) and 0.0 <= h["mean_token_accuracy"] <= 1.0
+    assert [h["entropy"] for h in mine] == pytest.approx([h["entropy"] for h in theirs], rel=1e-4)
+    # and ours: the weights of the last micro-batch, never the (N, V) logits
+    assert func.last is not None
+    stats = func.last.output.stats
+    expected_weight = 1.0 if scheme == "sft" else None
+    if expected_weight is not None:
+        assert float(stats["mean_weight"]) == pytest.approx(expected_weight)
+    else:
+        assert 0.0 < float(stats["mean_weight"]) < 1.0
+
+
+def test_the_trl_example_script_runs(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    script = REPO / "examples" / "compute_loss_func_sft_trainer.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--steps", "10"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "scheme=dft: final step stats" in proc.stdout
+    losses = json.loads(proc.stdout.split("logged losses: ")[1].splitlines()[0].replace("'", '"'))
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
