@@ -185,3 +185,67 @@ def test_cli_train_under_torchrun_exits_cleanly_on_every_rank(
     assert proc.stdout.count("trained 2 steps") == 2, proc.stdout[-2000:]
     assert (out / "train_config.json").is_file()
     assert (out / "model.safetensors").is_file()
+
+
+FSDP2_ACCELERATE = """\
+compute_environment: LOCAL_MACHINE
+distributed_type: FSDP
+use_cpu: true
+num_processes: 2
+num_machines: 1
+machine_rank: 0
+mixed_precision: 'no'
+fsdp_config:
+  fsdp_version: 2
+  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP
+  fsdp_transformer_layer_cls_to_wrap: Qwen2DecoderLayer
+  fsdp_reshard_after_forward: true
+  fsdp_state_dict_type: FULL_STATE_DICT
+  fsdp_cpu_ram_efficient_loading: false
+"""
+
+
+@pytest.mark.slow
+def test_cli_train_under_accelerate_fsdp2_matches_one_process(
+    tiny_qwen2: Path, tmp_path: Path
+) -> None:
+    """`accelerate launch` with an FSDP2 config (the README's recipe, on CPU/gloo):
+    the same logged losses and the same saved weights as one process with
+    gradient accumulation. (FSDP1 needs an accelerator; it cannot run here.)"""
+    import torch
+    from safetensors.torch import load_file
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_train import make_data
+
+    data = make_data(tiny_qwen2, tmp_path / "data")
+    config = tmp_path / "fsdp2.yaml"
+    config.write_text(FSDP2_ACCELERATE, encoding="utf-8")
+    flags = ["train", "--model", str(tiny_qwen2), "--data", str(data), "--loss", "dft"]
+    flags += ["--max-steps", "3", "--micro-batch-size", "2", "--global-batch-size", "4"]
+    flags += ["--lr", "3e-3", "--warmup-ratio", "0", "--lr-scheduler", "constant"]
+    flags += ["--save-steps", "1000", "--seed", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    runs = {
+        "one": [sys.executable, "-m", "onpolicy_sft", *flags, "--out", str(tmp_path / "one")],
+        "fsdp2": [
+            sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+            "--main_process_port", "29523", "-m", "onpolicy_sft", *flags,
+            "--out", str(tmp_path / "fsdp2"),
+        ],
+    }  # fmt: skip
+    losses = {}
+    for name, cmd in runs.items():
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path
+        )
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+        state = json.loads((tmp_path / name / "trainer_state.json").read_text())
+        losses[name] = [h["loss"] for h in state["log_history"] if "nll" in h]
+    assert len(losses["one"]) == 3
+    assert losses["fsdp2"] == pytest.approx(losses["one"], rel=1e-5)
+    one = load_file(str(tmp_path / "one" / "model.safetensors"))
+    sharded = load_file(str(tmp_path / "fsdp2" / "model.safetensors"))
+    assert one.keys() == sharded.keys()
+    for key, value in one.items():
+        assert torch.allclose(sharded[key], value, rtol=1e-4, atol=1e-6), key
