@@ -13,6 +13,7 @@ buffers included). Prints one table and the machine; appends a JSON line to
 bench_results/loss.jsonl. Needs a CUDA GPU: without one it says so and exits 0.
 
     python benches/bench_loss.py [--shapes 0.5b,7b] [--iters 10] [--warmup 3]
+    python benches/bench_loss.py --cpu     # N=4096, H=512, V=16384, fp32, torch backend
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ SHAPES = {  # name: (N tokens, H hidden, V vocabulary)
 }
 TARGET_FLOOR = {"0.5b": 2.0, "7b": 1.3}
 TARGET_VS_LIGER_DFT = 1.5
-TWO_PASS = ("is-seq", "pear")  # variant-name endings of the schemes that run two passes
+TWO_PASS = ", two-pass"  # variant-name ending of the forced two-pass runs (the old path)
 TARGET_EXTRA_MEM = 2**30
 OURS = {  # variant name: PolicyLoss kwargs
     "ours sft": dict(scheme="sft"),
@@ -47,6 +48,10 @@ OURS = {  # variant name: PolicyLoss kwargs
     "ours is-seq": dict(scheme="is", level="sequence"),
     "ours pear": dict(scheme="pear"),
     "ours dft, grad_accum=input": dict(scheme="dft", grad_accum="input"),
+    # sequences of 1024 tokens fit a chunk, so is-seq and pear run one pass; these
+    # two force the path taken when a sequence is longer than a chunk (recompute)
+    "ours is-seq, two-pass": dict(scheme="is", level="sequence"),
+    "ours pear, two-pass": dict(scheme="pear"),
 }
 
 
@@ -166,12 +171,20 @@ def variants(
     except ImportError:
         pass
 
+    from onpolicy_sft.kernels import fused
+
     for name, kw in OURS.items():
         loss_fn = PolicyLoss(**kw, backend=backend)
 
-        def run(loss_fn: PolicyLoss = loss_fn) -> None:
+        def run(loss_fn: PolicyLoss = loss_fn, two_pass: bool = name.endswith(TWO_PASS)) -> None:
             zero()
-            o = loss_fn(hidden, weight, labels, behavior_logprobs=blogp, seq_ids=seq_ids)
+            groups = fused.sequence_groups
+            if two_pass:
+                fused.sequence_groups = lambda *a: None  # type: ignore[assignment]
+            try:
+                o = loss_fn(hidden, weight, labels, behavior_logprobs=blogp, seq_ids=seq_ids)
+            finally:
+                fused.sequence_groups = groups
             o.loss.backward()
 
         out[name] = run
@@ -190,15 +203,25 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="tiny shape on any device (CPU: torch backend) to check this script; no JSON line",
     )
+    p.add_argument(
+        "--cpu",
+        action="store_true",
+        help="a reduced shape on the CPU (torch backend, fp32): compares our variants with "
+        "each other and with the GEMM floor on this machine; the issue's targets are GPU ones",
+    )
     args = p.parse_args(argv)
 
     import torch
 
-    if args.smoke:
+    if args.cpu:
+        SHAPES["cpu"] = (4096, 512, 16384)
+        TARGET_FLOOR["cpu"] = math.inf
+        args.shapes = "cpu"
+    elif args.smoke:
         SHAPES["smoke"] = (64, 32, 1000)
         TARGET_FLOOR["smoke"] = math.inf
         args.shapes = "smoke"
-    elif not torch.cuda.is_available():
+    elif not torch.cuda.is_available() and not args.cpu:
         print(
             "bench_loss.py needs a CUDA GPU (torch.cuda.is_available() is False on this machine);"
             " nothing was measured."
@@ -212,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"unknown shape {shape!r}; use one of {list(SHAPES)}", file=sys.stderr)
             return 2
         n, h, v = SHAPES[shape]
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        dev = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
         fns, grad_bytes, zero = variants(n, h, v, args.skip_eager, dev)
         floor_ms = None
         for name, fn in fns.items():
@@ -255,11 +278,12 @@ def main(argv: list[str] | None = None) -> int:
     checks: list[dict[str, Any]] = []
     for shape in {r["shape"] for r in rows}:
         by = {r["variant"]: r for r in rows if r["shape"] == shape}
-        # one pass (3 GEMMs, like the floor) vs two passes (sequence is, pear: the
-        # logits GEMM runs again after the weight step, 4 GEMMs)
+        # one pass (3 GEMMs, like the floor; every scheme when sequences fit a
+        # chunk) vs the forced two-pass path (sequence is, pear with sequences
+        # longer than a chunk: the logits GEMM runs again, 4 GEMMs)
         for label, keep in (
-            ("ours one-pass schemes", lambda k: not k.endswith(TWO_PASS)),
-            ("ours two-pass schemes (is-seq, pear)", lambda k: k.endswith(TWO_PASS)),
+            ("ours, every scheme (one pass)", lambda k: not k.endswith(TWO_PASS)),
+            ("ours is-seq/pear forced two-pass", lambda k: k.endswith(TWO_PASS)),
         ):
             ratios = [
                 (r["vs_floor"] or math.inf)

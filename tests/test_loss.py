@@ -431,6 +431,59 @@ def test_peak_logits_are_one_chunk(monkeypatch):
         assert len(seen) == passes * math.ceil(13 / 4)
 
 
+SEQUENCE_SCHEMES = {
+    k: v for k, v in SCHEMES.items() if k in ("is-seq", "is-seq-mean") or "pear" in k
+}
+
+
+def test_sequence_groups_cut_at_sequence_boundaries():
+    from onpolicy_sft.kernels.weights import Segments
+
+    seg = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])
+    groups = fused.sequence_groups(Segments(seg, 4), 5)
+    assert groups == [(slice(0, 5), 2), (slice(5, 10), 2)]
+    assert fused.sequence_groups(Segments(seg, 4), 9) == [(slice(0, 9), 3), (slice(9, 10), 1)]
+    assert fused.sequence_groups(Segments(seg, 4), 3) is None  # sequence 2 has 4 tokens
+    # dense ids need not be in order, only contiguous
+    assert fused.sequence_groups(Segments(torch.tensor([1, 1, 0, 0]), 2), 2) == [
+        (slice(0, 2), 1),
+        (slice(2, 4), 1),
+    ]
+    # interleaved tokens of one sequence: no grouping (two-pass path)
+    assert fused.sequence_groups(Segments(torch.tensor([0, 1, 0, 1]), 2), 4) is None
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
+@pytest.mark.parametrize("opts", list(SEQUENCE_SCHEMES.values()), ids=list(SEQUENCE_SCHEMES))
+def test_sequence_schemes_one_pass_when_sequences_fit(opts, dtype, monkeypatch):
+    """Sequences of 4, 4 and 5 tokens: a chunk of 8 groups whole sequences and
+    computes each chunk's logits once (3 GEMMs in all); a chunk of 4 cannot hold
+    the 5-token sequence, so the logits are recomputed in a second pass. Both
+    match the float64 reference."""
+    calls: list[int] = []
+    real = fused._linear
+
+    def spy(h, w, b):
+        calls.append(h.shape[0])
+        return real(h, w, b)
+
+    monkeypatch.setattr(fused, "_linear", spy)
+    case = make_case(dtype=dtype, seed=zlib.crc32(repr(opts).encode()) % 1000)
+    compare(case, opts, chunk_size=8)
+    assert calls == [8, 5]  # [seq 0 + seq 1], [seq 2]: one pass
+    calls.clear()
+    compare(case, opts, chunk_size=4)
+    assert calls == [4, 4, 4, 1] * 2  # forward, then the recomputing pass
+
+
+@pytest.mark.parametrize("opts", list(SEQUENCE_SCHEMES.values()), ids=list(SEQUENCE_SCHEMES))
+def test_sequence_schemes_with_interleaved_tokens_match_reference(opts):
+    """Tokens of a sequence need not be contiguous: the two-pass path handles it."""
+    case = make_case(n=12, seed=3)
+    case["seq_ids"] = torch.arange(12) % 3
+    compare(case, opts, chunk_size=64)
+
+
 # ------------------------------------------------------------ patch_model
 
 

@@ -67,6 +67,15 @@ def test_triton_matches_reference(opts, dtype, small_tiles):
     tri(case, opts, chunk_size=5)
 
 
+@pytest.mark.parametrize(
+    "opts", [o for o in SCHEMES.values() if o.get("level") == "sequence" or o["scheme"] == "pear"]
+)
+def test_triton_two_pass_path_matches_reference(opts, small_tiles):
+    """Chunks of 3 cannot hold the 4- and 5-token sequences: logits are recomputed."""
+    case = make_case(n=13, h=16, v=37, seed=11)
+    tri(case, opts, chunk_size=3)
+
+
 @pytest.mark.parametrize("opts", list(SCHEMES.values()), ids=list(SCHEMES))
 def test_triton_equals_torch_backend(opts, small_tiles):
     case = make_case(n=12, h=8, v=29, seed=3)
@@ -167,7 +176,10 @@ def test_row_kernel_weights_and_logit_grads(opts, dtype, small_tiles):
     assert logits[4].abs().max() == 0  # masked row: zero gradient
 
 
-def test_sequence_schemes_use_two_passes(monkeypatch):
+def test_sequence_schemes_pass_count(monkeypatch):
+    """Sequences of 2, 3 and 3 tokens. Chunks of 4 hold whole sequences: each chunk
+    runs forward then backward on the same logits (one pass). Chunks of 2 cannot
+    hold a 3-token sequence: every forward first, then a recomputing backward pass."""
     calls: list[str] = []
     rows = policy_loss.TritonRows()
     real_f, real_b = rows.forward, rows.backward
@@ -176,7 +188,10 @@ def test_sequence_schemes_use_two_passes(monkeypatch):
     monkeypatch.setattr(rows, "backward", lambda *a, **k: (calls.append("b"), real_b(*a, **k)))
     case = make_case(n=8, h=8, v=13)
     run_ours(case, dict(scheme="pear", backend="triton", chunk_size=4), device=DEVICE)
-    assert calls == ["f", "f", "b", "b"]
+    assert calls == ["f", "b"] * 3
+    calls.clear()
+    run_ours(case, dict(scheme="pear", backend="triton", chunk_size=2), device=DEVICE)
+    assert calls == ["f"] * 4 + ["b"] * 4
     calls.clear()
     run_ours(case, dict(scheme="dft", backend="triton", chunk_size=4), device=DEVICE)
     assert calls == ["f", "f"]

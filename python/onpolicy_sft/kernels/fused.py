@@ -14,10 +14,15 @@ in the torch backend) -- never (N x V).
 - Token-local schemes (sft, dft, token is, idft): one pass. The row kernel
   computes logsumexp, logp, entropy, the weight and, in the same launch,
   writes the logits gradient; the gradient is ready at the end of forward.
-- Sequence is and pear: forward pass (logp, entropy, logsumexp per row) ->
-  O(N) weight step (``weights.sequence_weights``) -> second pass that
-  recomputes each chunk's logits and writes the gradient with the stored
-  logsumexp.
+- Sequence is and pear: a sequence's weight needs only that sequence's
+  tokens. When every sequence is contiguous and fits in a chunk, chunks are
+  cut at sequence boundaries and each is done in one pass too: logits ->
+  logp/entropy/logsumexp -> the O(C) weight step (``weights.sequence_weights``)
+  on the chunk's sequences -> the gradient, on the logits still in memory
+  (three GEMMs in all, like the token-local schemes). Otherwise (a sequence
+  longer than a chunk, or interleaved tokens): forward pass -> O(N) weight
+  step -> a second pass that recomputes each chunk's logits (a fourth GEMM)
+  and writes the gradient with the stored logsumexp.
 
 Gradients are computed during forward (as Liger-Kernel's fused linear cross
 entropy does) when any input requires grad; backward only scales them by the
@@ -170,6 +175,7 @@ def _run(
     chunk: int,
     needs: tuple[bool, bool, bool],
     accum_fp32: bool = True,
+    groups: list[tuple[slice, int]] | None = None,
 ) -> tuple[
     torch.Tensor,
     torch.Tensor,
@@ -206,6 +212,25 @@ def _run(
         if gb is not None:
             gb.add_(dz.sum(0, dtype=torch.float32))
 
+    if groups is not None:  # sequence weights, one pass per group of whole sequences
+        assert blogp is not None and segs is not None and not local
+        mask = labels != spec.ignore_index
+        for sl, num in groups:
+            logits = _linear(hidden[sl], weight, bias)
+            out = (logp[sl], ent[sl], lse[sl], w[sl], coef[sl])
+            rows.forward(
+                logits, labels[sl], blogp[sl], scale[sl], spec, out, local=False, write_grad=False
+            )
+            w[sl] = sequence_weights(
+                logp[sl], blogp[sl], mask[sl], Segments(_local_ids(segs.seg[sl]), num), spec
+            )
+            torch.mul(scale[sl], w[sl], out=coef[sl])
+            rows.backward(logits, labels[sl], lse[sl], coef[sl], spec)
+            accumulate(logits, sl)
+            del logits
+        loss = -(scale.double() * w.double() * logp.double()).sum().float()
+        return loss, logp, ent, w, gh, gw, gb
+
     for start in range(0, n, chunk):
         sl = slice(start, min(n, start + chunk))
         logits = _linear(hidden[sl], weight, bias)
@@ -239,6 +264,44 @@ def _run(
     return loss, logp, ent, w, gh, gw, gb
 
 
+def _local_ids(seg: torch.Tensor) -> torch.Tensor:
+    """0, 1, ... for the consecutive runs of a contiguous-sequence slice of ``seg``."""
+    ids = torch.zeros_like(seg)
+    ids[1:] = (seg[1:] != seg[:-1]).long()
+    return ids.cumsum_(0)
+
+
+def sequence_groups(segs: Segments, limit: int) -> list[tuple[slice, int]] | None:
+    """Cut the tokens into runs of whole sequences, each at most ``limit`` rows.
+
+    Returns (rows, number of sequences) per run, or None when some sequence is
+    longer than ``limit`` or its tokens are not contiguous (then the weights
+    need every chunk's forward before any gradient: the two-pass path).
+    """
+    seg = segs.seg
+    n = seg.numel()
+    if n == 0:
+        return None
+    ends = [*(torch.nonzero(seg[1:] != seg[:-1]).flatten() + 1).tolist(), n]
+    if len(ends) != segs.num:  # a sequence appears in more than one run
+        return None
+    groups: list[tuple[slice, int]] = []
+    start = prev = 0
+    count = 0
+    for end in ends:
+        if end - start > limit:
+            if prev == start:
+                return None  # this one sequence alone is longer than limit
+            groups.append((slice(start, prev), count))
+            start, count = prev, 0
+            if end - start > limit:
+                return None
+        prev = end
+        count += 1
+    groups.append((slice(start, n), count))
+    return groups
+
+
 class PolicyLossFunction(torch.autograd.Function):
     """loss = -sum_t scale_t w_t logp_t; gradients are precomputed in forward."""
 
@@ -257,9 +320,22 @@ class PolicyLossFunction(torch.autograd.Function):
         chunk: int,
         needs: tuple[bool, bool, bool],
         accum_fp32: bool,
+        groups: list[tuple[slice, int]] | None,
     ):
         loss, logp, ent, w, gh, gw, gb = _run(
-            hidden, weight, bias, labels, blogp, scale, segs, spec, rows, chunk, needs, accum_fp32
+            hidden,
+            weight,
+            bias,
+            labels,
+            blogp,
+            scale,
+            segs,
+            spec,
+            rows,
+            chunk,
+            needs,
+            accum_fp32,
+            groups,
         )
         ctx.weight_dtype = weight.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
@@ -292,7 +368,7 @@ class PolicyLossFunction(torch.autograd.Function):
         if gb is not None and ctx.needs_input_grad[2]:
             grad_b = torch.empty(gb.shape, dtype=ctx.bias_dtype, device=gb.device)
             torch.mul(gb, g, out=grad_b)
-        return grad_h, grad_w, grad_b, None, None, None, None, None, None, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None, None, None, None, None, None, None, None
 
 
 def get_rows(backend: str) -> RowOps:
@@ -364,6 +440,11 @@ def fused_policy_loss(
         grad_on and weight.requires_grad,
         grad_on and bias is not None and bias.requires_grad,
     )
+    groups = None
+    if not spec.token_local and any(needs) and segs is not None and blogp is not None:
+        # Default chunk size: a group may hold up to twice its rows, so that typical
+        # sequence lengths still fit (one pass instead of two costs one GEMM less).
+        groups = sequence_groups(segs, chunk if chunk_size else 2 * chunk)
     hidden = hidden if hidden.is_contiguous() else hidden.contiguous()
     with torch.autocast(hidden.device.type, enabled=False):
         loss, logp, ent, w = PolicyLossFunction.apply(
@@ -379,8 +460,16 @@ def fused_policy_loss(
             chunk,
             needs,
             grad_accum == "float32",
+            groups,
         )
     return loss, logp, ent, w
 
 
-__all__ = ["PolicyLossFunction", "RowOps", "TorchRows", "fused_policy_loss", "get_rows"]
+__all__ = [
+    "PolicyLossFunction",
+    "RowOps",
+    "TorchRows",
+    "fused_policy_loss",
+    "get_rows",
+    "sequence_groups",
+]
