@@ -21,9 +21,12 @@ Per variant: median seconds per optimizer step over ``--steps`` steps after
 ``--warmup`` steps, tokens/s (all tokens of the batch, prompt included), and
 peak memory (``torch.cuda.max_memory_allocated``). Prints one table and the
 machine; appends a JSON line to bench_results/train.jsonl. Without CUDA it says
-so and exits 0 (``--smoke`` runs tiny shapes on the CPU to check the script).
+so and exits 0 (``--smoke`` runs tiny shapes on the CPU to check the script;
+``--cpu`` measures a reduced model on the CPU, each variant in its own process,
+peak memory = that process's maximum RSS).
 
     python benches/bench_train.py [--micro-batch 4] [--seq 2048] [--steps 8] [--warmup 3]
+    python benches/bench_train.py --cpu --steps 4 --warmup 1
 """
 
 from __future__ import annotations
@@ -64,6 +67,16 @@ SMOKE = dict(
     max_position_embeddings=512,
     tie_word_embeddings=True,
 )
+CPU = dict(  # --cpu: a small decoder with a large vocabulary, where the loss matters
+    vocab_size=32768,
+    hidden_size=256,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=704,
+    max_position_embeddings=2048,
+    tie_word_embeddings=True,
+)
 TARGET_SPEED = 1.0
 TARGET_MEM = 0.5
 
@@ -89,7 +102,7 @@ def run_variant(name: str, shapes: dict[str, Any], args: argparse.Namespace) -> 
     from onpolicy_sft.integrations import build_policy_loss
     from onpolicy_sft.train import Collator, ExampleDataset, PolicyTrainer
 
-    cuda = torch.cuda.is_available()
+    cuda = torch.cuda.is_available() and not args.cpu
     device = "cuda" if cuda else "cpu"
     torch.manual_seed(0)
     config = Qwen2Config(**shapes, use_cache=False)
@@ -156,7 +169,12 @@ def run_variant(name: str, shapes: dict[str, Any], args: argparse.Namespace) -> 
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
-    peak = torch.cuda.max_memory_allocated() if cuda else 0
+    if cuda:
+        peak = torch.cuda.max_memory_allocated()
+    else:  # the process's own high-water mark: --cpu runs each variant in a fresh process
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     del trainer, model
     gc.collect()
     if cuda:
@@ -182,12 +200,23 @@ def main() -> int:
         "--variants", default="floor,hf default,ours sft,ours dft", help="comma-separated"
     )
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU")
+    parser.add_argument(
+        "--cpu",
+        action="store_true",
+        help="a reduced model on the CPU (vocabulary 32768, hidden 256, 4 layers, fp32, seq 512),"
+        " each variant in its own process so that its peak RSS is its own",
+    )
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # --cpu worker
     args = parser.parse_args()
 
     import torch
 
     info = machine()
-    if not torch.cuda.is_available() and not args.smoke:
+    if args.cpu and args.one is not None:  # worker: one variant, JSON on the last line
+        args.seq, args.prompt_len = 512, 64
+        print("RESULT " + json.dumps(run_variant(args.one, CPU, args)))
+        return 0
+    if not torch.cuda.is_available() and not args.smoke and not args.cpu:
         print("bench_train: no CUDA GPU on this machine; nothing to measure (use --smoke for a")
         print("CPU check of the script). Machine:", json.dumps(info))
         return 0
@@ -196,13 +225,31 @@ def main() -> int:
         shapes = SMOKE
         args.seq, args.prompt_len, args.steps, args.warmup = 128, 32, 2, 1
         torch.set_num_threads(1)
-    rows = [run_variant(v.strip(), shapes, args) for v in args.variants.split(",")]
+    if args.cpu:
+        import subprocess
+
+        args.seq = 512
+        rows = []
+        for v in args.variants.split(","):
+            cmd = [sys.executable, __file__, "--cpu", "--one", v.strip()]
+            cmd += ["--micro-batch", str(args.micro_batch), "--steps", str(args.steps)]
+            cmd += ["--warmup", str(args.warmup)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+            rows.append(json.loads(line[len("RESULT ") :]))
+    else:
+        rows = [run_variant(v.strip(), shapes, args) for v in args.variants.split(",")]
     by = {r["variant"]: r for r in rows}
     floor = by.get("floor", {}).get("peak_gib")
     base = by.get("hf default")
+    what = "Qwen2.5-0.5B shapes"
+    if args.smoke:
+        what += " (SMOKE: tiny shapes, CPU)"
+    elif args.cpu:
+        what = "CPU shapes (V 32768, H 256, 4 layers, fp32; peak = process RSS)"
     print(
-        f"\nbench_train: Qwen2.5-0.5B shapes{' (SMOKE: tiny shapes, CPU)' if args.smoke else ''}, "
-        f"micro-batch {args.micro_batch} x seq {args.seq}, {'bf16 autocast, ' if not args.smoke else ''}gradient "
+        f"\nbench_train: {what}, micro-batch {args.micro_batch} x seq {args.seq}, "
+        f"{'bf16 autocast, ' if torch.cuda.is_available() and not args.cpu else ''}gradient "
         f"checkpointing, median of {args.steps} steps after {args.warmup}"
     )
     head = f"{'variant':<12} {'s/step':>8} {'tokens/s':>10} {'vs hf':>6} {'peak GiB':>9} "
@@ -233,6 +280,7 @@ def main() -> int:
         "bench": "train",
         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "smoke": args.smoke,
+        "cpu": args.cpu,
         "micro_batch": args.micro_batch,
         "seq": args.seq,
         "rows": rows,
