@@ -222,6 +222,22 @@ def test_second_writer_refused_with_holder_named(ledger: Ledger) -> None:
             reader.record([att("p0")])
 
 
+def test_reader_refresh_sees_what_the_writer_added(ledger: Ledger) -> None:
+    reader = Ledger.open(ledger.path, readonly=True)
+    before = {pid: len(reader.attempts(pid)) for pid in reader.problem_ids()}
+    ledger.add_problems(["p_new"], ["ref"])
+    ledger.record([att("p0", k=7), att("p_new")])
+    assert "p_new" not in reader  # a snapshot until refreshed
+    assert reader.refresh() is reader
+    assert "p_new" in reader and len(reader.attempts("p_new")) == 1
+    assert len(reader.attempts("p0")) == before["p0"] + 1
+    with pytest.raises(LedgerError, match=r"refresh\(\) is for readers"):
+        ledger.refresh()
+    reader.close()
+    with pytest.raises(LedgerError, match="closed"):
+        reader.refresh()
+
+
 def test_closed_ledger_says_so(tmp_path: Path) -> None:
     led = Ledger.open(tmp_path / "led")
     led.close()

@@ -203,9 +203,10 @@ def _check_selection(selection: str) -> None:
 class Ledger:
     """Crash-safe record of rewrite attempts. Use :meth:`open`; also a context manager."""
 
-    def __init__(self, core: Any, path: str) -> None:
+    def __init__(self, core: Any, path: str, *, readonly: bool = False) -> None:
         self._core: Any = core
         self.path = path
+        self.readonly = readonly
 
     @classmethod
     def open(
@@ -234,7 +235,27 @@ class Ledger:
         )
         for msg in core.warnings():
             warnings.warn(msg, LedgerWarning, stacklevel=2)
-        return cls(core, os.fspath(path))
+        return cls(core, os.fspath(path), readonly=readonly)
+
+    def refresh(self) -> Ledger:
+        """See what a live writer has recorded since this read-only ledger was opened.
+
+        A reader works on the index it built when it opened; ``refresh`` opens
+        the files again (about 0.2 s per million attempts) and swaps the new
+        view in, so a monitor can poll a running rewrite. A writer already
+        sees everything it recorded: calling this on one is an error.
+        """
+        if not self.readonly:
+            raise LedgerError(
+                f"ledger {self.path} is open for writing and already sees its own records; "
+                "refresh() is for readers (Ledger.open(path, readonly=True))"
+            )
+        core = _core.LedgerCore(self.path, create=False, readonly=True)
+        for msg in core.warnings():
+            warnings.warn(msg, LedgerWarning, stacklevel=2)
+        old, self._core = self._live(), core
+        old.close()
+        return self
 
     def _live(self) -> Any:
         if self._core is None:
