@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -197,10 +198,16 @@ def test_unattached_or_label_less_calls_explain_the_fix() -> None:
         func(None, torch.zeros(1, 3, dtype=torch.long))
 
 
-def test_the_example_script_runs(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("script", "needs"),
+    [("compute_loss_func_trainer.py", None), ("compute_loss_func_sft_trainer.py", "trl")],
+)
+def test_the_example_scripts_run(tmp_path: Path, script: str, needs: str | None) -> None:
+    if needs:
+        pytest.importorskip(needs)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     proc = subprocess.run(
-        [sys.executable, str(REPO / "examples" / "compute_loss_func_trainer.py"), "--steps", "10"],
+        [sys.executable, str(REPO / "examples" / script), "--steps", "10"],
         capture_output=True,
         text=True,
         env=env,
@@ -208,5 +215,6 @@ def test_the_example_script_runs(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "scheme=dft: final step stats" in proc.stdout
-    losses = json.loads(proc.stdout.split("logged losses: ")[1].strip().replace("'", '"'))
-    assert len(losses) == 2
+    text = proc.stdout.split("logged losses: ")[1].splitlines()[0]
+    losses = json.loads(text.replace("'", '"'))
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
