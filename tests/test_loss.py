@@ -444,6 +444,15 @@ def test_sequence_groups_cut_at_sequence_boundaries():
     assert groups == [(slice(0, 5), 2), (slice(5, 10), 2)]
     assert fused.sequence_groups(Segments(seg, 4), 9) == [(slice(0, 9), 3), (slice(9, 10), 1)]
     assert fused.sequence_groups(Segments(seg, 4), 3) is None  # sequence 2 has 4 tokens
+    # a lone sequence may exceed the limit up to `longest`; runs never pack past the limit
+    assert fused.sequence_groups(Segments(seg, 4), 3, 4) == [
+        (slice(0, 3), 1),
+        (slice(3, 5), 1),
+        (slice(5, 9), 1),
+        (slice(9, 10), 1),
+    ]
+    # empty sequences (cu_seqlens with a repeated offset) do not block the grouping
+    assert fused.sequence_groups(Segments(torch.tensor([0, 0, 2, 2]), 3), 4) == [(slice(0, 4), 2)]
     # dense ids need not be in order, only contiguous
     assert fused.sequence_groups(Segments(torch.tensor([1, 1, 0, 0]), 2), 2) == [
         (slice(0, 2), 1),
@@ -474,6 +483,29 @@ def test_sequence_schemes_one_pass_when_sequences_fit(opts, dtype, monkeypatch):
     calls.clear()
     compare(case, opts, chunk_size=4)
     assert calls == [4, 4, 4, 1] * 2  # forward, then the recomputing pass
+
+
+@pytest.mark.parametrize("opts", list(SEQUENCE_SCHEMES.values()), ids=list(SEQUENCE_SCHEMES))
+def test_default_chunk_size_never_packs_past_one_chunk(opts, monkeypatch):
+    """Default sizing (here 4 rows): runs of whole sequences hold at most 4 rows;
+    the 5-token sequence, alone, may take up to twice that, and all is one pass."""
+    calls: list[int] = []
+    real = fused._linear
+
+    def spy(h, w, b):
+        calls.append(h.shape[0])
+        return real(h, w, b)
+
+    monkeypatch.setattr(fused, "_linear", spy)
+    monkeypatch.setattr(fused, "_CHUNK_BYTES", 4 * 37 * 4 * fused._TORCH_TEMPS)
+    case = make_case(seed=5)  # sequences of 4, 4 and 5 tokens, V=37
+    compare(case, opts, chunk_size=None)
+    assert calls == [4, 4, 5]
+    calls.clear()
+    case = make_case(n=12, seed=6)
+    case["seq_ids"] = torch.arange(12) // 2  # six sequences of 2
+    compare(case, opts, chunk_size=None)
+    assert calls == [4, 4, 4]
 
 
 @pytest.mark.parametrize("opts", list(SEQUENCE_SCHEMES.values()), ids=list(SEQUENCE_SCHEMES))

@@ -86,8 +86,9 @@ class PolicyLoss:
     chunk_size: rows per chunk (default: sized so one chunk's buffers are ~512 MiB).
       Sequence ``is`` and ``pear`` take one pass (three GEMMs) when chunks can be
       cut at sequence boundaries: every sequence contiguous and no longer than
-      chunk_size (with the default size, twice its rows); otherwise a second pass
-      recomputes the logits (a fourth GEMM).
+      chunk_size (with the default size, a single sequence of up to twice its rows
+      gets a chunk of its own); otherwise a second pass recomputes the logits (a
+      fourth GEMM).
     grad_accum: "float32" (default) accumulates grad_weight over the chunks in a
       float32 (V, H) buffer; "input" accumulates in the weight's dtype in place
       (bf16: one rounding per chunk), saving the V x H x 4-byte buffer at peak:

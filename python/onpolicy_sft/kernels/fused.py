@@ -15,7 +15,8 @@ in the torch backend) -- never (N x V).
   computes logsumexp, logp, entropy, the weight and, in the same launch,
   writes the logits gradient; the gradient is ready at the end of forward.
 - Sequence is and pear: a sequence's weight needs only that sequence's
-  tokens. When every sequence is contiguous and fits in a chunk, chunks are
+  tokens. When every sequence is contiguous and fits in a chunk (with the
+  default chunk size, a lone sequence may take up to twice its rows), chunks are
   cut at sequence boundaries and each is done in one pass too: logits ->
   logp/entropy/logsumexp -> the O(C) weight step (``weights.sequence_weights``)
   on the chunk's sequences -> the gradient, on the logits still in memory
@@ -271,31 +272,36 @@ def _local_ids(seg: torch.Tensor) -> torch.Tensor:
     return ids.cumsum_(0)
 
 
-def sequence_groups(segs: Segments, limit: int) -> list[tuple[slice, int]] | None:
-    """Cut the tokens into runs of whole sequences, each at most ``limit`` rows.
+def sequence_groups(
+    segs: Segments, limit: int, longest: int | None = None
+) -> list[tuple[slice, int]] | None:
+    """Cut the tokens into runs of whole sequences of at most ``limit`` rows each.
 
-    Returns (rows, number of sequences) per run, or None when some sequence is
-    longer than ``limit`` or its tokens are not contiguous (then the weights
-    need every chunk's forward before any gradient: the two-pass path).
+    A run holds several sequences only while they fit in ``limit`` rows; a
+    single sequence longer than ``limit`` but no longer than ``longest``
+    (default: ``limit``) gets a run of its own. Returns (rows, number of
+    sequences) per run, or None when a sequence is longer than that or its
+    tokens are not contiguous (then the weights need every chunk's forward
+    before any gradient: the two-pass path). Empty sequences are ignored.
     """
+    longest = limit if longest is None else max(limit, longest)
     seg = segs.seg
     n = seg.numel()
     if n == 0:
         return None
-    ends = [*(torch.nonzero(seg[1:] != seg[:-1]).flatten() + 1).tolist(), n]
-    if len(ends) != segs.num:  # a sequence appears in more than one run
+    change = torch.nonzero(seg[1:] != seg[:-1]).flatten() + 1
+    starts_t = torch.cat([change.new_zeros(1), change])
+    starts, ids = torch.stack([starts_t, seg[starts_t]]).tolist()  # one host sync
+    if len(set(ids)) != len(ids):  # a sequence appears in more than one run
         return None
     groups: list[tuple[slice, int]] = []
-    start = prev = 0
-    count = 0
-    for end in ends:
-        if end - start > limit:
-            if prev == start:
-                return None  # this one sequence alone is longer than limit
+    start = prev = count = 0
+    for end in [*starts[1:], n]:
+        if count and end - start > limit:  # close the run before this sequence
             groups.append((slice(start, prev), count))
             start, count = prev, 0
-            if end - start > limit:
-                return None
+        if count == 0 and end - start > longest:
+            return None  # this one sequence alone is too long
         prev = end
         count += 1
     groups.append((slice(start, n), count))
@@ -442,9 +448,10 @@ def fused_policy_loss(
     )
     groups = None
     if not spec.token_local and any(needs) and segs is not None and blogp is not None:
-        # Default chunk size: a group may hold up to twice its rows, so that typical
-        # sequence lengths still fit (one pass instead of two costs one GEMM less).
-        groups = sequence_groups(segs, chunk if chunk_size else 2 * chunk)
+        # Runs of whole sequences up to a chunk. With the default chunk size one
+        # sequence of up to twice its rows still gets a run of its own (typical
+        # lengths keep the one-pass path, a GEMM fewer, for that one buffer).
+        groups = sequence_groups(segs, chunk, None if chunk_size else 2 * chunk)
     hidden = hidden if hidden.is_contiguous() else hidden.contiguous()
     with torch.autocast(hidden.device.type, enabled=False):
         loss, logp, ent, w = PolicyLossFunction.apply(

@@ -295,7 +295,10 @@ def sequence_weights(
     idx = order[mask[order]]
     segc = seg[idx]
     dc = delta[idx]
-    n_s = torch.bincount(segc, minlength=count)
+    # (index_add, not bincount: no host sync on CUDA)
+    n_s = torch.zeros(count, dtype=torch.long, device=seg.device).index_add_(
+        0, segc, torch.ones_like(segc)
+    )
     off = torch.cumsum(n_s, 0) - n_s
     rank = torch.arange(idx.numel(), device=seg.device) - off[segc]
     block_end = torch.minimum((rank // spec.pear_block + 1) * spec.pear_block - 1, n_s[segc] - 1)
