@@ -178,6 +178,77 @@ def test_loss_head_equals_cross_entropy_on_materialised_logits(tiny_llama: Path)
     assert model.get_output_embeddings().forward.__self__ is model.get_output_embeddings()
 
 
+def _per_sequence_mean_nll(logits: torch.Tensor, labels: torch.Tensor, bounds: list) -> float:
+    """Mean over sequences of each sequence's mean token NLL (unshifted labels)."""
+    lp = torch.log_softmax(logits[0, :-1].double(), -1)
+    y = labels[0, 1:]
+    means = []
+    for a, b in bounds:  # the sequence's positions [a, b) in the packed row
+        t = torch.arange(a, b - 1)  # predictions made inside it
+        keep = y[t] != -100
+        means.append(-lp[t[keep], y[t[keep]]].mean())
+    return float(torch.stack(means).mean())
+
+
+def test_packed_row_sequences_from_position_ids(tiny_qwen2: Path) -> None:
+    """A padding-free packed row (one row, position_ids restarting at 0, no
+    seq_ids): normalize="sequence" averages per packed sequence, as explicit
+    seq_ids would; TRL's padding-free collator sends exactly this."""
+    from transformers import AutoModelForCausalLM
+
+    from onpolicy_sft.integrations import compute_loss_func
+
+    torch.manual_seed(0)
+    bounds = [(0, 9), (9, 14), (14, 26)]
+    ids = torch.randint(3, 200, (1, 26))
+    labels = ids.clone()
+    for a, _ in bounds:
+        labels[0, a : a + 3] = -100  # each sequence's prompt
+    pos = torch.cat([torch.arange(b - a) for a, b in bounds])[None]
+    seq = torch.cat([torch.full((b - a,), k) for k, (a, b) in enumerate(bounds)])[None]
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
+    with torch.no_grad():
+        # without a cache transformers reads packed position_ids as separate
+        # sequences (block-diagonal attention), as in a training forward
+        logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits
+        ref = _per_sequence_mean_nll(logits, labels, bounds)
+    model.train()
+    func = compute_loss_func("sft", model=model, normalize="sequence", backend="torch")
+    results = {}
+    for name, extra in (("position_ids", {}), ("seq_ids", {"seq_ids": seq}), ("seq_idx", {})):
+        kw = {"seq_idx": seq} if name == "seq_idx" else {}
+        out = model(input_ids=ids, position_ids=pos, **extra, **kw)
+        results[name] = float(func(out, labels).detach())
+        assert func.last is not None and func.last.num_sequences == 3, name
+    assert results["position_ids"] == pytest.approx(ref, rel=1e-5)
+    assert results["seq_ids"] == pytest.approx(ref, rel=1e-5)
+    assert results["seq_idx"] == pytest.approx(ref, rel=1e-5)
+
+
+def test_sequence_normalised_drop_in_divides_only_what_accumulates(tiny_qwen2: Path) -> None:
+    """normalize="sequence": in training the micro-batch mean is divided by the
+    accumulation steps (the Trainer does not divide a custom loss); in
+    evaluation nothing accumulates, so the loss is the plain mean."""
+    from transformers import AutoModelForCausalLM
+
+    from onpolicy_sft.integrations import compute_loss_func
+
+    torch.manual_seed(1)
+    ids = torch.randint(3, 200, (2, 12))
+    labels = ids.clone()
+    labels[:, :4] = -100
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
+    func = compute_loss_func(
+        "sft", model=model, normalize="sequence", gradient_accumulation_steps=4, backend="torch"
+    )
+    model.eval()
+    with torch.no_grad():
+        plain = float(func(model(input_ids=ids), labels))
+    model.train()
+    train = float(func(model(input_ids=ids), labels, num_items_in_batch=100))
+    assert train == pytest.approx(plain / 4, rel=1e-5)
+
+
 def test_drop_in_leaves_generation_working(tiny_qwen2: Path) -> None:
     from transformers import AutoModelForCausalLM
 

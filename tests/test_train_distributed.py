@@ -36,23 +36,29 @@ SCRIPT = textwrap.dedent(
         warmup_ratio=0.0, lr_scheduler="constant", save_steps=1000, seed=0))
     ours = [h["loss"] for h in res.log_history if "nll" in h]
 
-    # the drop-in under DDP with transformers' default find_unused_parameters=True
+    # the drop-in under DDP with transformers' default find_unused_parameters=True,
+    # normalised by the global token count and per sequence
     tok = AutoTokenizer.from_pretrained(model_dir)
     cfg = TrainConfig(model=model_dir, data=data_dir, out=out, loss="dft")
     examples, _ = build_examples(read_data(data_dir), tok, cfg)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    trainer = Trainer(
-        model=model,
-        args=TrainingArguments(
-            output_dir=f"{out}/plain{world}", per_device_train_batch_size=2,
-            gradient_accumulation_steps=2 // world, learning_rate=3e-3, max_steps=3,
-            lr_scheduler_type="constant", seed=0, data_seed=0, logging_steps=1,
-            save_strategy="no", report_to=[], remove_unused_columns=False, use_cpu=True,
-            dataloader_pin_memory=False),
-        train_dataset=ExampleDataset(examples), data_collator=Collator(tok.pad_token_id),
-        compute_loss_func=compute_loss_func("dft", model=model))
-    trainer.train()
-    plain = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    plain = {}
+    for normalize in ("tokens", "sequence"):
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+        func = compute_loss_func(
+            "dft", model=model, normalize=normalize, gradient_accumulation_steps=2 // world)
+        trainer = Trainer(
+            model=model,
+            args=TrainingArguments(
+                output_dir=f"{out}/plain{world}{normalize}", per_device_train_batch_size=2,
+                gradient_accumulation_steps=2 // world, learning_rate=3e-3, max_steps=3,
+                lr_scheduler_type="constant", seed=0, data_seed=0, logging_steps=1,
+                save_strategy="no", report_to=[], remove_unused_columns=False, use_cpu=True,
+                dataloader_pin_memory=False),
+            train_dataset=ExampleDataset(examples), data_collator=Collator(tok.pad_token_id),
+            compute_loss_func=func)
+        trainer.train()
+        plain[normalize] = [
+            (h["loss"], h["grad_norm"]) for h in trainer.state.log_history if "loss" in h]
     if int(os.environ.get("RANK", "0")) == 0:
         print("RESULT " + json.dumps({"ours": ours, "plain": plain}), flush=True)
     shutdown_distributed()
@@ -85,7 +91,11 @@ def test_two_process_ddp_matches_one_process_with_accumulation(
     ddp = _run([*torchrun, *args], tmp_path)
     assert len(single["ours"]) == len(ddp["ours"]) == 3
     assert ddp["ours"] == pytest.approx(single["ours"], rel=1e-5)
-    assert ddp["plain"] == pytest.approx(single["plain"], rel=1e-5)
+    for normalize in ("tokens", "sequence"):  # logged loss and gradient norm per step
+        assert len(ddp["plain"][normalize]) == 3
+        got = [x for step in ddp["plain"][normalize] for x in step]
+        want = [x for step in single["plain"][normalize] for x in step]
+        assert got == pytest.approx(want, rel=1e-5), normalize
 
 
 FSDP2_SCRIPT = textwrap.dedent(

@@ -77,6 +77,7 @@ def policy_loss_from_hidden(
     behavior_logprobs: torch.Tensor | None = None,
     seq_ids: torch.Tensor | None = None,
     normalizer: torch.Tensor | float | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> SelectedLoss:
     """Shift, select the supervised positions and call ``loss_fn``.
 
@@ -88,7 +89,10 @@ def policy_loss_from_hidden(
     behavior_logprobs: (B, T) aligned with ``labels`` (value at a response
         token's own position), or None.
     seq_ids: (B, T) sequence index of each position (packing), or None for
-        one sequence per row.
+        one sequence per row. A row always starts a new sequence.
+    position_ids: (B, T), used when ``seq_ids`` is None: a position that does
+        not continue its predecessor's (p != p_prev + 1) starts a new sequence,
+        which is how padding-free packed batches mark their sequences.
     normalizer: Z for ``normalize="tokens"`` (e.g. the supervised-token count
         of the whole accumulated, all-device batch); default the local count.
 
@@ -116,10 +120,23 @@ def policy_loss_from_hidden(
     blp = None
     if behavior_logprobs is not None:
         blp = shift(behavior_logprobs, 0.0).index_select(0, idx).float()
-    if seq_ids is None:
-        rows = torch.arange(bsz, device=labels.device).repeat_interleave(seqlen)
-    else:
-        rows = shift(seq_ids, 0)
+    starts = torch.zeros(bsz, seqlen, dtype=torch.bool, device=labels.device)
+    starts[:, 0] = True
+    marks = seq_ids if seq_ids is not None else position_ids
+    if marks is not None:
+        if marks.shape != labels.shape:
+            name = "seq_ids" if seq_ids is not None else "position_ids"
+            raise ValueError(
+                f"{name} has shape {tuple(marks.shape)}; it must match labels {tuple(labels.shape)}"
+            )
+        marks = marks.to(labels.device)
+        if seq_ids is not None:
+            starts[:, 1:] |= marks[:, 1:] != marks[:, :-1]
+        else:
+            starts[:, 1:] |= marks[:, 1:] != marks[:, :-1] + 1
+    rows = shift(
+        starts.long().cumsum(1) + (torch.arange(bsz, device=labels.device) * seqlen)[:, None], 0
+    )
     sid = rows.index_select(0, idx)
     # consecutive 0..S-1 ids, in order (PolicyLoss groups sequence-level weights by them)
     if sid.numel():
@@ -276,6 +293,13 @@ class PolicyLossFunc:
     whole accumulated batch), so gradient accumulation gives the same
     gradient as one large batch -- the default normalisation of METHODS.md.
     Without ``num_items_in_batch`` it is PolicyLoss's own normalisation.
+    With ``normalize="sequence"`` a training loss is the micro-batch's mean
+    over sequences divided by ``gradient_accumulation_steps`` and, on several
+    processes with ``average_tokens_across_devices`` (the Trainer's default,
+    under which it multiplies every custom loss by the process count), by the
+    process count; set both as in the TrainingArguments. Packed rows without
+    ``seq_ids`` take their sequences from ``seq_idx`` or from ``position_ids``
+    restarting (padding-free collators).
     ``last`` holds the most recent :class:`SelectedLoss` (weights, stats).
     """
 
@@ -285,10 +309,12 @@ class PolicyLossFunc:
         model: torch.nn.Module | None = None,
         *,
         gradient_accumulation_steps: int = 1,
+        average_tokens_across_devices: bool = True,
     ) -> None:
         self.loss_fn = loss_fn
         self.normalize = loss_fn.spec.normalize
         self.gradient_accumulation_steps = gradient_accumulation_steps
+        self.average_tokens_across_devices = average_tokens_across_devices
         self.head: LossHead | None = None
         self.last: SelectedLoss | None = None
         self._extras: dict[str, torch.Tensor | None] = {}
@@ -307,9 +333,13 @@ class PolicyLossFunc:
         self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         kwargs = dict(kwargs)
+        seq_ids = kwargs.pop("seq_ids", None)
+        if seq_ids is None:  # TRL's padding-free collator names it seq_idx (the model may use it)
+            seq_ids = kwargs.get("seq_idx")
         self._extras = {
             "behavior_logprobs": kwargs.pop("behavior_logprobs", None),
-            "seq_ids": kwargs.pop("seq_ids", None),
+            "seq_ids": seq_ids,
+            "position_ids": kwargs.get("position_ids"),
         }
         assert self.head is not None
         # A generation step (KV cache in use) needs real logits; a training or
@@ -356,14 +386,27 @@ class PolicyLossFunc:
             behavior_logprobs=self._extras.get("behavior_logprobs"),
             seq_ids=self._extras.get("seq_ids"),
             normalizer=num_items_in_batch if self.normalize == "tokens" else None,
+            position_ids=self._extras.get("position_ids"),
         )
         self._extras = {}
         self.last = res
-        if self.normalize == "tokens":
-            return res.output.loss
+        if self.normalize == "tokens" or not self.head.module.training:
+            return res.output.loss  # evaluation: nothing accumulates, a plain mean
         # Per-sequence normalisation: the Trainer counts tokens, not sequences, so
-        # the micro-batch mean is divided by the accumulation steps instead.
-        return res.output.loss / self.gradient_accumulation_steps
+        # the micro-batch mean is divided by the accumulation steps instead; and
+        # where the Trainer multiplies every custom loss by the number of
+        # processes (average_tokens_across_devices, with num_items_in_batch),
+        # which is right for a loss over the global token count, that is undone.
+        loss = res.output.loss / self.gradient_accumulation_steps
+        dist = torch.distributed
+        if (
+            self.average_tokens_across_devices
+            and num_items_in_batch is not None
+            and dist.is_available()
+            and dist.is_initialized()
+        ):
+            loss = loss / dist.get_world_size()
+        return loss
 
 
 def scale_to_global(res: SelectedLoss, total_sequences: torch.Tensor | int | None) -> torch.Tensor:
@@ -389,6 +432,7 @@ def compute_loss_func(
     *,
     model: torch.nn.Module | None = None,
     gradient_accumulation_steps: int = 1,
+    average_tokens_across_devices: bool = True,
     **loss_kwargs: Any,
 ) -> PolicyLossFunc:
     """A Trainer ``compute_loss_func`` computing PolicyLoss(scheme, **loss_kwargs).
@@ -396,7 +440,8 @@ def compute_loss_func(
     scheme: sft | dft | is | idft | pear; loss_kwargs: any PolicyLoss option
     (level, clip, idft_beta, ..., backend). ``model``: the model the Trainer
     trains (needed: Trainer does not pass it to the loss function).
-    ``gradient_accumulation_steps`` only matters with ``normalize="sequence"``.
+    ``gradient_accumulation_steps`` and ``average_tokens_across_devices`` (set
+    them as in the TrainingArguments) only matter with ``normalize="sequence"``.
 
     Example::
 
@@ -411,4 +456,5 @@ def compute_loss_func(
         build_policy_loss(scheme, **loss_kwargs),
         model=model,
         gradient_accumulation_steps=gradient_accumulation_steps,
+        average_tokens_across_devices=average_tokens_across_devices,
     )
