@@ -176,3 +176,26 @@ def test_models_that_transform_their_logits_are_refused_by_hf_scoring(tiny_qwen2
     setattr(model.config, attr, value)
     with pytest.raises(ValueError, match=f"{attr}=.*--engine vllm"):
         HFEngine(model, tokenizer=AutoTokenizer.from_pretrained(tiny_qwen2))
+
+
+@pytest.mark.parametrize("kind", ["hf", "auto"])
+@pytest.mark.parametrize("key", ["tensor_parallel_size", "data_parallel_size"])
+def test_hf_engine_refuses_parallel_sizes_it_cannot_honour(tiny_qwen2, kind, key):
+    if kind == "auto" and torch.cuda.is_available():
+        pytest.skip("auto picks vLLM where a GPU and vLLM are present")
+    flag = "--" + key.replace("_", "-")
+    with pytest.raises(ValueError, match=rf"{flag} 2 needs the vLLM engine.*--shard i/n"):
+        load_engine(kind, str(tiny_qwen2), **{key: 2})
+    assert load_engine(kind, str(tiny_qwen2), **{key: 1}).tokenizer is not None
+
+
+def test_eval_and_select_take_tensor_parallel_size():
+    from onpolicy_sft.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["eval", "--model", "m", "--out", "o", "--tensor-parallel-size", "4"])
+    assert args.tensor_parallel_size == 4
+    args = parser.parse_args(
+        ["select", "--model", "m", "--candidates", "c", "--out", "o", "--tensor-parallel-size", "2"]
+    )
+    assert args.tensor_parallel_size == 2

@@ -238,6 +238,25 @@ def test_reader_refresh_sees_what_the_writer_added(ledger: Ledger) -> None:
         reader.refresh()
 
 
+def test_failed_merge_leaves_nothing_behind_and_can_be_rerun(tmp_path: Path) -> None:
+    with Ledger.open(tmp_path / "a") as a:
+        a.add_problems(["p0"], ["r0"])
+        a.record([att("p0")])
+    out = tmp_path / "merged"
+    with pytest.raises(LedgerError, match="no ledger at"):
+        Ledger.merge([tmp_path / "a", tmp_path / "missing"], out)
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # no temporary left either
+    Ledger.merge([tmp_path / "a"], out)  # the same output path, now complete
+    with Ledger.open(out, readonly=True) as merged:
+        assert merged.problem_ids() == ["p0"] and len(merged.attempts("p0")) == 1
+    out2 = tmp_path / "empty"
+    out2.mkdir()  # an existing empty directory is a valid target
+    Ledger.merge([tmp_path / "a"], out2)
+    with Ledger.open(out2, readonly=True) as merged:
+        assert len(merged) == 1
+
+
 def test_closed_ledger_says_so(tmp_path: Path) -> None:
     led = Ledger.open(tmp_path / "led")
     led.close()

@@ -344,6 +344,7 @@ class EvalConfig(ConfigBase):
     top_p: float = 1.0
     max_tokens: int = 4096
     engine: str = "auto"  # auto | vllm | hf
+    tensor_parallel_size: int = 1  # vLLM only
     seed: int = 0
     limit: int | None = None  # first `limit` problems of each benchmark (smoke runs)
     label: str | None = None  # row name in the markdown table (default: the model path's last part)
@@ -360,6 +361,11 @@ class EvalConfig(ConfigBase):
         dup = sorted({b for b in self.benchmarks if self.benchmarks.count(b) > 1})
         if dup:
             p.append(f"benchmarks lists {dup} more than once")
+        if self.tensor_parallel_size < 1:
+            p.append(
+                f"tensor_parallel_size={self.tensor_parallel_size} must be >= 1 "
+                "(--tensor-parallel-size)"
+            )
         if self.n < 1:
             p.append(f"n={self.n} must be >= 1")
         if self.temperature < 0:

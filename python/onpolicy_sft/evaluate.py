@@ -377,7 +377,9 @@ def evaluate(
     if own_engine:
         from onpolicy_sft.engines import load_engine
 
-        engine = load_engine(cfg.engine, cfg.model, seed=cfg.seed)
+        engine = load_engine(
+            cfg.engine, cfg.model, seed=cfg.seed, tensor_parallel_size=cfg.tensor_parallel_size
+        )
     own_verifier = verifier is None
     if own_verifier:
         from onpolicy_sft.verify import Verifier

@@ -1364,7 +1364,9 @@ impl Ledger {
     /// Merge ledgers written by separate workers into a new ledger at `out`:
     /// problems in input order (a problem in several inputs must have the
     /// same reference), then each input's attempts and finished stages in its
-    /// own record order.
+    /// own record order. The merge is built in a temporary sibling directory
+    /// and renamed to `out` only when complete: a failed merge leaves `out`
+    /// as it was, so the same command can simply be run again.
     pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<Vec<String>> {
         if out.exists() && fs::read_dir(out).map_err(|e| io(out, e))?.next().is_some() {
             return Err(Error::Msg(format!(
@@ -1372,6 +1374,33 @@ impl Ledger {
                 out.display()
             )));
         }
+        let name = out
+            .file_name()
+            .ok_or_else(|| Error::Msg(format!("merge output {} has no name", out.display())))?;
+        let tmp = out.with_file_name(format!(
+            ".{}.merging-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&tmp);
+        match Self::merge_into(inputs, &tmp) {
+            Ok(warnings) => {
+                if out.exists() {
+                    fs::remove_dir(out).map_err(|e| io(out, e))?;
+                }
+                fs::rename(&tmp, out).map_err(|e| io(out, e))?;
+                let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
+                sync_dir(parent.unwrap_or(Path::new(".")))?;
+                Ok(warnings)
+            }
+            Err(e) => {
+                let _ = fs::remove_dir_all(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    fn merge_into(inputs: &[PathBuf], out: &Path) -> Result<Vec<String>> {
         let mut dst = Ledger::open(out, &OpenOptions2::default())?;
         let mut warnings = Vec::new();
         for path in inputs {

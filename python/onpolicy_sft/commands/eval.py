@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto = vLLM with CUDA, else transformers",
     )
+    parser.add_argument(
+        "--tensor-parallel-size", type=int, default=1, help="vLLM tensor parallelism (default 1)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="first N problems per benchmark")
     parser.add_argument("--label", default=None, help="row name in the table (default: model name)")
@@ -82,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         max_tokens=args.max_tokens,
         engine=args.engine,
+        tensor_parallel_size=args.tensor_parallel_size,
         seed=args.seed,
         limit=args.limit,
         label=args.label,

@@ -18,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--response-field", default="response", help="a string or a list of strings per row")
     a("--answer-field", default=None)
     a("--engine", default="auto", choices=("auto", "vllm", "hf"))
+    a("--tensor-parallel-size", type=int, default=1, help="vLLM tensor parallelism")
     a("--batch-size", type=int, default=64)
 
 
@@ -35,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         answer_field=args.answer_field,
         engine_kind=args.engine,
         batch_size=args.batch_size,
+        tensor_parallel_size=args.tensor_parallel_size,
     )
     print(
         f"kept {res.kept} of {res.candidates} candidates for {res.problems} problems "

@@ -24,12 +24,14 @@ def load_engine(kind: str, model: Any, **kwargs: Any) -> Engine:
     """Return an Engine. kind: "auto" | "vllm" | "hf"; kwargs go to the backend.
 
     Keyword arguments a backend does not take are dropped with no error only
-    for the other backend's well-known options (tensor_parallel_size,
-    data_parallel_size, gpu_memory_utilization for HF; max_batch_size,
-    score_batch_size, device for vLLM), so one call site serves both.
+    for the other backend's well-known options (gpu_memory_utilization and
+    parallel sizes of 1 for HF; max_batch_size, score_batch_size, device for
+    vLLM), so one call site serves both. A tensor or data parallel size above 1
+    with the HF engine is an error: it would run on one device regardless.
     """
     if kind not in ENGINE_KINDS:
         raise ValueError(f"engine {kind!r} is not known; use one of {', '.join(ENGINE_KINDS)}")
+    picked = kind
     if kind == "auto":
         import torch
 
@@ -42,9 +44,21 @@ def load_engine(kind: str, model: Any, **kwargs: Any) -> Engine:
         return cast(Engine, VLLMEngine(model, **kwargs))
     from onpolicy_sft.engines.hf import HFEngine
 
+    for key in ("tensor_parallel_size", "data_parallel_size"):
+        size = kwargs.pop(key, None)
+        if size is not None and int(size) > 1:
+            why = (
+                "--engine auto picked hf (vLLM with a CUDA GPU is not available here)"
+                if picked == "auto"
+                else "--engine hf"
+            )
+            flag = "--" + key.replace("_", "-")
+            raise ValueError(
+                f"{flag} {size} needs the vLLM engine, but {why}, which runs on one device; "
+                f"use --engine vllm on GPUs, or split the work with --shard i/n (rewrite), or "
+                f"drop {flag}"
+            )
     for key in (
-        "tensor_parallel_size",
-        "data_parallel_size",
         "gpu_memory_utilization",
         "max_model_len",
         "seed",
