@@ -835,17 +835,22 @@ fn answer_matches(t: &str, colon: bool, latex: bool, out: &mut Vec<Cand>) {
                 }
             }
         }
-        match got {
-            Some((e, kind)) => {
-                out.push(Cand {
-                    start: s,
-                    end: e,
-                    kind,
-                });
-                from = e.max(s + 1);
-            }
-            None => from = s + 1,
+        from = push_match(out, s, got);
+    }
+}
+
+/// Record a match found at `s` (if any); returns where the next search starts.
+fn push_match(out: &mut Vec<Cand>, s: usize, got: Option<(usize, CandKind)>) -> usize {
+    match got {
+        Some((end, kind)) => {
+            out.push(Cand {
+                start: s,
+                end,
+                kind,
+            });
+            end.max(s + 1)
         }
+        None => s + 1,
     }
 }
 
@@ -876,17 +881,7 @@ fn final_answer_matches(t: &str, latex: bool, out: &mut Vec<Cand>) {
                 break;
             }
         }
-        match got {
-            Some((e, kind)) => {
-                out.push(Cand {
-                    start: s,
-                    end: e,
-                    kind,
-                });
-                from = e.max(s + 1);
-            }
-            None => from = s + 1,
-        }
+        from = push_match(out, s, got);
     }
 }
 
@@ -935,17 +930,7 @@ fn final_answer_hope_matches(t: &str, latex: bool, out: &mut Vec<Cand>) {
                 k -= t[..k].chars().next_back().map_or(1, |c| c.len_utf8());
             }
         }
-        match got {
-            Some((e, kind)) => {
-                out.push(Cand {
-                    start: s,
-                    end: e,
-                    kind,
-                });
-                from = e.max(s + 1);
-            }
-            None => from = s + 1,
-        }
+        from = push_match(out, s, got);
     }
 }
 

@@ -368,11 +368,9 @@ fn replace_pass(s: &str) -> String {
         }
         // \s*\{\s*,\s*\} -> ","
         {
-            let mut j = i;
-            j = skip_ascii_ws(b, j);
+            let j = skip_ascii_ws(b, i);
             if b.get(j) == Some(&b'{') {
-                let mut k = j + 1;
-                k = skip_ascii_ws(b, k);
+                let mut k = skip_ascii_ws(b, j + 1);
                 if b.get(k) == Some(&b',') {
                     k += 1;
                     k = skip_ascii_ws(b, k);
@@ -412,8 +410,7 @@ fn replace_pass(s: &str) -> String {
             }
             j = skip_ascii_ws(b, j);
             if s[j..].starts_with("\\text{") {
-                let mut k = j + 6;
-                k = skip_ascii_ws(b, k);
+                let mut k = skip_ascii_ws(b, j + 6);
                 let w = and_or_len(&s[k..]);
                 if w > 0 {
                     k += w;
@@ -453,8 +450,7 @@ fn replace_pass(s: &str) -> String {
         }
         // \s*\bpercentage\b etc.
         {
-            let mut j = i;
-            j = skip_ascii_ws(b, j);
+            let j = skip_ascii_ws(b, i);
             let word_start_ok = j == 0 || !is_word_byte(b[j - 1]) || j > i;
             let bstart = j == 0 || !is_word_byte(b[j - 1]);
             if word_start_ok && bstart {
