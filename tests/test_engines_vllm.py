@@ -68,3 +68,16 @@ def test_sampled_logprobs_are_raw(engines):
     [[s]] = v.generate(ps, n=1, temperature=0.5, max_tokens=8, seed=7)
     [lp] = h.score(ps, [s.token_ids])
     np.testing.assert_allclose(s.logprobs, lp, atol=1e-3)
+
+
+def test_seeded_sampling_of_a_large_batch_survives_on_the_cpu_build(engines):
+    """Many long prompts at once (more prompt tokens than one scheduler step
+    takes) with seeded sampling: reproducible, and the engine stays alive."""
+    v, h = engines
+    long = "Add the numbers 12, 7, 30, 41, 5, 18, 9, 27, 64 and 3, then explain each step. " * 4
+    ps = [train_prompt(h.tokenizer, f"{i}: {long}") for i in range(64)]
+    assert sum(len(v.encode(p)) for p in ps) > 16384
+    a = v.generate(ps, n=2, temperature=1.0, max_tokens=4, seed=5)
+    b = v.generate(ps, n=2, temperature=1.0, max_tokens=4, seed=5)
+    assert [[s.token_ids for s in row] for row in a] == [[s.token_ids for s in row] for row in b]
+    assert all(len(row) == 2 for row in a)

@@ -28,6 +28,14 @@ from onpolicy_sft.engines.base import Sample, TokenizerIO
 from onpolicy_sft.engines.hf import StopChecker, resolve_model_path
 
 
+def _on_cpu_platform() -> bool:
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:  # pragma: no cover - depends on the install
+        return False
+    return bool(current_platform.is_cpu())
+
+
 class VLLMEngine(TokenizerIO):
     """Engine protocol on vLLM. Extra keyword arguments go to ``vllm.LLM``."""
 
@@ -74,6 +82,12 @@ class VLLMEngine(TokenizerIO):
             kwargs["data_parallel_size"] = data_parallel_size
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
+        if _on_cpu_platform():
+            # vLLM's CPU build rewinds a seeded request's generator when a chunked
+            # prefill discards its sample, which CPU generators cannot do ("CPU
+            # Generator does not use offset", the engine dies). Seeded sampling is
+            # how this engine makes samples reproducible, so prefill is not chunked.
+            kwargs.setdefault("enable_chunked_prefill", False)
         self.llm = vllm.LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.name = path
