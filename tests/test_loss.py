@@ -462,13 +462,9 @@ def test_sequence_groups_cut_at_sequence_boundaries():
     assert fused.sequence_groups(Segments(torch.tensor([0, 1, 0, 1]), 2), 4) is None
 
 
-@pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
-@pytest.mark.parametrize("opts", list(SEQUENCE_SCHEMES.values()), ids=list(SEQUENCE_SCHEMES))
-def test_sequence_schemes_one_pass_when_sequences_fit(opts, dtype, monkeypatch):
-    """Sequences of 4, 4 and 5 tokens: a chunk of 8 groups whole sequences and
-    computes each chunk's logits once (3 GEMMs in all); a chunk of 4 cannot hold
-    the 5-token sequence, so the logits are recomputed in a second pass. Both
-    match the float64 reference."""
+@pytest.fixture
+def gemm_rows(monkeypatch) -> list[int]:
+    """The row count of every logits GEMM the fused driver runs (in order)."""
     calls: list[int] = []
     real = fused._linear
 
@@ -477,6 +473,17 @@ def test_sequence_schemes_one_pass_when_sequences_fit(opts, dtype, monkeypatch):
         return real(h, w, b)
 
     monkeypatch.setattr(fused, "_linear", spy)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
+@pytest.mark.parametrize("opts", list(SEQUENCE_SCHEMES.values()), ids=list(SEQUENCE_SCHEMES))
+def test_sequence_schemes_one_pass_when_sequences_fit(opts, dtype, gemm_rows):
+    """Sequences of 4, 4 and 5 tokens: a chunk of 8 groups whole sequences and
+    computes each chunk's logits once (3 GEMMs in all); a chunk of 4 cannot hold
+    the 5-token sequence, so the logits are recomputed in a second pass. Both
+    match the float64 reference."""
+    calls = gemm_rows
     case = make_case(dtype=dtype, seed=zlib.crc32(repr(opts).encode()) % 1000)
     compare(case, opts, chunk_size=8)
     assert calls == [8, 5]  # [seq 0 + seq 1], [seq 2]: one pass
@@ -486,17 +493,10 @@ def test_sequence_schemes_one_pass_when_sequences_fit(opts, dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("opts", list(SEQUENCE_SCHEMES.values()), ids=list(SEQUENCE_SCHEMES))
-def test_default_chunk_size_never_packs_past_one_chunk(opts, monkeypatch):
+def test_default_chunk_size_never_packs_past_one_chunk(opts, gemm_rows, monkeypatch):
     """Default sizing (here 4 rows): runs of whole sequences hold at most 4 rows;
     the 5-token sequence, alone, may take up to twice that, and all is one pass."""
-    calls: list[int] = []
-    real = fused._linear
-
-    def spy(h, w, b):
-        calls.append(h.shape[0])
-        return real(h, w, b)
-
-    monkeypatch.setattr(fused, "_linear", spy)
+    calls = gemm_rows
     monkeypatch.setattr(fused, "_CHUNK_BYTES", 4 * 37 * 4 * fused._TORCH_TEMPS)
     case = make_case(seed=5)  # sequences of 4, 4 and 5 tokens, V=37
     compare(case, opts, chunk_size=None)
