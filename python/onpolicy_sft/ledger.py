@@ -200,6 +200,14 @@ def _check_selection(selection: str) -> None:
         raise ValueError(f"selection {selection!r} unknown; use one of {', '.join(SELECTIONS)}")
 
 
+def _open_core(path: str, **options: Any) -> Any:
+    """The Rust ledger at ``path``; what opening cut or repaired is issued as LedgerWarning."""
+    core = _core.LedgerCore(path, **options)
+    for msg in core.warnings():
+        warnings.warn(msg, LedgerWarning, stacklevel=3)  # at the caller of open/refresh
+    return core
+
+
 class Ledger:
     """Crash-safe record of rewrite attempts. Use :meth:`open`; also a context manager."""
 
@@ -226,15 +234,13 @@ class Ledger:
         ``repair=True``, which keeps everything before it and moves the rest
         aside. A second writer gets :class:`LedgerLockedError` naming the holder.
         """
-        core = _core.LedgerCore(
+        core = _open_core(
             os.fspath(path),
             create=create,
             readonly=readonly,
             repair=repair,
             segment_bytes=segment_bytes,
         )
-        for msg in core.warnings():
-            warnings.warn(msg, LedgerWarning, stacklevel=2)
         return cls(core, os.fspath(path), readonly=readonly)
 
     def refresh(self) -> Ledger:
@@ -250,9 +256,7 @@ class Ledger:
                 f"ledger {self.path} is open for writing and already sees its own records; "
                 "refresh() is for readers (Ledger.open(path, readonly=True))"
             )
-        core = _core.LedgerCore(self.path, create=False, readonly=True)
-        for msg in core.warnings():
-            warnings.warn(msg, LedgerWarning, stacklevel=2)
+        core = _open_core(self.path, create=False, readonly=True)
         old, self._core = self._live(), core
         old.close()
         return self

@@ -229,37 +229,35 @@ def _run(
             rows.backward(logits, labels[sl], lse[sl], coef[sl], spec)
             accumulate(logits, sl)
             del logits
-        loss = -(scale.double() * w.double() * logp.double()).sum().float()
-        return loss, logp, ent, w, gh, gw, gb
-
-    for start in range(0, n, chunk):
-        sl = slice(start, min(n, start + chunk))
-        logits = _linear(hidden[sl], weight, bias)
-        rows.forward(
-            logits,
-            labels[sl],
-            None if blogp is None else blogp[sl],
-            scale[sl],
-            spec,
-            (logp[sl], ent[sl], lse[sl], w[sl], coef[sl]),
-            local=local,
-            write_grad=local and need_grad,
-        )
-        if local and need_grad:
-            accumulate(logits, sl)
-        del logits
-
-    if not local:
-        assert blogp is not None and segs is not None
-        w = sequence_weights(logp, blogp, labels != spec.ignore_index, segs, spec)
-        coef = scale * w
-        if need_grad:
-            for start in range(0, n, chunk):
-                sl = slice(start, min(n, start + chunk))
-                logits = _linear(hidden[sl], weight, bias)
-                rows.backward(logits, labels[sl], lse[sl], coef[sl], spec)
+    else:  # fixed chunks: one pass, or for sequence weights forward, weights, recompute
+        for start in range(0, n, chunk):
+            sl = slice(start, min(n, start + chunk))
+            logits = _linear(hidden[sl], weight, bias)
+            rows.forward(
+                logits,
+                labels[sl],
+                None if blogp is None else blogp[sl],
+                scale[sl],
+                spec,
+                (logp[sl], ent[sl], lse[sl], w[sl], coef[sl]),
+                local=local,
+                write_grad=local and need_grad,
+            )
+            if local and need_grad:
                 accumulate(logits, sl)
-                del logits
+            del logits
+
+        if not local:
+            assert blogp is not None and segs is not None
+            w = sequence_weights(logp, blogp, labels != spec.ignore_index, segs, spec)
+            coef = scale * w
+            if need_grad:
+                for start in range(0, n, chunk):
+                    sl = slice(start, min(n, start + chunk))
+                    logits = _linear(hidden[sl], weight, bias)
+                    rows.backward(logits, labels[sl], lse[sl], coef[sl], spec)
+                    accumulate(logits, sl)
+                    del logits
 
     loss = -(scale.double() * w.double() * logp.double()).sum().float()
     return loss, logp, ent, w, gh, gw, gb
