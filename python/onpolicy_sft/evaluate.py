@@ -1,6 +1,6 @@
 """Evaluation as the papers report it: avg@k and pass@k on five math benchmarks.
 
-Protocol (METHODS.md, "Evaluation protocol"): MATH500, Minerva Math,
+Protocol (docs/methods.md, "Evaluation protocol"): MATH500, Minerva Math,
 OlympiadBench, AIME24, AMC23; prompt = chat template + "Please reason step by
 step, and put your final answer within \\boxed{}."; n = 16 samples per
 problem at T = 1.0, top-p = 1, 4096 new tokens; score = avg@16, the mean over

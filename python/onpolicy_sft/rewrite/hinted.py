@@ -1,4 +1,4 @@
-"""Hinted Decoding (DDT, arXiv 2602.12222; METHODS.md "Hinted Decoding").
+"""Hinted Decoding (DDT, arXiv 2602.12222; docs/methods.md "Hinted Decoding").
 
 Two streams of the same model decode in lockstep, each with its own KV cache:
 a hinted stream ``p`` (problem + reference + own-style instruction) and a plain

@@ -7,7 +7,7 @@ solutions of the same problems ("before"):
 - mean NLL under pi_0 (-mean log pi_0(y_t|x) over tokens): the policy gap;
 - the phi histogram (phi_t = log pi_0(y_t) + H_t, per tier);
 - importance weights w_t = clip(exp(log pi_0 - blogp), 0, 2) with the
-  convention blogp = 0 for expert text (METHODS.md: then w_t = p_t), their
+  convention blogp = 0 for expert text (docs/methods.md: then w_t = p_t), their
   histogram and ESS = (sum w)^2 / (n sum w^2) per tier.
 
 ``onpolicy-sft report DIR`` re-renders from DIR/data.parquet,
