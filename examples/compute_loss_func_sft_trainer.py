@@ -50,14 +50,7 @@ def main() -> None:
     trainer = SFTTrainer(
         model=model,
         args=SFTConfig(
-            output_dir=f"{args.workdir}/out",
-            per_device_train_batch_size=4,
-            learning_rate=args.learning_rate,
-            max_steps=args.steps,
-            lr_scheduler_type="constant",
-            logging_steps=5,
-            save_strategy="no",
-            report_to=[],
+            **args.training,  # output_dir, batch 4, learning_rate, max_steps, ...
             # SFTConfig defaults to bf16; keep it where a GPU has it, fp32 on a CPU
             bf16=torch.cuda.is_available(),
             use_cpu=not torch.cuda.is_available(),

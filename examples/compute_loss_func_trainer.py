@@ -69,15 +69,7 @@ def main() -> None:
     trainer = Trainer(
         model=model,
         args=TrainingArguments(
-            output_dir=f"{args.workdir}/out",
-            per_device_train_batch_size=4,
-            gradient_accumulation_steps=1,
-            learning_rate=args.learning_rate,
-            max_steps=args.steps,
-            lr_scheduler_type="constant",
-            logging_steps=5,
-            save_strategy="no",
-            report_to=[],
+            **args.training,  # output_dir, batch 4, learning_rate, max_steps, ...
         ),
         train_dataset=PairDataset(tokenizer, PAIRS),
         data_collator=lambda b: collate(b, tokenizer.pad_token_id),

@@ -29,16 +29,18 @@ import math
 import os
 import re
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from onpolicy_sft._callable import make_module_callable
+from onpolicy_sft._io import read_jsonl, write_jsonl
 from onpolicy_sft.config import DemoConfig
 
+if TYPE_CHECKING:  # pragma: no cover
+    from onpolicy_sft.verify import Verifier
 ASSETS = Path(__file__).resolve().parent / "assets"
 MODEL_DIR = ASSETS / "tiny_model"
 DATA_DIR = ASSETS / "data"
@@ -57,22 +59,16 @@ IS_CLIP = (0.0, 2.0)  # the `is` scheme's default clip (docs/methods.md)
 
 @dataclass
 class DemoNumbers:
-    """Everything the demo measured, as the report, the plots and results.json use it.
+    """Everything the demo measured (and the config it ran), as the report, the plots
+    and results.json use it.
 
     table: method -> column (number of operations, "Avg.") -> avg@k (percent);
     eval / training: per method, the evaluation and training records;
     nll / ess / weights / token_share: the policy-gap measurements, per tier or data set.
     """
 
-    seed: int
-    quick: bool
-    engine: str
-    k: int
-    k_self: int
-    k_guided: int
-    lr: float
-    epochs: float
-    batch_size: int
+    config: DemoConfig
+    engine: str  # the engine "auto" resolved to
     n_train: int
     n_eval: int
     model_params: int
@@ -102,18 +98,6 @@ class DemoResult:
 
 
 # ----------------------------------------------------------------- helpers
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def _bar(total: int, desc: str) -> Any:
@@ -250,7 +234,7 @@ def _write_benchmarks(eval_rows: list[dict[str, Any]], bench_dir: Path) -> list[
             for r in eval_rows
             if int(r.get("difficulty", 0)) == d
         ]
-        _write_jsonl(bench_dir / f"{name}.jsonl", rows)
+        write_jsonl(bench_dir / f"{name}.jsonl", rows)
         names.append(name)
     return names
 
@@ -262,7 +246,7 @@ def _evaluate(
     bench_dir: Path,
     benchmarks: list[str],
     out: Path,
-    verifier: Any,
+    verifier: Verifier,
 ) -> dict[str, Any]:
     """avg@k on the held-out problems per difficulty (onpolicy_sft.evaluate), plus answer style."""
     from onpolicy_sft.config import EvalConfig
@@ -285,7 +269,7 @@ def _evaluate(
     key = f"avg@{cfg.k_eval}"
     cols = {b: float(res["benchmarks"][b][key]) for b in benchmarks}
     cols["Avg."] = sum(cols.values()) / len(cols)
-    samples = _read_jsonl(out / "samples.jsonl")
+    samples = read_jsonl(out / "samples.jsonl")
     n = max(1, len(samples))
     per_problem: dict[str, dict[str, list[bool]]] = {b: {} for b in benchmarks}
     for smp in samples:
@@ -389,7 +373,7 @@ def _plots(out: Path, res: DemoNumbers) -> list[str]:
     vals = [res.table[n]["Avg."] for n in names]
     fig, ax = plt.subplots(figsize=(7, 3.2))
     ax.barh(names[::-1], vals[::-1], color="#4477aa")
-    ax.set_xlabel(f"avg@{res.k} (%)")
+    ax.set_xlabel(f"avg@{res.config.k_eval} (%)")
     ax.set_title("Held-out accuracy")
     for i, v in enumerate(vals[::-1]):
         ax.text(v, i, f" {v:.1f}", va="center")
@@ -464,7 +448,7 @@ def _paired_se_points(a: dict[str, dict[str, float]], b: dict[str, dict[str, flo
 def _conclusion(res: DemoNumbers) -> str:
     t = {n: r["Avg."] for n, r in res.table.items()}
     base = t["Base (pi_0)"]
-    n = res.n_eval * res.k
+    n = res.n_eval * res.config.k_eval
     per_problem = {name: e["per_problem"] for name, e in res.eval.items()}
 
     def cmp(a: str, b: str) -> str:
@@ -477,7 +461,7 @@ def _conclusion(res: DemoNumbers) -> str:
     lines = []
     for plain, rew in (("SFT", "Rewriting + SFT"), ("DFT", "Rewriting + DFT")):
         lines.append(
-            f"- {rew} vs {plain}: {t[rew]:.2f} vs {t[plain]:.2f} avg@{res.k} ({cmp(rew, plain)})."
+            f"- {rew} vs {plain}: {t[rew]:.2f} vs {t[plain]:.2f} avg@{res.config.k_eval} ({cmp(rew, plain)})."
         )
     for name in t:
         if name != "Base (pi_0)":
@@ -540,7 +524,7 @@ def _conclusion(res: DemoNumbers) -> str:
         "gradient norms under Training)."
     )
     lines.append(
-        f"- Noise: {res.n_eval} problems x {res.k} samples; one standard error of an "
+        f"- Noise: {res.n_eval} problems x {res.config.k_eval} samples; one standard error of an "
         f"accuracy near the base's is at least {_se_points(base, n):.1f} points (binomial); "
         "differences between methods are judged by the paired standard error over the same "
         "problems, given with each comparison above. A tiny model, "
@@ -559,8 +543,8 @@ def _write_report(out: Path, res: DemoNumbers, files: list[str]) -> str:
         "# onpolicy-sft demo",
         "",
         f"Bundled tiny model ({res.model_params / 1e6:.2f}M parameters), "
-        f"{res.n_train} training problems, {res.n_eval} held-out problems, seed {res.seed}, "
-        f"engine {res.engine}, {'quick' if res.quick else 'full'} size.",
+        f"{res.n_train} training problems, {res.n_eval} held-out problems, seed {res.config.seed}, "
+        f"engine {res.engine}, {'quick' if res.config.quick else 'full'} size.",
         "",
         "## Setup",
         "",
@@ -568,21 +552,21 @@ def _write_report(out: Path, res: DemoNumbers, files: list[str]) -> str:
         "in a terse style of its own (`3*4=12. 12+5=17. \\boxed{17}`). The expert solutions of "
         "the training problems are correct but verbose prose (`... 12 plus 5, that is 17. The "
         "answer is \\boxed{17}.`): the policy gap.",
-        f"- Rewriting: three tiers (self: k={res.k_self} samples at T=1.0; guided: "
-        f"k={res.k_guided} at T=0.7 with the expert solution in the prompt; else expert), "
+        f"- Rewriting: three tiers (self: k={res.config.k_self} samples at T=1.0; guided: "
+        f"k={res.config.k_guided} at T=0.7 with the expert solution in the prompt; else expert), "
         "verified against the reference answer; among several correct samples the likeliest "
         "under pi_0 is kept.",
         "- SFT/DFT train on the expert solutions, the rewriting rows on the rewritten data; all five "
-        f"start from pi_0 with the same optimiser (AdamW, lr {res.lr:g}, cosine, "
-        f"{res.epochs:g} epochs, batch {res.batch_size}, seed {res.seed}). IS uses "
+        f"start from pi_0 with the same optimiser (AdamW, lr {res.config.learning_rate:g}, cosine, "
+        f"{res.config.epochs:g} epochs, batch {res.config.batch_size}, seed {res.config.seed}). IS uses "
         "token-level clipped ratios (0, 2) against the stored behaviour log-probs (blogp = 0 "
         "for expert rows).",
-        f"- Evaluation: avg@{res.k} at T=1.0, top-p 1 on held-out problems (columns: number of "
+        f"- Evaluation: avg@{res.config.k_eval} at T=1.0, top-p 1 on held-out problems (columns: number of "
         "operations, like the papers' benchmarks), graded by onpolicy_sft.Verifier.",
         "",
         "## Results",
         "",
-        _format_table(res.table, res.k),
+        _format_table(res.table, res.config.k_eval),
         "",
         "## Policy gap",
         "",
@@ -673,11 +657,11 @@ def demo(config: DemoConfig | None = None, /, **options: Any) -> DemoResult:
     seconds: dict[str, float] = {}
     t_all = time.time()
 
-    train_rows = _read_jsonl(data_dir / "train.jsonl")[: cfg.n_train]
-    eval_rows = _read_jsonl(data_dir / "eval.jsonl")[: cfg.n_eval]
+    train_rows = read_jsonl(data_dir / "train.jsonl")[: cfg.n_train]
+    eval_rows = read_jsonl(data_dir / "eval.jsonl")[: cfg.n_eval]
     train_path = root / "data" / "train.jsonl"
-    _write_jsonl(train_path, train_rows)
-    _write_jsonl(root / "data" / "eval.jsonl", eval_rows)
+    write_jsonl(train_path, train_rows)
+    write_jsonl(root / "data" / "eval.jsonl", eval_rows)
 
     stages = tqdm(total=3 + len(METHODS) + len(METHODS) + 1, desc="demo", unit="stage")
 
@@ -742,28 +726,16 @@ def demo(config: DemoConfig | None = None, /, **options: Any) -> DemoResult:
     stages.set_postfix_str("report")
     n_params = _count_params(model_dir)
     res = DemoNumbers(
-        seed=cfg.seed,
-        quick=cfg.quick,
+        config=cfg,
         engine=_engine_kind(cfg.engine),
-        k=cfg.k_eval,
-        k_self=cfg.k_self,
-        k_guided=cfg.k_guided,
-        lr=cfg.learning_rate,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
         n_train=len(train_rows),
         n_eval=len(eval_rows),
         model_params=n_params,
         table={n: e["columns"] for n, e in evals.items()},
         eval=evals,
         training=training,
-        tiers=gap["tiers"],
-        nll=gap["nll"],
-        ess=gap["ess"],
-        weights=gap["weights"],
-        token_share=gap["token_share"],
-        guided_steps_ok=gap["guided_steps_ok"],
         seconds=seconds,
+        **{k: v for k, v in gap.items() if k != "rows"},
     )
     files = _plots(root, res)
     seconds["report"] = time.time() - t0
@@ -772,6 +744,7 @@ def demo(config: DemoConfig | None = None, /, **options: Any) -> DemoResult:
     stages.update()
     stages.close()
     serial = {f.name: getattr(res, f.name) for f in fields(res) if f.name != "weights"}
+    serial["config"] = res.config.to_dict()
     (root / "results.json").write_text(json.dumps(serial, indent=1, default=float) + "\n")
     print(_format_table(res.table, cfg.k_eval))
     print()

@@ -126,8 +126,8 @@ def build_tiny_model(
 
 def example_arguments(description: str) -> Any:
     """The flags the examples/ scripts share (``--model``, ``--scheme``, ``--steps``,
-    ``--learning_rate``); without ``--model`` a tiny local model is built in a temp dir,
-    and ``workdir`` is where the script may write."""
+    ``--learning_rate``); without ``--model`` a tiny local model is built in a temp dir;
+    ``workdir`` is where the script may write, ``training`` the training arguments."""
     import argparse
     import tempfile
 
@@ -140,6 +140,17 @@ def example_arguments(description: str) -> Any:
     args.workdir = tempfile.mkdtemp(prefix="onpolicy_sft_example_")
     if args.model is None:
         args.model = str(build_tiny_model(f"{args.workdir}/tiny"))
+    # what both examples give TrainingArguments / SFTConfig
+    args.training = dict(
+        output_dir=f"{args.workdir}/out",
+        per_device_train_batch_size=4,
+        learning_rate=args.learning_rate,
+        max_steps=args.steps,
+        lr_scheduler_type="constant",
+        logging_steps=5,
+        save_strategy="no",
+        report_to=[],
+    )
     return args
 
 

@@ -26,7 +26,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,6 +41,11 @@ from onpolicy_sft.rewrite.data import (
     phi_summary,
     shard_rows,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from onpolicy_sft.engines.base import Engine
+    from onpolicy_sft.ledger import Ledger
+    from onpolicy_sft.verify import Verifier
 
 STAGES = {"tiers": ("self", "guided"), "hinted": ("self", "hinted"), "grape": ("self",)}
 
@@ -95,13 +100,13 @@ def _check_resume(cfg: RewriteConfig, run_dir: str) -> None:
 
 
 class Pipeline:
-    def __init__(self, cfg: RewriteConfig, engine: Any = None) -> None:
+    def __init__(self, cfg: RewriteConfig, engine: Engine | None = None) -> None:
         self.cfg = cfg
         self.timer = Timer()
         self._engine = engine
         self._engine_is_callers = engine is not None  # never close what the caller passed in
         self._hf: Any = None
-        self._verifier: Any = None
+        self._verifier: Verifier | None = None
         index, count = cfg.shard_index()
         self.run_dir = (
             cfg.output_dir
@@ -274,7 +279,7 @@ class Pipeline:
             side.append(SideStore(os.path.join(d, "scores.jsonl")).read())
 
     # ------------------------------------------------------------ helpers
-    def _pending(self, ledger: Any, stage: str, k: int) -> list[str]:
+    def _pending(self, ledger: Ledger, stage: str, k: int) -> list[str]:
         """Pending problems of this shard; chunks recorded but not finished are finished here."""
         with self.timer("ledger"):
             pending = [pid for pid in ledger.pending(stage) if pid in self.by_id]
@@ -327,7 +332,7 @@ class Pipeline:
     # ------------------------------------------------------------ stages
     def _stage(
         self,
-        ledger: Any,
+        ledger: Ledger,
         stage: str,
         k: int,
         describe: str,
@@ -363,7 +368,7 @@ class Pipeline:
         bar.close()
 
     def _commit(
-        self, ledger: Any, stage: str, chunk: Sequence[str], attempts: Sequence[Any], side: Any
+        self, ledger: Ledger, stage: str, chunk: Sequence[str], attempts: Sequence[Any], side: Any
     ) -> int:
         """Record a chunk's attempts and finish its stage (durable on return, so a kill
         after this point never regenerates the chunk); returns how many problems it solved.
@@ -387,7 +392,7 @@ class Pipeline:
             prompts, n=n, temperature=temperature, top_p=top_p, max_tokens=cfg.max_tokens, seed=seed
         )
 
-    def stage_self(self, ledger: Any) -> None:
+    def stage_self(self, ledger: Ledger) -> None:
         cfg = self.cfg
 
         def sample(chunk: Sequence[str], probs: list[Problem]) -> tuple[list[str], list]:
@@ -420,16 +425,10 @@ class Pipeline:
             )
             return attempts, side
 
-        self._stage(
-            ledger,
-            "self",
-            cfg.k_self,
-            f"of {len(self.by_id)} problems to sample (k={cfg.k_self})",
-            sample,
-            judge,
-        )
+        about = f"of {len(self.by_id)} problems to sample (k={cfg.k_self})"
+        self._stage(ledger, "self", cfg.k_self, about, sample, judge)
 
-    def stage_guided(self, ledger: Any) -> None:
+    def stage_guided(self, ledger: Ledger) -> None:
         cfg = self.cfg
 
         def sample(chunk: Sequence[str], probs: list[Problem]) -> tuple[list[str], list]:
@@ -467,16 +466,10 @@ class Pipeline:
             )
             return attempts, side
 
-        self._stage(
-            ledger,
-            "guided",
-            cfg.k_guided,
-            f"problems without a correct self sample (k={cfg.k_guided})",
-            sample,
-            judge,
-        )
+        about = f"problems without a correct self sample (k={cfg.k_guided})"
+        self._stage(ledger, "guided", cfg.k_guided, about, sample, judge)
 
-    def stage_hinted(self, ledger: Any) -> None:
+    def stage_hinted(self, ledger: Ledger) -> None:
         from onpolicy_sft.rewrite.hinted import HintedParams, hinted_decode
 
         cfg = self.cfg
@@ -534,14 +527,8 @@ class Pipeline:
                     )
             return attempts, side
 
-        self._stage(
-            ledger,
-            "hinted",
-            cfg.k_hinted,
-            f"problems without a correct self sample (beta={cfg.beta})",
-            sample,
-            judge,
-        )
+        about = f"problems without a correct self sample (beta={cfg.beta})"
+        self._stage(ledger, "hinted", cfg.k_hinted, about, sample, judge)
 
     def stage_expert_scores(self) -> None:
         """pi_0(y*|x) for every problem: the 'before rewriting' side of the report."""
@@ -576,7 +563,7 @@ class Pipeline:
                 self.side.append(records)
 
     # ------------------------------------------------------------ output
-    def build_rows(self, ledger: Any) -> list[dict[str, Any]]:
+    def build_rows(self, ledger: Ledger) -> list[dict[str, Any]]:
         cfg = self.cfg
         experts = self.side.experts()
         phis = self.side.phis()
@@ -634,7 +621,7 @@ class Pipeline:
             rows.append(row)
         return rows
 
-    def attempt_counts(self, ledger: Any) -> dict[str, Any]:
+    def attempt_counts(self, ledger: Ledger) -> dict[str, Any]:
         """Attempts, correct ones and rejections (with their reasons) per stage."""
         attempts: Counter[str] = Counter()
         rejections: Counter[str] = Counter()
@@ -654,7 +641,7 @@ class Pipeline:
     def _expert_ids(self, p: Problem) -> list[int]:
         return response_ids(self.engine.tokenizer, [p.solution])[0]
 
-    def _expert_reason(self, ledger: Any, p: Problem) -> str:
+    def _expert_reason(self, ledger: Ledger, p: Problem) -> str:
         if p.answer is None:
             return "expert: no reference answer could be extracted from the solution"
         attempts = ledger.attempts(p.problem_id)
@@ -676,7 +663,7 @@ def _chunk_seed(chunk: Sequence[str]) -> int:
 
 
 def rewrite(
-    config: RewriteConfig | None = None, /, *, engine: Any = None, **kwargs: Any
+    config: RewriteConfig | None = None, /, *, engine: Engine | None = None, **kwargs: Any
 ) -> RewriteResult:
     """Rewrite a dataset (see RewriteConfig for every option).
 
