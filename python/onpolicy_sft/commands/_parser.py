@@ -141,8 +141,10 @@ class ConfigParser(HfArgumentParser):
         given: dict[str, Any] = {}
         if known.config:
             given = self._read_config(known.config, actions)
-            for dest in given:
+            for dest in given:  # the file gives it: no longer required on the command line
                 actions[dest].required = False
+                if not actions[dest].option_strings:
+                    actions[dest].nargs = "?"
             self.set_defaults(**given)
         ns = self.parse_args(argv)
         for token in argv:
