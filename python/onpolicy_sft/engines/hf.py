@@ -32,16 +32,19 @@ import numpy as np
 import torch
 
 from onpolicy_sft.engines.base import Sample, TokenizerIO
+from onpolicy_sft.hub import require_hub
 
 # Tokens of the LM head processed at once in `score` (float32 logits of
 # 1024 x 152k = 620 MB peak on a Qwen-size vocabulary).
 SCORE_CHUNK_TOKENS = 1024
 
 
-def resolve_model_path(model: str | os.PathLike[str]) -> str:
+def resolve_model_path(model: str | os.PathLike[str], flag: str = "--model") -> str:
     """Return ``model`` as a string; a local-looking path that does not exist is an error.
 
-    "org/name" (one slash, no leading ``.``, ``/`` or ``~``) is left to the hub.
+    "org/name" (one slash, no leading ``.``, ``/`` or ``~``) is left to the hub,
+    after :func:`onpolicy_sft.hub.require_hub` checked that the hub (or its
+    cache) can serve it.
     """
     path = os.fspath(model)
     expanded = os.path.expanduser(path)
@@ -51,8 +54,9 @@ def resolve_model_path(model: str | os.PathLike[str]) -> str:
     if os.path.exists(expanded) or not hub_like:
         raise FileNotFoundError(
             f"model path {path!r} does not exist or is not a directory; pass a directory "
-            "with config.json, weights and tokenizer files (or a hub name 'org/name') to --model"
+            f"with config.json, weights and tokenizer files (or a hub name 'org/name') to {flag}"
         )
+    require_hub(path, repo_type="model", flag=flag)
     return path
 
 

@@ -16,6 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from onpolicy_sft._io import locate_bad_line
+from onpolicy_sft.errors import InputError
+from onpolicy_sft.hub import is_hub_name, require_hub
+
 LOCAL_BUILDERS = {
     ".json": "json",
     ".jsonl": "json",
@@ -33,8 +37,12 @@ class Problem:
     answer: str | None  # the reference answer a*; None when none could be extracted
 
 
-def load_table(dataset: str, split: str = "train") -> Any:
-    """Return a ``datasets.Dataset`` for a hub name, a local file or a local directory."""
+def load_table(dataset: str, split: str = "train", *, flag: str = "--dataset") -> Any:
+    """Return a ``datasets.Dataset`` for a hub name, a local file or a local directory.
+
+    A local file that ``datasets`` cannot read is reported at its first bad
+    line (``file:line``); a hub name fails fast when the hub is unreachable.
+    """
     import datasets
 
     expanded = os.path.expanduser(dataset)
@@ -42,13 +50,23 @@ def load_table(dataset: str, split: str = "train") -> Any:
         ext = os.path.splitext(expanded)[1].lower()
         builder = LOCAL_BUILDERS.get(ext)
         if builder is None:
-            raise ValueError(
+            raise InputError(
                 f"dataset file {dataset!r} has extension {ext!r}; use one of "
-                f"{', '.join(sorted(LOCAL_BUILDERS))} (or a hub dataset name)"
+                f"{', '.join(sorted(LOCAL_BUILDERS))} (or a hub dataset name) for {flag}"
             )
         if _local_file_is_empty(expanded, builder):
-            raise ValueError(f"dataset {dataset!r} has no rows; check --dataset")
-        return datasets.load_dataset(builder, data_files=expanded, split="train")
+            raise InputError(f"dataset {dataset!r} has no rows; check {flag}")
+        bad = locate_bad_line(expanded, builder) if builder in ("json", "csv") else None
+        if bad is not None:
+            raise bad
+        try:
+            return datasets.load_dataset(builder, data_files=expanded, split="train")
+        except (datasets.exceptions.DatasetsError, ValueError, TypeError) as exc:
+            cause = exc.__cause__ or exc
+            raise InputError(
+                f"{expanded}: datasets could not read it as {builder} ({type(cause).__name__}: "
+                f"{str(cause)[:300]}); fix the file or convert it to .jsonl for {flag}"
+            ) from exc
     if os.path.isdir(expanded):
         if os.path.exists(os.path.join(expanded, "dataset_info.json")) or os.path.exists(
             os.path.join(expanded, "state.json")
@@ -56,8 +74,9 @@ def load_table(dataset: str, split: str = "train") -> Any:
             loaded = datasets.load_from_disk(expanded)
             return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
         return datasets.load_dataset(expanded, split=split)
-    if dataset.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"dataset path {dataset!r} does not exist; check --dataset")
+    if not is_hub_name(dataset) or os.path.splitext(dataset)[1].lower() in LOCAL_BUILDERS:
+        raise FileNotFoundError(f"dataset path {dataset!r} does not exist; check {flag}")
+    require_hub(dataset, repo_type="dataset", flag=flag)
     return datasets.load_dataset(dataset, split=split)
 
 
@@ -77,8 +96,15 @@ def _local_file_is_empty(path: str, builder: str) -> bool:
 
 def _field(row: dict[str, Any], name: str, i: int, source: str, flag: str) -> str:
     value = row.get(name)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise ValueError(f'row {i} of {source} has no "{name}" field; map your column with {flag}')
+    if value is None:
+        raise InputError(
+            f'row {i + 1} of {source} has no "{name}" value (null); fill it in or drop the row '
+            f"(or map another column with {flag})"
+        )
+    if isinstance(value, str) and not value.strip():
+        raise InputError(
+            f'row {i + 1} of {source} has an empty "{name}"; fill it in or drop the row'
+        )
     return str(value)
 
 
@@ -139,7 +165,8 @@ def load_problems(
         pid = str(row[id_field]) if id_field is not None else str(i)
         if pid in seen:
             raise ValueError(
-                f'row {i} of {source} repeats id {pid!r} of column "{id_field}"; ids must be unique'
+                f'row {i + 1} of {source} repeats id {pid!r} of column "{id_field}"; '
+                "ids must be unique"
             )
         seen.add(pid)
         out.append(Problem(pid, problem, solution, answer or None))

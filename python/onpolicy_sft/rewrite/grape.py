@@ -68,7 +68,7 @@ def select(
         raise ValueError("select needs candidates= (the --candidates dataset) and out= (--out)")
     if top_k_per_problem < 1:
         raise ValueError(f"--top-k {top_k_per_problem} must be >= 1")
-    table = load_table(candidates, split)
+    table = load_table(candidates, split, flag="--candidates")
     source = os.path.basename(candidates)
     cols = list(table.column_names)
     if len(table) == 0:
@@ -87,11 +87,11 @@ def select(
         resp = row.get(response_field)
         if not problem:
             raise ValueError(
-                f'row {i} of {source} has no "{problem_field}" field; map your column with --problem-field'
+                f'row {i + 1} of {source} has no "{problem_field}" field; map your column with --problem-field'
             )
         if resp is None or resp == "" or resp == []:
             raise ValueError(
-                f'row {i} of {source} has no "{response_field}" field; map your column with --response-field'
+                f'row {i + 1} of {source} has no "{response_field}" field; map your column with --response-field'
             )
         group = groups.setdefault(str(problem), [])
         group.extend([str(r) for r in resp] if isinstance(resp, list) else [str(resp)])
