@@ -235,7 +235,7 @@ def test_grape_keeps_expert_when_it_is_likelier(dataset, tmp_path, monkeypatch):
         (
             [{"problem": "q", "solution": "\\boxed{1}"}, {"problem": "", "solution": "s"}],
             {},
-            r'row 1 of bad.jsonl has no "problem" field; map your column with --problem-field',
+            r'row 2 of bad.jsonl has an empty "problem"; fill it in or drop the row',
         ),
         ([{"problem": "q", "answer_text": "1"}], {}, r'no "solution" column .*--solution-field'),
         (

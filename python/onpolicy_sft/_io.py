@@ -15,7 +15,7 @@ from typing import Any
 
 from onpolicy_sft.errors import InputError
 
-__all__ = ["locate_bad_line", "parse_json", "read_json_rows", "read_jsonl"]
+__all__ = ["load_saved_json", "locate_bad_line", "parse_json", "read_json_rows", "read_jsonl"]
 
 
 def _decode(raw: bytes, path: str, lineno: int) -> str:
@@ -72,6 +72,20 @@ def read_json_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
         raise InputError(f"{path} must hold a JSON list of objects (or use .jsonl)")
     return data
+
+
+def load_saved_json(path: str | os.PathLike[str], fix: str) -> Any:
+    """A JSON file an earlier run wrote into an output directory; damage names the file and ``fix``."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except json.JSONDecodeError as exc:
+        why = f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+    except (UnicodeDecodeError, RecursionError) as exc:
+        why = type(exc).__name__
+    raise InputError(f"{path} is damaged ({why}); {fix}")
 
 
 def _csv_bad_line(path: str) -> InputError | None:

@@ -24,6 +24,7 @@ Outputs in ``out``: ``results.json``, ``results.md`` (the table),
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -34,7 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from onpolicy_sft._callable import make_module_callable
+from onpolicy_sft._io import load_saved_json, read_json_rows, read_jsonl
 from onpolicy_sft.config import EVAL_BENCHMARKS, EvalConfig
+from onpolicy_sft.errors import InputError, OnpolicyError
+from onpolicy_sft.hub import require_hub
 
 __all__ = [
     "BENCHMARKS",
@@ -42,6 +46,7 @@ __all__ = [
     "EvalProblem",
     "EvalResult",
     "avg_at_k",
+    "benchmark_fingerprint",
     "default_ks",
     "evaluate",
     "load_benchmark",
@@ -113,20 +118,9 @@ def _read_local(path: Path) -> list[dict[str, Any]]:
         import pyarrow.parquet as pq
 
         return list(pq.read_table(path).to_pylist())
-    with open(path, encoding="utf-8") as f:
-        if path.suffix == ".json":
-            data = json.load(f)
-            if not isinstance(data, list):
-                raise ValueError(f"{path} must hold a JSON list of objects (or use .jsonl)")
-            return data
-        rows = []
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"line {lineno} of {path} is not valid JSON: {exc}") from None
-        return rows
+    if path.suffix == ".json":
+        return read_json_rows(path)
+    return [row for _, row in read_jsonl(path)]
 
 
 def _pick(row: dict[str, Any], fields: Sequence[str]) -> Any:
@@ -164,10 +158,11 @@ def load_benchmark(
             )
         import datasets
 
+        require_hub(spec.hub, repo_type="dataset", flag="--benchmark-dir")
         try:
             ds = datasets.load_dataset(spec.hub, spec.config, split=spec.split)
         except Exception as exc:  # network, auth, renamed dataset: say how to go local
-            raise RuntimeError(
+            raise OnpolicyError(
                 f"benchmark {name!r}: could not load {spec.hub} (split {spec.split}) through "
                 f"datasets ({type(exc).__name__}: {str(exc)[:200]}); download it elsewhere and "
                 f"pass --benchmark-dir DIR with DIR/{name}.jsonl (fields: problem, answer)"
@@ -182,9 +177,13 @@ def load_benchmark(
         answer = _pick(row, answer_fields)
         if problem is None or answer is None:
             missing = "problem" if problem is None else "answer"
-            raise ValueError(
-                f"row {i} of {where} has no {missing} (looked for fields "
-                f"{list(problem_fields if problem is None else answer_fields)}; "
+            fields = list(problem_fields if problem is None else answer_fields)
+            present = [f for f in fields if f in row]
+            raise InputError(
+                f"row {i + 1} of {where} has an empty {missing} ({present[0]!r} is "
+                f"{row[present[0]]!r}); fill it in or remove the row"
+                if present
+                else f"row {i + 1} of {where} has no {missing} (looked for fields {fields}; "
                 f"it has {sorted(row)}); rename the field in your file"
             )
         pid = _pick(row, ID_FIELDS)
@@ -333,6 +332,40 @@ def _model_fingerprint(model: Any) -> list[Any]:
     )
 
 
+def benchmark_fingerprint(problems: Sequence[EvalProblem]) -> str:
+    """sha256 of the problems as evaluated (id, problem, answer): an edited file changes it."""
+    h = hashlib.sha256()
+    for p in problems:
+        h.update(json.dumps([p.id, p.problem, p.answer], ensure_ascii=False).encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+# What a kept result must match, and how a mismatch is reported.
+_FINGERPRINT_CHANGES = (
+    ("benchmark_fingerprint", "the benchmark's problems or answers changed"),
+    ("model_fingerprint", "the model's files changed"),
+    ("config", "the evaluation settings changed"),
+)
+
+
+def _earlier_result(
+    done_file: Path, done_samples: Path, fingerprint: dict[str, Any]
+) -> tuple[dict[str, Any] | None, str | None]:
+    """(the entry an earlier run saved for this benchmark, None) when it still holds, else
+    (None, why it does not) -- why is None when there is no earlier result."""
+    if not (done_file.exists() and done_samples.exists()):
+        return None, None
+    try:
+        done = load_saved_json(done_file, "it is recomputed")
+    except InputError as exc:
+        return None, str(exc)
+    changed = [why for key, why in _FINGERPRINT_CHANGES if done.get(key) != fingerprint[key]]
+    if changed or "entry" not in done:
+        return None, ", ".join(changed) or "the saved result is incomplete"
+    return done["entry"], None
+
+
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
@@ -369,9 +402,9 @@ def evaluate(
     from onpolicy_sft.rewrite.prompts import train_prompt
 
     out = Path(cfg.out)
+    problems = {b: load_benchmark(b, cfg.benchmark_dir, cfg.limit) for b in cfg.benchmarks}
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "eval_config.json")
-    problems = {b: load_benchmark(b, cfg.benchmark_dir, cfg.limit) for b in cfg.benchmarks}
 
     own_engine = engine is None
     if own_engine:
@@ -401,19 +434,27 @@ def evaluate(
                 # kept, not regenerated: a crash on benchmark 5 loses nothing of 1-4.
                 done_file = partial / f"{bench}.json"
                 done_samples = partial / f"{bench}.samples.jsonl"
-                if done_file.exists() and done_samples.exists():
-                    done = json.loads(done_file.read_text(encoding="utf-8"))
-                    if done.get("config") == json.loads(
-                        json.dumps(cfg.to_dict(), default=str)
-                    ) and done.get("model_fingerprint") == _model_fingerprint(cfg.model):
-                        results["benchmarks"][bench] = done["entry"]
-                        samples_file.write(done_samples.read_text(encoding="utf-8"))
-                        print(
-                            f"eval: {bench}: kept from an earlier run ({done_file})",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-                        continue
+                fingerprint = {
+                    "config": json.loads(json.dumps(cfg.to_dict(), default=str)),
+                    "model_fingerprint": _model_fingerprint(cfg.model),
+                    "benchmark_fingerprint": benchmark_fingerprint(probs),
+                }
+                kept, why = _earlier_result(done_file, done_samples, fingerprint)
+                if kept is not None:
+                    results["benchmarks"][bench] = kept
+                    samples_file.write(done_samples.read_text(encoding="utf-8"))
+                    print(
+                        f"eval: {bench}: kept from an earlier run ({done_file})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    continue
+                if why:
+                    print(
+                        f"eval: {bench}: re-evaluating, {why} since the earlier run ({done_file})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 bench_lines: list[str] = []
                 prompts = [train_prompt(engine.tokenizer, p.problem) for p in probs]
                 print(
@@ -476,14 +517,7 @@ def evaluate(
                 tmp = done_samples.with_suffix(".tmp")
                 tmp.write_text("".join(bench_lines), encoding="utf-8")
                 os.replace(tmp, done_samples)
-                _write_json(
-                    done_file,
-                    {
-                        "config": cfg.to_dict(),
-                        "model_fingerprint": _model_fingerprint(cfg.model),
-                        "entry": entry,
-                    },
-                )
+                _write_json(done_file, {**fingerprint, "entry": entry})
                 print(
                     f"eval: {bench}: avg@{cfg.n} = {entry[f'avg@{cfg.n}']:.2f}",
                     file=sys.stderr,

@@ -19,7 +19,6 @@ finishes anything a shard left undone.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import sys
 import time
@@ -30,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from onpolicy_sft._io import load_saved_json
 from onpolicy_sft.config import REWRITE_IDENTITY, RewriteConfig
 from onpolicy_sft.rewrite import prompts as P
 from onpolicy_sft.rewrite.data import (
@@ -83,8 +83,11 @@ def _check_resume(cfg: RewriteConfig, run_dir: str) -> None:
     path = os.path.join(run_dir, "config.json")
     if not os.path.exists(path):
         return
-    with open(path, encoding="utf-8") as f:
-        old = json.load(f)
+    old = load_saved_json(
+        path,
+        f"it records the settings of the rewrite in {run_dir}, which a rerun must match: "
+        "restore it from a copy, or choose a new --out",
+    )
     diffs = [
         f"{k}: {old.get(k)!r} -> {getattr(cfg, k)!r}"
         for k in REWRITE_IDENTITY
