@@ -125,7 +125,8 @@ def _remove_if_unused(out: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    debug = bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    # popped: commands turn the rest of the namespace into their config
+    debug = bool(vars(args).pop("debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     out = _out_dir(args)
     fresh_out = out is not None and not os.path.exists(out)
     try:

@@ -261,6 +261,9 @@ class TrainConfig(ConfigBase):
     save_steps: int = 500
     save_total_limit: int | None = None
     resume: bool | str = False  # True = latest checkpoint in `out`; a path = that checkpoint
+    # an `out` holding an earlier run is refused unless resumed or this is set (its
+    # checkpoints are then deleted first)
+    overwrite_output_dir: bool = False
     logging_steps: int = 1
     report_to: str = "none"  # none | tensorboard | wandb | ... (passed to transformers)
     dataloader_num_workers: int = 0

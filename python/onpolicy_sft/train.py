@@ -33,7 +33,10 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from onpolicy_sft._callable import make_module_callable
+from onpolicy_sft._io import load_saved_json, read_json_rows, read_jsonl
 from onpolicy_sft.config import TrainConfig
+from onpolicy_sft.errors import InputError, OutputExistsError
+from onpolicy_sft.hub import is_hub_name, require_hub
 from onpolicy_sft.integrations import (
     IGNORE_INDEX,
     LossHead,
@@ -107,21 +110,7 @@ class DataStats:
 
 
 def _read_jsonl(path: Path) -> dict[str, list[Any]]:
-    rows: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as f:
-        if path.suffix == ".json":
-            data = json.load(f)
-            if not isinstance(data, list):
-                raise ValueError(f"{path} must hold a JSON list of objects (or use .jsonl)")
-            rows = data
-        else:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"line {lineno} of {path} is not valid JSON: {exc}") from None
+    rows = read_json_rows(path) if path.suffix == ".json" else [r for _, r in read_jsonl(path)]
     names: list[str] = []
     for r in rows:
         for k in r:
@@ -167,8 +156,9 @@ def read_data(data: str, split: str = "train") -> dict[str, list[Any]]:
         if path.suffix in (".jsonl", ".json"):
             return _read_jsonl(path)
         raise ValueError(f"{path} has suffix {path.suffix!r}; use .parquet, .jsonl or .json")
-    if os.sep in data and not path.exists() and data.startswith((".", os.sep)):
-        raise FileNotFoundError(f"--data {data} does not exist")
+    if not is_hub_name(data) or path.suffix in (".parquet", ".jsonl", ".json"):
+        raise FileNotFoundError(f"--data {data} does not exist; check the path")
+    require_hub(data, repo_type="dataset", flag="--data")
     import datasets
 
     ds = datasets.load_dataset(data, split=split)
@@ -179,13 +169,17 @@ def build_examples(
     columns: dict[str, list[Any]],
     tokenizer: Any,
     cfg: TrainConfig,
+    vocab_size: int | None = None,
 ) -> tuple[list[Example], DataStats]:
     """Tokenise rows into :class:`Example` s, applying the max-length and behaviour rules.
 
     Response token ids come from ``response_token_ids`` when the column is
     there (the tokens the model generated, EOS included); otherwise the
     response text is tokenised and EOS appended. Behaviour log-probs must have
-    exactly one value per response token: a mismatch names the row.
+    exactly one finite value per response token, and token ids must lie in
+    ``[0, vocab_size)`` when it is given: a violation names the row, before
+    any training (a bad row would otherwise fail mid-epoch, or never, if it is
+    not sampled).
     """
     from onpolicy_sft.rewrite.prompts import chat, train_prompt
 
@@ -200,7 +194,7 @@ def build_examples(
     ids = col("problem_id")
 
     def row_name(i: int) -> str:
-        return f"row {i}" + (f" (problem_id {ids[i]!r})" if ids is not None else "")
+        return f"row {i + 1}" + (f" (problem_id {ids[i]!r})" if ids is not None else "")
 
     prompts_raw = col(cfg.prompt_field)
     problems = col(cfg.problem_field)
@@ -277,6 +271,15 @@ def build_examples(
         if not len(r):
             stats.dropped_empty_response += 1
             continue
+        if vocab_size is not None:
+            for what, toks in (("prompt", p), ("response_token_ids", r)):
+                bad = [t for t in toks if not 0 <= int(t) < vocab_size]
+                if bad:
+                    raise InputError(
+                        f"{row_name(i)}: {what} holds token id {int(bad[0])}, outside the "
+                        f"model's vocabulary [0, {vocab_size}); the row was tokenised for "
+                        "another model: regenerate it with this --model, or drop it"
+                    )
         blp: np.ndarray | None = None
         if needs_behavior:
             raw = behavior_col[i] if behavior_col is not None else None
@@ -298,6 +301,13 @@ def build_examples(
                 stats.zero_behavior += 1
             else:
                 blp = np.asarray(raw, dtype=np.float32)
+                bad = np.flatnonzero(~np.isfinite(blp))
+                if len(bad):
+                    raise InputError(
+                        f"{row_name(i)}: {cfg.behavior_field} holds {float(blp[bad[0]])} at "
+                        f"response token {int(bad[0]) + 1} ({len(bad)} non-finite value(s)); "
+                        "log-probs must be finite: rescore this row or drop it"
+                    )
                 if len(blp) != len(r):
                     raise ValueError(
                         f"{row_name(i)}: {cfg.behavior_field} has {len(blp)} values but the "
@@ -653,23 +663,161 @@ def shutdown_distributed(*, wait: bool = True) -> None:
         dist.destroy_process_group()
 
 
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file cannot be loaded (truncated, damaged header), or None."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"is truncated ({size} bytes)"
+        n = int.from_bytes(head, "little")
+        if 8 + n > size:
+            return f"is truncated ({size} bytes, its header alone needs {8 + n})"
+        try:
+            header = json.loads(f.read(n))
+            end = max(
+                (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+                default=0,
+            )
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return "has a damaged header"
+    if 8 + n + end > size:
+        return f"is truncated ({size} of {8 + n + end} bytes)"
+    return None
+
+
+def checkpoint_problem(checkpoint: str | os.PathLike[str]) -> str | None:
+    """Why a Trainer checkpoint cannot be resumed (a file missing, truncated or damaged), or None.
+
+    Checks what a kill during saving leaves behind, without loading tensors:
+    trainer_state.json parses, every .safetensors file is as long as its header
+    says, and every torch.save file (optimizer, scheduler, RNG state) is a
+    complete zip archive.
+    """
+    import zipfile
+
+    ckpt = Path(checkpoint)
+    state = ckpt / "trainer_state.json"
+    if not state.is_file():
+        return "it has no trainer_state.json"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return "its trainer_state.json is damaged"
+    weights = sorted(ckpt.glob("*.safetensors"))
+    pickled = sorted([*ckpt.glob("*.pt"), *ckpt.glob("*.pth"), *ckpt.glob("pytorch_model*.bin")])
+    if not weights and not any(f.name.startswith("pytorch_model") for f in pickled):
+        return "it holds no model weights"
+    for f in weights:
+        why = _safetensors_problem(f)
+        if why:
+            return f"{f.name} {why}"
+    for f in pickled:
+        if not zipfile.is_zipfile(f):
+            return f"{f.name} is truncated or damaged"
+    return None
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    """checkpoint-<step> directories in ``out``, newest (highest step) first."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    found = []
+    for d in out.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if out.is_dir() else ():
+        step = d.name[len(PREFIX_CHECKPOINT_DIR) + 1 :]
+        if d.is_dir() and step.isdigit():
+            found.append((int(step), d))
+    return [d for _, d in sorted(found, reverse=True)]
+
+
 def _resolve_resume(cfg: TrainConfig) -> str | None:
+    """The checkpoint to resume: the one given, or the newest whole one in ``cfg.out``.
+
+    A damaged newer checkpoint (a kill while saving) is moved aside to
+    ``<name>.damaged`` with a warning naming it, so that the resumed run can
+    save that step again and a later --resume does not pick it.
+    """
     if cfg.resume is False or cfg.resume is None or cfg.resume == "":
         return None
     if cfg.resume is True or str(cfg.resume).lower() == "true":
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(cfg.out) if os.path.isdir(cfg.out) else None
-        if last is None:
+        found = _checkpoints(Path(cfg.out))
+        if not found:
             raise FileNotFoundError(
                 f"--resume was given but {cfg.out} holds no checkpoint-* directory; "
                 "run without --resume to start fresh"
             )
-        return last
+        damaged = []
+        for ckpt in found:
+            why = checkpoint_problem(ckpt)
+            if why is None:
+                for bad, bad_why in damaged:
+                    aside = bad.with_name(bad.name + ".damaged")
+                    os.replace(bad, aside)
+                    print(
+                        f"train: warning: {bad} cannot be resumed ({bad_why}); moved it to "
+                        f"{aside.name} and resuming from {ckpt.name}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                return str(ckpt)
+            damaged.append((ckpt, why))
+        raise InputError(
+            f"no checkpoint in {cfg.out} can be resumed: "
+            + "; ".join(f"{c.name}: {w}" for c, w in damaged)
+            + "; start again into a new --out (or pass --overwrite-output-dir)"
+        )
     path = str(cfg.resume)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"--resume {path}: no such checkpoint directory")
+    why = checkpoint_problem(path)
+    if why is not None:
+        raise InputError(
+            f"--resume {path} cannot be resumed: {why}; pass an earlier checkpoint, or "
+            "--resume alone to take the newest whole one"
+        )
     return path
+
+
+def _check_output_dir(cfg: TrainConfig) -> None:
+    """Refuse to write over the model, or over an earlier run, unless asked to.
+
+    An out dir holding checkpoints or a trained model of an earlier run needs
+    --resume (continue it) or --overwrite-output-dir (its checkpoints are
+    deleted first, so that the two runs' checkpoints never mix).
+    """
+    out = Path(cfg.out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise OutputExistsError(f"--out {out} is a file; pass a directory")
+    model = Path(os.path.expanduser(str(cfg.model)))
+    if model.is_dir() and os.path.samefile(model, out):
+        raise OutputExistsError(
+            f"--out {out} is the --model directory: training would replace the base model's "
+            "weights; write to a new --out"
+        )
+    if cfg.resume not in (False, None, ""):
+        return
+    earlier = [d.name for d in _checkpoints(out)] + [
+        f for f in ("trainer_state.json", "model.safetensors") if (out / f).is_file()
+    ]
+    if not earlier:
+        return
+    if not cfg.overwrite_output_dir:
+        raise OutputExistsError(
+            f"--out {out} holds an earlier training run ({', '.join(earlier[:4])}"
+            f"{', ...' if len(earlier) > 4 else ''}); pass --resume to continue it, "
+            "--overwrite-output-dir to replace it, or choose a new --out"
+        )
+    import shutil
+
+    for d in _checkpoints(out):
+        shutil.rmtree(d)
+    print(
+        f"train: --overwrite-output-dir: removed the earlier run's checkpoints in {out}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 # Fields that define what a run trains: a resumed run must keep them (max_steps,
@@ -704,7 +852,11 @@ def _check_resume(cfg: TrainConfig, checkpoint: str) -> None:
     path = Path(checkpoint) / "train_config.json"
     if not path.is_file():
         return
-    saved = json.loads(path.read_text(encoding="utf-8"))
+    saved = load_saved_json(
+        path,
+        "it records the settings that wrote this checkpoint: restore it from a copy, or "
+        "delete it to resume without the settings check",
+    )
     now = json.loads(json.dumps(cfg.to_dict(), default=str))
     diff = [
         f"{k}: checkpoint {saved[k]!r}, now {now[k]!r}"
@@ -732,21 +884,29 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
     elif overrides:
         cfg = cfg.replace(**overrides)
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        TrainingArguments,
+        set_seed,
+    )
 
     from onpolicy_sft.engines.hf import resolve_model_path
 
     resolve_model_path(cfg.model)  # a missing model path is named before anything is written
     set_seed(cfg.seed)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_output_dir(cfg)
     resume_from = _resolve_resume(cfg)
     if resume_from is not None:
         _check_resume(cfg, resume_from)
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     columns = read_data(cfg.data, cfg.split)
-    examples, stats = build_examples(columns, tokenizer, cfg)
+    model_config = AutoConfig.from_pretrained(cfg.model)
+    vocab_size = getattr(model_config.get_text_config(), "vocab_size", None)
+    examples, stats = build_examples(columns, tokenizer, cfg, vocab_size=vocab_size)
     if not examples:
         raise ValueError(
             f"no trainable rows in {cfg.data}: {json.dumps(stats.to_dict())}; "
@@ -765,6 +925,7 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
             "choose sizes that divide"
         )
     grad_accum = cfg.global_batch_size // per_step
+    out.mkdir(parents=True, exist_ok=True)
 
     dtype: Any = "auto" if cfg.model_dtype == "auto" else getattr(torch, cfg.model_dtype)
     model_kwargs: dict[str, Any] = {"dtype": dtype}

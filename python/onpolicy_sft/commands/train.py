@@ -9,7 +9,6 @@ DeepSpeed, as accelerate is configured).
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 HELP = "fine-tune a model with a policy-weighted loss (sft, dft, is, idft, pear)"
@@ -136,6 +135,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CHECKPOINT",
         help="resume from the latest checkpoint in --out (or the one given)",
     )
+    g.add_argument(
+        "--overwrite-output-dir",
+        action="store_true",
+        default=S,
+        help="replace an earlier run in --out (its checkpoints are deleted) instead of refusing",
+    )
     g.add_argument("--logging-steps", type=int, default=S, help="[1]")
     g.add_argument(
         "--report-to", default=S, help="none | tensorboard | wandb (comma-separated) [none]"
@@ -148,8 +153,11 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
     data: dict[str, Any] = {}
     if getattr(args, "config", None):
-        with open(args.config, encoding="utf-8") as f:
-            data = json.load(f)
+        from onpolicy_sft._io import load_saved_json
+
+        data = load_saved_json(args.config, "fix it, or pass the settings as flags")
+        if not isinstance(data, dict):
+            raise ValueError(f"--config {args.config} must hold a JSON object of settings")
         data.pop("type", None)
     skip = {"config", "command", "_run"}
     for key, value in vars(args).items():

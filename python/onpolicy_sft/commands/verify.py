@@ -100,7 +100,10 @@ def run(args: argparse.Namespace) -> int:
     # Written beside the target and renamed at the end: a failed or interrupted
     # run leaves an existing --out as it was.
     tmp = f"{args.out}.tmp-{os.getpid()}" if args.out else None
-    out = open(tmp, "w", encoding="utf-8") if tmp else None
+    try:
+        out = open(tmp, "w", encoding="utf-8") if tmp else None
+    except OSError as exc:  # name the --out the user gave, not the temporary file
+        raise OSError(exc.errno, exc.strerror, args.out) from None
     # the Verifier's own notice counts pairs within a chunk; the one below names lines
     logger = logging.getLogger("onpolicy_sft.verify")
     level = logger.level

@@ -1,0 +1,565 @@
+"""Bad input, one row per case: the command, its exit code, a fragment of its message, and the
+files that must be unchanged (or absent) afterwards.
+
+Every case found to fail badly (a traceback, a message without a location or a fix, a
+user's file changed) becomes a row here. Each CLI row checks that the command exits
+non-zero, prints no traceback, ends with an ``error:`` message of at most two lines
+matching the fragment, and leaves the named files byte-identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from onpolicy_sft.cli import main
+
+# A port nothing listens on: the hub probe is refused at once, as without a network.
+NO_HUB = {"HF_ENDPOINT": "http://127.0.0.1:9"}
+
+
+def jl(*rows: Any) -> str:
+    return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows)
+
+
+GOOD = jl({"p": "so \\boxed{2}", "g": "2"}, {"p": "x", "g": "3"})
+PROBLEMS = jl(
+    {"problem": "1+1?", "solution": "It is \\boxed{2}."},
+    {"problem": "2+2?", "solution": "It is \\boxed{4}."},
+)
+DEEP = "[" * 100_000 + "]" * 100_000
+BENCH = jl({"id": "b1", "problem": "1+1?", "answer": "2"}, {"id": "b2", "problem": "2+3?"})
+
+
+def train_rows(**bad: Any) -> str:
+    """Two training rows with response token ids; the second (problem_id 'x7') gets ``bad``."""
+    base = {
+        "problem_id": "ok",
+        "prompt": "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n",
+        "response_token_ids": [70, 71, 72, 2],
+        "behavior_logprobs": [-0.5, -0.5, -0.5, -0.5],
+    }
+    return jl(base, {**base, "problem_id": "x7", **bad})
+
+
+def _ledger(tmp: Path, busy: bool) -> Callable[[], None]:
+    """A ledger in out/ledger: held open by a writer (busy), or closed and then damaged."""
+    from onpolicy_sft.ledger import Ledger
+
+    led = Ledger.open(str(tmp / "out" / "ledger"), create=True)
+    led.add_problems(["0", "1"], ["It is \\boxed{2}.", "It is \\boxed{4}."])
+    if busy:
+        return led.close
+    led.close()
+    (tmp / "out" / "config.json").unlink(missing_ok=True)
+    seg = max((p for p in (tmp / "out" / "ledger").rglob("*") if p.is_file()), key=os.path.getsize)
+    data = bytearray(seg.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    seg.write_bytes(bytes(data))
+    return lambda: None
+
+
+def _checkpoint(tmp: Path, *, truncate: bool, bad_config: bool = False) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    ckpt = tmp / "out" / "checkpoint-2"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text("{}")
+    save_file({"w": torch.zeros(64, 64)}, str(ckpt / "model.safetensors"))
+    if truncate:
+        weights = ckpt / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    if bad_config:
+        (ckpt / "train_config.json").write_text('{"loss": "sft",\n')
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    argv: list[str]  # {tmp}: the case's directory, {model}: a tiny model, {ro}: unwritable dir
+    message: str  # regex the error message must match
+    files: dict[str, str | bytes] = field(default_factory=dict)  # written under {tmp} first
+    unchanged: tuple[str, ...] = ()  # files or directories that must be byte-identical after
+    absent: tuple[str, ...] = ()  # must not exist after (no empty or half-made out dir)
+    setup: Callable[[Path], Callable[[], None] | None] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    code: int = 2
+
+
+V = ["verify", "{tmp}/in.jsonl", "--prediction-field", "p", "--gold-field", "g"]
+R = ["rewrite", "--model", "{model}", "--dataset", "{tmp}/data.jsonl", "--out", "{tmp}/out"]
+E = ["eval", "--model", "{model}", "--out", "{tmp}/out", "--benchmark-dir", "{tmp}/bench"]
+T = ["train", "--model", "{model}", "--data", "{tmp}/data.jsonl", "--out", "{tmp}/out"]
+
+CASES = [
+    # 1. ordinary user errors that gave tracebacks
+    Case(
+        "verify-a-directory",
+        ["verify", "{tmp}/d", "--prediction-field", "p", "--gold-field", "g"],
+        r"/d is a directory; pass a \.jsonl file",
+        files={"d/x.jsonl": GOOD},
+        unchanged=("d",),
+    ),
+    Case(
+        "verify-out-unwritable",
+        [*V, "--out", "{ro}/v.jsonl"],
+        r"v\.jsonl: (permission denied|read-only file system); (check its permissions|"
+        r"the file system is read-only)",
+        files={"in.jsonl": GOOD},
+        unchanged=("in.jsonl",),
+    ),
+    Case(
+        "rewrite-out-unwritable",
+        [*R[:-1], "{ro}/out"],
+        r"out: (permission denied|read-only file system)",
+        files={"data.jsonl": PROBLEMS},
+        unchanged=("data.jsonl",),
+    ),
+    Case(
+        "rewrite-busy-out",
+        R,
+        r"ledger is locked by another writer .*",
+        files={"data.jsonl": PROBLEMS},
+        setup=lambda tmp: _ledger(tmp, busy=True),
+        unchanged=("data.jsonl", "out/ledger"),
+    ),
+    Case(
+        "rewrite-hub-dataset-offline",
+        [*R[:4], "nobody-xyz/no-such-data", *R[5:]],
+        r"--dataset 'nobody-xyz/no-such-data' is a hub dataset name, but the hub "
+        r"\(http://127\.0\.0\.1:9\) cannot be reached .*pass its local path to --dataset",
+        env=NO_HUB,
+        absent=("out",),
+    ),
+    Case(
+        "rewrite-hub-model-offline",
+        [*R[:2], "nobody-xyz/no-such-model", *R[3:]],
+        r"--model 'nobody-xyz/no-such-model' is a hub model name, .*cannot be reached.*"
+        r"pass its local path to --model",
+        files={"data.jsonl": PROBLEMS},
+        env=NO_HUB,
+        absent=("out",),
+    ),
+    Case(
+        "eval-hub-model-offline",
+        [*E[:2], "nobody-xyz/no-such-model", *E[3:], "--benchmarks", "mine"],
+        r"--model 'nobody-xyz/no-such-model' is a hub model name.*local path to --model",
+        files={"bench/mine.jsonl": jl({"problem": "1+1?", "answer": "2"})},
+        env=NO_HUB,
+        absent=("out",),
+    ),
+    Case(
+        "eval-hub-benchmark-offline",
+        [*E[:-2], "--benchmarks", "math500"],
+        r"'HuggingFaceH4/MATH-500' is a hub dataset name.*local path to --benchmark-dir",
+        env=NO_HUB,
+        absent=("out",),
+    ),
+    Case(
+        "train-hub-data-offline",
+        [*T[:4], "nobody-xyz/no-such-data", *T[5:]],
+        r"--data 'nobody-xyz/no-such-data' is a hub dataset name.*local path to --data",
+        env=NO_HUB,
+        absent=("out",),
+    ),
+    Case(
+        "rewrite-malformed-csv",
+        [*R[:4], "{tmp}/data.csv", *R[5:]],
+        r"data\.csv:3: 3 fields, but the header has 2; quote values holding commas",
+        files={"data.csv": "problem,solution\n1+1?,\\boxed{2}\n2+2?,it is,\\boxed{4}\n"},
+        unchanged=("data.csv",),
+        absent=("out",),
+    ),
+    Case(
+        "rewrite-corrupt-ledger",
+        R,
+        r"ledger.*(repair|damaged|corrupt)",
+        files={"data.jsonl": PROBLEMS},
+        setup=lambda tmp: _ledger(tmp, busy=False),
+        unchanged=("data.jsonl", "out/ledger"),
+    ),
+    Case(
+        "train-token-id-outside-vocabulary",
+        T,
+        r"row 2 \(problem_id 'x7'\): response_token_ids holds token id 99999, outside the "
+        r"model's vocabulary \[0, \d+\).*regenerate it with this --model",
+        files={"data.jsonl": train_rows(response_token_ids=[70, 99999, 2])},
+        unchanged=("data.jsonl",),
+        absent=("out",),
+    ),
+    Case(
+        "train-resume-every-checkpoint-damaged",
+        [*T, "--resume"],
+        r"no checkpoint in .*out can be resumed: checkpoint-2: model\.safetensors is "
+        r"truncated \(1000 of \d+ bytes\); start again into a new --out",
+        files={"data.jsonl": train_rows()},
+        setup=lambda tmp: _checkpoint(tmp, truncate=True),
+        unchanged=("data.jsonl", "out"),
+    ),
+    Case(
+        "train-resume-a-damaged-checkpoint",
+        [*T, "--resume", "{tmp}/out/checkpoint-2"],
+        r"--resume .*checkpoint-2 cannot be resumed: model\.safetensors is truncated.*"
+        r"pass an earlier checkpoint",
+        files={"data.jsonl": train_rows()},
+        setup=lambda tmp: _checkpoint(tmp, truncate=True),
+        unchanged=("data.jsonl", "out"),
+    ),
+    # 2. overwrites without asking
+    Case(
+        "verify-out-is-the-input",
+        [*V, "--out", "{tmp}/in.jsonl"],
+        r"--out .*in\.jsonl is the input file; write the verdicts to a new file",
+        files={"in.jsonl": GOOD},
+        unchanged=("in.jsonl",),
+    ),
+    Case(
+        "verify-out-exists",
+        [*V, "--out", "{tmp}/old.jsonl"],
+        r"--out .*old\.jsonl exists; pass --overwrite to replace it",
+        files={"in.jsonl": GOOD, "old.jsonl": "earlier verdicts\n"},
+        unchanged=("in.jsonl", "old.jsonl"),
+    ),
+    Case(
+        "train-out-is-the-model",
+        [*T[:-1], "{model}"],
+        r"--out .* is the --model directory: training would replace the base model's weights",
+        files={"data.jsonl": train_rows()},
+        unchanged=("{model}", "data.jsonl"),
+    ),
+    Case(
+        "train-out-holds-an-earlier-run",
+        T,
+        r"--out .*out holds an earlier training run \(checkpoint-2\); pass --resume to "
+        r"continue it, --overwrite-output-dir to replace it, or choose a new --out",
+        files={"data.jsonl": train_rows()},
+        setup=lambda tmp: _checkpoint(tmp, truncate=False),
+        unchanged=("out",),
+    ),
+    # 5. unchecked values
+    Case(
+        "verify-threads-too-many",
+        [*V, "--threads", "100000"],
+        r"threads=100000 must be an integer from 1 to \d+ \(4 x the \d+ cores\)",
+        files={"in.jsonl": GOOD},
+    ),
+    Case(
+        "verify-threads-negative",
+        [*V, "--threads", "-1"],
+        r"threads=-1 must be an integer from 1 to",
+        files={"in.jsonl": GOOD},
+    ),
+    Case(
+        "train-nan-behaviour-logprobs",
+        [*T, "--loss", "is"],
+        r"row 2 \(problem_id 'x7'\): behavior_logprobs holds nan at response token 2 "
+        r"\(1 non-finite value\(s\)\); log-probs must be finite",
+        files={"data.jsonl": train_rows(behavior_logprobs=[-0.5, float("nan"), -0.5, -0.5])},
+        unchanged=("data.jsonl",),
+        absent=("out",),
+    ),
+    Case(
+        "train-inf-behaviour-logprobs",
+        [*T, "--loss", "pear"],
+        r"row 2 \(problem_id 'x7'\): behavior_logprobs holds -inf at response token 4",
+        files={"data.jsonl": train_rows(behavior_logprobs=[-0.5, -0.5, -0.5, float("-inf")])},
+        absent=("out",),
+    ),
+    # 6. errors without a location
+    Case(
+        "rewrite-malformed-jsonl-line",
+        R,
+        r"data\.jsonl:2: not valid JSON \(Expecting ',' delimiter at column \d+\); fix or remove",
+        files={"data.jsonl": jl(json.loads(PROBLEMS.splitlines()[0]), '{"problem": "2" "x"}')},
+        unchanged=("data.jsonl",),
+        absent=("out",),
+    ),
+    Case(
+        "verify-invalid-utf8",
+        V,
+        r"in\.jsonl:2: not valid UTF-8 \(byte 0xff at column 7\); re-save the file as UTF-8",
+        files={"in.jsonl": GOOD.splitlines()[0].encode() + b'\n{"p":"\xff","g":"1"}\n'},
+        unchanged=("in.jsonl",),
+    ),
+    Case(
+        "eval-invalid-utf8",
+        [*E, "--benchmarks", "mine"],
+        r"mine\.jsonl:2: not valid UTF-8 \(byte 0xfe",
+        files={"bench/mine.jsonl": b'{"problem": "1+1?", "answer": "2"}\n{"problem": "\xfe"}\n'},
+        unchanged=("bench",),
+        absent=("out",),
+    ),
+    Case(
+        "rewrite-corrupt-config-in-out",
+        R,
+        r"out/config\.json is damaged \(Expecting property name enclosed in double quotes at "
+        r"line 2 column 1\); .*restore it from a copy, or choose a new --out",
+        files={"data.jsonl": PROBLEMS, "out/config.json": '{"model": "m",\n'},
+        unchanged=("data.jsonl", "out"),
+    ),
+    Case(
+        "train-corrupt-checkpoint-config",
+        [*T, "--resume"],
+        r"checkpoint-2/train_config\.json is damaged \(.* at line 2 column 1\); it records the "
+        r"settings that wrote this checkpoint",
+        files={"data.jsonl": train_rows()},
+        setup=lambda tmp: _checkpoint(tmp, truncate=False, bad_config=True),
+        unchanged=("data.jsonl", "out"),
+    ),
+    Case(
+        "train-corrupt-config-file",
+        ["train", "--config", "{tmp}/cfg.json"],
+        r"cfg\.json is damaged \(Expecting value at line 2 column 1\); fix it",
+        files={"cfg.json": '{"model":\n'},
+        unchanged=("cfg.json",),
+    ),
+    Case(
+        "rewrite-empty-problem",
+        R,
+        r'row 2 of data\.jsonl has an empty "problem"; fill it in or drop the row',
+        files={
+            "data.jsonl": jl(
+                {"problem": "1+1?", "solution": "2"}, {"problem": " ", "solution": "3"}
+            )
+        },
+        unchanged=("data.jsonl",),
+        absent=("out",),
+    ),
+    Case(
+        "rewrite-null-problem",
+        R,
+        r'row 1 of data\.jsonl has no "problem" value \(null\)',
+        files={
+            "data.jsonl": jl({"problem": None, "solution": "2"}, {"problem": "q", "solution": "3"})
+        },
+        absent=("out",),
+    ),
+    Case(
+        "eval-empty-answer",
+        [*E, "--benchmarks", "mine"],
+        r"row 2 of .*mine\.jsonl has an empty answer \('answer' is ''\); fill it in",
+        files={
+            "bench/mine.jsonl": jl(
+                {"problem": "1+1?", "answer": "2"}, {"problem": "q", "answer": ""}
+            )
+        },
+        absent=("out",),
+    ),
+    Case(
+        "eval-missing-answer",
+        [*E, "--benchmarks", "mine"],
+        r"row 2 of .*mine\.jsonl has no answer \(looked for fields \['answer', 'final_answer'\]",
+        files={"bench/mine.jsonl": BENCH},
+        absent=("out",),
+    ),
+    Case(
+        "verify-deeply-nested-json",
+        V,
+        r"in\.jsonl:2: JSON nested too deeply to read .*flatten that value",
+        files={"in.jsonl": GOOD.splitlines()[0] + '\n{"p": ' + DEEP + ', "g": "1"}\n'},
+        unchanged=("in.jsonl",),
+    ),
+    Case(
+        "rewrite-deeply-nested-json",
+        R,
+        r"data\.jsonl:1: JSON nested too deeply to read",
+        files={"data.jsonl": '{"problem": ' + DEEP + ', "solution": "s"}\n'},
+        absent=("out",),
+    ),
+    Case(
+        "train-malformed-jsonl-line",
+        T,
+        r"data\.jsonl:3: not valid JSON",
+        files={"data.jsonl": train_rows() + "{oops\n"},
+        absent=("out",),
+    ),
+]
+
+
+def _digest(path: Path) -> dict[str, str]:
+    if path.is_file():
+        return {"": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _can_write(directory: str) -> bool:
+    try:
+        with open(os.path.join(directory, ".probe"), "w"):
+            pass
+    except OSError:
+        return False
+    os.unlink(os.path.join(directory, ".probe"))
+    return True
+
+
+def _unwritable(tmp: Path) -> str:
+    ro = tmp / "ro"
+    ro.mkdir(exist_ok=True)
+    ro.chmod(0o555)
+    for candidate in (str(ro), "/sys/kernel", "/proc/sys"):  # root may write the first
+        if os.path.isdir(candidate) and not _can_write(candidate):
+            return candidate
+    pytest.skip("no unwritable directory here")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_fails_cleanly(
+    case: Case,
+    tmp_path: Path,
+    tiny_qwen2: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key, value in case.env.items():
+        monkeypatch.setenv(key, value)
+    if case.env is NO_HUB:
+        import datasets
+
+        def no_network(*a: Any, **k: Any) -> Any:
+            raise AssertionError("the hub was asked although it cannot be reached")
+
+        monkeypatch.setattr(datasets, "load_dataset", no_network)
+    for rel, content in case.files.items():
+        target = tmp_path / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            target.write_bytes(content)
+        else:
+            target.write_text(content, encoding="utf-8")
+    close = case.setup(tmp_path) if case.setup else None
+
+    def expand(text: str) -> str:
+        text = text.replace("{tmp}", str(tmp_path)).replace("{model}", str(tiny_qwen2))
+        return text.replace("{ro}", _unwritable(tmp_path)) if "{ro}" in text else text
+
+    watched = {p: expand(p if p.startswith("{") else "{tmp}/" + p) for p in case.unchanged}
+    before = {p: _digest(Path(w)) for p, w in watched.items()}
+    try:
+        code = main([expand(a) for a in case.argv])
+    finally:
+        if close:
+            close()
+    err = capsys.readouterr().err
+    assert code == case.code, err
+    assert "Traceback" not in err, err
+    lines = err.rstrip("\n").splitlines()
+    start = max(i for i, line in enumerate(lines) if line.startswith("onpolicy-sft "))
+    assert " error: " in lines[start] and len(lines) - start <= 2, err
+    assert re.search(case.message, "\n".join(lines[start:])), err
+    for p, w in watched.items():
+        assert _digest(Path(w)) == before[p], f"{p} changed"
+    for rel in case.absent:
+        assert not (tmp_path / rel).exists(), f"{rel} was left behind"
+
+
+# ------------------------------------------------------------------ the Python API
+
+API_CASES: list[tuple[str, Callable[[], Any], type[BaseException], str]] = [
+    (
+        "verify_batch-threads-negative",
+        lambda: __import__("onpolicy_sft").verify_batch(["1"], ["1"], threads=-1),
+        ValueError,
+        r"threads=-1 must be an integer from 1 to",
+    ),
+    (
+        "verify_batch-threads-huge",
+        lambda: __import__("onpolicy_sft").verify_batch(["1"], ["1"], threads=10_000),
+        ValueError,
+        r"threads=10000 must be an integer from 1 to \d+",
+    ),
+    (
+        "Verifier-threads-huge",
+        lambda: __import__("onpolicy_sft").Verifier(threads=100_000),
+        ValueError,
+        r"threads=100000 must be an integer",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "call, error, message", [c[1:] for c in API_CASES], ids=[c[0] for c in API_CASES]
+)
+def test_bad_api_input_raises_a_clear_error(
+    call: Callable[[], Any], error: type[BaseException], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        call()
+
+
+# ------------------------------------------------------------------ the error path itself
+
+
+def test_an_unexpected_error_shows_its_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import onpolicy_sft.commands.verify as verify_cmd
+
+    def boom(args: Any) -> int:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(verify_cmd, "run", boom)
+    code = main(
+        ["verify", str(tmp_path / "x.jsonl"), "--prediction-field", "p", "--gold-field", "g"]
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "Traceback" in err and "KeyError: 'a bug'" in err
+    assert "unexpected error" in err and "report it" in err
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_debug_shows_the_traceback_of_an_expected_error(
+    how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "d").mkdir()
+    argv = ["verify", str(tmp_path / "d"), "--prediction-field", "p", "--gold-field", "g"]
+    if how == "flag":
+        argv.insert(0, "--debug")
+    else:
+        monkeypatch.setenv("ONPOLICY_SFT_DEBUG", "1")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "is a directory; pass a .jsonl file" in err
+
+
+def test_verify_names_timed_out_pairs_by_their_line_in_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rows past the first 4096-row chunk, with blank lines: the notice gives file lines."""
+    import onpolicy_sft.verify as verify_mod
+    from onpolicy_sft.commands.verify import _CHUNK
+
+    src = tmp_path / "in.jsonl"
+    rows = [json.dumps({"p": f"\\boxed{{{i}}}", "g": str(i)}) for i in range(_CHUNK + 10)]
+    src.write_text("\n\n" + "\n".join(rows) + "\n")  # two blank lines first: line = index + 3
+    slow = {5, _CHUNK + 3}  # 0-based row indices that "time out"
+
+    class SlowVerifier(verify_mod.Verifier):
+        calls = 0
+
+        def verdicts(self, preds: Any, golds: Any) -> Any:
+            out = super().verdicts(preds, golds)
+            first = SlowVerifier.calls * _CHUNK
+            SlowVerifier.calls += 1
+            self.timeouts = [i - first for i in sorted(slow) if first <= i < first + len(preds)]
+            self.last_stats["timeouts"] = len(self.timeouts)
+            return out
+
+    monkeypatch.setattr(verify_mod, "Verifier", SlowVerifier)
+    argv = ["verify", str(src), "--prediction-field", "p", "--gold-field", "g", "--no-fallback"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"timed out (5s) on 2 pair(s), counted incorrect: {src} lines 8, {_CHUNK + 6};" in out
