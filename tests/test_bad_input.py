@@ -112,7 +112,7 @@ CASES = [
     Case(
         "verify-out-unwritable",
         [*V, "--out", "{ro}/v.jsonl"],
-        r"v\.jsonl: (permission denied|read-only file system); (check its permissions|"
+        r"v\.jsonl: (permission denied|read-only file system|operation not permitted); (check its permissions|"
         r"the file system is read-only)",
         files={"in.jsonl": GOOD},
         unchanged=("in.jsonl",),
@@ -120,7 +120,8 @@ CASES = [
     Case(
         "rewrite-out-unwritable",
         [*R[:-1], "{ro}/out"],
-        r"out: (permission denied|read-only file system)",
+        r"out: (permission denied|read-only file system|operation not permitted); (check its "
+        r"permissions|the file system is read-only)",
         files={"data.jsonl": PROBLEMS},
         unchanged=("data.jsonl",),
     ),
