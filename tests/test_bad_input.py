@@ -161,7 +161,8 @@ CASES = [
     Case(
         "eval-hub-benchmark-offline",
         [*E[:-2], "--benchmarks", "math500"],
-        r"'HuggingFaceH4/MATH-500' is a hub dataset name.*local path to --benchmark-dir",
+        r"benchmark 'math500' loads the dataset 'HuggingFaceH4/MATH-500' from the hub, but the "
+        r"hub .* cannot be reached .*pass --benchmark-dir DIR with DIR/math500\.jsonl",
         env=NO_HUB,
         absent=("out",),
     ),

@@ -98,7 +98,9 @@ def describe(exc: BaseException) -> str:
         text = f"{where}: {exc.strerror.lower()}" if where else exc.strerror
         return f"{text}; {fix}" if fix else text
     text = str(exc) or type(exc).__name__
-    if type(exc).__module__.split(".")[0] not in ("builtins", "onpolicy_sft"):
+    ours = type(exc).__module__.split(".")[0] in ("builtins", "onpolicy_sft")
+    ledger = getattr(sys.modules.get("onpolicy_sft._core"), "LedgerError", None)
+    if not ours and not (ledger is not None and isinstance(exc, ledger)):
         # a library's own message: say whose, and keep what caused it
         text = f"{type(exc).__name__}: {text}"
         if exc.__cause__ is not None:

@@ -158,7 +158,14 @@ def load_benchmark(
             )
         import datasets
 
-        require_hub(spec.hub, repo_type="dataset", flag="--benchmark-dir")
+        require_hub(
+            spec.hub,
+            repo_type="dataset",
+            flag="--benchmarks",
+            what=f"benchmark {name!r} loads the dataset {spec.hub!r} from the hub",
+            fix=f"download it elsewhere and pass --benchmark-dir DIR with DIR/{name}.jsonl "
+            "(fields: problem, answer)",
+        )
         try:
             ds = datasets.load_dataset(spec.hub, spec.config, split=spec.split)
         except Exception as exc:  # network, auth, renamed dataset: say how to go local

@@ -89,16 +89,23 @@ def _go_offline() -> None:
         config.HF_HUB_OFFLINE = True
 
 
-def require_hub(name: str, *, repo_type: str, flag: str) -> None:
-    """Return when ``name`` can be loaded from the hub or its cache; else raise, naming ``flag``."""
+def require_hub(
+    name: str, *, repo_type: str, flag: str, what: str | None = None, fix: str | None = None
+) -> None:
+    """Return when ``name`` can be loaded from the hub or its cache; else raise.
+
+    The message starts with ``what`` (default: "``flag`` 'name' is a hub ... name") and
+    ends with ``fix`` (default: pass a local path to ``flag``).
+    """
     why = hub_reachable()
     if why is None:
         return
     if _cached(name, repo_type):
         _go_offline()
         return
+    what = what or f"{flag} {name!r} is a hub {repo_type} name"
+    fix = fix or f"download it on a machine with a network and pass its local path to {flag}"
     raise HubUnreachableError(
-        f"{flag} {name!r} is a hub {repo_type} name, but the hub ({_endpoint()}) cannot be "
-        f"reached ({why}) and no copy is cached; download it on a machine with a network "
-        f"and pass its local path to {flag}"
+        f"{what}, but the hub ({_endpoint()}) cannot be reached ({why}) and no copy is "
+        f"cached; {fix}"
     )
