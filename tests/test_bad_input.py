@@ -325,6 +325,19 @@ CASES = [
         unchanged=("cfg.json",),
     ),
     Case(
+        "eval-combine-damaged-results",
+        ["eval", "--combine", "{tmp}/r"],
+        r"r/results\.json is damaged \(Expecting .* at line 2 column 1\); rerun that eval",
+        files={"r/results.json": '{"model": "m",\n'},
+        unchanged=("r",),
+    ),
+    Case(
+        "eval-combine-no-results",
+        ["eval", "--combine", "{tmp}/r"],
+        r"--combine .*/r: no results\.json there; pass the --out of a finished eval",
+        files={"r/other.json": "{}"},
+    ),
+    Case(
         "rewrite-empty-problem",
         R,
         r'row 2 of data\.jsonl has an empty "problem"; fill it in or drop the row',

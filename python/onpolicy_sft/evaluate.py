@@ -564,7 +564,11 @@ def combine(paths: Sequence[str | os.PathLike[str]]) -> str:
         path = Path(p)
         if path.is_dir():
             path = path / "results.json"
-        results.append(json.loads(path.read_text(encoding="utf-8")))
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"--combine {p}: no results.json there; pass the --out of a finished eval"
+            )
+        results.append(load_saved_json(path, "rerun that eval to write it again"))
     return results_markdown(results)
 
 
