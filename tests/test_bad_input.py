@@ -578,3 +578,33 @@ def test_verify_names_timed_out_pairs_by_their_line_in_the_file(
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert f"timed out (5s) on 2 pair(s), counted incorrect: {src} lines 8, {_CHUNK + 6};" in out
+
+
+def test_a_reachable_hub_or_a_cached_copy_lets_a_hub_name_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from huggingface_hub import constants
+
+    from onpolicy_sft import hub
+    from onpolicy_sft.errors import HubUnreachableError
+
+    monkeypatch.setattr(hub, "_probe", {})
+    for name in hub.OFFLINE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    with socket.socket() as server:  # a "hub" that accepts connections
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        hub.require_hub("org/not-cached", repo_type="model", flag="--model")
+    monkeypatch.setenv("HF_ENDPOINT", NO_HUB["HF_ENDPOINT"])
+    with pytest.raises(HubUnreachableError, match="'org/not-cached' is a hub model name"):
+        hub.require_hub("org/not-cached", repo_type="model", flag="--model")
+    # unreachable, but cached: go ahead, and tell the libraries to stay offline
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    (tmp_path / "models--org--cached" / "snapshots" / "abc").mkdir(parents=True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    hub.require_hub("org/cached", repo_type="model", flag="--model")
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and constants.HF_HUB_OFFLINE is True

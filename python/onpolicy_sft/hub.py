@@ -81,12 +81,9 @@ def _cached(name: str, repo_type: str) -> bool:
 def _go_offline() -> None:
     """Make transformers and datasets read their caches without retrying the network."""
     os.environ["HF_HUB_OFFLINE"] = "1"
-    constants = sys.modules.get("huggingface_hub.constants")
-    if constants is not None:
-        constants.HF_HUB_OFFLINE = True
-    config = sys.modules.get("datasets.config")
-    if config is not None:
-        config.HF_HUB_OFFLINE = True
+    for module in ("huggingface_hub.constants", "datasets.config"):
+        if module in sys.modules:  # both read the variable once, when imported
+            sys.modules[module].HF_HUB_OFFLINE = True
 
 
 def require_hub(

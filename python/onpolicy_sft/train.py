@@ -301,11 +301,12 @@ def build_examples(
                 stats.zero_behavior += 1
             else:
                 blp = np.asarray(raw, dtype=np.float32)
-                bad = np.flatnonzero(~np.isfinite(blp))
-                if len(bad):
+                nonfinite = np.flatnonzero(~np.isfinite(blp))
+                if len(nonfinite):
+                    j = int(nonfinite[0])
                     raise InputError(
-                        f"{row_name(i)}: {cfg.behavior_field} holds {float(blp[bad[0]])} at "
-                        f"response token {int(bad[0]) + 1} ({len(bad)} non-finite value(s)); "
+                        f"{row_name(i)}: {cfg.behavior_field} holds {float(blp[j])} at "
+                        f"response token {j + 1} ({len(nonfinite)} non-finite value(s)); "
                         "log-probs must be finite: rescore this row or drop it"
                     )
                 if len(blp) != len(r):
@@ -746,7 +747,7 @@ def _resolve_resume(cfg: TrainConfig) -> str | None:
                 f"--resume was given but {cfg.out} holds no checkpoint-* directory; "
                 "run without --resume to start fresh"
             )
-        damaged = []
+        damaged: list[tuple[Path, str]] = []
         for ckpt in found:
             why = checkpoint_problem(ckpt)
             if why is None:
