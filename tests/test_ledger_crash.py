@@ -133,7 +133,9 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_batch(tmp_path: Path) -
                 for a in atts:
                     assert a == expected(b, a.sample_index % 100), f"batch {b} damaged"
             # and the ledger takes new records; recording an earlier one again is a no-op
-            led.record([expected(999_999, trial), *(expected(999_999, 0) for _ in range(trial > 0))])
+            led.record(
+                [expected(999_999, trial), *(expected(999_999, 0) for _ in range(trial > 0))]
+            )
             assert led.attempts(f"p{(999_999 + trial) % 50}")[-1] == expected(999_999, trial)
     assert len(acked) > trials, f"too few batches acknowledged to test anything: {len(acked)}"
     print(f"{trials} kills, {len(acked)} batches acknowledged, {torn} torn tails cut")

@@ -117,6 +117,7 @@ class ProblemSync:
 def _type_name(value: object) -> str:
     return f"{type(value).__name__} {value!r}"
 
+
 @dataclass(frozen=True, eq=False)
 class Attempt:
     """One sampled response to a problem in one stage.
