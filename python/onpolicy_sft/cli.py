@@ -16,7 +16,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-COMMANDS = ("demo", "rewrite", "select", "train", "eval", "verify", "report")
+COMMANDS = ("demo", "rewrite", "select", "train", "eval", "verify", "report", "ledger")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,11 @@
-"""Exceptions for bad input or state. Each message names what is wrong, where, and the fix.
+"""The errors onpolicy-sft raises on purpose.
 
-The CLI prints these (and OSError, the ledger's errors, datasets' errors) as
-one or two lines without a traceback and exits with status 2.
+Every expected failure (bad input, a damaged or locked ledger, a refused
+overwrite, an unreachable hub) is an :class:`OnpolicyError` whose message names
+what is wrong, where, and the fix, so the command line can print it as one
+line and exit 2 instead of showing a traceback. This module imports nothing,
+so the Rust core (``onpolicy_sft._core``) can derive its exceptions from it at
+import time.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ __all__ = ["HubUnreachableError", "InputError", "OnpolicyError", "OutputExistsEr
 
 
 class OnpolicyError(Exception):
-    """Base of every error this package raises on purpose for a user to act on."""
+    """An expected failure; the message says what, where, and the fix."""
 
 
 class InputError(OnpolicyError, ValueError):
