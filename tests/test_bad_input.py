@@ -184,7 +184,8 @@ CASES = [
     Case(
         "rewrite-corrupt-ledger",
         R,
-        r"ledger.*(repair|damaged|corrupt)",
+        r"out/ledger/seg-\d+\.ldg is corrupt at byte offset \d+.*`onpolicy-sft ledger repair "
+        r".*out/ledger`",
         files={"data.jsonl": PROBLEMS},
         setup=lambda tmp: _ledger(tmp, busy=False),
         unchanged=("data.jsonl", "out/ledger"),

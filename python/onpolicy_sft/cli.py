@@ -62,7 +62,6 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
     types: list[type[BaseException]] = [OnpolicyError, ValueError, OSError]
     for module, name in (
-        ("onpolicy_sft._core", "LedgerError"),
         ("datasets.exceptions", "DatasetsError"),
         ("safetensors", "SafetensorError"),
         ("yaml", "YAMLError"),
@@ -98,9 +97,7 @@ def describe(exc: BaseException) -> str:
         text = f"{where}: {exc.strerror.lower()}" if where else exc.strerror
         return f"{text}; {fix}" if fix else text
     text = str(exc) or type(exc).__name__
-    ours = type(exc).__module__.split(".")[0] in ("builtins", "onpolicy_sft")
-    ledger = getattr(sys.modules.get("onpolicy_sft._core"), "LedgerError", None)
-    if not ours and not (ledger is not None and isinstance(exc, ledger)):
+    if not isinstance(exc, OnpolicyError) and type(exc).__module__ != "builtins":
         # a library's own message: say whose, and keep what caused it
         text = f"{type(exc).__name__}: {text}"
         if exc.__cause__ is not None:
