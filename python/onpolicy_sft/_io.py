@@ -15,7 +15,15 @@ from typing import Any
 
 from onpolicy_sft.errors import InputError
 
-__all__ = ["load_saved_json", "locate_bad_line", "parse_json", "read_json_rows", "read_jsonl"]
+__all__ = [
+    "load_saved_json",
+    "locate_bad_line",
+    "parse_json",
+    "read_json_rows",
+    "read_jsonl",
+    "write_atomic",
+    "write_json",
+]
 
 
 def _decode(raw: bytes, path: str, lineno: int) -> str:
@@ -86,6 +94,36 @@ def load_saved_json(path: str | os.PathLike[str], fix: str) -> Any:
     except (UnicodeDecodeError, RecursionError) as exc:
         why = type(exc).__name__
     raise InputError(f"{path} is damaged ({why}); {fix}")
+
+
+def write_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Replace ``path`` with ``text`` so that a crash leaves the old file or the new, whole.
+
+    Written to a temporary file beside it, fsynced, renamed over it, and the
+    directory fsynced, so the rename survives a power cut too.
+    """
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> None:
+    """:func:`write_atomic` of ``data`` as indented JSON."""
+    write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _csv_bad_line(path: str) -> InputError | None:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from onpolicy_sft._callable import make_module_callable
-from onpolicy_sft._io import load_saved_json, read_json_rows, read_jsonl
+from onpolicy_sft._io import load_saved_json, read_json_rows, read_jsonl, write_atomic, write_json
 from onpolicy_sft.config import EVAL_BENCHMARKS, EvalConfig
 from onpolicy_sft.errors import InputError, OnpolicyError
 from onpolicy_sft.hub import require_hub
@@ -373,12 +373,6 @@ def _earlier_result(
     return done["entry"], None
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _config(cfg: EvalConfig | None, overrides: dict[str, Any]) -> EvalConfig:
     bench = overrides.get("benchmarks")
     if isinstance(bench, str):
@@ -521,10 +515,9 @@ def evaluate(
                 entry["correct_counts"] = {p.id: sum(c) for p, c in zip(probs, correct)}
                 results["benchmarks"][bench] = entry
                 samples_file.writelines(bench_lines)
-                tmp = done_samples.with_suffix(".tmp")
-                tmp.write_text("".join(bench_lines), encoding="utf-8")
-                os.replace(tmp, done_samples)
-                _write_json(done_file, {**fingerprint, "entry": entry})
+                # samples first: a result file is only trusted with its samples beside it
+                write_atomic(done_samples, "".join(bench_lines))
+                write_json(done_file, {**fingerprint, "entry": entry})
                 print(
                     f"eval: {bench}: avg@{cfg.n} = {entry[f'avg@{cfg.n}']:.2f}",
                     file=sys.stderr,
@@ -537,7 +530,7 @@ def evaluate(
         if own_engine and hasattr(engine, "close"):
             engine.close()  # vLLM: give the GPU memory back (several evaluations per process)
     results["average"] = _average(results["benchmarks"])
-    _write_json(out / "results.json", results)
+    write_json(out / "results.json", results)
     md = results_markdown([results])
     (out / "results.md").write_text(md, encoding="utf-8")
     return EvalResult(out=str(out), results=results, markdown=md)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from onpolicy_sft._io import write_json
 from onpolicy_sft.rewrite.data import PHI_EDGES
 
 DATA_COLUMNS = (
@@ -295,10 +296,7 @@ def render(run_dir: str) -> dict[str, Any]:
     rep = compute(run_dir)
     plots = _plots(run_dir, rep)
     rep["plots"] = plots
-    tmp = os.path.join(run_dir, "report.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(rep, f, indent=2)
-    os.replace(tmp, os.path.join(run_dir, "report.json"))
+    write_json(os.path.join(run_dir, "report.json"), rep)
     lines = [
         "# Rewrite report",
         "",
@@ -345,8 +343,5 @@ def render(run_dir: str) -> dict[str, Any]:
 
 def write_report(run_dir: str, *, stats: dict[str, Any]) -> dict[str, Any]:
     """Save the counts only the pipeline knows (stats.json), then render."""
-    tmp = os.path.join(run_dir, "stats.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(stats, f, indent=2, default=str)
-    os.replace(tmp, os.path.join(run_dir, "stats.json"))
+    write_json(os.path.join(run_dir, "stats.json"), stats)
     return render(run_dir)
