@@ -1,10 +1,12 @@
-"""Bad input, one row per case: the command, its exit code, a fragment of its message, and the
-files that must be unchanged (or absent) afterwards.
+"""Bad input, one row per case: what is run, how it must fail, and what it must not touch.
 
-Every case found to fail badly (a traceback, a message without a location or a fix, a
-user's file changed) becomes a row here. Each CLI row checks that the command exits
-non-zero, prints no traceback, ends with an ``error:`` message of at most two lines
-matching the fragment, and leaves the named files byte-identical.
+Each :class:`Case` names what to run (CLI arguments, with ``{tmp}`` standing for the
+case's fresh directory, ``{model}`` for a tiny model and ``{ro}`` for an unwritable
+directory, or a callable taking the directory), the files and setup it needs, the
+expected exit code or exception type, a regex the message must match (``literal()``
+for plain text), and the paths whose contents must be unchanged (or absent) afterwards.
+A CLI case must also fail without a traceback, its ``error:`` message at most two lines.
+Add a row for every new failure found.
 """
 
 from __future__ import annotations
@@ -18,9 +20,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+from onpolicy_sft._journal import AppendLog, JournalCorruptError
 from onpolicy_sft.cli import main
+from onpolicy_sft.ledger import (
+    Attempt,
+    Ledger,
+    LedgerCorruptError,
+    LedgerError,
+    problem_fingerprint,
+)
+
+
+def literal(text: str) -> str:
+    """A regex matching ``text`` as is (``{tmp}`` still stands for the case's directory)."""
+    return "{tmp}".join(re.escape(part) for part in text.split("{tmp}"))
+
 
 # A port nothing listens on: the hub probe is refused at once, as without a network.
 NO_HUB = {"HF_ENDPOINT": "http://127.0.0.1:9"}
@@ -50,21 +67,19 @@ def train_rows(**bad: Any) -> str:
     return jl(base, {**base, "problem_id": "x7", **bad})
 
 
-def _ledger(tmp: Path, busy: bool) -> Callable[[], None]:
+def _ledger(tmp: Path, busy: bool) -> Ledger | None:
     """A ledger in out/ledger: held open by a writer (busy), or closed and then damaged."""
-    from onpolicy_sft.ledger import Ledger
-
     led = Ledger.open(str(tmp / "out" / "ledger"), create=True)
     led.add_problems(["0", "1"], ["It is \\boxed{2}.", "It is \\boxed{4}."])
     if busy:
-        return led.close
+        return led
     led.close()
     (tmp / "out" / "config.json").unlink(missing_ok=True)
     seg = max((p for p in (tmp / "out" / "ledger").rglob("*") if p.is_file()), key=os.path.getsize)
     data = bytearray(seg.read_bytes())
     data[len(data) // 2] ^= 0xFF
     seg.write_bytes(bytes(data))
-    return lambda: None
+    return None
 
 
 def _checkpoint(tmp: Path, *, truncate: bool, bad_config: bool = False) -> None:
@@ -82,17 +97,78 @@ def _checkpoint(tmp: Path, *, truncate: bool, bad_config: bool = False) -> None:
         (ckpt / "train_config.json").write_text('{"loss": "sft",\n')
 
 
+# ------------------------------------------------------------------ setups
+
+
+def ledger_dir(tmp: Path, name: str = "led") -> Ledger:
+    """A small ledger at tmp/name: two problems, one attempt each (closed on return)."""
+    with Ledger.open(tmp / name) as led:
+        led.add_problems(["a", "b"], ["ra", "rb"], [problem_fingerprint(p, "s", "1") for p in "ab"])
+        led.record([attempt("a"), attempt("b", correct=False)])
+        led.finish_stage(["a", "b"], "self")
+    return led
+
+
+def corrupt_ledger(tmp: Path) -> None:
+    ledger_dir(tmp)
+    seg = tmp / "led" / "seg-00000001.ldg"
+    data = bytearray(seg.read_bytes())
+    data[40] ^= 0x5A  # inside the first frame, with whole frames after it
+    seg.write_bytes(bytes(data))
+
+
+def rewrite_out(tmp: Path) -> None:
+    (tmp / "rw").mkdir()
+    ledger_dir(tmp, "rw/ledger")
+
+
+def locked_ledger(tmp: Path) -> Ledger:
+    ledger_dir(tmp)
+    return Ledger.open(tmp / "led")  # held (flock is per open file) until the case ends
+
+
+def attempt(pid: str = "a", **changes: Any) -> Attempt:
+    fields: dict[str, Any] = dict(
+        problem_id=pid,
+        stage="self",
+        sample_index=0,
+        text=f"answer to {pid}",
+        token_ids=[1, 2, 3],
+        behavior_logprobs=np.full(3, -0.5, np.float32),
+        correct=True,
+    )
+    fields.update(changes)
+    return Attempt(**fields)
+
+
+def record_into(tmp: Path, *attempts: Any) -> None:
+    with Ledger.open(tmp / "led", create=False) as led:
+        led.record(list(attempts))
+
+
+def resync(tmp: Path, problems: str, **kw: Any) -> None:
+    with Ledger.open(tmp / "led", create=False) as led:
+        led.add_problems(
+            list(problems), ["r" + p for p in problems],
+            [problem_fingerprint(p + "!", "s", "1") for p in problems], **kw,
+        )  # fmt: skip
+
+
+def damaged_side_file(tmp: Path) -> None:
+    (tmp / "scores.jsonl").write_bytes(b'{"id":"a"}\n{"id":\n{"id":"c"}\n')
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
-    argv: list[str]  # {tmp}: the case's directory, {model}: a tiny model, {ro}: unwritable dir
-    message: str  # regex the error message must match
+    run: list[str] | Callable[[Path], Any]  # CLI arguments, or a callable taking {tmp}
+    expect: int | type[BaseException]  # exit code of a CLI case, exception of a callable
+    message: str  # regex the message must match; {tmp} stands for the case's directory
     files: dict[str, str | bytes] = field(default_factory=dict)  # written under {tmp} first
-    unchanged: tuple[str, ...] = ()  # files or directories that must be byte-identical after
+    setup: Callable[[Path], Any] = lambda tmp: None  # may return something to .close() after
+    unchanged: tuple[str, ...] = ()  # paths that must be byte-identical after ({model} too)
     absent: tuple[str, ...] = ()  # must not exist after (no empty or half-made out dir)
-    setup: Callable[[Path], Callable[[], None] | None] | None = None
     env: dict[str, str] = field(default_factory=dict)
-    code: int = 2
 
 
 V = ["verify", "{tmp}/in.jsonl", "--prediction-field", "p", "--gold-field", "g"]
@@ -105,6 +181,7 @@ CASES = [
     Case(
         "verify-a-directory",
         ["verify", "{tmp}/d", "--prediction-field", "p", "--gold-field", "g"],
+        2,
         r"/d is a directory; pass a \.jsonl file",
         files={"d/x.jsonl": GOOD},
         unchanged=("d",),
@@ -112,6 +189,7 @@ CASES = [
     Case(
         "verify-out-unwritable",
         [*V, "--out", "{ro}/v.jsonl"],
+        2,
         r"v\.jsonl: (permission denied|read-only file system|operation not permitted); (check its permissions|"
         r"the file system is read-only)",
         files={"in.jsonl": GOOD},
@@ -120,6 +198,7 @@ CASES = [
     Case(
         "rewrite-out-unwritable",
         [*R[:-1], "{ro}/out"],
+        2,
         r"out: (permission denied|read-only file system|operation not permitted); (check its "
         r"permissions|the file system is read-only)",
         files={"data.jsonl": PROBLEMS},
@@ -128,6 +207,7 @@ CASES = [
     Case(
         "rewrite-busy-out",
         R,
+        2,
         r"ledger is locked by another writer .*",
         files={"data.jsonl": PROBLEMS},
         setup=lambda tmp: _ledger(tmp, busy=True),
@@ -136,6 +216,7 @@ CASES = [
     Case(
         "rewrite-hub-dataset-offline",
         [*R[:4], "nobody-xyz/no-such-data", *R[5:]],
+        2,
         r"--dataset 'nobody-xyz/no-such-data' is a hub dataset name, but the hub "
         r"\(http://127\.0\.0\.1:9\) cannot be reached .*pass its local path to --dataset",
         env=NO_HUB,
@@ -144,6 +225,7 @@ CASES = [
     Case(
         "rewrite-hub-model-offline",
         [*R[:2], "nobody-xyz/no-such-model", *R[3:]],
+        2,
         r"--model 'nobody-xyz/no-such-model' is a hub model name, .*cannot be reached.*"
         r"pass its local path to --model",
         files={"data.jsonl": PROBLEMS},
@@ -153,6 +235,7 @@ CASES = [
     Case(
         "eval-hub-model-offline",
         [*E[:2], "nobody-xyz/no-such-model", *E[3:], "--benchmarks", "mine"],
+        2,
         r"--model 'nobody-xyz/no-such-model' is a hub model name.*local path to --model",
         files={"bench/mine.jsonl": jl({"problem": "1+1?", "answer": "2"})},
         env=NO_HUB,
@@ -161,6 +244,7 @@ CASES = [
     Case(
         "eval-hub-benchmark-offline",
         [*E[:-2], "--benchmarks", "math500"],
+        2,
         r"benchmark 'math500' loads the dataset 'HuggingFaceH4/MATH-500' from the hub, but the "
         r"hub .* cannot be reached .*pass --benchmark-dir DIR with DIR/math500\.jsonl",
         env=NO_HUB,
@@ -169,6 +253,7 @@ CASES = [
     Case(
         "train-hub-data-offline",
         [*T[:4], "nobody-xyz/no-such-data", *T[5:]],
+        2,
         r"--data 'nobody-xyz/no-such-data' is a hub dataset name.*local path to --data",
         env=NO_HUB,
         absent=("out",),
@@ -176,6 +261,7 @@ CASES = [
     Case(
         "rewrite-malformed-csv",
         [*R[:4], "{tmp}/data.csv", *R[5:]],
+        2,
         r"data\.csv:3: 3 fields, but the header has 2; quote values holding commas",
         files={"data.csv": "problem,solution\n1+1?,\\boxed{2}\n2+2?,it is,\\boxed{4}\n"},
         unchanged=("data.csv",),
@@ -184,6 +270,7 @@ CASES = [
     Case(
         "rewrite-corrupt-ledger",
         R,
+        2,
         r"out/ledger/seg-\d+\.ldg is corrupt at byte offset \d+.*`onpolicy-sft ledger repair "
         r".*out/ledger`",
         files={"data.jsonl": PROBLEMS},
@@ -193,6 +280,7 @@ CASES = [
     Case(
         "train-token-id-outside-vocabulary",
         T,
+        2,
         r"row 2 \(problem_id 'x7'\): response_token_ids holds token id 99999, outside the "
         r"model's vocabulary \[0, \d+\).*regenerate it with this --model",
         files={"data.jsonl": train_rows(response_token_ids=[70, 99999, 2])},
@@ -202,6 +290,7 @@ CASES = [
     Case(
         "train-resume-every-checkpoint-damaged",
         [*T, "--resume"],
+        2,
         r"no checkpoint in .*out can be resumed: checkpoint-2: model\.safetensors is "
         r"truncated \(1000 of \d+ bytes\); start again into a new --out",
         files={"data.jsonl": train_rows()},
@@ -211,6 +300,7 @@ CASES = [
     Case(
         "train-resume-a-damaged-checkpoint",
         [*T, "--resume", "{tmp}/out/checkpoint-2"],
+        2,
         r"--resume .*checkpoint-2 cannot be resumed: model\.safetensors is truncated.*"
         r"pass an earlier checkpoint",
         files={"data.jsonl": train_rows()},
@@ -221,6 +311,7 @@ CASES = [
     Case(
         "verify-out-is-the-input",
         [*V, "--out", "{tmp}/in.jsonl"],
+        2,
         r"--out .*in\.jsonl is the input file; write the verdicts to a new file",
         files={"in.jsonl": GOOD},
         unchanged=("in.jsonl",),
@@ -228,6 +319,7 @@ CASES = [
     Case(
         "verify-out-exists",
         [*V, "--out", "{tmp}/old.jsonl"],
+        2,
         r"--out .*old\.jsonl exists; pass --overwrite to replace it",
         files={"in.jsonl": GOOD, "old.jsonl": "earlier verdicts\n"},
         unchanged=("in.jsonl", "old.jsonl"),
@@ -235,6 +327,7 @@ CASES = [
     Case(
         "train-out-is-the-model",
         [*T[:-1], "{model}"],
+        2,
         r"--out .* is the --model directory: training would replace the base model's weights",
         files={"data.jsonl": train_rows()},
         unchanged=("{model}", "data.jsonl"),
@@ -242,6 +335,7 @@ CASES = [
     Case(
         "train-out-holds-an-earlier-run",
         T,
+        2,
         r"--out .*out holds an earlier training run \(checkpoint-2\); pass --resume to "
         r"continue it, --overwrite-output-dir to replace it, or choose a new --out",
         files={"data.jsonl": train_rows()},
@@ -252,18 +346,21 @@ CASES = [
     Case(
         "verify-threads-too-many",
         [*V, "--threads", "100000"],
+        2,
         r"threads=100000 must be an integer from 1 to \d+ \(4 x the \d+ cores\)",
         files={"in.jsonl": GOOD},
     ),
     Case(
         "verify-threads-negative",
         [*V, "--threads", "-1"],
+        2,
         r"threads=-1 must be an integer from 1 to",
         files={"in.jsonl": GOOD},
     ),
     Case(
         "train-nan-behaviour-logprobs",
         [*T, "--loss", "is"],
+        2,
         r"row 2 \(problem_id 'x7'\): behavior_logprobs holds nan at response token 2 "
         r"\(1 non-finite value\(s\)\); log-probs must be finite",
         files={"data.jsonl": train_rows(behavior_logprobs=[-0.5, float("nan"), -0.5, -0.5])},
@@ -273,6 +370,7 @@ CASES = [
     Case(
         "train-inf-behaviour-logprobs",
         [*T, "--loss", "pear"],
+        2,
         r"row 2 \(problem_id 'x7'\): behavior_logprobs holds -inf at response token 4",
         files={"data.jsonl": train_rows(behavior_logprobs=[-0.5, -0.5, -0.5, float("-inf")])},
         absent=("out",),
@@ -281,6 +379,7 @@ CASES = [
     Case(
         "rewrite-malformed-jsonl-line",
         R,
+        2,
         r"data\.jsonl:2: not valid JSON \(Expecting ',' delimiter at column \d+\); fix or remove",
         files={"data.jsonl": jl(json.loads(PROBLEMS.splitlines()[0]), '{"problem": "2" "x"}')},
         unchanged=("data.jsonl",),
@@ -289,6 +388,7 @@ CASES = [
     Case(
         "verify-invalid-utf8",
         V,
+        2,
         r"in\.jsonl:2: not valid UTF-8 \(byte 0xff at column 7\); re-save the file as UTF-8",
         files={"in.jsonl": GOOD.splitlines()[0].encode() + b'\n{"p":"\xff","g":"1"}\n'},
         unchanged=("in.jsonl",),
@@ -296,6 +396,7 @@ CASES = [
     Case(
         "eval-invalid-utf8",
         [*E, "--benchmarks", "mine"],
+        2,
         r"mine\.jsonl:2: not valid UTF-8 \(byte 0xfe",
         files={"bench/mine.jsonl": b'{"problem": "1+1?", "answer": "2"}\n{"problem": "\xfe"}\n'},
         unchanged=("bench",),
@@ -304,6 +405,7 @@ CASES = [
     Case(
         "rewrite-corrupt-config-in-out",
         R,
+        2,
         r"out/config\.json is damaged \(Expecting property name enclosed in double quotes at "
         r"line 2 column 1\); .*restore it from a copy, or choose a new --out",
         files={"data.jsonl": PROBLEMS, "out/config.json": '{"model": "m",\n'},
@@ -312,6 +414,7 @@ CASES = [
     Case(
         "train-corrupt-checkpoint-config",
         [*T, "--resume"],
+        2,
         r"checkpoint-2/train_config\.json is damaged \(.* at line 2 column 1\); it records the "
         r"settings that wrote this checkpoint",
         files={"data.jsonl": train_rows()},
@@ -321,6 +424,7 @@ CASES = [
     Case(
         "train-corrupt-config-file",
         ["train", "--config", "{tmp}/cfg.json"],
+        2,
         r"cfg\.json is damaged \(Expecting value at line 2 column 1\); fix it",
         files={"cfg.json": '{"model":\n'},
         unchanged=("cfg.json",),
@@ -328,6 +432,7 @@ CASES = [
     Case(
         "eval-combine-damaged-results",
         ["eval", "--combine", "{tmp}/r"],
+        2,
         r"r/results\.json is damaged \(Expecting .* at line 2 column 1\); rerun that eval",
         files={"r/results.json": '{"model": "m",\n'},
         unchanged=("r",),
@@ -335,12 +440,14 @@ CASES = [
     Case(
         "eval-combine-no-results",
         ["eval", "--combine", "{tmp}/r"],
+        2,
         r"--combine .*/r: no results\.json there; pass the --out of a finished eval",
         files={"r/other.json": "{}"},
     ),
     Case(
         "rewrite-empty-problem",
         R,
+        2,
         r'row 2 of data\.jsonl has an empty "problem"; fill it in or drop the row',
         files={
             "data.jsonl": jl(
@@ -353,6 +460,7 @@ CASES = [
     Case(
         "rewrite-null-problem",
         R,
+        2,
         r'row 1 of data\.jsonl has no "problem" value \(null\)',
         files={
             "data.jsonl": jl({"problem": None, "solution": "2"}, {"problem": "q", "solution": "3"})
@@ -362,6 +470,7 @@ CASES = [
     Case(
         "eval-empty-answer",
         [*E, "--benchmarks", "mine"],
+        2,
         r"row 2 of .*mine\.jsonl has an empty answer \('answer' is ''\); fill it in",
         files={
             "bench/mine.jsonl": jl(
@@ -373,6 +482,7 @@ CASES = [
     Case(
         "eval-missing-answer",
         [*E, "--benchmarks", "mine"],
+        2,
         r"row 2 of .*mine\.jsonl has no answer \(looked for fields \['answer', 'final_answer'\]",
         files={"bench/mine.jsonl": BENCH},
         absent=("out",),
@@ -380,6 +490,7 @@ CASES = [
     Case(
         "verify-deeply-nested-json",
         V,
+        2,
         r"in\.jsonl:2: JSON nested too deeply to read .*flatten that value",
         files={"in.jsonl": GOOD.splitlines()[0] + '\n{"p": ' + DEEP + ', "g": "1"}\n'},
         unchanged=("in.jsonl",),
@@ -387,6 +498,7 @@ CASES = [
     Case(
         "rewrite-deeply-nested-json",
         R,
+        2,
         r"data\.jsonl:1: JSON nested too deeply to read",
         files={"data.jsonl": '{"problem": ' + DEEP + ', "solution": "s"}\n'},
         absent=("out",),
@@ -394,21 +506,182 @@ CASES = [
     Case(
         "train-malformed-jsonl-line",
         T,
+        2,
         r"data\.jsonl:3: not valid JSON",
         files={"data.jsonl": train_rows() + "{oops\n"},
         absent=("out",),
     ),
+    # `onpolicy-sft ledger`
+    Case(
+        "ledger-missing-dir",
+        ["ledger", "stats", "{tmp}/nope"],
+        2,
+        literal("nope: no such directory; pass a ledger directory"),
+    ),
+    Case(
+        "ledger-not-a-dir",
+        ["ledger", "check", "{tmp}/led/LOCK"],
+        2,
+        literal("is a file, not a ledger directory"),
+        setup=ledger_dir,
+        unchanged=("led",),
+    ),
+    Case(
+        "ledger-not-a-ledger",
+        ["ledger", "stats", "{tmp}/empty"],
+        2,
+        literal("is not a ledger: it has no LOCK or seg-*.ldg files"),
+        setup=lambda tmp: (tmp / "empty").mkdir(),
+        unchanged=("empty",),
+    ),
+    Case(
+        "ledger-rewrite-out-instead-of-its-ledger",
+        ["ledger", "repair", "{tmp}/rw"],
+        2,
+        literal("(it holds one at {tmp}/rw/ledger: pass that)"),
+        setup=rewrite_out,
+        unchanged=("rw",),
+    ),
+    Case(
+        "ledger-repair-while-locked",
+        ["ledger", "repair", "{tmp}/led"],
+        2,
+        literal("is locked by another writer (pid"),
+        setup=locked_ledger,
+        unchanged=("led",),
+    ),
+    Case(
+        "ledger-stats-corrupt-names-repair-command",
+        ["ledger", "stats", "{tmp}/led"],
+        2,
+        literal("run `onpolicy-sft ledger repair {tmp}/led`"),
+        setup=corrupt_ledger,
+        unchanged=("led",),
+    ),
+    Case(
+        "ledger-check-corrupt-exits-1",
+        ["ledger", "check", "{tmp}/led"],
+        1,
+        literal("seg-00000001.ldg is corrupt at byte offset"),
+        setup=corrupt_ledger,
+        unchanged=("led",),
+    ),
+    Case(
+        "ledger-open-corrupt-names-repair-command",
+        lambda tmp: Ledger.open(tmp / "led"),
+        LedgerCorruptError,
+        literal(
+            "run `onpolicy-sft ledger repair {tmp}/led` (in Python: Ledger.open(path, repair=True))"
+        ),
+        setup=corrupt_ledger,
+        unchanged=("led",),
+    ),
+    Case(
+        "ledger-open-not-a-ledger",
+        lambda tmp: Ledger.open(tmp / "empty", create=False),
+        LedgerError,
+        literal("is not a ledger"),
+        setup=lambda tmp: (tmp / "empty").mkdir(),
+        unchanged=("empty",),
+    ),
+    # Attempt fields
+    Case(
+        "attempt-correct-str",
+        lambda tmp: attempt(correct="no"),
+        TypeError,
+        literal("correct must be a bool (True or False), got str 'no'"),
+    ),
+    Case(
+        "attempt-correct-none",
+        lambda tmp: attempt(correct=None),
+        TypeError,
+        literal("correct must be a bool (True or False), got NoneType None"),
+    ),
+    Case(
+        "attempt-sample-index-bool",
+        lambda tmp: attempt(sample_index=True),
+        TypeError,
+        literal("sample_index must be an int, got bool True"),
+    ),
+    Case(
+        "attempt-text-bytes",
+        lambda tmp: attempt(text=b"x"),
+        TypeError,
+        literal("text must be a str, got bytes b'x'"),
+    ),
+    Case(
+        "record-nan-behavior",
+        lambda tmp: record_into(
+            tmp, attempt("b", sample_index=4), attempt(behavior_logprobs=np.array([0, np.nan, 0]))
+        ),
+        ValueError,
+        literal("attempt #1 (problem 'a', stage self, sample 0): behavior_logprobs[1] is nan"),
+        setup=ledger_dir,
+        unchanged=("led",),
+    ),
+    Case(
+        "record-inf-base",
+        lambda tmp: record_into(
+            tmp, attempt(sample_index=2, base_logprobs=np.array([0, 0, -np.inf]))
+        ),
+        ValueError,
+        literal("base_logprobs[2] is -inf; log-probs must be finite"),
+        setup=ledger_dir,
+        unchanged=("led",),
+    ),
+    Case(
+        "record-same-key-different-attempt",
+        lambda tmp: record_into(tmp, attempt("a", text="another answer")),
+        LedgerError,
+        literal(
+            'attempt #0 (problem "a", stage self, sample 0): text differs from the attempt recorded'
+        ),
+        setup=ledger_dir,
+        unchanged=("led",),
+    ),
+    # fingerprints
+    Case(
+        "changed-problem-refused",
+        lambda tmp: resync(tmp, "ab", on_change="error"),
+        LedgerError,
+        literal(
+            '2 problems changed since they were recorded (fingerprint differs): #0 "a", #1 "b"'
+        ),
+        setup=ledger_dir,
+        unchanged=("led",),
+    ),
+    Case(
+        "fingerprint-not-hex",
+        lambda tmp: Ledger.open(tmp / "led").add_problems(["c"], ["rc"], ["xyz"]),
+        ValueError,
+        literal("fingerprint #0 is 'xyz', not 32 hex digits; compute it with"),
+        setup=ledger_dir,
+        unchanged=("led",),
+    ),
+    # side files
+    Case(
+        "side-file-damaged-line",
+        lambda tmp: AppendLog(tmp / "scores.jsonl").read(),
+        JournalCorruptError,
+        literal("scores.jsonl:2: not a JSON record"),
+        setup=damaged_side_file,
+        unchanged=("scores.jsonl",),
+    ),
 ]
 
 
-def _digest(path: Path) -> dict[str, str]:
-    if path.is_file():
-        return {"": hashlib.sha256(path.read_bytes()).hexdigest()}
-    return {
-        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(path.rglob("*"))
-        if p.is_file()
-    }
+def snapshot(root: Path, paths: tuple[str, ...]) -> dict[str, str]:
+    """Digest of every file under each path. A ledger's LOCK is left out: a writer
+    that opens it records its pid there, which is not the user's data."""
+    out = {}
+    for rel in paths:
+        p = root / rel
+        files = [p] if p.is_file() else sorted(x for x in p.rglob("*") if x.is_file())
+        out[rel] = ",".join(sorted(str(x.relative_to(root)) for x in files))
+        for f in files:
+            if f.name != "LOCK":
+                out[str(f.relative_to(root))] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
 
 
 def _can_write(directory: str) -> bool:
@@ -432,7 +705,7 @@ def _unwritable(tmp: Path) -> str:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_fails_cleanly(
+def test_bad_input(
     case: Case,
     tmp_path: Path,
     tiny_qwen2: Path,
@@ -455,28 +728,40 @@ def test_bad_input_fails_cleanly(
             target.write_bytes(content)
         else:
             target.write_text(content, encoding="utf-8")
-    close = case.setup(tmp_path) if case.setup else None
+    held = case.setup(tmp_path)
 
     def expand(text: str) -> str:
         text = text.replace("{tmp}", str(tmp_path)).replace("{model}", str(tiny_qwen2))
         return text.replace("{ro}", _unwritable(tmp_path)) if "{ro}" in text else text
 
-    watched = {p: expand(p if p.startswith("{") else "{tmp}/" + p) for p in case.unchanged}
-    before = {p: _digest(Path(w)) for p, w in watched.items()}
+    model_files = snapshot(tiny_qwen2, ("",)) if "{model}" in case.unchanged else None
+    watched = tuple(p for p in case.unchanged if p != "{model}")
+    before = snapshot(tmp_path, watched)
+    message = re.compile(case.message.replace("{tmp}", re.escape(str(tmp_path))))
     try:
-        code = main([expand(a) for a in case.argv])
+        if isinstance(case.run, list):
+            capsys.readouterr()
+            code = main([expand(a) for a in case.run])
+            err = capsys.readouterr().err
+            assert code == case.expect, err
+            assert "Traceback" not in err, err
+            lines = err.rstrip("\n").splitlines()
+            # progress lines may come first; the message is what follows the last "onpolicy-sft"
+            starts = [i for i, line in enumerate(lines) if line.startswith("onpolicy-sft ")]
+            start = starts[-1] if starts else 0
+            assert len(lines) - start <= 2, err
+            assert message.search("\n".join(lines[start:])), err
+        else:
+            assert isinstance(case.expect, type)
+            with pytest.raises(case.expect) as info:
+                case.run(tmp_path)
+            assert message.search(str(info.value)), str(info.value)
     finally:
-        if close:
-            close()
-    err = capsys.readouterr().err
-    assert code == case.code, err
-    assert "Traceback" not in err, err
-    lines = err.rstrip("\n").splitlines()
-    start = max(i for i, line in enumerate(lines) if line.startswith("onpolicy-sft "))
-    assert " error: " in lines[start] and len(lines) - start <= 2, err
-    assert re.search(case.message, "\n".join(lines[start:])), err
-    for p, w in watched.items():
-        assert _digest(Path(w)) == before[p], f"{p} changed"
+        if hasattr(held, "close"):
+            held.close()
+    assert snapshot(tmp_path, watched) == before, "the user's files changed"
+    if model_files is not None:
+        assert snapshot(tiny_qwen2, ("",)) == model_files, "the model's files changed"
     for rel in case.absent:
         assert not (tmp_path / rel).exists(), f"{rel} was left behind"
 

@@ -464,3 +464,49 @@ def test_a_ledger_without_fingerprints_adopts_them(ledger: Ledger) -> None:
     )
     assert (r.adopted, r.changed) == (2, ["p1"])
     assert len(ledger.attempts("p0")) == 1
+
+
+def test_ledger_command_stats_check_repair(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from onpolicy_sft.cli import main
+
+    path = tmp_path / "led"
+    with Ledger.open(path) as led:
+        led.add_problems(["p0", "p1", "p2"], ["r0", "r1", "r2"])
+        for k in range(4):
+            led.record([att("p0", k=k, correct=k == 2), att("p1", k=k, correct=False)])
+        led.finish_stage(["p0", "p1"], "self")
+    assert main(["ledger", "stats", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{path}: 3 problems, 8 attempts, 1 segment" in out
+    assert "tiers: self 1, guided 0, hinted 0, expert 2" in out
+    assert (
+        "stage self: 8 attempts, 1 correct (12.5%); problems: 2 tried, 1 solved, 2 finished" in out
+    )
+    assert main(["ledger", "stats", "--json", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["attempts"] == 8
+    assert main(["ledger", "check", str(path)]) == 0
+    assert "ok: " in capsys.readouterr().out
+    seg = path / "seg-00000001.ldg"
+    good = seg.read_bytes()
+    # a torn tail is reported by check (exit 0) and cut by repair
+    seg.write_bytes(good + good[-24:-1])  # the last COMMIT frame, cut short
+    assert main(["ledger", "check", str(path)]) == 0
+    cap = capsys.readouterr()
+    assert "torn tail of 23 bytes" in cap.err and "apart from the torn tail" in cap.out
+    assert main(["ledger", "repair", str(path)]) == 0
+    assert "cut it" in capsys.readouterr().out and seg.read_bytes() == good
+    # damage mid-file: check exits 1, repair keeps the prefix and moves the rest aside
+    data = bytearray(good)
+    data[len(data) // 2] ^= 0x5A
+    seg.write_bytes(bytes(data))
+    assert main(["ledger", "check", str(path)]) == 1
+    assert f"onpolicy-sft ledger repair {path}" in capsys.readouterr().err
+    assert main(["ledger", "repair", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "kept everything before byte" in out and "quarantine-at-" in out
+    assert "kept: 3 problems, " in out
+    (aside,) = path.glob("seg-00000001.ldg.quarantine-at-*")
+    assert len(seg.read_bytes()) + aside.stat().st_size == len(good)
+    assert main(["ledger", "check", str(path)]) == 0
+    assert main(["ledger", "repair", str(path)]) == 0
+    assert "nothing to repair" in capsys.readouterr().out
