@@ -32,6 +32,7 @@ from onpolicy_sft.ledger import (
     LedgerError,
     problem_fingerprint,
 )
+from onpolicy_sft.verify import Verifier, verify_batch
 
 
 def literal(text: str) -> str:
@@ -667,6 +668,25 @@ CASES = [
         setup=damaged_side_file,
         unchanged=("scores.jsonl",),
     ),
+    # verify's thread count
+    Case(
+        "verify_batch-threads-negative",
+        lambda tmp: verify_batch(["1"], ["1"], threads=-1),
+        ValueError,
+        r"threads=-1 must be an integer from 1 to",
+    ),
+    Case(
+        "verify_batch-threads-huge",
+        lambda tmp: verify_batch(["1"], ["1"], threads=10_000),
+        ValueError,
+        r"threads=10000 must be an integer from 1 to \d+",
+    ),
+    Case(
+        "Verifier-threads-huge",
+        lambda tmp: Verifier(threads=100_000),
+        ValueError,
+        r"threads=100000 must be an integer",
+    ),
 ]
 
 
@@ -764,40 +784,6 @@ def test_bad_input(
         assert snapshot(tiny_qwen2, ("",)) == model_files, "the model's files changed"
     for rel in case.absent:
         assert not (tmp_path / rel).exists(), f"{rel} was left behind"
-
-
-# ------------------------------------------------------------------ the Python API
-
-API_CASES: list[tuple[str, Callable[[], Any], type[BaseException], str]] = [
-    (
-        "verify_batch-threads-negative",
-        lambda: __import__("onpolicy_sft").verify_batch(["1"], ["1"], threads=-1),
-        ValueError,
-        r"threads=-1 must be an integer from 1 to",
-    ),
-    (
-        "verify_batch-threads-huge",
-        lambda: __import__("onpolicy_sft").verify_batch(["1"], ["1"], threads=10_000),
-        ValueError,
-        r"threads=10000 must be an integer from 1 to \d+",
-    ),
-    (
-        "Verifier-threads-huge",
-        lambda: __import__("onpolicy_sft").Verifier(threads=100_000),
-        ValueError,
-        r"threads=100000 must be an integer",
-    ),
-]
-
-
-@pytest.mark.parametrize(
-    "call, error, message", [c[1:] for c in API_CASES], ids=[c[0] for c in API_CASES]
-)
-def test_bad_api_input_raises_a_clear_error(
-    call: Callable[[], Any], error: type[BaseException], message: str
-) -> None:
-    with pytest.raises(error, match=message):
-        call()
 
 
 # ------------------------------------------------------------------ the error path itself
