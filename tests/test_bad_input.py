@@ -172,16 +172,16 @@ class Case:
     env: dict[str, str] = field(default_factory=dict)
 
 
-V = ["verify", "{tmp}/in.jsonl", "--prediction-field", "p", "--gold-field", "g"]
-R = ["rewrite", "--model", "{model}", "--dataset", "{tmp}/data.jsonl", "--out", "{tmp}/out"]
-E = ["eval", "--model", "{model}", "--out", "{tmp}/out", "--benchmark-dir", "{tmp}/bench"]
-T = ["train", "--model", "{model}", "--data", "{tmp}/data.jsonl", "--out", "{tmp}/out"]
+V = ["verify", "{tmp}/in.jsonl", "--prediction_field", "p", "--gold_field", "g"]
+R = ["rewrite", "--model", "{model}", "--dataset", "{tmp}/data.jsonl", "--output_dir", "{tmp}/out"]
+E = ["eval", "--model", "{model}", "--output_dir", "{tmp}/out", "--benchmark_dir", "{tmp}/bench"]
+T = ["train", "--model", "{model}", "--dataset", "{tmp}/data.jsonl", "--output_dir", "{tmp}/out"]
 
 CASES = [
     # 1. ordinary user errors that gave tracebacks
     Case(
         "verify-a-directory",
-        ["verify", "{tmp}/d", "--prediction-field", "p", "--gold-field", "g"],
+        ["verify", "{tmp}/d", "--prediction_field", "p", "--gold_field", "g"],
         2,
         r"/d is a directory; pass a \.jsonl file",
         files={"d/x.jsonl": GOOD},
@@ -189,7 +189,7 @@ CASES = [
     ),
     Case(
         "verify-out-unwritable",
-        [*V, "--out", "{ro}/v.jsonl"],
+        [*V, "--output_file", "{ro}/v.jsonl"],
         2,
         r"v\.jsonl: (permission denied|read-only file system|operation not permitted); (check its permissions|"
         r"the file system is read-only)",
@@ -247,7 +247,7 @@ CASES = [
         [*E[:-2], "--benchmarks", "math500"],
         2,
         r"benchmark 'math500' loads the dataset 'HuggingFaceH4/MATH-500' from the hub, but the "
-        r"hub .* cannot be reached .*pass --benchmark-dir DIR with DIR/math500\.jsonl",
+        r"hub .* cannot be reached .*pass --benchmark_dir DIR with DIR/math500\.jsonl",
         env=NO_HUB,
         absent=("out",),
     ),
@@ -255,7 +255,7 @@ CASES = [
         "train-hub-data-offline",
         [*T[:4], "nobody-xyz/no-such-data", *T[5:]],
         2,
-        r"--data 'nobody-xyz/no-such-data' is a hub dataset name.*local path to --data",
+        r"--dataset 'nobody-xyz/no-such-data' is a hub dataset name.*local path to --dataset",
         env=NO_HUB,
         absent=("out",),
     ),
@@ -290,19 +290,19 @@ CASES = [
     ),
     Case(
         "train-resume-every-checkpoint-damaged",
-        [*T, "--resume"],
+        [*T, "--resume_from_checkpoint", "true"],
         2,
         r"no checkpoint in .*out can be resumed: checkpoint-2: model\.safetensors is "
-        r"truncated \(1000 of \d+ bytes\); start again into a new --out",
+        r"truncated \(1000 of \d+ bytes\); start again into a new --output_dir",
         files={"data.jsonl": train_rows()},
         setup=lambda tmp: _checkpoint(tmp, truncate=True),
         unchanged=("data.jsonl", "out"),
     ),
     Case(
         "train-resume-a-damaged-checkpoint",
-        [*T, "--resume", "{tmp}/out/checkpoint-2"],
+        [*T, "--resume_from_checkpoint", "{tmp}/out/checkpoint-2"],
         2,
-        r"--resume .*checkpoint-2 cannot be resumed: model\.safetensors is truncated.*"
+        r"--resume_from_checkpoint .*checkpoint-2 cannot be resumed: model\.safetensors is truncated.*"
         r"pass an earlier checkpoint",
         files={"data.jsonl": train_rows()},
         setup=lambda tmp: _checkpoint(tmp, truncate=True),
@@ -311,17 +311,17 @@ CASES = [
     # 2. overwrites without asking
     Case(
         "verify-out-is-the-input",
-        [*V, "--out", "{tmp}/in.jsonl"],
+        [*V, "--output_file", "{tmp}/in.jsonl"],
         2,
-        r"--out .*in\.jsonl is the input file; write the verdicts to a new file",
+        r"--output_file .*in\.jsonl is the input file; write the verdicts to a new file",
         files={"in.jsonl": GOOD},
         unchanged=("in.jsonl",),
     ),
     Case(
         "verify-out-exists",
-        [*V, "--out", "{tmp}/old.jsonl"],
+        [*V, "--output_file", "{tmp}/old.jsonl"],
         2,
-        r"--out .*old\.jsonl exists; pass --overwrite to replace it",
+        r"--output_file .*old\.jsonl exists; pass --overwrite to replace it",
         files={"in.jsonl": GOOD, "old.jsonl": "earlier verdicts\n"},
         unchanged=("in.jsonl", "old.jsonl"),
     ),
@@ -329,7 +329,7 @@ CASES = [
         "train-out-is-the-model",
         [*T[:-1], "{model}"],
         2,
-        r"--out .* is the --model directory: training would replace the base model's weights",
+        r"--output_dir .* is the --model directory: training would replace the base model's weights",
         files={"data.jsonl": train_rows()},
         unchanged=("{model}", "data.jsonl"),
     ),
@@ -337,8 +337,8 @@ CASES = [
         "train-out-holds-an-earlier-run",
         T,
         2,
-        r"--out .*out holds an earlier training run \(checkpoint-2\); pass --resume to "
-        r"continue it, --overwrite-output-dir to replace it, or choose a new --out",
+        r"--output_dir .*out holds an earlier training run \(checkpoint-2\); pass "
+        r"--resume_from_checkpoint true to continue it, --overwrite_output_dir to replace it",
         files={"data.jsonl": train_rows()},
         setup=lambda tmp: _checkpoint(tmp, truncate=False),
         unchanged=("out",),
@@ -360,7 +360,7 @@ CASES = [
     ),
     Case(
         "train-nan-behaviour-logprobs",
-        [*T, "--loss", "is"],
+        [*T, "--scheme", "is"],
         2,
         r"row 2 \(problem_id 'x7'\): behavior_logprobs holds nan at response token 2 "
         r"\(1 non-finite value\(s\)\); log-probs must be finite",
@@ -370,7 +370,7 @@ CASES = [
     ),
     Case(
         "train-inf-behaviour-logprobs",
-        [*T, "--loss", "pear"],
+        [*T, "--scheme", "pear"],
         2,
         r"row 2 \(problem_id 'x7'\): behavior_logprobs holds -inf at response token 4",
         files={"data.jsonl": train_rows(behavior_logprobs=[-0.5, -0.5, -0.5, float("-inf")])},
@@ -408,13 +408,13 @@ CASES = [
         R,
         2,
         r"out/config\.json is damaged \(Expecting property name enclosed in double quotes at "
-        r"line 2 column 1\); .*restore it from a copy, or choose a new --out",
+        r"line 2 column 1\); .*restore it from a copy, or choose a new --output_dir",
         files={"data.jsonl": PROBLEMS, "out/config.json": '{"model": "m",\n'},
         unchanged=("data.jsonl", "out"),
     ),
     Case(
         "train-corrupt-checkpoint-config",
-        [*T, "--resume"],
+        [*T, "--resume_from_checkpoint", "true"],
         2,
         r"checkpoint-2/train_config\.json is damaged \(.* at line 2 column 1\); it records the "
         r"settings that wrote this checkpoint",
@@ -426,7 +426,7 @@ CASES = [
         "train-corrupt-config-file",
         ["train", "--config", "{tmp}/cfg.json"],
         2,
-        r"cfg\.json is damaged \(Expecting value at line 2 column 1\); fix it",
+        r"cfg\.json:2:1: not valid JSON \(Expecting value\)",
         files={"cfg.json": '{"model":\n'},
         unchanged=("cfg.json",),
     ),
@@ -442,7 +442,7 @@ CASES = [
         "eval-combine-no-results",
         ["eval", "--combine", "{tmp}/r"],
         2,
-        r"--combine .*/r: no results\.json there; pass the --out of a finished eval",
+        r"--combine .*/r: no results\.json there; pass the --output_dir of a finished eval",
         files={"r/other.json": "{}"},
     ),
     Case(
@@ -799,7 +799,7 @@ def test_an_unexpected_error_shows_its_traceback(
 
     monkeypatch.setattr(verify_cmd, "run", boom)
     code = main(
-        ["verify", str(tmp_path / "x.jsonl"), "--prediction-field", "p", "--gold-field", "g"]
+        ["verify", str(tmp_path / "x.jsonl"), "--prediction_field", "p", "--gold_field", "g"]
     )
     err = capsys.readouterr().err
     assert code == 1
@@ -812,7 +812,7 @@ def test_debug_shows_the_traceback_of_an_expected_error(
     how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "d").mkdir()
-    argv = ["verify", str(tmp_path / "d"), "--prediction-field", "p", "--gold-field", "g"]
+    argv = ["verify", str(tmp_path / "d"), "--prediction_field", "p", "--gold_field", "g"]
     if how == "flag":
         argv.insert(0, "--debug")
     else:
@@ -846,7 +846,16 @@ def test_verify_names_timed_out_pairs_by_their_line_in_the_file(
             return out
 
     monkeypatch.setattr(verify_mod, "Verifier", SlowVerifier)
-    argv = ["verify", str(src), "--prediction-field", "p", "--gold-field", "g", "--no-fallback"]
+    argv = [
+        "verify",
+        str(src),
+        "--prediction_field",
+        "p",
+        "--gold_field",
+        "g",
+        "--fallback",
+        "none",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert f"timed out (5s) on 2 pair(s), counted incorrect: {src} lines 8, {_CHUNK + 6};" in out

@@ -1,29 +1,85 @@
-"""Reading users' row files with errors that say where: ``file:line`` (1-based) and the fix.
+"""Files every stage reads and writes: atomic writes, located reads, one row reader on ``datasets``.
 
-Used directly for JSON lines, and after ``datasets`` fails on a local file, to
-turn its error ("Expected object or value at position 11", "maximum recursion
-depth") into the line that caused it.
+A write goes to ``PATH.tmp``, is fsynced and renamed over PATH (and the
+directory fsynced), so a crash or a power cut leaves the old file or the new
+one, never half of one. A read error names ``file:line`` (1-based) and the
+fix: invalid UTF-8, a malformed JSON line, JSON nested too deeply to read, a
+CSV line with the wrong number of fields -- also when ``datasets`` reads the
+file, whose own errors ("Expected object or value at position 11") say
+neither.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from onpolicy_sft.errors import InputError
 
 __all__ = [
+    "LOCAL_BUILDERS",
+    "atomic_path",
+    "iter_jsonl",
     "load_saved_json",
+    "load_table",
     "locate_bad_line",
     "parse_json",
-    "read_json_rows",
     "read_jsonl",
-    "write_atomic",
     "write_json",
+    "write_jsonl",
+    "write_text",
 ]
+
+LOCAL_BUILDERS = {
+    ".json": "json",
+    ".jsonl": "json",
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".arrow": "arrow",
+}
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
+    """Yield a temporary path next to ``path``; on success fsync it, rename it over
+    ``path`` and fsync the directory (so the rename survives a power cut too)."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp"
+    try:
+        yield tmp
+        _fsync(tmp)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    os.replace(tmp, path)
+    _fsync(os.path.dirname(os.path.abspath(path)))
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -> None:
+    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def _decode(raw: bytes, path: str, lineno: int) -> str:
@@ -53,7 +109,7 @@ def parse_json(text: str, path: str, lineno: int = 1) -> Any:
         ) from None
 
 
-def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line; any bad line raises InputError at file:line."""
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -72,14 +128,20 @@ def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, An
             yield lineno, row
 
 
-def read_json_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Rows of a ``.json`` file holding a list of objects."""
-    path = os.fspath(path)
+def _json_list(path: str) -> list[dict[str, Any]]:
     with open(path, "rb") as f:
         data = parse_json(_decode(f.read(), path, 1), path)
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
         raise InputError(f"{path} must hold a JSON list of objects (or use .jsonl)")
     return data
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The objects of a JSONL file (or of a .json list of objects)."""
+    path = os.fspath(path)
+    if path.endswith(".json"):
+        return _json_list(path)
+    return [row for _, row in iter_jsonl(path)]
 
 
 def load_saved_json(path: str | os.PathLike[str], fix: str) -> Any:
@@ -94,36 +156,6 @@ def load_saved_json(path: str | os.PathLike[str], fix: str) -> Any:
     except (UnicodeDecodeError, RecursionError) as exc:
         why = type(exc).__name__
     raise InputError(f"{path} is damaged ({why}); {fix}")
-
-
-def write_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Replace ``path`` with ``text`` so that a crash leaves the old file or the new, whole.
-
-    Written to a temporary file beside it, fsynced, renamed over it, and the
-    directory fsynced, so the rename survives a power cut too.
-    """
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json(path: str | os.PathLike[str], data: Any) -> None:
-    """:func:`write_atomic` of ``data`` as indented JSON."""
-    write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _csv_bad_line(path: str) -> InputError | None:
@@ -153,10 +185,73 @@ def locate_bad_line(path: str, builder: str) -> InputError | None:
             with open(path, "rb") as f:
                 head = f.read(64).lstrip()
             if head.startswith(b"["):
-                read_json_rows(path)
+                _json_list(path)
             else:
-                for _ in read_jsonl(path):
+                for _ in iter_jsonl(path):
                     pass
     except InputError as exc:
         return exc
     return None
+
+
+def load_table(source: str, split: str = "train", *, flag: str = "--dataset") -> Any:
+    """A ``datasets.Dataset`` from a hub name, a local jsonl/json/parquet/csv/arrow file,
+    a ``save_to_disk`` directory, a rewrite output directory (its data.parquet) or a
+    directory of data files.
+
+    A local file that ``datasets`` cannot read is reported at its first bad line
+    (``file:line``); a hub name fails fast when the hub cannot be reached.
+    """
+    import datasets
+
+    from onpolicy_sft.hub import is_hub_name, require_hub
+
+    expanded = os.path.expanduser(source)
+    if os.path.isdir(expanded) and os.path.isfile(os.path.join(expanded, "data.parquet")):
+        expanded = os.path.join(expanded, "data.parquet")
+    if os.path.isfile(expanded):
+        ext = os.path.splitext(expanded)[1].lower()
+        builder = LOCAL_BUILDERS.get(ext)
+        if builder is None:
+            raise InputError(
+                f"{flag} {source!r} has extension {ext!r}; use one of "
+                f"{', '.join(sorted(LOCAL_BUILDERS))} (or a hub dataset name)"
+            )
+        if _local_file_is_empty(expanded, builder):
+            raise InputError(f"{flag} {source!r} has no rows")
+        bad = locate_bad_line(expanded, builder) if builder in ("json", "csv") else None
+        if bad is not None:
+            raise bad
+        try:
+            return datasets.load_dataset(builder, data_files=expanded, split="train")
+        except (datasets.exceptions.DatasetsError, ValueError, TypeError) as exc:
+            cause = exc.__cause__ or exc
+            raise InputError(
+                f"{expanded}: datasets could not read it as {builder} ({type(cause).__name__}: "
+                f"{str(cause)[:300]}); fix the file or convert it to .jsonl for {flag}"
+            ) from exc
+    if os.path.isdir(expanded):
+        if os.path.exists(os.path.join(expanded, "dataset_info.json")) or os.path.exists(
+            os.path.join(expanded, "state.json")
+        ):
+            loaded = datasets.load_from_disk(expanded)
+            return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+        return datasets.load_dataset(expanded, split=split)
+    if not is_hub_name(source) or os.path.splitext(source)[1].lower() in LOCAL_BUILDERS:
+        raise FileNotFoundError(f"{flag} {source!r} does not exist; check the path")
+    require_hub(source, repo_type="dataset", flag=flag)
+    return datasets.load_dataset(source, split=split)
+
+
+def _local_file_is_empty(path: str, builder: str) -> bool:
+    if os.path.getsize(path) == 0:
+        return True
+    if builder == "parquet":
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(path).metadata.num_rows) == 0
+    if builder == "json":
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = f.read(4096).strip()
+        return head in ("", "[]")
+    return False

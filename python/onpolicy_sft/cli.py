@@ -1,55 +1,54 @@
 """`onpolicy-sft` command line: one subcommand per pipeline stage.
 
-Each subcommand lives in ``onpolicy_sft.commands.<name>`` and exposes
-``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
-Those modules import nothing heavy at module level, so ``--help`` is fast.
+Each subcommand lives in ``onpolicy_sft.commands.<name>`` and exposes ``HELP``
+(one line) and ``main(argv) -> int``; its flags are generated from its config
+dataclass (``onpolicy_sft.config``). Importing this module is cheap, so
+``onpolicy-sft --help`` is fast.
 """
 
 from __future__ import annotations
 
-import argparse
+import difflib
 import errno
-import importlib
 import os
-import shutil
 import sys
 import traceback
 from collections.abc import Sequence
 
-COMMANDS = ("demo", "rewrite", "select", "train", "eval", "verify", "report", "ledger")
+# name -> one-line help (kept here so that the top-level --help imports nothing)
+COMMANDS = {
+    "demo": "run the whole method on the bundled tiny model and write OUTPUT_DIR/report.md",
+    "rewrite": "rewrite a dataset into the model's own words (self -> guided -> expert, hinted, grape)",
+    "select": "GRAPE: keep the top-k candidates per problem by mean log-prob under the model",
+    "train": "fine-tune a model with a policy-weighted loss (sft, dft, is, idft, pear)",
+    "eval": "evaluate avg@k / pass@k on math500, minerva, olympiadbench, aime24, amc23",
+    "verify": "check each row's prediction against its gold answer (Rust fast path + math-verify)",
+    "report": "re-render the policy-gap report of a rewrite output directory",
+    "ledger": "show, check or repair a tier ledger (a rewrite keeps it at OUTPUT_DIR/ledger)",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _usage() -> str:
     from onpolicy_sft import __version__
 
-    parser = argparse.ArgumentParser(
-        prog="onpolicy-sft",
-        description="On-policy SFT: rewrite data into the model's own words, "
-        "train with policy-weighted losses, evaluate avg@k.",
-    )
-    parser.add_argument("--version", action="version", version=f"onpolicy-sft {__version__}")
-    debug = argparse.ArgumentParser(add_help=False)
-    debug.add_argument(
-        "--debug",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help=f"show the traceback of every error (or set {DEBUG_ENV}=1)",
-    )
-    parser.add_argument("--debug", action="store_true", help=debug._actions[0].help)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
-        mod = importlib.import_module(f"onpolicy_sft.commands.{name}")
-        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP, parents=[debug])
-        mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
-    return parser
+    width = max(map(len, COMMANDS))
+    lines = [
+        f"usage: onpolicy-sft COMMAND [options]   (onpolicy-sft {__version__})",
+        "",
+        "On-policy SFT: rewrite data into the model's own words, train with policy-weighted "
+        "losses, evaluate avg@k.",
+        "",
+        "commands:",
+        *(f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()),
+        "",
+        "onpolicy-sft COMMAND --help lists a command's options; every command takes "
+        "--config FILE (YAML or JSON).",
+        f"onpolicy-sft --debug COMMAND ... (or {DEBUG_ENV}=1) shows the traceback of every error.",
+    ]
+    return "\n".join(lines)
 
 
 DEBUG_ENV = "ONPOLICY_SFT_DEBUG"
-
-# Files a command writes into a fresh --out before it has done any work: a run
-# that fails with only these (or nothing) leaves no directory behind.
-SETUP_FILES = frozenset(("config.json", "eval_config.json", "train_config.json", "data_stats.json"))
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
@@ -105,48 +104,43 @@ def describe(exc: BaseException) -> str:
     return text
 
 
-def _out_dir(args: argparse.Namespace) -> str | None:
-    out = getattr(args, "out", None)
-    if isinstance(out, str) and args.command != "verify":
-        return out
-    return None
-
-
-def _remove_if_unused(out: str) -> None:
-    """Remove a --out this run created when it holds no work (only setup files, or nothing)."""
-    files = [
-        os.path.relpath(os.path.join(d, f), out) for d, _, names in os.walk(out) for f in names
-    ]
-    if all(f in SETUP_FILES for f in files):
-        shutil.rmtree(out, ignore_errors=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    # popped: commands turn the rest of the namespace into their config
-    debug = bool(vars(args).pop("debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
-    out = _out_dir(args)
-    fresh_out = out is not None and not os.path.exists(out)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from onpolicy_sft import __version__
+
+        print(f"onpolicy-sft {__version__}")
+        return 0
+    name = argv[0]
+    if name not in COMMANDS:
+        near = difflib.get_close_matches(name, COMMANDS, n=2)
+        hint = f"did you mean {' or '.join(near)}?" if near else f"use one of {', '.join(COMMANDS)}"
+        print(f"onpolicy-sft: error: unknown command {name!r}; {hint}", file=sys.stderr)
+        return 2
+    from onpolicy_sft.commands import main as command_main
+
     try:
-        return int(args._run(args) or 0)
+        return command_main(name, argv[1:])
     except KeyboardInterrupt:
         print("interrupted; completed work is kept and a rerun resumes it", file=sys.stderr)
         return 130
     except Exception as exc:
-        if fresh_out and out is not None and os.path.isdir(out):
-            _remove_if_unused(out)
         expected = isinstance(exc, _expected_errors())
         if debug or not expected:
             traceback.print_exc()
         if not expected:
             print(
-                f"onpolicy-sft {args.command}: unexpected error (a bug in onpolicy-sft or a "
+                f"onpolicy-sft {name}: unexpected error (a bug in onpolicy-sft or a "
                 "library); please report it with the traceback above",
                 file=sys.stderr,
             )
             return 1
-        print(f"onpolicy-sft {args.command}: error: {describe(exc)}", file=sys.stderr)
+        print(f"onpolicy-sft {name}: error: {describe(exc)}", file=sys.stderr)
         return 2
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from onpolicy_sft._callable import make_module_callable
-from onpolicy_sft._io import load_saved_json, read_json_rows, read_jsonl, write_atomic, write_json
+from onpolicy_sft._io import load_saved_json, read_jsonl, write_json, write_text
 from onpolicy_sft.config import EVAL_BENCHMARKS, EvalConfig
 from onpolicy_sft.errors import InputError, OnpolicyError
 from onpolicy_sft.hub import require_hub
@@ -118,9 +118,7 @@ def _read_local(path: Path) -> list[dict[str, Any]]:
         import pyarrow.parquet as pq
 
         return list(pq.read_table(path).to_pylist())
-    if path.suffix == ".json":
-        return read_json_rows(path)
-    return [row for _, row in read_jsonl(path)]
+    return read_jsonl(path)
 
 
 def _pick(row: dict[str, Any], fields: Sequence[str]) -> Any:
@@ -154,7 +152,7 @@ def load_benchmark(
         if spec is None:
             raise ValueError(
                 f"benchmark {name!r} is not known; use one of {', '.join(BENCHMARKS)} or give "
-                "--benchmark-dir with a file of that name"
+                "--benchmark_dir with a file of that name"
             )
         import datasets
 
@@ -163,7 +161,7 @@ def load_benchmark(
             repo_type="dataset",
             flag="--benchmarks",
             what=f"benchmark {name!r} loads the dataset {spec.hub!r} from the hub",
-            fix=f"download it elsewhere and pass --benchmark-dir DIR with DIR/{name}.jsonl "
+            fix=f"download it elsewhere and pass --benchmark_dir DIR with DIR/{name}.jsonl "
             "(fields: problem, answer)",
         )
         try:
@@ -172,7 +170,7 @@ def load_benchmark(
             raise OnpolicyError(
                 f"benchmark {name!r}: could not load {spec.hub} (split {spec.split}) through "
                 f"datasets ({type(exc).__name__}: {str(exc)[:200]}); download it elsewhere and "
-                f"pass --benchmark-dir DIR with DIR/{name}.jsonl (fields: problem, answer)"
+                f"pass --benchmark_dir DIR with DIR/{name}.jsonl (fields: problem, answer)"
             ) from exc
         rows = [dict(r) for r in ds]
         where = f"{spec.hub} ({spec.split})"
@@ -375,10 +373,11 @@ def _earlier_result(
 
 def _config(cfg: EvalConfig | None, overrides: dict[str, Any]) -> EvalConfig:
     bench = overrides.get("benchmarks")
-    if isinstance(bench, str):
-        overrides["benchmarks"] = tuple(b.strip() for b in bench.split(",") if b.strip())
-    elif bench is not None:
-        overrides["benchmarks"] = tuple(bench)
+    if bench is not None:  # "a,b", ["a", "b"] and ["a,b"] all name a and b
+        items = [bench] if isinstance(bench, str) else bench
+        overrides["benchmarks"] = tuple(
+            b.strip() for item in items for b in str(item).split(",") if b.strip()
+        )
     if cfg is None:
         return EvalConfig(**overrides)
     return cfg.replace(**overrides) if overrides else cfg
@@ -391,18 +390,21 @@ def evaluate(
     verifier: Any = None,
     **overrides: Any,
 ) -> EvalResult:
-    """Sample, grade and score ``cfg.model`` on ``cfg.benchmarks``; write to ``cfg.out``.
+    """Sample, grade and score ``cfg.model`` on ``cfg.benchmarks``; write to ``cfg.output_dir``.
 
-    ``evaluate(EvalConfig(...))`` or ``evaluate(model=..., out=..., benchmarks="math500,amc23")``.
+    ``evaluate(EvalConfig(...))`` or ``evaluate(model=..., output_dir=..., benchmarks="math500,amc23")``.
     ``engine``: an already built Engine (anything with ``generate`` and a
     ``tokenizer``) instead of ``load_engine(cfg.engine, cfg.model)``;
     ``verifier``: anything with ``verdicts(preds, golds)`` instead of
     ``Verifier(fallback=cfg.verifier_fallback, timeout_s=cfg.verifier_timeout_s)``.
     """
+    if isinstance(engine, str):  # the EvalConfig field (--engine hf), not an Engine
+        overrides["engine"] = engine
+        engine = None
     cfg = _config(cfg, dict(overrides))
-    from onpolicy_sft.rewrite.prompts import train_prompt
+    from onpolicy_sft.prompts import train_prompt
 
-    out = Path(cfg.out)
+    out = Path(cfg.output_dir)
     problems = {b: load_benchmark(b, cfg.benchmark_dir, cfg.limit) for b in cfg.benchmarks}
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "eval_config.json")
@@ -516,7 +518,7 @@ def evaluate(
                 results["benchmarks"][bench] = entry
                 samples_file.writelines(bench_lines)
                 # samples first: a result file is only trusted with its samples beside it
-                write_atomic(done_samples, "".join(bench_lines))
+                write_text(done_samples, "".join(bench_lines))
                 write_json(done_file, {**fingerprint, "entry": entry})
                 print(
                     f"eval: {bench}: avg@{cfg.n} = {entry[f'avg@{cfg.n}']:.2f}",
@@ -559,7 +561,7 @@ def combine(paths: Sequence[str | os.PathLike[str]]) -> str:
             path = path / "results.json"
         if not path.is_file():
             raise FileNotFoundError(
-                f"--combine {p}: no results.json there; pass the --out of a finished eval"
+                f"--combine {p}: no results.json there; pass the --output_dir of a finished eval"
             )
         results.append(load_saved_json(path, "rerun that eval to write it again"))
     return results_markdown(results)

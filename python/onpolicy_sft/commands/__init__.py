@@ -1,1 +1,80 @@
-"""Subcommands of the `onpolicy-sft` CLI; see onpolicy_sft.cli."""
+"""Subcommands of the `onpolicy-sft` CLI; see onpolicy_sft.cli.
+
+A subcommand module ``onpolicy_sft.commands.<name>`` defines ``configs()``
+(the dataclasses its flags come from), ``run(options) -> int`` and, optionally,
+``DEFAULTS`` (flag defaults that differ from the dataclasses') and
+``special(argv)`` (an int to take over, None to parse as usual).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Sequence
+from typing import Any
+
+
+def parser(name: str) -> Any:
+    """The ``ConfigParser`` of subcommand ``name`` (flags generated from its configs)."""
+    from onpolicy_sft.cli import COMMANDS
+    from onpolicy_sft.commands._parser import ConfigParser
+
+    module = importlib.import_module(f"onpolicy_sft.commands.{name}")
+    return ConfigParser(
+        module.configs(),
+        prog=f"onpolicy-sft {name}",
+        description=COMMANDS[name],
+        defaults=getattr(module, "DEFAULTS", None),
+    )
+
+
+def parse(name: str, argv: Sequence[str]) -> dict[str, Any]:
+    """The options ``onpolicy-sft NAME ARGV`` passes to its stage (given ones only);
+    raises ``UsageError`` on bad input."""
+    return parser(name).parse(argv)
+
+
+def main(name: str, argv: Sequence[str]) -> int:
+    """Run subcommand ``name``; bad input prints one line and returns 2.
+
+    A run that fails before doing any work removes the output_dir it created.
+    """
+    import sys
+
+    from onpolicy_sft.commands._parser import UsageError
+    from onpolicy_sft.config import ConfigError
+
+    module = importlib.import_module(f"onpolicy_sft.commands.{name}")
+    special = getattr(module, "special", None)
+    code = special(argv) if special is not None else None
+    if code is not None:
+        return code
+    try:
+        options = parse(name, argv)
+    except (UsageError, ConfigError) as exc:
+        print(f"onpolicy-sft {name}: error: {exc}", file=sys.stderr)
+        return 2
+    out = options.get("output_dir")
+    fresh = isinstance(out, str) and not os.path.exists(out)
+    try:
+        return int(module.run(options) or 0)
+    except BaseException:
+        if fresh and os.path.isdir(out):
+            _remove_if_unused(out)
+        raise
+
+
+# Files a command writes into a fresh output_dir before it has done any work: a run
+# that fails with only these (or nothing) there leaves no directory behind.
+SETUP_FILES = frozenset(("config.json", "eval_config.json", "train_config.json", "data_stats.json"))
+
+
+def _remove_if_unused(out: str) -> None:
+    """Remove an output_dir this run created when it holds no work (only setup files)."""
+    import shutil
+
+    files = [
+        os.path.relpath(os.path.join(d, f), out) for d, _, names in os.walk(out) for f in names
+    ]
+    if all(f in SETUP_FILES for f in files):
+        shutil.rmtree(out, ignore_errors=True)

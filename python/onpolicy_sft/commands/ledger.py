@@ -10,25 +10,11 @@ another process writes the ledger, except ``repair``, which needs it alone.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 from typing import Any
 
-HELP = "show, check or repair a tier ledger (a rewrite keeps it at OUT/ledger)"
-
-ACTIONS = ("stats", "check", "repair")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "action",
-        choices=ACTIONS,
-        help="stats: counts per stage and tier; check: read every record, exit 1 if damaged; "
-        "repair: keep what precedes the damage, move the rest aside",
-    )
-    parser.add_argument("dir", metavar="DIR", help="the ledger directory, e.g. OUT/ledger")
-    parser.add_argument("--json", action="store_true", help="stats: print every number as JSON")
+from onpolicy_sft.config import LedgerConfig
 
 
 def _size(n: int) -> str:
@@ -73,7 +59,7 @@ def _open(path: str, **options: Any) -> tuple[Any, list[str]]:
     return led, [str(w.message) for w in caught if issubclass(w.category, LedgerWarning)]
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: LedgerConfig) -> int:
     import json
     import os
 
@@ -83,7 +69,7 @@ def _run(args: argparse.Namespace) -> int:
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"{path}: no such directory; pass a ledger directory (a rewrite keeps its ledger at "
-            "OUT/ledger)"
+            "OUTPUT_DIR/ledger)"
         )
     if args.action in ("stats", "check"):
         try:
@@ -130,12 +116,9 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
-    from onpolicy_sft.errors import OnpolicyError
+def run(options: dict[str, Any]) -> int:
+    return _run(LedgerConfig(**options))
 
-    try:
-        return _run(args)
-    except (OnpolicyError, OSError) as exc:
-        # the CLI's own handler does not catch these yet; same one-line form
-        print(f"onpolicy-sft ledger: error: {exc}", file=sys.stderr)
-        return 2
+
+def configs() -> list[type]:
+    return [LedgerConfig]
