@@ -1,6 +1,6 @@
 """Evaluation as the papers report it: avg@k and pass@k on five math benchmarks.
 
-Protocol (METHODS.md, "Evaluation protocol"): MATH500, Minerva Math,
+Protocol (docs/methods.md, "Evaluation protocol"): MATH500, Minerva Math,
 OlympiadBench, AIME24, AMC23; prompt = chat template + "Please reason step by
 step, and put your final answer within \\boxed{}."; n = 16 samples per
 problem at T = 1.0, top-p = 1, 4096 new tokens; score = avg@16, the mean over
@@ -32,7 +32,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onpolicy_sft._callable import make_module_callable
 from onpolicy_sft._io import load_saved_json, read_jsonl, write_json, write_text
@@ -40,6 +40,9 @@ from onpolicy_sft.config import EVAL_BENCHMARKS, EvalConfig
 from onpolicy_sft.errors import InputError, OnpolicyError
 from onpolicy_sft.hub import require_hub
 
+if TYPE_CHECKING:  # pragma: no cover
+    from onpolicy_sft.engines.base import Engine
+    from onpolicy_sft.verify import Verifier
 __all__ = [
     "BENCHMARKS",
     "BenchmarkSpec",
@@ -386,8 +389,8 @@ def _config(cfg: EvalConfig | None, overrides: dict[str, Any]) -> EvalConfig:
 def evaluate(
     cfg: EvalConfig | None = None,
     *,
-    engine: Any = None,
-    verifier: Any = None,
+    engine: Engine | None = None,
+    verifier: Verifier | None = None,
     **overrides: Any,
 ) -> EvalResult:
     """Sample, grade and score ``cfg.model`` on ``cfg.benchmarks``; write to ``cfg.output_dir``.
