@@ -66,6 +66,7 @@ def main(name: str, argv: Sequence[str]) -> int:
     except (UsageError, ConfigError) as exc:
         print(f"onpolicy-sft {name}: error: {exc}", file=sys.stderr)
         return 2
+    _check_hub_names(options)
     out = options.get("output_dir")
     fresh = isinstance(out, str) and not os.path.exists(out)
     try:
@@ -74,6 +75,24 @@ def main(name: str, argv: Sequence[str]) -> int:
         if fresh and os.path.isdir(out):
             _remove_if_unused(out)
         raise
+
+
+def _check_hub_names(options: dict[str, Any]) -> None:
+    """Check hub names before the command imports torch and datasets: without a network
+    it then fails in a second or two instead of after its imports (the stages check
+    again, for free, when called from Python)."""
+    from onpolicy_sft._io import LOCAL_BUILDERS
+    from onpolicy_sft.hub import is_hub_name, require_hub
+
+    for key, repo_type in (("model", "model"), ("dataset", "dataset"), ("candidates", "dataset")):
+        value = options.get(key)
+        if not isinstance(value, str) or not is_hub_name(value):
+            continue
+        if repo_type == "model" and value.count("/") != 1:
+            continue  # not a hub name either: the stage names the missing directory
+        if os.path.splitext(value)[1].lower() in LOCAL_BUILDERS:
+            continue  # a missing local file: the stage names it
+        require_hub(value, repo_type=repo_type, flag=f"--{key}")
 
 
 # Files a command writes into a fresh output_dir before it has done any work: a run
