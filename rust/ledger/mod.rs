@@ -1415,7 +1415,10 @@ impl Ledger {
         }
         let mut probs = Vec::with_capacity(attempts.len());
         let mut skip = vec![false; attempts.len()];
-        let mut batch_keys: HashMap<(u32, u64), usize> = HashMap::new();
+        // (problem, key) -> index in the batch, built only once a key's filter
+        // bit is found set (most batches never need it)
+        let mut batch_keys: Option<HashMap<(u32, u64), usize>> = None;
+        let mut all_probs = Vec::with_capacity(attempts.len());
         let mut scratch = Vec::new();
         let mut total = FRAME_HEADER + 12;
         for (i, a) in attempts.iter().enumerate() {
@@ -1486,7 +1489,31 @@ impl Ledger {
                     fix: "split or shorten the response".into(),
                 });
             }
-            let earlier = match batch_keys.entry((p, attempt_key(a.stage, a.sample_index))) {
+            all_probs.push(p);
+            let key = attempt_key(a.stage, a.sample_index);
+            let bit = index::key_bit(a.stage, a.sample_index);
+            let bits = &mut self.index.key_bits[p as usize];
+            let fresh = *bits & bit == 0;
+            // a set bit too many only costs a look on disk, so it is set now
+            // and left set if the batch fails
+            *bits |= bit;
+            if fresh {
+                if let Some(m) = batch_keys.as_mut() {
+                    m.insert((p, key), i);
+                }
+                total += FRAME_HEADER + payload;
+                probs.push(p);
+                continue;
+            }
+            let m = batch_keys.get_or_insert_with(|| {
+                (0..i)
+                    .map(|j| {
+                        let b = &attempts[j];
+                        ((all_probs[j], attempt_key(b.stage, b.sample_index)), j)
+                    })
+                    .collect()
+            });
+            let earlier = match m.entry((p, key)) {
                 std::collections::hash_map::Entry::Occupied(e) => {
                     let j = *e.get();
                     Some((

@@ -584,6 +584,24 @@ fn repeated_key_is_idempotent_when_identical_and_refused_when_different() {
         e.contains("behavior_logprobs differs from attempt #0 of this batch"),
         "{e}"
     );
+    // a duplicate within the batch after the batch's key map was built
+    let (x, y) = (
+        Owned::new("b", 2, 7, true, 2),
+        Owned::new("b", 2, 8, true, 2),
+    );
+    let mut y2 = Owned::new("b", 2, 8, true, 2);
+    y2.correct = false;
+    let e = l
+        .record(&[x.as_in(), first.as_in(), y.as_in(), y2.as_in()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("attempt #3") && e.contains("from attempt #2 of this batch"),
+        "{e}"
+    );
+    l.record(&[x.as_in(), first.as_in(), y.as_in(), y.as_in()])
+        .unwrap();
+    assert_eq!(l.attempts(1).unwrap().len(), 2);
     // another stage or sample is a different key
     l.record(&[
         Owned::new("a", 1, 3, true, 4).as_in(),
@@ -591,6 +609,7 @@ fn repeated_key_is_idempotent_when_identical_and_refused_when_different() {
     ])
     .unwrap();
     assert_eq!(l.attempts(0).unwrap().len(), 3);
+    assert_eq!(l.attempts(1).unwrap().len(), 2);
     fs::remove_dir_all(&d).unwrap();
 }
 
