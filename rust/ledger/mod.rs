@@ -1290,6 +1290,21 @@ impl Ledger {
         Ok(report)
     }
 
+    /// The ordinals of problems `ids`; `what` names the caller in the error
+    /// for an unknown one.
+    fn ordinals(&self, what: &str, ids: &[&str]) -> Result<Vec<u32>> {
+        ids.iter()
+            .enumerate()
+            .map(|(i, id)| {
+                self.index.lookup(id).ok_or_else(|| {
+                    Error::Msg(format!(
+                        "{what}: problem #{i} {id:?} is not in the ledger; add it with add_problems first"
+                    ))
+                })
+            })
+            .collect()
+    }
+
     /// What setting problem `p`'s attempts aside removes, and its chain head.
     fn set_aside_entry(&self, p: u32) -> Result<(index::SetAside, Loc)> {
         let mut e = index::SetAside {
@@ -1318,19 +1333,15 @@ impl Ledger {
     /// set aside.
     pub fn set_aside(&mut self, ids: &[&str]) -> Result<(u64, u64)> {
         self.check_writable()?;
-        let mut ps = Vec::with_capacity(ids.len());
-        for (i, id) in ids.iter().enumerate() {
-            let p = self.index.lookup(id).ok_or_else(|| {
-                Error::Msg(format!(
-                    "set_aside: problem #{i} {id:?} is not in the ledger; add it with add_problems first"
-                ))
-            })?;
-            let u = p as usize;
-            let ix = &self.index;
-            if ix.last_attempt[u] != 0 || ix.finished[u] != 0 || ix.tried[u] != 0 {
-                ps.push(p);
-            }
-        }
+        let ix = &self.index;
+        let mut ps: Vec<u32> = self
+            .ordinals("set_aside", ids)?
+            .into_iter()
+            .filter(|&p| {
+                let u = p as usize;
+                ix.last_attempt[u] != 0 || ix.finished[u] != 0 || ix.tried[u] != 0
+            })
+            .collect();
         ps.sort_unstable();
         ps.dedup();
         let (mut problems, mut attempts) = (0u64, 0u64);
@@ -1369,14 +1380,7 @@ impl Ledger {
                 fps.len()
             )));
         }
-        let mut ps = Vec::with_capacity(ids.len());
-        for (i, id) in ids.iter().enumerate() {
-            ps.push(self.index.lookup(id).ok_or_else(|| {
-                Error::Msg(format!(
-                    "set_fingerprints: problem #{i} {id:?} is not in the ledger; add it with add_problems first"
-                ))
-            })?);
-        }
+        let ps = self.ordinals("set_fingerprints", ids)?;
         for (ps, fs) in ps.chunks(1 << 20).zip(fps.chunks(1 << 20)) {
             self.ensure_room(2 * FRAME_HEADER + 12 + 4 + FP_ENTRY * ps.len())?;
             self.buf.clear();
@@ -1639,17 +1643,11 @@ impl Ledger {
             )));
         }
         let bit = 1u8 << stage;
-        let mut ords = Vec::with_capacity(ids.len());
-        for (i, id) in ids.iter().enumerate() {
-            let p = self.index.lookup(id).ok_or_else(|| {
-                Error::Msg(format!(
-                    "finish_stage: problem #{i} {id:?} is not in the ledger; add it with add_problems first"
-                ))
-            })?;
-            if self.index.finished[p as usize] & bit == 0 {
-                ords.push(p);
-            }
-        }
+        let mut ords: Vec<u32> = self
+            .ordinals("finish_stage", ids)?
+            .into_iter()
+            .filter(|&p| self.index.finished[p as usize] & bit == 0)
+            .collect();
         ords.sort_unstable();
         ords.dedup();
         for chunk in ords.chunks(1 << 20) {

@@ -529,6 +529,14 @@ fn merge_refuses_text_that_is_not_utf8_instead_of_blanking_it() {
     assert!(err.contains("text is not UTF-8"), "{err}");
 }
 
+/// A new ledger holding problem "a" (reference "ra").
+fn one_problem(name: &str) -> (PathBuf, Ledger) {
+    let d = tmpdir(name);
+    let mut l = writer(&d);
+    l.add_problems(&["a"], &["ra"]).unwrap();
+    (d, l)
+}
+
 fn sel_tiers(l: &Ledger) -> Vec<u8> {
     l.assign(Selection::First, 0).tier
 }
@@ -616,9 +624,7 @@ fn repeated_key_is_idempotent_when_identical_and_refused_when_different() {
 /// Many attempts of one problem: the key cache agrees with the chain.
 #[test]
 fn repeated_keys_found_on_long_chains() {
-    let d = tmpdir("longchain");
-    let mut l = writer(&d);
-    l.add_problems(&["a"], &["ra"]).unwrap();
+    let (d, mut l) = one_problem("longchain");
     let all: Vec<Owned> = (0..300)
         .map(|k| Owned::new("a", (k % 3) as u8, k, k % 2 == 0, 2))
         .collect();
@@ -643,9 +649,7 @@ fn repeated_keys_found_on_long_chains() {
 
 #[test]
 fn non_finite_logprobs_named_with_position() {
-    let d = tmpdir("nan");
-    let mut l = writer(&d);
-    l.add_problems(&["a"], &["ra"]).unwrap();
+    let (d, mut l) = one_problem("nan");
     for (bad, which) in [
         (f32::NAN, "behavior"),
         (f32::INFINITY, "base"),
