@@ -699,17 +699,21 @@ fn fp(n: u8) -> [u8; FP_LEN] {
     [n; FP_LEN]
 }
 
+/// Sync problems a, b, c with references ra, rb, rc at fingerprint 1.
+fn sync_abc_unchanged(l: &mut Ledger) -> ProblemSync {
+    l.sync_problems(
+        &["a", "b", "c"],
+        &["ra", "rb", "rc"],
+        Some(&[fp(1); 3]),
+        OnChange::Refuse,
+    )
+    .unwrap()
+}
+
 /// Build a ledger with problems a, b, c at fingerprint 1 and a few attempts each.
 fn fingerprinted(d: &Path) -> Ledger {
     let mut l = writer(d);
-    let r = l
-        .sync_problems(
-            &["a", "b", "c"],
-            &["ra", "rb", "rc"],
-            Some(&[fp(1); 3]),
-            OnChange::Refuse,
-        )
-        .unwrap();
+    let r = sync_abc_unchanged(&mut l);
     assert_eq!(r.added, 3);
     let atts: Vec<Owned> = ["a", "b", "c"]
         .iter()
@@ -728,14 +732,7 @@ fn fingerprints_recorded_compared_and_changed_problems_set_aside() {
     assert_eq!(sel_tiers(&l), vec![0, 0, 0]);
     // unchanged: nothing written
     let size = fs::metadata(seg1(&d)).unwrap().len();
-    let r = l
-        .sync_problems(
-            &["a", "b", "c"],
-            &["ra", "rb", "rc"],
-            Some(&[fp(1); 3]),
-            OnChange::Refuse,
-        )
-        .unwrap();
+    let r = sync_abc_unchanged(&mut l);
     assert_eq!((r.unchanged, r.added, r.changed.len()), (3, 0, 0));
     assert_eq!(fs::metadata(seg1(&d)).unwrap().len(), size);
     // refused: names the rows, writes nothing
