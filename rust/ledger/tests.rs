@@ -425,6 +425,15 @@ fn every_flipped_byte_is_detected() {
     let d = tmpdir("flips");
     let mut l = writer(&d);
     fill(&mut l, 3, 2);
+    // every kind of frame: fingerprints, a set-aside, a replaced reference
+    l.sync_problems(
+        &["p0", "p1", "p2"],
+        &["reference 0", "new", "reference 2"],
+        Some(&[fp(1); 3]),
+        OnChange::SetAside,
+    )
+    .unwrap();
+    l.set_aside(&["p0"]).unwrap();
     drop(l);
     let full = fs::read(seg1(&d)).unwrap();
     let last_len_field = full.len() - (FRAME_HEADER + 12) + 4..full.len() - (FRAME_HEADER + 12) + 8;
