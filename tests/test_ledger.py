@@ -373,6 +373,10 @@ def test_ledger_errors_share_the_project_base() -> None:
     from onpolicy_sft.ledger import LedgerCorruptError
 
     assert issubclass(LedgerError, OnpolicyError)
+    import pickle  # worker pools send exceptions back pickled
+
+    again = pickle.loads(pickle.dumps(LedgerCorruptError("seg at 3")))
+    assert type(again) is LedgerCorruptError and str(again) == "seg at 3"
     assert issubclass(LedgerCorruptError, LedgerError) and issubclass(
         LedgerLockedError, LedgerError
     )

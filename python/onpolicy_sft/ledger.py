@@ -340,8 +340,8 @@ class Ledger:
         A torn tail left by a crash is cut with a :class:`LedgerWarning`
         (bytes and records dropped). Damage in the middle of a file raises
         :class:`LedgerCorruptError` naming file and offset, unless
-        ``repair=True``, which keeps everything before it and moves the rest
-        aside. A second writer gets :class:`LedgerLockedError` naming the holder.
+        ``repair=True`` (``onpolicy-sft ledger repair DIR`` from the shell),
+        which keeps everything before it and moves the rest aside. A second writer gets :class:`LedgerLockedError` naming the holder.
         """
         core = _open_core(
             os.fspath(path),

@@ -1290,6 +1290,21 @@ impl Ledger {
         Ok(report)
     }
 
+    /// The ordinals of problems `ids`; `what` names the caller in the error
+    /// for an unknown one.
+    fn ordinals(&self, what: &str, ids: &[&str]) -> Result<Vec<u32>> {
+        ids.iter()
+            .enumerate()
+            .map(|(i, id)| {
+                self.index.lookup(id).ok_or_else(|| {
+                    Error::Msg(format!(
+                        "{what}: problem #{i} {id:?} is not in the ledger; add it with add_problems first"
+                    ))
+                })
+            })
+            .collect()
+    }
+
     /// What setting problem `p`'s attempts aside removes, and its chain head.
     fn set_aside_entry(&self, p: u32) -> Result<(index::SetAside, Loc)> {
         let mut e = index::SetAside {
@@ -1318,19 +1333,15 @@ impl Ledger {
     /// set aside.
     pub fn set_aside(&mut self, ids: &[&str]) -> Result<(u64, u64)> {
         self.check_writable()?;
-        let mut ps = Vec::with_capacity(ids.len());
-        for (i, id) in ids.iter().enumerate() {
-            let p = self.index.lookup(id).ok_or_else(|| {
-                Error::Msg(format!(
-                    "set_aside: problem #{i} {id:?} is not in the ledger; add it with add_problems first"
-                ))
-            })?;
-            let u = p as usize;
-            let ix = &self.index;
-            if ix.last_attempt[u] != 0 || ix.finished[u] != 0 || ix.tried[u] != 0 {
-                ps.push(p);
-            }
-        }
+        let ix = &self.index;
+        let mut ps: Vec<u32> = self
+            .ordinals("set_aside", ids)?
+            .into_iter()
+            .filter(|&p| {
+                let u = p as usize;
+                ix.last_attempt[u] != 0 || ix.finished[u] != 0 || ix.tried[u] != 0
+            })
+            .collect();
         ps.sort_unstable();
         ps.dedup();
         let (mut problems, mut attempts) = (0u64, 0u64);
@@ -1369,14 +1380,7 @@ impl Ledger {
                 fps.len()
             )));
         }
-        let mut ps = Vec::with_capacity(ids.len());
-        for (i, id) in ids.iter().enumerate() {
-            ps.push(self.index.lookup(id).ok_or_else(|| {
-                Error::Msg(format!(
-                    "set_fingerprints: problem #{i} {id:?} is not in the ledger; add it with add_problems first"
-                ))
-            })?);
-        }
+        let ps = self.ordinals("set_fingerprints", ids)?;
         for (ps, fs) in ps.chunks(1 << 20).zip(fps.chunks(1 << 20)) {
             self.ensure_room(2 * FRAME_HEADER + 12 + 4 + FP_ENTRY * ps.len())?;
             self.buf.clear();
@@ -1415,7 +1419,10 @@ impl Ledger {
         }
         let mut probs = Vec::with_capacity(attempts.len());
         let mut skip = vec![false; attempts.len()];
-        let mut batch_keys: HashMap<(u32, u64), usize> = HashMap::new();
+        // (problem, key) -> index in the batch, built only once a key's filter
+        // bit is found set (most batches never need it)
+        let mut batch_keys: Option<HashMap<(u32, u64), usize>> = None;
+        let mut all_probs = Vec::with_capacity(attempts.len());
         let mut scratch = Vec::new();
         let mut total = FRAME_HEADER + 12;
         for (i, a) in attempts.iter().enumerate() {
@@ -1486,7 +1493,31 @@ impl Ledger {
                     fix: "split or shorten the response".into(),
                 });
             }
-            let earlier = match batch_keys.entry((p, attempt_key(a.stage, a.sample_index))) {
+            all_probs.push(p);
+            let key = attempt_key(a.stage, a.sample_index);
+            let bit = index::key_bit(a.stage, a.sample_index);
+            let bits = &mut self.index.key_bits[p as usize];
+            let fresh = *bits & bit == 0;
+            // a set bit too many only costs a look on disk, so it is set now
+            // and left set if the batch fails
+            *bits |= bit;
+            if fresh {
+                if let Some(m) = batch_keys.as_mut() {
+                    m.insert((p, key), i);
+                }
+                total += FRAME_HEADER + payload;
+                probs.push(p);
+                continue;
+            }
+            let m = batch_keys.get_or_insert_with(|| {
+                (0..i)
+                    .map(|j| {
+                        let b = &attempts[j];
+                        ((all_probs[j], attempt_key(b.stage, b.sample_index)), j)
+                    })
+                    .collect()
+            });
+            let earlier = match m.entry((p, key)) {
                 std::collections::hash_map::Entry::Occupied(e) => {
                     let j = *e.get();
                     Some((
@@ -1612,17 +1643,11 @@ impl Ledger {
             )));
         }
         let bit = 1u8 << stage;
-        let mut ords = Vec::with_capacity(ids.len());
-        for (i, id) in ids.iter().enumerate() {
-            let p = self.index.lookup(id).ok_or_else(|| {
-                Error::Msg(format!(
-                    "finish_stage: problem #{i} {id:?} is not in the ledger; add it with add_problems first"
-                ))
-            })?;
-            if self.index.finished[p as usize] & bit == 0 {
-                ords.push(p);
-            }
-        }
+        let mut ords: Vec<u32> = self
+            .ordinals("finish_stage", ids)?
+            .into_iter()
+            .filter(|&p| self.index.finished[p as usize] & bit == 0)
+            .collect();
         ords.sort_unstable();
         ords.dedup();
         for chunk in ords.chunks(1 << 20) {

@@ -425,6 +425,15 @@ fn every_flipped_byte_is_detected() {
     let d = tmpdir("flips");
     let mut l = writer(&d);
     fill(&mut l, 3, 2);
+    // every kind of frame: fingerprints, a set-aside, a replaced reference
+    l.sync_problems(
+        &["p0", "p1", "p2"],
+        &["reference 0", "new", "reference 2"],
+        Some(&[fp(1); 3]),
+        OnChange::SetAside,
+    )
+    .unwrap();
+    l.set_aside(&["p0"]).unwrap();
     drop(l);
     let full = fs::read(seg1(&d)).unwrap();
     let last_len_field = full.len() - (FRAME_HEADER + 12) + 4..full.len() - (FRAME_HEADER + 12) + 8;
@@ -529,6 +538,14 @@ fn merge_refuses_text_that_is_not_utf8_instead_of_blanking_it() {
     assert!(err.contains("text is not UTF-8"), "{err}");
 }
 
+/// A new ledger holding problem "a" (reference "ra").
+fn one_problem(name: &str) -> (PathBuf, Ledger) {
+    let d = tmpdir(name);
+    let mut l = writer(&d);
+    l.add_problems(&["a"], &["ra"]).unwrap();
+    (d, l)
+}
+
 fn sel_tiers(l: &Ledger) -> Vec<u8> {
     l.assign(Selection::First, 0).tier
 }
@@ -584,6 +601,24 @@ fn repeated_key_is_idempotent_when_identical_and_refused_when_different() {
         e.contains("behavior_logprobs differs from attempt #0 of this batch"),
         "{e}"
     );
+    // a duplicate within the batch after the batch's key map was built
+    let (x, y) = (
+        Owned::new("b", 2, 7, true, 2),
+        Owned::new("b", 2, 8, true, 2),
+    );
+    let mut y2 = Owned::new("b", 2, 8, true, 2);
+    y2.correct = false;
+    let e = l
+        .record(&[x.as_in(), first.as_in(), y.as_in(), y2.as_in()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("attempt #3") && e.contains("from attempt #2 of this batch"),
+        "{e}"
+    );
+    l.record(&[x.as_in(), first.as_in(), y.as_in(), y.as_in()])
+        .unwrap();
+    assert_eq!(l.attempts(1).unwrap().len(), 2);
     // another stage or sample is a different key
     l.record(&[
         Owned::new("a", 1, 3, true, 4).as_in(),
@@ -591,15 +626,14 @@ fn repeated_key_is_idempotent_when_identical_and_refused_when_different() {
     ])
     .unwrap();
     assert_eq!(l.attempts(0).unwrap().len(), 3);
+    assert_eq!(l.attempts(1).unwrap().len(), 2);
     fs::remove_dir_all(&d).unwrap();
 }
 
 /// Many attempts of one problem: the key cache agrees with the chain.
 #[test]
 fn repeated_keys_found_on_long_chains() {
-    let d = tmpdir("longchain");
-    let mut l = writer(&d);
-    l.add_problems(&["a"], &["ra"]).unwrap();
+    let (d, mut l) = one_problem("longchain");
     let all: Vec<Owned> = (0..300)
         .map(|k| Owned::new("a", (k % 3) as u8, k, k % 2 == 0, 2))
         .collect();
@@ -624,9 +658,7 @@ fn repeated_keys_found_on_long_chains() {
 
 #[test]
 fn non_finite_logprobs_named_with_position() {
-    let d = tmpdir("nan");
-    let mut l = writer(&d);
-    l.add_problems(&["a"], &["ra"]).unwrap();
+    let (d, mut l) = one_problem("nan");
     for (bad, which) in [
         (f32::NAN, "behavior"),
         (f32::INFINITY, "base"),
@@ -676,17 +708,21 @@ fn fp(n: u8) -> [u8; FP_LEN] {
     [n; FP_LEN]
 }
 
+/// Sync problems a, b, c with references ra, rb, rc at fingerprint 1.
+fn sync_abc_unchanged(l: &mut Ledger) -> ProblemSync {
+    l.sync_problems(
+        &["a", "b", "c"],
+        &["ra", "rb", "rc"],
+        Some(&[fp(1); 3]),
+        OnChange::Refuse,
+    )
+    .unwrap()
+}
+
 /// Build a ledger with problems a, b, c at fingerprint 1 and a few attempts each.
 fn fingerprinted(d: &Path) -> Ledger {
     let mut l = writer(d);
-    let r = l
-        .sync_problems(
-            &["a", "b", "c"],
-            &["ra", "rb", "rc"],
-            Some(&[fp(1); 3]),
-            OnChange::Refuse,
-        )
-        .unwrap();
+    let r = sync_abc_unchanged(&mut l);
     assert_eq!(r.added, 3);
     let atts: Vec<Owned> = ["a", "b", "c"]
         .iter()
@@ -705,14 +741,7 @@ fn fingerprints_recorded_compared_and_changed_problems_set_aside() {
     assert_eq!(sel_tiers(&l), vec![0, 0, 0]);
     // unchanged: nothing written
     let size = fs::metadata(seg1(&d)).unwrap().len();
-    let r = l
-        .sync_problems(
-            &["a", "b", "c"],
-            &["ra", "rb", "rc"],
-            Some(&[fp(1); 3]),
-            OnChange::Refuse,
-        )
-        .unwrap();
+    let r = sync_abc_unchanged(&mut l);
     assert_eq!((r.unchanged, r.added, r.changed.len()), (3, 0, 0));
     assert_eq!(fs::metadata(seg1(&d)).unwrap().len(), size);
     // refused: names the rows, writes nothing
