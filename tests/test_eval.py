@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from onpolicy_sft.errors import OnpolicyError
 from onpolicy_sft.evaluate import (
     avg_at_k,
     default_ks,
@@ -80,7 +82,7 @@ def test_missing_benchmark_file_or_field_says_what_to_do(tmp_path: Path) -> None
     with pytest.raises(FileNotFoundError, match=r"aime24\.jsonl.*drop the name"):
         load_benchmark("aime24", FIXTURES)
     (tmp_path / "mine.jsonl").write_text('{"problem": "1+1?", "solution": "2"}\n')
-    with pytest.raises(ValueError, match=r"row 0 .* has no answer.*'solution'"):
+    with pytest.raises(ValueError, match=r"row 1 .* has no answer.*'solution'"):
         load_benchmark("mine", tmp_path)
     with pytest.raises(ValueError, match="not known"):
         load_benchmark("gsm9k")
@@ -241,9 +243,10 @@ def test_hub_benchmarks_use_the_documented_dataset_and_fields(
         raise ConnectionError("no network here")
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    monkeypatch.setattr("onpolicy_sft.evaluate.require_hub", lambda *a, **k: None)
     (p,) = load_benchmark("olympiadbench")
     assert (p.id, p.problem, p.answer) == ("7", "Find x.", "3")
-    with pytest.raises(RuntimeError, match=r"HuggingFaceH4/aime_2024.*--benchmark_dir"):
+    with pytest.raises(OnpolicyError, match=r"HuggingFaceH4/aime_2024.*--benchmark_dir"):
         load_benchmark("aime24")
     assert calls == [("math-ai/olympiadbench", "test"), ("HuggingFaceH4/aime_2024", "train")]
 
@@ -272,3 +275,37 @@ def test_a_crash_on_a_later_benchmark_keeps_the_finished_ones(tmp_path: Path) ->
     assert r["average"]["avg@4"] == pytest.approx((125 / 3 + 62.5) / 2)
     samples = (tmp_path / "samples.jsonl").read_text().splitlines()
     assert len(samples) == 5 * 4
+
+
+def test_an_edited_benchmark_file_is_re_evaluated_and_the_output_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = tmp_path / "bench"
+    shutil.copytree(FIXTURES, bench)
+    opts = dict(
+        model="models/tiny-dft",
+        output_dir=str(tmp_path / "out"),
+        benchmarks="math500,amc23",
+        benchmark_dir=str(bench),
+        n=4,
+        max_tokens=64,
+    )
+    evaluate(**opts, engine=_scripted_engine())
+    before = json.loads((tmp_path / "out" / "results.json").read_text())
+    capsys.readouterr()
+    # m2's reference answer is edited in place: a kept result would be stale
+    lines = (bench / "math500.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    (m2,) = [r for r in rows if r["id"] == "m2"]
+    m2["answer"] = "not the scripted answer"
+    (bench / "math500.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    again = _scripted_engine()
+    evaluate(**opts, engine=again)
+    err = capsys.readouterr().err
+    assert "math500: re-evaluating, the benchmark's problems or answers changed" in err
+    assert "amc23: kept from an earlier run" in err
+    assert len(again.calls) == 1  # math500 only
+    after = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert before["benchmarks"]["math500"]["correct_counts"]["m2"] > 0
+    assert after["benchmarks"]["math500"]["correct_counts"]["m2"] == 0
+    assert after["benchmarks"]["amc23"] == before["benchmarks"]["amc23"]

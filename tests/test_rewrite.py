@@ -240,7 +240,7 @@ def test_grape_keeps_expert_when_it_is_likelier(dataset, tmp_path, monkeypatch):
         (
             [{"problem": "q", "solution": "\\boxed{1}"}, {"problem": "", "solution": "s"}],
             {},
-            r'row 1 of bad.jsonl has no "problem" field; map your column with --problem_field',
+            r'row 2 of bad.jsonl has an empty "problem"; fill it in or drop the row',
         ),
         ([{"problem": "q", "answer_text": "1"}], {}, r'no "solution" column .*--solution_field'),
         (
@@ -438,3 +438,51 @@ def test_weights_and_ess():
     np.testing.assert_allclose(_weights(base, base - np.log(ratio)), [2.0, 1.5, 0.5])  # clip at 2
     assert _ess(np.ones(5)) == pytest.approx(1.0)
     assert _ess(np.array([1.0, 0.0, 0.0, 0.0])) == pytest.approx(0.25)
+
+
+def test_an_edited_problem_is_rewritten_again_and_the_rest_kept(dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    run(dataset, out)
+    first = read(out)
+    rows = [json.loads(line) for line in open(dataset)]
+    assert rows[0]["problem"] == "Add 2 and 3."
+    rows[0]["solution"] = "2 + 3 = 4, so \\boxed{4}."  # edited in place: a new reference answer
+    with open(dataset, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    capsys.readouterr()
+    _, eng = run(dataset, out)
+    err = capsys.readouterr().err
+    assert (
+        "1 problem(s) changed in " + dataset + " since the earlier run (problem_id '0'): their "
+        "2 old attempt(s) were set aside and they are rewritten again"
+    ) in err
+    assert eng.generated == ["Add 2 and 3."] and eng.scored == 1  # that problem only
+    now = read(out)
+    edited = now.pop("Add 2 and 3.")
+    assert (edited["answer"], edited["tier"], edited["response"]) == (
+        "4",
+        "self",
+        "It is \\boxed{4}.",
+    )
+    del first["Add 2 and 3."]
+    assert now == first
+    _, again = run(dataset, out)
+    assert again.generated == [] and again.scored == 0
+
+
+def test_a_torn_scores_file_is_cut_and_the_lost_record_recomputed(dataset, tmp_path):
+    from onpolicy_sft._journal import JournalWarning
+
+    out = tmp_path / "out"
+    run(dataset, out)
+    first = read(out)
+    scores = out / "scores.jsonl"
+    data = scores.read_bytes()
+    scores.write_bytes(data[:-10])  # killed in the middle of the last record
+    with pytest.warns(JournalWarning, match=r"scores\.jsonl: cut a torn last line"):
+        _, eng = run(dataset, out)
+    assert eng.generated == [] and eng.scored == 1  # the lost expert score, and nothing else
+    assert read(out) == first
+    lines = scores.read_bytes().splitlines(keepends=True)
+    assert all(line.endswith(b"\n") for line in lines)
+    assert all(json.loads(line) for line in lines)

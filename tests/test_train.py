@@ -216,6 +216,34 @@ def test_gradient_accumulation_equals_one_big_batch(
     assert runs["tokens", 4][0][1] != pytest.approx(runs["sequence", 4][0][1], rel=1e-6)
 
 
+def test_a_truncated_newest_checkpoint_is_set_aside_and_the_newest_whole_one_resumed(
+    tiny_qwen2: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    opts = _opts(tiny_qwen2, data_dir, out, max_steps=4, save_steps=2)
+    full = _losses(train(**opts).log_history)
+    # a rerun into a used output_dir needs --resume_from_checkpoint or --overwrite_output_dir
+    with pytest.raises(FileExistsError, match=r"holds an earlier training run \(checkpoint-4, "):
+        train(**opts)
+    weights = out / "checkpoint-4" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # killed mid-save
+    capsys.readouterr()
+    resumed = train(**opts, resume_from_checkpoint="latest")
+    err = capsys.readouterr().err
+    assert f"{out / 'checkpoint-4'} cannot be resumed (model.safetensors is truncated" in err
+    assert "moved it to checkpoint-4.damaged and resuming from checkpoint-2" in err
+    assert resumed.global_step == 4
+    assert _losses(resumed.log_history)[4] == pytest.approx(full[4], rel=1e-5)
+    assert (out / "checkpoint-4.damaged").is_dir() and (out / "checkpoint-4").is_dir()
+    # --overwrite_output_dir starts afresh: the earlier run's checkpoints are removed first
+    again = train(**{**opts, "max_steps": 2}, overwrite_output_dir=True)
+    assert again.global_step == 2
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == [
+        "checkpoint-2",
+        "checkpoint-4.damaged",
+    ]
+
+
 def test_cli_trains_and_saves_the_resolved_config_next_to_the_weights(
     tiny_qwen2: Path, data_dir: Path, tmp_path: Path
 ) -> None:
@@ -310,7 +338,7 @@ def test_behaviour_length_mismatch_names_the_row(tiny_qwen2: Path, tmp_path: Pat
     good = _one_row(tiny_qwen2, tmp_path)
     cols = read_data(str(good))
     cols["behavior_logprobs"][1] = [-0.5] * 8  # one short
-    with pytest.raises(ValueError, match=r"row 1 \(problem_id 'x7'\).*8 values.*9 tokens"):
+    with pytest.raises(ValueError, match=r"row 2 \(problem_id 'x7'\).*8 values.*9 tokens"):
         build_examples(cols, _tok(tiny_qwen2), _cfg(tiny_qwen2, good, tmp_path, scheme="is"))
     # schemes that do not use behaviour log-probs do not look at them
     examples, _ = build_examples(cols, _tok(tiny_qwen2), _cfg(tiny_qwen2, good, tmp_path))
@@ -362,7 +390,7 @@ def test_rows_without_behaviour_logprobs(
     cfg = _cfg(tiny_qwen2, path, tmp_path, scheme=loss, missing_behavior=missing)
     cols = read_data(str(path))
     if outcome == "error":
-        with pytest.raises(ValueError, match=r"row 1 \(problem_id 'x7'\).*--missing_behavior"):
+        with pytest.raises(ValueError, match=r"row 2 \(problem_id 'x7'\).*--missing_behavior"):
             build_examples(cols, _tok(tiny_qwen2), cfg)
         return
     examples, stats = build_examples(cols, _tok(tiny_qwen2), cfg)

@@ -42,14 +42,18 @@ def opt(
     *,
     identity: bool = False,
     positional: bool = False,
+    switch: bool = False,
 ) -> Any:
     """A config field: its default, its help text (shown by ``--help`` and in the docs),
-    and whether it is part of the run's identity (a resumed run must keep it)."""
+    and whether it is part of the run's identity (a resumed run must keep it).
+    ``switch``: a bool flag that takes no value (so ``--json DIR`` leaves DIR alone)."""
     metadata: dict[str, Any] = {"help": help}
     if identity:
         metadata["identity"] = True
     if positional:
         metadata["positional"] = True
+    if switch:
+        metadata["switch"] = True
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -498,6 +502,13 @@ class TrainConfig(ConfigBase):
     attn_implementation: str | None = opt(
         None, "attention kernel, e.g. sdpa, flash_attention_2 (none: transformers' default)"
     )
+    # TrainingArguments had this flag until transformers 5; an output_dir holding an
+    # earlier run is refused without it (or --resume_from_checkpoint)
+    overwrite_output_dir: bool = opt(
+        False,
+        "train into an output_dir that holds an earlier run: its checkpoints are deleted first "
+        "(without this, or --resume_from_checkpoint, such an output_dir is refused)",
+    )
     loss: LossConfig = dataclasses.field(default_factory=LossConfig, metadata={"nested": True})
 
     def problems(self) -> list[str]:
@@ -580,6 +591,7 @@ class VerifyConfig(ConfigBase):
     output_file: str | None = opt(
         None, "write each row with correct, pred_answer, gold_answer, reason added (JSONL)"
     )
+    overwrite: bool = opt(False, "replace an existing output_file (else it is refused)")
     fallback: str | None = opt(
         "math-verify", "verifier for undecided pairs (none: fast path only, undecided = wrong)"
     )
@@ -592,6 +604,27 @@ class ReportConfig(ConfigBase):
     """Options of `onpolicy-sft report DIR`."""
 
     dir: str = opt(help="the output_dir of `onpolicy-sft rewrite`", positional=True)
+
+
+LEDGER_ACTIONS = ("stats", "check", "repair")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LedgerConfig(ConfigBase):
+    """Options of `onpolicy-sft ledger stats|check|repair DIR`."""
+
+    action: str = opt(
+        help="stats: counts per stage and tier; check: read every record, exit 1 if damaged; "
+        "repair: keep what precedes the damage, move the rest aside",
+        positional=True,
+    )
+    dir: str = opt(help="the ledger directory, e.g. OUTPUT_DIR/ledger", positional=True)
+    json: bool = opt(False, "stats: print every number as JSON", switch=True)
+
+    def problems(self) -> list[str]:
+        if self.action not in LEDGER_ACTIONS:
+            return [f"action {self.action!r} is not one of {', '.join(LEDGER_ACTIONS)}"]
+        return []
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

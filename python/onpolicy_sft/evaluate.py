@@ -24,6 +24,7 @@ Outputs in ``out``: ``results.json``, ``results.md`` (the table),
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -34,8 +35,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onpolicy_sft._callable import make_module_callable
-from onpolicy_sft._io import read_jsonl, write_json, write_text
+from onpolicy_sft._io import load_saved_json, read_jsonl, write_json, write_text
 from onpolicy_sft.config import EVAL_BENCHMARKS, EvalConfig
+from onpolicy_sft.errors import InputError, OnpolicyError
+from onpolicy_sft.hub import require_hub
 
 if TYPE_CHECKING:  # pragma: no cover
     from onpolicy_sft.engines.base import Engine
@@ -46,6 +49,7 @@ __all__ = [
     "EvalProblem",
     "EvalResult",
     "avg_at_k",
+    "benchmark_fingerprint",
     "default_ks",
     "evaluate",
     "load_benchmark",
@@ -155,10 +159,18 @@ def load_benchmark(
             )
         import datasets
 
+        require_hub(
+            spec.hub,
+            repo_type="dataset",
+            flag="--benchmarks",
+            what=f"benchmark {name!r} loads the dataset {spec.hub!r} from the hub",
+            fix=f"download it elsewhere and pass --benchmark_dir DIR with DIR/{name}.jsonl "
+            "(fields: problem, answer)",
+        )
         try:
             ds = datasets.load_dataset(spec.hub, spec.config, split=spec.split)
         except Exception as exc:  # network, auth, renamed dataset: say how to go local
-            raise RuntimeError(
+            raise OnpolicyError(
                 f"benchmark {name!r}: could not load {spec.hub} (split {spec.split}) through "
                 f"datasets ({type(exc).__name__}: {str(exc)[:200]}); download it elsewhere and "
                 f"pass --benchmark_dir DIR with DIR/{name}.jsonl (fields: problem, answer)"
@@ -173,9 +185,13 @@ def load_benchmark(
         answer = _pick(row, answer_fields)
         if problem is None or answer is None:
             missing = "problem" if problem is None else "answer"
-            raise ValueError(
-                f"row {i} of {where} has no {missing} (looked for fields "
-                f"{list(problem_fields if problem is None else answer_fields)}; "
+            fields = list(problem_fields if problem is None else answer_fields)
+            present = [f for f in fields if f in row]
+            raise InputError(
+                f"row {i + 1} of {where} has an empty {missing} ({present[0]!r} is "
+                f"{row[present[0]]!r}); fill it in or remove the row"
+                if present
+                else f"row {i + 1} of {where} has no {missing} (looked for fields {fields}; "
                 f"it has {sorted(row)}); rename the field in your file"
             )
         pid = _pick(row, ID_FIELDS)
@@ -324,6 +340,40 @@ def _model_fingerprint(model: Any) -> list[Any]:
     )
 
 
+def benchmark_fingerprint(problems: Sequence[EvalProblem]) -> str:
+    """sha256 of the problems as evaluated (id, problem, answer): an edited file changes it."""
+    h = hashlib.sha256()
+    for p in problems:
+        h.update(json.dumps([p.id, p.problem, p.answer], ensure_ascii=False).encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+# What a kept result must match, and how a mismatch is reported.
+_FINGERPRINT_CHANGES = (
+    ("benchmark_fingerprint", "the benchmark's problems or answers changed"),
+    ("model_fingerprint", "the model's files changed"),
+    ("config", "the evaluation settings changed"),
+)
+
+
+def _earlier_result(
+    done_file: Path, done_samples: Path, fingerprint: dict[str, Any]
+) -> tuple[dict[str, Any] | None, str | None]:
+    """(the entry an earlier run saved for this benchmark, None) when it still holds, else
+    (None, why it does not) -- why is None when there is no earlier result."""
+    if not (done_file.exists() and done_samples.exists()):
+        return None, None
+    try:
+        done = load_saved_json(done_file, "it is recomputed")
+    except InputError as exc:
+        return None, str(exc)
+    changed = [why for key, why in _FINGERPRINT_CHANGES if done.get(key) != fingerprint[key]]
+    if changed or "entry" not in done:
+        return None, ", ".join(changed) or "the saved result is incomplete"
+    return done["entry"], None
+
+
 def _config(cfg: EvalConfig | None, overrides: dict[str, Any]) -> EvalConfig:
     bench = overrides.get("benchmarks")
     if bench is not None:  # "a,b", ["a", "b"] and ["a,b"] all name a and b
@@ -351,13 +401,16 @@ def evaluate(
     ``verifier``: anything with ``verdicts(preds, golds)`` instead of
     ``Verifier(fallback=cfg.verifier_fallback, timeout_s=cfg.verifier_timeout_s)``.
     """
+    if isinstance(engine, str):  # the EvalConfig field (--engine hf), not an Engine
+        overrides["engine"] = engine
+        engine = None
     cfg = _config(cfg, dict(overrides))
     from onpolicy_sft.prompts import train_prompt
 
     out = Path(cfg.output_dir)
+    problems = {b: load_benchmark(b, cfg.benchmark_dir, cfg.limit) for b in cfg.benchmarks}
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "eval_config.json")
-    problems = {b: load_benchmark(b, cfg.benchmark_dir, cfg.limit) for b in cfg.benchmarks}
 
     own_engine = engine is None
     if own_engine:
@@ -387,19 +440,27 @@ def evaluate(
                 # kept, not regenerated: a crash on benchmark 5 loses nothing of 1-4.
                 done_file = partial / f"{bench}.json"
                 done_samples = partial / f"{bench}.samples.jsonl"
-                if done_file.exists() and done_samples.exists():
-                    done = json.loads(done_file.read_text(encoding="utf-8"))
-                    if done.get("config") == json.loads(
-                        json.dumps(cfg.to_dict(), default=str)
-                    ) and done.get("model_fingerprint") == _model_fingerprint(cfg.model):
-                        results["benchmarks"][bench] = done["entry"]
-                        samples_file.write(done_samples.read_text(encoding="utf-8"))
-                        print(
-                            f"eval: {bench}: kept from an earlier run ({done_file})",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-                        continue
+                fingerprint = {
+                    "config": json.loads(json.dumps(cfg.to_dict(), default=str)),
+                    "model_fingerprint": _model_fingerprint(cfg.model),
+                    "benchmark_fingerprint": benchmark_fingerprint(probs),
+                }
+                kept, why = _earlier_result(done_file, done_samples, fingerprint)
+                if kept is not None:
+                    results["benchmarks"][bench] = kept
+                    samples_file.write(done_samples.read_text(encoding="utf-8"))
+                    print(
+                        f"eval: {bench}: kept from an earlier run ({done_file})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    continue
+                if why:
+                    print(
+                        f"eval: {bench}: re-evaluating, {why} since the earlier run ({done_file})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 bench_lines: list[str] = []
                 prompts = [train_prompt(engine.tokenizer, p.problem) for p in probs]
                 print(
@@ -459,15 +520,9 @@ def evaluate(
                 entry["correct_counts"] = {p.id: sum(c) for p, c in zip(probs, correct)}
                 results["benchmarks"][bench] = entry
                 samples_file.writelines(bench_lines)
+                # samples first: a result file is only trusted with its samples beside it
                 write_text(done_samples, "".join(bench_lines))
-                write_json(
-                    done_file,
-                    {
-                        "config": cfg.to_dict(),
-                        "model_fingerprint": _model_fingerprint(cfg.model),
-                        "entry": entry,
-                    },
-                )
+                write_json(done_file, {**fingerprint, "entry": entry})
                 print(
                     f"eval: {bench}: avg@{cfg.n} = {entry[f'avg@{cfg.n}']:.2f}",
                     file=sys.stderr,
@@ -507,7 +562,11 @@ def combine(paths: Sequence[str | os.PathLike[str]]) -> str:
         path = Path(p)
         if path.is_dir():
             path = path / "results.json"
-        results.append(json.loads(path.read_text(encoding="utf-8")))
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"--combine {p}: no results.json there; pass the --output_dir of a finished eval"
+            )
+        results.append(load_saved_json(path, "rerun that eval to write it again"))
     return results_markdown(results)
 
 

@@ -1,7 +1,7 @@
 """Model helpers every stage shares: path resolution, logit transforms, EOS ids.
 
-Imports nothing from the rest of the package, so engines, losses, training,
-rewriting and evaluation all use the same definitions.
+Imports nothing from the rest of the package but the leaf module ``hub``, so
+engines, losses, training, rewriting and evaluation all use the same definitions.
 """
 
 from __future__ import annotations
@@ -10,11 +10,15 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from onpolicy_sft.hub import require_hub
 
-def resolve_model_path(model: str | os.PathLike[str]) -> str:
+
+def resolve_model_path(model: str | os.PathLike[str], flag: str = "--model") -> str:
     """Return ``model`` as a string; a local-looking path that does not exist is an error.
 
-    "org/name" (one slash, no leading ``.``, ``/`` or ``~``) is left to the hub.
+    "org/name" (one slash, no leading ``.``, ``/`` or ``~``) is left to the hub,
+    once :func:`onpolicy_sft.hub.require_hub` found that the hub (or its cache)
+    can serve it.
     """
     path = os.fspath(model)
     expanded = os.path.expanduser(path)
@@ -24,8 +28,9 @@ def resolve_model_path(model: str | os.PathLike[str]) -> str:
     if os.path.exists(expanded) or not hub_like:
         raise FileNotFoundError(
             f"model path {path!r} does not exist or is not a directory; pass a directory "
-            "with config.json, weights and tokenizer files (or a hub name 'org/name') to --model"
+            f"with config.json, weights and tokenizer files (or a hub name 'org/name') to {flag}"
         )
+    require_hub(path, repo_type="model", flag=flag)
     return path
 
 

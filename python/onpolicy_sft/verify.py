@@ -62,13 +62,32 @@ def verify(prediction: str, gold: str) -> Verdict:
     return Verdict(*_core.verify(prediction, gold))
 
 
+def max_threads() -> int:
+    """The most worker threads or processes a verifier takes: 4 x the cores."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def check_threads(threads: int | None) -> int | None:
+    """``threads`` if it is None or an int in 1..max_threads(), else a ValueError saying so."""
+    if threads is None:
+        return None
+    cap = max_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= cap:
+        raise ValueError(
+            f"threads={threads!r} must be an integer from 1 to {cap} (4 x the {cap // 4} "
+            "cores), or None for one per core"
+        )
+    return threads
+
+
 def verify_batch(
     predictions: Sequence[str], golds: Sequence[str], *, threads: int | None = None
 ) -> list[Verdict]:
     """Fast-path verdicts for many pairs, in parallel in Rust (GIL released).
 
-    threads: worker threads (None = all cores).
+    threads: worker threads, 1..max_threads() (None = all cores).
     """
+    check_threads(threads)
     preds = list(predictions)
     gs = list(golds)
     if len(preds) != len(gs):
@@ -198,7 +217,7 @@ class Verifier:
     fallback: "math-verify" or None (undecided pairs then count as incorrect).
     timeout_s: deadline per fallback pair; a worker past it is killed and the
         pair counts as incorrect (reason "timeout").
-    threads: Rust threads and fallback worker processes (None = all cores).
+    threads: Rust threads and fallback worker processes, 1..max_threads() (None = all cores).
 
     After each call, ``last_stats`` holds counts: fast, fallback, timeouts, errors,
     undecided_without_fallback, and ``timeouts`` the indices that timed out.
@@ -214,8 +233,7 @@ class Verifier:
             raise ValueError(f"fallback={fallback!r} is not supported; use 'math-verify' or None")
         if not timeout_s > 0:
             raise ValueError(f"timeout_s={timeout_s!r} must be positive")
-        if threads is not None and threads < 1:
-            raise ValueError(f"threads={threads!r} must be a positive integer or None")
+        check_threads(threads)
         self.fallback = fallback
         self.timeout_s = float(timeout_s)
         self.threads = threads
@@ -262,7 +280,8 @@ class Verifier:
                     stats["fallback"] += 1
             if self.timeouts:
                 logger.warning(
-                    "math-verify timed out (%.1fs) on %d pair(s), counted as incorrect: indices %s",
+                    "math-verify timed out (%.1fs) on %d pair(s), counted as incorrect: "
+                    "0-based positions in this call %s",
                     self.timeout_s,
                     len(self.timeouts),
                     self.timeouts[:20],

@@ -9,6 +9,7 @@ A subcommand module ``onpolicy_sft.commands.<name>`` defines ``configs()``
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ COMMANDS = {
     "(eval --combine RESULTS... [--output_dir DIR] tabulates finished runs)",
     "verify": "check each row's prediction against its gold answer (Rust fast path + math-verify)",
     "report": "re-render the policy-gap report of a rewrite output directory",
+    "ledger": "show, check or repair a tier ledger (a rewrite keeps it at OUTPUT_DIR/ledger)",
 }
 
 
@@ -45,7 +47,10 @@ def parse(name: str, argv: Sequence[str]) -> dict[str, Any]:
 
 
 def main(name: str, argv: Sequence[str]) -> int:
-    """Run subcommand ``name``; bad input prints one line and returns 2."""
+    """Run subcommand ``name``; bad input prints one line and returns 2.
+
+    A run that fails before doing any work removes the output_dir it created.
+    """
     import sys
 
     from onpolicy_sft.commands._parser import UsageError
@@ -61,4 +66,46 @@ def main(name: str, argv: Sequence[str]) -> int:
     except (UsageError, ConfigError) as exc:
         print(f"onpolicy-sft {name}: error: {exc}", file=sys.stderr)
         return 2
-    return int(module.run(options) or 0)
+    _check_hub_names(options)
+    out = options.get("output_dir")
+    fresh = isinstance(out, str) and not os.path.exists(out)
+    try:
+        return int(module.run(options) or 0)
+    except BaseException:
+        if fresh and os.path.isdir(out):
+            _remove_if_unused(out)
+        raise
+
+
+def _check_hub_names(options: dict[str, Any]) -> None:
+    """Check hub names before the command imports torch and datasets: without a network
+    it then fails in a second or two instead of after its imports (the stages check
+    again, for free, when called from Python)."""
+    from onpolicy_sft._io import LOCAL_BUILDERS
+    from onpolicy_sft.hub import is_hub_name, require_hub
+
+    for key, repo_type in (("model", "model"), ("dataset", "dataset"), ("candidates", "dataset")):
+        value = options.get(key)
+        if not isinstance(value, str) or not is_hub_name(value):
+            continue
+        if repo_type == "model" and value.count("/") != 1:
+            continue  # not a hub name either: the stage names the missing directory
+        if os.path.splitext(value)[1].lower() in LOCAL_BUILDERS:
+            continue  # a missing local file: the stage names it
+        require_hub(value, repo_type=repo_type, flag=f"--{key}")
+
+
+# Files a command writes into a fresh output_dir before it has done any work: a run
+# that fails with only these (or nothing) there leaves no directory behind.
+SETUP_FILES = frozenset(("config.json", "eval_config.json", "train_config.json", "data_stats.json"))
+
+
+def _remove_if_unused(out: str) -> None:
+    """Remove an output_dir this run created when it holds no work (only setup files)."""
+    import shutil
+
+    files = [
+        os.path.relpath(os.path.join(d, f), out) for d, _, names in os.walk(out) for f in names
+    ]
+    if all(f in SETUP_FILES for f in files):
+        shutil.rmtree(out, ignore_errors=True)

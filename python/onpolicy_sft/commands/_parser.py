@@ -110,6 +110,9 @@ class ConfigParser(HfArgumentParser):
         if md.get("positional"):
             parser.add_argument(field.name, help=help_text)
             return
+        if md.get("switch"):
+            parser.add_argument(f"--{field.name}", action="store_true", help=help_text)
+            return
         plain = copy.copy(field)  # HfArgumentParser passes metadata on to add_argument
         plain.metadata = types.MappingProxyType(
             {"help": help_text, **({"aliases": md["aliases"]} if "aliases" in md else {})}

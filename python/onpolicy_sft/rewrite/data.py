@@ -7,7 +7,6 @@ row or column and the flag that fixes it.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -17,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from onpolicy_sft._io import load_table
+from onpolicy_sft._journal import AppendLog
+from onpolicy_sft.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,15 @@ class Problem:
 
 def _field(row: dict[str, Any], name: str, i: int, source: str, flag: str) -> str:
     value = row.get(name)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise ValueError(f'row {i} of {source} has no "{name}" field; map your column with {flag}')
+    if value is None:
+        raise InputError(
+            f'row {i + 1} of {source} has no "{name}" value (null); fill it in or drop the row '
+            f"(or map another column with {flag})"
+        )
+    if isinstance(value, str) and not value.strip():
+        raise InputError(
+            f'row {i + 1} of {source} has an empty "{name}"; fill it in or drop the row'
+        )
     return str(value)
 
 
@@ -91,7 +99,8 @@ def load_problems(
         pid = str(row[id_field]) if id_field is not None else str(i)
         if pid in seen:
             raise ValueError(
-                f'row {i} of {source} repeats id {pid!r} of column "{id_field}"; ids must be unique'
+                f'row {i + 1} of {source} repeats id {pid!r} of column "{id_field}"; '
+                "ids must be unique"
             )
         seen.add(pid)
         out.append(Problem(pid, problem, solution, answer or None))
@@ -152,37 +161,35 @@ def phi_summary(phi: np.ndarray) -> dict[str, Any]:
 
 
 class SideStore:
-    """Append-only JSON lines next to the ledger: expert scores and phi summaries.
+    """Expert scores and phi summaries next to the ledger, in a crash-safe JSON-lines file.
 
-    Each ``append`` is flushed and fsynced before it returns; a torn last line
-    (kill -9 mid-write) is ignored on reading. Later lines win.
+    Backed by :class:`onpolicy_sft._journal.AppendLog`: each ``append`` is
+    durable when it returns, and a torn last line (kill -9 mid-write) is cut
+    with a warning when the store is opened, so its records are missing and
+    computed again. Later lines win; a ``{"kind": "reset", "problem_id": ...}``
+    line drops every earlier record of that problem (its data changed).
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.log = AppendLog(path)
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
-        lines = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
-        if not lines:
-            return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(lines)
-            f.flush()
-            os.fsync(f.fileno())
+        self.log.append(list(records))
+
+    def reset(self, problem_ids: Iterable[str]) -> None:
+        """Forget the records of these problems (durable on return)."""
+        self.append({"kind": "reset", "problem_id": pid} for pid in problem_ids)
 
     def read(self) -> list[dict[str, Any]]:
-        if not os.path.exists(self.path):
-            return []
-        out = []
-        with open(self.path, encoding="utf-8") as f:
-            for line in f:
-                if not line.endswith("\n"):
-                    break  # torn write
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-        return out
+        out: list[dict[str, Any]] = []
+        reset_at: dict[str, int] = {}
+        for r in self.log:
+            if r.get("kind") == "reset":
+                reset_at[r["problem_id"]] = len(out)
+            else:
+                out.append(r)
+        return [r for i, r in enumerate(out) if i >= reset_at.get(r.get("problem_id"), 0)]
 
     def experts(self) -> dict[str, dict[str, Any]]:
         return {r["problem_id"]: r for r in self.read() if r.get("kind") == "expert"}

@@ -56,6 +56,9 @@ def select(
     """
     from onpolicy_sft.rewrite.report import write_data
 
+    if isinstance(engine, str):  # the SelectConfig field (--engine hf), not an Engine
+        options["engine"] = engine
+        engine = None
     if engine is not None:
         options.setdefault("model", "")
     cfg = config.replace(**options) if config is not None else SelectConfig.from_dict(options)
@@ -81,11 +84,11 @@ def select(
         resp = row.get(response_field)
         if not problem:
             raise ValueError(
-                f'row {i} of {source} has no "{problem_field}" field; map your column with --problem_field'
+                f'row {i + 1} of {source} has no "{problem_field}" field; map your column with --problem_field'
             )
         if resp is None or resp == "" or resp == []:
             raise ValueError(
-                f'row {i} of {source} has no "{response_field}" field; map your column with --response_field'
+                f'row {i + 1} of {source} has no "{response_field}" field; map your column with --response_field'
             )
         group = groups.setdefault(str(problem), [])
         group.extend([str(r) for r in resp] if isinstance(resp, list) else [str(resp)])

@@ -19,7 +19,6 @@ finishes anything a shard left undone.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import sys
 import time
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from onpolicy_sft import prompts as P
+from onpolicy_sft._io import load_saved_json
 from onpolicy_sft.config import RewriteConfig
 from onpolicy_sft.models import response_ids
 from onpolicy_sft.rewrite.data import (
@@ -88,8 +88,11 @@ def _check_resume(cfg: RewriteConfig, run_dir: str) -> None:
     path = os.path.join(run_dir, "config.json")
     if not os.path.exists(path):
         return
-    with open(path, encoding="utf-8") as f:
-        old = json.load(f)
+    old = load_saved_json(
+        path,
+        f"it records the settings of the rewrite in {run_dir}, which a rerun must match: "
+        "restore it from a copy, or choose a new --output_dir",
+    )
     now = cfg.identity()
     diffs = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in now.items() if k in old and old[k] != v]
     if diffs:
@@ -208,13 +211,12 @@ class Pipeline:
         ledger_path = os.path.join(self.run_dir, "ledger")
         if count == 1:
             self._merge_shards(ledger_path)
-        self.side = SideStore(os.path.join(self.run_dir, "scores.jsonl"))
         self.by_id = {p.problem_id: p for p in problems}
         with Ledger.open(ledger_path, create=True) as ledger:
+            # opened under the ledger's lock: opening cuts a torn tail, a write
+            self.side = SideStore(os.path.join(self.run_dir, "scores.jsonl"))
             with self.timer("ledger"):
-                ledger.add_problems(
-                    [p.problem_id for p in problems], [p.solution for p in problems]
-                )
+                self.sync_problems(ledger, problems)
             no_answer = [p.problem_id for p in problems if p.answer is None]
             if no_answer:
                 with self.timer("ledger"):
@@ -260,6 +262,32 @@ class Pipeline:
                 "report": os.path.join(self.run_dir, "report.md"),
             },
         )
+
+    def sync_problems(self, ledger: Any, problems: Sequence[Problem]) -> None:
+        """Record the problems with a fingerprint of their data (text, solution, answer).
+
+        A problem edited since an earlier run into this output_dir is rewritten again:
+        its side records are reset first, then the ledger sets its old attempts
+        aside (kept on disk, no longer used) in one durable commit, so a crash
+        between the two only repeats the reset.
+        """
+        from onpolicy_sft.ledger import problem_fingerprint
+
+        ids = [p.problem_id for p in problems]
+        fps = [problem_fingerprint(p.problem, p.solution, p.answer) for p in problems]
+        recorded = ledger.fingerprints()
+        changed = [i for i, f in zip(ids, fps) if recorded.get(i, f) != f]
+        if changed:
+            self.side.reset(changed)
+        sync = ledger.add_problems(ids, [p.solution for p in problems], fps)
+        if sync.changed:
+            shown = ", ".join(map(repr, sync.changed[:10]))
+            more = f" and {len(sync.changed) - 10} more" if len(sync.changed) > 10 else ""
+            self.log(
+                f"{len(sync.changed)} problem(s) changed in {self.cfg.dataset} since the earlier "
+                f"run (problem_id {shown}{more}): their {sync.set_aside_attempts} old "
+                "attempt(s) were set aside and they are rewritten again"
+            )
 
     def _merge_shards(self, ledger_path: str) -> None:
         from onpolicy_sft.ledger import Ledger

@@ -39,7 +39,7 @@ from onpolicy_sft.config import (
 )
 from onpolicy_sft.training.collate import Collator, ExampleDataset, pack_examples
 from onpolicy_sft.training.data import DataStats, Example, build_examples, read_data
-from onpolicy_sft.training.resume import check_identity, resolve_checkpoint
+from onpolicy_sft.training.resume import check_identity, check_output_dir, resolve_checkpoint
 from onpolicy_sft.training.trainer import PolicyTrainer, SaveConfigCallback
 
 __all__ = [
@@ -164,21 +164,31 @@ def train(
     ``data_stats.json``, ``checkpoint-*/`` and ``trainer_state.json``.
     """
     cfg, args = resolve(cfg, args, **options)
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, set_seed
 
     from onpolicy_sft.models import resolve_model_path
 
     resolve_model_path(cfg.model)  # a missing model path is named before anything is written
     set_seed(args.seed)
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(
+        cfg.model,
+        str(out),
+        resuming=args.resume_from_checkpoint not in (None, False, "", "false", "False"),
+        overwrite_output_dir=cfg.overwrite_output_dir,
+    )
     identity = _identity(cfg, args)
     resume_from = resolve_checkpoint(args.resume_from_checkpoint, str(out))
     if resume_from is not None:
         check_identity(identity, resume_from)
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-    examples, stats = build_examples(read_data(cfg.dataset, cfg.split), tokenizer, cfg)
+    vocab_size = getattr(
+        AutoConfig.from_pretrained(cfg.model).get_text_config(), "vocab_size", None
+    )
+    examples, stats = build_examples(
+        read_data(cfg.dataset, cfg.split), tokenizer, cfg, vocab_size=vocab_size
+    )
     if not examples:
         raise ValueError(
             f"no trainable rows in {cfg.dataset}: {json.dumps(stats.to_dict())}; "
@@ -187,6 +197,7 @@ def train(
     if cfg.packing:
         examples = pack_examples(examples, cfg.max_length, seed=args.seed)
         stats.packed_rows = len(examples)
+    out.mkdir(parents=True, exist_ok=True)
 
     dtype: Any = "auto" if cfg.model_dtype == "auto" else getattr(torch, cfg.model_dtype)
     model_kwargs: dict[str, Any] = {"dtype": dtype}

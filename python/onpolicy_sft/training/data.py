@@ -17,6 +17,7 @@ import numpy as np
 
 from onpolicy_sft._io import load_table
 from onpolicy_sft.config import IGNORE_INDEX, TrainConfig
+from onpolicy_sft.errors import InputError
 from onpolicy_sft.models import response_ids
 from onpolicy_sft.prompts import chat, train_prompt
 
@@ -74,13 +75,17 @@ def build_examples(
     columns: dict[str, list[Any]],
     tokenizer: Any,
     cfg: TrainConfig,
+    vocab_size: int | None = None,
 ) -> tuple[list[Example], DataStats]:
     """Tokenise rows into :class:`Example` s, applying the max-length and behaviour rules.
 
     Response token ids come from ``response_token_ids`` when the column is
     there (the tokens the model generated, EOS included); otherwise the
     response text is tokenised and EOS appended. Behaviour log-probs must have
-    exactly one value per response token: a mismatch names the row.
+    exactly one finite value per response token, and token ids must lie in
+    ``[0, vocab_size)`` when it is given: a violation names the (1-based) row
+    before any training, where a bad row would fail mid-epoch -- or never, if
+    it is not sampled.
     """
     n = len(next(iter(columns.values()), []))
     stats = DataStats(rows=n)
@@ -93,7 +98,7 @@ def build_examples(
     ids = col("problem_id")
 
     def row_name(i: int) -> str:
-        return f"row {i}" + (f" (problem_id {ids[i]!r})" if ids is not None else "")
+        return f"row {i + 1}" + (f" (problem_id {ids[i]!r})" if ids is not None else "")
 
     prompts_raw = col(cfg.prompt_field)
     problems = col(cfg.problem_field)
@@ -157,11 +162,21 @@ def build_examples(
         if not p:
             raise ValueError(f"{row_name(i)} has a prompt that tokenises to nothing")
         r = np.asarray(
-            text_ids[i] if i in text_ids or token_col is None else token_col[i], dtype=np.int32
+            text_ids[i] if i in text_ids or token_col is None else token_col[i], dtype=np.int64
         )
         if not len(r):
             stats.dropped_empty_response += 1
             continue
+        if vocab_size is not None:
+            for what, toks in (("prompt", np.asarray(p)), ("response_token_ids", r)):
+                bad = toks[(toks < 0) | (toks >= vocab_size)]
+                if len(bad):
+                    raise InputError(
+                        f"{row_name(i)}: {what} holds token id {int(bad[0])}, outside the "
+                        f"model's vocabulary [0, {vocab_size}); the row was tokenised for "
+                        "another model: regenerate it with this --model, or drop it"
+                    )
+        r = r.astype(np.int32)
         blp: np.ndarray | None = None
         if needs_behavior:
             raw = behavior_col[i] if behavior_col is not None else None
@@ -181,6 +196,14 @@ def build_examples(
                 stats.zero_behavior += 1
             else:
                 blp = np.asarray(raw, dtype=np.float32)
+                nonfinite = np.flatnonzero(~np.isfinite(blp))
+                if len(nonfinite):
+                    j = int(nonfinite[0])
+                    raise InputError(
+                        f"{row_name(i)}: {cfg.behavior_field} holds {float(blp[j])} at "
+                        f"response token {j + 1} ({len(nonfinite)} non-finite value(s)); "
+                        "log-probs must be finite: rescore this row or drop it"
+                    )
                 if len(blp) != len(r):
                     raise ValueError(
                         f"{row_name(i)}: {cfg.behavior_field} has {len(blp)} values but the "
