@@ -24,18 +24,46 @@ thread_local! {
     /// The reference's `strict`: when false, variables are matched by position
     /// (not reproduced: comparisons with variables are left undecided).
     static STRICT: Cell<bool> = const { Cell::new(true) };
+    /// The reference makes every symbol complex when the text has a standalone
+    /// `i` (math-verify's `should_treat_as_complex`); identities proven at real
+    /// sample points (|x|^2 = x^2) then do not hold, so symbolic equality is
+    /// left undecided.
+    static COMPLEX: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Run `f` with the given comparison options (restored afterwards).
-pub fn with_options<T>(float_rounding: u32, strict: bool, f: impl FnOnce() -> T) -> T {
+pub fn with_options<T>(
+    float_rounding: u32,
+    strict: bool,
+    complex: bool,
+    f: impl FnOnce() -> T,
+) -> T {
     let old = (
         FLOAT_ROUNDING.with(|c| c.replace(float_rounding)),
         STRICT.with(|c| c.replace(strict)),
+        COMPLEX.with(|c| c.replace(complex)),
     );
     let r = f();
     FLOAT_ROUNDING.with(|c| c.set(old.0));
     STRICT.with(|c| c.set(old.1));
+    COMPLEX.with(|c| c.set(old.2));
     r
+}
+
+/// math-verify's `should_treat_as_complex` for the parts this parser reads: a
+/// standalone `i` (`\bi\b`), `\text{i}` / `\mathrm{i}`, `\imath`.
+pub fn looks_complex(s: &str) -> bool {
+    let b = s.as_bytes();
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    for (k, &c) in b.iter().enumerate() {
+        if c == b'i' && (k == 0 || !word(b[k - 1])) && b.get(k + 1).is_none_or(|&n| !word(n)) {
+            return true;
+        }
+    }
+    s.contains("\\text{i}")
+        || s.contains("\\mathrm{i}")
+        || s.contains("\\imath")
+        || s.contains("\\det")
 }
 use super::parse::{Fun, Node, Value};
 
@@ -193,11 +221,22 @@ pub fn eval(n: &Node, env: &dyn Fn(&str) -> Option<f64>) -> Option<Ev> {
                 // sample points cannot tell)
                 return None;
             }
+            if matches!(f, Fun::Abs) {
+                return Some(Ev {
+                    exact: x
+                        .exact
+                        .and_then(|r| if r.n < 0 { r.negate() } else { Some(r) }),
+                    f: x.f.abs(),
+                });
+            }
             let v = match f {
-                Fun::Floor | Fun::Ceil => unreachable!(),
+                Fun::Floor | Fun::Ceil | Fun::Abs => unreachable!(),
                 Fun::Sin => x.f.sin(),
                 Fun::Cos => x.f.cos(),
                 Fun::Tan => x.f.tan(),
+                Fun::Sec => 1.0 / x.f.cos(),
+                Fun::Csc => 1.0 / x.f.sin(),
+                Fun::Cot => 1.0 / x.f.tan(),
                 Fun::Ln => {
                     if x.f <= 0.0 {
                         return None;
@@ -231,6 +270,17 @@ pub fn eval(n: &Node, env: &dyn Fn(&str) -> Option<f64>) -> Option<Ev> {
             }
             Ev::float(x.f.ln() / y.f.ln())
         }
+        Node::Mod(a, b) => {
+            // integers only: sympy's Mod of non-integers and symbols is not reproduced
+            let x = eval(a, env)?.exact?;
+            let y = eval(b, env)?.exact?;
+            if !x.is_int() || !y.is_int() || y.n == 0 {
+                return None;
+            }
+            // Python's sign convention: the result takes the divisor's sign
+            let r = x.n.rem_euclid(y.n.abs());
+            Ev::rat(Rat::int(if y.n < 0 && r != 0 { r + y.n } else { r }))
+        }
         Node::Pct(a) => {
             let v = eval(a, env)?;
             let h = Rat::int(100);
@@ -255,7 +305,11 @@ fn collect_syms(n: &Node, out: &mut Vec<String>) {
         Node::Sym(s) if !out.contains(s) => out.push(s.clone()),
         Node::Add(v) | Node::Mul(v) => v.iter().for_each(|x| collect_syms(x, out)),
         Node::Neg(a) | Node::Fact(a) | Node::Func(_, a) | Node::Pct(a) => collect_syms(a, out),
-        Node::Div(a, b) | Node::Pow(a, b) | Node::Root(a, b) | Node::Log(a, b) => {
+        Node::Div(a, b)
+        | Node::Pow(a, b)
+        | Node::Root(a, b)
+        | Node::Log(a, b)
+        | Node::Mod(a, b) => {
             collect_syms(a, out);
             collect_syms(b, out);
         }
@@ -269,9 +323,11 @@ fn has_inf(n: &Node) -> bool {
         Node::Inf => true,
         Node::Add(v) | Node::Mul(v) => v.iter().any(has_inf),
         Node::Neg(a) | Node::Fact(a) | Node::Func(_, a) | Node::Pct(a) => has_inf(a),
-        Node::Div(a, b) | Node::Pow(a, b) | Node::Root(a, b) | Node::Log(a, b) => {
-            has_inf(a) || has_inf(b)
-        }
+        Node::Div(a, b)
+        | Node::Pow(a, b)
+        | Node::Root(a, b)
+        | Node::Log(a, b)
+        | Node::Mod(a, b) => has_inf(a) || has_inf(b),
         Node::Opaque(_, v) => v.iter().any(has_inf),
         _ => false,
     }
@@ -438,9 +494,11 @@ fn has_opaque(n: &Node) -> bool {
         Node::Opaque(..) => true,
         Node::Add(v) | Node::Mul(v) => v.iter().any(has_opaque),
         Node::Neg(a) | Node::Fact(a) | Node::Func(_, a) | Node::Pct(a) => has_opaque(a),
-        Node::Div(a, b) | Node::Pow(a, b) | Node::Root(a, b) | Node::Log(a, b) => {
-            has_opaque(a) || has_opaque(b)
-        }
+        Node::Div(a, b)
+        | Node::Pow(a, b)
+        | Node::Root(a, b)
+        | Node::Log(a, b)
+        | Node::Mod(a, b) => has_opaque(a) || has_opaque(b),
         _ => false,
     }
 }
@@ -557,7 +615,7 @@ fn expr_eq(g: &Node, p: &Node) -> Option<bool> {
     }
     if all_eq {
         // same function of the same variables
-        if gs != ps {
+        if gs != ps || COMPLEX.with(|c| c.get()) {
             return None;
         }
         Some(true)
@@ -685,7 +743,23 @@ pub fn equal(gold: &Value, pred: &Value) -> Option<bool> {
                 _ => None,
             }
         }
-        (Value::Rel(_), Value::Expr(n)) | (Value::Expr(n), Value::Rel(_)) => {
+        (Value::Rel(_, Some(g)), Value::Rel(_, Some(p))) => {
+            // the reference's relational comparison: the same relation with
+            // equal lhs - rhs, or the flipped one with lhs - rhs negated; anything
+            // else goes on to sympy's solve(), which is not reproduced
+            let (gop, gl, gr) = &**g;
+            let (pop, pl, pr) = &**p;
+            let diff =
+                |a: &Node, b: &Node| Node::Add(vec![a.clone(), Node::Neg(Box::new(b.clone()))]);
+            if gop == pop && expr_eq(&diff(gl, gr), &diff(pl, pr)) == Some(true) {
+                return Some(true);
+            }
+            if gop.flipped() == *pop && expr_eq(&diff(gl, gr), &diff(pr, pl)) == Some(true) {
+                return Some(true);
+            }
+            None
+        }
+        (Value::Rel(..), Value::Expr(n)) | (Value::Expr(n), Value::Rel(..)) => {
             // an inequality never equals a number
             if is_constant(n) {
                 Some(false)
@@ -693,7 +767,7 @@ pub fn equal(gold: &Value, pred: &Value) -> Option<bool> {
                 None
             }
         }
-        (Value::Rel(_), _) | (_, Value::Rel(_)) => None,
+        (Value::Rel(..), _) | (_, Value::Rel(..)) => None,
         (Value::Eq(_), _) | (_, Value::Eq(_)) => None,
         (Value::Text(a), Value::Text(b)) => Some(a == b),
         (Value::Text(_), Value::Expr(n)) | (Value::Expr(n), Value::Text(_)) => {
@@ -815,9 +889,11 @@ fn has_e(n: &Node) -> bool {
         Node::E => true,
         Node::Add(v) | Node::Mul(v) => v.iter().any(has_e),
         Node::Neg(a) | Node::Fact(a) | Node::Func(_, a) | Node::Pct(a) => has_e(a),
-        Node::Div(a, b) | Node::Pow(a, b) | Node::Root(a, b) | Node::Log(a, b) => {
-            has_e(a) || has_e(b)
-        }
+        Node::Div(a, b)
+        | Node::Pow(a, b)
+        | Node::Root(a, b)
+        | Node::Log(a, b)
+        | Node::Mod(a, b) => has_e(a) || has_e(b),
         Node::Opaque(_, v) => v.iter().any(has_e),
         _ => false,
     }

@@ -453,15 +453,19 @@ pub fn verify_with(prediction: &str, gold: &str, opts: &Options) -> Verdict {
                 && [gv, pv].iter().any(|v| {
                     matches!(
                         v,
-                        Value::Rel(_) | Value::Set(_) | Value::Interval { .. } | Value::Eq(_)
+                        Value::Rel(..) | Value::Set(_) | Value::Interval { .. } | Value::Eq(_)
                     )
                 }) =>
         {
             undecided("set-relation comparison not supported", p_str, g_str)
         }
         (Some(gv), Some(pv)) => {
-            match compare::with_options(opts.float_rounding, opts.strict, || compare::equal(gv, pv))
-            {
+            let complex = [&p_str, &g_str]
+                .iter()
+                .any(|x| x.as_deref().is_some_and(compare::looks_complex));
+            match compare::with_options(opts.float_rounding, opts.strict, complex, || {
+                compare::equal(gv, pv)
+            }) {
                 Some(true) => Verdict {
                     correct: Some(true),
                     pred_answer: p_str,

@@ -21,6 +21,10 @@ pub enum Fun {
     Tan,
     Ln,
     Log10,
+    Sec,
+    Csc,
+    Cot,
+    Abs,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -51,6 +55,8 @@ pub enum Node {
     Opaque(String, Vec<Node>),
     /// log base b of x
     Log(Box<Node>, Box<Node>),
+    /// `a \mod b` (sympy's Mod): evaluated for integers only
+    Mod(Box<Node>, Box<Node>),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -69,8 +75,9 @@ pub enum Value {
     /// a word: `\text{Evelyn}` or a single letter, lower-cased as the reference does
     Text(String),
     /// an inequality or a chain with one (`x \le 3`, `0 < n < 5`), as written:
-    /// never equal to a number; equal to the same text
-    Rel(String),
+    /// never equal to a number; equal to the same text. A single inequality
+    /// also keeps its parts (op, lhs, rhs).
+    Rel(String, Option<Box<(RelOp, Node, Node)>>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,6 +152,7 @@ fn tokenize(s: &str) -> R<Vec<Tok>> {
             let name = &s[st..j];
             match name {
                 "quad" | "qquad" => {}
+                "vert" | "lvert" | "rvert" => out.push(Tok::Ch('|')),
                 _ => out.push(Tok::Cmd(name.to_string())),
             }
             i = j;
@@ -250,6 +258,9 @@ impl P {
                     | "sin"
                     | "cos"
                     | "tan"
+                    | "sec"
+                    | "csc"
+                    | "cot"
                     | "ln"
                     | "log"
                     | "text"
@@ -479,7 +490,7 @@ impl P {
                     // x_1, x_{10}: one symbol
                     self.i += 1;
                     let sub = self.subscript_text()?;
-                    if c == 'e' || c == 'i' {
+                    if c == 'e' {
                         return Err(PErr::Unsupported);
                     }
                     node = Node::Sym(format!("{}_{sub}", c.to_ascii_lowercase()));
@@ -510,6 +521,14 @@ impl P {
                 self.expect_ch(')')?;
                 e
             }
+            // |x| is Abs(x) in the reference; bars are never implicit factors here,
+            // so "|a||b|" and "|a|b|" stay unsupported instead of being guessed
+            Tok::Ch('|') => {
+                self.i += 1;
+                let e = self.expr()?;
+                self.expect_ch('|')?;
+                Node::Func(Fun::Abs, Box::new(e))
+            }
             Tok::Ch('{') => {
                 self.i += 1;
                 let e = self.expr()?;
@@ -520,9 +539,7 @@ impl P {
                 self.i += 1;
                 match c.as_str() {
                     "pi" => Node::Pi,
-                    "alpha" | "beta" | "gamma" | "delta" | "theta" | "phi" | "omega" | "lambda"
-                    | "mu" | "sigma" | "tau" | "rho" | "psi" | "chi" | "eta" | "zeta" | "kappa"
-                    | "nu" | "xi" | "epsilon" | "varepsilon" | "varphi" | "vartheta" => {
+                    g if is_greek(g) => {
                         let mut name = c.clone();
                         if self.is_ch('_') {
                             self.i += 1;
@@ -644,14 +661,24 @@ impl P {
                         };
                         Node::Log(Box::new(arg), Box::new(base))
                     }
-                    "sin" | "cos" | "tan" | "ln" | "log" => {
+                    "sin" | "cos" | "tan" | "sec" | "csc" | "cot" | "ln" | "log" => {
                         let f = match c.as_str() {
                             "sin" => Fun::Sin,
                             "cos" => Fun::Cos,
                             "tan" => Fun::Tan,
+                            "sec" => Fun::Sec,
+                            "csc" => Fun::Csc,
+                            "cot" => Fun::Cot,
                             "ln" => Fun::Ln,
                             _ => Fun::Log10,
                         };
+                        // \sin^2 x is sin(x)**2 in the reference
+                        let mut power = None;
+                        if self.is_ch('^') && !matches!(f, Fun::Ln | Fun::Log10) {
+                            self.i += 1;
+                            power = Some(self.group()?);
+                        }
+                        let bare_arg = !self.is_ch('(') && !self.is_ch('{');
                         let arg = if self.is_ch('(') {
                             self.i += 1;
                             let e = self.expr()?;
@@ -669,10 +696,27 @@ impl P {
                                     self.i += 1;
                                     letter_node(ch)?
                                 }
+                                Some(Tok::Cmd(g)) if is_greek(&g) => {
+                                    self.i += 1;
+                                    Node::Sym(g)
+                                }
                                 _ => return Err(PErr::Unsupported),
                             }
                         };
-                        Node::Func(f, Box::new(arg))
+                        // the reference's argument without parentheses is a whole
+                        // product (\sin 2x is sin(2x)) that stops at the next function
+                        // (\cos y \cos z): only a one-token argument is reproduced
+                        if bare_arg
+                            && self.starts_factor()
+                            && !matches!(self.peek(), Some(Tok::Cmd(n)) if is_function(n))
+                        {
+                            return Err(PErr::Unsupported);
+                        }
+                        let node = Node::Func(f, Box::new(arg));
+                        match power {
+                            Some(p) => Node::Pow(Box::new(node), Box::new(p)),
+                            None => node,
+                        }
                     }
                     _ => return Err(PErr::Unsupported),
                 }
@@ -771,6 +815,42 @@ impl P {
     }
 }
 
+fn is_greek(c: &str) -> bool {
+    matches!(
+        c,
+        "alpha"
+            | "beta"
+            | "gamma"
+            | "delta"
+            | "theta"
+            | "phi"
+            | "omega"
+            | "lambda"
+            | "mu"
+            | "sigma"
+            | "tau"
+            | "rho"
+            | "psi"
+            | "chi"
+            | "eta"
+            | "zeta"
+            | "kappa"
+            | "nu"
+            | "xi"
+            | "epsilon"
+            | "varepsilon"
+            | "varphi"
+            | "vartheta"
+    )
+}
+
+fn is_function(c: &str) -> bool {
+    matches!(
+        c,
+        "sin" | "cos" | "tan" | "sec" | "csc" | "cot" | "ln" | "log"
+    )
+}
+
 fn binom(n: i128, k: i128) -> Option<Rat> {
     if !(0..=200).contains(&n) || k < 0 || k > n {
         return if (0..=200).contains(&n) && (k < 0 || k > n) {
@@ -791,8 +871,10 @@ fn letter_node(c: char) -> R<Node> {
         // lower-case e is Euler's number; upper-case letters become lower-case
         // symbols (E is then a symbol named "e", not Euler's number)
         'e' => Ok(Node::E),
-        // the reference reads i as a symbol or the imaginary unit depending on context
-        'i' | 'I' => Err(PErr::Unsupported),
+        // a lower-case i is a plain symbol in the reference (complex-valued when the
+        // text has a standalone i, see `compare::with_options`); upper-case I is
+        // sympy's imaginary unit
+        'I' => Err(PErr::Unsupported),
         c if c.is_ascii_lowercase() => Ok(Node::Sym(c.to_string())),
         c if c.is_ascii_uppercase() => Ok(Node::Sym(format!("{}", c.to_ascii_lowercase()))),
         _ => Err(PErr::Unsupported),
@@ -870,13 +952,13 @@ fn has_cmd(s: &str, name: &str) -> bool {
 
 fn relation(s: &str) -> R<Value> {
     if [
-        "pm", "mp", "approx", "in", "cup", "cap", "equiv", "mod", "pmod", "setminus",
+        "pm", "mp", "in", "cup", "cap", "equiv", "pmod", "setminus", "mid",
     ]
     .iter()
     .any(|c| has_cmd(s, c))
         || s.contains(':')
         || s.contains(';')
-        || s.contains('|')
+        || s.contains("\\|")
     {
         return Err(PErr::Unsupported);
     }
@@ -903,7 +985,7 @@ fn relation(s: &str) -> R<Value> {
             // Euler's number in the reference
             return Ok(Value::Expr(Node::E));
         }
-        if c == 'i' || c == 'I' {
+        if c == 'I' {
             return Err(PErr::Unsupported);
         }
         return Ok(Value::Text(c.to_ascii_lowercase().to_string()));
@@ -913,12 +995,16 @@ fn relation(s: &str) -> R<Value> {
     if matches!(toks.first(), Some(Tok::Ch('='))) {
         toks.remove(0);
     }
+    let is_approx = |t: &Tok| matches!(t, Tok::Cmd(c) if c == "approx");
     let has_ineq = toks.iter().any(is_rel_tok);
     let has_eq = toks.iter().any(|t| matches!(t, Tok::Ch('=')));
-    if has_ineq || has_eq {
+    let has_approx = toks.iter().any(is_approx);
+    if has_ineq || has_eq || has_approx {
         let mut parts: Vec<Vec<Tok>> = vec![Vec::new()];
+        let mut ops: Vec<Tok> = Vec::new();
         for tok in toks {
-            if is_rel_tok(&tok) || tok == Tok::Ch('=') {
+            if is_rel_tok(&tok) || tok == Tok::Ch('=') || is_approx(&tok) {
+                ops.push(tok);
                 parts.push(Vec::new());
             } else {
                 parts.last_mut().unwrap().push(tok);
@@ -926,15 +1012,158 @@ fn relation(s: &str) -> R<Value> {
         }
         let mut nodes = Vec::new();
         for p in parts {
-            nodes.push(parse_expr_tokens(p).map_err(|_| PErr::Unsupported)?);
+            nodes.push(parse_part(p).map_err(|_| PErr::Unsupported)?);
         }
-        return Ok(if has_ineq {
-            Value::Rel(t.split_whitespace().collect())
-        } else {
-            Value::Eq(nodes)
-        });
+        if has_approx {
+            // the reference folds left: `lhs \approx rhs` is rhs when lhs is a bare
+            // symbol (an assignment), else lhs; a relation on the left is kept
+            if has_ineq {
+                return Err(PErr::Unsupported);
+            }
+            let mut cur: Vec<Node> = vec![nodes[0].clone()];
+            for (op, rhs) in ops.iter().zip(nodes.into_iter().skip(1)) {
+                if !is_approx(op) {
+                    cur.push(rhs);
+                } else if cur.len() == 1 {
+                    match symbols_only(&cur[0]) {
+                        Some(true) => cur[0] = rhs,
+                        Some(false) => {}
+                        None => return Err(PErr::Unsupported),
+                    }
+                }
+            }
+            return Ok(if cur.len() == 1 {
+                Value::Expr(cur.pop().unwrap())
+            } else {
+                Value::Eq(cur)
+            });
+        }
+        if has_ineq {
+            let parsed = match (ops.as_slice(), nodes.len()) {
+                ([op], 2) => rel_op(op).map(|k| {
+                    let mut it = nodes.into_iter();
+                    Box::new((k, it.next().unwrap(), it.next().unwrap()))
+                }),
+                _ => None,
+            };
+            return Ok(Value::Rel(t.split_whitespace().collect(), parsed));
+        }
+        return Ok(Value::Eq(nodes));
     }
-    parse_expr_tokens(toks).map(Value::Expr)
+    parse_part(toks).map(Value::Expr)
+}
+
+/// Kind of a single inequality `lhs OP rhs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelOp {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Ne,
+}
+
+impl RelOp {
+    /// the relation read from the other side (a < b is b > a)
+    pub fn flipped(self) -> RelOp {
+        match self {
+            RelOp::Lt => RelOp::Gt,
+            RelOp::Le => RelOp::Ge,
+            RelOp::Gt => RelOp::Lt,
+            RelOp::Ge => RelOp::Le,
+            RelOp::Ne => RelOp::Ne,
+        }
+    }
+}
+
+fn rel_op(t: &Tok) -> Option<RelOp> {
+    Some(match t {
+        Tok::Ch('<') => RelOp::Lt,
+        Tok::Ch('>') => RelOp::Gt,
+        Tok::Cmd(c) => match c.as_str() {
+            "lt" => RelOp::Lt,
+            "gt" => RelOp::Gt,
+            "le" | "leq" | "leqslant" => RelOp::Le,
+            "ge" | "geq" | "geqslant" => RelOp::Ge,
+            "ne" | "neq" => RelOp::Ne,
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
+/// latex2sympy's `is_expr_of_only_symbols` on the forms whose sympy shape is
+/// certain: a symbol or a product of distinct symbols (Some(true)), an
+/// expression without symbols (Some(false)); anything else None.
+fn symbols_only(n: &Node) -> Option<bool> {
+    fn syms(n: &Node, out: &mut Vec<String>) -> bool {
+        match n {
+            Node::Sym(s) => {
+                out.push(s.clone());
+                true
+            }
+            Node::Mul(v) => v.iter().all(|x| syms(x, out)),
+            _ => false,
+        }
+    }
+    let mut names = Vec::new();
+    if syms(n, &mut names) {
+        let k = names.len();
+        names.sort();
+        names.dedup();
+        return if names.len() == k { Some(true) } else { None };
+    }
+    if contains_symbol(n) {
+        None
+    } else {
+        Some(false)
+    }
+}
+
+fn contains_symbol(n: &Node) -> bool {
+    match n {
+        Node::Sym(_) | Node::Opaque(..) => true,
+        Node::Add(v) | Node::Mul(v) => v.iter().any(contains_symbol),
+        Node::Neg(a) | Node::Fact(a) | Node::Func(_, a) | Node::Pct(a) => contains_symbol(a),
+        Node::Div(a, b)
+        | Node::Pow(a, b)
+        | Node::Root(a, b)
+        | Node::Log(a, b)
+        | Node::Mod(a, b) => contains_symbol(a) || contains_symbol(b),
+        _ => false,
+    }
+}
+
+/// One side of a relation: an expression, or `atom \mod atom` (sympy's Mod;
+/// with atoms on both sides the reference's precedence of `\mod` cannot matter).
+fn parse_part(t: Vec<Tok>) -> R<Node> {
+    let is_mod = |x: &Tok| matches!(x, Tok::Cmd(c) if c == "mod");
+    let n_mod = t.iter().filter(|x| is_mod(x)).count();
+    if n_mod == 0 {
+        return parse_expr_tokens(t);
+    }
+    if n_mod > 1 {
+        return Err(PErr::Unsupported);
+    }
+    let k = t.iter().position(is_mod).unwrap();
+    let atom = |toks: Vec<Tok>| -> R<Node> {
+        if toks.is_empty() {
+            return Err(PErr::Unsupported);
+        }
+        let mut p = P {
+            t: toks,
+            i: 0,
+            depth: 0,
+        };
+        let e = p.postfix()?;
+        if p.i != p.t.len() {
+            return Err(PErr::Unsupported);
+        }
+        Ok(e)
+    };
+    let right = t[k + 1..].to_vec();
+    let left = t[..k].to_vec();
+    Ok(Node::Mod(Box::new(atom(left)?), Box::new(atom(right)?)))
 }
 
 fn is_digits(s: &str) -> bool {
