@@ -453,7 +453,11 @@ pub fn verify_with(prediction: &str, gold: &str, opts: &Options) -> Verdict {
                 && [gv, pv].iter().any(|v| {
                     matches!(
                         v,
-                        Value::Rel(..) | Value::Set(_) | Value::Interval { .. } | Value::Eq(_)
+                        Value::Rel(..)
+                            | Value::Set(_)
+                            | Value::Interval { .. }
+                            | Value::Eq(_)
+                            | Value::TupleEq(..)
                     )
                 }) =>
         {

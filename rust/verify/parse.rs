@@ -78,6 +78,8 @@ pub enum Value {
     /// never equal to a number; equal to the same text. A single inequality
     /// also keeps its parts (op, lhs, rhs).
     Rel(String, Option<Box<(RelOp, Node, Node)>>),
+    /// `(a, b) = (1, 2)`: an equation between tuples (lhs, rhs)
+    TupleEq(Box<Value>, Box<Value>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -484,16 +486,31 @@ impl P {
                 }
             }
             Tok::Letter(c) => {
+                // a letter right after another one ends a word ("gcd(6, 43)"), which
+                // the reference may read as a named function or reject
+                let after_letter = self.i > 0 && matches!(self.t[self.i - 1], Tok::Letter(_));
                 self.i += 1;
                 let mut node = letter_node(c)?;
                 if self.is_ch('_') {
                     // x_1, x_{10}: one symbol
                     self.i += 1;
-                    let sub = self.subscript_text()?;
                     if c == 'e' {
                         return Err(PErr::Unsupported);
                     }
-                    node = Node::Sym(format!("{}_{sub}", c.to_ascii_lowercase()));
+                    let save = self.i;
+                    match self.subscript_text() {
+                        Ok(sub) => {
+                            node = Node::Sym(format!("{}_{sub}", c.to_ascii_lowercase()));
+                        }
+                        Err(_) => {
+                            // a_{n-1}, p_{a,b}: one symbol named after the raw text,
+                            // whose exact name is not reproduced: an opaque atom that
+                            // is never equal to a number and unknown against symbols
+                            self.i = save;
+                            let sub = self.skip_braced()?;
+                            node = Node::Opaque(format!("{c}_{{{sub}}}"), Vec::new());
+                        }
+                    }
                 }
                 if self.is_ch('(') {
                     // f(x), P(0): an undefined function of a single atom;
@@ -502,15 +519,30 @@ impl P {
                         (self.peek_at(1), self.peek_at(2)),
                         (Some(Tok::Num(_)) | Some(Tok::Letter(_)), Some(Tok::Ch(')')))
                     );
-                    if single {
+                    // f(2015, 2), a(1, 2): an undefined function of several atoms
+                    let mut k = 1;
+                    while matches!(self.peek_at(k), Some(Tok::Num(_)) | Some(Tok::Letter(_)))
+                        && matches!(self.peek_at(k + 1), Some(Tok::Ch(',')))
+                    {
+                        k += 2;
+                    }
+                    let multi = k > 1
+                        && !after_letter
+                        && matches!(self.peek_at(k), Some(Tok::Num(_)) | Some(Tok::Letter(_)))
+                        && matches!(self.peek_at(k + 1), Some(Tok::Ch(')')));
+                    if single || multi {
                         self.i += 1;
-                        let arg = self.primary()?;
+                        let mut args = vec![self.primary()?];
+                        while self.eat_ch(',') {
+                            args.push(self.primary()?);
+                        }
                         self.expect_ch(')')?;
                         let name = match &node {
                             Node::Sym(n) => n.clone(),
+                            Node::Opaque(n, _) => n.clone(),
                             _ => "e".to_string(),
                         };
-                        node = Node::Opaque(name, vec![arg]);
+                        node = Node::Opaque(name, args);
                     }
                 }
                 node
@@ -786,6 +818,36 @@ impl P {
             }
             _ => Err(PErr::Unsupported),
         }
+    }
+
+    /// `{...}` with balanced braces, skipped; returns its tokens as text
+    fn skip_braced(&mut self) -> R<String> {
+        self.expect_ch('{')?;
+        let mut depth = 1usize;
+        let mut text = String::new();
+        while let Some(t) = self.peek().cloned() {
+            self.i += 1;
+            match &t {
+                Tok::Ch('{') => depth += 1,
+                Tok::Ch('}') => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return Ok(text);
+                    }
+                }
+                _ => {}
+            }
+            match t {
+                Tok::Num(n) => text.push_str(&n),
+                Tok::Letter(c) | Tok::Ch(c) => text.push(c),
+                Tok::Cmd(c) => {
+                    text.push('\\');
+                    text.push_str(&c);
+                    text.push(' ');
+                }
+            }
+        }
+        Err(PErr::Unsupported)
     }
 
     fn brace_expr(&mut self) -> R<Node> {
@@ -1284,7 +1346,45 @@ pub fn parse_answer(s: &str) -> R<Value> {
             }
         }
     }
+    if let Some(v) = tuple_equation(s)? {
+        return Ok(v);
+    }
     relation(s)
+}
+
+/// `(x, y) = (1, -5)`: both sides tuples (or pairs) at the top level.
+fn tuple_equation(s: &str) -> R<Option<Value>> {
+    let Some(parts) = split_top(s, b'=') else {
+        return Ok(None);
+    };
+    let b = s.as_bytes();
+    let plain_eq = (0..b.len()).filter(|&i| b[i] == b'=').all(|i| {
+        i > 0 && !matches!(b[i - 1], b'<' | b'>' | b'!' | b'\\') && b.get(i + 1) != Some(&b'=')
+    });
+    let (l, r) = match parts.as_slice() {
+        [l, r] if plain_eq => (l.trim(), r.trim()),
+        _ => return Ok(None),
+    };
+    if !l.starts_with('(') || !r.starts_with('(') || !l.ends_with(')') {
+        return Ok(None);
+    }
+    let lhs = parse_answer(l)?;
+    let rhs = parse_answer(r)?;
+    let tuple_like = |v: &Value| {
+        matches!(
+            v,
+            Value::Tuple(_)
+                | Value::Interval {
+                    lo_open: true,
+                    hi_open: true,
+                    ..
+                }
+        )
+    };
+    if !tuple_like(&lhs) || !tuple_like(&rhs) {
+        return Err(PErr::Unsupported);
+    }
+    Ok(Some(Value::TupleEq(Box::new(lhs), Box::new(rhs))))
 }
 
 #[cfg(test)]
