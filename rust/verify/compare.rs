@@ -106,7 +106,7 @@ pub fn eval(n: &Node, env: &dyn Fn(&str) -> Option<f64>) -> Option<Ev> {
         Node::Sym(s) => Ev::float(env(s)?),
         Node::Pi => Ev::float(std::f64::consts::PI),
         Node::E => Ev::float(std::f64::consts::E),
-        Node::Inf => return None,
+        Node::Inf | Node::PlusMinus(..) => return None,
         Node::Add(ts) => {
             let mut acc = Ev::rat(Rat::int(0));
             for t in ts {
@@ -298,6 +298,31 @@ pub fn eval(n: &Node, env: &dyn Fn(&str) -> Option<f64>) -> Option<Ev> {
 
 fn no_env(_: &str) -> Option<f64> {
     None
+}
+
+/// The value of a constant expression, if it has one.
+pub fn eval_const(n: &Node) -> Option<f64> {
+    eval(n, &no_env).map(|e| e.f)
+}
+
+/// `a \pm b` as the set it stands for.
+fn plus_minus_set(a: &Option<Box<Node>>, b: &Node) -> Value {
+    let neg = Node::Neg(Box::new(b.clone()));
+    let (lo, hi) = match a {
+        Some(a) => (
+            Node::Add(vec![(**a).clone(), neg]),
+            Node::Add(vec![(**a).clone(), b.clone()]),
+        ),
+        None => (neg, b.clone()),
+    };
+    Value::Set(vec![Value::Expr(lo), Value::Expr(hi)])
+}
+
+fn expand_plus_minus(v: &Value) -> Option<Value> {
+    match v {
+        Value::Expr(Node::PlusMinus(a, b)) => Some(plus_minus_set(a, b)),
+        _ => None,
+    }
 }
 
 fn collect_syms(n: &Node, out: &mut Vec<String>) {
@@ -720,6 +745,19 @@ pub fn equal(gold: &Value, pred: &Value) -> Option<bool> {
     }
     if let Some(v) = tuple_equation_eq(gold, pred) {
         return v;
+    }
+    if let Some(g) = expand_plus_minus(gold) {
+        return equal(&g, pred);
+    }
+    if let Some(p) = expand_plus_minus(pred) {
+        return equal(gold, &p);
+    }
+    // an equation whose right-hand side is a \pm set, against a gold that is no
+    // equation: that set (the reference takes the last right-hand side)
+    if let (Value::Eq(nodes), false) = (pred, matches!(gold, Value::Eq(_))) {
+        if let Some(Node::PlusMinus(a, b)) = nodes.last() {
+            return equal(gold, &plus_minus_set(a, b));
+        }
     }
     let g_assign = is_assignment(gold);
     let p_eq = matches!(pred, Value::Eq(_));

@@ -57,6 +57,9 @@ pub enum Node {
     Log(Box<Node>, Box<Node>),
     /// `a \mod b` (sympy's Mod): evaluated for integers only
     Mod(Box<Node>, Box<Node>),
+    /// `a \pm b`: the set {a - b, a + b} ({-b, b} without a); only at the top
+    /// of an answer or of an equation's side
+    PlusMinus(Option<Box<Node>>, Box<Node>),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -626,6 +629,7 @@ impl P {
                         )
                     }
                     "infty" => Node::Inf,
+                    "gcd" => self.gcd()?,
                     "frac" => {
                         let save = self.i;
                         if let (Some(a), Some(b)) = (self.group_int(), self.group_int()) {
@@ -719,20 +723,30 @@ impl P {
                         } else if self.is_ch('{') {
                             self.brace_expr()?
                         } else {
+                            let one = |p: &mut P| -> R<Option<Node>> {
+                                Ok(match p.peek().cloned() {
+                                    Some(Tok::Letter(ch)) => {
+                                        p.i += 1;
+                                        Some(letter_node(ch)?)
+                                    }
+                                    Some(Tok::Cmd(g)) if is_greek(&g) => {
+                                        p.i += 1;
+                                        Some(Node::Sym(g))
+                                    }
+                                    _ => None,
+                                })
+                            };
                             match self.peek().cloned() {
                                 Some(Tok::Num(s)) => {
                                     self.i += 1;
-                                    num_node(&s)?
+                                    let n = num_node(&s)?;
+                                    // \cos 2\theta is cos(2 theta)
+                                    match one(self)? {
+                                        Some(x) => Node::Mul(vec![n, x]),
+                                        None => n,
+                                    }
                                 }
-                                Some(Tok::Letter(ch)) => {
-                                    self.i += 1;
-                                    letter_node(ch)?
-                                }
-                                Some(Tok::Cmd(g)) if is_greek(&g) => {
-                                    self.i += 1;
-                                    Node::Sym(g)
-                                }
-                                _ => return Err(PErr::Unsupported),
+                                _ => one(self)?.ok_or(PErr::Unsupported)?,
                             }
                         };
                         // the reference's argument without parentheses is a whole
@@ -818,6 +832,40 @@ impl P {
             }
             _ => Err(PErr::Unsupported),
         }
+    }
+
+    /// `\gcd(a, b, ...)` after the command: the reference evaluates it (sympy's
+    /// gcd, unevaluated-wrapped): of integers, or of distinct lone symbols and
+    /// nonzero integers (a polynomial gcd, 1)
+    fn gcd(&mut self) -> R<Node> {
+        self.expect_ch('(')?;
+        let mut args = vec![self.expr()?];
+        while self.eat_ch(',') {
+            args.push(self.expr()?);
+        }
+        self.expect_ch(')')?;
+        let mut g: i128 = 0;
+        let mut syms: Vec<&String> = Vec::new();
+        for a in &args {
+            match a {
+                Node::Num { v, float: false } if v.is_int() && v.n != 0 => {
+                    let (mut x, mut y) = (g, v.n.abs());
+                    while y != 0 {
+                        (x, y) = (y, x % y);
+                    }
+                    g = x;
+                }
+                Node::Sym(s) if !syms.contains(&s) => syms.push(s),
+                _ => return Err(PErr::Unsupported),
+            }
+        }
+        if !syms.is_empty() {
+            g = 1;
+        }
+        if args.len() < 2 {
+            return Err(PErr::Unsupported);
+        }
+        Ok(Node::Mul(vec![Node::Frac(Rat::int(g))]))
     }
 
     /// `{...}` with balanced braces, skipped; returns its tokens as text
@@ -1013,17 +1061,23 @@ fn has_cmd(s: &str, name: &str) -> bool {
 }
 
 fn relation(s: &str) -> R<Value> {
-    if [
-        "pm", "mp", "in", "cup", "cap", "equiv", "pmod", "setminus", "mid",
-    ]
-    .iter()
-    .any(|c| has_cmd(s, c))
+    if ["mp", "in", "cup", "cap", "equiv", "setminus", "mid"]
+        .iter()
+        .any(|c| has_cmd(s, c))
         || s.contains(':')
         || s.contains(';')
         || s.contains("\\|")
     {
         return Err(PErr::Unsupported);
     }
+    // the reference's lexer reads \pmod{n} as \pm o d n
+    let rewritten;
+    let s = if has_cmd(s, "pmod") {
+        rewritten = s.replace("\\pmod", "\\pm od ");
+        rewritten.as_str()
+    } else {
+        s
+    };
     // a lone \text{word}
     let t = s.trim();
     if let Some(inner) = t.strip_prefix("\\text{").and_then(|r| r.strip_suffix('}')) {
@@ -1037,6 +1091,17 @@ fn relation(s: &str) -> R<Value> {
                 .collect::<String>()
                 .to_lowercase();
             return Ok(Value::Text(w));
+        }
+        // \text{answer: 12}: one symbol named after the text (never a number)
+        if inner.bytes().any(|c| c.is_ascii_alphabetic())
+            && inner
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b" :-.".contains(&c))
+        {
+            return Ok(Value::Expr(Node::Opaque(
+                format!("text:{inner}"),
+                Vec::new(),
+            )));
         }
         return Err(PErr::Unsupported);
     }
@@ -1113,6 +1178,56 @@ fn relation(s: &str) -> R<Value> {
         return Ok(Value::Eq(nodes));
     }
     parse_part(toks).map(Value::Expr)
+}
+
+/// `a \pm b` (one `\pm`, outside brackets, with a single term after it): the
+/// reference's set {a - b, a + b}; `\pm b` alone is {-b, b}.
+fn plus_minus(t: Vec<Tok>) -> R<Node> {
+    let is_pm = |x: &Tok| matches!(x, Tok::Cmd(c) if c == "pm");
+    if t.iter().filter(|x| is_pm(x)).count() != 1 {
+        return Err(PErr::Unsupported);
+    }
+    let k = t.iter().position(is_pm).unwrap();
+    let mut depth = 0i64;
+    for (j, x) in t.iter().enumerate() {
+        match x {
+            Tok::Ch('(') | Tok::Ch('{') | Tok::Ch('[') => depth += 1,
+            Tok::Ch(')') | Tok::Ch('}') | Tok::Ch(']') => depth -= 1,
+            Tok::Ch('+') | Tok::Ch('-') if j > k && depth == 0 => {
+                return Err(PErr::Unsupported);
+            }
+            _ if j == k && depth != 0 => return Err(PErr::Unsupported),
+            _ => {}
+        }
+    }
+    let left = t[..k].to_vec();
+    let right = t[k + 1..].to_vec();
+    let b = parse_expr_tokens(right)?;
+    // b must be clearly nonzero: {a - 0, a + 0} is the one-element set {a}
+    let nonzero = if contains_symbol(&b) {
+        nonzero_monomial(&b)
+    } else {
+        super::compare::eval_const(&b).is_some_and(|v| v.abs() > 1e-9)
+    };
+    if !nonzero {
+        return Err(PErr::Unsupported);
+    }
+    let a = if left.is_empty() {
+        None
+    } else {
+        Some(parse_expr_tokens(left)?)
+    };
+    Ok(Node::PlusMinus(a.map(Box::new), Box::new(b)))
+}
+
+/// a product of symbols and nonzero numbers (never zero as a polynomial)
+fn nonzero_monomial(n: &Node) -> bool {
+    match n {
+        Node::Sym(_) => true,
+        Node::Num { v, .. } | Node::Frac(v) => v.n != 0,
+        Node::Mul(v) => v.iter().all(nonzero_monomial),
+        _ => false,
+    }
 }
 
 /// Kind of a single inequality `lhs OP rhs`.
@@ -1199,6 +1314,10 @@ fn contains_symbol(n: &Node) -> bool {
 /// One side of a relation: an expression, or `atom \mod atom` (sympy's Mod;
 /// with atoms on both sides the reference's precedence of `\mod` cannot matter).
 fn parse_part(t: Vec<Tok>) -> R<Node> {
+    let is_pm = |x: &Tok| matches!(x, Tok::Cmd(c) if c == "pm");
+    if t.iter().any(is_pm) {
+        return plus_minus(t);
+    }
     let is_mod = |x: &Tok| matches!(x, Tok::Cmd(c) if c == "mod");
     let n_mod = t.iter().filter(|x| is_mod(x)).count();
     if n_mod == 0 {
@@ -1293,7 +1412,16 @@ pub fn parse_answer(s: &str) -> R<Value> {
         }
         let mut items = Vec::new();
         for p in parts {
-            items.push(relation(p.trim())?);
+            let p = p.trim();
+            // (1, 2), (3, 4): a list of tuples
+            if p.starts_with('(')
+                && p.ends_with(')')
+                && split_top(&p[1..p.len() - 1], b',').is_some_and(|v| v.len() > 1)
+            {
+                items.push(parse_answer(p)?);
+            } else {
+                items.push(relation(p)?);
+            }
         }
         return Ok(Value::Set(items));
     }
