@@ -653,7 +653,98 @@ fn expr_eq(g: &Node, p: &Node) -> Option<bool> {
 }
 
 fn is_assignment(v: &Value) -> bool {
-    matches!(v, Value::Eq(nodes) if matches!(nodes[0], Node::Sym(_)))
+    matches!(v, Value::Eq(nodes) if only_symbols(&nodes[0]) == Some(true))
+}
+
+/// latex2sympy's `is_expr_of_only_symbols` (is `lhs = ...` an assignment?):
+/// Some(true) for symbols combined without numbers (x, AB, |AB|, f(x), N/B),
+/// Some(false) when a number other than 0 or 1 (which sympy may fold away)
+/// or a sign takes part, None when unsure.
+fn only_symbols(n: &Node) -> Option<bool> {
+    fn walk(n: &Node, names: &mut Vec<String>) -> Option<bool> {
+        Some(match n {
+            Node::Sym(s) => {
+                if names.contains(s) {
+                    // x x is folded to x^2 by sympy
+                    return None;
+                }
+                names.push(s.clone());
+                true
+            }
+            Node::Opaque(_, args) => {
+                let mut all = true;
+                for a in args {
+                    all &= walk(a, names)?;
+                }
+                all
+            }
+            Node::Func(Fun::Abs, a) => walk(a, names)?,
+            Node::Add(v) | Node::Mul(v) => {
+                let mut all = true;
+                for a in v {
+                    all &= walk(a, names)?;
+                }
+                all
+            }
+            Node::Div(a, b) => walk(a, names)? && walk(b, names)?,
+            Node::Num { v, .. } | Node::Frac(v) => {
+                if v.n == 0 || v == &Rat::int(1) {
+                    return None;
+                }
+                false
+            }
+            Node::Neg(a) | Node::Pow(a, _) | Node::Root(a, _) => {
+                walk(a, names)?;
+                false
+            }
+            _ => return None,
+        })
+    }
+    walk(n, &mut Vec::new())
+}
+
+/// `lo < x < hi` (or with <=), or `x < c` / `c < x` and the like, as the
+/// interval the reference's `as_set` gives; None when not of that form.
+fn relation_interval(r: &super::parse::RelParts) -> Option<Value> {
+    use super::parse::RelOp;
+    let is_var = |n: &Node| matches!(n, Node::Sym(_) | Node::Opaque(..)) && !is_constant(n);
+    let lower = |op: RelOp| matches!(op, RelOp::Lt | RelOp::Le);
+    let neg_inf = || Node::Neg(Box::new(Node::Inf));
+    let (lo, hi, lo_open, hi_open) = match (r.ops.as_slice(), r.nodes.as_slice()) {
+        ([a, b], [l, x, h]) if lower(*a) && lower(*b) && is_var(x) => {
+            (l.clone(), h.clone(), *a == RelOp::Lt, *b == RelOp::Lt)
+        }
+        ([op], [x, c]) if is_var(x) && is_constant(c) => match op {
+            RelOp::Lt | RelOp::Le => (neg_inf(), c.clone(), true, *op == RelOp::Lt),
+            RelOp::Gt | RelOp::Ge => (c.clone(), Node::Inf, *op == RelOp::Gt, true),
+            RelOp::Ne => return None,
+        },
+        ([op], [c, x]) if is_var(x) && is_constant(c) => match op {
+            RelOp::Gt | RelOp::Ge => (neg_inf(), c.clone(), true, *op == RelOp::Gt),
+            RelOp::Lt | RelOp::Le => (c.clone(), Node::Inf, *op == RelOp::Lt, true),
+            RelOp::Ne => return None,
+        },
+        _ => return None,
+    };
+    // finite ends must be constants in increasing order (else the set is empty
+    // or not an interval)
+    for e in [&lo, &hi] {
+        if !has_inf(e) && !is_constant(e) {
+            return None;
+        }
+    }
+    if !has_inf(&lo) && !has_inf(&hi) {
+        let (a, b) = (eval(&lo, &no_env)?.f, eval(&hi, &no_env)?.f);
+        if float_eq(a, b) != Some(false) || a > b {
+            return None;
+        }
+    }
+    Some(Value::Interval {
+        lo,
+        hi,
+        lo_open,
+        hi_open,
+    })
 }
 
 fn last_rhs(v: &Value) -> Option<Node> {
@@ -775,24 +866,32 @@ pub fn equal(gold: &Value, pred: &Value) -> Option<bool> {
     }
     match (gold, pred) {
         (Value::Eq(g), Value::Eq(p)) => {
-            // both assignments x = ... : same variable and same value
+            // both assignments x = ... : same variable and same value (a chain
+            // x = a = b is truncated to x = b)
             match (&g[0], &p[0]) {
-                (Node::Sym(a), Node::Sym(b)) if g.len() == 2 && p.len() == 2 => {
+                (Node::Sym(a), Node::Sym(b)) => {
                     if a != b {
                         // x = 5 against y = 5: different variables
                         return Some(false);
                     }
-                    expr_eq(&g[1], &p[1])
+                    expr_eq(g.last()?, p.last()?)
                 }
                 _ => None,
             }
         }
-        (Value::Rel(_, Some(g)), Value::Rel(_, Some(p))) => {
+        (Value::Eq(g), Value::Expr(_)) if only_symbols(&g[0]) == Some(false) => {
+            // an equation that is no assignment (2x + z = 1) against a plain
+            // expression: sympy cannot subtract them, never equal
+            Some(false)
+        }
+        (Value::Rel(_, Some(g)), Value::Rel(_, Some(p)))
+            if g.ops.len() == 1 && p.ops.len() == 1 =>
+        {
             // the reference's relational comparison: the same relation with
             // equal lhs - rhs, or the flipped one with lhs - rhs negated; anything
             // else goes on to sympy's solve(), which is not reproduced
-            let (gop, gl, gr) = &**g;
-            let (pop, pl, pr) = &**p;
+            let (gop, gl, gr) = (&g.ops[0], &g.nodes[0], &g.nodes[1]);
+            let (pop, pl, pr) = (&p.ops[0], &p.nodes[0], &p.nodes[1]);
             let diff =
                 |a: &Node, b: &Node| Node::Add(vec![a.clone(), Node::Neg(Box::new(b.clone()))]);
             if gop == pop && expr_eq(&diff(gl, gr), &diff(pl, pr)) == Some(true) {
@@ -802,6 +901,17 @@ pub fn equal(gold: &Value, pred: &Value) -> Option<bool> {
                 return Some(true);
             }
             None
+        }
+        // a gold relation in one variable against a predicted interval: the
+        // reference compares the relation's solution set (`as_set`)
+        (Value::Rel(_, Some(g)), Value::Interval { .. }) => match relation_interval(g) {
+            Some(iv) => equal(&iv, pred),
+            None => None,
+        },
+        (Value::Interval { .. } | Value::Set(_), Value::Rel(..)) => {
+            // a set against a relation is not compared by default
+            // (allow_set_relation_comp=False): different kinds
+            Some(false)
         }
         (Value::Rel(..), Value::Expr(n)) | (Value::Expr(n), Value::Rel(..)) => {
             // an inequality never equals a number
@@ -815,6 +925,23 @@ pub fn equal(gold: &Value, pred: &Value) -> Option<bool> {
         (Value::TupleEq(..), _) | (_, Value::TupleEq(..)) => None,
         (Value::Eq(_), _) | (_, Value::Eq(_)) => None,
         (Value::Text(a), Value::Text(b)) => Some(a == b),
+        // \text{e} against e: the reference's symbol-vs-E rule
+        (Value::Text(w), Value::Expr(Node::E)) => Some(w == "e"),
+        (Value::Text(w), Value::Expr(Node::Mul(xs))) => {
+            // \text{odd} against odd (o*d*d): the letters concatenated, as written
+            let word: Option<String> = xs
+                .iter()
+                .map(|x| match x {
+                    Node::Sym(s) if s.len() == 1 => Some(s.clone()),
+                    Node::E => Some("e".to_string()),
+                    _ => None,
+                })
+                .collect();
+            match word {
+                Some(wd) if wd.eq_ignore_ascii_case(w) => Some(true),
+                _ => None,
+            }
+        }
         (Value::Text(_), Value::Expr(n)) | (Value::Expr(n), Value::Text(_)) => {
             // a word or letter against a number: unequal; against symbols: unsure
             let mut s = Vec::new();

@@ -80,7 +80,7 @@ pub enum Value {
     /// an inequality or a chain with one (`x \le 3`, `0 < n < 5`), as written:
     /// never equal to a number; equal to the same text. A single inequality
     /// also keeps its parts (op, lhs, rhs).
-    Rel(String, Option<Box<(RelOp, Node, Node)>>),
+    Rel(String, Option<Box<RelParts>>),
     /// `(a, b) = (1, 2)`: an equation between tuples (lhs, rhs)
     TupleEq(Box<Value>, Box<Value>),
 }
@@ -166,6 +166,10 @@ fn tokenize(s: &str) -> R<Vec<Tok>> {
         match c {
             b'!' if b.get(i + 1) == Some(&b'=') => {
                 out.push(Tok::Cmd("neq".into()));
+                i += 2;
+            }
+            b'<' | b'>' if b.get(i + 1) == Some(&b'=') => {
+                out.push(Tok::Cmd(if c == b'<' { "le" } else { "ge" }.into()));
                 i += 2;
             }
             b'+' | b'-' | b'*' | b'/' | b'^' | b'(' | b')' | b'[' | b']' | b'{' | b'}' | b','
@@ -1166,13 +1170,8 @@ fn relation(s: &str) -> R<Value> {
             });
         }
         if has_ineq {
-            let parsed = match (ops.as_slice(), nodes.len()) {
-                ([op], 2) => rel_op(op).map(|k| {
-                    let mut it = nodes.into_iter();
-                    Box::new((k, it.next().unwrap(), it.next().unwrap()))
-                }),
-                _ => None,
-            };
+            let kinds: Option<Vec<RelOp>> = ops.iter().map(rel_op).collect();
+            let parsed = kinds.map(|ops| Box::new(RelParts { ops, nodes }));
             return Ok(Value::Rel(t.split_whitespace().collect(), parsed));
         }
         return Ok(Value::Eq(nodes));
@@ -1228,6 +1227,13 @@ fn nonzero_monomial(n: &Node) -> bool {
         Node::Mul(v) => v.iter().all(nonzero_monomial),
         _ => false,
     }
+}
+
+/// An inequality or a chain of them: `nodes[0] ops[0] nodes[1] ops[1] ...`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RelParts {
+    pub ops: Vec<RelOp>,
+    pub nodes: Vec<Node>,
 }
 
 /// Kind of a single inequality `lhs OP rhs`.
@@ -1363,8 +1369,29 @@ pub fn parse_answer(s: &str) -> R<Value> {
     if s.contains("\\begin") || s.contains("\\end") || s.contains("\\\\") {
         return Err(PErr::Unsupported);
     }
-    // \{ a, b \}
-    if let Some(inner) = s.strip_prefix("\\{").and_then(|r| r.strip_suffix("\\}")) {
+    // x \in [a, b]: the reference reads it as the set (x a bare symbol)
+    if has_cmd(s, "in") {
+        if let Some((l, r)) = s.split_once("\\in") {
+            let l = l.trim();
+            if l.len() == 1 && l.as_bytes()[0].is_ascii_lowercase() && l != "e" && l != "i" {
+                let v = parse_answer(r)?;
+                if matches!(v, Value::Interval { .. } | Value::Set(_)) {
+                    return Ok(v);
+                }
+            }
+        }
+        return Err(PErr::Unsupported);
+    }
+    // \{ a, b \}, and {a, b} with plain braces
+    let braced = s
+        .strip_prefix("\\{")
+        .and_then(|r| r.strip_suffix("\\}"))
+        .or_else(|| {
+            let inner = s.strip_prefix('{')?.strip_suffix('}')?;
+            let whole = split_top(inner, b',')?;
+            (whole.len() > 1 && !inner.contains('{') && !inner.contains('}')).then_some(inner)
+        });
+    if let Some(inner) = braced {
         let parts = split_top(inner, b',').ok_or(PErr::Unsupported)?;
         if parts.iter().any(|p| p.trim().is_empty()) {
             return Err(PErr::Unsupported);
