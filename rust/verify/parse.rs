@@ -1065,12 +1065,26 @@ fn has_cmd(s: &str, name: &str) -> bool {
 }
 
 fn relation(s: &str) -> R<Value> {
-    if ["mp", "in", "cup", "cap", "equiv", "setminus", "mid"]
-        .iter()
-        .any(|c| has_cmd(s, c))
-        || s.contains(':')
-        || s.contains(';')
-        || s.contains("\\|")
+    // 4:30 is the ratio 4/30 (an evaluated Rational) in the reference
+    if let Some((a, b)) = s.trim().split_once(':') {
+        if is_digits(a) && is_digits(b) && a.len() <= 18 && b.len() <= 18 {
+            let (a, b) = (a.parse::<i128>().unwrap(), b.parse::<i128>().unwrap());
+            if b == 0 {
+                return Err(PErr::Unsupported);
+            }
+            return Ok(Value::Expr(Node::Frac(
+                Rat::new(a, b).ok_or(PErr::Unsupported)?,
+            )));
+        }
+    }
+    let is_text = s.trim().starts_with("\\text{");
+    if !is_text
+        && (["mp", "in", "cup", "cap", "equiv", "setminus", "mid"]
+            .iter()
+            .any(|c| has_cmd(s, c))
+            || s.contains(':')
+            || s.contains(';')
+            || s.contains("\\|"))
     {
         return Err(PErr::Unsupported);
     }
