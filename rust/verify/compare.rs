@@ -460,6 +460,24 @@ fn round6_eq(a: &Ev, b: &Ev) -> Option<bool> {
     Some(r(a)? == r(b)?)
 }
 
+/// The reference's symbolic fallback when a Float literal takes part:
+/// simplify(a - b) in 15-digit Float arithmetic, zero only when the two agree
+/// to about 15 digits; a relative difference over 1e-11 is never zero there
+/// (27*pi against 84.8230).
+fn float_symbolic_eq(a: &Ev, b: &Ev) -> Option<bool> {
+    match math_eq(a, b) {
+        Some(v) => Some(v),
+        None => {
+            let (x, y) = (a.f, b.f);
+            if x.is_finite() && y.is_finite() && (x - y).abs() > 1e-11 * x.abs().max(y.abs()) {
+                Some(false)
+            } else {
+                None
+            }
+        }
+    }
+}
+
 /// Two constant expressions (no symbols).
 fn const_eq(g: &Node, p: &Node) -> Option<bool> {
     if has_inf(g) || has_inf(p) {
@@ -492,12 +510,12 @@ fn const_eq(g: &Node, p: &Node) -> Option<bool> {
             // Integer vs Float: sympy's Integer == Float is False after rounding,
             // only the symbolic fallback (exact difference 0) can succeed
             if matches!(ag, Atom::Int(_)) || matches!(ap, Atom::Int(_)) {
-                return math_eq(&eg, &ep);
+                return float_symbolic_eq(&eg, &ep);
             }
             if round6_eq(&eg, &ep)? {
                 return Some(true);
             }
-            return math_eq(&eg, &ep);
+            return float_symbolic_eq(&eg, &ep);
         }
         let int_like = |a: Atom| matches!(a, Atom::Int(_) | Atom::PctInt(_));
         if int_like(ag) && int_like(ap) {
@@ -925,34 +943,18 @@ pub fn equal(gold: &Value, pred: &Value) -> Option<bool> {
         (Value::TupleEq(..), _) | (_, Value::TupleEq(..)) => None,
         (Value::Eq(_), _) | (_, Value::Eq(_)) => None,
         (Value::Text(a), Value::Text(b)) => Some(a == b),
-        // \text{e} against e: the reference's symbol-vs-E rule
-        (Value::Text(w), Value::Expr(Node::E)) => Some(w == "e"),
-        (Value::Text(w), Value::Expr(Node::Mul(xs))) => {
-            // \text{odd} against odd (o*d*d): the letters concatenated, as written
-            let word: Option<String> = xs
-                .iter()
-                .map(|x| match x {
-                    Node::Sym(s) if s.len() == 1 => Some(s.clone()),
-                    Node::E => Some("e".to_string()),
-                    _ => None,
-                })
-                .collect();
-            match word {
-                Some(wd) if wd.eq_ignore_ascii_case(w) => Some(true),
-                _ => None,
-            }
-        }
-        (Value::Text(_), Value::Expr(n)) | (Value::Expr(n), Value::Text(_)) => {
-            // a word or letter against a number: unequal; against symbols: unsure
-            let mut s = Vec::new();
-            collect_syms(n, &mut s);
-            if s.is_empty() && !matches!(n, Node::E) && !has_e(n) {
-                Some(false)
+        (Value::Text(w), Value::Expr(n)) | (Value::Expr(n), Value::Text(w)) => text_vs_expr(w, n),
+        // a word against a set, tuple or interval: a singleton set holds it, else
+        // different kinds
+        (Value::Text(_), Value::Set(s)) | (Value::Set(s), Value::Text(_)) if s.len() == 1 => {
+            if matches!(gold, Value::Set(_)) {
+                equal(&s[0], pred)
             } else {
-                None
+                equal(gold, &s[0])
             }
         }
-        (Value::Text(_), _) | (_, Value::Text(_)) => None,
+        (Value::Text(_), Value::Set(_) | Value::Tuple(_) | Value::Interval { .. })
+        | (Value::Set(_) | Value::Tuple(_) | Value::Interval { .. }, Value::Text(_)) => Some(false),
         (Value::Expr(g), Value::Expr(p)) => expr_eq(g, p),
         (Value::Set(g), Value::Set(p)) => set_eq(g, p),
         (Value::Tuple(g), Value::Tuple(p)) => tuple_eq(g, p),
@@ -1064,10 +1066,21 @@ pub fn equal(gold: &Value, pred: &Value) -> Option<bool> {
 /// plain expression, or tuple against tuple with three or more items.
 fn tuple_equation_eq(gold: &Value, pred: &Value) -> Option<Option<bool>> {
     let is_eq = |v: &Value| matches!(v, Value::Eq(_) | Value::TupleEq(..));
+    let open_pair = |v: &Value| {
+        matches!(
+            v,
+            Value::Interval {
+                lo_open: true,
+                hi_open: true,
+                ..
+            }
+        )
+    };
     let comparable = |a: &Value, b: &Value| {
-        matches!(a, Value::Expr(_))
-            || matches!(b, Value::Expr(_))
+        matches!(a, Value::Expr(_) | Value::Text(_))
+            || matches!(b, Value::Expr(_) | Value::Text(_))
             || matches!((a, b), (Value::Tuple(_), Value::Tuple(_)))
+            || (open_pair(a) && open_pair(b))
     };
     match (gold, pred) {
         (Value::TupleEq(..), Value::TupleEq(..)) => Some(None),
@@ -1090,39 +1103,53 @@ fn tuple_equation_eq(gold: &Value, pred: &Value) -> Option<Option<bool>> {
             if !symbols {
                 return Some(None);
             }
-            let open_pair = |v: &Value| {
-                matches!(
-                    v,
-                    Value::Interval {
-                        lo_open: true,
-                        hi_open: true,
-                        ..
-                    }
-                )
-            };
-            Some(if comparable(r, p) || (open_pair(r) && open_pair(p)) {
-                equal(r, p)
-            } else {
-                None
-            })
+            Some(if comparable(r, p) { equal(r, p) } else { None })
         }
         (Value::TupleEq(..), _) | (_, Value::TupleEq(..)) => Some(None),
         _ => None,
     }
 }
 
-fn has_e(n: &Node) -> bool {
+/// A word (a sympy Symbol named after it) against an expression, by the
+/// reference's `sympy_compare_symbols`: E is the symbol "e"; a product of
+/// letters is compared as the letters concatenated (kept as written); a symbol
+/// by name; anything else by its printed form, which has operators or
+/// digits in it and so never equals a word.
+fn text_vs_expr(w: &str, n: &Node) -> Option<bool> {
     match n {
-        Node::E => true,
-        Node::Add(v) | Node::Mul(v) => v.iter().any(has_e),
-        Node::Neg(a) | Node::Fact(a) | Node::Func(_, a) | Node::Pct(a) => has_e(a),
-        Node::Div(a, b)
-        | Node::Pow(a, b)
-        | Node::Root(a, b)
-        | Node::Log(a, b)
-        | Node::Mod(a, b) => has_e(a) || has_e(b),
-        Node::Opaque(_, v) => v.iter().any(has_e),
-        _ => false,
+        Node::E => Some(w == "e"),
+        Node::Sym(s) => Some(s == w),
+        Node::Mul(xs) => {
+            let letters: Option<Vec<char>> = xs
+                .iter()
+                .map(|x| match x {
+                    Node::Sym(s) if s.len() == 1 => s.chars().next(),
+                    Node::E => Some('e'),
+                    _ => None,
+                })
+                .collect();
+            let Some(letters) = letters else {
+                // a product with a number or a compound factor prints with '*'
+                return Some(false);
+            };
+            let word: String = letters.iter().collect();
+            if word.eq_ignore_ascii_case(w) {
+                return Some(true);
+            }
+            let mut a: Vec<char> = word.to_ascii_lowercase().chars().collect();
+            let mut b: Vec<char> = w.to_ascii_lowercase().chars().collect();
+            a.sort_unstable();
+            b.sort_unstable();
+            // other letters: no order of them spells the word
+            if a != b {
+                Some(false)
+            } else {
+                None
+            }
+        }
+        Node::Inf => None,
+        _ if has_inf(n) => None,
+        _ => Some(false),
     }
 }
 

@@ -1110,6 +1110,12 @@ fn relation(s: &str) -> R<Value> {
                 .to_lowercase();
             return Ok(Value::Text(w));
         }
+        // \text{(B)}: the choice letter
+        if let Some(w) = inner.strip_prefix('(').and_then(|r| r.strip_suffix(')')) {
+            if w.len() == 1 && w.bytes().all(|c| c.is_ascii_alphabetic()) {
+                return Ok(Value::Text(w.to_lowercase()));
+            }
+        }
         // \text{answer: 12}: one symbol named after the text (never a number)
         if inner.bytes().any(|c| c.is_ascii_alphabetic())
             && inner
