@@ -918,7 +918,12 @@ pub fn equal(gold: &Value, pred: &Value) -> Option<bool> {
             if gop.flipped() == *pop && expr_eq(&diff(gl, gr), &diff(pr, pl)) == Some(true) {
                 return Some(true);
             }
-            None
+            // linear in one and the same variable: sympy's solve() gives each
+            // side's solution set, and different ones never compare equal
+            match (linear_solution(*gop, gl, gr), linear_solution(*pop, pl, pr)) {
+                (Some(a), Some(b)) if a.0 == b.0 && a != b => Some(false),
+                _ => None,
+            }
         }
         // a gold relation in one variable against a predicted interval: the
         // reference compares the relation's solution set (`as_set`)
@@ -1108,6 +1113,75 @@ fn tuple_equation_eq(gold: &Value, pred: &Value) -> Option<Option<bool>> {
         (Value::TupleEq(..), _) | (_, Value::TupleEq(..)) => Some(None),
         _ => None,
     }
+}
+
+/// `lhs OP rhs` linear in one variable with a nonzero coefficient, solved:
+/// (variable, relation of the variable to the constant, the constant).
+fn linear_solution(
+    op: super::parse::RelOp,
+    l: &Node,
+    r: &Node,
+) -> Option<(String, super::parse::RelOp, Rat)> {
+    let mut syms = Vec::new();
+    collect_syms(l, &mut syms);
+    collect_syms(r, &mut syms);
+    if syms.len() != 1 || has_opaque(l) || has_opaque(r) {
+        return None;
+    }
+    let x = syms.pop()?;
+    let (a1, b1) = linear(l, &x)?;
+    let (a2, b2) = linear(r, &x)?;
+    let a = a1.plus(a2.negate()?)?;
+    let b = b1.plus(b2.negate()?)?;
+    if a.n == 0 {
+        return None;
+    }
+    // a x + b OP 0  ->  x OP' -b/a, the relation flipped when a < 0
+    let c = b.negate()?.over(a)?;
+    let op = if a.n < 0 { op.flipped() } else { op };
+    Some((x, op, c))
+}
+
+/// `n` as a x + b with exact rationals, when it is linear in `x`.
+fn linear(n: &Node, x: &str) -> Option<(Rat, Rat)> {
+    let zero = Rat::int(0);
+    Some(match n {
+        Node::Num { v, float: false } | Node::Frac(v) => (zero, *v),
+        Node::Sym(s) if s == x => (Rat::int(1), zero),
+        Node::Add(ts) => {
+            let (mut a, mut b) = (zero, zero);
+            for t in ts {
+                let (ta, tb) = linear(t, x)?;
+                a = a.plus(ta)?;
+                b = b.plus(tb)?;
+            }
+            (a, b)
+        }
+        Node::Neg(t) => {
+            let (a, b) = linear(t, x)?;
+            (a.negate()?, b.negate()?)
+        }
+        Node::Mul(ts) => {
+            let (mut a, mut b) = (zero, Rat::int(1));
+            for t in ts {
+                let (ta, tb) = linear(t, x)?;
+                if a.n != 0 && ta.n != 0 {
+                    return None;
+                }
+                (a, b) = (a.times(tb)?.plus(ta.times(b)?)?, b.times(tb)?);
+            }
+            (a, b)
+        }
+        Node::Div(p, q) => {
+            let (pa, pb) = linear(p, x)?;
+            let (qa, qb) = linear(q, x)?;
+            if qa.n != 0 || qb.n == 0 {
+                return None;
+            }
+            (pa.over(qb)?, pb.over(qb)?)
+        }
+        _ => return None,
+    })
 }
 
 /// A word (a sympy Symbol named after it) against an expression, by the
