@@ -55,6 +55,35 @@ mod python {
             .map_err(pyo3::exceptions::PyRuntimeError::new_err)
     }
 
+    /// Most threads `verify_batch` accepts: 4x the cores this process may use
+    /// (more only adds scheduling overhead; 10,000 threads took minutes).
+    fn max_threads() -> usize {
+        4 * std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+
+    /// One rayon pool per thread count, built once and shared by every caller
+    /// (building a pool per call costs more than verifying a small batch).
+    fn pool(n: usize) -> Result<std::sync::Arc<rayon::ThreadPool>, String> {
+        use std::collections::HashMap;
+        use std::sync::{Arc, Mutex, OnceLock};
+        static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
+        let mut pools = POOLS
+            .get_or_init(|| Mutex::new(HashMap::new()))
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = pools.get(&n) {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .map_err(|e| format!("could not start {n} threads: {e}"))?,
+        );
+        pools.insert(n, p.clone());
+        Ok(p)
+    }
+
     /// verify_batch(predictions, golds, threads=None) -> list of verdict tuples
     #[pyfunction]
     #[pyo3(name = "verify_batch", signature = (predictions, golds, threads=None))]
@@ -62,7 +91,7 @@ mod python {
         py: Python<'_>,
         predictions: Vec<String>,
         golds: Vec<String>,
-        threads: Option<usize>,
+        threads: Option<i64>,
     ) -> PyResult<Vec<VerdictTuple>> {
         use rayon::prelude::*;
         if predictions.len() != golds.len() {
@@ -72,11 +101,18 @@ mod python {
                 golds.len()
             )));
         }
-        if threads == Some(0) {
-            return Err(pyo3::exceptions::PyValueError::new_err(
-                "threads=0 is not allowed; pass None (all cores) or a positive number",
-            ));
-        }
+        let cap = max_threads();
+        let threads = match threads {
+            None => None,
+            Some(n) if n >= 1 && (n as u64) <= cap as u64 => Some(n as usize),
+            Some(n) => {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "threads={n} is out of range; pass None (all cores) or 1..={cap} \
+                     (at most 4x the {} cores)",
+                    cap / 4
+                )))
+            }
+        };
         let run = |preds: &[String], golds: &[String]| -> Result<Vec<VerdictTuple>, String> {
             preds
                 .par_iter()
@@ -88,13 +124,7 @@ mod python {
         let out = py.detach(|| -> Result<Vec<VerdictTuple>, String> {
             match threads {
                 None => run(&predictions, &golds),
-                Some(n) => {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(n)
-                        .build()
-                        .map_err(|e| format!("could not start {n} threads: {e}"))?;
-                    pool.install(|| run(&predictions, &golds))
-                }
+                Some(n) => pool(n)?.install(|| run(&predictions, &golds)),
             }
         });
         out.map_err(pyo3::exceptions::PyRuntimeError::new_err)
@@ -175,6 +205,7 @@ mod python {
             crate::verify::MAX_PREDICTION_BYTES,
         )?;
         m.add("VERIFY_MAX_GOLD_BYTES", crate::verify::MAX_GOLD_BYTES)?;
+        m.add("VERIFY_MAX_THREADS", max_threads())?;
         Ok(())
     }
 

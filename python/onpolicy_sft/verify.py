@@ -67,7 +67,8 @@ def verify_batch(
 ) -> list[Verdict]:
     """Fast-path verdicts for many pairs, in parallel in Rust (GIL released).
 
-    threads: worker threads (None = all cores).
+    threads: worker threads, None (all cores) or 1..``_core.VERIFY_MAX_THREADS``
+        (4x the cores); anything else raises ValueError.
     """
     preds = list(predictions)
     gs = list(golds)
@@ -78,7 +79,19 @@ def verify_batch(
     for i, (p, g) in enumerate(zip(preds, gs)):
         _check_str(p, "prediction", i)
         _check_str(g, "gold", i)
+    _check_threads(threads)
     return [Verdict(*t) for t in _core.verify_batch(preds, gs, threads)]
+
+
+def _check_threads(threads: object) -> None:
+    cap = _core.VERIFY_MAX_THREADS
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= cap:
+        raise ValueError(
+            f"threads={threads!r} is out of range; pass None (all cores) or an integer "
+            f"1..{cap} (at most 4x the {cap // 4} cores)"
+        )
 
 
 def extract_answer(text: str) -> str | None:
@@ -214,8 +227,7 @@ class Verifier:
             raise ValueError(f"fallback={fallback!r} is not supported; use 'math-verify' or None")
         if not timeout_s > 0:
             raise ValueError(f"timeout_s={timeout_s!r} must be positive")
-        if threads is not None and threads < 1:
-            raise ValueError(f"threads={threads!r} must be a positive integer or None")
+        _check_threads(threads)
         self.fallback = fallback
         self.timeout_s = float(timeout_s)
         self.threads = threads

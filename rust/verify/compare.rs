@@ -56,7 +56,7 @@ pub fn looks_complex(s: &str) -> bool {
     let b = s.as_bytes();
     let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
     for (k, &c) in b.iter().enumerate() {
-        if c == b'i' && (k == 0 || !word(b[k - 1])) && b.get(k + 1).is_none_or(|&n| !word(n)) {
+        if c == b'i' && (k == 0 || !word(b[k - 1])) && !b.get(k + 1).is_some_and(|&n| word(n)) {
             return true;
         }
     }
