@@ -63,14 +63,27 @@ mod python {
 
     /// One rayon pool per thread count, built once and shared by every caller
     /// (building a pool per call costs more than verifying a small batch).
+    /// Pools belong to the process that built them: a forked child has none of
+    /// their threads (rayon's global pool would hang there), so it builds its
+    /// own and leaves the parent's alone.
     fn pool(n: usize) -> Result<std::sync::Arc<rayon::ThreadPool>, String> {
         use std::collections::HashMap;
         use std::sync::{Arc, Mutex, OnceLock};
-        static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
-        let mut pools = POOLS
-            .get_or_init(|| Mutex::new(HashMap::new()))
+        type Pools = (u32, HashMap<usize, Arc<rayon::ThreadPool>>);
+        static POOLS: OnceLock<Mutex<Pools>> = OnceLock::new();
+        let mut guard = POOLS
+            .get_or_init(|| Mutex::new((std::process::id(), HashMap::new())))
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        let (pid, pools) = &mut *guard;
+        if *pid != std::process::id() {
+            // the parent's pools: their threads do not exist here, and dropping
+            // them would signal threads that are not ours
+            for (_, p) in pools.drain() {
+                std::mem::forget(p);
+            }
+            *pid = std::process::id();
+        }
         if let Some(p) = pools.get(&n) {
             return Ok(p.clone());
         }
@@ -122,10 +135,16 @@ mod python {
                 .collect()
         };
         let out = py.detach(|| -> Result<Vec<VerdictTuple>, String> {
-            match threads {
-                None => run(&predictions, &golds),
-                Some(n) => pool(n)?.install(|| run(&predictions, &golds)),
+            if predictions.len() <= 1 {
+                return predictions
+                    .iter()
+                    .zip(&golds)
+                    .enumerate()
+                    .map(|(i, (p, g))| verify_one(i, p, g))
+                    .collect();
             }
+            let n = threads.unwrap_or_else(|| cap / 4);
+            pool(n)?.install(|| run(&predictions, &golds))
         });
         out.map_err(pyo3::exceptions::PyRuntimeError::new_err)
     }
