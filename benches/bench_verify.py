@@ -139,7 +139,13 @@ def _dump(folder: str, name: str, items: list) -> None:
     Path(folder).mkdir(parents=True, exist_ok=True)
     with open(Path(folder) / f"{name}.undecided.jsonl", "w", encoding="utf-8") as f:
         for rid, p, g, v, ref in items:
-            row = {"id": rid, "reason": v.reason, "mv": ref, "gold": g, "pred_answer": v.pred_answer}
+            row = {
+                "id": rid,
+                "reason": v.reason,
+                "mv": ref,
+                "gold": g,
+                "pred_answer": v.pred_answer,
+            }
             row["gold_answer"], row["prediction"] = v.gold_answer, p[-400:]
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     reasons = Counter(v.reason.split(":")[0] for _, _, _, v, _ in items)
@@ -230,7 +236,7 @@ def main() -> int:
         print(f"corpus not found at {CORPUS}; set ONPOLICY_SFT_SHARED", file=sys.stderr)
         return 1
     logging.disable(logging.WARNING)  # math-verify warns on each of its own timeouts
-    names = args.only or FILES + ["math_verify_tests_0.9.0"]
+    names = args.only or [*FILES, "math_verify_tests_0.9.0"]
     results = [bench_file(n, args) for n in names if n in FILES]
     if "math_verify_tests_0.9.0" in names:
         results.append(bench_mv_tests(args))

@@ -137,7 +137,9 @@ def test_a_forked_child_starts_its_own_pool_and_leaves_the_parents_alone() -> No
 def test_verl_conventions_and_pickling() -> None:
     assert compute_score("math", "so \\boxed{12}", "12", extra_info={"split": "train"}) == 1.0
     assert compute_score("math", None, "12") == 0.0
-    out = rewards.compute_score_batch(["m", "m"], ["\\boxed{1}", "\\boxed{3}"], ["1", "2"], [None, None])
+    out = rewards.compute_score_batch(
+        ["m", "m"], ["\\boxed{1}", "\\boxed{3}"], ["1", "2"], [None, None]
+    )
     assert out == [1.0, 0.0]
     r = pickle.loads(pickle.dumps(math_reward("solution")))
     assert r(prompts=None, completions=["\\boxed{2}"], solution=["2"]) == [1.0]
@@ -158,7 +160,9 @@ def test_grpo_trainer_step_with_the_reward(tiny_qwen2, tmp_path) -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     reward = math_reward()
-    ds = Dataset.from_dict({"prompt": ["1+1=", "2+2=", "3+3=", "4+4="], "answer": ["2", "4", "6", "8"]})
+    ds = Dataset.from_dict(
+        {"prompt": ["1+1=", "2+2=", "3+3=", "4+4="], "answer": ["2", "4", "6", "8"]}
+    )
     tok = AutoTokenizer.from_pretrained(tiny_qwen2)
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
     args = GRPOConfig(

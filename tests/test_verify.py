@@ -115,7 +115,7 @@ def test_batch_rejects_mismatched_lengths_and_types() -> None:
             _core.verify_batch(["a"], ["a"], bad)
         with pytest.raises(ValueError, match=f"threads={bad} is out of range"):
             verify_batch(["a"], ["a"], threads=bad)
-    with pytest.raises(ValueError, match="threads=2.5"):
+    with pytest.raises(ValueError, match=r"threads=2\.5"):
         verify_batch(["a"], ["a"], threads=2.5)  # type: ignore[arg-type]
     assert verify_batch(["1"], ["1"], threads=_core.VERIFY_MAX_THREADS)[0].correct is True
 

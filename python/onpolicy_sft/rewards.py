@@ -197,7 +197,9 @@ class MathReward:
         self.stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
         # TRL names a reward function after __name__ in its logs
-        self.__name__ = f"math_accuracy_{answer_column}" if answer_column != "answer" else "math_accuracy"
+        self.__name__ = (
+            f"math_accuracy_{answer_column}" if answer_column != "answer" else "math_accuracy"
+        )
 
     # Ray and multiprocessing pickle the reward: locks stay behind
     def __getstate__(self) -> dict[str, Any]:
@@ -216,7 +218,10 @@ class MathReward:
         )
 
     def __call__(
-        self, prompts: Sequence[Any] | None = None, completions: Sequence[Any] | None = None, **kwargs: Any
+        self,
+        prompts: Sequence[Any] | None = None,
+        completions: Sequence[Any] | None = None,
+        **kwargs: Any,
     ) -> list[float]:
         if completions is None:
             raise TypeError("the reward needs completions=[...] (TRL passes them by keyword)")

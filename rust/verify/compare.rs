@@ -546,7 +546,8 @@ fn has_opaque(n: &Node) -> bool {
     }
 }
 
-fn is_constant(n: &Node) -> bool {
+/// No symbols and no undefined functions in `n`.
+pub fn is_constant(n: &Node) -> bool {
     let mut s = Vec::new();
     collect_syms(n, &mut s);
     s.is_empty() && !has_opaque(n)
@@ -678,7 +679,7 @@ fn is_assignment(v: &Value) -> bool {
 /// Some(true) for symbols combined without numbers (x, AB, |AB|, f(x), N/B),
 /// Some(false) when a number other than 0 or 1 (which sympy may fold away)
 /// or a sign takes part, None when unsure.
-fn only_symbols(n: &Node) -> Option<bool> {
+pub fn only_symbols(n: &Node) -> Option<bool> {
     fn walk(n: &Node, names: &mut Vec<String>) -> Option<bool> {
         Some(match n {
             Node::Sym(s) => {

@@ -258,54 +258,34 @@ impl P {
         match self.peek() {
             Some(Tok::Num(_)) | Some(Tok::Letter(_)) => true,
             Some(Tok::Ch('(')) | Some(Tok::Ch('{')) => true,
-            Some(Tok::Cmd(c)) => matches!(
-                c.as_str(),
-                "frac"
-                    | "sqrt"
-                    | "pi"
-                    | "infty"
-                    | "sin"
-                    | "cos"
-                    | "tan"
-                    | "sec"
-                    | "csc"
-                    | "cot"
-                    | "ln"
-                    | "log"
-                    | "text"
-                    | "triangle"
-                    | "angle"
-                    | "ell"
-                    | "overline"
-                    | "overrightarrow"
-                    | "vec"
-                    | "lfloor"
-                    | "lceil"
-                    | "binom"
-                    | "alpha"
-                    | "beta"
-                    | "gamma"
-                    | "delta"
-                    | "theta"
-                    | "phi"
-                    | "omega"
-                    | "lambda"
-                    | "mu"
-                    | "sigma"
-                    | "tau"
-                    | "rho"
-                    | "psi"
-                    | "chi"
-                    | "eta"
-                    | "zeta"
-                    | "kappa"
-                    | "nu"
-                    | "xi"
-                    | "epsilon"
-                    | "varepsilon"
-                    | "varphi"
-                    | "vartheta"
-            ),
+            Some(Tok::Cmd(c)) => {
+                is_greek(c)
+                    || matches!(
+                        c.as_str(),
+                        "frac"
+                            | "sqrt"
+                            | "pi"
+                            | "infty"
+                            | "sin"
+                            | "cos"
+                            | "tan"
+                            | "sec"
+                            | "csc"
+                            | "cot"
+                            | "ln"
+                            | "log"
+                            | "text"
+                            | "triangle"
+                            | "angle"
+                            | "ell"
+                            | "overline"
+                            | "overrightarrow"
+                            | "vec"
+                            | "lfloor"
+                            | "lceil"
+                            | "binom"
+                    )
+            }
             _ => false,
         }
     }
@@ -1176,7 +1156,7 @@ fn relation(s: &str) -> R<Value> {
                 if !is_approx(op) {
                     cur.push(rhs);
                 } else if cur.len() == 1 {
-                    match symbols_only(&cur[0]) {
+                    match super::compare::only_symbols(&cur[0]) {
                         Some(true) => cur[0] = rhs,
                         Some(false) => {}
                         None => return Err(PErr::Unsupported),
@@ -1223,7 +1203,7 @@ fn plus_minus(t: Vec<Tok>) -> R<Node> {
     let right = t[k + 1..].to_vec();
     let b = parse_expr_tokens(right)?;
     // b must be clearly nonzero: {a - 0, a + 0} is the one-element set {a}
-    let nonzero = if contains_symbol(&b) {
+    let nonzero = if !super::compare::is_constant(&b) {
         nonzero_monomial(&b)
     } else {
         super::compare::eval_const(&b).is_some_and(|v| v.abs() > 1e-9)
@@ -1293,48 +1273,6 @@ fn rel_op(t: &Tok) -> Option<RelOp> {
         },
         _ => return None,
     })
-}
-
-/// latex2sympy's `is_expr_of_only_symbols` on the forms whose sympy shape is
-/// certain: a symbol or a product of distinct symbols (Some(true)), an
-/// expression without symbols (Some(false)); anything else None.
-fn symbols_only(n: &Node) -> Option<bool> {
-    fn syms(n: &Node, out: &mut Vec<String>) -> bool {
-        match n {
-            Node::Sym(s) => {
-                out.push(s.clone());
-                true
-            }
-            Node::Mul(v) => v.iter().all(|x| syms(x, out)),
-            _ => false,
-        }
-    }
-    let mut names = Vec::new();
-    if syms(n, &mut names) {
-        let k = names.len();
-        names.sort();
-        names.dedup();
-        return if names.len() == k { Some(true) } else { None };
-    }
-    if contains_symbol(n) {
-        None
-    } else {
-        Some(false)
-    }
-}
-
-fn contains_symbol(n: &Node) -> bool {
-    match n {
-        Node::Sym(_) | Node::Opaque(..) => true,
-        Node::Add(v) | Node::Mul(v) => v.iter().any(contains_symbol),
-        Node::Neg(a) | Node::Fact(a) | Node::Func(_, a) | Node::Pct(a) => contains_symbol(a),
-        Node::Div(a, b)
-        | Node::Pow(a, b)
-        | Node::Root(a, b)
-        | Node::Log(a, b)
-        | Node::Mod(a, b) => contains_symbol(a) || contains_symbol(b),
-        _ => false,
-    }
 }
 
 /// One side of a relation: an expression, or `atom \mod atom` (sympy's Mod;
