@@ -348,14 +348,14 @@ CASES = [
         "verify-threads-too-many",
         [*V, "--threads", "100000"],
         2,
-        r"threads=100000 must be an integer from 1 to \d+ \(4 x the \d+ cores\)",
+        r"threads=100000 is out of range: pass an integer from 1 to \d+ \(4 x the \d+ cores\)",
         files={"in.jsonl": GOOD},
     ),
     Case(
         "verify-threads-negative",
         [*V, "--threads", "-1"],
         2,
-        r"threads=-1 must be an integer from 1 to",
+        r"threads=-1 is out of range: pass an integer from 1 to",
         files={"in.jsonl": GOOD},
     ),
     Case(
@@ -673,7 +673,7 @@ CASES = [
         "verify_batch-threads-negative",
         lambda tmp: verify_batch(["1"], ["1"], threads=-1),
         ValueError,
-        r"threads=-1 must be an integer from 1 to",
+        r"threads=-1 is out of range: pass an integer from 1 to",
     ),
     Case(
         "verify_batch-threads-huge",
