@@ -45,12 +45,23 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "LossHead",
     "PolicyLossFunc",
+    "PolicySFTConfig",
+    "PolicySFTTrainer",
     "SelectedLoss",
     "compute_loss_func",
     "policy_loss_from_hidden",
 ]
 
 IGNORE_INDEX = -100
+
+
+def __getattr__(name: str) -> Any:
+    # The TRL trainer lives in the trl extra: imported on first use only.
+    if name in ("PolicySFTTrainer", "PolicySFTConfig"):
+        from onpolicy_sft.training import sft_trainer
+
+        return getattr(sft_trainer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
