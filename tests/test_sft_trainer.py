@@ -222,7 +222,7 @@ def test_lora_and_gradient_checkpointing(tiny_qwen2: Path, tmp_path: Path):
     from peft import LoraConfig
 
     lora = dict(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
-    plain, _, _, t1 = run(
+    plain, _, _, _ = run(
         tiny_qwen2, tmp_path / "a", conversational(), peft_config=LoraConfig(**lora), max_steps=2
     )
     ckpt, n, widths, t2 = run(
@@ -255,6 +255,8 @@ def test_bad_inputs_are_one_line_errors(tiny_qwen2: Path, tmp_path: Path):
     self_row = data.map(lambda r, i: {"tier": "self" if i == 2 else r["tier"]}, with_indices=True)
     with pytest.raises(ValueError, match=r"row 2 .*tier 'self'.*Rescore"):
         run(tiny_qwen2, tmp_path / "x", self_row, loss_scheme="pear")
+    with pytest.raises(ValueError, match=r"'expert' row without .*pear_missing_blogp"):
+        run(tiny_qwen2, tmp_path / "x", data, loss_scheme="pear")
     with pytest.raises(ValueError, match=r"no 'behavior_logprobs' column"):
         run(tiny_qwen2, tmp_path / "x", conversational(), loss_scheme="is")
     wrong = Dataset.from_list([{"prompt": "2+2?", "completion": 4}])
@@ -269,3 +271,67 @@ def test_bad_inputs_are_one_line_errors(tiny_qwen2: Path, tmp_path: Path):
         PolicySFTConfig(
             output_dir=str(tmp_path), loss_kwargs='{"clip": [2, 1]}', use_cpu=True, bf16=False
         )
+
+
+DDP_SCRIPT = """
+import json, os, sys, torch
+torch.set_num_threads(1)
+from datasets import load_from_disk
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from onpolicy_sft.integrations import PolicySFTConfig, PolicySFTTrainer
+from onpolicy_sft.train import shutdown_distributed
+
+model_dir, data_dir, out = sys.argv[1:4]
+world = int(os.environ.get("WORLD_SIZE", "1"))
+result = {}
+for scheme, kw in (("dft", {}), ("is", {}),
+                   ("pear", {"normalize": "sequence", "pear_missing_blogp": "zero"})):
+    torch.manual_seed(0)
+    trainer = PolicySFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(model_dir),
+        args=PolicySFTConfig(
+            output_dir=f"{out}/{scheme}{world}", per_device_train_batch_size=2,
+            gradient_accumulation_steps=2 // world, learning_rate=0.5, optim="sgd", max_steps=3,
+            lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to=[],
+            use_cpu=True, bf16=False, seed=0, data_seed=0, dataloader_pin_memory=False,
+            loss_scheme=scheme, loss_kwargs=kw),
+        train_dataset=load_from_disk(data_dir),
+        processing_class=AutoTokenizer.from_pretrained(model_dir))
+    trainer.train()
+    result[scheme] = [
+        (h["loss"], h["grad_norm"], h["num_tokens"])
+        for h in trainer.state.log_history if "loss" in h]
+if int(os.environ.get("RANK", "0")) == 0:
+    print("RESULT " + json.dumps(result), flush=True)
+shutdown_distributed()
+"""
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process_with_accumulation(tiny_qwen2: Path, tmp_path: Path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    data, _ = _scored(tiny_qwen2, expert={3})
+    data.save_to_disk(str(tmp_path / "data"))
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT, encoding="utf-8")
+    argv = [str(script), str(tiny_qwen2), str(tmp_path / "data"), str(tmp_path / "out")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+    def launch(cmd: list[str]) -> dict[str, Any]:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+        (line,) = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        return json.loads(line[len("RESULT ") :])
+
+    single = launch([sys.executable, *argv])
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    ddp = launch([*torchrun, "--master_port", "29531", *argv])
+    for scheme in ("dft", "is", "pear"):
+        assert len(ddp[scheme]) == len(single[scheme]) == 3
+        got = [x for step in ddp[scheme] for x in step]
+        want = [x for step in single[scheme] for x in step]
+        assert got == pytest.approx(want, rel=1e-5), scheme

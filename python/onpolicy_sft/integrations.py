@@ -41,6 +41,7 @@ import torch
 
 if TYPE_CHECKING:  # pragma: no cover
     from onpolicy_sft.losses import LossOutput, PolicyLoss
+    from onpolicy_sft.training.sft_trainer import PolicySFTConfig, PolicySFTTrainer
 
 __all__ = [
     "LossHead",

@@ -268,6 +268,15 @@ class PolicySFTTrainer(SFTTrainer):  # type: ignore[misc]
         for i, (blp, tier) in enumerate(zip(dataset[args.behavior_logprobs_field], tiers)):
             if blp is None:
                 if has_tier and str(tier) == args.expert_tier:
+                    if self.loss_fn.spec.scheme == "pear" and (
+                        self.loss_fn.spec.pear_missing_blogp == "error"
+                    ):
+                        raise ValueError(
+                            f"loss_scheme='pear': row {i} of the {name} dataset is an "
+                            f"{args.expert_tier!r} row without behaviour log-probs; pear has no "
+                            "default for them: pass loss_kwargs={'pear_missing_blogp': 'zero'} "
+                            "(blogp = 0, as is does) or drop the expert rows"
+                        )
                     self.expert_rows += 1
                     continue
                 raise ValueError(
