@@ -335,3 +335,19 @@ def test_two_process_ddp_matches_one_process_with_accumulation(tiny_qwen2: Path,
         got = [x for step in ddp[scheme] for x in step]
         want = [x for step in single[scheme] for x in step]
         assert got == pytest.approx(want, rel=1e-5), scheme
+
+
+def test_the_example_runs(tmp_path: Path):
+    import ast
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "policy_sft_trainer.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    logged = ast.literal_eval(proc.stdout.split("logged: ")[1].splitlines()[0])
+    assert len(logged) == 2 and all(loss > 0 and 0 < w < 1 for loss, w in logged)

@@ -4,10 +4,9 @@ Two ways in, one mechanism underneath:
 
 - :func:`compute_loss_func` returns a callable for the ``compute_loss_func``
   argument of a transformers ``Trainer``. Plain training code keeps its
-  model, data and optimiser; only the loss changes. TRL's ``SFTTrainer``
-  (>= 1.16) takes the same callable: it calls it on the model's output and
-  computes its own metrics in a separate gradient-free forward through its
-  chunked LM head, so our zero-width logits never reach them.
+  model, data and optimiser; only the loss changes. With TRL use
+  :class:`PolicySFTTrainer` instead (``SFTTrainer`` deprecates
+  ``compute_loss_func`` and runs a second forward for it).
 - ``onpolicy-sft train`` (:mod:`onpolicy_sft.train`) uses :class:`LossHead`
   directly and computes the loss *inside* the lm_head's own forward.
 
