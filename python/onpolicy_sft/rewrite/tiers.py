@@ -287,15 +287,9 @@ class Pipeline:
         return [pid for pid in pending if pid not in set(done)]
 
     def _progress(self, total: int, stage: str) -> Any:
-        from tqdm.auto import tqdm  # type: ignore[import-untyped]
+        from onpolicy_sft.progress import progress
 
-        return tqdm(
-            total=total,
-            desc=f"rewrite {stage}",
-            unit="problem",
-            disable=not self.cfg.progress,
-            file=sys.stderr,
-        )
+        return progress(total, f"rewrite {stage}", "problem", disable=not self.cfg.progress)
 
     def _verify(self, texts: list[str], golds: list[str]) -> list[Any]:
         with self.timer("verify"):
