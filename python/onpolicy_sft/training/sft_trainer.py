@@ -37,6 +37,8 @@ __all__ = ["PolicyColumnsCollator", "PolicySFTConfig", "PolicySFTTrainer"]
 # Per-token columns carried from preparation to the loss.
 BEHAVIOR = "behavior_logprobs"
 TIER = "tier_ids"
+# The token ids a model generated for the completion (rewrite/select output).
+TOKEN_IDS = "completion_token_ids"
 
 
 @dataclass
@@ -204,7 +206,7 @@ class PolicySFTTrainer(SFTTrainer):  # type: ignore[misc]
                 "add one (one log-prob per completion token, null on expert rows), name yours "
                 "with behavior_logprobs_field, or use loss_scheme='dft'"
             )
-        if not (carry_blp or carry_tier):
+        if not (carry_blp or carry_tier or TOKEN_IDS in columns):
             return super()._prepare_dataset(
                 dataset, processing_class, args, packing, formatting_func, dataset_name
             )
@@ -212,9 +214,11 @@ class PolicySFTTrainer(SFTTrainer):  # type: ignore[misc]
             self._check_behavior(dataset, args, dataset_name)
         if carry_tier and not self.tier_names:
             self.tier_names = sorted({str(t) for t in dataset[tier_col]})
+        dataset = dataset.add_column("_onpolicy_row", list(range(len(dataset))))
+        if TOKEN_IDS in columns and "input_ids" not in columns:
+            dataset = self._tokenize_generated(dataset, processing_class, args)
         # Tokenise, mask and truncate with TRL, then align our columns with the
         # tokens, then pack (TRL's packing keeps only input_ids and labels).
-        dataset = dataset.add_column("_onpolicy_row", list(range(len(dataset))))
         saved = (args.max_length, args.shuffle_dataset)
         if packing:
             args.max_length, args.shuffle_dataset = None, False
@@ -260,6 +264,31 @@ class PolicySFTTrainer(SFTTrainer):  # type: ignore[misc]
         if args.shuffle_dataset:
             dataset = dataset.shuffle(seed=args.seed)
         return dataset
+
+    def _tokenize_generated(self, dataset: Any, processing_class: Any, args: Any) -> Any:
+        """Rows that carry the generated token ids (rewrite/select output): use them as they are.
+
+        Re-tokenising the completion text can split it differently from how the
+        model generated it, and the behaviour log-probs belong to the generated
+        tokens. The prompt (a string, chat template already applied) is tokenised
+        as TRL would; the completion is ``completion_token_ids`` (EOS included).
+        """
+        tok = getattr(processing_class, "tokenizer", processing_class)
+        completion_only = args.completion_only_loss is not False
+
+        def encode(example: dict[str, Any]) -> dict[str, Any]:
+            prompt = example["prompt"]
+            if not isinstance(prompt, str):
+                raise ValueError(
+                    f"row {example['_onpolicy_row']}: with {TOKEN_IDS!r} the prompt must be the "
+                    f"templated string it was generated from, got {type(prompt).__name__}"
+                )
+            p = tok(prompt, add_special_tokens=False)["input_ids"]
+            c = list(example[TOKEN_IDS])
+            labels = ([IGNORE_INDEX] * len(p) if completion_only else list(p)) + c
+            return {"input_ids": p + c, "labels": labels}
+
+        return dataset.map(encode, num_proc=args.dataset_num_proc, desc="Tokenizing prompts")
 
     def _check_behavior(self, dataset: Any, args: PolicySFTConfig, name: str) -> None:
         """Every non-expert row has behaviour log-probs: a list of numbers."""
