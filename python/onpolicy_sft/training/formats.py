@@ -163,3 +163,73 @@ def _kind_mismatch(value: Any, expected: str) -> str | None:
     if isinstance(value, list):
         return f"got a list where the prompt makes it {expected}"
     return None
+
+
+def _render(tokenizer: Any, messages: list[Any], chat_template: str | None, gen: bool) -> str:
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=gen, chat_template=chat_template
+    )
+
+
+def encode_messages(
+    messages: list[Mapping[str, Any]],
+    tokenizer: Any,
+    *,
+    supervise_from: int = 0,
+    chat_template: str | None = None,
+    row: int | str = "?",
+) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of a conversation, the loss on its assistant turns.
+
+    Each assistant turn at index >= ``supervise_from`` is supervised as its
+    content's tokens followed by EOS (the template's end of turn, which must be
+    the tokenizer's EOS token); everything else -- system and user turns, the
+    template's role markers, what follows EOS -- is context (label -100). The
+    conversation is rendered with the chat template one turn at a time, so the
+    tokens are the template's own and each turn's boundary is exact.
+    """
+    if chat_template is None and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            "the tokenizer has no chat template, which conversational data needs; pass "
+            "--chat_template_path FILE (a Jinja template) or use a model that ships one"
+        )
+    eos_id, eos = tokenizer.eos_token_id, tokenizer.eos_token
+    if eos_id is None:
+        raise ValueError("the tokenizer has no eos_token; the loss must fall on EOS")
+    ids: list[int] = []
+    labels: list[int] = []
+    done = ""  # text rendered and tokenised so far
+
+    def add(text: str, supervised: bool) -> None:
+        toks = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        ids.extend(toks)
+        labels.extend(toks if supervised else [-100] * len(toks))
+
+    for k, msg in enumerate(messages):
+        if msg["role"] != "assistant" or k < supervise_from:
+            continue
+        prefix = _render(tokenizer, list(messages[:k]), chat_template, True)
+        through = _render(tokenizer, list(messages[: k + 1]), chat_template, False)
+        if not prefix.startswith(done) or not through.startswith(prefix):
+            raise ValueError(
+                f"row {row}: the chat template renders the conversation differently once turn {k} "
+                "is added (an earlier part changes), so turns cannot be masked exactly; use a "
+                "template that renders each turn the same way whatever follows"
+            )
+        content = str(msg["content"])
+        turn = through[len(prefix) :]
+        if not turn.startswith(content + eos):
+            raise ValueError(
+                f"row {row}: the chat template does not render assistant turn {k} as its content "
+                f"followed by the EOS token {eos!r} (it renders {turn[:60]!r}); pass a template "
+                "that ends assistant turns with EOS (--chat_template_path)"
+            )
+        add(prefix[len(done) :], False)
+        add(content, True)
+        ids.append(eos_id)
+        labels.append(eos_id)
+        done = prefix + content + eos
+    tail = _render(tokenizer, list(messages), chat_template, False)
+    if tail.startswith(done):
+        add(tail[len(done) :], False)
+    return ids, labels
