@@ -153,7 +153,7 @@ def run_variant(name: str, shapes: dict[str, Any], a: argparse.Namespace, steps:
         cls, args = trl.SFTTrainer, trl.SFTConfig(loss_type="dft", **common)
     else:
         scheme = name.split()[-1]
-        kwargs = {"pear_missing_blogp": "error"} if scheme == "pear" else {}
+        kwargs: dict[str, Any] = {}
         cls = PolicySFTTrainer
         args = PolicySFTConfig(loss_scheme=scheme, loss_kwargs=kwargs, **common)
     trainer = cls(

@@ -1,8 +1,8 @@
 """PolicySFTTrainer: TRL's SFTTrainer with a policy-weighted loss, one forward per step.
 
-    pip install 'onpolicy-sft[trl]'
-    python examples/policy_sft_trainer.py                       # a tiny local model, CPU
-    python examples/policy_sft_trainer.py Qwen/Qwen2.5-0.5B-Instruct
+pip install 'onpolicy-sft[trl]'
+python examples/policy_sft_trainer.py                       # a tiny local model, CPU
+python examples/policy_sft_trainer.py Qwen/Qwen2.5-0.5B-Instruct
 """
 
 import sys

@@ -255,7 +255,7 @@ def test_bad_inputs_are_one_line_errors(tiny_qwen2: Path, tmp_path: Path):
     self_row = data.map(lambda r, i: {"tier": "self" if i == 2 else r["tier"]}, with_indices=True)
     with pytest.raises(ValueError, match=r"row 2 .*tier 'self'.*Rescore"):
         run(tiny_qwen2, tmp_path / "x", self_row, loss_scheme="pear")
-    with pytest.raises(ValueError, match=r"'expert' row without .*pear_missing_blogp"):
+    with pytest.raises(ValueError, match=r"'expert' row without .*missing_behavior='auto' refuses"):
         run(tiny_qwen2, tmp_path / "x", data, loss_scheme="pear")
     with pytest.raises(ValueError, match=r"no 'behavior_logprobs' column"):
         run(tiny_qwen2, tmp_path / "x", conversational(), loss_scheme="is")
@@ -285,7 +285,7 @@ model_dir, data_dir, out = sys.argv[1:4]
 world = int(os.environ.get("WORLD_SIZE", "1"))
 result = {}
 for scheme, kw in (("dft", {}), ("is", {}),
-                   ("pear", {"normalize": "sequence", "pear_missing_blogp": "zero"})):
+                   ("pear", {"normalize": "sequence", "missing_behavior": "zero"})):
     torch.manual_seed(0)
     trainer = PolicySFTTrainer(
         model=AutoModelForCausalLM.from_pretrained(model_dir),

@@ -29,7 +29,9 @@ from trl import SFTConfig, SFTTrainer
 from trl.data_utils import pack_dataset
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from onpolicy_sft.integrations import IGNORE_INDEX, LossHead, build_policy_loss, scale_to_global
+from onpolicy_sft.config import IGNORE_INDEX
+from onpolicy_sft.integrations import PolicyLossMixin
+from onpolicy_sft.losses import PolicyLoss
 from onpolicy_sft.training.formats import check_rows, detect_format
 
 __all__ = ["PolicyColumnsCollator", "PolicySFTConfig", "PolicySFTTrainer"]
@@ -46,8 +48,9 @@ class PolicySFTConfig(SFTConfig):
     """``SFTConfig`` plus the policy-weighted loss.
 
     ``loss_scheme``: sft | dft | is | idft | pear; ``loss_kwargs``: any other
-    :class:`onpolicy_sft.losses.PolicyLoss` option (level, clip, idft_beta,
-    pear_gamma, normalize, backend, ...), as a dict or a JSON string.
+    field of :class:`onpolicy_sft.config.LossConfig` (level, clip, idft_beta,
+    pear_gamma, normalize, missing_behavior, backend, ...), as a dict or a JSON
+    string.
     TRL's own ``loss_type`` is not used and must stay ``"nll"``.
     """
 
@@ -86,8 +89,8 @@ class PolicySFTConfig(SFTConfig):
             )
         self.policy_loss()  # bad options fail here, naming the option
 
-    def policy_loss(self) -> Any:
-        return build_policy_loss(self.loss_scheme, **self.loss_kwargs)
+    def policy_loss(self) -> PolicyLoss:
+        return PolicyLoss(self.loss_scheme, **self.loss_kwargs)
 
 
 @dataclass
@@ -108,6 +111,8 @@ class PolicyColumnsCollator:
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         extra = {c: [ex[c] for ex in examples] for c in self.columns if c in examples[0]}
         out = self.inner([{k: v for k, v in ex.items() if k not in extra} for ex in examples])
+        if "seq_idx" in out:  # padding-free: the loss's sequence ids are TRL's
+            out["seq_ids"] = out["seq_idx"]
         width = out["input_ids"].shape[1]
         for name, values in extra.items():
             dtype = torch.float32 if name == BEHAVIOR else torch.long
@@ -122,14 +127,7 @@ class PolicyColumnsCollator:
         return out
 
 
-def _count_sequences(labels: torch.Tensor, seq_idx: torch.Tensor | None) -> int:
-    target = labels[:, 1:] != IGNORE_INDEX
-    if seq_idx is not None:
-        return int(torch.unique(seq_idx[:, 1:][target]).numel())
-    return int(target.any(dim=1).sum())
-
-
-class PolicySFTTrainer(SFTTrainer):  # type: ignore[misc]
+class PolicySFTTrainer(PolicyLossMixin, SFTTrainer):  # type: ignore[misc]
     """``trl.SFTTrainer`` whose loss is PolicyLoss (``args``: a :class:`PolicySFTConfig`).
 
     Every step runs the model exactly once; the logs carry TRL's ``num_tokens``
@@ -139,9 +137,6 @@ class PolicySFTTrainer(SFTTrainer):  # type: ignore[misc]
     ``tokens_without_behavior``. TRL's ``mean_token_accuracy`` needs the arg-max
     over the vocabulary, which the fused loss does not compute; it is not logged.
     """
-
-    # the loss is a share of the global-batch mean (see compute_loss)
-    loss_is_scaled_for_ga = True
 
     def __init__(self, model: Any, args: PolicySFTConfig | None = None, **kwargs: Any) -> None:
         if args is None:
@@ -155,14 +150,14 @@ class PolicySFTTrainer(SFTTrainer):  # type: ignore[misc]
         if kwargs.get("compute_loss_func") is not None:
             raise ValueError("PolicySFTTrainer computes the loss itself; drop compute_loss_func")
         self.loss_fn = args.policy_loss()
-        self.needs_behavior = self.loss_fn.spec.uses_blogp
-        self.normalize = self.loss_fn.spec.normalize
+        self.needs_behavior = self.loss_fn.config.uses_blogp
         self.tier_names: list[str] = []
         self.expert_rows = 0
-        self._seqs_in_batch: torch.Tensor | int | None = None
+        self.dropped_no_behavior = 0
         self._missing_total = 0.0
-        super().__init__(model=model, args=args, **kwargs)
-        self.loss_head = LossHead.install(self.model, self.loss_fn)
+        self._batch_info: tuple[str, Mapping[str, Any], Any, Any] | None = None
+        # SFTTrainer prepares the datasets in its __init__, with the attributes above
+        super().__init__(model=model, args=args, loss_fn=self.loss_fn, **kwargs)
         if isinstance(self.data_collator, DataCollatorForLanguageModeling):
             self.data_collator = PolicyColumnsCollator(
                 self.data_collator, (BEHAVIOR, TIER), padding_free=self.padding_free
@@ -211,6 +206,10 @@ class PolicySFTTrainer(SFTTrainer):  # type: ignore[misc]
                 dataset, processing_class, args, packing, formatting_func, dataset_name
             )
         if carry_blp:
+            if self.loss_fn.config.missing_behavior == "drop":
+                before = len(dataset)
+                dataset = dataset.filter(lambda r: r[blp_col] is not None)
+                self.dropped_no_behavior = before - len(dataset)
             self._check_behavior(dataset, args, dataset_name)
         if carry_tier and not self.tier_names:
             self.tier_names = sorted({str(t) for t in dataset[tier_col]})
@@ -297,16 +296,17 @@ class PolicySFTTrainer(SFTTrainer):  # type: ignore[misc]
         for i, (blp, tier) in enumerate(zip(dataset[args.behavior_logprobs_field], tiers)):
             if blp is None:
                 if has_tier and str(tier) == args.expert_tier:
-                    if self.loss_fn.spec.scheme == "pear" and (
-                        self.loss_fn.spec.pear_missing_blogp == "error"
-                    ):
+                    if self.loss_fn.config.missing_blogp_is_error:
                         raise ValueError(
-                            f"loss_scheme='pear': row {i} of the {name} dataset is an "
-                            f"{args.expert_tier!r} row without behaviour log-probs; pear has no "
-                            "default for them: pass loss_kwargs={'pear_missing_blogp': 'zero'} "
-                            "(blogp = 0, as is does) or drop the expert rows"
+                            f"loss_scheme={args.loss_scheme!r}: row {i} of the {name} dataset is "
+                            f"an {args.expert_tier!r} row without behaviour log-probs, and "
+                            f"missing_behavior={self.loss_fn.config.missing_behavior!r} refuses "
+                            "them; pass loss_kwargs={'missing_behavior': 'zero'} (blogp = 0, the "
+                            "DFT weight for is) or drop the expert rows"
                         )
                     self.expert_rows += 1
+                    continue
+                if self.loss_fn.config.missing_behavior == "zero":  # asked for: counted
                     continue
                 raise ValueError(
                     f"loss_scheme={args.loss_scheme!r}: row {i} of the {name} dataset has no "
@@ -317,7 +317,8 @@ class PolicySFTTrainer(SFTTrainer):  # type: ignore[misc]
                         else f"and there is no {args.tier_field!r} column)"
                     )
                     + f"; only rows of tier {args.expert_tier!r} may lack them (they get blogp = 0). "
-                    "Rescore the row with the behaviour model, drop it, or train with "
+                    "Rescore the row with the behaviour model, drop it, pass loss_kwargs="
+                    "{'missing_behavior': 'zero'} to use blogp = 0 for it, or train with "
                     "loss_scheme='dft'"
                 )
             if not isinstance(blp, (list, tuple)) or not all(
@@ -330,18 +331,6 @@ class PolicySFTTrainer(SFTTrainer):  # type: ignore[misc]
 
     # ------------------------------------------------------------ loss
 
-    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> Any:
-        batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
-        if self.normalize == "sequence" and batch_samples:
-            total: torch.Tensor | int = torch.tensor(
-                sum(_count_sequences(b["labels"], b.get("seq_idx")) for b in batch_samples),
-                device=device,
-            )
-            if self.args.average_tokens_across_devices and self.args.world_size > 1:
-                total = self.accelerator.gather(total).sum()
-            self._seqs_in_batch = total
-        return batch_samples, num_items
-
     def compute_loss(
         self,
         model: torch.nn.Module,
@@ -349,52 +338,31 @@ class PolicySFTTrainer(SFTTrainer):  # type: ignore[misc]
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> Any:
-        mode = "train" if self.model.training else "eval"
         inputs = dict(inputs)
-        labels = inputs.pop("labels")
-        behavior = inputs.pop(BEHAVIOR, None)
         tiers = inputs.pop(TIER, None)
-        if self.needs_behavior and behavior is None:
+        if not self.needs_behavior:
+            inputs.pop(BEHAVIOR, None)
+        elif BEHAVIOR not in inputs:
             raise ValueError(
                 f"loss_scheme={self.args.loss_scheme!r} needs behaviour log-probs but the batch "
                 f"has no {BEHAVIOR!r} tensor; a custom data_collator must pass it (B, T), "
                 "aligned with labels, NaN where a token has none"
             )
         inputs["use_cache"] = False
-        seq_idx = inputs.get("seq_idx")  # padding-free batches: one row, many sequences
-        tokens = self.normalize == "tokens"
-        total = num_items_in_batch if tokens else self._seqs_in_batch
-        if not model.training:
-            total = None  # evaluation: a plain mean per batch
-        with self.loss_head.batch(
-            labels,
-            behavior if self.needs_behavior else None,
-            seq_idx,
-            normalizer=total if tokens else None,
-        ):
-            outputs = model(**inputs)
-        res = self.loss_head.result
-        if res is None:
-            raise RuntimeError(
-                "the model's forward never called its lm_head; PolicySFTTrainer needs a causal "
-                "LM whose forward ends in model.get_output_embeddings()"
-            )
-        loss = res.output.loss if tokens else scale_to_global(res, total)
-        # As TRL and transformers do: `total` counts every rank, DDP averages over them.
-        self.loss_is_scaled_for_ga = total is not None
-        if total is not None and self.args.average_tokens_across_devices:
-            loss = loss * self.accelerator.num_processes
-        self._record(res, mode, inputs, tiers, labels)
-        return (loss, outputs) if return_outputs else loss
+        mode = "train" if model.training else "eval"
+        self._batch_info = (mode, inputs, tiers, inputs["labels"])
+        if mode == "eval":
+            # a plain mean per evaluation batch (no accumulation to share it with)
+            self._seqs_in_batch, num_items_in_batch = None, None
+        out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if mode == "eval":
+            self._record(self.loss_head.result)
+        return out
 
-    def _record(
-        self,
-        res: Any,
-        mode: str,
-        inputs: Mapping[str, Any],
-        tiers: torch.Tensor | None,
-        labels: torch.Tensor,
-    ) -> None:
+    def _record(self, res: Any) -> None:
+        """Our statistics into TRL's metrics, gathered over processes like TRL's own."""
+        assert self._batch_info is not None
+        mode, inputs, tiers, labels = self._batch_info
         st = res.output.stats
         c = st["tokens"]
         lp = res.output.logprobs
