@@ -477,6 +477,21 @@ class TrainConfig(ConfigBase):
     response_field: str = opt(
         "response", "response text column (tokenised + EOS when there is no response_token_ids)"
     )
+    completion_field: str = opt(
+        "completion",
+        "completion column of TRL's prompt/completion format (strings or message lists)",
+    )
+    dataset_text_field: str | None = opt(
+        None,
+        "train on whole texts of this column (TRL's language-modeling format, the loss on every "
+        "token); only when given",
+        identity=True,
+    )
+    chat_template_path: str | None = opt(
+        None,
+        "a Jinja chat template file for conversational data (default: the tokenizer's own)",
+        identity=True,
+    )
     behavior_field: str = opt(
         "behavior_logprobs", "per-token behaviour log-prob column (is, pear)", identity=True
     )
