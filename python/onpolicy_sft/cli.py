@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; completed work is kept and a rerun resumes it", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
         # User-facing errors are phrased to name the bad value and the fix;
         # print them without a traceback.
         print(f"onpolicy-sft {name}: error: {exc}", file=sys.stderr)

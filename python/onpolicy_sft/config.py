@@ -511,10 +511,30 @@ class TrainConfig(ConfigBase):
     attn_implementation: str | None = opt(
         None, "attention kernel, e.g. sdpa, flash_attention_2 (none: transformers' default)"
     )
+    use_peft: bool = opt(
+        False,
+        "train a LoRA adapter (PEFT) instead of every weight; needs onpolicy-sft[peft]",
+        identity=True,
+    )
+    lora_r: int = opt(16, "LoRA rank", identity=True)
+    lora_alpha: int = opt(32, "LoRA alpha (the update is scaled by alpha / r)", identity=True)
+    lora_dropout: float = opt(0.05, "dropout on the LoRA input", identity=True)
+    lora_target_modules: tuple[str, ...] | None = opt(
+        None,
+        "module names to adapt, e.g. q_proj v_proj (none: PEFT's default for the architecture)",
+        identity=True,
+    )
+    merge_adapter: bool = opt(
+        False, "with --use_peft: also write the merged full model to OUTPUT_DIR/merged"
+    )
     loss: LossConfig = dataclasses.field(default_factory=LossConfig, metadata={"nested": True})
 
     def problems(self) -> list[str]:
         p = [f"{n} is empty; give --{n}" for n in ("model", "dataset") if not getattr(self, n)]
+        if self.merge_adapter and not self.use_peft:
+            p.append("merge_adapter needs use_peft (there is no adapter to merge); add --use_peft")
+        if self.use_peft and (self.lora_r < 1 or not 0.0 <= self.lora_dropout < 1.0):
+            p.append(f"lora_r={self.lora_r} must be >= 1 and lora_dropout in [0, 1)")
         if self.max_length < 2:
             p.append(f"max_length={self.max_length} must be >= 2")
         if not 0.0 <= self.warmup_ratio < 1.0:

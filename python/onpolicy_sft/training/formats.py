@@ -18,7 +18,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["FORMATS", "check_rows", "detect_format", "is_conversation"]
+__all__ = ["FORMATS", "TOKEN_ID_FIELDS", "check_rows", "detect_format", "is_conversation"]
+
+# Columns of generated token ids, which stand for the response text.
+TOKEN_ID_FIELDS = ("response_token_ids", "completion_token_ids")
 
 FORMATS = ("prompt_completion", "messages", "text", "problem_response")
 
@@ -52,7 +55,8 @@ def detect_format(
         return "prompt_completion"
     if "messages" in cols:
         return "messages"
-    if (prompt_field in cols or problem_field in cols) and response_field in cols:
+    has_response = response_field in cols or bool(cols & set(TOKEN_ID_FIELDS))
+    if (prompt_field in cols or problem_field in cols) and has_response:
         return "problem_response"
     if text_field in cols:
         if allow_text:
@@ -149,11 +153,11 @@ def check_rows(
                     "drop the row"
                 )
         else:
-            keys = ("text",) if fmt == "text" else ("response",)
-            for key in keys:
-                v = row.get(names[key])
-                if not isinstance(v, str):
-                    raise _type_error(names[key], n, v)
+            key = "text" if fmt == "text" else "response"
+            v = row.get(names[key])
+            # a response may be absent where the generated token ids stand for it
+            if not isinstance(v, str) and not (key == "response" and v is None):
+                raise _type_error(names[key], n, v)
     return n + 1 - start
 
 
