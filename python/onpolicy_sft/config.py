@@ -402,7 +402,10 @@ class RewriteConfig(ConfigBase):
         "math-verify", "verifier for pairs the Rust fast path cannot decide (none: fast path only)"
     )
     phi: bool = opt(True, "compute phi = log pi_0 + H(pi_0) for the report (HF scoring only)")
-    progress: bool = opt(True, "show progress bars")
+    progress: bool = opt(True, "show progress (a bar on a terminal, else a line every few %)")
+    save_to_disk: bool = opt(
+        False, "also write OUTPUT_DIR/dataset/ (datasets.save_to_disk) beside data.parquet"
+    )
 
     def shard_index(self) -> tuple[int, int]:
         i, n = self.shard.split("/")
@@ -444,6 +447,9 @@ class SelectConfig(ConfigBase):
     tensor_parallel_size: int = opt(1, "vLLM tensor parallelism")
     batch_size: int = opt(64, "candidates scored per call")
     suffix: str | None = opt(None, "instruction after the problem (none: the default one)")
+    save_to_disk: bool = opt(
+        False, "also write OUTPUT_DIR/dataset/ (datasets.save_to_disk) beside data.parquet"
+    )
 
     def problems(self) -> list[str]:
         return _positive(self, ("top_k", "tensor_parallel_size", "batch_size"))

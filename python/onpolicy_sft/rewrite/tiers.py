@@ -229,7 +229,7 @@ class Pipeline:
 
         with self.timer("export"):
             data_path = os.path.join(self.run_dir, "data.parquet")
-            write_data(rows, data_path)
+            write_data(rows, data_path, save_to_disk=cfg.save_to_disk)
         with self.timer("report"):
             write_report(
                 self.run_dir,

@@ -20,6 +20,7 @@ from onpolicy_sft.config import IGNORE_INDEX, TrainConfig
 from onpolicy_sft.models import response_ids
 from onpolicy_sft.prompts import chat, train_prompt
 from onpolicy_sft.training.formats import (
+    TOKEN_ID_FIELDS,
     check_rows,
     detect_format,
     encode_messages,
@@ -83,7 +84,7 @@ def build_examples(
 ) -> tuple[list[Example], DataStats]:
     """Tokenise rows into :class:`Example` s, applying the max-length and behaviour rules.
 
-    Response token ids come from ``response_token_ids`` when the column is
+    Response token ids come from ``completion_token_ids`` (or ``response_token_ids``) when the column is
     there (the tokens the model generated, EOS included); otherwise the
     response text is tokenised and EOS appended. Behaviour log-probs must have
     exactly one value per response token: a mismatch names the row.
@@ -150,11 +151,12 @@ def build_examples(
         else:
             raise ValueError(f"{row_name(i)} has an empty prompt and no problem text")
 
-    token_col = col("response_token_ids")
+    token_name = next((c for c in TOKEN_ID_FIELDS if c in columns), "completion_token_ids")
+    token_col = col(token_name)
     responses = col(cfg.response_field)
     if token_col is None and responses is None:
         raise ValueError(
-            f"the data has neither 'response_token_ids' nor a {cfg.response_field!r} column; "
+            f"the data has neither {token_name!r} nor a {cfg.response_field!r} column; "
             f"its columns are {sorted(columns)}; map yours with --response_field"
         )
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
@@ -163,7 +165,7 @@ def build_examples(
     if need_text:
         if responses is None:
             raise ValueError(
-                f"{row_name(need_text[0])} has no response_token_ids and the data has no "
+                f"{row_name(need_text[0])} has no {token_name} and the data has no "
                 f"{cfg.response_field!r} column"
             )
         enc = response_ids(tokenizer, [str(responses[i] or "") for i in need_text])
