@@ -42,40 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from _machine import machine  # benches/_machine.py, beside this script
+from bench_train import CPU, QWEN25_05B, SMOKE  # the same model shapes as bench_train
 
 REPO = Path(__file__).resolve().parent.parent
-QWEN25_05B = dict(
-    vocab_size=151936,
-    hidden_size=896,
-    num_hidden_layers=24,
-    num_attention_heads=14,
-    num_key_value_heads=2,
-    intermediate_size=4864,
-    max_position_embeddings=32768,
-    rope_theta=1000000.0,
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=True,
-)
-CPU = dict(
-    vocab_size=32768,
-    hidden_size=256,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    intermediate_size=704,
-    max_position_embeddings=2048,
-    tie_word_embeddings=True,
-)
-SMOKE = dict(
-    vocab_size=2048,
-    hidden_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    intermediate_size=128,
-    max_position_embeddings=512,
-    tie_word_embeddings=True,
-)
 TARGETS = {"dft": 1.0, "is": 0.95, "idft": 0.95, "pear": 0.95}
 
 

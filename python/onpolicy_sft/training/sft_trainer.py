@@ -163,8 +163,6 @@ class PolicySFTTrainer(PolicyLossMixin, SFTTrainer):  # type: ignore[misc]
                 self.data_collator, (BEHAVIOR, TIER), padding_free=self.padding_free
             )
 
-    # ------------------------------------------------------------ data
-
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
         for name in (BEHAVIOR, TIER):
@@ -328,8 +326,6 @@ class PolicySFTTrainer(PolicyLossMixin, SFTTrainer):  # type: ignore[misc]
                     f"column {args.behavior_logprobs_field!r}, row {i}: expected a list of "
                     f"numbers (one log-prob per completion token), got {type(blp).__name__}"
                 )
-
-    # ------------------------------------------------------------ loss
 
     def compute_loss(
         self,
