@@ -17,7 +17,6 @@ import pytest
 trl = pytest.importorskip("trl")
 
 
-
 def _train(model_dir: Path, out: Path, *, trl_loss: str, ours: str | None) -> tuple[list, Any]:
     import sys
 
