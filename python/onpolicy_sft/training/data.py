@@ -20,6 +20,7 @@ from onpolicy_sft.config import IGNORE_INDEX, TrainConfig
 from onpolicy_sft.models import response_ids
 from onpolicy_sft.prompts import chat, train_prompt
 from onpolicy_sft.training.formats import (
+    EXPERT_TIER,
     TOKEN_ID_FIELDS,
     check_rows,
     detect_format,
@@ -201,15 +202,22 @@ def build_examples(
                 if loss.missing_behavior == "drop":
                     stats.dropped_no_behavior += 1
                     continue
-                if loss.missing_blogp_is_error:
+                expert = tiers is not None and str(tiers[i]) == EXPERT_TIER
+                # "auto" takes blogp = 0 for expert rows only (no behaviour model wrote
+                # them); a null anywhere else is a lost value, never silently the DFT weight
+                if loss.missing_blogp_is_error or (loss.missing_behavior == "auto" and not expert):
                     raise ValueError(
                         f"{row_name(i)} has no behaviour log-probs ({cfg.behavior_field} is "
                         f"null{', tier ' + repr(tiers[i]) if tiers is not None else ''}); "
-                        f"scheme={loss.scheme!r} needs them. Pass --missing_behavior zero to use "
-                        "blogp = 0 (the DFT weight, as MTG's released training does) or "
-                        "--missing_behavior drop to leave such rows out"
+                        f"scheme={loss.scheme!r} needs them"
+                        + ("" if expert else f" (only {EXPERT_TIER!r} rows may lack them)")
+                        + ". Pass --missing_behavior zero to use blogp = 0 (the DFT weight, as "
+                        "MTG's released training does) or --missing_behavior drop to leave such "
+                        "rows out"
                     )
-                blp = np.zeros(len(r), dtype=np.float32)
+                # NaN: the explicit "none" PolicyLoss takes as 0 and counts
+                # (tokens_without_behavior in the logs)
+                blp = np.full(len(r), np.nan, dtype=np.float32)
                 stats.zero_behavior += 1
             else:
                 blp = np.asarray(raw, dtype=np.float32)
@@ -299,13 +307,14 @@ def _build_encoded(
                 if loss.missing_behavior == "drop":
                     stats.dropped_no_behavior += 1
                     continue
-                if loss.missing_blogp_is_error or loss.missing_behavior == "auto":
+                expert = str(columns.get("tier", [None] * stats.rows)[i]) == EXPERT_TIER
+                if loss.missing_blogp_is_error or (loss.missing_behavior == "auto" and not expert):
                     raise ValueError(
                         f"row {i} has no behaviour log-probs ({cfg.behavior_field} is null); "
                         f"scheme={loss.scheme!r} needs them: add them, or pass "
                         "--missing_behavior zero (blogp = 0) or drop"
                     )
-                raw = [0.0] * len(sup)
+                raw = [float("nan")] * len(sup)
                 stats.zero_behavior += 1
             if len(raw) != len(sup):
                 raise ValueError(

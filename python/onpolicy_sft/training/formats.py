@@ -18,10 +18,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["FORMATS", "TOKEN_ID_FIELDS", "check_rows", "detect_format", "is_conversation"]
+__all__ = [
+    "EXPERT_TIER",
+    "FORMATS",
+    "TOKEN_ID_FIELDS",
+    "check_rows",
+    "detect_format",
+    "is_conversation",
+]
 
 # Columns of generated token ids, which stand for the response text.
 TOKEN_ID_FIELDS = ("response_token_ids", "completion_token_ids")
+# Rows of this tier were written by no behaviour model: no behaviour log-probs by design.
+EXPERT_TIER = "expert"
 
 FORMATS = ("prompt_completion", "messages", "text", "problem_response")
 

@@ -32,7 +32,7 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from onpolicy_sft.config import IGNORE_INDEX
 from onpolicy_sft.integrations import PolicyLossMixin
 from onpolicy_sft.losses import PolicyLoss
-from onpolicy_sft.training.formats import check_rows, detect_format
+from onpolicy_sft.training.formats import EXPERT_TIER, check_rows, detect_format
 
 __all__ = ["PolicyColumnsCollator", "PolicySFTConfig", "PolicySFTTrainer"]
 
@@ -67,7 +67,7 @@ class PolicySFTConfig(SFTConfig):
     )
     tier_field: str = field(default="tier", metadata={"help": "column naming each row's tier"})
     expert_tier: str = field(
-        default="expert",
+        default=EXPERT_TIER,
         metadata={
             "help": "rows of this tier have no behaviour log-probs: they get blogp = 0 (the "
             "DFT weight for is), and are counted in tokens_without_behavior"
