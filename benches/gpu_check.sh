@@ -42,7 +42,9 @@ NEEDED_WHEELS=(trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 lig
 
 if [ "$FETCH" = 1 ]; then
   mkdir -p "$WHEELS"
-  for w in "${NEEDED_WHEELS[@]}"; do
+  # EXTRA_WHEELS="pyarrow==26.0.1 ...": more, e.g. where the image's versions are too old
+  # (datasets 5.2 needs pyarrow >= 24; the preflight below names what is missing)
+  for w in "${NEEDED_WHEELS[@]}" ${EXTRA_WHEELS:-}; do
     "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
       --platform any -d "$WHEELS" "$w" || { echo "gpu_check.sh: could not fetch $w" >&2; exit 1; }
@@ -103,6 +105,16 @@ fi
 ls "$REPO"/python/onpolicy_sft/_core*.so >/dev/null 2>&1 || {
   echo "gpu_check.sh: python/onpolicy_sft/_core*.so is missing; build it (maturin build, or cargo" \
        "build --release --features python,pyo3/extension-module) and carry it" >&2; exit 1; }
+# preflight: every package a step imports, with its version, before minutes are spent
+"$PY" - <<'PY' || { echo "gpu_check.sh: a package is missing or too old (above); carry its wheel (EXTRA_WHEELS with --fetch-wheels)" >&2; exit 1; }
+import importlib
+for name in ("torch", "triton", "transformers", "accelerate", "pyarrow", "datasets", "trl",
+             "peft", "liger_kernel", "math_verify", "onpolicy_sft._core"):
+    mod = importlib.import_module(name)
+    print(f"  {name} {getattr(mod, '__version__', '')}")
+import onpolicy_sft.integrations as i
+i.PolicySFTTrainer  # noqa: B018  (imports trl's trainer stack)
+PY
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >"$OUT/gpu.txt" 2>&1
 date -u +%Y-%m-%dT%H:%M:%SZ >"$OUT/date.txt"
 rm -f "$OUT"/*.rc
