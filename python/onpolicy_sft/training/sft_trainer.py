@@ -181,7 +181,8 @@ class PolicySFTTrainer(PolicyLossMixin, SFTTrainer):  # type: ignore[misc]
         from trl.data_utils import get_dataset_column_names
 
         columns = list(get_dataset_column_names(dataset))
-        if "input_ids" not in columns and formatting_func is None:
+        # TRL converts ShareGPT "conversations" to messages itself; everything else is checked
+        if "input_ids" not in columns and "conversations" not in columns and not formatting_func:
             fmt = detect_format(columns, text_field=args.dataset_text_field, allow_text=True)
             if fmt == "problem_response":
                 raise ValueError(
@@ -202,6 +203,14 @@ class PolicySFTTrainer(PolicyLossMixin, SFTTrainer):  # type: ignore[misc]
         if not (carry_blp or carry_tier or TOKEN_IDS in columns):
             return super()._prepare_dataset(
                 dataset, processing_class, args, packing, formatting_func, dataset_name
+            )
+        import datasets
+
+        if not isinstance(dataset, datasets.Dataset):
+            raise ValueError(
+                f"the {dataset_name} dataset is a {type(dataset).__name__}; behaviour log-prob, "
+                "tier and generated-token columns need a map-style datasets.Dataset (load it "
+                "without streaming=True)"
             )
         if carry_blp:
             if self.loss_fn.config.missing_behavior == "drop":
