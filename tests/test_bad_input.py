@@ -679,13 +679,13 @@ CASES = [
         "verify_batch-threads-huge",
         lambda tmp: verify_batch(["1"], ["1"], threads=10_000),
         ValueError,
-        r"threads=10000 must be an integer from 1 to \d+",
+        r"threads=10000 is out of range: pass an integer from 1 to \d+",
     ),
     Case(
         "Verifier-threads-huge",
         lambda tmp: Verifier(threads=100_000),
         ValueError,
-        r"threads=100000 must be an integer",
+        r"threads=100000 is out of range",
     ),
 ]
 

@@ -48,11 +48,11 @@ def test_select_keeps_top_k(engine, tmp_path, layout, k):
     assert res.problems == 2 and res.candidates == 5 and res.kept == 2 * k
     rows = pq.read_table(tmp_path / "out" / "data.parquet").to_pylist()
     for problem, cands in CANDIDATES.items():
-        kept = [r["response"] for r in rows if r["problem"] == problem]
+        kept = [r["completion"] for r in rows if r["problem"] == problem]
         assert kept == _expected(engine, problem, cands, k)
     for r in rows:
-        assert r["response_token_ids"][-1] == engine.tokenizer.eos_token_id
-        assert len(r["base_logprobs"]) == len(r["response_token_ids"])
+        assert r["completion_token_ids"][-1] == engine.tokenizer.eos_token_id
+        assert len(r["base_logprobs"]) == len(r["completion_token_ids"])
         assert r["behavior_logprobs"] is None and r["reason"].startswith("grape: rank")
 
 

@@ -406,7 +406,10 @@ class RewriteConfig(ConfigBase):
         "math-verify", "verifier for pairs the Rust fast path cannot decide (none: fast path only)"
     )
     phi: bool = opt(True, "compute phi = log pi_0 + H(pi_0) for the report (HF scoring only)")
-    progress: bool = opt(True, "show progress bars")
+    progress: bool = opt(True, "show progress (a bar on a terminal, else a line every few %)")
+    save_to_disk: bool = opt(
+        False, "also write OUTPUT_DIR/dataset/ (datasets.save_to_disk) beside data.parquet"
+    )
 
     def shard_index(self) -> tuple[int, int]:
         i, n = self.shard.split("/")
@@ -448,6 +451,9 @@ class SelectConfig(ConfigBase):
     tensor_parallel_size: int = opt(1, "vLLM tensor parallelism")
     batch_size: int = opt(64, "candidates scored per call")
     suffix: str | None = opt(None, "instruction after the problem (none: the default one)")
+    save_to_disk: bool = opt(
+        False, "also write OUTPUT_DIR/dataset/ (datasets.save_to_disk) beside data.parquet"
+    )
 
     def problems(self) -> list[str]:
         return _positive(self, ("top_k", "tensor_parallel_size", "batch_size"))
@@ -481,6 +487,21 @@ class TrainConfig(ConfigBase):
     response_field: str = opt(
         "response", "response text column (tokenised + EOS when there is no response_token_ids)"
     )
+    completion_field: str = opt(
+        "completion",
+        "completion column of TRL's prompt/completion format (strings or message lists)",
+    )
+    dataset_text_field: str | None = opt(
+        None,
+        "train on whole texts of this column (TRL's language-modeling format, the loss on every "
+        "token); only when given",
+        identity=True,
+    )
+    chat_template_path: str | None = opt(
+        None,
+        "a Jinja chat template file for conversational data (default: the tokenizer's own)",
+        identity=True,
+    )
     behavior_field: str = opt(
         "behavior_logprobs", "per-token behaviour log-prob column (is, pear)", identity=True
     )
@@ -509,10 +530,30 @@ class TrainConfig(ConfigBase):
         "train into an output_dir that holds an earlier run: its checkpoints are deleted first "
         "(without this, or --resume_from_checkpoint, such an output_dir is refused)",
     )
+    use_peft: bool = opt(
+        False,
+        "train a LoRA adapter (PEFT) instead of every weight; needs onpolicy-sft[peft]",
+        identity=True,
+    )
+    lora_r: int = opt(16, "LoRA rank", identity=True)
+    lora_alpha: int = opt(32, "LoRA alpha (the update is scaled by alpha / r)", identity=True)
+    lora_dropout: float = opt(0.05, "dropout on the LoRA input", identity=True)
+    lora_target_modules: tuple[str, ...] | None = opt(
+        None,
+        "module names to adapt, e.g. q_proj v_proj (none: PEFT's default for the architecture)",
+        identity=True,
+    )
+    merge_adapter: bool = opt(
+        False, "with --use_peft: also write the merged full model to OUTPUT_DIR/merged"
+    )
     loss: LossConfig = dataclasses.field(default_factory=LossConfig, metadata={"nested": True})
 
     def problems(self) -> list[str]:
         p = [f"{n} is empty; give --{n}" for n in ("model", "dataset") if not getattr(self, n)]
+        if self.merge_adapter and not self.use_peft:
+            p.append("merge_adapter needs use_peft (there is no adapter to merge); add --use_peft")
+        if self.use_peft and (self.lora_r < 1 or not 0.0 <= self.lora_dropout < 1.0):
+            p.append(f"lora_r={self.lora_r} must be >= 1 and lora_dropout in [0, 1)")
         if self.max_length < 2:
             p.append(f"max_length={self.max_length} must be >= 2")
         if not 0.0 <= self.warmup_ratio < 1.0:

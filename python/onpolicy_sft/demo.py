@@ -313,7 +313,7 @@ def _policy_gap(model: Path, rewrite_dir: Path, train_rows: list[dict[str, Any]]
     missing_base = [r for r in table if r.get("base_logprobs") is None]
     if missing_base:
         lp = eng.score(
-            [r["prompt"] for r in missing_base], [r["response_token_ids"] for r in missing_base]
+            [r["prompt"] for r in missing_base], [r["completion_token_ids"] for r in missing_base]
         )
         for r, x in zip(missing_base, lp):
             r["base_logprobs"] = list(map(float, x))
@@ -334,7 +334,7 @@ def _policy_gap(model: Path, rewrite_dir: Path, train_rows: list[dict[str, Any]]
     rw = np.concatenate(rewritten_w)
     tokens = {t: sum(len(a) for a in by_tier.get(t, [])) for t in TIERS}
     total_tokens = max(1, sum(tokens.values()))
-    guided = [r["response"] for r in table if r["tier"] == "guided"]
+    guided = [r["completion"] for r in table if r["tier"] == "guided"]
     return {
         "tiers": {t: len(by_tier.get(t, [])) for t in TIERS},
         "token_share": {t: tokens[t] / total_tokens for t in TIERS},
@@ -693,7 +693,7 @@ def demo(config: DemoConfig | None = None, /, **options: Any) -> DemoResult:
             )
         else:
             training[name] = _train(
-                cfg, model_dir, str(rewrite_dir), loss, mdir, response_field="response"
+                cfg, model_dir, str(rewrite_dir), loss, mdir, response_field="completion"
             )
         model_dirs[name] = mdir
         stages.update()

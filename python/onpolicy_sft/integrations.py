@@ -14,10 +14,11 @@ The ways in, all built on it:
 
 - :class:`PolicyLossMixin`: ``class T(PolicyLossMixin, Trainer)`` computes the
   loss *inside* the lm_head's forward, while FSDP or DeepSpeed ZeRO-3 hold the
-  gathered weight (``onpolicy-sft train`` uses it; a TRL ``SFTTrainer``
-  subclass can too);
+  gathered weight (``onpolicy-sft train`` uses it, and so does
+  :class:`PolicySFTTrainer`, TRL's ``SFTTrainer`` with this loss);
 - :func:`compute_loss_func`: a callable for the ``compute_loss_func`` argument
-  of a plain transformers ``Trainer`` or TRL's ``SFTTrainer`` (>= 1.16). A
+  of a plain transformers ``Trainer`` (TRL's ``SFTTrainer`` deprecates it and
+  runs a second forward for it: use :class:`PolicySFTTrainer` there). A
   Trainer pops ``labels`` before the forward, so the loss runs right after it
   from ``lm_head.weight``: correct on one device, with DDP and with FSDP2
   (whose root module keeps its parameters gathered until backward); with ZeRO-3
@@ -32,7 +33,7 @@ import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -40,10 +41,15 @@ from onpolicy_sft.config import IGNORE_INDEX
 from onpolicy_sft.losses import LossOutput, PolicyLoss
 from onpolicy_sft.models import logit_transform
 
+if TYPE_CHECKING:  # pragma: no cover
+    from onpolicy_sft.training.sft_trainer import PolicySFTConfig, PolicySFTTrainer
+
 __all__ = [
     "LossHead",
     "PolicyLossFunc",
     "PolicyLossMixin",
+    "PolicySFTConfig",
+    "PolicySFTTrainer",
     "SelectedLoss",
     "compute_loss_func",
     "count_sequences",
@@ -51,6 +57,15 @@ __all__ = [
     "policy_loss_from_hidden",
     "unpatch_model",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The TRL trainer lives in the trl extra: imported on first use only.
+    if name in ("PolicySFTTrainer", "PolicySFTConfig"):
+        from onpolicy_sft.training import sft_trainer
+
+        return getattr(sft_trainer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass

@@ -56,7 +56,9 @@ class VLLMEngine(TokenizerIO):
         try:
             import vllm
         except ImportError as exc:  # pragma: no cover - depends on the install
-            raise RuntimeError(
+            from onpolicy_sft.errors import MissingDependencyError
+
+            raise MissingDependencyError(
                 "the vLLM engine needs vLLM: pip install 'onpolicy-sft[vllm]' (or use --engine hf)"
             ) from exc
         path = resolve_model_path(model)

@@ -138,5 +138,5 @@ def select(
                 }
             )
     os.makedirs(out, exist_ok=True)
-    write_data(rows, os.path.join(out, "data.parquet"))
+    write_data(rows, os.path.join(out, "data.parquet"), save_to_disk=cfg.save_to_disk)
     return SelectResult(out=out, problems=len(by_problem), candidates=len(flat), kept=len(rows))

@@ -236,7 +236,7 @@ class Pipeline:
 
         with self.timer("export"):
             data_path = os.path.join(self.run_dir, "data.parquet")
-            write_data(rows, data_path)
+            write_data(rows, data_path, save_to_disk=cfg.save_to_disk)
         with self.timer("report"):
             write_report(
                 self.run_dir,
@@ -321,15 +321,9 @@ class Pipeline:
         return [pid for pid in pending if pid not in set(done)]
 
     def _progress(self, total: int, stage: str) -> Any:
-        from tqdm.auto import tqdm  # type: ignore[import-untyped]
+        from onpolicy_sft.progress import progress
 
-        return tqdm(
-            total=total,
-            desc=f"rewrite {stage}",
-            unit="problem",
-            disable=not self.cfg.progress,
-            file=sys.stderr,
-        )
+        return progress(total, f"rewrite {stage}", "problem", disable=not self.cfg.progress)
 
     def _verify(self, texts: list[str], golds: list[str]) -> list[Any]:
         with self.timer("verify"):

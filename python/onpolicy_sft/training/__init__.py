@@ -37,6 +37,7 @@ from onpolicy_sft.config import (
     TrainConfig,
     split_options,
 )
+from onpolicy_sft.training.callbacks import ProgressLinesCallback
 from onpolicy_sft.training.collate import Collator, ExampleDataset, pack_examples
 from onpolicy_sft.training.data import DataStats, Example, build_examples, read_data
 from onpolicy_sft.training.resume import check_identity, check_output_dir, resolve_checkpoint
@@ -49,6 +50,7 @@ __all__ = [
     "ExampleDataset",
     "PolicyTrainer",
     "TrainResult",
+    "add_lora",
     "build_examples",
     "pack_examples",
     "read_data",
@@ -135,6 +137,54 @@ def _args_changed(args: TrainingArguments) -> dict[str, Any]:
     return {k: v for k, v in args.to_dict().items() if k in defaults and v != defaults[k]}
 
 
+def add_lora(model: Any, cfg: TrainConfig, *, gradient_checkpointing: bool = False) -> Any:
+    """``model`` wrapped in a PEFT LoRA adapter as ``cfg`` says (rank, alpha, dropout, targets)."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        from onpolicy_sft.errors import MissingDependencyError
+
+        raise MissingDependencyError(
+            "--use_peft needs the peft package, which is not installed: "
+            "pip install 'onpolicy-sft[peft]'"
+        ) from None
+    targets = list(cfg.lora_target_modules) if cfg.lora_target_modules else None
+    if targets:
+        linear = sorted(
+            {
+                n.rsplit(".", 1)[-1]
+                for n, m in model.named_modules()
+                if isinstance(m, torch.nn.Linear)
+            }
+        )
+        head = model.get_output_embeddings()
+        head_names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if m is head}
+        missing = [t for t in targets if t not in linear]
+        if missing:
+            raise ValueError(
+                f"--lora_target_modules {' '.join(missing)} matches no linear layer of "
+                f"{type(model).__name__}; its linear layers are named {', '.join(linear)}"
+            )
+        on_head = [t for t in targets if t in head_names]
+        if on_head:
+            raise ValueError(
+                f"--lora_target_modules {' '.join(on_head)} is the lm_head, whose weight the "
+                "fused loss reads directly (an adapter there would never train); leave it out"
+            )
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+    if gradient_checkpointing:
+        # checkpointed layers need an input that requires grad when the embeddings are frozen
+        model.enable_input_require_grads()
+    return model
+
+
 def shutdown_distributed(*, wait: bool = True) -> None:
     """Wait for every rank, then tear down the process group, if one is up.
 
@@ -206,6 +256,8 @@ def train(
     model = AutoModelForCausalLM.from_pretrained(cfg.model, **model_kwargs)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if cfg.use_peft:
+        model = add_lora(model, cfg, gradient_checkpointing=args.gradient_checkpointing)
 
     from onpolicy_sft.losses import PolicyLoss
 
@@ -223,7 +275,9 @@ def train(
             pad_token_id=int(tokenizer.pad_token_id), with_behavior=cfg.needs_behavior
         ),
         processing_class=tokenizer,
-        callbacks=[SaveConfigCallback(saved, stats.to_dict())],
+        callbacks=[SaveConfigCallback(saved, stats.to_dict())]
+        # no tqdm (stderr is not a terminal): a line every few steps instead of nothing
+        + ([ProgressLinesCallback()] if args.disable_tqdm else []),
         loss_fn=PolicyLoss(cfg.loss),
     )
     if trainer.is_world_process_zero():
@@ -232,8 +286,12 @@ def train(
         print(_summary(cfg, args, stats), file=sys.stderr, flush=True)
     result = trainer.train(resume_from_checkpoint=resume_from)
     trainer.loss_head.remove()
-    trainer.save_model(str(out))
+    trainer.save_model(str(out))  # a PeftModel: the adapter, in PEFT's layout
     trainer.save_state()
+    if cfg.merge_adapter and trainer.is_world_process_zero():
+        merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+        merged.save_pretrained(str(out / "merged"))
+        tokenizer.save_pretrained(str(out / "merged"))
     if trainer.is_world_process_zero():
         write_json(out / "train_config.json", saved)
     loss = float(result.training_loss)
