@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("demo", "rewrite", "select", "train", "eval", "verify", "report")
+COMMANDS = ("demo", "rewrite", "select", "train", "eval", "verify", "report", "gap")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -466,26 +466,25 @@ class HFEngine(TokenizerIO):
             input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False
         ).last_hidden_state  # (B, L, H)
         head = self.model.get_output_embeddings()
+        # every row's response positions in one (sum T, H) block, so the LM head
+        # runs per chunk of tokens, not per row (short rows: one call per batch)
+        # logits at column c predict the token at c + 1
+        h = torch.cat([hidden[i, length - t - 1 : length - 1] for i, t in enumerate(resp_lens)])
+        targets = torch.cat([ids[i, length - t :] for i, t in enumerate(resp_lens)])
+        lps, ents = [], []
+        for c in range(0, h.shape[0], SCORE_CHUNK_TOKENS):
+            logp = torch.log_softmax(head(h[c : c + SCORE_CHUNK_TOKENS]).float(), dim=-1)
+            lps.append(logp.gather(-1, targets[c : c + SCORE_CHUNK_TOKENS, None]).squeeze(-1))
+            if entropy:
+                ents.append(-(logp.exp() * logp).sum(-1))
+        empty = torch.zeros(0)
+        lp_all = (torch.cat(lps) if lps else empty).cpu().numpy().astype(np.float32)
+        ent_all = (torch.cat(ents) if ents else empty).cpu().numpy().astype(np.float32)
         results: list[tuple[np.ndarray, np.ndarray | None]] = []
-        for i, t_len in enumerate(resp_lens):
-            if t_len == 0:
-                results.append(
-                    (np.zeros(0, np.float32), np.zeros(0, np.float32) if entropy else None)
-                )
-                continue
-            # logits at column c predict the token at c + 1
-            h = hidden[i, length - t_len - 1 : length - 1]  # (T, H)
-            targets = ids[i, length - t_len :]
-            lps, ents = [], []
-            for c in range(0, t_len, SCORE_CHUNK_TOKENS):
-                logits = head(h[c : c + SCORE_CHUNK_TOKENS]).float()
-                logp = torch.log_softmax(logits, dim=-1)
-                lps.append(logp.gather(-1, targets[c : c + SCORE_CHUNK_TOKENS, None]).squeeze(-1))
-                if entropy:
-                    ents.append(-(logp.exp() * logp).sum(-1))
-            lp = torch.cat(lps).cpu().numpy().astype(np.float32)
-            ent = torch.cat(ents).cpu().numpy().astype(np.float32) if entropy else None
-            results.append((lp, ent))
+        offsets = np.cumsum([0, *resp_lens])
+        for i in range(len(resp_lens)):
+            lo, hi = int(offsets[i]), int(offsets[i + 1])
+            results.append((lp_all[lo:hi].copy(), ent_all[lo:hi].copy() if entropy else None))
         return results
 
 
