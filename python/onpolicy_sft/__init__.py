@@ -35,6 +35,7 @@ _EXPORTS: dict[str, str] = {
     # data level
     "rewrite": "onpolicy_sft.rewrite",
     "select": "onpolicy_sft.rewrite",
+    "policy_gap": "onpolicy_sft.gap",
     # training and evaluation
     "train": "onpolicy_sft.train",
     "evaluate": "onpolicy_sft.evaluate",
@@ -53,6 +54,7 @@ __all__ = [
     "__version__",
     "demo",
     "evaluate",
+    "policy_gap",
     "rewrite",
     "select",
     "train",
@@ -78,6 +80,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from onpolicy_sft.demo import demo
     from onpolicy_sft.evaluate import evaluate
+    from onpolicy_sft.gap import policy_gap
     from onpolicy_sft.ledger import Assignment, Attempt, Ledger
     from onpolicy_sft.losses import LossOutput, PolicyLoss
     from onpolicy_sft.rewrite import rewrite, select

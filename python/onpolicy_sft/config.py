@@ -185,6 +185,7 @@ class RewriteConfig(ConfigBase):
 
 TRAIN_SCHEMES = ("sft", "dft", "is", "idft", "pear")
 EVAL_BENCHMARKS = ("math500", "minerva", "olympiadbench", "aime24", "amc23")
+EVAL_PROMPT_TYPES = ("auto", "qwen-boxed", "llama-base", "llama-instruct", "chat-template")
 
 
 def _pair_problem(name: str, value: Any) -> str | None:
@@ -343,6 +344,9 @@ class EvalConfig(ConfigBase):
     temperature: float = 1.0
     top_p: float = 1.0
     max_tokens: int = 4096
+    # the harness's prompt family: qwen-boxed | llama-base | llama-instruct | chat-template
+    # (the tokenizer's own template + the boxed suffix); auto = qwen-boxed for Qwen models
+    prompt_type: str = "auto"
     engine: str = "auto"  # auto | vllm | hf
     tensor_parallel_size: int = 1  # vLLM only
     seed: int = 0
@@ -376,6 +380,8 @@ class EvalConfig(ConfigBase):
             p.append(f"max_tokens={self.max_tokens} must be >= 1")
         if self.engine not in ("auto", "vllm", "hf"):
             p.append(f"engine={self.engine!r}; use auto, vllm or hf")
+        if self.prompt_type not in EVAL_PROMPT_TYPES:
+            p.append(f"prompt_type={self.prompt_type!r}; use one of {', '.join(EVAL_PROMPT_TYPES)}")
         if self.limit is not None and self.limit < 1:
             p.append(f"limit={self.limit} must be >= 1 (or None for all problems)")
         return p

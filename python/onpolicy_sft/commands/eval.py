@@ -31,6 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=1.0, help="(default 1.0)")
     parser.add_argument("--max-tokens", type=int, default=4096, help="new tokens (default 4096)")
     parser.add_argument(
+        "--prompt-type",
+        choices=("auto", "qwen-boxed", "llama-base", "llama-instruct", "chat-template"),
+        default="auto",
+        help="the harness's prompt family; auto = qwen-boxed for Qwen models, else "
+        "chat-template (the tokenizer's template + the boxed instruction)",
+    )
+    parser.add_argument(
         "--engine",
         choices=("auto", "vllm", "hf"),
         default="auto",
@@ -84,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         top_p=args.top_p,
         max_tokens=args.max_tokens,
+        prompt_type=args.prompt_type,
         engine=args.engine,
         tensor_parallel_size=args.tensor_parallel_size,
         seed=args.seed,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+from onpolicy_sft.config import EVAL_PROMPT_TYPES
+
 SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
 
 GUIDED_INSTRUCTION = (
@@ -72,3 +74,49 @@ def hinted_prompt(tokenizer: Any, problem: str, reference: str, suffix: str = SU
         f"{problem}\n{suffix}"
     )
     return chat(tokenizer, content)
+
+
+# Evaluation prompt families of the papers' harness (Qwen2.5-Math's evaluation code, which MTG
+# and DFT evaluate with). The harness writes its prompts as literal strings, not through the
+# tokenizer's template, so they are rendered literally here too.
+PROMPT_TYPES = EVAL_PROMPT_TYPES
+QWEN_SYSTEM = "You are a helpful assistant."
+
+
+def resolve_prompt_type(prompt_type: str, model_type: str | None) -> str:
+    """``auto``: the harness's Qwen family for Qwen models, else the tokenizer's own template."""
+    if prompt_type not in PROMPT_TYPES:
+        raise ValueError(
+            f"prompt type {prompt_type!r} is not known; use one of {', '.join(PROMPT_TYPES)}"
+        )
+    if prompt_type != "auto":
+        return prompt_type
+    return "qwen-boxed" if (model_type or "").lower().startswith("qwen") else "chat-template"
+
+
+def eval_prompt(tokenizer: Any, problem: str, prompt_type: str = "chat-template") -> str:
+    """The evaluation prompt of one problem under a (resolved) prompt type.
+
+    qwen-boxed: a ChatML system turn with Qwen's stock assistant line, then the problem and the
+    boxed-answer instruction as the user turn. llama-base: a plain completion prompt (question,
+    instruction, an opened answer) after the tokenizer's BOS. llama-instruct: the Llama 3 header
+    format with the same user turn. chat-template: the tokenizer's template (``train_prompt``).
+    """
+    bos = getattr(tokenizer, "bos_token", None) or ""
+    if prompt_type == "qwen-boxed":
+        return (
+            f"<|im_start|>system\n{QWEN_SYSTEM}<|im_end|>\n"
+            f"<|im_start|>user\n{problem}\n{SUFFIX}<|im_end|>\n<|im_start|>assistant\n"
+        )
+    if prompt_type == "llama-base":
+        return f"{bos}Question: {problem}\n{SUFFIX}\nAnswer: "
+    if prompt_type == "llama-instruct":
+        return (
+            f"{bos}<|start_header_id|>user<|end_header_id|>\n\n{problem}\n{SUFFIX}<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n"
+        )
+    if prompt_type == "chat-template":
+        return train_prompt(tokenizer, problem)
+    raise ValueError(
+        f"prompt type {prompt_type!r} is not known; use one of {', '.join(PROMPT_TYPES[1:])}"
+    )

@@ -322,6 +322,9 @@ def render(run_dir: str) -> dict[str, Any]:
         "",
         f"Overall mean NLL under pi_0: before {_fmt(ov['nll_before'])}, after {_fmt(ov['nll_after'])}.",
         "",
+        f"Problems without a reference answer (no answer value, no \\boxed{{}} or \\fbox{{}} in "
+        f"the solution; kept as expert): {rep.get('no_reference_answer', 0)}.",
+        "",
     ]
     for title, key in (
         ("Why problems stayed expert", "expert_reasons"),

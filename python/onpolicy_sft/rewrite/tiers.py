@@ -42,6 +42,10 @@ from onpolicy_sft.rewrite.data import (
     shard_rows,
 )
 
+# The expert reason of a problem with no reference answer (no answer column value and
+# no \boxed{} / \fbox{} in its solution): nothing could verify a rewrite of it.
+NO_REFERENCE = "expert: no reference answer"
+
 STAGES = {"tiers": ("self", "guided"), "hinted": ("self", "hinted"), "grape": ("self",)}
 
 
@@ -50,6 +54,7 @@ class RewriteResult:
     out: str
     tiers: dict[str, int]
     rows: int
+    no_reference_answer: int = 0  # problems sent to the expert tier for lack of a reference
     timings: dict[str, float] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
 
@@ -176,7 +181,6 @@ class Pipeline:
 
             resolve_model_path(cfg.model)
         from onpolicy_sft.ledger import Ledger
-        from onpolicy_sft.verify import extract_answer
 
         t_start = time.perf_counter()
         os.makedirs(self.run_dir, exist_ok=True)
@@ -190,7 +194,6 @@ class Pipeline:
                 answer_field=cfg.answer_field,
                 id_field=cfg.id_field,
                 limit=cfg.limit,
-                extract_answer=extract_answer,
             )
         index, count = cfg.shard_index()
         problems = shard_rows(problems, index, count)
@@ -242,11 +245,16 @@ class Pipeline:
         tiers = Counter(r["tier"] for r in rows)
         total = time.perf_counter() - t_start
         timings = {**self.timer.totals, "total": total}
-        self.log(f"done: {len(rows)} rows, tiers {dict(tiers)} in {total:.1f}s -> {data_path}")
+        no_ref = counts["no_reference_answer"]
+        self.log(
+            f"done: {len(rows)} rows, tiers {dict(tiers)}, {no_ref} without a reference answer, "
+            f"in {total:.1f}s -> {data_path}"
+        )
         return RewriteResult(
             out=self.run_dir,
             tiers=dict(tiers),
             rows=len(rows),
+            no_reference_answer=no_ref,
             timings=timings,
             paths={
                 "data": data_path,
@@ -646,7 +654,7 @@ class Pipeline:
 
     def _expert_reason(self, ledger: Any, p: Problem) -> str:
         if p.answer is None:
-            return "expert: no reference answer could be extracted from the solution"
+            return NO_REFERENCE
         attempts = ledger.attempts(p.problem_id)
         if self.cfg.method == "grape" and any(a.correct for a in attempts):
             return "expert: grape kept the expert solution (highest mean log pi_0)"
