@@ -7,6 +7,12 @@ keep the top k per problem.
 
 Candidates: a dataset with a problem column and either one response per row
 (rows of the same problem are grouped) or a list of responses per row.
+
+GRAPE is for any instruction data, so the prompt is the chat template over the
+bare problem; the math instruction ("reason step by step ... \\boxed{}") is added
+only with ``math_suffix=True`` (or a ``suffix`` of one's own). The paper assumes
+correct candidates (they come from strong models); ``verify=True`` first drops
+candidates the verifier rejects against the answer column (off by default).
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ class SelectResult:
     problems: int
     candidates: int
     kept: int
+    rejected: int = 0  # candidates the correctness filter removed (verify=True)
+    no_correct: int = 0  # problems left out because no candidate was correct
 
 
 def length_normalised(logprobs: Sequence[np.ndarray]) -> np.ndarray:
@@ -55,12 +63,19 @@ def select(
     engine_kind: str = "auto",
     batch_size: int = 64,
     suffix: str | None = None,
+    math_suffix: bool = False,
+    verify: bool = False,
+    verifier: Any = None,
     **engine_kwargs: Any,
 ) -> SelectResult:
     """Keep the top-k candidates per problem by mean log pi_0; write OUT/data.parquet.
 
     ``response_field`` may hold a string (one candidate per row) or a list of
-    strings (several per row).
+    strings (several per row). The prompt is the chat template over the problem,
+    followed by ``suffix`` when given, or by the math instruction with
+    ``math_suffix=True``. ``verify=True`` keeps only candidates whose answer the
+    verifier accepts against ``answer_field`` before ranking; a problem with no
+    correct candidate is left out and counted.
     """
     from onpolicy_sft.rewrite.report import write_data
 
@@ -68,6 +83,13 @@ def select(
         raise ValueError("select needs candidates= (the --candidates dataset) and out= (--out)")
     if top_k_per_problem < 1:
         raise ValueError(f"--top-k {top_k_per_problem} must be >= 1")
+    if suffix is not None and math_suffix:
+        raise ValueError("give either --suffix TEXT or --math-suffix, not both")
+    if verify and not answer_field:
+        raise ValueError(
+            "the correctness filter (--verify) needs the reference answers: name their "
+            "column with --answer-field"
+        )
     table = load_table(candidates, split)
     source = os.path.basename(candidates)
     cols = list(table.column_names)
@@ -95,8 +117,13 @@ def select(
             )
         group = groups.setdefault(str(problem), [])
         group.extend([str(r) for r in resp] if isinstance(resp, list) else [str(resp)])
-        if answer_field and row.get(answer_field) is not None:
+        if answer_field and row.get(answer_field) not in (None, ""):
             answers[str(problem)] = str(row[answer_field])
+        elif verify:
+            raise ValueError(
+                f'row {i} of {source} has no "{answer_field}" value; the correctness filter '
+                "(--verify) needs a reference answer on every row"
+            )
     if engine is None:
         from onpolicy_sft.engines import load_engine
 
@@ -104,7 +131,28 @@ def select(
             raise ValueError("select needs model= (--model) or an engine=")
         engine = load_engine(engine_kind, model, **engine_kwargs)
     tok = engine.tokenizer
-    sfx = P.SUFFIX if suffix is None else suffix
+    sfx = suffix if suffix is not None else (P.SUFFIX if math_suffix else "")
+    rejected = no_correct = 0
+    if verify:
+        if verifier is None:
+            from onpolicy_sft.verify import Verifier
+
+            verifier = Verifier()
+        pairs = [(p, r) for p, rs in groups.items() for r in rs]
+        verdicts = verifier.verdicts([r for _, r in pairs], [answers[p] for p, _ in pairs])
+        correct: dict[str, list[str]] = {}
+        for (p, r), v in zip(pairs, verdicts):
+            if v.correct:
+                correct.setdefault(p, []).append(r)
+            else:
+                rejected += 1
+        no_correct = sum(p not in correct for p in groups)
+        groups = {p: correct[p] for p in groups if p in correct}
+        if not groups:
+            raise ValueError(
+                f"the correctness filter rejected every candidate of {source} ({rejected}); "
+                "check --answer-field, or drop --verify"
+            )
     flat: list[tuple[str, int, str, str, list[int]]] = []
     for problem, resps in groups.items():
         prompt = P.train_prompt(tok, problem, sfx)
@@ -144,4 +192,11 @@ def select(
             )
     os.makedirs(out, exist_ok=True)
     write_data(rows, os.path.join(out, "data.parquet"))
-    return SelectResult(out=out, problems=len(by_problem), candidates=len(flat), kept=len(rows))
+    return SelectResult(
+        out=out,
+        problems=len(by_problem),
+        candidates=len(flat) + rejected,
+        kept=len(rows),
+        rejected=rejected,
+        no_correct=no_correct,
+    )
