@@ -117,7 +117,7 @@ def test_answer_marker_switches_to_plain_stream(engine):
 
 @pytest.mark.parametrize("window, count", [(30, 5), (3, 2)], ids=["default-30x5", "3x2"])
 def test_repetition_stops(engine, window, count):
-    params = HintedParams(repeat_window=window, repeat_count=count)
+    params = HintedParams(repeat_window=window, repeat_count=count, repeat_every=1)
     state = _RowState(params, engine.tokenizer, {engine.tokenizer.eos_token_id})
     block = list(range(40, 40 + window))
     stream = block * (count + 2)
@@ -126,9 +126,10 @@ def test_repetition_stops(engine, window, count):
         if state.push(t, 0.0, 0.0, 0.0, 0.0):
             stopped_at = i
             break
-    # the window (last `window` tokens) is first complete at index window-1 and recurs every
-    # `window` tokens; the count-th occurrence ends the row
-    assert stopped_at == window - 1 + (count - 1) * window
+    # the window is first complete at index window-1 and recurs every `window` tokens; a
+    # window counts once a token follows it (the authors count windows starting before
+    # len - window), so checking every token ends the row one token after its count-th end
+    assert stopped_at == window + (count - 1) * window
     assert state.finish == "repetition"
 
 

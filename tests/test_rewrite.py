@@ -402,8 +402,10 @@ def test_hinted_method_on_a_tiny_model(tiny_qwen2, dataset, tmp_path):
         dataset=dataset,
         out=str(out),
         method="hinted",
+        hinted_variant="simple",  # the structured variant's pre-pass: tests/test_hinted_structured.py
         k_self=1,
         max_tokens=6,
+        hinted_max_tokens=6,
         limit=3,
         progress=False,
     )

@@ -74,6 +74,8 @@ class ConfigBase:
 REWRITE_METHODS = ("tiers", "hinted", "grape")
 REWRITE_SELECTIONS = ("first", "random", "likeliest", "shortest")
 REWRITE_ENGINES = ("auto", "vllm", "hf")
+HINTED_VARIANTS = ("structured", "simple")
+LAMBDA_MODES = ("linear", "sigmoid", "piecewise")
 
 # Fields that define *what* a rewrite produces: a rerun into the same --out must
 # keep them (the rest -- engine, batch sizes, parallelism -- may change on resume).
@@ -97,6 +99,13 @@ REWRITE_IDENTITY = (
     "beta",
     "hinted_temperature",
     "hinted_top_p",
+    "hinted_variant",
+    "hinted_max_tokens",
+    "analysis_max_tokens",
+    "lambda_mode",
+    "sigmoid_center",
+    "piecewise_bounds",
+    "repeat_every",
     "copy_span_words",
     "limit",
     "suffix",
@@ -130,6 +139,17 @@ class RewriteConfig(ConfigBase):
     beta: float = 3.0  # Hinted Decoding: lambda = clip(beta * H(p) / log V, 0, 1)
     hinted_temperature: float = 0.3
     hinted_top_p: float = 0.95
+    # structured (the authors' procedure): system instruction + question + reference, then the
+    # analysis a greedy pre-pass writes; plain stream = chat template over the bare problem;
+    # no copy filter. simple: one instruction sentence, plain stream = the training prompt,
+    # copy filter as for guided rows.
+    hinted_variant: str = "structured"
+    hinted_max_tokens: int = 8192  # Hinted Decoding's generation length (the authors')
+    analysis_max_tokens: int = 16384  # the structured variant's greedy pre-pass
+    lambda_mode: str = "linear"  # linear | sigmoid | piecewise (lambda from H(p) / log V)
+    sigmoid_center: float = 0.5  # lambda_mode sigmoid: sigmoid(beta * (h - center))
+    piecewise_bounds: tuple[float, float] = (0.3, 0.7)  # lambda_mode piecewise: 0 below, 1 above
+    repeat_every: int = 100  # Hinted Decoding checks for repetition every this many tokens
     copy_span_words: int = 25  # reject rewrites sharing this many consecutive words with y*
     limit: int | None = None  # only the first N rows (before sharding)
     suffix: str | None = None  # None: "Please reason step by step, ... \boxed{}."
@@ -155,7 +175,25 @@ class RewriteConfig(ConfigBase):
             out.append(f"selection={self.selection!r}; use one of {', '.join(REWRITE_SELECTIONS)}")
         if self.engine not in REWRITE_ENGINES:
             out.append(f"engine={self.engine!r}; use one of {', '.join(REWRITE_ENGINES)}")
-        for name in ("k_self", "k_guided", "k_hinted", "max_tokens", "batch_problems"):
+        if self.hinted_variant not in HINTED_VARIANTS:
+            out.append(
+                f"hinted_variant={self.hinted_variant!r}; use one of {', '.join(HINTED_VARIANTS)}"
+            )
+        if self.lambda_mode not in LAMBDA_MODES:
+            out.append(f"lambda_mode={self.lambda_mode!r}; use one of {', '.join(LAMBDA_MODES)}")
+        msg = _pair_problem("piecewise_bounds", self.piecewise_bounds)
+        if msg:
+            out.append(msg)
+        for name in (
+            "k_self",
+            "k_guided",
+            "k_hinted",
+            "max_tokens",
+            "hinted_max_tokens",
+            "analysis_max_tokens",
+            "repeat_every",
+            "batch_problems",
+        ):
             if getattr(self, name) < 1:
                 out.append(f"{name}={getattr(self, name)} must be >= 1")
         for name in ("temperature_self", "temperature_guided", "hinted_temperature", "beta"):

@@ -38,6 +38,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--beta", type=float, default=3.0, help="Hinted Decoding strength (0 = hinted prompt only)")
     a("--hinted-temperature", type=float, default=0.3)
     a("--hinted-top-p", type=float, default=0.95)
+    a(
+        "--hinted-variant",
+        default="structured",
+        choices=("structured", "simple"),
+        help="structured (the authors' procedure: analysis pre-pass, bare-problem plain "
+        "stream, no copy filter) or simple (one instruction sentence, training-prompt plain "
+        "stream, copy filter)",
+    )
+    a("--hinted-max-tokens", type=int, default=8192, help="Hinted Decoding's new tokens")
+    a("--analysis-max-tokens", type=int, default=16384, help="the greedy pre-pass's new tokens")
+    a("--lambda-mode", default="linear", choices=("linear", "sigmoid", "piecewise"))
+    a("--sigmoid-center", type=float, default=0.5, help="lambda-mode sigmoid")
+    a(
+        "--piecewise-bounds",
+        type=float,
+        nargs=2,
+        default=(0.3, 0.7),
+        metavar=("H1", "H2"),
+        help="lambda-mode piecewise: 0 below H1, 1 above H2 (normalised entropy)",
+    )
+    a("--repeat-every", type=int, default=100, help="check for repetition every N tokens")
     a("--copy-span-words", type=int, default=25)
     a("--limit", type=int, default=None, help="only the first N rows")
     a("--batch-problems", type=int, default=64, help="problems per generation call")
@@ -78,6 +99,13 @@ def config_from_args(args: argparse.Namespace):  # -> RewriteConfig
         beta=args.beta,
         hinted_temperature=args.hinted_temperature,
         hinted_top_p=args.hinted_top_p,
+        hinted_variant=args.hinted_variant,
+        hinted_max_tokens=args.hinted_max_tokens,
+        analysis_max_tokens=args.analysis_max_tokens,
+        lambda_mode=args.lambda_mode,
+        sigmoid_center=args.sigmoid_center,
+        piecewise_bounds=tuple(args.piecewise_bounds),
+        repeat_every=args.repeat_every,
         copy_span_words=args.copy_span_words,
         limit=args.limit,
         batch_problems=args.batch_problems,

@@ -244,6 +244,10 @@ class SideStore:
     def experts(self) -> dict[str, dict[str, Any]]:
         return {r["problem_id"]: r for r in self.read() if r.get("kind") == "expert"}
 
+    def analyses(self) -> dict[str, dict[str, Any]]:
+        """The structured Hinted Decoding pre-pass per problem (text, finished)."""
+        return {r["problem_id"]: r for r in self.read() if r.get("kind") == "analysis"}
+
     def phis(self) -> dict[tuple[str, str, int], dict[str, Any]]:
         return {
             (r["problem_id"], r["stage"], int(r["sample_index"])): r

@@ -90,10 +90,12 @@ def _check_resume(cfg: RewriteConfig, run_dir: str) -> None:
         return
     with open(path, encoding="utf-8") as f:
         old = json.load(f)
+    # compared as JSON stores them (a tuple reads back as a list)
+    now = json.loads(json.dumps({k: getattr(cfg, k) for k in REWRITE_IDENTITY}))
     diffs = [
-        f"{k}: {old.get(k)!r} -> {getattr(cfg, k)!r}"
+        f"{k}: {old.get(k)!r} -> {now[k]!r}"
         for k in REWRITE_IDENTITY
-        if k in old and old.get(k) != getattr(cfg, k)
+        if k in old and old.get(k) != now[k]
     ]
     if diffs:
         raise ValueError(
@@ -470,13 +472,78 @@ class Pipeline:
             bar.set_postfix_str(f"guided={solved} rejected={rejected}")
         bar.close()
 
+    def stage_analysis(self, pending: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The structured variant's greedy pre-pass for every pending problem, batched on the
+        loaded engine (vLLM or HF) and recorded in the side store before any hinted attempt,
+        so a resumed run reuses it."""
+        from onpolicy_sft.rewrite.hinted import analysis_prepass
+
+        have = self.side.analyses()
+        todo = [pid for pid in pending if pid not in have]
+        if todo:
+            self.log(f"hinted: greedy analysis pre-pass for {len(todo)} problems")
+            bar = self._progress(len(todo), "analysis")
+            for chunk in _chunks(todo, self.cfg.batch_problems):
+                tok = self.engine.tokenizer
+                prompts = [
+                    P.structured_hinted_prompt(
+                        tok, self.by_id[pid].problem, self.by_id[pid].solution
+                    )
+                    for pid in chunk
+                ]
+                with self.timer("generate"):
+                    got = analysis_prepass(
+                        self.engine,
+                        prompts,
+                        max_tokens=self.cfg.analysis_max_tokens,
+                        marker=P.COT_HEADING,
+                    )
+                records = [
+                    {
+                        "kind": "analysis",
+                        "problem_id": pid,
+                        "text": a.text,
+                        "finished": a.finished,
+                        "num_tokens": a.num_tokens,
+                    }
+                    for pid, a in zip(chunk, got)
+                ]
+                with self.timer("ledger"):
+                    self.side.append(records)
+                have.update({r["problem_id"]: r for r in records})
+                bar.update(len(chunk))
+            bar.close()
+        elif pending:
+            self.log(
+                f"hinted: analysis pre-pass of {len(pending)} problems kept from an earlier run"
+            )
+        return have
+
     def stage_hinted(self, ledger: Any) -> None:
         from onpolicy_sft.ledger import Attempt
         from onpolicy_sft.rewrite.hinted import HintedParams, hinted_decode
 
         cfg = self.cfg
         pending = self._pending(ledger, "hinted", cfg.k_hinted)
-        self.log(f"hinted: {len(pending)} problems without a correct self sample (beta={cfg.beta})")
+        structured = cfg.hinted_variant == "structured"
+        self.log(
+            f"hinted ({cfg.hinted_variant}): {len(pending)} problems without a correct self "
+            f"sample (beta={cfg.beta}, lambda {cfg.lambda_mode})"
+        )
+        if not pending:
+            return
+        analyses = self.stage_analysis(pending) if structured else {}
+        if structured:
+            # no analysis heading reached: not hinted-decoded (the authors skip these too)
+            unfinished = [pid for pid in pending if not analyses[pid]["finished"]]
+            if unfinished:
+                with self.timer("ledger"):
+                    ledger.finish_stage(unfinished, "hinted")
+                self.log(
+                    f"hinted: {len(unfinished)} problems whose analysis never reached "
+                    f"{P.COT_HEADING!r} stay expert"
+                )
+                pending = [pid for pid in pending if analyses[pid]["finished"]]
         if not pending:
             return
         eng = self.hf_engine()
@@ -484,16 +551,28 @@ class Pipeline:
             beta=cfg.beta,
             temperature=cfg.hinted_temperature,
             top_p=cfg.hinted_top_p,
-            max_tokens=cfg.max_tokens,
+            max_tokens=cfg.hinted_max_tokens,
+            repeat_every=cfg.repeat_every,
+            lambda_mode=cfg.lambda_mode,
+            sigmoid_center=cfg.sigmoid_center,
+            piecewise_bounds=tuple(cfg.piecewise_bounds),
         )
         solved = 0
         bar = self._progress(len(pending), "hinted")
         for chunk in _chunks(pending, cfg.batch_problems):
             probs = [self.by_id[pid] for pid in chunk]
-            hinted = [
-                P.hinted_prompt(eng.tokenizer, p.problem, p.solution, self.suffix) for p in probs
-            ]
-            plain = [self.train_prompt(p.problem) for p in probs]
+            tok = eng.tokenizer
+            if structured:
+                hinted = [
+                    P.structured_hinted_prompt(tok, p.problem, p.solution)
+                    + analyses[p.problem_id]["text"]
+                    for p in probs
+                ]
+                plain = [P.chat(tok, p.problem) for p in probs]  # the bare problem
+            else:
+                hinted = [P.hinted_prompt(tok, p.problem, p.solution, self.suffix) for p in probs]
+                plain = [self.train_prompt(p.problem) for p in probs]
+            train_prompts = [self.train_prompt(p.problem) for p in probs]
             with self.timer("generate"):
                 outs = hinted_decode(
                     eng,
@@ -506,12 +585,21 @@ class Pipeline:
                 )
             flat = [(p, j, s) for p, row in zip(probs, outs) for j, s in enumerate(row)]
             verdicts = self._verify([s.text for *_, s in flat], [p.answer or "" for p, *_ in flat])
+            # pi_0(y | x) under the training prompt: the plain stream's log q when the plain
+            # stream is the training prompt, else one scoring pass
+            base = [s.base_logprobs for *_, s in flat]
+            if plain != train_prompts:
+                tp_of = {p.problem_id: tp for p, tp in zip(probs, train_prompts)}
+                with self.timer("score"):
+                    base = eng.score(
+                        [tp_of[p.problem_id] for p, *_ in flat], [s.token_ids for *_, s in flat]
+                    )
             with self.timer("bookkeeping"):
                 attempts, side = [], []
-                for (p, j, s), v in zip(flat, verdicts):
+                for (p, j, s), v, b in zip(flat, verdicts, base):
                     why = (
                         copy_rejection(s.text, p.solution, cfg.copy_span_words)
-                        if v.correct
+                        if v.correct and not structured
                         else None
                     )
                     attempts.append(
@@ -524,15 +612,17 @@ class Pipeline:
                             behavior_logprobs=s.logprobs,
                             correct=bool(v.correct) and why is None,
                             reason=why or f"{v.reason}; finish={s.finish_reason}",
-                            base_logprobs=s.base_logprobs,  # log q: the plain stream is pi_0(y|x)
+                            base_logprobs=np.asarray(b, np.float32),
                         )
                     )
+                    # phi under the plain stream's prompt, as the authors compute it
                     side.append(
                         {
                             "kind": "phi",
                             "problem_id": p.problem_id,
                             "stage": "hinted",
                             "sample_index": j,
+                            "variant": cfg.hinted_variant,
                             **phi_summary(s.phi),
                         }
                     )
@@ -643,10 +733,39 @@ class Pipeline:
                 if a.reason.startswith("rejected"):
                     rejections[f"{a.stage}: {a.reason}"] += 1
         no_answer = sum(p.answer is None for p in self.by_id.values())
-        return {
+        out: dict[str, Any] = {
             "attempts": dict(attempts),
             "rejections": dict(rejections),
             "no_reference_answer": no_answer,
+        }
+        if self.cfg.method == "hinted":
+            out["hinted_variants"] = self._hinted_variants(ledger)
+        return out
+
+    def _hinted_variants(self, ledger: Any) -> dict[str, dict[str, Any]]:
+        """Per Hinted Decoding variant: problems decoded, problems with a correct rewrite and
+        the mean phi (plain-stream prompt) of the correct rewrites."""
+        phis = self.side.phis()
+        by: dict[str, dict[str, Any]] = {}
+        for pid in self.by_id:
+            per_variant: dict[str, list[tuple[bool, Any]]] = defaultdict(list)
+            for a in ledger.attempts(pid):
+                if a.stage == "hinted":
+                    rec = phis.get((pid, "hinted", int(a.sample_index)), {})
+                    variant = rec.get("variant", self.cfg.hinted_variant)
+                    per_variant[variant].append((bool(a.correct), rec.get("phi_mean")))
+            for variant, results in per_variant.items():
+                v = by.setdefault(variant, {"problems": 0, "correct": 0, "phi": []})
+                v["problems"] += 1
+                v["correct"] += any(ok for ok, _ in results)
+                v["phi"] += [phi for ok, phi in results if ok and phi is not None]
+        return {
+            name: {
+                "problems": v["problems"],
+                "correct": v["correct"],
+                "phi_mean_correct": float(np.mean(v["phi"])) if v["phi"] else None,
+            }
+            for name, v in by.items()
         }
 
     def _expert_ids(self, p: Problem) -> list[int]:
@@ -656,6 +775,16 @@ class Pipeline:
         if p.answer is None:
             return NO_REFERENCE
         attempts = ledger.attempts(p.problem_id)
+        analysis = self.side.analyses().get(p.problem_id) if self.cfg.method == "hinted" else None
+        if (
+            analysis is not None
+            and not analysis["finished"]
+            and not any(a.stage == "hinted" for a in attempts)
+        ):
+            return (
+                f"expert: the hinted analysis pre-pass ended before {P.COT_HEADING!r} "
+                f"({analysis['num_tokens']} tokens); no hinted attempt"
+            )
         if self.cfg.method == "grape" and any(a.correct for a in attempts):
             return "expert: grape kept the expert solution (highest mean log pi_0)"
         parts = []
