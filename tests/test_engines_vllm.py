@@ -47,7 +47,7 @@ def test_greedy_generation_is_identical(engines):
         assert a.token_ids == b.token_ids
         assert a.text == b.text
         assert a.finish_reason == b.finish_reason
-        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-3)
+        assert np.all(a.logprobs == 0.0) and np.all(b.logprobs == 0.0)  # a point mass
 
 
 def test_score_matches_hf(engines):
@@ -61,13 +61,21 @@ def test_score_matches_hf(engines):
         np.testing.assert_allclose(a, b, atol=1e-3)
 
 
-def test_sampled_logprobs_are_raw(engines):
-    """vLLM's sampled-token log-probs are pre-temperature: they equal a score."""
+@pytest.mark.parametrize("top_p", [1.0, 0.9])
+def test_sampled_logprobs_are_those_of_the_sampled_distribution(engines, top_p):
+    """vLLM records the log-probs after temperature and top-p, as the HF engine does."""
+    import torch
+
+    from onpolicy_sft.engines.hf import sampled_logprobs
+
     v, h = engines
     ps = [train_prompt(h.tokenizer, PROBLEMS[0])]
-    [[s]] = v.generate(ps, n=1, temperature=0.5, max_tokens=8, seed=7)
-    [lp] = h.score(ps, [s.token_ids])
-    np.testing.assert_allclose(s.logprobs, lp, atol=1e-3)
+    [[s]] = v.generate(ps, n=1, temperature=0.5, top_p=top_p, max_tokens=8, seed=7)
+    enc = h.encode(ps[0])
+    with torch.no_grad():
+        logits = h.model(input_ids=torch.tensor([enc + s.token_ids])).logits[0, len(enc) - 1 : -1]
+    want = sampled_logprobs(logits, torch.tensor(s.token_ids), temperature=0.5, top_p=top_p)
+    np.testing.assert_allclose(s.logprobs, want.numpy(), atol=1e-3)
 
 
 def test_seeded_sampling_of_a_large_batch_survives_on_the_cpu_build(engines):

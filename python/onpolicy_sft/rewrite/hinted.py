@@ -19,8 +19,8 @@ EOS, the token limit, or repetition: every ``repeat_every`` tokens (100, as the
 authors check) the row stops when some ``repeat_window``-token window of its
 output (30) has occurred ``repeat_count`` times (5).
 
-Per token we keep: the behaviour log-prob ``log softmax(mix)[y_t]`` (the
-distribution actually sampled from, before temperature/top-p), the plain
+Per token we keep: the behaviour log-prob of y_t under the distribution actually
+sampled from (the mix at temperature T inside its nucleus), the plain
 stream's ``log q(y_t)`` (= pi_0(y_t | x, y_<t) under the training prompt, so
 no rescoring is needed) and ``phi_t = log q(y_t) + H(q)``.
 
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from onpolicy_sft.config import LAMBDA_MODES
-from onpolicy_sft.engines.hf import Stream, sample_from_logits, seed_uniforms
+from onpolicy_sft.engines.hf import Stream, sample_from_logits, sampled_logprobs, seed_uniforms
 
 ANSWER_MARKER = "\\boxed{"
 
@@ -255,7 +255,9 @@ def _mix_step(
         top_p=params.top_p,
         top_p_before_temperature=True,
     )
-    behaviour = torch.log_softmax(mix, dim=-1).gather(-1, tok.unsqueeze(-1)).squeeze(-1)
+    behaviour = sampled_logprobs(
+        mix, tok, temperature=params.temperature, top_p=params.top_p, top_p_before_temperature=True
+    )
     base = logq.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
     return tok, behaviour, base, base + h_q, lam
 

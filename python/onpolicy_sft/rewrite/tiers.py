@@ -360,6 +360,7 @@ class Pipeline:
                 (p, pr, j, s) for p, pr, row in zip(probs, prompts, outs) for j, s in enumerate(row)
             ]
             verdicts = self._verify([s.text for *_, s in flat], [p.answer or "" for p, *_ in flat])
+            base = self._self_base([(pr, s) for _, pr, _, s in flat])
             with self.timer("bookkeeping"):
                 attempts = [
                     Attempt(
@@ -368,13 +369,13 @@ class Pipeline:
                         sample_index=j,
                         text=s.text,
                         token_ids=list(s.token_ids),
+                        # the distribution the token was drawn from (T, top-p)
                         behavior_logprobs=np.asarray(s.logprobs, np.float32),
                         correct=bool(v.correct),
                         reason=str(v.reason),
-                        # the self prompt is the training prompt: pi_0(y|x) = behaviour
-                        base_logprobs=np.asarray(s.logprobs, np.float32),
+                        base_logprobs=b,
                     )
-                    for (p, _, j, s), v in zip(flat, verdicts)
+                    for (p, _, j, s), v, b in zip(flat, verdicts, base)
                 ]
             side = self._phi_records(
                 "self",
@@ -388,6 +389,19 @@ class Pipeline:
             bar.update(len(chunk))
             bar.set_postfix_str(f"self={solved}")
         bar.close()
+
+    def _self_base(self, items: Sequence[tuple[str, Any]]) -> list[np.ndarray]:
+        """Untempered pi_0(y | x) of self samples under the training prompt (their own prompt):
+        the engine's raw log-probs when it has them; the behaviour log-probs when sampling was
+        plain (T = 1, top-p = 1: the two distributions coincide); else one scoring pass."""
+        cfg = self.cfg
+        if all(s.raw_logprobs is not None for _, s in items):
+            return [np.asarray(s.raw_logprobs, np.float32) for _, s in items]
+        if cfg.temperature_self == 1.0 and cfg.top_p >= 1.0:
+            return [np.asarray(s.logprobs, np.float32) for _, s in items]
+        with self.timer("score"):
+            scored = self.engine.score([pr for pr, _ in items], [s.token_ids for _, s in items])
+        return [np.asarray(x, np.float32) for x in scored]
 
     def _commit(
         self, ledger: Any, stage: str, chunk: Sequence[str], attempts: Sequence[Any], side: Any
