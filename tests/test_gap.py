@@ -272,6 +272,7 @@ def test_gap_on_100k_rows_keeps_memory_bounded(tmp_path):
             f.write(json.dumps({"prompt": f"{i}?", "response": f"{i % 997}", "tier": tier}) + "\n")
     small, _ = _peak_mib(engine, data, 5_000)
     big, summary = _peak_mib(engine, data, 100_000)
+    print(f"gap peak traced memory: 5k rows {small:.1f} MiB, 100k rows {big:.1f} MiB")
     assert summary["overall"]["rows"] == 100_000
     assert sum(a["rows"] for a in summary["per_tier"].values()) == 100_000
     assert math.isfinite(summary["overall"]["nll_per_token"])

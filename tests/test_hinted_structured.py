@@ -249,3 +249,19 @@ def test_sigmoid_mode_reaches_the_mix(spy):
     logp = torch.log_softmax(lp, -1)
     h = -(logp.exp() * logp).sum(-1) / math.log(16)
     torch.testing.assert_close(lam, torch.sigmoid(2.0 * (h - 0.5)))
+
+
+def test_prepass_on_the_hf_engine_stops_at_the_marker(spy):
+    """The real batched greedy pre-pass: with a marker the model is known to write (taken
+    from its own greedy continuation), generation stops there and the text is cut after it."""
+    tok = spy.tokenizer
+    prompts = [P.structured_hinted_prompt(tok, r["problem"], r["solution"]) for r in ROWS]
+    greedy = HFEngine.generate(spy, prompts, n=1, temperature=0.0, max_tokens=12)
+    texts = [g[0].text for g in greedy]
+    marker = texts[0][4:7]
+    assert marker and marker not in texts[0][:4]
+    got = H.analysis_prepass(spy, prompts, max_tokens=12, marker=marker)
+    assert got[0].finished and got[0].text == texts[0][: texts[0].index(marker)] + marker
+    assert got[0].num_tokens < len(greedy[0][0].token_ids)
+    if marker not in texts[1]:
+        assert not got[1].finished and got[1].text == texts[1]
