@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "python"))
 
 from onpolicy_sft import synthetic  # noqa: E402
-from onpolicy_sft.rewrite.prompts import guided_prompt, train_prompt  # noqa: E402
+from onpolicy_sft.prompts import guided_prompt, train_prompt  # noqa: E402
 
 ASSETS = REPO / "python" / "onpolicy_sft" / "assets"
 
@@ -99,7 +99,7 @@ def main() -> int:
     # ---------------------------------------------------------- tokenizer
     corpus_rng = random.Random(args.seed)
     sample = corpus_rng.sample(pre, min(len(pre), 4000))
-    from onpolicy_sft.rewrite.prompts import GUIDED_INSTRUCTION, SUFFIX
+    from onpolicy_sft.prompts import GUIDED_INSTRUCTION, SUFFIX
 
     corpus = [GUIDED_INSTRUCTION, SUFFIX, "Problem:", "Reference solution:", "Now solve"] * 50
     for p in sample:

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from onpolicy_sft.engines.hf import HFEngine, sample_from_logits, sampled_logprobs, seed_uniforms
-from onpolicy_sft.rewrite import prompts as P
+from onpolicy_sft import prompts as P
+from onpolicy_sft.engines.hf import HFEngine
+from onpolicy_sft.engines.sampling import sample_from_logits, sampled_logprobs, seed_uniforms
 
 
 def test_sampled_logprobs_by_hand():
@@ -90,7 +91,7 @@ def test_each_tier_stores_behaviour_under_its_own_prompt_and_base_under_training
         engine=engine,
         model="tiny",
         dataset=str(data),
-        out=str(out),
+        output_dir=str(out),
         k_self=1,
         k_guided=1,
         temperature_self=0.8,

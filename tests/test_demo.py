@@ -43,7 +43,7 @@ def test_splits_are_disjoint() -> None:
 def test_chat_template_is_bundled() -> None:
     from transformers import AutoTokenizer
 
-    from onpolicy_sft.rewrite.prompts import train_prompt
+    from onpolicy_sft.prompts import train_prompt
 
     tok = AutoTokenizer.from_pretrained(MODEL_DIR)
     assert train_prompt(tok, "Ann has 3 apples.").startswith("<|im_start|>user\n")
@@ -100,7 +100,7 @@ def test_quick_demo_report_has_every_table_and_figure(tmp_path: Path) -> None:
     from onpolicy_sft.cli import main
 
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out), "--seed", "0", "--engine", "hf"]) == 0
+    assert main(["demo", "--quick", "--output_dir", str(out), "--seed", "0", "--engine", "hf"]) == 0
     report = (out / "report.md").read_text()
     for heading in ("## Results", "## Policy gap", "## What the numbers say", "## Time"):
         assert heading in report
@@ -149,7 +149,15 @@ def test_demo_is_callable_after_module_import() -> None:
 
 
 def test_cli_parses_demo_flags() -> None:
-    from onpolicy_sft.cli import build_parser
+    from onpolicy_sft.commands import parse
 
-    args = build_parser().parse_args(["demo", "--quick", "--seed", "3", "--out", "x"])
-    assert (args.quick, args.seed, args.out, args.engine) == (True, 3, "x", "auto")
+    options = parse("demo", ["--quick", "--seed", "3", "--output_dir", "x"])
+    assert options == {"quick": True, "seed": 3, "output_dir": "x"}
+    cfg = DemoConfig.preset(**options)
+    assert (cfg.quick, cfg.seed, cfg.output_dir, cfg.engine, cfg.n_train) == (
+        True,
+        3,
+        "x",
+        "auto",
+        DemoConfig.QUICK["n_train"],
+    )

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from onpolicy_sft.engines import load_engine, vllm_available
-from onpolicy_sft.rewrite.prompts import train_prompt
+from onpolicy_sft.prompts import train_prompt
 
 pytestmark = [
     pytest.mark.vllm,
@@ -66,7 +66,7 @@ def test_sampled_logprobs_are_those_of_the_sampled_distribution(engines, top_p):
     """vLLM records the log-probs after temperature and top-p, as the HF engine does."""
     import torch
 
-    from onpolicy_sft.engines.hf import sampled_logprobs
+    from onpolicy_sft.engines.sampling import sampled_logprobs
 
     v, h = engines
     ps = [train_prompt(h.tokenizer, PROBLEMS[0])]

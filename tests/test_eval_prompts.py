@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from onpolicy_sft.rewrite.prompts import SUFFIX, eval_prompt, resolve_prompt_type
+from onpolicy_sft.prompts import SUFFIX, eval_prompt, resolve_prompt_type
 from onpolicy_sft.testing import build_tokenizer
 
 PROBLEM = "What is $7 + 5$?"
@@ -66,8 +66,8 @@ def test_auto_is_the_harness_family_for_qwen_models_only(model_type, resolved):
 def test_unknown_prompt_type_lists_the_types():
     from onpolicy_sft.config import ConfigError, EvalConfig
 
-    with pytest.raises(ConfigError, match="qwen-boxed, llama-base, llama-instruct"):
-        EvalConfig(model="m", out="o", prompt_type="qwen")
+    with pytest.raises(ConfigError, match="'qwen-boxed', 'llama-base', 'llama-instruct'"):
+        EvalConfig(model="m", output_dir="o", prompt_type="qwen")
 
 
 class _Engine:
@@ -106,7 +106,7 @@ def test_eval_reports_avg_at_k_and_first_sample_acc_labelled(tmp_path: Path):
     eng = _Engine(build_tokenizer(), "qwen2")
     res = evaluate(
         model="m",
-        out=str(tmp_path / "o"),
+        output_dir=str(tmp_path / "o"),
         benchmarks="tiny",
         benchmark_dir=str(bench),
         n=4,

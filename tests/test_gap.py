@@ -31,12 +31,12 @@ def engine(tiny_qwen2: Path):
 
 def _with_behavior(engine, rows):
     """Behaviour log-probs on the non-expert rows, one per response token (EOS included)."""
-    from onpolicy_sft.rewrite.data import response_ids
+    from onpolicy_sft.models import response_ids
 
     rng = np.random.default_rng(0)
     out = []
     for r in rows:
-        n = len(response_ids(engine.tokenizer, r["response"]))
+        n = len(response_ids(engine.tokenizer, [r["response"]])[0])
         blp = None if r["tier"] == "expert" else (-rng.uniform(0.5, 8.0, n)).tolist()
         out.append({**r, "behavior_logprobs": blp})
     return out
@@ -46,13 +46,13 @@ def _by_hand(engine, rows):
     """lp, H per response token from one full-vocabulary forward per row (no engine code)."""
     import torch
 
-    from onpolicy_sft.rewrite.data import response_ids
-    from onpolicy_sft.rewrite.prompts import chat
+    from onpolicy_sft.models import response_ids
+    from onpolicy_sft.prompts import chat
 
     out = []
     for r in rows:
         p = engine.encode(chat(engine.tokenizer, r["prompt"]))
-        y = response_ids(engine.tokenizer, r["response"])
+        y = response_ids(engine.tokenizer, [r["response"]])[0]
         with torch.no_grad():
             logits = engine.model(input_ids=torch.tensor([p + y])).logits[0].double()
         logp = torch.log_softmax(logits[len(p) - 1 : -1], -1)
@@ -104,7 +104,13 @@ def test_gap_matches_a_hand_computation_overall_per_tier_and_per_row(engine, tmp
     rows = _with_behavior(engine, ROWS)
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    res = policy_gap(None, str(data), out=str(tmp_path / "gap"), engine=engine, batch_rows=2)
+    res = policy_gap(
+        model="tiny",
+        dataset=str(data),
+        output_dir=str(tmp_path / "gap"),
+        engine=engine,
+        batch_rows=2,
+    )
     scored = _by_hand(engine, rows)
     _close(res.summary["overall"], _expected(scored, rows))
     assert sorted(res.summary["per_tier"]) == ["expert", "guided", "self"]
@@ -186,9 +192,11 @@ def _save_formats(rows, tmp_path):
 
 def test_gap_reads_every_format_train_reads_with_the_same_result(engine, tmp_path):
     paths = _save_formats(ROWS, tmp_path)
-    want = policy_gap(None, str(paths["jsonl"]), engine=engine, progress=False).summary["overall"]
+    want = policy_gap(
+        model="tiny", dataset=str(paths["jsonl"]), engine=engine, progress=False
+    ).summary["overall"]
     for name, path in paths.items():
-        got = policy_gap(None, str(path), engine=engine, progress=False).summary
+        got = policy_gap(model="tiny", dataset=str(path), engine=engine, progress=False).summary
         assert got["overall"]["tokens"] == want["tokens"], name
         assert got["overall"]["nll_per_token"] == pytest.approx(want["nll_per_token"], rel=1e-5)
         has_tier = name not in ("prompt_completion", "messages")
@@ -202,11 +210,13 @@ def test_gap_on_data_without_a_completion_column_names_the_columns_and_the_flag(
 
     data = tmp_path / "q.jsonl"
     data.write_text(json.dumps({"question": "1+1?", "answer_text": "2"}) + "\n")
-    rc = main(["gap", "--model", str(tiny_qwen2), "--data", str(data), "--out", str(tmp_path)])
+    rc = main(
+        ["gap", "--model", str(tiny_qwen2), "--data", str(data), "--output_dir", str(tmp_path)]
+    )
     err = capsys.readouterr().err
     assert rc == 2
     assert "no completion column" in err and "question, answer_text" in err
-    assert "--response-field" in err
+    assert "--response_field" in err
     # mapping the column fixes it (and a prompt column is still needed: --prompt-field)
     rc = main(
         [
@@ -215,17 +225,18 @@ def test_gap_on_data_without_a_completion_column_names_the_columns_and_the_flag(
             str(tiny_qwen2),
             "--data",
             str(data),
-            "--out",
+            "--output_dir",
             str(tmp_path / "ok"),
-            "--response-field",
+            "--response_field",
             "answer_text",
-            "--prompt-field",
+            "--prompt_field",
             "question",
-            "--no-progress",
+            "--progress",
+            "false",
         ]
     )
     out = capsys.readouterr().out
-    assert rc == 0 and "nll/tok" in out and (tmp_path / "ok" / "gap.json").exists()
+    assert rc == 0 and "nll_per_token" in out and (tmp_path / "ok" / "gap.json").exists()
 
 
 def test_gap_streams_batches_of_the_requested_size(tmp_path):
@@ -242,9 +253,9 @@ def _peak_mib(engine, data: Path, limit: int) -> tuple[float, dict]:
     tracemalloc.start()
     try:
         res = policy_gap(
-            None,
-            str(data),
-            out=str(data.parent / f"out{limit}"),
+            model="tiny",
+            dataset=str(data),
+            output_dir=str(data.parent / f"out{limit}"),
             engine=engine,
             limit=limit,
             batch_rows=512,

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from onpolicy_sft.engines.hf import HFEngine
-from onpolicy_sft.rewrite.data import response_ids
+from onpolicy_sft.models import response_ids
+from onpolicy_sft.prompts import SUFFIX, train_prompt
 from onpolicy_sft.rewrite.grape import length_normalised, select, top_k
-from onpolicy_sft.rewrite.prompts import SUFFIX, train_prompt
 
 CANDIDATES = {
     "What is 2 + 2?": ["2 + 2 = 4, so \\boxed{4}.", "Four. \\boxed{4}", "zzzz qqq xxxx \\boxed{4}"],
@@ -28,7 +28,7 @@ def engine(tiny_qwen2):
 
 def _expected(engine, problem, cands, k, suffix=""):
     prompt = train_prompt(engine.tokenizer, problem, suffix)
-    ids = [response_ids(engine.tokenizer, c) for c in cands]
+    ids = response_ids(engine.tokenizer, cands)
     scores = [float(np.mean(lp)) for lp in engine.score([prompt] * len(ids), ids)]
     return [cands[i] for i in sorted(range(len(cands)), key=lambda i: -scores[i])[:k]]
 
@@ -44,9 +44,7 @@ def test_select_keeps_top_k(engine, tmp_path, layout, k):
                     f.write(json.dumps({"problem": problem, "response": c}) + "\n")
             else:
                 f.write(json.dumps({"problem": problem, "response": cands}) + "\n")
-    res = select(
-        candidates=str(path), out=str(tmp_path / "out"), engine=engine, top_k_per_problem=k
-    )
+    res = select(candidates=str(path), output_dir=str(tmp_path / "out"), engine=engine, top_k=k)
     assert res.problems == 2 and res.candidates == 5 and res.kept == 2 * k
     rows = pq.read_table(tmp_path / "out" / "data.parquet").to_pylist()
     for problem, cands in CANDIDATES.items():
@@ -72,8 +70,8 @@ def _write(tmp_path, answers=True):
 
 def test_prompt_is_the_bare_problem_unless_the_math_suffix_is_asked(engine, tmp_path):
     path = _write(tmp_path)
-    select(candidates=str(path), out=str(tmp_path / "plain"), engine=engine)
-    select(candidates=str(path), out=str(tmp_path / "math"), engine=engine, math_suffix=True)
+    select(candidates=str(path), output_dir=str(tmp_path / "plain"), engine=engine)
+    select(candidates=str(path), output_dir=str(tmp_path / "math"), engine=engine, math_suffix=True)
     plain = pq.read_table(tmp_path / "plain" / "data.parquet").to_pylist()
     math = pq.read_table(tmp_path / "math" / "data.parquet").to_pylist()
     tok = engine.tokenizer
@@ -101,23 +99,21 @@ def test_correctness_filter_is_off_by_default_and_drops_wrong_candidates(engine,
         )
         + "\n"
     )
-    off = select(
-        candidates=str(path), out=str(tmp_path / "off"), engine=engine, top_k_per_problem=2
-    )
+    off = select(candidates=str(path), output_dir=str(tmp_path / "off"), engine=engine, top_k=2)
     assert off.kept == 3 and off.rejected == 0
     on = select(
         candidates=str(path),
-        out=str(tmp_path / "on"),
+        output_dir=str(tmp_path / "on"),
         engine=engine,
         answer_field="answer",
         verify=True,
-        top_k_per_problem=2,
+        top_k=2,
     )
     assert (on.kept, on.rejected, on.no_correct, on.problems) == (1, 2, 1, 1)
     rows = pq.read_table(tmp_path / "on" / "data.parquet").to_pylist()
     assert [r["response"] for r in rows] == ["2 + 2 = \\boxed{4}"]
-    with pytest.raises(ValueError, match="--answer-field"):
-        select(candidates=str(path), out=str(tmp_path / "x"), engine=engine, verify=True)
+    with pytest.raises(ValueError, match="--answer_field"):
+        select(candidates=str(path), output_dir=str(tmp_path / "x"), engine=engine, verify=True)
 
 
 def test_length_normalisation_and_ties():
@@ -131,8 +127,8 @@ def test_length_normalisation_and_ties():
 def test_missing_response_column(engine, tmp_path):
     path = tmp_path / "c.jsonl"
     path.write_text(json.dumps({"problem": "p", "answer": "a"}) + "\n")
-    with pytest.raises(ValueError, match=r'no "response" column .*--response-field'):
-        select(candidates=str(path), out=str(tmp_path / "o"), engine=engine)
+    with pytest.raises(ValueError, match=r'no "response" column .*--response_field'):
+        select(candidates=str(path), output_dir=str(tmp_path / "o"), engine=engine)
 
 
 def test_cli_select(tiny_qwen2, tmp_path):
@@ -151,7 +147,7 @@ def test_cli_select(tiny_qwen2, tmp_path):
             str(tiny_qwen2),
             "--candidates",
             str(path),
-            "--out",
+            "--output_dir",
             str(out),
             "--engine",
             "hf",

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from onpolicy_sft.engines.hf import HFEngine
+from onpolicy_sft.prompts import hinted_prompt, train_prompt
 from onpolicy_sft.rewrite.hinted import (
     HintedParams,
     _mix_step,
@@ -16,7 +17,6 @@ from onpolicy_sft.rewrite.hinted import (
     hinted_decode,
     hinted_decode_reference,
 )
-from onpolicy_sft.rewrite.prompts import hinted_prompt, train_prompt
 
 PROBLEMS = ["What is 1+1?", "Compute the sum of the first ten primes, then add 3."]
 REFERENCE = "1 + 1 = 2, so the answer is \\boxed{2}."
@@ -77,7 +77,7 @@ def test_base_logprobs_are_plain_stream_scores(engine):
 def test_beta_zero_is_hinted_prompt_alone(engine):
     """beta = 0: behaviour log-probs are those of the hinted prompt's own distribution as
     sampled (T = 0.3 inside the top-p nucleus of the untempered distribution)."""
-    from onpolicy_sft.engines.hf import sampled_logprobs
+    from onpolicy_sft.engines.sampling import sampled_logprobs
 
     hinted, plain = _prompts(engine)
     params = HintedParams(beta=0.0, max_tokens=8)

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from onpolicy_sft import prompts as P
 from onpolicy_sft.engines.base import Sample
 from onpolicy_sft.engines.hf import HFEngine
 from onpolicy_sft.rewrite import hinted as H
-from onpolicy_sft.rewrite import prompts as P
 
 REFERENCE = "We add: 2 + 3 = 5, hence \\boxed{5}."
 ROWS = [
@@ -86,7 +86,7 @@ def _rewrite(spy, dataset, out, **kw):
         engine=spy,
         model="tiny",
         dataset=dataset,
-        out=str(out),
+        output_dir=str(out),
         method="hinted",
         k_self=1,
         max_tokens=4,

@@ -95,7 +95,7 @@ def test_proof_rows_go_to_expert_with_no_reference_answer_and_are_counted(tmp_pa
         engine=eng,
         model="scripted",
         dataset=data,
-        out=str(out),
+        output_dir=str(out),
         k_self=1,
         k_guided=1,
         progress=False,
@@ -120,7 +120,7 @@ def test_the_cli_summary_counts_rows_without_a_reference(tmp_path, capsys, monke
 
     monkeypatch.setattr(
         "onpolicy_sft.rewrite.tiers.rewrite",
-        lambda cfg: RewriteResult(
+        lambda **options: RewriteResult(
             out="o",
             tiers={"expert": 3},
             rows=3,
@@ -128,11 +128,7 @@ def test_the_cli_summary_counts_rows_without_a_reference(tmp_path, capsys, monke
             paths={"data": "o/data.parquet", "report": "o/report.md"},
         ),
     )
-    import argparse
-
-    p = argparse.ArgumentParser()
-    cmd.add_arguments(p)
-    cmd.run(p.parse_args(["--model", "m", "--dataset", "d.jsonl", "--out", str(tmp_path)]))
+    cmd.run({"model": "m", "dataset": "d.jsonl", "output_dir": str(tmp_path)})
     assert "2 without a reference answer" in capsys.readouterr().out
 
 

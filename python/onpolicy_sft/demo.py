@@ -1,6 +1,6 @@
 """The embedded default: the whole method on the bundled tiny model, on a CPU.
 
-``demo(out="demo_out", seed=0, engine="auto", quick=False)`` runs, with
+``demo(output_dir="demo_out", seed=0, engine="auto", quick=False)`` runs, with
 nothing but the package installed:
 
 1. **rewrite** the bundled training problems with the three tiers (self →
@@ -138,7 +138,7 @@ def _rewrite(cfg: DemoConfig, model: Path, train_path: Path, out: Path) -> Path:
     rewrite(
         model=str(model),
         dataset=str(train_path),
-        out=str(out),
+        output_dir=str(out),
         engine=_engine_kind(cfg.engine),
         method="tiers",
         problem_field="problem",
@@ -173,28 +173,26 @@ def _engine_kind(engine: str) -> str:
 def _train(
     cfg: DemoConfig, model: Path, data: str, loss: str, out: Path, response_field: str
 ) -> dict[str, Any]:
-    from onpolicy_sft.config import TrainConfig
-    from onpolicy_sft.train import train
+    from onpolicy_sft.training import train
 
-    tcfg = TrainConfig(
+    res = train(
         model=str(model),
-        data=data,
-        out=str(out),
-        loss=loss,
+        dataset=data,
+        output_dir=str(out),
+        scheme=loss,
         response_field=response_field,
-        lr=cfg.lr,
-        epochs=cfg.epochs,
-        global_batch_size=cfg.batch_size,
-        micro_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=1,
         max_length=1024,
         warmup_ratio=0.1,
-        lr_scheduler="cosine",
+        lr_scheduler_type="cosine",
         seed=cfg.seed,
         save_steps=10**9,
         save_total_limit=1,
         logging_steps=1,
     )
-    res = train(tcfg)
     import shutil
 
     for ckpt in out.glob("checkpoint-*"):  # the final weights are in `out`; keep the demo small
@@ -239,7 +237,7 @@ def _evaluate(
 
     ecfg = EvalConfig(
         model=str(model_dir),
-        out=str(out),
+        output_dir=str(out),
         benchmarks=tuple(benchmarks),
         benchmark_dir=str(bench_dir),
         n=cfg.k_eval,
@@ -281,7 +279,7 @@ def _policy_gap(model: Path, rewrite_dir: Path, train_rows: list[dict[str, Any]]
     import pyarrow.parquet as pq
 
     from onpolicy_sft.engines import load_engine
-    from onpolicy_sft.rewrite.prompts import train_prompt
+    from onpolicy_sft.prompts import train_prompt
 
     table = pq.read_table(rewrite_dir / "data.parquet").to_pylist()
     eng = load_engine("hf", str(model))
@@ -621,18 +619,14 @@ def _write_report(out: Path, res: dict[str, Any], files: list[str]) -> str:
 # -------------------------------------------------------------------- main
 
 
-def demo(
-    out: str | os.PathLike[str] = "demo_out",
-    seed: int = 0,
-    engine: str = "auto",
-    quick: bool = False,
-    **overrides: Any,
-) -> DemoResult:
-    """Run the whole method on the bundled tiny model; write ``OUT/report.md``; return the numbers."""
+def demo(config: DemoConfig | None = None, /, **options: Any) -> DemoResult:
+    """Run the whole method on the bundled tiny model; write ``OUTPUT_DIR/report.md``; return
+    the numbers. ``demo(quick=True, seed=1)`` or ``demo(DemoConfig(...))``; the options are
+    DemoConfig's fields (``quick`` picks the preset the others override)."""
     import torch
     from tqdm.auto import tqdm
 
-    cfg = DemoConfig.preset(quick=quick, out=os.fspath(out), seed=seed, engine=engine, **overrides)
+    cfg = config.replace(**options) if config is not None else DemoConfig.preset(**options)
     model_dir = Path(cfg.model) if cfg.model else MODEL_DIR
     data_dir = Path(cfg.data_dir) if cfg.data_dir else DATA_DIR
     if not model_dir.is_dir() or not (data_dir / "train.jsonl").is_file():
@@ -643,7 +637,7 @@ def demo(
         )
     torch.set_num_threads(cfg.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    root = Path(cfg.out)
+    root = Path(cfg.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     cfg.save(root / "demo_config.json")
     seconds: dict[str, float] = {}
@@ -724,7 +718,7 @@ def demo(
         "k": cfg.k_eval,
         "k_self": cfg.k_self,
         "k_guided": cfg.k_guided,
-        "lr": cfg.lr,
+        "lr": cfg.learning_rate,
         "epochs": cfg.epochs,
         "batch_size": cfg.batch_size,
         "n_train": len(train_rows),

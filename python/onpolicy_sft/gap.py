@@ -32,10 +32,11 @@ import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from onpolicy_sft.config import GapConfig
 
 __all__ = ["GapResult", "iter_row_batches", "policy_gap"]
 
@@ -55,117 +56,18 @@ class GapResult:
 
 
 # ------------------------------------------------------------------ reading
-def _data_file(data: str) -> Path | None:
-    path = Path(os.path.expanduser(data))
-    if path.is_dir():
-        if (path / "dataset_info.json").exists() or (path / "state.json").exists():
-            return None  # a save_to_disk directory: read through datasets
-        for cand in (path / "data.parquet", *sorted(path.glob("*.parquet"))):
-            if cand.is_file():
-                return cand
-        raise FileNotFoundError(
-            f"{path} holds no data.parquet and is not a saved dataset; point --data at the "
-            "output of `onpolicy-sft rewrite` or at a .parquet/.jsonl/.json/.csv file"
-        )
-    if path.is_file():
-        return path
-    if data.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"--data {data} does not exist")
-    return None
-
-
-def _columns_of(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    names: dict[str, None] = {}
-    for r in rows:
-        names.update(dict.fromkeys(r))
-    return {k: [r.get(k) for r in rows] for k in names}
-
-
 def iter_row_batches(
-    data: str, *, split: str = "train", batch_rows: int = 256
+    dataset: str, *, split: str = "train", batch_rows: int = 256
 ) -> tuple[list[str], Iterator[dict[str, list[Any]]]]:
     """(column names, an iterator of column batches) for any data ``train`` reads.
 
-    A rewrite output directory or a .parquet file is read batch by batch from
-    disk, a .jsonl file line by line, a .csv file through pyarrow's streaming
-    reader, a saved or hub dataset through its memory-mapped arrow table; only a
-    .json file (one JSON list) is parsed whole.
+    The rows come through the one row reader (``_io.load_table``): an Arrow table that
+    ``datasets`` keeps memory-mapped on disk, read here ``batch_rows`` rows at a time.
     """
-    path = _data_file(data)
-    if path is None:
-        import datasets
+    from onpolicy_sft._io import load_table
 
-        expanded = os.path.expanduser(data)
-        if os.path.isdir(expanded):
-            ds = datasets.load_from_disk(expanded)
-            ds = ds[split] if isinstance(ds, datasets.DatasetDict) else ds
-        else:
-            ds = datasets.load_dataset(data, split=split)
-        return list(ds.column_names), iter(ds.iter(batch_size=batch_rows))
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        pf = pq.ParquetFile(path)
-
-        def parquet() -> Iterator[dict[str, list[Any]]]:
-            for batch in pf.iter_batches(batch_size=batch_rows):
-                yield batch.to_pydict()
-
-        return list(pf.schema_arrow.names), parquet()
-    if suffix == ".csv":
-        import pyarrow.csv as pcsv
-
-        reader = pcsv.open_csv(path)
-
-        def csv() -> Iterator[dict[str, list[Any]]]:
-            for batch in reader:
-                d = batch.to_pydict()
-                n = batch.num_rows
-                for s in range(0, n, batch_rows):
-                    yield {k: v[s : s + batch_rows] for k, v in d.items()}
-
-        return list(reader.schema.names), csv()
-    if suffix == ".json":
-        with open(path, encoding="utf-8") as f:
-            rows = json.load(f)
-        if not isinstance(rows, list):
-            raise ValueError(f"{path} must hold a JSON list of objects (or use .jsonl)")
-        cols = list(_columns_of(rows[:1000]))
-
-        def whole() -> Iterator[dict[str, list[Any]]]:
-            for s in range(0, len(rows), batch_rows):
-                yield _columns_of(rows[s : s + batch_rows])
-
-        return cols, whole()
-    if suffix == ".jsonl":
-        head: list[dict[str, Any]] = []
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    head.append(json.loads(line))
-                    break
-
-        def lines() -> Iterator[dict[str, list[Any]]]:
-            buf: list[dict[str, Any]] = []
-            with open(path, encoding="utf-8") as f:
-                for lineno, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        buf.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise ValueError(
-                            f"line {lineno} of {path} is not valid JSON: {exc}"
-                        ) from None
-                    if len(buf) == batch_rows:
-                        yield _columns_of(buf)
-                        buf = []
-            if buf:
-                yield _columns_of(buf)
-
-        return list(_columns_of(head)), lines()
-    raise ValueError(f"{path} has suffix {suffix!r}; use .parquet, .jsonl, .json or .csv")
+    table = load_table(dataset, split)
+    return list(table.column_names), iter(table.iter(batch_size=batch_rows))
 
 
 # ------------------------------------------------------------------ statistics
@@ -299,7 +201,7 @@ class _RowReader:
         tier_field: str,
         id_field: str | None,
     ) -> None:
-        from onpolicy_sft.rewrite.prompts import chat
+        from onpolicy_sft.prompts import chat
 
         self.tok = tokenizer
         self.source = source
@@ -318,22 +220,22 @@ class _RowReader:
         if self.response_field is None and not self.has_tokens and not self.messages:
             raise ValueError(
                 f"{source} has no completion column (columns: {', '.join(columns)}); map the "
-                f"column holding the responses with --response-field"
+                f"column holding the responses with --response_field"
             )
         if not self.messages and prompt_field not in cols and problem_field not in cols:
             raise ValueError(
                 f"{source} has neither a {prompt_field!r} nor a {problem_field!r} column "
-                f"(columns: {', '.join(columns)}); map yours with --prompt-field or --problem-field"
+                f"(columns: {', '.join(columns)}); map yours with --prompt_field or --problem_field"
             )
         if id_field is not None and id_field not in cols:
             raise ValueError(
-                f"{source} has no {id_field!r} column (columns: {', '.join(columns)}); fix --id-field"
+                f"{source} has no {id_field!r} column (columns: {', '.join(columns)}); fix --id_field"
             )
         self.opening = chat(tokenizer, "\x00").split("\x00")[-1]
         self.eos = tokenizer.eos_token_id
 
     def _prompt(self, value: Any, problem: Any, where: str) -> str:
-        from onpolicy_sft.rewrite.prompts import chat, train_prompt
+        from onpolicy_sft.prompts import chat, train_prompt
 
         if isinstance(value, list):  # conversational prompt: a list of messages
             return str(
@@ -404,53 +306,44 @@ class _RowReader:
 
 # ------------------------------------------------------------------ entry point
 def policy_gap(
-    model: Any,
-    data: str,
-    *,
-    out: str | None = None,
-    split: str = "train",
-    prompt_field: str = "prompt",
-    problem_field: str = "problem",
-    response_field: str = "response",
-    behavior_field: str = "behavior_logprobs",
-    tier_field: str = "tier",
-    id_field: str | None = None,
-    engine: Any = "hf",
-    batch_rows: int = 256,
-    score_batch_size: int = 8,
-    max_length: int | None = None,
-    limit: int | None = None,
-    dtype: str = "auto",
-    progress: bool = True,
+    config: GapConfig | None = None, /, *, engine: Any = None, **options: Any
 ) -> GapResult:
-    """Score ``data`` under ``model`` and summarise the policy gap (see the module docstring).
+    """Score a dataset under a model and summarise the policy gap (module docstring).
 
-    ``engine``: "hf" (default; entropy and phi included), "vllm" (prompt
-    log-probs only), "auto", or an already loaded engine. ``max_length`` cuts
-    prompt + response as training does (response tail); None scores whole rows.
-    With ``out`` the summary goes to ``OUT/gap.json``, the per-row statistics
-    to ``OUT/gap_rows.parquet`` and the histograms to ``OUT/gap.png``.
+    ``policy_gap(model=..., dataset=...)`` or ``policy_gap(GapConfig(...))``; every option is a
+    :class:`onpolicy_sft.config.GapConfig` field. ``engine`` is that field ("hf": entropy and
+    phi included; "vllm": prompt log-probs only; "auto") or an already loaded engine. With
+    ``output_dir`` the summary goes to ``gap.json``, the per-row statistics to
+    ``gap_rows.parquet`` and the histograms to ``gap.png`` there.
     """
-    if batch_rows < 1 or score_batch_size < 1:
-        raise ValueError(
-            f"batch_rows={batch_rows} and score_batch_size={score_batch_size} must be >= 1"
-        )
-    if max_length is not None and max_length < 2:
-        raise ValueError(f"max_length={max_length} must be >= 2 (or None for whole rows)")
+    if isinstance(engine, str):
+        options["engine"] = engine
+        engine = None
+    cfg = config if config is not None else GapConfig(**options)
+    if config is not None and options:
+        cfg = cfg.replace(**options)
+    data = cfg.dataset
     source = os.path.basename(os.path.normpath(data)) if os.path.exists(data) else data
-    columns, batches = iter_row_batches(data, split=split, batch_rows=batch_rows)
-    eng = _load_engine(engine, model, dtype=dtype, score_batch_size=score_batch_size)
+    columns, batches = iter_row_batches(data, split=cfg.split, batch_rows=cfg.batch_rows)
+    eng = engine
+    if eng is None:
+        from onpolicy_sft.engines import load_engine
+
+        eng = load_engine(
+            cfg.engine, cfg.model, dtype=cfg.dtype, score_batch_size=cfg.score_batch_size
+        )
     reader = _RowReader(
         eng.tokenizer,
         columns,
         source=source,
-        prompt_field=prompt_field,
-        problem_field=problem_field,
-        response_field=response_field,
-        behavior_field=behavior_field,
-        tier_field=tier_field,
-        id_field=id_field,
+        prompt_field=cfg.prompt_field,
+        problem_field=cfg.problem_field,
+        response_field=cfg.response_field,
+        behavior_field=cfg.behavior_field,
+        tier_field=cfg.tier_field,
+        id_field=cfg.id_field,
     )
+    out, limit, max_length = cfg.output_dir, cfg.limit, cfg.max_length
     with_entropy = hasattr(eng, "score_with_entropy")
     overall, tiers = _Acc(), {}
     writer = None
@@ -462,7 +355,7 @@ def policy_gap(
         os.makedirs(out, exist_ok=True)
     from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
-    bar = tqdm(desc="gap", unit="row", disable=not progress, file=sys.stderr)
+    bar = tqdm(desc="gap", unit="row", disable=not cfg.progress, file=sys.stderr)
     start = 0
     truncated = 0
     try:
@@ -515,9 +408,9 @@ def policy_gap(
         if writer is not None:
             writer.close()
     if start == 0:
-        raise ValueError(f"{source} has no rows; check --data/--split")
+        raise ValueError(f"{source} has no rows; check --dataset/--split")
     summary: dict[str, Any] = {
-        "model": getattr(eng, "name", str(model)),
+        "model": getattr(eng, "name", cfg.model),
         "data": data,
         "engine": type(eng).__name__,
         "entropy_available": with_entropy,
@@ -548,14 +441,6 @@ def policy_gap(
             f.write("\n")
         os.replace(tmp, paths["json"])
     return GapResult(summary=summary, paths=paths)
-
-
-def _load_engine(engine: Any, model: Any, *, dtype: str, score_batch_size: int) -> Any:
-    if not isinstance(engine, str):
-        return engine
-    from onpolicy_sft.engines import load_engine
-
-    return load_engine(engine, model, dtype=dtype, score_batch_size=score_batch_size)
 
 
 @functools.cache

@@ -40,7 +40,12 @@ import numpy as np
 import torch
 
 from onpolicy_sft.config import LAMBDA_MODES
-from onpolicy_sft.engines.hf import Stream, sample_from_logits, sampled_logprobs, seed_uniforms
+from onpolicy_sft.engines.sampling import (
+    Stream,
+    sample_from_logits,
+    sampled_logprobs,
+    seed_uniforms,
+)
 
 ANSWER_MARKER = "\\boxed{"
 

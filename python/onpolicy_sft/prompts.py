@@ -8,9 +8,9 @@ uses the documented plain fallback ``PLAIN_TEMPLATE`` and a warning says so
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, get_args
 
-from onpolicy_sft.config import EVAL_PROMPT_TYPES
+from onpolicy_sft.config import PromptType
 
 SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -139,7 +139,7 @@ def hinted_prompt(tokenizer: Any, problem: str, reference: str, suffix: str = SU
 # Evaluation prompt families of the papers' harness (Qwen2.5-Math's evaluation code, which MTG
 # and DFT evaluate with). The harness writes its prompts as literal strings, not through the
 # tokenizer's template, so they are rendered literally here too.
-PROMPT_TYPES = EVAL_PROMPT_TYPES
+PROMPT_TYPES: tuple[str, ...] = get_args(PromptType)
 QWEN_SYSTEM = "You are a helpful assistant."
 
 
