@@ -170,6 +170,7 @@ Scheme = Literal["sft", "dft", "is", "idft", "pear"]
 EngineKind = Literal["auto", "vllm", "hf"]
 LambdaMode = Literal["linear", "sigmoid", "piecewise"]
 LAMBDA_MODES: tuple[str, ...] = get_args(LambdaMode)
+Recipe = Literal["dft", "idft", "mtg"]
 PromptType = Literal["auto", "qwen-boxed", "llama-base", "llama-instruct", "chat-template"]
 PAIRS = ("clip", "idft_gamma", "pear_delta_clip", "pear_log_clip")
 
@@ -208,6 +209,22 @@ class LossConfig(ConfigBase):
     idft_detach_gamma_only: bool = opt(
         False, "idft: the pre-2026-03-13 form -p^sg(gamma) log p", identity=True
     )
+    idft_warmup_ratio: float = opt(
+        0.0,
+        "idft: share of the training steps with lambda = 0 (the DFT weight p) before the ramp "
+        "of gamma_t = 1 + lambda (gamma_raw - 1) starts (the authors' schedule; 0 = no ramp)",
+        identity=True,
+    )
+    idft_transition_ratio: float = opt(
+        0.0,
+        "idft: share of the training steps over which lambda rises linearly from 0 to 1",
+        identity=True,
+    )
+    idft_lambda: float = opt(
+        1.0,
+        "idft: the ramp factor lambda in [0, 1] (1 = the plain IDFT weight); the trainer sets "
+        "it each step when idft_warmup_ratio or idft_transition_ratio is above 0",
+    )
     pear_gamma: float = opt(0.999, "pear: suffix discount in (0, 1]", identity=True)
     pear_delta_clip: tuple[float, float] = opt(
         (-0.08, 0.3), "pear: per-token log-ratio clip (low high)", identity=True
@@ -216,9 +233,11 @@ class LossConfig(ConfigBase):
         (-10.0, 5.0), "pear: clip of the summed suffix log-ratio (low high)", identity=True
     )
     pear_block: int = opt(1, "pear with level=block: tokens per block", identity=True)
-    normalize: Literal["tokens", "sequence"] = opt(
+    normalize: Literal["tokens", "sequence", "micro_batch"] = opt(
         "tokens",
-        "normaliser Z: tokens (global supervised-token count) or sequence (per-sequence mean)",
+        "normaliser Z: tokens (global supervised-token count), sequence (per-sequence mean) or "
+        "micro_batch (each micro-batch over its own tokens, micro-batches averaged: verl's SFT "
+        "trainer, as the MTG, DFT and IDFT releases ran)",
         identity=True,
     )
     missing_behavior: Literal["auto", "zero", "drop", "error"] = opt(
@@ -266,6 +285,14 @@ class LossConfig(ConfigBase):
             p.append(f"clip={s.clip!r}: a ratio clip below 0 is meaningless; use low >= 0")
         if not _pair_problem("idft_gamma", s.idft_gamma) and float(s.idft_gamma[0]) < 0:
             p.append(f"idft_gamma={s.idft_gamma!r} must be >= 0")
+        for name in ("idft_warmup_ratio", "idft_transition_ratio", "idft_lambda"):
+            if not 0.0 <= getattr(s, name) <= 1.0:
+                p.append(f"{name}={getattr(s, name)!r} must be in [0, 1]")
+        if s.idft_warmup_ratio + s.idft_transition_ratio > 1.0:
+            p.append(
+                f"idft_warmup_ratio + idft_transition_ratio = "
+                f"{s.idft_warmup_ratio + s.idft_transition_ratio} must be <= 1"
+            )
         if not s.idft_beta > 0:
             p.append(f"idft_beta={s.idft_beta!r} must be > 0")
         if not 0 < s.pear_gamma <= 1:
@@ -273,6 +300,21 @@ class LossConfig(ConfigBase):
         if s.chunk_size is not None and s.chunk_size < 1:
             p.append(f"chunk_size={s.chunk_size!r} must be >= 1 (or None for auto)")
         return p
+
+    @property
+    def idft_ramped(self) -> bool:
+        """The exponent ramps over training (the trainer sets idft_lambda each step)."""
+        return self.scheme == "idft" and (self.idft_warmup_ratio + self.idft_transition_ratio) > 0
+
+    def idft_lambda_at(self, progress: float) -> float:
+        """lambda_t at ``progress`` = step / total steps: 0 in the warmup, then linear over
+        the transition, then 1 (the authors' IDFT trainer)."""
+        warm, trans = self.idft_warmup_ratio, self.idft_transition_ratio
+        if progress < warm:
+            return 0.0
+        if progress < warm + trans:
+            return (progress - warm) / trans
+        return 1.0
 
     @property
     def token_local(self) -> bool:
@@ -562,10 +604,23 @@ class TrainConfig(ConfigBase):
     attn_implementation: str | None = opt(
         None, "attention kernel, e.g. sdpa, flash_attention_2 (none: transformers' default)"
     )
+    global_batch_size: int | None = opt(
+        None,
+        "sequences per optimizer step over all devices: sets gradient_accumulation_steps to "
+        "global_batch_size / (per_device_train_batch_size x devices) (none: as given)",
+        identity=True,
+    )
+    recipe: Recipe | None = opt(
+        None,
+        "start from a source's released settings (docs/methods.md, 'Training recipes of the "
+        "sources'): mtg, dft or idft; any flag (or --config value) given as well overrides it",
+    )
     loss: LossConfig = dataclasses.field(default_factory=LossConfig, metadata={"nested": True})
 
     def problems(self) -> list[str]:
         p = [f"{n} is empty; give --{n}" for n in ("model", "dataset") if not getattr(self, n)]
+        if self.global_batch_size is not None and self.global_batch_size < 1:
+            p.append(f"global_batch_size={self.global_batch_size} must be >= 1 (or none)")
         if self.max_length < 2:
             p.append(f"max_length={self.max_length} must be >= 2")
         if not 0.0 <= self.warmup_ratio < 1.0:

@@ -8,9 +8,11 @@ as well overrides it (docs/methods.md, "Training recipes of the sources").
 from __future__ import annotations
 
 from importlib import resources
-from typing import Any
+from typing import Any, get_args
 
-RECIPES = ("dft", "idft", "mtg")
+from onpolicy_sft.config import Recipe
+
+RECIPES: tuple[str, ...] = get_args(Recipe)
 
 
 def recipe_text(name: str) -> str:

@@ -52,7 +52,7 @@ class DataStats:
     dropped_prompt_too_long: int = 0  # the prompt alone fills max_length
     dropped_no_behavior: int = 0  # missing behaviour log-probs with missing_behavior="drop"
     dropped_empty_response: int = 0
-    zero_behavior: int = 0  # rows whose missing behaviour log-probs were set to 0
+    zero_behavior: int = 0  # rows whose missing behaviour log-probs were set to 0 (expert rows)
     prompts_templated: int = 0  # raw prompt column values put through the chat template here
     prompt_tokens: int = 0
     response_tokens: int = 0
@@ -169,6 +169,25 @@ def build_examples(
                 if loss.missing_behavior == "drop":
                     stats.dropped_no_behavior += 1
                     continue
+                tier = str(tiers[i]) if tiers is not None and tiers[i] is not None else None
+                if (
+                    loss.scheme == "is"
+                    and loss.missing_behavior == "auto"
+                    and tier
+                    not in (
+                        None,
+                        "expert",
+                    )
+                ):
+                    # only expert (human-written) rows have no behaviour policy; a sampled
+                    # row without one lost its column, and training it as DFT would hide that
+                    raise ValueError(
+                        f"{row_name(i)} is a {tier!r} row without behaviour log-probs "
+                        f"({cfg.behavior_field} is null); scheme='is' uses blogp = 0 (the DFT "
+                        "weight) only for expert rows. Regenerate the row (onpolicy-sft "
+                        "rewrite records them), name the column with --behavior_field, or pass "
+                        "--missing_behavior zero to use blogp = 0 for every row"
+                    )
                 if loss.missing_blogp_is_error:
                     raise ValueError(
                         f"{row_name(i)} has no behaviour log-probs ({cfg.behavior_field} is "
