@@ -4,10 +4,10 @@
 nothing but the package installed:
 
 1. **rewrite** the bundled training problems with the three tiers (self →
-   guided → expert, METHODS.md "Three-tier rewriting");
+   guided → expert, docs/methods.md "Three-tier rewriting");
 2. **train** five models from the same pi_0: SFT and DFT on the expert
    solutions, rewriting + SFT, rewriting + DFT and rewriting + IS on the
-   rewritten data (METHODS.md "Loss level");
+   rewritten data (docs/methods.md "Loss level");
 3. **evaluate** the base model and the five on held-out problems with avg@k
    (T = 1.0, top-p = 1, as the evaluation protocol asks);
 4. measure the **policy gap**: mean NLL under pi_0 per tier, and the
@@ -29,16 +29,18 @@ import math
 import os
 import re
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from onpolicy_sft._callable import make_module_callable
+from onpolicy_sft._io import read_jsonl, write_jsonl
 from onpolicy_sft.config import DemoConfig
 
+if TYPE_CHECKING:  # pragma: no cover
+    from onpolicy_sft.verify import Verifier
 ASSETS = Path(__file__).resolve().parent / "assets"
 MODEL_DIR = ASSETS / "tiny_model"
 DATA_DIR = ASSETS / "data"
@@ -52,7 +54,34 @@ METHODS: tuple[tuple[str, str, str], ...] = (
     ("Rewriting + IS", "rewritten", "is"),
 )
 TIERS = ("self", "guided", "expert")
-IS_CLIP = (0.0, 2.0)  # the `is` scheme's default clip (METHODS.md)
+IS_CLIP = (0.0, 2.0)  # the `is` scheme's default clip (docs/methods.md)
+
+
+@dataclass
+class DemoNumbers:
+    """Everything the demo measured (and the config it ran), as the report, the plots
+    and results.json use it.
+
+    table: method -> column (number of operations, "Avg.") -> avg@k (percent);
+    eval / training: per method, the evaluation and training records;
+    nll / ess / weights / token_share: the policy-gap measurements, per tier or data set.
+    """
+
+    config: DemoConfig
+    engine: str  # the engine "auto" resolved to
+    n_train: int
+    n_eval: int
+    model_params: int
+    table: dict[str, dict[str, float]]
+    eval: dict[str, dict[str, Any]]
+    training: dict[str, dict[str, Any]]
+    tiers: dict[str, int]
+    nll: dict[str, float]
+    ess: dict[str, float]
+    weights: dict[str, Any]
+    token_share: dict[str, float]
+    guided_steps_ok: float
+    seconds: dict[str, float]
 
 
 @dataclass
@@ -71,18 +100,6 @@ class DemoResult:
 # ----------------------------------------------------------------- helpers
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
 def _bar(total: int, desc: str) -> Any:
     from tqdm.auto import tqdm
 
@@ -90,7 +107,7 @@ def _bar(total: int, desc: str) -> Any:
 
 
 def ess_fraction(weights: np.ndarray) -> float:
-    """ESS / count = (Σw)² / (n Σw²) (METHODS.md, "Statistics worth logging"); 1 = uniform."""
+    """ESS / count = (Σw)² / (n Σw²) (docs/methods.md, "Statistics worth logging"); 1 = uniform."""
     w = np.asarray(weights, dtype=np.float64)
     if w.size == 0 or not np.any(w > 0):
         return float("nan")
@@ -101,7 +118,7 @@ def is_weights(base_logprobs: np.ndarray, behavior_logprobs: np.ndarray | None) 
     """Token importance weights of pi_0 against the data's behaviour policy, clipped as `is` does.
 
     Rows without behaviour log-probs (expert rows) use blogp = 0, i.e. the
-    weight is p_t, the convention of MTG's released training (METHODS.md).
+    weight is p_t, the convention of MTG's released training (docs/methods.md).
     """
     b = np.zeros_like(base_logprobs) if behavior_logprobs is None else behavior_logprobs
     return np.clip(np.exp(base_logprobs.astype(np.float64) - b), *IS_CLIP)
@@ -217,7 +234,7 @@ def _write_benchmarks(eval_rows: list[dict[str, Any]], bench_dir: Path) -> list[
             for r in eval_rows
             if int(r.get("difficulty", 0)) == d
         ]
-        _write_jsonl(bench_dir / f"{name}.jsonl", rows)
+        write_jsonl(bench_dir / f"{name}.jsonl", rows)
         names.append(name)
     return names
 
@@ -229,7 +246,7 @@ def _evaluate(
     bench_dir: Path,
     benchmarks: list[str],
     out: Path,
-    verifier: Any,
+    verifier: Verifier,
 ) -> dict[str, Any]:
     """avg@k on the held-out problems per difficulty (onpolicy_sft.evaluate), plus answer style."""
     from onpolicy_sft.config import EvalConfig
@@ -254,7 +271,7 @@ def _evaluate(
     key = f"avg@{cfg.k_eval}"
     cols = {b: float(res["benchmarks"][b][key]) for b in benchmarks}
     cols["Avg."] = sum(cols.values()) / len(cols)
-    samples = _read_jsonl(out / "samples.jsonl")
+    samples = read_jsonl(out / "samples.jsonl")
     n = max(1, len(samples))
     per_problem: dict[str, dict[str, list[bool]]] = {b: {} for b in benchmarks}
     for smp in samples:
@@ -346,7 +363,7 @@ def _format_table(table: dict[str, dict[str, float]], k: int) -> str:
     return "\n".join(lines)
 
 
-def _plots(out: Path, res: dict[str, Any]) -> list[str]:
+def _plots(out: Path, res: DemoNumbers) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -354,11 +371,11 @@ def _plots(out: Path, res: dict[str, Any]) -> list[str]:
 
     files = []
     # 1. avg@k per method
-    names = list(res["table"])
-    vals = [res["table"][n]["Avg."] for n in names]
+    names = list(res.table)
+    vals = [res.table[n]["Avg."] for n in names]
     fig, ax = plt.subplots(figsize=(7, 3.2))
     ax.barh(names[::-1], vals[::-1], color="#4477aa")
-    ax.set_xlabel(f"avg@{res['k']} (%)")
+    ax.set_xlabel(f"avg@{res.config.k_eval} (%)")
     ax.set_title("Held-out accuracy")
     for i, v in enumerate(vals[::-1]):
         ax.text(v, i, f" {v:.1f}", va="center")
@@ -367,7 +384,7 @@ def _plots(out: Path, res: dict[str, Any]) -> list[str]:
     plt.close(fig)
     files.append("accuracy.png")
     # 2. NLL per tier
-    nll = res["nll"]
+    nll = res.nll
     keys = [k for k in nll if not math.isnan(nll[k])]
     fig, ax = plt.subplots(figsize=(7, 3.2))
     ax.bar(range(len(keys)), [nll[k] for k in keys], color="#aa7744")
@@ -381,8 +398,8 @@ def _plots(out: Path, res: dict[str, Any]) -> list[str]:
     # 3. importance weights
     fig, ax = plt.subplots(figsize=(7, 3.2))
     bins = np.linspace(0, IS_CLIP[1], 41)
-    for name, w in res["weights"].items():
-        ax.hist(w, bins=bins, alpha=0.6, density=True, label=f"{name} (ESS {res['ess'][name]:.2f})")
+    for name, w in res.weights.items():
+        ax.hist(w, bins=bins, alpha=0.6, density=True, label=f"{name} (ESS {res.ess[name]:.2f})")
     ax.set_xlabel("token importance weight pi_0 / pi_behaviour (clipped)")
     ax.set_ylabel("density")
     ax.legend()
@@ -392,7 +409,7 @@ def _plots(out: Path, res: dict[str, Any]) -> list[str]:
     files.append("importance_weights.png")
     # 4. training loss curves
     fig, ax = plt.subplots(figsize=(7, 3.2))
-    for name, tr in res["training"].items():
+    for name, tr in res.training.items():
         if tr["losses"]:
             ax.plot(range(1, len(tr["losses"]) + 1), tr["losses"], label=name)
     ax.set_xlabel("optimizer step")
@@ -430,11 +447,11 @@ def _paired_se_points(a: dict[str, dict[str, float]], b: dict[str, dict[str, flo
     return 100.0 * math.sqrt(var) / max(1, len(a))
 
 
-def _conclusion(res: dict[str, Any]) -> str:
-    t = {n: r["Avg."] for n, r in res["table"].items()}
+def _conclusion(res: DemoNumbers) -> str:
+    t = {n: r["Avg."] for n, r in res.table.items()}
     base = t["Base (pi_0)"]
-    n = res["n_eval"] * res["k"]
-    per_problem = {name: e["per_problem"] for name, e in res["eval"].items()}
+    n = res.n_eval * res.config.k_eval
+    per_problem = {name: e["per_problem"] for name, e in res.eval.items()}
 
     def cmp(a: str, b: str) -> str:
         d = t[a] - t[b]
@@ -446,8 +463,7 @@ def _conclusion(res: dict[str, Any]) -> str:
     lines = []
     for plain, rew in (("SFT", "Rewriting + SFT"), ("DFT", "Rewriting + DFT")):
         lines.append(
-            f"- {rew} vs {plain}: {t[rew]:.2f} vs {t[plain]:.2f} avg@{res['k']} "
-            f"({cmp(rew, plain)})."
+            f"- {rew} vs {plain}: {t[rew]:.2f} vs {t[plain]:.2f} avg@{res.config.k_eval} ({cmp(rew, plain)})."
         )
     for name in t:
         if name != "Base (pi_0)":
@@ -463,8 +479,8 @@ def _conclusion(res: dict[str, Any]) -> str:
             "is the expert's style, and learning it costs accuracy. The comparison that carries "
             "over is between rows: how much each method loses."
         )
-    ess = res["ess"]
-    nll = res["nll"]
+    ess = res.ess
+    nll = res.nll
     shrinks = (
         nll["rewritten data (all rows)"] < nll["expert data (all problems)"]
         and ess["rewritten data"] > ess["expert data"]
@@ -477,23 +493,23 @@ def _conclusion(res: dict[str, Any]) -> str:
         f"token importance weights is {ess['expert data']:.2f} on the expert data and "
         f"{ess['rewritten data']:.2f} on the rewritten data."
     )
-    tok = res["token_share"]
+    tok = res.token_share
     if tok.get("expert", 0.0) > 0.3:
         lines.append(
-            f"- Expert rows are {100 * res['tiers']['expert'] / max(1, sum(res['tiers'].values())):.0f}% "
+            f"- Expert rows are {100 * res.tiers['expert'] / max(1, sum(res.tiers.values())):.0f}% "
             f"of the rewritten rows but {100 * tok['expert']:.0f}% of its response tokens (prose is "
             "long, the model's own solutions are short). With a token-normalised loss, "
             "rewriting + SFT is therefore still trained mostly on expert text; DFT and IS "
             "down-weight exactly those tokens (their weight is p_t, tiny under pi_0)."
         )
-    ok = res.get("guided_steps_ok")
+    ok = res.guided_steps_ok
     if ok is not None and not math.isnan(ok):
         lines.append(
             f"- Verification checks the final answer only: {100 * ok:.0f}% of the kept guided "
             "rewrites have every arithmetic step right; the rest reached the reference answer "
             "with a wrong step, and training on them teaches wrong arithmetic."
         )
-    ev = res["eval"]
+    ev = res.eval
     style = {name: ev[name]["expert_style_frac"] for name in ev}
     learned = [name for name, frac in style.items() if frac >= 0.05]
     lines.append(
@@ -510,27 +526,27 @@ def _conclusion(res: dict[str, Any]) -> str:
         "gradient norms under Training)."
     )
     lines.append(
-        f"- Noise: {res['n_eval']} problems x {res['k']} samples; one standard error of an "
+        f"- Noise: {res.n_eval} problems x {res.config.k_eval} samples; one standard error of an "
         f"accuracy near the base's is at least {_se_points(base, n):.1f} points (binomial); "
         "differences between methods are judged by the paired standard error over the same "
         "problems, given with each comparison above. A tiny model, "
-        f"{res['n_train']} training problems and a few optimizer steps make this a "
+        f"{res.n_train} training problems and a few optimizer steps make this a "
         "demonstration of the pipeline and of the policy-gap measurements, not a replication "
         "of the papers' effect sizes."
     )
     return "\n".join(lines)
 
 
-def _write_report(out: Path, res: dict[str, Any], files: list[str]) -> str:
-    tiers = res["tiers"]
+def _write_report(out: Path, res: DemoNumbers, files: list[str]) -> str:
+    tiers = res.tiers
     total = max(1, sum(tiers.values()))
-    nll = res["nll"]
+    nll = res.nll
     lines = [
         "# onpolicy-sft demo",
         "",
-        f"Bundled tiny model ({res['model_params'] / 1e6:.2f}M parameters), "
-        f"{res['n_train']} training problems, {res['n_eval']} held-out problems, seed {res['seed']}, "
-        f"engine {res['engine']}, {'quick' if res['quick'] else 'full'} size.",
+        f"Bundled tiny model ({res.model_params / 1e6:.2f}M parameters), "
+        f"{res.n_train} training problems, {res.n_eval} held-out problems, seed {res.config.seed}, "
+        f"engine {res.engine}, {'quick' if res.config.quick else 'full'} size.",
         "",
         "## Setup",
         "",
@@ -538,28 +554,28 @@ def _write_report(out: Path, res: dict[str, Any], files: list[str]) -> str:
         "in a terse style of its own (`3*4=12. 12+5=17. \\boxed{17}`). The expert solutions of "
         "the training problems are correct but verbose prose (`... 12 plus 5, that is 17. The "
         "answer is \\boxed{17}.`): the policy gap.",
-        f"- Rewriting: three tiers (self: k={res['k_self']} samples at T=1.0; guided: "
-        f"k={res['k_guided']} at T=0.7 with the expert solution in the prompt; else expert), "
+        f"- Rewriting: three tiers (self: k={res.config.k_self} samples at T=1.0; guided: "
+        f"k={res.config.k_guided} at T=0.7 with the expert solution in the prompt; else expert), "
         "verified against the reference answer; among several correct samples the likeliest "
         "under pi_0 is kept.",
         "- SFT/DFT train on the expert solutions, the rewriting rows on the rewritten data; all five "
-        f"start from pi_0 with the same optimiser (AdamW, lr {res['lr']:g}, cosine, "
-        f"{res['epochs']:g} epochs, batch {res['batch_size']}, seed {res['seed']}). IS uses "
+        f"start from pi_0 with the same optimiser (AdamW, lr {res.config.learning_rate:g}, cosine, "
+        f"{res.config.epochs:g} epochs, batch {res.config.batch_size}, seed {res.config.seed}). IS uses "
         "token-level clipped ratios (0, 2) against the stored behaviour log-probs (blogp = 0 "
         "for expert rows).",
-        f"- Evaluation: avg@{res['k']} at T=1.0, top-p 1 on held-out problems (columns: number of "
+        f"- Evaluation: avg@{res.config.k_eval} at T=1.0, top-p 1 on held-out problems (columns: number of "
         "operations, like the papers' benchmarks), graded by onpolicy_sft.Verifier.",
         "",
         "## Results",
         "",
-        _format_table(res["table"], res["k"]),
+        _format_table(res.table, res.config.k_eval),
         "",
         "## Policy gap",
         "",
         "| Tier | Rows | Share of rows | Share of tokens | Mean NLL / token under pi_0 |",
         "|---|---:|---:|---:|---:|",
     ]
-    share = res["token_share"]
+    share = res.token_share
     for t in TIERS:
         lines.append(
             f"| {t} | {tiers[t]} | {100 * tiers[t] / total:.1f}% | {100 * share[t]:.1f}% "
@@ -567,13 +583,13 @@ def _write_report(out: Path, res: dict[str, Any], files: list[str]) -> str:
         )
     expert_nll = nll["expert data (all problems)"]
     lines += [
-        f"| expert data (all problems) | {res['n_train']} | - | - | {expert_nll:.4f} |",
+        f"| expert data (all problems) | {res.n_train} | - | - | {expert_nll:.4f} |",
         f"| rewritten data (all rows) | {total} | - | - | {nll['rewritten data (all rows)']:.4f} |",
         "",
         "| Data | ESS fraction of token importance weights |",
         "|---|---:|",
-        f"| expert data | {res['ess']['expert data']:.4f} |",
-        f"| rewritten data | {res['ess']['rewritten data']:.4f} |",
+        f"| expert data | {res.ess['expert data']:.4f} |",
+        f"| rewritten data | {res.ess['rewritten data']:.4f} |",
         "",
         "Weights are `clip(pi_0(y_t) / pi_beta(y_t), 0, 2)` per token (the `is` scheme's); expert "
         "tokens have no behaviour policy and use `pi_beta = 1`, so their weight is `p_t`, as MTG's "
@@ -588,7 +604,7 @@ def _write_report(out: Path, res: dict[str, Any], files: list[str]) -> str:
         "| Method | answers in expert style | mean tokens | truncated |",
         "|---|---:|---:|---:|",
     ]
-    for name, ev in res["eval"].items():
+    for name, ev in res.eval.items():
         lines.append(
             f"| {name} | {100 * ev['expert_style_frac']:.1f}% | {ev['mean_tokens']:.1f} | "
             f"{100 * ev['truncated_frac']:.1f}% |"
@@ -600,12 +616,12 @@ def _write_report(out: Path, res: dict[str, Any], files: list[str]) -> str:
         "| Method | steps | mean training loss | mean gradient norm (before clipping) |",
         "|---|---:|---:|---:|",
     ]
-    for name, tr in res["training"].items():
+    for name, tr in res.training.items():
         lines.append(
             f"| {name} | {tr['steps']} | {tr['training_loss']:.4f} | {tr['mean_grad_norm']:.3f} |"
         )
     lines += ["", "## Time", "", "| Stage | seconds |", "|---|---:|"]
-    for stage, s in res["seconds"].items():
+    for stage, s in res.seconds.items():
         lines.append(f"| {stage} | {s:.1f} |")
     lines += ["", "## Plots", ""]
     for f in files:
@@ -643,11 +659,11 @@ def demo(config: DemoConfig | None = None, /, **options: Any) -> DemoResult:
     seconds: dict[str, float] = {}
     t_all = time.time()
 
-    train_rows = _read_jsonl(data_dir / "train.jsonl")[: cfg.n_train]
-    eval_rows = _read_jsonl(data_dir / "eval.jsonl")[: cfg.n_eval]
+    train_rows = read_jsonl(data_dir / "train.jsonl")[: cfg.n_train]
+    eval_rows = read_jsonl(data_dir / "eval.jsonl")[: cfg.n_eval]
     train_path = root / "data" / "train.jsonl"
-    _write_jsonl(train_path, train_rows)
-    _write_jsonl(root / "data" / "eval.jsonl", eval_rows)
+    write_jsonl(train_path, train_rows)
+    write_jsonl(root / "data" / "eval.jsonl", eval_rows)
 
     stages = tqdm(total=3 + len(METHODS) + len(METHODS) + 1, desc="demo", unit="stage")
 
@@ -711,39 +727,28 @@ def demo(config: DemoConfig | None = None, /, **options: Any) -> DemoResult:
     t0 = time.time()
     stages.set_postfix_str("report")
     n_params = _count_params(model_dir)
-    res: dict[str, Any] = {
-        "seed": cfg.seed,
-        "quick": cfg.quick,
-        "engine": _engine_kind(cfg.engine),
-        "k": cfg.k_eval,
-        "k_self": cfg.k_self,
-        "k_guided": cfg.k_guided,
-        "lr": cfg.learning_rate,
-        "epochs": cfg.epochs,
-        "batch_size": cfg.batch_size,
-        "n_train": len(train_rows),
-        "n_eval": len(eval_rows),
-        "model_params": n_params,
-        "table": {n: e["columns"] for n, e in evals.items()},
-        "eval": evals,
-        "training": training,
-        "tiers": gap["tiers"],
-        "nll": gap["nll"],
-        "ess": gap["ess"],
-        "weights": gap["weights"],
-        "token_share": gap["token_share"],
-        "guided_steps_ok": gap["guided_steps_ok"],
-        "seconds": seconds,
-    }
+    res = DemoNumbers(
+        config=cfg,
+        engine=_engine_kind(cfg.engine),
+        n_train=len(train_rows),
+        n_eval=len(eval_rows),
+        model_params=n_params,
+        table={n: e["columns"] for n, e in evals.items()},
+        eval=evals,
+        training=training,
+        seconds=seconds,
+        **{k: v for k, v in gap.items() if k != "rows"},
+    )
     files = _plots(root, res)
     seconds["report"] = time.time() - t0
     seconds["total"] = time.time() - t_all
     report = _write_report(root, res, files)
     stages.update()
     stages.close()
-    serial = {k: v for k, v in res.items() if k != "weights"}
+    serial = {f.name: getattr(res, f.name) for f in fields(res) if f.name != "weights"}
+    serial["config"] = res.config.to_dict()
     (root / "results.json").write_text(json.dumps(serial, indent=1, default=float) + "\n")
-    print(_format_table(res["table"], cfg.k_eval))
+    print(_format_table(res.table, cfg.k_eval))
     print()
     print(
         "policy gap (mean NLL/token under pi_0): "
@@ -756,7 +761,7 @@ def demo(config: DemoConfig | None = None, /, **options: Any) -> DemoResult:
     print(_conclusion(res))
     return DemoResult(
         out=str(root),
-        table=res["table"],
+        table=res.table,
         tiers=gap["tiers"],
         nll=gap["nll"],
         ess=gap["ess"],

@@ -24,9 +24,9 @@ import os
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,8 +42,13 @@ from onpolicy_sft.rewrite.data import (
     shard_rows,
 )
 
+if TYPE_CHECKING:  # pragma: no cover
+    from onpolicy_sft.engines.base import Engine
+    from onpolicy_sft.ledger import Ledger
+    from onpolicy_sft.verify import Verifier
+
 # The expert reason of a problem with no reference answer (no answer column value and
-# no \boxed{} / \fbox{} in its solution): nothing could verify a rewrite of it.
+# no \\boxed{} / \\fbox{} in its solution): nothing could verify a rewrite of it.
 NO_REFERENCE = "expert: no reference answer"
 
 STAGES = {"tiers": ("self", "guided"), "hinted": ("self", "hinted"), "grape": ("self",)}
@@ -100,13 +105,13 @@ def _check_resume(cfg: RewriteConfig, run_dir: str) -> None:
 
 
 class Pipeline:
-    def __init__(self, cfg: RewriteConfig, engine: Any = None) -> None:
+    def __init__(self, cfg: RewriteConfig, engine: Engine | None = None) -> None:
         self.cfg = cfg
         self.timer = Timer()
         self._engine = engine
         self._engine_is_callers = engine is not None  # never close what the caller passed in
         self._hf: Any = None
-        self._verifier: Any = None
+        self._verifier: Verifier | None = None
         index, count = cfg.shard_index()
         self.run_dir = (
             cfg.output_dir
@@ -282,7 +287,7 @@ class Pipeline:
             side.append(SideStore(os.path.join(d, "scores.jsonl")).read())
 
     # ------------------------------------------------------------ helpers
-    def _pending(self, ledger: Any, stage: str, k: int) -> list[str]:
+    def _pending(self, ledger: Ledger, stage: str, k: int) -> list[str]:
         """Pending problems of this shard; chunks recorded but not finished are finished here."""
         with self.timer("ledger"):
             pending = [pid for pid in ledger.pending(stage) if pid in self.by_id]
@@ -333,61 +338,67 @@ class Pipeline:
         ]
 
     # ------------------------------------------------------------ stages
-    def stage_self(self, ledger: Any) -> None:
-        from onpolicy_sft.ledger import Attempt
-
-        cfg = self.cfg
-        pending = self._pending(ledger, "self", cfg.k_self)
-        self.log(f"self: {len(pending)} of {len(self.by_id)} problems to sample (k={cfg.k_self})")
-        if pending:
-            self.engine  # load before the progress bar starts timing  # noqa: B018
-        solved = 0
-        bar = self._progress(len(pending), "self")
-        for chunk in _chunks(pending, cfg.batch_problems):
+    def _stage(
+        self,
+        ledger: Ledger,
+        stage: str,
+        k: int,
+        describe: str,
+        sample: Callable[[Sequence[str], list[Problem]], tuple[list[str], list[list[Any]]]],
+        judge: Callable[[list[tuple[Any, ...]], list[Any], dict[str, int]], tuple[list, list]],
+    ) -> None:
+        """The skeleton every sampling stage shares: for each chunk of pending problems,
+        ``sample`` (prompts, samples per problem) -> verify -> ``judge`` (attempts and
+        side records; it may count more than solved problems) -> one durable commit."""
+        pending = self._pending(ledger, stage, k)
+        self.log(f"{stage}: {len(pending)} {describe}")
+        if not pending:
+            return
+        # load before the progress bar starts timing
+        if stage == "hinted":
+            self.hf_engine()
+        else:
+            self.engine  # noqa: B018
+        counts = {stage: 0}
+        bar = self._progress(len(pending), stage)
+        for chunk in _chunks(pending, self.cfg.batch_problems):
             probs = [self.by_id[pid] for pid in chunk]
-            prompts = [self.train_prompt(p.problem) for p in probs]
             with self.timer("generate"):
-                outs = self.engine.generate(
-                    prompts,
-                    n=cfg.k_self,
-                    temperature=cfg.temperature_self,
-                    top_p=cfg.top_p,
-                    max_tokens=cfg.max_tokens,
-                    seed=cfg.seed + _chunk_seed(chunk),
-                )
+                prompts, outs = sample(chunk, probs)
             flat = [
                 (p, pr, j, s) for p, pr, row in zip(probs, prompts, outs) for j, s in enumerate(row)
             ]
             verdicts = self._verify([s.text for *_, s in flat], [p.answer or "" for p, *_ in flat])
-            base = self._self_base([(pr, s) for _, pr, _, s in flat])
-            with self.timer("bookkeeping"):
-                attempts = [
-                    Attempt(
-                        problem_id=p.problem_id,
-                        stage="self",
-                        sample_index=j,
-                        text=s.text,
-                        token_ids=list(s.token_ids),
-                        # the distribution the token was drawn from (T, top-p)
-                        behavior_logprobs=np.asarray(s.logprobs, np.float32),
-                        correct=bool(v.correct),
-                        reason=str(v.reason),
-                        base_logprobs=b,
-                    )
-                    for (p, _, j, s), v, b in zip(flat, verdicts, base)
-                ]
-            side = self._phi_records(
-                "self",
-                [
-                    (a.problem_id, a.sample_index, pr, list(a.token_ids))
-                    for a, (_, pr, _, _) in zip(attempts, flat)
-                    if a.correct
-                ],
-            )
-            solved += self._commit(ledger, "self", chunk, attempts, side)
+            attempts, side = judge(flat, verdicts, counts)
+            counts[stage] += self._commit(ledger, stage, chunk, attempts, side)
             bar.update(len(chunk))
-            bar.set_postfix_str(f"self={solved}")
+            bar.set_postfix_str(" ".join(f"{name}={n}" for name, n in counts.items()))
         bar.close()
+
+    def _commit(
+        self, ledger: Ledger, stage: str, chunk: Sequence[str], attempts: Sequence[Any], side: Any
+    ) -> int:
+        """Record a chunk's attempts and finish its stage (durable on return, so a kill
+        after this point never regenerates the chunk); returns how many problems it solved.
+        The side records (scores under the training prompt) go first: the ledger marks
+        the chunk done only once they are written."""
+        with self.timer("ledger"):
+            self.side.append(side)
+            ledger.record(attempts)
+            ledger.finish_stage(chunk, stage)
+        return len({a.problem_id for a in attempts if a.correct})
+
+    def _copied(self, text: str, p: Problem, correct: bool) -> str | None:
+        """Why a correct rewrite is rejected as a copy of y* (None: it is not)."""
+        return copy_rejection(text, p.solution, self.cfg.copy_span_words) if correct else None
+
+    def _sample(
+        self, prompts: list[str], n: int, temperature: float, top_p: float, seed: int
+    ) -> list[list[Any]]:
+        cfg = self.cfg
+        return self.engine.generate(
+            prompts, n=n, temperature=temperature, top_p=top_p, max_tokens=cfg.max_tokens, seed=seed
+        )
 
     def _self_base(self, items: Sequence[tuple[str, Any]]) -> list[np.ndarray]:
         """Untempered pi_0(y | x) of self samples under the training prompt (their own prompt):
@@ -402,88 +413,75 @@ class Pipeline:
             scored = self.engine.score([pr for pr, _ in items], [s.token_ids for _, s in items])
         return [np.asarray(x, np.float32) for x in scored]
 
-    def _commit(
-        self, ledger: Any, stage: str, chunk: Sequence[str], attempts: Sequence[Any], side: Any
-    ) -> int:
-        """Record a chunk's attempts and finish its stage (durable on return, so a kill
-        after this point never regenerates the chunk); returns how many problems it solved.
-        The side records (scores under the training prompt) go first: the ledger marks
-        the chunk done only once they are written."""
-        with self.timer("ledger"):
-            self.side.append(side)
-            ledger.record(attempts)
-            ledger.finish_stage(chunk, stage)
-        return len({a.problem_id for a in attempts if a.correct})
-
-    def stage_guided(self, ledger: Any) -> None:
-        from onpolicy_sft.ledger import Attempt
-
+    def stage_self(self, ledger: Ledger) -> None:
         cfg = self.cfg
-        pending = self._pending(ledger, "guided", cfg.k_guided)
-        self.log(
-            f"guided: {len(pending)} problems without a correct self sample (k={cfg.k_guided})"
-        )
-        if pending:
-            self.engine  # load before the progress bar starts timing  # noqa: B018
-        solved, rejected = 0, 0
-        bar = self._progress(len(pending), "guided")
-        for chunk in _chunks(pending, cfg.batch_problems):
-            probs = [self.by_id[pid] for pid in chunk]
+
+        def sample(chunk: Sequence[str], probs: list[Problem]) -> tuple[list[str], list]:
+            prompts = [self.train_prompt(p.problem) for p in probs]
+            seed = cfg.seed + _chunk_seed(chunk)
+            return prompts, self._sample(prompts, cfg.k_self, cfg.temperature_self, cfg.top_p, seed)
+
+        def judge(flat: list, verdicts: list, counts: dict[str, int]) -> tuple[list, list]:
+            base = self._self_base([(pr, s) for _, pr, _, s in flat])
+            with self.timer("bookkeeping"):
+                # behaviour: the distribution sampled from (T, top-p); base: pi_0(y|x) untempered
+                attempts = [
+                    _attempt("self", p, j, s, bool(v.correct), str(v.reason), b)
+                    for (p, _, j, s), v, b in zip(flat, verdicts, base)
+                ]
+            side = self._phi_records(
+                "self",
+                [
+                    (a.problem_id, a.sample_index, pr, list(a.token_ids))
+                    for a, (_, pr, _, _) in zip(attempts, flat)
+                    if a.correct
+                ],
+            )
+            return attempts, side
+
+        about = f"of {len(self.by_id)} problems to sample (k={cfg.k_self})"
+        self._stage(ledger, "self", cfg.k_self, about, sample, judge)
+
+    def stage_guided(self, ledger: Ledger) -> None:
+        cfg = self.cfg
+
+        def sample(chunk: Sequence[str], probs: list[Problem]) -> tuple[list[str], list]:
             tok = self.engine.tokenizer
             prompts = [P.guided_prompt(tok, p.problem, p.solution, self.suffix) for p in probs]
-            with self.timer("generate"):
-                outs = self.engine.generate(
-                    prompts,
-                    n=cfg.k_guided,
-                    temperature=cfg.temperature_guided,
-                    top_p=cfg.top_p,
-                    max_tokens=cfg.max_tokens,
-                    seed=cfg.seed + 1 + _chunk_seed(chunk),
-                )
-            flat = [(p, j, s) for p, row in zip(probs, outs) for j, s in enumerate(row)]
-            verdicts = self._verify([s.text for *_, s in flat], [p.answer or "" for p, *_ in flat])
+            seed = cfg.seed + 1 + _chunk_seed(chunk)
+            return prompts, self._sample(
+                prompts, cfg.k_guided, cfg.temperature_guided, cfg.top_p, seed
+            )
+
+        def judge(flat: list, verdicts: list, counts: dict[str, int]) -> tuple[list, list]:
             with self.timer("bookkeeping"):
-                keep, reasons, correct = [], [], []
-                for (p, _, s), v in zip(flat, verdicts):
-                    why = (
-                        copy_rejection(s.text, p.solution, cfg.copy_span_words)
-                        if v.correct
-                        else None
-                    )
+                reasons, correct = [], []
+                for (p, _, _, s), v in zip(flat, verdicts):
+                    why = self._copied(s.text, p, bool(v.correct))
                     reasons.append(why or str(v.reason))
                     correct.append(bool(v.correct) and why is None)
-                    rejected += why is not None
+                    counts["rejected"] = counts.get("rejected", 0) + (why is not None)
                 keep = [i for i, c in enumerate(correct) if c]
             train_prompts = [self.train_prompt(flat[i][0].problem) for i in keep]
             with self.timer("score"):
-                base = self.engine.score(train_prompts, [flat[i][2].token_ids for i in keep])
+                base = self.engine.score(train_prompts, [flat[i][3].token_ids for i in keep])
             base_of = dict(zip(keep, base))
             with self.timer("bookkeeping"):
                 attempts = [
-                    Attempt(
-                        problem_id=p.problem_id,
-                        stage="guided",
-                        sample_index=j,
-                        text=s.text,
-                        token_ids=list(s.token_ids),
-                        behavior_logprobs=np.asarray(s.logprobs, np.float32),
-                        correct=correct[i],
-                        reason=reasons[i],
-                        base_logprobs=base_of.get(i),
-                    )
-                    for i, (p, j, s) in enumerate(flat)
+                    _attempt("guided", p, j, s, correct[i], reasons[i], base_of.get(i))
+                    for i, (p, _, j, s) in enumerate(flat)
                 ]
             side = self._phi_records(
                 "guided",
                 [
-                    (flat[i][0].problem_id, flat[i][1], tp, list(flat[i][2].token_ids))
+                    (flat[i][0].problem_id, flat[i][2], tp, list(flat[i][3].token_ids))
                     for i, tp in zip(keep, train_prompts)
                 ],
             )
-            solved += self._commit(ledger, "guided", chunk, attempts, side)
-            bar.update(len(chunk))
-            bar.set_postfix_str(f"guided={solved} rejected={rejected}")
-        bar.close()
+            return attempts, side
+
+        about = f"problems without a correct self sample (k={cfg.k_guided})"
+        self._stage(ledger, "guided", cfg.k_guided, about, sample, judge)
 
     def stage_analysis(self, pending: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The structured variant's greedy pre-pass for every pending problem, batched on the
@@ -493,73 +491,45 @@ class Pipeline:
 
         have = self.side.analyses()
         todo = [pid for pid in pending if pid not in have]
-        if todo:
-            self.log(f"hinted: greedy analysis pre-pass for {len(todo)} problems")
-            bar = self._progress(len(todo), "analysis")
-            for chunk in _chunks(todo, self.cfg.batch_problems):
-                tok = self.engine.tokenizer
-                prompts = [
-                    P.structured_hinted_prompt(
-                        tok, self.by_id[pid].problem, self.by_id[pid].solution
-                    )
-                    for pid in chunk
-                ]
-                with self.timer("generate"):
-                    got = analysis_prepass(
-                        self.engine,
-                        prompts,
-                        max_tokens=self.cfg.analysis_max_tokens,
-                        marker=P.COT_HEADING,
-                    )
-                records = [
-                    {
-                        "kind": "analysis",
-                        "problem_id": pid,
-                        "text": a.text,
-                        "finished": a.finished,
-                        "num_tokens": a.num_tokens,
-                    }
-                    for pid, a in zip(chunk, got)
-                ]
-                with self.timer("ledger"):
-                    self.side.append(records)
-                have.update({r["problem_id"]: r for r in records})
-                bar.update(len(chunk))
-            bar.close()
-        elif pending:
-            self.log(
-                f"hinted: analysis pre-pass of {len(pending)} problems kept from an earlier run"
-            )
+        if not todo:
+            if pending:
+                self.log(f"hinted: the analysis pre-pass of {len(pending)} problems is kept")
+            return have
+        self.log(f"hinted: greedy analysis pre-pass for {len(todo)} problems")
+        bar = self._progress(len(todo), "analysis")
+        for chunk in _chunks(todo, self.cfg.batch_problems):
+            tok = self.engine.tokenizer
+            probs = [self.by_id[pid] for pid in chunk]
+            prompts = [P.structured_hinted_prompt(tok, p.problem, p.solution) for p in probs]
+            with self.timer("generate"):
+                got = analysis_prepass(
+                    self.engine,
+                    prompts,
+                    max_tokens=self.cfg.analysis_max_tokens,
+                    marker=P.COT_HEADING,
+                )
+            records = [
+                {
+                    "kind": "analysis",
+                    "problem_id": pid,
+                    "text": a.text,
+                    "finished": a.finished,
+                    "num_tokens": a.num_tokens,
+                }
+                for pid, a in zip(chunk, got)
+            ]
+            with self.timer("ledger"):
+                self.side.append(records)
+            have.update({r["problem_id"]: r for r in records})
+            bar.update(len(chunk))
+        bar.close()
         return have
 
-    def stage_hinted(self, ledger: Any) -> None:
-        from onpolicy_sft.ledger import Attempt
+    def stage_hinted(self, ledger: Ledger) -> None:
         from onpolicy_sft.rewrite.hinted import HintedParams, hinted_decode
 
         cfg = self.cfg
-        pending = self._pending(ledger, "hinted", cfg.k_hinted)
         structured = cfg.hinted_variant == "structured"
-        self.log(
-            f"hinted ({cfg.hinted_variant}): {len(pending)} problems without a correct self "
-            f"sample (beta={cfg.beta}, lambda {cfg.lambda_mode})"
-        )
-        if not pending:
-            return
-        analyses = self.stage_analysis(pending) if structured else {}
-        if structured:
-            # no analysis heading reached: not hinted-decoded (the authors skip these too)
-            unfinished = [pid for pid in pending if not analyses[pid]["finished"]]
-            if unfinished:
-                with self.timer("ledger"):
-                    ledger.finish_stage(unfinished, "hinted")
-                self.log(
-                    f"hinted: {len(unfinished)} problems whose analysis never reached "
-                    f"{P.COT_HEADING!r} stay expert"
-                )
-                pending = [pid for pid in pending if analyses[pid]["finished"]]
-        if not pending:
-            return
-        eng = self.hf_engine()
         params = HintedParams(
             beta=cfg.beta,
             temperature=cfg.hinted_temperature,
@@ -570,10 +540,30 @@ class Pipeline:
             sigmoid_center=cfg.sigmoid_center,
             piecewise_bounds=tuple(cfg.piecewise_bounds),
         )
-        solved = 0
-        bar = self._progress(len(pending), "hinted")
-        for chunk in _chunks(pending, cfg.batch_problems):
-            probs = [self.by_id[pid] for pid in chunk]
+        analyses: dict[str, dict[str, Any]] = {}
+        if structured:
+            pending = self._pending(ledger, "hinted", cfg.k_hinted)
+            analyses = self.stage_analysis(pending)
+            # no chain-of-thought heading reached: not hinted-decoded (the authors skip these)
+            unfinished = [pid for pid in pending if not analyses[pid]["finished"]]
+            if unfinished:
+                with self.timer("ledger"):
+                    ledger.finish_stage(unfinished, "hinted")
+                self.log(
+                    f"hinted: {len(unfinished)} problems whose analysis never reached "
+                    f"{P.COT_HEADING!r} stay expert"
+                )
+
+        def plain_prompt(p: Problem) -> str:
+            # structured: the chat template over the bare problem (phi is taken under it)
+            return (
+                P.chat(self.hf_engine().tokenizer, p.problem)
+                if structured
+                else (self.train_prompt(p.problem))
+            )
+
+        def sample(chunk: Sequence[str], probs: list[Problem]) -> tuple[list[str], list]:
+            eng = self.hf_engine()
             tok = eng.tokenizer
             if structured:
                 hinted = [
@@ -581,51 +571,44 @@ class Pipeline:
                     + analyses[p.problem_id]["text"]
                     for p in probs
                 ]
-                plain = [P.chat(tok, p.problem) for p in probs]  # the bare problem
             else:
                 hinted = [P.hinted_prompt(tok, p.problem, p.solution, self.suffix) for p in probs]
-                plain = [self.train_prompt(p.problem) for p in probs]
-            train_prompts = [self.train_prompt(p.problem) for p in probs]
-            with self.timer("generate"):
-                outs = hinted_decode(
-                    eng,
-                    hinted,
-                    plain,
-                    n=cfg.k_hinted,
-                    seed=cfg.seed + 2 + _chunk_seed(chunk),
-                    params=params,
-                    max_batch_size=cfg.max_batch_size,
-                )
-            flat = [(p, j, s) for p, row in zip(probs, outs) for j, s in enumerate(row)]
-            verdicts = self._verify([s.text for *_, s in flat], [p.answer or "" for p, *_ in flat])
+            outs = hinted_decode(
+                eng,
+                hinted,
+                [plain_prompt(p) for p in probs],
+                n=cfg.k_hinted,
+                seed=cfg.seed + 2 + _chunk_seed(chunk),
+                params=params,
+                max_batch_size=cfg.max_batch_size,
+            )
+            return hinted, outs
+
+        def judge(flat: list, verdicts: list, counts: dict[str, int]) -> tuple[list, list]:
             # pi_0(y | x) under the training prompt: the plain stream's log q when the plain
             # stream is the training prompt, else one scoring pass
+            train = [self.train_prompt(p.problem) for p, *_ in flat]
             base = [s.base_logprobs for *_, s in flat]
-            if plain != train_prompts:
-                tp_of = {p.problem_id: tp for p, tp in zip(probs, train_prompts)}
+            if any(plain_prompt(p) != t for (p, *_), t in zip(flat, train)):
                 with self.timer("score"):
-                    base = eng.score(
-                        [tp_of[p.problem_id] for p, *_ in flat], [s.token_ids for *_, s in flat]
-                    )
+                    scored = self.hf_engine().score(train, [s.token_ids for *_, s in flat])
+                base = [np.asarray(x, np.float32) for x in scored]
             with self.timer("bookkeeping"):
                 attempts, side = [], []
-                for (p, j, s), v, b in zip(flat, verdicts, base):
-                    why = (
-                        copy_rejection(s.text, p.solution, cfg.copy_span_words)
-                        if v.correct and not structured
-                        else None
-                    )
+                for (p, _, j, s), v, b in zip(flat, verdicts, base):
+                    # the authors do not filter hinted outputs for copying; the simple variant does
+                    why = None if structured else self._copied(s.text, p, bool(v.correct))
+                    reason = why or f"{v.reason}; finish={s.finish_reason}"
                     attempts.append(
-                        Attempt(
-                            problem_id=p.problem_id,
-                            stage="hinted",
-                            sample_index=j,
-                            text=s.text,
-                            token_ids=list(s.token_ids),
-                            behavior_logprobs=s.logprobs,
-                            correct=bool(v.correct) and why is None,
-                            reason=why or f"{v.reason}; finish={s.finish_reason}",
-                            base_logprobs=np.asarray(b, np.float32),
+                        _attempt(
+                            "hinted",
+                            p,
+                            j,
+                            s,
+                            bool(v.correct) and why is None,
+                            reason,
+                            b,
+                            behavior=s.logprobs,
                         )
                     )
                     # phi under the plain stream's prompt, as the authors compute it
@@ -639,10 +622,13 @@ class Pipeline:
                             **phi_summary(s.phi),
                         }
                     )
-            solved += self._commit(ledger, "hinted", chunk, attempts, side)
-            bar.update(len(chunk))
-            bar.set_postfix_str(f"hinted={solved}")
-        bar.close()
+            return attempts, side
+
+        about = (
+            f"problems without a correct self sample ({cfg.hinted_variant}, beta={cfg.beta}, "
+            f"lambda {cfg.lambda_mode})"
+        )
+        self._stage(ledger, "hinted", cfg.k_hinted, about, sample, judge)
 
     def stage_expert_scores(self) -> None:
         """pi_0(y*|x) for every problem: the 'before rewriting' side of the report."""
@@ -677,7 +663,7 @@ class Pipeline:
                 self.side.append(records)
 
     # ------------------------------------------------------------ output
-    def build_rows(self, ledger: Any) -> list[dict[str, Any]]:
+    def build_rows(self, ledger: Ledger) -> list[dict[str, Any]]:
         cfg = self.cfg
         experts = self.side.experts()
         phis = self.side.phis()
@@ -735,7 +721,7 @@ class Pipeline:
             rows.append(row)
         return rows
 
-    def attempt_counts(self, ledger: Any) -> dict[str, Any]:
+    def attempt_counts(self, ledger: Ledger) -> dict[str, Any]:
         """Attempts, correct ones and rejections (with their reasons) per stage."""
         attempts: Counter[str] = Counter()
         rejections: Counter[str] = Counter()
@@ -755,7 +741,7 @@ class Pipeline:
             out["hinted_variants"] = self._hinted_variants(ledger)
         return out
 
-    def _hinted_variants(self, ledger: Any) -> dict[str, dict[str, Any]]:
+    def _hinted_variants(self, ledger: Ledger) -> dict[str, dict[str, Any]]:
         """Per Hinted Decoding variant: problems decoded, problems with a correct rewrite and
         the mean phi (plain-stream prompt) of the correct rewrites."""
         phis = self.side.phis()
@@ -784,7 +770,7 @@ class Pipeline:
     def _expert_ids(self, p: Problem) -> list[int]:
         return response_ids(self.engine.tokenizer, [p.solution])[0]
 
-    def _expert_reason(self, ledger: Any, p: Problem) -> str:
+    def _expert_reason(self, ledger: Ledger, p: Problem) -> str:
         if p.answer is None:
             return NO_REFERENCE
         attempts = ledger.attempts(p.problem_id)
@@ -816,7 +802,7 @@ def _chunk_seed(chunk: Sequence[str]) -> int:
 
 
 def rewrite(
-    config: RewriteConfig | None = None, /, *, engine: Any = None, **kwargs: Any
+    config: RewriteConfig | None = None, /, *, engine: Engine | None = None, **kwargs: Any
 ) -> RewriteResult:
     """Rewrite a dataset (see RewriteConfig for every option).
 
@@ -831,3 +817,30 @@ def rewrite(
     if config is not None and kwargs:
         cfg = cfg.replace(**kwargs)
     return Pipeline(cfg, engine=engine).run()
+
+
+def _attempt(
+    stage: str,
+    p: Problem,
+    j: int,
+    s: Any,
+    correct: bool,
+    reason: str,
+    base: Any,
+    *,
+    behavior: Any = None,
+) -> Any:
+    """One ledger Attempt for sample ``s`` (j-th of problem ``p``) of ``stage``."""
+    from onpolicy_sft.ledger import Attempt
+
+    return Attempt(
+        problem_id=p.problem_id,
+        stage=stage,
+        sample_index=j,
+        text=s.text,
+        token_ids=list(s.token_ids),
+        behavior_logprobs=np.asarray(s.logprobs, np.float32) if behavior is None else behavior,
+        correct=correct,
+        reason=reason,
+        base_logprobs=base,
+    )
