@@ -122,6 +122,20 @@ class ConfigBase:
     def replace(self: T, **changes: Any) -> T:
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def with_engine(
+        cls: type[T], config: T | None, engine: Any, options: dict[str, Any]
+    ) -> tuple[T, Any]:
+        """A stage's (config, loaded engine or None) from ``stage(config, engine=..., **options)``:
+        a string ``engine`` is the config's ``engine`` field (as the CLI passes it), anything
+        else an already loaded Engine; ``options`` override ``config`` field by field."""
+        if isinstance(engine, str):
+            options = {**options, "engine": engine}
+            engine = None
+        if config is None:
+            return cls.from_dict(options), engine
+        return (config.replace(**options) if options else config), engine
+
     def identity(self) -> dict[str, Any]:
         """The fields marked ``identity``: what a resumed run must keep unchanged."""
         out: dict[str, Any] = {}

@@ -316,12 +316,7 @@ def policy_gap(
     ``output_dir`` the summary goes to ``gap.json``, the per-row statistics to
     ``gap_rows.parquet`` and the histograms to ``gap.png`` there.
     """
-    if isinstance(engine, str):
-        options["engine"] = engine
-        engine = None
-    cfg = config if config is not None else GapConfig(**options)
-    if config is not None and options:
-        cfg = cfg.replace(**options)
+    cfg, engine = GapConfig.with_engine(config, engine, options)
     data = cfg.dataset
     source = os.path.basename(os.path.normpath(data)) if os.path.exists(data) else data
     columns, batches = iter_row_batches(data, split=cfg.split, batch_rows=cfg.batch_rows)

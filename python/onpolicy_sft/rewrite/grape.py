@@ -74,12 +74,9 @@ def select(
     """
     from onpolicy_sft.rewrite.report import write_data
 
-    if isinstance(engine, str):  # the SelectConfig field (the CLI passes it), not an Engine
-        options["engine"] = engine
-        engine = None
-    if engine is not None:
+    if engine is not None and not isinstance(engine, str):
         options.setdefault("model", "")
-    cfg = config.replace(**options) if config is not None else SelectConfig.from_dict(options)
+    cfg, engine = SelectConfig.with_engine(config, engine, options)
     out = cfg.output_dir
     split, problem_field, response_field = cfg.split, cfg.problem_field, cfg.response_field
     answer_field, candidates = cfg.answer_field, cfg.candidates

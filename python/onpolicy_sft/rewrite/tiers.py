@@ -810,12 +810,7 @@ def rewrite(
     ``engine`` is either the RewriteConfig field (``"auto" | "vllm" | "hf"``) or an
     already loaded Engine to use.
     """
-    if isinstance(engine, str):
-        kwargs["engine"] = engine
-        engine = None
-    cfg = config if config is not None else RewriteConfig(**kwargs)
-    if config is not None and kwargs:
-        cfg = cfg.replace(**kwargs)
+    cfg, engine = RewriteConfig.with_engine(config, engine, kwargs)
     return Pipeline(cfg, engine=engine).run()
 
 
