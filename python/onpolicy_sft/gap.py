@@ -188,22 +188,11 @@ class _RowReader:
     ``response_token_ids`` when present, else the response text + EOS.
     """
 
-    def __init__(
-        self,
-        tokenizer: Any,
-        columns: list[str],
-        *,
-        source: str,
-        prompt_field: str,
-        problem_field: str,
-        response_field: str,
-        behavior_field: str,
-        tier_field: str,
-        id_field: str | None,
-    ) -> None:
-        from onpolicy_sft.prompts import chat
-
-        self.tok = tokenizer
+    def __init__(self, columns: list[str], cfg: GapConfig, source: str) -> None:
+        """Check the columns (before any model is loaded); :meth:`bind` adds the tokenizer."""
+        prompt_field, problem_field = cfg.prompt_field, cfg.problem_field
+        response_field, behavior_field = cfg.response_field, cfg.behavior_field
+        tier_field, id_field = cfg.tier_field, cfg.id_field
         self.source = source
         self.prompt_field, self.problem_field = prompt_field, problem_field
         self.behavior_field, self.tier_field = behavior_field, tier_field
@@ -231,8 +220,14 @@ class _RowReader:
             raise ValueError(
                 f"{source} has no {id_field!r} column (columns: {', '.join(columns)}); fix --id_field"
             )
+
+    def bind(self, tokenizer: Any) -> _RowReader:
+        from onpolicy_sft.prompts import chat
+
+        self.tok = tokenizer
         self.opening = chat(tokenizer, "\x00").split("\x00")[-1]
         self.eos = tokenizer.eos_token_id
+        return self
 
     def _prompt(self, value: Any, problem: Any, where: str) -> str:
         from onpolicy_sft.prompts import chat, train_prompt
@@ -320,6 +315,8 @@ def policy_gap(
     data = cfg.dataset
     source = os.path.basename(os.path.normpath(data)) if os.path.exists(data) else data
     columns, batches = iter_row_batches(data, split=cfg.split, batch_rows=cfg.batch_rows)
+    reader = _RowReader(columns, cfg, source)  # bad columns fail before the model loads
+    own_engine = engine is None
     eng = engine
     if eng is None:
         from onpolicy_sft.engines import load_engine
@@ -327,17 +324,7 @@ def policy_gap(
         eng = load_engine(
             cfg.engine, cfg.model, dtype=cfg.dtype, score_batch_size=cfg.score_batch_size
         )
-    reader = _RowReader(
-        eng.tokenizer,
-        columns,
-        source=source,
-        prompt_field=cfg.prompt_field,
-        problem_field=cfg.problem_field,
-        response_field=cfg.response_field,
-        behavior_field=cfg.behavior_field,
-        tier_field=cfg.tier_field,
-        id_field=cfg.id_field,
-    )
+    reader.bind(eng.tokenizer)
     out, limit, max_length = cfg.output_dir, cfg.limit, cfg.max_length
     with_entropy = hasattr(eng, "score_with_entropy")
     overall, tiers = _Acc(), {}
@@ -402,6 +389,9 @@ def policy_gap(
         bar.close()
         if writer is not None:
             writer.close()
+        close = getattr(eng, "close", None)
+        if own_engine and callable(close):
+            close()  # vLLM: give the GPU memory back
     if start == 0:
         raise ValueError(f"{source} has no rows; check --dataset/--split")
     summary: dict[str, Any] = {
