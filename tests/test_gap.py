@@ -281,9 +281,9 @@ def test_gap_on_100k_rows_keeps_memory_bounded(tmp_path):
         for i in range(100_000):
             tier = ("self", "guided", "expert")[i % 3]
             f.write(json.dumps({"prompt": f"{i}?", "response": f"{i % 997}", "tier": tier}) + "\n")
-    # a first, untraced pass pays the one-time costs (imports, tokenizer caches, the Arrow
-    # conversion of the file), so the two traced passes differ only in the rows they read
-    policy_gap(model="tiny", dataset=str(data), engine=engine, limit=1_000, progress=False)
+    # a first pass pays the one-time costs (imports, tokenizer caches, the Arrow conversion of
+    # the file, matplotlib's first figure), so the two measured passes differ only in the rows
+    _peak_mib(engine, data, 1_000)  # with output files: matplotlib's first figure too
     small, _ = _peak_mib(engine, data, 5_000)
     big, summary = _peak_mib(engine, data, 100_000)
     print(f"gap peak traced memory: 5k rows {small:.1f} MiB, 100k rows {big:.1f} MiB")
@@ -292,4 +292,4 @@ def test_gap_on_100k_rows_keeps_memory_bounded(tmp_path):
     assert math.isfinite(summary["overall"]["nll_per_token"])
     # holding 100k rows (or their token arrays) would add tens of MiB: 20x the rows of the
     # small pass may not cost more than a few MiB more
-    assert big < small + 4.0, (small, big)
+    assert big < small + 4.0 and big < 32.0, (small, big)
