@@ -364,7 +364,6 @@ def test_local_formats_load_the_same_problems(tmp_path, fmt):
     import pyarrow.parquet as pq
 
     from onpolicy_sft.rewrite.data import load_problems
-    from onpolicy_sft.verify import extract_answer
 
     rows = [{"problem": p, "solution": s["solution"]} for p, s in SCRIPT.items()]
     path = tmp_path / f"train.{fmt}"
@@ -381,7 +380,7 @@ def test_local_formats_load_the_same_problems(tmp_path, fmt):
             w = csv.DictWriter(f, fieldnames=["problem", "solution"])
             w.writeheader()
             w.writerows(rows)
-    probs = load_problems(str(path), extract_answer=extract_answer)
+    probs = load_problems(str(path))
     assert [p.problem for p in probs] == list(SCRIPT)
     assert [p.answer for p in probs] == ["5", "6", "12", "7", None, "9"]
 
@@ -408,8 +407,10 @@ def test_hinted_method_on_a_tiny_model(tiny_qwen2, dataset, tmp_path):
         dataset=dataset,
         output_dir=str(out),
         method="hinted",
+        hinted_variant="simple",  # the structured variant's pre-pass: tests/test_hinted_structured.py
         k_self=1,
         max_tokens=6,
+        hinted_max_tokens=6,
         limit=3,
         progress=False,
     )

@@ -126,6 +126,20 @@ class ConfigBase:
     def replace(self: T, **changes: Any) -> T:
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def with_engine(
+        cls: type[T], config: T | None, engine: Any, options: dict[str, Any]
+    ) -> tuple[T, Any]:
+        """A stage's (config, loaded engine or None) from ``stage(config, engine=..., **options)``:
+        a string ``engine`` is the config's ``engine`` field (as the CLI passes it), anything
+        else an already loaded Engine; ``options`` override ``config`` field by field."""
+        if isinstance(engine, str):
+            options = {**options, "engine": engine}
+            engine = None
+        if config is None:
+            return cls.from_dict(options), engine
+        return (config.replace(**options) if options else config), engine
+
     def identity(self) -> dict[str, Any]:
         """The fields marked ``identity``: what a resumed run must keep unchanged."""
         out: dict[str, Any] = {}
@@ -172,6 +186,10 @@ IGNORE_INDEX = -100
 
 Scheme = Literal["sft", "dft", "is", "idft", "pear"]
 EngineKind = Literal["auto", "vllm", "hf"]
+LambdaMode = Literal["linear", "sigmoid", "piecewise"]
+LAMBDA_MODES: tuple[str, ...] = get_args(LambdaMode)
+Recipe = Literal["dft", "idft", "mtg"]
+PromptType = Literal["auto", "qwen-boxed", "llama-base", "llama-instruct", "chat-template"]
 PAIRS = ("clip", "idft_gamma", "pear_delta_clip", "pear_log_clip")
 
 
@@ -209,6 +227,22 @@ class LossConfig(ConfigBase):
     idft_detach_gamma_only: bool = opt(
         False, "idft: the pre-2026-03-13 form -p^sg(gamma) log p", identity=True
     )
+    idft_warmup_ratio: float = opt(
+        0.0,
+        "idft: share of the training steps with lambda = 0 (the DFT weight p) before the ramp "
+        "of gamma_t = 1 + lambda (gamma_raw - 1) starts (the authors' schedule; 0 = no ramp)",
+        identity=True,
+    )
+    idft_transition_ratio: float = opt(
+        0.0,
+        "idft: share of the training steps over which lambda rises linearly from 0 to 1",
+        identity=True,
+    )
+    idft_lambda: float = opt(
+        1.0,
+        "idft: the ramp factor lambda in [0, 1] (1 = the plain IDFT weight); the trainer sets "
+        "it each step when idft_warmup_ratio or idft_transition_ratio is above 0",
+    )
     pear_gamma: float = opt(0.999, "pear: suffix discount in (0, 1]", identity=True)
     pear_delta_clip: tuple[float, float] = opt(
         (-0.08, 0.3), "pear: per-token log-ratio clip (low high)", identity=True
@@ -217,9 +251,11 @@ class LossConfig(ConfigBase):
         (-10.0, 5.0), "pear: clip of the summed suffix log-ratio (low high)", identity=True
     )
     pear_block: int = opt(1, "pear with level=block: tokens per block", identity=True)
-    normalize: Literal["tokens", "sequence"] = opt(
+    normalize: Literal["tokens", "sequence", "micro_batch"] = opt(
         "tokens",
-        "normaliser Z: tokens (global supervised-token count) or sequence (per-sequence mean)",
+        "normaliser Z: tokens (global supervised-token count), sequence (per-sequence mean) or "
+        "micro_batch (each micro-batch over its own tokens, micro-batches averaged: verl's SFT "
+        "trainer, as the MTG, DFT and IDFT releases ran)",
         identity=True,
     )
     missing_behavior: Literal["auto", "zero", "drop", "error"] = opt(
@@ -267,6 +303,14 @@ class LossConfig(ConfigBase):
             p.append(f"clip={s.clip!r}: a ratio clip below 0 is meaningless; use low >= 0")
         if not _pair_problem("idft_gamma", s.idft_gamma) and float(s.idft_gamma[0]) < 0:
             p.append(f"idft_gamma={s.idft_gamma!r} must be >= 0")
+        for name in ("idft_warmup_ratio", "idft_transition_ratio", "idft_lambda"):
+            if not 0.0 <= getattr(s, name) <= 1.0:
+                p.append(f"{name}={getattr(s, name)!r} must be in [0, 1]")
+        if s.idft_warmup_ratio + s.idft_transition_ratio > 1.0:
+            p.append(
+                f"idft_warmup_ratio + idft_transition_ratio = "
+                f"{s.idft_warmup_ratio + s.idft_transition_ratio} must be <= 1"
+            )
         if not s.idft_beta > 0:
             p.append(f"idft_beta={s.idft_beta!r} must be > 0")
         if not 0 < s.pear_gamma <= 1:
@@ -274,6 +318,21 @@ class LossConfig(ConfigBase):
         if s.chunk_size is not None and s.chunk_size < 1:
             p.append(f"chunk_size={s.chunk_size!r} must be >= 1 (or None for auto)")
         return p
+
+    @property
+    def idft_ramped(self) -> bool:
+        """The exponent ramps over training (the trainer sets idft_lambda each step)."""
+        return self.scheme == "idft" and (self.idft_warmup_ratio + self.idft_transition_ratio) > 0
+
+    def idft_lambda_at(self, progress: float) -> float:
+        """lambda_t at ``progress`` = step / total steps: 0 in the warmup, then linear over
+        the transition, then 1 (the authors' IDFT trainer)."""
+        warm, trans = self.idft_warmup_ratio, self.idft_transition_ratio
+        if progress < warm:
+            return 0.0
+        if progress < warm + trans:
+            return (progress - warm) / trans
+        return 1.0
 
     @property
     def token_local(self) -> bool:
@@ -389,6 +448,31 @@ class RewriteConfig(ConfigBase):
     )
     hinted_temperature: float = opt(0.3, "Hinted Decoding temperature", identity=True)
     hinted_top_p: float = opt(0.95, "Hinted Decoding top-p", identity=True)
+    hinted_variant: Literal["structured", "simple"] = opt(
+        "structured",
+        "structured (the authors' procedure): system instruction, question, reference and the "
+        "analysis a greedy pre-pass writes; plain stream = chat template over the bare problem; "
+        "no copy filter. simple: one instruction sentence, plain stream = the training prompt, "
+        "copy filter",
+        identity=True,
+    )
+    hinted_max_tokens: int = opt(8192, "Hinted Decoding's new tokens (the authors')", identity=True)
+    analysis_max_tokens: int = opt(
+        16384, "new tokens of the structured variant's greedy analysis pre-pass", identity=True
+    )
+    lambda_mode: LambdaMode = opt(
+        "linear",
+        "Hinted Decoding lambda from h = H(p) / log V: linear clip(beta h, 0, 1), sigmoid "
+        "sigmoid(beta (h - center)), piecewise 0 below h1, 1 above h2, linear between",
+        identity=True,
+    )
+    sigmoid_center: float = opt(0.5, "lambda_mode sigmoid: the center", identity=True)
+    piecewise_bounds: tuple[float, float] = opt(
+        (0.3, 0.7), "lambda_mode piecewise: h1 h2", identity=True
+    )
+    repeat_every: int = opt(
+        100, "Hinted Decoding checks for repetition every this many tokens", identity=True
+    )
     copy_span_words: int = opt(
         25, "reject rewrites sharing this many consecutive words with y*", identity=True
     )
@@ -415,8 +499,28 @@ class RewriteConfig(ConfigBase):
         i, n = self.shard.split("/")
         return int(i), int(n)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # lists from JSON/YAML files become tuples
+        object.__setattr__(self, "piecewise_bounds", tuple(float(v) for v in self.piecewise_bounds))
+
     def problems(self) -> list[str]:
-        out = _positive(self, ("k_self", "k_guided", "k_hinted", "max_tokens", "batch_problems"))
+        out = _positive(
+            self,
+            (
+                "k_self",
+                "k_guided",
+                "k_hinted",
+                "max_tokens",
+                "hinted_max_tokens",
+                "analysis_max_tokens",
+                "repeat_every",
+                "batch_problems",
+            ),
+        )
+        msg = _pair_problem("piecewise_bounds", self.piecewise_bounds)
+        if msg:
+            out.append(msg)
         out += _positive(
             self, ("temperature_self", "temperature_guided", "hinted_temperature", "beta"), 0
         )
@@ -446,7 +550,9 @@ class SelectConfig(ConfigBase):
     split: str = opt("train", "split of a hub dataset")
     problem_field: str = opt("problem", "column with the problem text")
     response_field: str = opt("response", "column with a string or a list of strings per row")
-    answer_field: str | None = opt(None, "column with the reference answer (kept in the output)")
+    answer_field: str | None = opt(
+        None, "column with the reference answer (kept in the output; needed by verify)"
+    )
     engine: EngineKind = opt("auto", "scoring engine: auto = vllm with CUDA, else hf")
     tensor_parallel_size: int = opt(1, "vLLM tensor parallelism")
     batch_size: int = opt(64, "candidates scored per call")
@@ -454,9 +560,26 @@ class SelectConfig(ConfigBase):
     save_to_disk: bool = opt(
         False, "also write OUTPUT_DIR/dataset/ (datasets.save_to_disk) beside data.parquet"
     )
+    suffix: str | None = opt(
+        None, "instruction after the problem (none: the chat template over the bare problem)"
+    )
+    math_suffix: bool = opt(
+        False, "append the math instruction (reason step by step, answer in \\boxed{})"
+    )
+    verify: bool = opt(
+        False, "drop candidates the verifier rejects against answer_field before selecting"
+    )
 
     def problems(self) -> list[str]:
-        return _positive(self, ("top_k", "tensor_parallel_size", "batch_size"))
+        out = _positive(self, ("top_k", "tensor_parallel_size", "batch_size"))
+        if self.suffix is not None and self.math_suffix:
+            out.append("give either suffix or math_suffix, not both")
+        if self.verify and not self.answer_field:
+            out.append(
+                "verify (the correctness filter) needs the reference answers: name their "
+                "column with --answer_field"
+            )
+        return out
 
 
 EVAL_BENCHMARKS = ("math500", "minerva", "olympiadbench", "aime24", "amc23")
@@ -546,6 +669,17 @@ class TrainConfig(ConfigBase):
     merge_adapter: bool = opt(
         False, "with --use_peft: also write the merged full model to OUTPUT_DIR/merged"
     )
+    global_batch_size: int | None = opt(
+        None,
+        "sequences per optimizer step over all devices: sets gradient_accumulation_steps to "
+        "global_batch_size / (per_device_train_batch_size x devices) (none: as given)",
+        identity=True,
+    )
+    recipe: Recipe | None = opt(
+        None,
+        "start from a source's released settings (docs/methods.md, 'Training recipes of the "
+        "sources'): mtg, dft or idft; any flag (or --config value) given as well overrides it",
+    )
     loss: LossConfig = dataclasses.field(default_factory=LossConfig, metadata={"nested": True})
 
     def problems(self) -> list[str]:
@@ -554,6 +688,8 @@ class TrainConfig(ConfigBase):
             p.append("merge_adapter needs use_peft (there is no adapter to merge); add --use_peft")
         if self.use_peft and (self.lora_r < 1 or not 0.0 <= self.lora_dropout < 1.0):
             p.append(f"lora_r={self.lora_r} must be >= 1 and lora_dropout in [0, 1)")
+        if self.global_batch_size is not None and self.global_batch_size < 1:
+            p.append(f"global_batch_size={self.global_batch_size} must be >= 1 (or none)")
         if self.max_length < 2:
             p.append(f"max_length={self.max_length} must be >= 2")
         if not 0.0 <= self.warmup_ratio < 1.0:
@@ -596,6 +732,12 @@ class EvalConfig(ConfigBase):
     temperature: float = opt(1.0, "sampling temperature")
     top_p: float = opt(1.0, "sampling top-p")
     max_tokens: int = opt(4096, "new tokens per sample")
+    prompt_type: PromptType = opt(
+        "auto",
+        "the papers' harness prompt family: qwen-boxed, llama-base, llama-instruct, or "
+        "chat-template (the tokenizer's template + the boxed instruction); auto = qwen-boxed "
+        "for Qwen models, else chat-template",
+    )
     engine: EngineKind = opt("auto", "generation engine: auto = vllm with CUDA, else hf")
     tensor_parallel_size: int = opt(1, "vLLM tensor parallelism")
     seed: int = opt(0, "sampling seed")
@@ -620,6 +762,56 @@ class EvalConfig(ConfigBase):
         if self.limit is not None and self.limit < 1:
             p.append(f"limit={self.limit} must be >= 1 (or None for all problems)")
         return p
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GapConfig(ConfigBase):
+    """Options of `onpolicy-sft gap` / ``onpolicy_sft.policy_gap(...)``: how far a dataset is
+    from a model, forward passes only (docs/methods.md, "The policy-gap meter")."""
+
+    model: str = opt(help="model directory or hub name")
+    dataset: str = dataclasses.field(
+        metadata={
+            "help": "any data `train` reads: a rewrite output directory, a .parquet/.jsonl/"
+            ".json/.csv file, a save_to_disk directory or a hub dataset name",
+            "aliases": ["--data"],
+        }
+    )
+    output_dir: str | None = opt(
+        None, "write gap.json, gap_rows.parquet and gap.png here (none: print only)"
+    )
+    split: str = opt("train", "split of a hub dataset")
+    prompt_field: str = opt(
+        "prompt", "prompt column: chat-templated, raw (templated here) or a list of messages"
+    )
+    problem_field: str = opt("problem", "raw problem column, used when there is no prompt column")
+    response_field: str = opt(
+        "response",
+        "completion column (default: 'response', else 'completion'; response_token_ids wins "
+        "when present; a 'messages' column's last assistant turn otherwise)",
+    )
+    behavior_field: str = opt("behavior_logprobs", "per-token behaviour log-prob column")
+    tier_field: str = opt("tier", "statistics per value of this column, when the data has it")
+    id_field: str | None = opt(None, "row id column copied into the per-row table")
+    engine: EngineKind = opt(
+        "hf", "hf (entropy and phi included) or vllm (prompt log-probs only); auto = vllm with CUDA"
+    )
+    batch_rows: int = opt(256, "rows read and scored per step (memory is bounded by this)")
+    score_batch_size: int = opt(8, "HF engine: sequences per forward pass")
+    max_length: int | None = opt(
+        None, "cut prompt + response to this many tokens as training does (none: whole rows)"
+    )
+    limit: int | None = opt(None, "only the first N rows")
+    dtype: str = opt("auto", "dtype the model is loaded in")
+    progress: bool = opt(True, "show a progress bar")
+
+    def problems(self) -> list[str]:
+        out = _positive(self, ("batch_rows", "score_batch_size"))
+        if self.max_length is not None and self.max_length < 2:
+            out.append(f"max_length={self.max_length} must be >= 2 (or none for whole rows)")
+        if self.limit is not None and self.limit < 1:
+            out.append(f"limit={self.limit} must be >= 1 (or none for all rows)")
+        return out
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -261,6 +261,8 @@ def _evaluate(
         temperature=cfg.temperature_eval,
         top_p=1.0,
         max_tokens=cfg.max_tokens,
+        # the prompt the demo trains with (the bundled model has no harness family)
+        prompt_type="chat-template",
         engine=_engine_kind(cfg.engine),
         seed=cfg.seed + 1,
         label=label,

@@ -538,8 +538,19 @@ class PolicyLossMixin:
         # No KV cache in training: it costs memory, and transformers only honours
         # packed position_ids (no cross-sequence attention) without one.
         inputs.setdefault("use_cache", False)
+        if model.training:
+            self._ramp_idft()
         tokens = self.normalize == "tokens"
-        total = num_items_in_batch if tokens else self._seqs_in_batch
+        # micro_batch: PolicyLoss divides by this micro-batch's own tokens and, with
+        # loss_is_scaled_for_ga False below, the Trainer divides by the accumulation steps
+        # and DDP averages over ranks: the mean over micro-batches, as verl's SFT trainer
+        total = (
+            num_items_in_batch
+            if tokens
+            else None
+            if self.normalize == "micro_batch"
+            else self._seqs_in_batch
+        )
         with self.loss_head.batch(labels, behavior, seq_ids, normalizer=total if tokens else None):
             outputs = model(**inputs)
         res = self.loss_head.result
@@ -548,7 +559,7 @@ class PolicyLossMixin:
                 "the model's forward never called its lm_head; PolicyTrainer needs a causal "
                 "LM whose forward ends in model.get_output_embeddings()"
             )
-        loss = res.output.loss if tokens else scale_to_global(res, total)
+        loss = res.output.loss if tokens or total is None else scale_to_global(res, total)
         args = self.args
         # Same correction transformers' compute_loss applies: DDP averages
         # gradients over ranks, while `total` already counts every rank.
@@ -558,6 +569,18 @@ class PolicyLossMixin:
         if model.training:
             self._record(res)
         return (loss, outputs) if return_outputs else loss
+
+    def _ramp_idft(self) -> None:
+        """The authors' IDFT exponent schedule: lambda_t from the share of steps done."""
+        loss_fn = self.loss_head.loss_fn
+        cfg = loss_fn.config
+        if not cfg.idft_ramped:
+            return
+        state = self.state  # type: ignore[attr-defined]
+        lam = cfg.idft_lambda_at(state.global_step / max(int(state.max_steps or 0), 1))
+        if lam != cfg.idft_lambda:
+            loss_fn.config = cfg.replace(idft_lambda=lam)
+        self._idft_lambda = lam
 
     def _record(self, res: SelectedLoss) -> None:
         """Accumulate PolicyLoss's statistics for the next log line (rank 0's view).
@@ -587,6 +610,8 @@ class PolicyLossMixin:
             if self._tokens:
                 logs["nll"] = self._nll_sum / self._tokens
             logs["tokens"] = float(self._tokens)
+            if getattr(self, "_idft_lambda", None) is not None:
+                logs["idft_lambda"] = float(self._idft_lambda)
             for k, v in self._stat_sums.items():
                 logs[k] = v / self._stat_counts[k]
             self._reset_stats()

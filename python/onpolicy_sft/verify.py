@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -27,7 +28,14 @@ from typing import Any
 from onpolicy_sft import _core
 from onpolicy_sft._callable import make_module_callable
 
-__all__ = ["Verdict", "Verifier", "extract_answer", "verify", "verify_batch"]
+__all__ = [
+    "Verdict",
+    "Verifier",
+    "extract_answer",
+    "reference_answer",
+    "verify",
+    "verify_batch",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +116,38 @@ def extract_answer(text: str) -> str | None:
 
 
 # ------------------------------------------------------------------ fallback
+
+
+_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
+def reference_answer(solution: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` or ``\\fbox{...}`` of an expert solution, or None.
+
+    This is the only way a reference answer is taken from a solution (docs/methods.md,
+    "Reference answers"): the verifier's full ladder (last number, "the answer is")
+    is for model outputs; on a proof ending in "2(m+n)" it would make "2" the
+    reference. Braces nest; escaped ``\\{`` / ``\\}`` do not count. An empty or
+    unclosed box gives None.
+    """
+    boxes = list(_BOX.finditer(solution))
+    if not boxes:
+        return None
+    last = boxes[-1]
+    depth, i = 1, last.end()
+    while i < len(solution):
+        ch = solution[i]
+        if ch == "\\":
+            i += 2  # an escaped character (\{, \}, \\) never opens or closes a group
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return solution[last.end() : i].strip() or None
+        i += 1
+    return None  # the last box is never closed; an earlier box is not the final answer
 
 
 def _math_verify(prediction: str, gold: str) -> bool:

@@ -81,6 +81,9 @@ class VLLMEngine(TokenizerIO):
             trust_remote_code=trust_remote_code,
             **llm_kwargs,
         )
+        # the returned log-probs are those of the distribution each token was drawn from
+        # (after temperature and top-p), as the HF engine records them (engines/base.py)
+        kwargs.setdefault("logprobs_mode", "processed_logprobs")
         if data_parallel_size > 1:
             kwargs["data_parallel_size"] = data_parallel_size
         if max_model_len is not None:
@@ -145,6 +148,8 @@ class VLLMEngine(TokenizerIO):
                     float(step[tok].logprob) if step and tok in step else float("nan")
                     for tok, step in zip(ids, comp.logprobs or [{}] * len(ids))
                 ]
+                if s.temperature <= 0.0:  # greedy draws from a point mass (vLLM reports raw)
+                    lps = [0.0] * len(ids)
                 samples.append(
                     Sample(
                         # decoded from the ids as HFEngine does: vLLM's incremental

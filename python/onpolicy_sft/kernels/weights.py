@@ -128,6 +128,10 @@ def _log_hi(hi: float) -> float:
     return math.log(hi) if hi > 0 else -math.inf
 
 
+# IDFT clamps p at 1e-10 (the authors' trainer): log of that floor
+LOG_P_FLOOR = math.log(1e-10)
+
+
 def local_weights(
     logp: torch.Tensor,
     entropy: torch.Tensor | None,
@@ -154,7 +158,10 @@ def local_weights(
         assert entropy is not None
         phi = lp + entropy.float()
         gamma = torch.exp((-phi / spec.idft_beta).clamp(max=80.0)).clamp(*spec.idft_gamma)
-        w = torch.exp(gamma * lp)
+        gamma = 1.0 + spec.idft_lambda * (gamma - 1.0)
+        # the authors clamp p >= 1e-10, which leaves a rarer token no gradient
+        live = lp >= LOG_P_FLOOR
+        w = torch.where(live, torch.exp(gamma * lp), torch.zeros_like(lp))
         if spec.idft_detach_gamma_only:
             return w, w * (1.0 + gamma * lp)
     else:  # pragma: no cover - guarded by LossConfig
@@ -273,6 +280,8 @@ def token_scale(
     With nothing unmasked the scale is 0 everywhere (loss 0, no NaN).
     """
     m = mask.float()
+    if spec.normalize == "micro_batch":  # always this call's own token count
+        return m / m.sum().clamp(min=1.0)
     if spec.normalize == "tokens":
         if normalizer is not None:
             z = torch.as_tensor(normalizer, dtype=torch.float32, device=m.device)

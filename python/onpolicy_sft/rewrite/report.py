@@ -363,7 +363,23 @@ def render(run_dir: str) -> dict[str, Any]:
         "",
         f"Overall mean NLL under pi_0: before {_fmt(ov['nll_before'])}, after {_fmt(ov['nll_after'])}.",
         "",
+        f"Problems without a reference answer (no answer value, no \\boxed{{}} or \\fbox{{}} in "
+        f"the solution; kept as expert): {rep.get('no_reference_answer', 0)}.",
+        "",
     ]
+    variants = rep.get("hinted_variants") or {}
+    if variants:
+        lines += [
+            "## Hinted Decoding by variant",
+            "",
+            "| variant | problems decoded | problems with a correct rewrite | mean phi of the correct rewrites |",
+            "|---|---|---|---|",
+        ]
+        for name, v in variants.items():
+            lines.append(
+                f"| {name} | {v['problems']} | {v['correct']} | {_fmt(v['phi_mean_correct'])} |"
+            )
+        lines.append("")
     for title, key in (
         ("Why problems stayed expert", "expert_reasons"),
         ("Rejected rewrites (copies of the reference)", "rejections"),

@@ -85,6 +85,21 @@ def training_arguments(cfg: TrainConfig, **options: Any) -> TrainingArguments:
     kw = {**TRAINING_DEFAULTS, **options}
     if not kw.get("output_dir"):
         raise ConfigError("output_dir is empty; give --output_dir")
+    if cfg.global_batch_size is not None:
+        per_step = int(kw["per_device_train_batch_size"]) * _world_size()
+        accum, rest = divmod(cfg.global_batch_size, per_step)
+        if rest or accum < 1:
+            raise ConfigError(
+                f"global_batch_size={cfg.global_batch_size} is not a multiple of "
+                f"per_device_train_batch_size x devices = {per_step}; change one of them"
+            )
+        given = options.get("gradient_accumulation_steps")
+        if given is not None and int(given) != accum:
+            raise ConfigError(
+                f"gradient_accumulation_steps={given} contradicts global_batch_size="
+                f"{cfg.global_batch_size} ({accum} steps of {per_step}); give only one"
+            )
+        kw["gradient_accumulation_steps"] = accum
     cuda = torch.cuda.is_available()
     # transformers reads a warmup_steps below 1 as a share of the steps
     kw.setdefault("warmup_steps", cfg.warmup_ratio)
@@ -106,7 +121,13 @@ def resolve(
 
     ``options`` are flat: TrainConfig fields, LossConfig fields and TrainingArguments
     fields by their own names (an unknown name is an error naming the nearest ones).
+    ``recipe`` (mtg, dft, idft) starts from that recipe's values; the other options
+    override them.
     """
+    if options.get("recipe") is not None:
+        from onpolicy_sft.recipes import load_recipe
+
+        options = {**load_recipe(options["recipe"]), **options}
     train_opts, loss_opts, args_opts = split_options(
         options, TrainConfig, LossConfig, TrainingArguments, where="train()"
     )
@@ -318,6 +339,11 @@ def _summary(cfg: TrainConfig, args: TrainingArguments, stats: DataStats) -> str
         f"{args.gradient_accumulation_steps} accumulation step(s) x "
         f"{args.per_device_train_batch_size} x {_world_size()} device(s)"
     )
+    if stats.zero_behavior:
+        text += (
+            f"; {stats.zero_behavior} rows without behaviour log-probs use blogp = 0 "
+            "(the DFT weight)"
+        )
     if stats.prompts_templated:
         text += (
             f"; {stats.prompts_templated} raw {cfg.prompt_field!r} values were put "

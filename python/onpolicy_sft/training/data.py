@@ -61,7 +61,7 @@ class DataStats:
     dropped_prompt_too_long: int = 0  # the prompt alone fills max_length
     dropped_no_behavior: int = 0  # missing behaviour log-probs with missing_behavior="drop"
     dropped_empty_response: int = 0
-    zero_behavior: int = 0  # rows whose missing behaviour log-probs were set to 0
+    zero_behavior: int = 0  # rows whose missing behaviour log-probs were set to 0 (expert rows)
     prompts_templated: int = 0  # raw prompt column values put through the chat template here
     prompt_tokens: int = 0
     response_tokens: int = 0
