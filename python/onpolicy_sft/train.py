@@ -23,7 +23,7 @@ import os
 import random
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -719,10 +719,18 @@ def _check_resume(cfg: TrainConfig, checkpoint: str) -> None:
         )
 
 
-def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
+def train(
+    cfg: TrainConfig | None = None,
+    *,
+    trainer_class: Callable[..., PolicyTrainer] | None = None,
+    **overrides: Any,
+) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data`` with PolicyLoss(``cfg.loss``); write to ``cfg.out``.
 
     ``train(TrainConfig(...))`` or ``train(model=..., data=..., out=..., loss="dft")``.
+    ``trainer_class`` builds the trainer from PolicyTrainer's arguments (a
+    PolicyTrainer subclass, e.g. ``onpolicy_sft.online``'s, which rewrites the
+    data between rounds).
     ``cfg.out`` receives the final weights + tokenizer, ``train_config.json``
     (the resolved config), ``data_stats.json``, ``checkpoint-*/`` and the
     Trainer's ``trainer_state.json`` with the log history.
@@ -806,7 +814,7 @@ def train(cfg: TrainConfig | None = None, **overrides: Any) -> TrainResult:
         use_cpu=not torch.cuda.is_available() and (cfg.bf16 or world > 1),
         disable_tqdm=not os.isatty(2),
     )
-    trainer = PolicyTrainer(
+    trainer = (trainer_class or PolicyTrainer)(
         model=model,
         args=args,
         train_dataset=ExampleDataset(examples),
