@@ -32,6 +32,38 @@ def test_bundled_splits_have_expert_solutions(split: str) -> None:
         assert r["solution"].endswith(f"\\boxed{{{r['answer']}}}.")
 
 
+def test_bundled_splits_cover_both_parts() -> None:
+    """The default demo sizes see every difficulty; its training problems are mostly hard."""
+    from onpolicy_sft.synthetic import HARD
+
+    cfg = DemoConfig.preset()
+    rows = {
+        split: [json.loads(x) for x in (DATA_DIR / f"{split}.jsonl").read_text().splitlines()]
+        for split in ("train", "eval")
+    }
+    held_out = [r["difficulty"] for r in rows["eval"][: cfg.n_eval]]
+    assert all(held_out.count(d) >= cfg.n_eval // 8 for d in (1, 2, 3, 4)), held_out
+    train = [r["difficulty"] for r in rows["train"][: cfg.n_train]]
+    assert sum(d in HARD for d in train) > len(train) / 2
+
+
+def test_bundled_model_leaves_headroom_on_the_hard_part() -> None:
+    """The recipe's own measurements: easy mostly solved, hard rarely, better with a reference."""
+    rec = json.loads((MODEL_DIR / "training.json").read_text())
+    self_solve, guided = rec["self_solve"], rec["guided_solve"]
+    assert self_solve["all"] <= 0.6
+    assert self_solve["easy"] >= 2 * self_solve["hard"]
+    assert guided["hard"] > self_solve["hard"]
+
+
+def test_parts_group_columns_by_difficulty() -> None:
+    from onpolicy_sft.demo import _parts
+
+    cols = {"1-op": 80.0, "2-op": 60.0, "3-op": 10.0, "4-op": 2.0, "Avg.": 38.0}
+    assert _parts(cols) == {"easy": ["1-op", "2-op"], "hard": ["3-op", "4-op"]}
+    assert _parts({"gsm8k": 1.0, "Avg.": 1.0}) == {}
+
+
 def test_splits_are_disjoint() -> None:
     def problems(split: str) -> set[str]:
         lines = (DATA_DIR / f"{split}.jsonl").read_text().splitlines()

@@ -18,8 +18,12 @@ nothing but the package installed:
 
 The bundled model (``assets/tiny_model``) was trained from scratch by
 ``scripts/train_tiny_model.py`` on ``onpolicy_sft.synthetic`` problems in a
-terse style of its own; the bundled expert solutions are correct but verbose
-prose. That difference is the policy gap the method is about.
+terse style of its own, mostly on the easy part of the task (1-2 operations)
+and rarely on the hard part (3-4 operations), with some practice at re-solving
+a problem whose worked solution is in the prompt. The bundled training split is
+mostly hard, and its expert solutions are correct but verbose prose: they teach
+the hard part in a foreign style. That difference is the policy gap the method
+is about.
 """
 
 from __future__ import annotations
@@ -340,7 +344,13 @@ def _format_table(table: dict[str, dict[str, float]], k: int) -> str:
     cols = list(next(iter(table.values())).keys())
     head = "| Method | " + " | ".join(cols) + " |"
     sep = "|---|" + "|".join("---:" for _ in cols) + "|"
-    lines = [f"avg@{k} (%) on held-out problems, by number of operations", "", head, sep]
+    lines = [
+        f"avg@{k} (%) on held-out problems, by number of operations "
+        "(1-2: the easy part, 3-4: the hard part)",
+        "",
+        head,
+        sep,
+    ]
     for name, row in table.items():
         lines.append(f"| {name} | " + " | ".join(f"{row[c]:.2f}" for c in cols) + " |")
     return "\n".join(lines)
@@ -430,6 +440,22 @@ def _paired_se_points(a: dict[str, dict[str, float]], b: dict[str, dict[str, flo
     return 100.0 * math.sqrt(var) / max(1, len(a))
 
 
+def _parts(columns: dict[str, float]) -> dict[str, list[str]]:
+    """The table's columns grouped into the task's easy and hard part (``N-op`` columns only)."""
+    from onpolicy_sft.synthetic import EASY, HARD
+
+    ops = {c: int(c.split("-")[0]) for c in columns if re.fullmatch(r"\d+-op", c)}
+    parts = {
+        "easy": [c for c, d in ops.items() if d in EASY],
+        "hard": [c for c, d in ops.items() if d in HARD],
+    }
+    return {k: v for k, v in parts.items() if v}
+
+
+def _mean_of(row: dict[str, float], cols: list[str]) -> float:
+    return sum(row[c] for c in cols) / len(cols)
+
+
 def _conclusion(res: dict[str, Any]) -> str:
     t = {n: r["Avg."] for n, r in res["table"].items()}
     base = t["Base (pi_0)"]
@@ -454,14 +480,34 @@ def _conclusion(res: dict[str, Any]) -> str:
             lines.append(f"- {name} vs the base model: {cmp(name, 'Base (pi_0)')}.")
     best = max(t, key=lambda k: t[k])
     lines.append(f"- Best row: {best} ({t[best]:.2f}).")
+    parts = _parts(res["table"]["Base (pi_0)"])
+    if parts:
+        cells = []
+        for name in t:
+            if name == "Base (pi_0)":
+                continue
+            deltas = []
+            for part, cols in parts.items():
+                d = _mean_of(res["table"][name], cols) - _mean_of(res["table"]["Base (pi_0)"], cols)
+                se = _paired_se_points(
+                    {c: per_problem[name][c] for c in cols},
+                    {c: per_problem["Base (pi_0)"][c] for c in cols},
+                )
+                deltas.append(f"{part} {d:+.1f} (s.e. {se:.1f})")
+            cells.append(f"{name}: " + ", ".join(deltas))
+        base_parts = ", ".join(
+            f"{part} {_mean_of(res['table']['Base (pi_0)'], cols):.1f}"
+            for part, cols in parts.items()
+        )
+        lines.append(
+            f"- By part (the base scores {base_parts}); change in points against the base, "
+            "paired s.e.: " + "; ".join(cells) + "."
+        )
     if best == "Base (pi_0)":
         lines.append(
-            "- Why no fine-tuned model beats the base here, unlike in the papers: the bundled "
-            "pi_0 was pretrained to convergence on this very task in its own style, so the "
-            "self and guided rows teach it almost nothing new (their NLL under pi_0 is near 0), "
-            "while every expert token is far off-policy. The only new information in the data "
-            "is the expert's style, and learning it costs accuracy. The comparison that carries "
-            "over is between rows: how much each method loses."
+            "- No fine-tuned model beats the base model overall on this run, unlike in the "
+            "papers; the changes by part above say where each lost, and the policy-gap and "
+            "tier lines below how far off-policy its training data was."
         )
     ess = res["ess"]
     nll = res["nll"]
@@ -535,9 +581,12 @@ def _write_report(out: Path, res: dict[str, Any], files: list[str]) -> str:
         "## Setup",
         "",
         "- pi_0 is the bundled tiny model, trained from scratch to solve arithmetic word problems "
-        "in a terse style of its own (`3*4=12. 12+5=17. \\boxed{17}`). The expert solutions of "
-        "the training problems are correct but verbose prose (`... 12 plus 5, that is 17. The "
-        "answer is \\boxed{17}.`): the policy gap.",
+        "in a terse style of its own (`3*4=12. 12+5=17. \\boxed{17}`), mostly on the easy part "
+        "of the task (1-2 operations) and rarely on the hard part (3-4 operations), plus some "
+        "practice at re-solving a problem whose worked solution is in the prompt. The training "
+        "problems are mostly hard; their expert solutions are correct but verbose prose (`... 12 "
+        "plus 5, that is 17. The answer is \\boxed{17}.`): they teach the hard part, in a "
+        "foreign style (the policy gap).",
         f"- Rewriting: three tiers (self: k={res['k_self']} samples at T=1.0; guided: "
         f"k={res['k_guided']} at T=0.7 with the expert solution in the prompt; else expert), "
         "verified against the reference answer; among several correct samples the likeliest "
