@@ -394,7 +394,8 @@ class DemoConfig(ConfigBase):
     """
 
     out: str = "demo_out"  # output directory (report.md, plots, every stage's files)
-    seed: int = 0  # one seed for rewriting, training order and evaluation sampling
+    # training seeds; the rewrite and the base model's evaluation (shared) use the first
+    seeds: tuple[int, ...] = (0, 1, 2)
     engine: str = "auto"  # generation engine: auto | hf | vllm (auto = vllm with CUDA, else hf)
     quick: bool = False  # the reduced size CI runs (< 2 minutes)
     n_train: int = 128  # training problems rewritten and trained on (from the bundled split)
@@ -409,6 +410,7 @@ class DemoConfig(ConfigBase):
     epochs: float = 2.0  # training epochs over the n_train rows, per method
     lr: float = 3e-4  # peak learning rate of every method (same for all, as in the papers)
     batch_size: int = 16  # sequences per optimizer step
+    online_every: str = "epoch"  # online rewriting rounds: "epoch" or every N optimizer steps
     threads: int = 2  # torch CPU threads (the demo's time budget assumes 2 cores)
     model: str | None = None  # None = the bundled tiny model (assets/tiny_model)
     data_dir: str | None = None  # None = the bundled splits (assets/data/{train,eval}.jsonl)
@@ -418,7 +420,16 @@ class DemoConfig(ConfigBase):
         """The full demo (<= 10 min on 2 cores) or the quick CI size (< 2 min)."""
         base: dict[str, Any] = {"quick": quick}
         if quick:
-            base.update(n_train=24, n_eval=24, k_eval=2, k_self=2, k_guided=2, epochs=1.0)
+            base.update(
+                n_train=24,
+                n_eval=24,
+                k_eval=2,
+                k_self=2,
+                k_guided=2,
+                epochs=1.0,
+                seeds=(0,),
+                online_every="1",
+            )
         base.update(overrides)
         return cls(**base)
 
@@ -426,6 +437,17 @@ class DemoConfig(ConfigBase):
         out = []
         if self.engine not in ("auto", "hf", "vllm"):
             out.append(f"engine={self.engine!r} is not one of auto, hf, vllm")
+        bad = [s for s in self.seeds if isinstance(s, bool) or not isinstance(s, int)]
+        if bad or not self.seeds:
+            out.append(
+                f"seeds={self.seeds!r}: give one or more whole numbers, e.g. --seeds 0 1 2"
+                + (f" ({bad[0]!r} is not one)" if bad else "")
+            )
+        elif len(set(self.seeds)) != len(self.seeds):
+            out.append(f"seeds={self.seeds!r} repeats a seed; give distinct seeds")
+        every = str(self.online_every)
+        if every != "epoch" and not (every.isdigit() and int(every) >= 1):
+            out.append(f"online_every={self.online_every!r}: use 'epoch' or a step count >= 1")
         for name in ("n_train", "n_eval", "k_eval", "k_self", "k_guided", "max_tokens"):
             if getattr(self, name) < 1:
                 out.append(f"{name}={getattr(self, name)} must be >= 1")

@@ -1,20 +1,23 @@
 """The embedded default: the whole method on the bundled tiny model, on a CPU.
 
-``demo(out="demo_out", seed=0, engine="auto", quick=False)`` runs, with
+``demo(out="demo_out", seeds=(0, 1, 2), engine="auto", quick=False)`` runs, with
 nothing but the package installed:
 
 1. **rewrite** the bundled training problems with the three tiers (self →
-   guided → expert, METHODS.md "Three-tier rewriting");
-2. **train** five models from the same pi_0: SFT and DFT on the expert
-   solutions, rewriting + SFT, rewriting + DFT and rewriting + IS on the
-   rewritten data (METHODS.md "Loss level");
-3. **evaluate** the base model and the five on held-out problems with avg@k
-   (T = 1.0, top-p = 1, as the evaluation protocol asks);
-4. measure the **policy gap**: mean NLL under pi_0 per tier, and the
+   guided → expert, docs/methods.md "Three-tier rewriting"), once;
+2. measure the **policy gap**: mean NLL under pi_0 per tier, and the
    effective sample size of the token importance weights on the expert data
    and on the rewritten data;
-5. write ``report.md`` (+ ``results.json`` and PNG plots) and print the table
-   in the papers' layout.
+3. **evaluate** the base model once (avg@k, T = 1.0, top-p = 1);
+4. for every seed, **train** seven models from the same pi_0 with one shared
+   training configuration — SFT and DFT on the expert solutions, rewriting +
+   SFT / DFT / IS on the rewritten data, and online rewriting + DFT / SFT
+   (``onpolicy_sft.online``: the model being trained rewrites the remaining
+   expert and guided rows after every epoch) — and **evaluate** each;
+5. write ``report.md`` (+ ``results.json``, PNG plots, ``logs/``, per-step
+   ``train_log.jsonl`` per model) with the mean over seeds and each
+   comparison's paired standard error over problems and seeds, and print the
+   table.
 
 The bundled model (``assets/tiny_model``) was trained from scratch by
 ``scripts/train_tiny_model.py`` on ``onpolicy_sft.synthetic`` problems in a
@@ -28,12 +31,16 @@ is about.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
+import sys
 import time
-from collections.abc import Sequence
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,14 +54,17 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 MODEL_DIR = ASSETS / "tiny_model"
 DATA_DIR = ASSETS / "data"
 
-# (row label in the table, data: "expert" | "rewritten", loss scheme)
-METHODS: tuple[tuple[str, str, str], ...] = (
-    ("SFT", "expert", "sft"),
-    ("DFT", "expert", "dft"),
-    ("Rewriting + SFT", "rewritten", "sft"),
-    ("Rewriting + DFT", "rewritten", "dft"),
-    ("Rewriting + IS", "rewritten", "is"),
+# (row label in the table, data: "expert" | "rewritten", loss scheme, online rounds)
+METHODS: tuple[tuple[str, str, str, bool], ...] = (
+    ("SFT", "expert", "sft", False),
+    ("DFT", "expert", "dft", False),
+    ("Rewriting + SFT", "rewritten", "sft", False),
+    ("Rewriting + DFT", "rewritten", "dft", False),
+    ("Rewriting + IS", "rewritten", "is", False),
+    ("Online rewriting + DFT", "rewritten", "dft", True),
+    ("Online rewriting + SFT", "rewritten", "sft", True),
 )
+BASE = "Base (pi_0)"
 TIERS = ("self", "guided", "expert")
 IS_CLIP = (0.0, 2.0)  # the `is` scheme's default clip (METHODS.md)
 
@@ -64,10 +74,13 @@ class DemoResult:
     """What ``demo`` returns (also written to ``OUT/results.json``)."""
 
     out: str
-    table: dict[str, dict[str, float]]  # method -> column -> avg@k (percent)
+    table: dict[str, dict[str, float]]  # method -> column -> avg@k (percent), mean over seeds
     tiers: dict[str, int]
     nll: dict[str, float]  # per tier (and "expert data") mean NLL per token under pi_0
     ess: dict[str, float]  # "expert data" / "rewritten data" -> ESS fraction
+    seeds: tuple[int, ...] = ()
+    # (method, against, difference in points of "Avg.", paired standard error in points)
+    comparisons: list[tuple[str, str, float, float]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     report: str = ""
 
@@ -87,10 +100,39 @@ def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def _bar(total: int, desc: str) -> Any:
-    from tqdm.auto import tqdm
+@contextlib.contextmanager
+def _quiet(log: Path) -> Iterator[None]:
+    """Send everything a stage prints (logs, warnings, inner progress bars) to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        open(log, "a", encoding="utf-8") as f,
+        contextlib.redirect_stdout(f),
+        contextlib.redirect_stderr(f),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("always")  # into the log, not once per process to the terminal
+        yield
 
-    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, leave=True)
+
+@contextlib.contextmanager
+def _library_bars_off() -> Iterator[None]:
+    """No weight-loading, shard-writing or dataset bars, and no library log lines, for the demo."""
+    import datasets
+    import transformers
+
+    tlog = transformers.utils.logging
+    verbosity = tlog.get_verbosity()
+    bars = datasets.utils.logging.is_progress_bar_enabled()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    datasets.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        tlog.set_verbosity(verbosity)
+        tlog.enable_progress_bar()
+        if bars:
+            datasets.utils.logging.enable_progress_bar()
 
 
 def ess_fraction(weights: np.ndarray) -> float:
@@ -155,7 +197,8 @@ def _rewrite(cfg: DemoConfig, model: Path, train_path: Path, out: Path) -> Path:
         temperature_guided=cfg.temperature_guided,
         max_tokens=cfg.max_tokens,
         selection="likeliest",
-        seed=cfg.seed,
+        seed=cfg.seeds[0],
+        progress=False,
     )
     return out
 
@@ -175,10 +218,19 @@ def _engine_kind(engine: str) -> str:
 
 
 def _train(
-    cfg: DemoConfig, model: Path, data: str, loss: str, out: Path, response_field: str
+    cfg: DemoConfig,
+    model: Path,
+    data: str,
+    loss: str,
+    out: Path,
+    response_field: str,
+    seed: int,
+    online: bool,
 ) -> dict[str, Any]:
+    """One method, one seed: the shared training configuration; online rounds when asked."""
+    import shutil
+
     from onpolicy_sft.config import TrainConfig
-    from onpolicy_sft.train import train
 
     tcfg = TrainConfig(
         model=str(model),
@@ -193,23 +245,37 @@ def _train(
         max_length=1024,
         warmup_ratio=0.1,
         lr_scheduler="cosine",
-        seed=cfg.seed,
+        seed=seed,
         save_steps=10**9,
         save_total_limit=1,
         logging_steps=1,
     )
-    res = train(tcfg)
-    import shutil
+    if online:
+        from onpolicy_sft.online import OnlineConfig, train_online
 
+        res = train_online(tcfg, OnlineConfig(every=cfg.online_every, engine="hf", progress=False))
+    else:
+        from onpolicy_sft.train import train
+
+        res = train(tcfg)
     for ckpt in out.glob("checkpoint-*"):  # the final weights are in `out`; keep the demo small
         shutil.rmtree(ckpt, ignore_errors=True)
-    losses = [float(h["loss"]) for h in res.log_history if "loss" in h]
-    norms = [float(h["grad_norm"]) for h in res.log_history if "grad_norm" in h]
+    steps = [h for h in res.log_history if "loss" in h]
+    with open(out / "train_log.jsonl", "w", encoding="utf-8") as f:
+        for h in steps:
+            row = {k: (int(v) if k in ("step", "tokens") else v) for k, v in h.items()}
+            f.write(json.dumps(row) + "\n")
+    norms = [float(h["grad_norm"]) for h in steps if "grad_norm" in h]
+    rounds = []
+    if online:
+        rounds = json.loads((out / "online" / "rounds.json").read_text(encoding="utf-8"))
     return {
         "steps": res.global_step,
         "training_loss": res.training_loss,
-        "losses": losses,
+        "losses": [float(h["loss"]) for h in steps],
+        "nlls": [float(h["nll"]) for h in steps if "nll" in h],
         "mean_grad_norm": float(np.mean(norms)) if norms else float("nan"),
+        "rounds": rounds,
     }
 
 
@@ -236,6 +302,7 @@ def _evaluate(
     benchmarks: list[str],
     out: Path,
     verifier: Any,
+    seed: int,
 ) -> dict[str, Any]:
     """avg@k on the held-out problems per difficulty (onpolicy_sft.evaluate), plus answer style."""
     from onpolicy_sft.config import EvalConfig
@@ -251,7 +318,7 @@ def _evaluate(
         top_p=1.0,
         max_tokens=cfg.max_tokens,
         engine=_engine_kind(cfg.engine),
-        seed=cfg.seed + 1,
+        seed=seed + 1,
         label=label,
     )
     res = evaluate(ecfg, verifier=verifier).results
@@ -363,15 +430,20 @@ def _plots(out: Path, res: dict[str, Any]) -> list[str]:
     import matplotlib.pyplot as plt
 
     files = []
-    # 1. avg@k per method
+    # 1. avg@k per method, with the paired s.e. against the base as error bars
     names = list(res["table"])
     vals = [res["table"][n]["Avg."] for n in names]
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    ax.barh(names[::-1], vals[::-1], color="#4477aa")
-    ax.set_xlabel(f"avg@{res['k']} (%)")
-    ax.set_title("Held-out accuracy")
-    for i, v in enumerate(vals[::-1]):
-        ax.text(v, i, f" {v:.1f}", va="center")
+    se_vs_base = {a: se for a, b, _, se in res["comparisons"] if b == BASE}
+    errs = [se_vs_base.get(n, 0.0) for n in names]
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(names) + 1.2))
+    ax.barh(names[::-1], vals[::-1], xerr=errs[::-1], color="#4477aa", ecolor="#333333", capsize=3)
+    ax.axvline(res["table"][BASE]["Avg."], color="#999999", linestyle="--", linewidth=1)
+    ax.set_xlabel(
+        f"avg@{res['k']} (%), mean over {len(res['seeds'])} seed(s); bars: paired s.e. vs base"
+    )
+    ax.set_xlim(0, max(vals) * 1.25 + 1)
+    for i, (v, e) in enumerate(zip(vals[::-1], errs[::-1])):
+        ax.text(v + e + 0.5, i, f"{v:.1f}", va="center", fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "accuracy.png", dpi=100)
     plt.close(fig)
@@ -388,30 +460,65 @@ def _plots(out: Path, res: dict[str, Any]) -> list[str]:
     fig.savefig(out / "policy_gap_nll.png", dpi=100)
     plt.close(fig)
     files.append("policy_gap_nll.png")
-    # 3. importance weights
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    # 3. importance weights (legend above the axes, clear of the bars)
+    fig, ax = plt.subplots(figsize=(7, 3.6))
     bins = np.linspace(0, IS_CLIP[1], 41)
     for name, w in res["weights"].items():
         ax.hist(w, bins=bins, alpha=0.6, density=True, label=f"{name} (ESS {res['ess'][name]:.2f})")
     ax.set_xlabel("token importance weight pi_0 / pi_behaviour (clipped)")
     ax.set_ylabel("density")
-    ax.legend()
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False, fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "importance_weights.png", dpi=100)
     plt.close(fig)
     files.append("importance_weights.png")
-    # 4. training loss curves
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    for name, tr in res["training"].items():
+    # 4. training curves of the first seed: the likelihood of the training data (comparable
+    # across schemes) and each scheme's own objective on a log axis (DFT/IS losses are ~1e-2)
+    seed = res["seeds"][0]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, by_seed in res["training"].items():
+        tr = by_seed[seed]
+        if tr["nlls"]:
+            ax1.plot(range(1, len(tr["nlls"]) + 1), tr["nlls"], label=name)
         if tr["losses"]:
-            ax.plot(range(1, len(tr["losses"]) + 1), tr["losses"], label=name)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+            ax2.plot(range(1, len(tr["losses"]) + 1), tr["losses"], label=name)
+    ax1.set_title("NLL of the training tokens")
+    ax2.set_title("training objective (log scale)")
+    ax2.set_yscale("log")
+    for ax in (ax1, ax2):
+        ax.set_xlabel(f"optimizer step (seed {seed})")
+    handles, labels = ax1.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0, 0.78, 1))
     fig.savefig(out / "training_loss.png", dpi=100)
     plt.close(fig)
     files.append("training_loss.png")
+    # 5. online rounds: expert rows, policy gap and ESS per round, one line per method and seed
+    if res.get("online"):
+        fig, axes = plt.subplots(1, 3, figsize=(10, 3.2))
+        for name, by_seed in res["online"].items():
+            for s_, hist in by_seed.items():
+                r = [h["round"] for h in hist]
+                label = f"{name.replace('Online rewriting', 'Online')}, seed {s_}"
+                axes[0].plot(r, [h["tiers"]["expert"] for h in hist], marker="o", label=label)
+                axes[1].plot(r, [h["nll"] for h in hist], marker="o")
+                axes[2].plot(r, [h["ess"] for h in hist], marker="o")
+        for ax, title in zip(axes, ("expert rows", "NLL / token, current model", "ESS fraction")):
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("round")
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        axes[0].yaxis.get_major_locator().set_params(integer=True)
+        fig.legend(
+            *axes[0].get_legend_handles_labels(),
+            loc="lower center",
+            ncol=3,
+            fontsize=7,
+            frameon=False,
+        )
+        fig.tight_layout(rect=(0, 0.12, 1, 1))
+        fig.savefig(out / "online_rounds.png", dpi=100)
+        plt.close(fig)
+        files.append("online_rounds.png")
     return files
 
 
@@ -456,54 +563,143 @@ def _mean_of(row: dict[str, float], cols: list[str]) -> float:
     return sum(row[c] for c in cols) / len(cols)
 
 
+def _aggregate(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """One method's evaluations averaged over its seeds: per column and per problem."""
+    seeds = sorted(runs)
+    first = runs[seeds[0]]
+
+    def mean(key: str) -> float:
+        return float(np.mean([runs[s][key] for s in seeds]))
+
+    return {
+        "columns": {
+            c: float(np.mean([runs[s]["columns"][c] for s in seeds])) for c in first["columns"]
+        },
+        # benchmark -> problem -> accuracy over k samples and the seeds: the paired unit
+        "per_problem": {
+            b: {
+                pid: float(np.mean([runs[s]["per_problem"][b][pid] for s in seeds]))
+                for pid in probs
+            }
+            for b, probs in first["per_problem"].items()
+        },
+        "by_seed": {s: runs[s]["columns"] for s in seeds},
+        "expert_style_frac": mean("expert_style_frac"),
+        "mean_tokens": mean("mean_tokens"),
+        "truncated_frac": mean("truncated_frac"),
+        "example": first["example"],
+    }
+
+
+def _comparison_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
+    """Every method against the base and against plain SFT; online against offline rewriting."""
+    methods = [n for n in names if n != BASE]
+    pairs = [(m, BASE) for m in methods]
+    pairs += [(m, "SFT") for m in methods if m != "SFT" and "SFT" in names]
+    for m in methods:
+        if m.startswith("Online rewriting + "):
+            offline = m.replace("Online rewriting", "Rewriting")
+            if offline in names:
+                pairs.append((m, offline))
+    return pairs
+
+
+def comparisons(res: dict[str, Any]) -> list[tuple[str, str, float, float]]:
+    """(method, against, difference of "Avg." in points, paired s.e. in points) for each pair.
+
+    Paired over problems: each problem's accuracy is first averaged over its
+    k samples and over the seeds (the base model, shared by all seeds, has one
+    evaluation), so the standard error counts problems, and seed-to-seed noise
+    is part of every problem's difference.
+    """
+    t = {n: r["Avg."] for n, r in res["table"].items()}
+    pp = {name: e["per_problem"] for name, e in res["eval"].items()}
+    return [
+        (a, b, t[a] - t[b], _paired_se_points(pp[a], pp[b])) for a, b in _comparison_pairs(list(t))
+    ]
+
+
+def _verdict(d: float, se: float) -> str:
+    if abs(d) < 2 * se:
+        return "within noise"
+    return "better beyond 2 s.e." if d > 0 else "worse beyond 2 s.e."
+
+
 def _conclusion(res: dict[str, Any]) -> str:
     t = {n: r["Avg."] for n, r in res["table"].items()}
-    base = t["Base (pi_0)"]
+    base = t[BASE]
     n = res["n_eval"] * res["k"]
     per_problem = {name: e["per_problem"] for name, e in res["eval"].items()}
+    cmp = {(a, b): (d, se) for a, b, d, se in res["comparisons"]}
+    seeds = res["seeds"]
 
-    def cmp(a: str, b: str) -> str:
-        d = t[a] - t[b]
-        se = _paired_se_points(per_problem[a], per_problem[b])
-        if abs(d) < 2 * se:
-            return f"{d:+.2f} points, within noise (paired s.e. {se:.1f})"
-        return f"{d:+.2f} points, {'better' if d > 0 else 'worse'} beyond 2 paired s.e. ({se:.1f})"
-
-    lines = []
-    for plain, rew in (("SFT", "Rewriting + SFT"), ("DFT", "Rewriting + DFT")):
-        lines.append(
-            f"- {rew} vs {plain}: {t[rew]:.2f} vs {t[plain]:.2f} avg@{res['k']} "
-            f"({cmp(rew, plain)})."
-        )
+    lines = [
+        f"- Averages over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); every difference "
+        "below is in avg points with its paired standard error over problems and seeds."
+    ]
+    beats = [m for (m, b), (d, se) in cmp.items() if b == BASE and d >= 2 * se]
     for name in t:
-        if name != "Base (pi_0)":
-            lines.append(f"- {name} vs the base model: {cmp(name, 'Base (pi_0)')}.")
+        if name == BASE:
+            continue
+        d, se = cmp[(name, BASE)]
+        cells = [f"vs the base {d:+.2f} (s.e. {se:.1f}, {_verdict(d, se)})"]
+        if (name, "SFT") in cmp:
+            d2, se2 = cmp[(name, "SFT")]
+            cells.append(f"vs SFT {d2:+.2f} (s.e. {se2:.1f}, {_verdict(d2, se2)})")
+        lines.append(f"- {name} ({t[name]:.2f}): " + "; ".join(cells) + ".")
+    lines.append(
+        f"- Beat the base model ({base:.2f}) beyond 2 s.e.: "
+        + (", ".join(beats) if beats else "none of the fine-tuned models")
+        + "."
+    )
+    for (a, b), (d, se) in cmp.items():
+        if a.startswith("Online rewriting + ") and b.startswith("Rewriting + "):
+            lines.append(
+                f"- {a} vs {b} (offline): {d:+.2f} points, {_verdict(d, se)} (s.e. {se:.1f})."
+            )
+    online = res.get("online") or {}
+    for name, by_seed in online.items():
+        first = [h[0] for h in by_seed.values() if h]
+        last = [h[-1] for h in by_seed.values() if h]
+        if not first:
+            continue
+        rounds = max(len(h) - 1 for h in by_seed.values())
+        mean = lambda xs: float(np.mean(xs))  # noqa: E731
+        lines.append(
+            f"- {name}: {rounds} online round(s) per seed turned expert rows "
+            f"{mean([h['tiers']['expert'] for h in first]):.1f} -> "
+            f"{mean([h['tiers']['expert'] for h in last]):.1f} and self rows "
+            f"{mean([h['tiers']['self'] for h in first]):.1f} -> "
+            f"{mean([h['tiers']['self'] for h in last]):.1f} (mean over seeds); the training "
+            f"data's NLL under the current model went {mean([h['nll'] for h in first]):.2f} -> "
+            f"{mean([h['nll'] for h in last]):.2f} nats/token and the ESS fraction of its `is` "
+            f"weights {mean([h['ess'] for h in first]):.2f} -> {mean([h['ess'] for h in last]):.2f}."
+        )
     best = max(t, key=lambda k: t[k])
     lines.append(f"- Best row: {best} ({t[best]:.2f}).")
-    parts = _parts(res["table"]["Base (pi_0)"])
+    parts = _parts(res["table"][BASE])
     if parts:
         cells = []
         for name in t:
-            if name == "Base (pi_0)":
+            if name == BASE:
                 continue
             deltas = []
             for part, cols in parts.items():
-                d = _mean_of(res["table"][name], cols) - _mean_of(res["table"]["Base (pi_0)"], cols)
+                d = _mean_of(res["table"][name], cols) - _mean_of(res["table"][BASE], cols)
                 se = _paired_se_points(
                     {c: per_problem[name][c] for c in cols},
-                    {c: per_problem["Base (pi_0)"][c] for c in cols},
+                    {c: per_problem[BASE][c] for c in cols},
                 )
                 deltas.append(f"{part} {d:+.1f} (s.e. {se:.1f})")
             cells.append(f"{name}: " + ", ".join(deltas))
         base_parts = ", ".join(
-            f"{part} {_mean_of(res['table']['Base (pi_0)'], cols):.1f}"
-            for part, cols in parts.items()
+            f"{part} {_mean_of(res['table'][BASE], cols):.1f}" for part, cols in parts.items()
         )
         lines.append(
             f"- By part (the base scores {base_parts}); change in points against the base, "
             "paired s.e.: " + "; ".join(cells) + "."
         )
-    if best == "Base (pi_0)":
+    if best == BASE:
         lines.append(
             "- No fine-tuned model beats the base model overall on this run, unlike in the "
             "papers; the changes by part above say where each lost, and the policy-gap and "
@@ -575,8 +771,9 @@ def _write_report(out: Path, res: dict[str, Any], files: list[str]) -> str:
         "# onpolicy-sft demo",
         "",
         f"Bundled tiny model ({res['model_params'] / 1e6:.2f}M parameters), "
-        f"{res['n_train']} training problems, {res['n_eval']} held-out problems, seed {res['seed']}, "
-        f"engine {res['engine']}, {'quick' if res['quick'] else 'full'} size.",
+        f"{res['n_train']} training problems, {res['n_eval']} held-out problems, seeds "
+        f"{', '.join(map(str, res['seeds']))}, engine {res['engine']}, "
+        f"{'quick' if res['quick'] else 'full'} size.",
         "",
         "## Setup",
         "",
@@ -591,17 +788,38 @@ def _write_report(out: Path, res: dict[str, Any], files: list[str]) -> str:
         f"k={res['k_guided']} at T=0.7 with the expert solution in the prompt; else expert), "
         "verified against the reference answer; among several correct samples the likeliest "
         "under pi_0 is kept.",
-        "- SFT/DFT train on the expert solutions, the rewriting rows on the rewritten data; all five "
-        f"start from pi_0 with the same optimiser (AdamW, lr {res['lr']:g}, cosine, "
-        f"{res['epochs']:g} epochs, batch {res['batch_size']}, seed {res['seed']}). IS uses "
-        "token-level clipped ratios (0, 2) against the stored behaviour log-probs (blogp = 0 "
-        "for expert rows).",
+        "- SFT/DFT train on the expert solutions, the rewriting rows on the rewritten data. "
+        "Every method starts from pi_0 with one shared training configuration (below), fixed "
+        "before any result was looked at and never tuned per method. IS uses token-level "
+        "clipped ratios (0, 2) against the stored behaviour log-probs (blogp = 0 for expert "
+        "rows). Online rewriting trains the same way on the same offline-rewritten data and, "
+        f"after every {'epoch' if res['online_every'] == 'epoch' else str(res['online_every']) + ' optimizer steps'}, "
+        "the current model rewrites its expert and guided rows again (self, then guided); a row "
+        "is replaced when the new rewrite is correct (onpolicy_sft.online).",
+        f"- Seeds: {', '.join(map(str, res['seeds']))}. The rewrite (seed {res['seeds'][0]}) and "
+        "the base model's evaluation are shared by the seeds; each seed trains and evaluates "
+        "every method (its own data order and sampling).",
         f"- Evaluation: avg@{res['k']} at T=1.0, top-p 1 on held-out problems (columns: number of "
         "operations, like the papers' benchmarks), graded by onpolicy_sft.Verifier.",
+        "",
+        "## Training configuration (shared by every method)",
+        "",
+        "| Setting | Value |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in res["train_config"].items()),
         "",
         "## Results",
         "",
         _format_table(res["table"], res["k"]),
+        "",
+        "### Comparisons (difference of Avg., points; paired s.e. over problems and seeds)",
+        "",
+        "| Method | against | difference | paired s.e. | verdict |",
+        "|---|---|---:|---:|---|",
+        *(
+            f"| {a} | {b} | {d:+.2f} | {se:.2f} | {_verdict(d, se)} |"
+            for a, b, d, se in res["comparisons"]
+        ),
         "",
         "## Policy gap",
         "",
@@ -646,13 +864,38 @@ def _write_report(out: Path, res: dict[str, Any], files: list[str]) -> str:
         "",
         "## Training",
         "",
-        "| Method | steps | mean training loss | mean gradient norm (before clipping) |",
-        "|---|---:|---:|---:|",
+        "Per-step logs: `models/<method>/seed-<s>/train_log.jsonl`.",
+        "",
+        "| Method | seed | steps | mean training loss | mean gradient norm (before clipping) |",
+        "|---|---:|---:|---:|---:|",
     ]
-    for name, tr in res["training"].items():
-        lines.append(
-            f"| {name} | {tr['steps']} | {tr['training_loss']:.4f} | {tr['mean_grad_norm']:.3f} |"
-        )
+    for name, by_seed in res["training"].items():
+        for seed, tr in by_seed.items():
+            lines.append(
+                f"| {name} | {seed} | {tr['steps']} | {tr['training_loss']:.4f} | "
+                f"{tr['mean_grad_norm']:.3f} |"
+            )
+    if res.get("online"):
+        lines += [
+            "",
+            "## Online rounds",
+            "",
+            "Round 0 is the offline-rewritten data under pi_0; round r the data after the r-th "
+            "rewrite, under the model that wrote it (NLL: mean per token; ESS: fraction, of the "
+            "`is` weights).",
+            "",
+            "| Method | seed | round | step | self | guided | expert | replaced | NLL | ESS |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, by_seed in res["online"].items():
+            for seed, hist in by_seed.items():
+                for h in hist:
+                    t = h["tiers"]
+                    lines.append(
+                        f"| {name} | {seed} | {h['round']} | {h['step']} | {t['self']} | "
+                        f"{t['guided'] + t['hinted']} | {t['expert']} | {h['replaced']} | "
+                        f"{h['nll']:.3f} | {h['ess']:.3f} |"
+                    )
     lines += ["", "## Time", "", "| Stage | seconds |", "|---|---:|"]
     for stage, s in res["seconds"].items():
         lines.append(f"| {stage} | {s:.1f} |")
@@ -670,16 +913,23 @@ def _write_report(out: Path, res: dict[str, Any], files: list[str]) -> str:
 
 def demo(
     out: str | os.PathLike[str] = "demo_out",
-    seed: int = 0,
+    seeds: Sequence[int] | None = None,
     engine: str = "auto",
     quick: bool = False,
     **overrides: Any,
 ) -> DemoResult:
-    """Run the whole method on the bundled tiny model; write ``OUT/report.md``; return the numbers."""
+    """Run the whole method on the bundled tiny model; write ``OUT/report.md``; return the numbers.
+
+    ``seeds``: the training seeds (default: three for the full run, one for ``quick``).
+    The terminal gets one progress bar for the stages, one line per stage and the
+    table; everything a stage prints goes to ``OUT/logs/<stage>.log``.
+    """
     import torch
     from tqdm.auto import tqdm
 
-    cfg = DemoConfig.preset(quick=quick, out=os.fspath(out), seed=seed, engine=engine, **overrides)
+    if seeds is not None:
+        overrides["seeds"] = tuple(seeds)
+    cfg = DemoConfig.preset(quick=quick, out=os.fspath(out), engine=engine, **overrides)
     model_dir = Path(cfg.model) if cfg.model else MODEL_DIR
     data_dir = Path(cfg.data_dir) if cfg.data_dir else DATA_DIR
     if not model_dir.is_dir() or not (data_dir / "train.jsonl").is_file():
@@ -693,6 +943,7 @@ def demo(
     root = Path(cfg.out)
     root.mkdir(parents=True, exist_ok=True)
     cfg.save(root / "demo_config.json")
+    logs = root / "logs"
     seconds: dict[str, float] = {}
     t_all = time.time()
 
@@ -701,71 +952,104 @@ def demo(
     train_path = root / "data" / "train.jsonl"
     _write_jsonl(train_path, train_rows)
     _write_jsonl(root / "data" / "eval.jsonl", eval_rows)
-
-    stages = tqdm(total=3 + len(METHODS) + len(METHODS) + 1, desc="demo", unit="stage")
-
-    # 1. rewriting
-    t0 = time.time()
-    stages.set_postfix_str("rewrite (three tiers)")
-    rewrite_dir = _rewrite(cfg, model_dir, train_path, root / "rewrite")
-    seconds["rewrite"] = time.time() - t0
-    stages.update()
-
-    # 2. policy gap
-    t0 = time.time()
-    stages.set_postfix_str("policy gap")
-    gap = _policy_gap(model_dir, rewrite_dir, train_rows)
-    seconds["policy gap"] = time.time() - t0
-    stages.update()
-
-    # 3. training
-    training: dict[str, dict[str, Any]] = {}
-    model_dirs: dict[str, Path] = {"Base (pi_0)": model_dir}
-    t0 = time.time()
-    for name, data_kind, loss in METHODS:
-        stages.set_postfix_str(f"train {name}")
-        slug = name.lower().replace(" + ", "_").replace(" ", "_")
-        mdir = root / "models" / slug
-        if data_kind == "expert":
-            training[name] = _train(
-                cfg, model_dir, str(train_path), loss, mdir, response_field="solution"
-            )
-        else:
-            training[name] = _train(
-                cfg, model_dir, str(rewrite_dir), loss, mdir, response_field="response"
-            )
-        model_dirs[name] = mdir
-        stages.update()
-    seconds["train (5 methods)"] = time.time() - t0
-
-    # 4. evaluation
-    from onpolicy_sft.verify import Verifier
-
     bench_dir = root / "data" / "benchmarks"
     benchmarks = _write_benchmarks(eval_rows, bench_dir)
+
+    terminal = sys.stderr
+    stages = tqdm(
+        total=4 + len(cfg.seeds) * len(METHODS),
+        desc="demo",
+        unit="stage",
+        file=terminal,
+        dynamic_ncols=True,
+        bar_format="{desc} {n_fmt}/{total_fmt} |{bar:20}| {elapsed}<{remaining} {postfix}",
+    )
+
+    def done(stage: str, t0: float, line: str) -> None:
+        seconds[stage] = time.time() - t0
+        stages.write(f"{stage}: {line} ({seconds[stage]:.1f}s)", file=terminal)
+        stages.update()
+
+    from onpolicy_sft.verify import Verifier
+
     verifier = Verifier()
-    evals: dict[str, dict[str, Any]] = {}
-    t0 = time.time()
+    training: dict[str, dict[int, dict[str, Any]]] = {}
+    runs: dict[str, dict[int, dict[str, Any]]] = {}
     try:
-        for name, mdir in model_dirs.items():
-            stages.set_postfix_str(f"eval {name}")
-            slug = "base" if mdir == model_dir else mdir.name
-            evals[name] = _evaluate(
-                cfg, name, mdir, bench_dir, benchmarks, root / "eval" / slug, verifier
+        with _library_bars_off():
+            t0 = time.time()
+            stages.set_postfix_str("rewrite (three tiers)")
+            with _quiet(logs / "rewrite.log"):
+                rewrite_dir = _rewrite(cfg, model_dir, train_path, root / "rewrite")
+            tiers_line = _tiers_line(rewrite_dir)
+            done("rewrite", t0, tiers_line)
+
+            t0 = time.time()
+            stages.set_postfix_str("policy gap")
+            with _quiet(logs / "policy_gap.log"):
+                gap = _policy_gap(model_dir, rewrite_dir, train_rows)
+            done(
+                "policy gap",
+                t0,
+                f"NLL/token under pi_0: expert data {gap['nll']['expert data (all problems)']:.2f}, "
+                f"rewritten {gap['nll']['rewritten data (all rows)']:.2f}",
             )
-            stages.update()
+
+            t0 = time.time()
+            stages.set_postfix_str("evaluate the base model")
+            with _quiet(logs / "eval_base.log"):
+                base = _evaluate(
+                    cfg, BASE, model_dir, bench_dir, benchmarks, root / "eval" / "base",
+                    verifier, cfg.seeds[0],
+                )  # fmt: skip
+            runs[BASE] = {s: base for s in cfg.seeds}
+            done("base", t0, f"avg@{cfg.k_eval} {base['columns']['Avg.']:.2f}")
+
+            for seed in cfg.seeds:
+                for name, data_kind, loss, online in METHODS:
+                    t0 = time.time()
+                    stages.set_postfix_str(f"{name}, seed {seed}")
+                    slug = _slug(name)
+                    mdir = root / "models" / slug / f"seed-{seed}"
+                    with _quiet(logs / f"{slug}-seed-{seed}.log"):
+                        tr = _train(
+                            cfg,
+                            model_dir,
+                            str(train_path if data_kind == "expert" else rewrite_dir),
+                            loss,
+                            mdir,
+                            "solution" if data_kind == "expert" else "response",
+                            seed,
+                            online,
+                        )
+                        ev = _evaluate(
+                            cfg, name, mdir, bench_dir, benchmarks,
+                            root / "eval" / slug / f"seed-{seed}", verifier, seed,
+                        )  # fmt: skip
+                    training.setdefault(name, {})[seed] = tr
+                    runs.setdefault(name, {})[seed] = ev
+                    extra = ""
+                    if tr["rounds"]:
+                        first, last = tr["rounds"][0]["tiers"], tr["rounds"][-1]["tiers"]
+                        extra = (
+                            f", {len(tr['rounds']) - 1} round(s): expert rows "
+                            f"{first['expert']} -> {last['expert']}"
+                        )
+                    done(
+                        f"{name} (seed {seed})",
+                        t0,
+                        f"{tr['steps']} steps{extra}; avg@{cfg.k_eval} {ev['columns']['Avg.']:.2f}",
+                    )
     finally:
         close = getattr(verifier, "close", None)
         if callable(close):
             close()
-    seconds["evaluate (6 models)"] = time.time() - t0
 
-    # 5. report
     t0 = time.time()
     stages.set_postfix_str("report")
-    n_params = _count_params(model_dir)
+    evals = {name: _aggregate(by_seed) for name, by_seed in runs.items()}
     res: dict[str, Any] = {
-        "seed": cfg.seed,
+        "seeds": list(cfg.seeds),
         "quick": cfg.quick,
         "engine": _engine_kind(cfg.engine),
         "k": cfg.k_eval,
@@ -774,12 +1058,31 @@ def demo(
         "lr": cfg.lr,
         "epochs": cfg.epochs,
         "batch_size": cfg.batch_size,
+        "online_every": cfg.online_every,
+        "train_config": {
+            "optimiser": "AdamW (transformers' defaults), weight decay 0",
+            "learning rate": f"{cfg.lr:g}, cosine, warmup ratio 0.1",
+            "epochs": f"{cfg.epochs:g}",
+            "batch": f"{cfg.batch_size} sequences per step (no accumulation)",
+            "max length": "1024 tokens",
+            "gradient clip": "1.0",
+            "online rounds": (
+                "after every epoch"
+                if cfg.online_every == "epoch"
+                else f"every {cfg.online_every} optimizer steps"
+            ),
+        },
         "n_train": len(train_rows),
         "n_eval": len(eval_rows),
-        "model_params": n_params,
+        "model_params": _count_params(model_dir),
         "table": {n: e["columns"] for n, e in evals.items()},
         "eval": evals,
         "training": training,
+        "online": {
+            n: {s: tr["rounds"] for s, tr in by.items()}
+            for n, by in training.items()
+            if any(tr["rounds"] for tr in by.values())
+        },
         "tiers": gap["tiers"],
         "nll": gap["nll"],
         "ess": gap["ess"],
@@ -788,6 +1091,7 @@ def demo(
         "guided_steps_ok": gap["guided_steps_ok"],
         "seconds": seconds,
     }
+    res["comparisons"] = comparisons(res)
     files = _plots(root, res)
     seconds["report"] = time.time() - t0
     seconds["total"] = time.time() - t_all
@@ -799,23 +1103,41 @@ def demo(
     print(_format_table(res["table"], cfg.k_eval))
     print()
     print(
-        "policy gap (mean NLL/token under pi_0): "
-        + ", ".join(f"{k} {v:.3f}" for k, v in gap["nll"].items())
+        "vs base / vs SFT (points, paired s.e.): "
+        + "; ".join(f"{a} {d:+.1f} ({se:.1f})" for a, b, d, se in res["comparisons"] if b == BASE)
     )
-    print("ESS fraction: " + ", ".join(f"{k} {v:.3f}" for k, v in gap["ess"].items()))
-    print(f"tiers: {gap['tiers']}; total {seconds['total']:.0f}s; report: {root / 'report.md'}")
-    print()
-    print("What the numbers say:")
-    print(_conclusion(res))
+    online_lines = [
+        f"{a} vs offline {d:+.1f} ({se:.1f})"
+        for a, b, d, se in res["comparisons"]
+        if a.startswith("Online") and b.startswith("Rewriting")
+    ]
+    if online_lines:
+        print("online vs offline rewriting: " + "; ".join(online_lines))
+    print(f"total {seconds['total']:.0f}s; report, plots and logs: {root / 'report.md'}")
     return DemoResult(
         out=str(root),
         table=res["table"],
         tiers=gap["tiers"],
         nll=gap["nll"],
         ess=gap["ess"],
+        seeds=tuple(cfg.seeds),
+        comparisons=res["comparisons"],
         seconds=seconds,
         report=report,
     )
+
+
+def _slug(name: str) -> str:
+    return name.lower().replace(" + ", "_").replace(" ", "_")
+
+
+def _tiers_line(rewrite_dir: Path) -> str:
+    import pyarrow.parquet as pq
+
+    tiers = Counter(
+        pq.read_table(rewrite_dir / "data.parquet", columns=["tier"]).column(0).to_pylist()
+    )
+    return "tiers " + ", ".join(f"{t} {tiers.get(t, 0)}" for t in TIERS)
 
 
 def _count_params(model_dir: Path) -> int:

@@ -6,13 +6,31 @@ import argparse
 
 HELP = (
     "run the whole method on the bundled tiny model (rewrite with three tiers, train SFT/DFT/"
-    "rewriting+SFT/DFT/IS, evaluate avg@k, policy-gap figures) and write OUT/report.md"
+    "rewriting+SFT/DFT/IS and online rewriting+DFT/SFT over seeds, evaluate avg@k with paired "
+    "standard errors, policy-gap figures) and write OUT/report.md"
 )
+
+
+def _seed(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"seed {text!r} is not a whole number; give integers, e.g. --seeds 0 1 2"
+        ) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
-    parser.add_argument("--seed", type=int, default=0, help="one seed for every stage (default: 0)")
+    parser.add_argument(
+        "--seeds",
+        type=_seed,
+        nargs="+",
+        default=None,
+        metavar="SEED",
+        help="training seeds, e.g. --seeds 0 1 2 (default: 0 1 2; --quick: 0); the rewrite and "
+        "the base model's evaluation use the first",
+    )
     parser.add_argument(
         "--engine",
         default="auto",
@@ -27,5 +45,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from onpolicy_sft.demo import demo
 
-    demo(out=args.out, seed=args.seed, engine=args.engine, quick=args.quick)
+    demo(out=args.out, seeds=args.seeds, engine=args.engine, quick=args.quick)
     return 0
