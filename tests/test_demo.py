@@ -128,14 +128,33 @@ def test_quick_preset_is_smaller() -> None:
 
 
 @pytest.mark.slow
-def test_quick_demo_report_has_every_table_and_figure(tmp_path: Path) -> None:
+def test_quick_demo_report_has_every_table_and_figure(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     from onpolicy_sft.cli import main
 
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out), "--seed", "0", "--engine", "hf"]) == 0
+    assert main(["demo", "--quick", "--out", str(out), "--seeds", "0", "--engine", "hf"]) == 0
+    printed = capfd.readouterr()
+    lines = (printed.out + printed.err).splitlines()
+    assert len(lines) < 40, "\n".join(lines)
+    assert not [x for x in lines if "Loading weights" in x or "it/s]" in x], lines
     report = (out / "report.md").read_text()
-    for heading in ("## Results", "## Policy gap", "## What the numbers say", "## Time"):
+    for heading in (
+        "## Training configuration (shared by every method)",
+        "## Results",
+        "### Comparisons",
+        "## Policy gap",
+        "## What the numbers say",
+        "## Online rounds",
+        "## Time",
+    ):
         assert heading in report
+    assert "Online rewriting + DFT vs Rewriting + DFT (offline)" in report
+    for m in METHODS:
+        log = out / "models" / m[0].lower().replace(" + ", "_").replace(" ", "_") / "seed-0"
+        steps = [json.loads(x) for x in (log / "train_log.jsonl").read_text().splitlines()]
+        assert steps and all(isinstance(x["tokens"], int) for x in steps)
     rows = {
         line.split("|")[1].strip(): line for line in report.splitlines() if line.startswith("|")
     }
@@ -162,6 +181,7 @@ def test_quick_demo_report_has_every_table_and_figure(tmp_path: Path) -> None:
         "policy_gap_nll.png",
         "importance_weights.png",
         "training_loss.png",
+        "online_rounds.png",
     ):
         assert (out / png).stat().st_size > 1000
         assert f"]({png})" in report
@@ -183,5 +203,57 @@ def test_demo_is_callable_after_module_import() -> None:
 def test_cli_parses_demo_flags() -> None:
     from onpolicy_sft.cli import build_parser
 
-    args = build_parser().parse_args(["demo", "--quick", "--seed", "3", "--out", "x"])
-    assert (args.quick, args.seed, args.out, args.engine) == (True, 3, "x", "auto")
+    args = build_parser().parse_args(["demo", "--quick", "--seeds", "3", "5", "--out", "x"])
+    assert (args.quick, args.seeds, args.out, args.engine) == (True, [3, 5], "x", "auto")
+    assert build_parser().parse_args(["demo"]).seeds is None  # the preset's seeds
+
+
+def test_a_seed_that_is_not_a_whole_number_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    from onpolicy_sft.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--seeds", "0", "1.5"])
+    assert "seed '1.5' is not a whole number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "seeds, message",
+    [((), "give one or more"), ((0, "x"), "'x' is not one"), ((1, 1), "repeats a seed")],
+    ids=["none", "not-int", "repeated"],
+)
+def test_config_rejects_bad_seeds(seeds: tuple[object, ...], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        DemoConfig.preset(seeds=seeds)
+
+
+def test_full_preset_has_three_seeds_and_quick_one() -> None:
+    assert DemoConfig.preset().seeds == (0, 1, 2)
+    assert DemoConfig.preset(quick=True).seeds == (0,)
+
+
+def test_comparisons_pair_every_method_with_base_sft_and_offline() -> None:
+    from onpolicy_sft.demo import BASE, _comparison_pairs
+
+    names = [BASE, *(m[0] for m in METHODS)]
+    pairs = _comparison_pairs(names)
+    for m in METHODS:
+        assert (m[0], BASE) in pairs
+    assert ("Rewriting + DFT", "SFT") in pairs and ("SFT", "SFT") not in pairs
+    assert ("Online rewriting + DFT", "Rewriting + DFT") in pairs
+    assert ("Online rewriting + SFT", "Rewriting + SFT") in pairs
+
+
+def test_seed_average_is_the_paired_unit() -> None:
+    from onpolicy_sft.demo import _aggregate
+
+    run = lambda x: {  # noqa: E731
+        "columns": {"1-op": 100 * x, "Avg.": 100 * x},
+        "per_problem": {"1-op": {"p": x}},
+        "expert_style_frac": 0.0,
+        "mean_tokens": 10.0,
+        "truncated_frac": 0.0,
+        "example": "",
+    }
+    agg = _aggregate({0: run(1.0), 1: run(0.5)})
+    assert agg["per_problem"] == {"1-op": {"p": 0.75}}
+    assert agg["columns"]["Avg."] == pytest.approx(75.0)

@@ -118,8 +118,8 @@ def test_a_row_is_replaced_by_a_correct_rewrite_of_an_equal_or_better_tier(
 
 @pytest.mark.parametrize("every", ["often", "0", "-3", "2.5"])
 def test_every_must_be_epoch_or_a_step_count(every: str) -> None:
-    with pytest.raises(ConfigError, match=f"every={every!r}"):
-        OnlineConfig(every=every)
+    with pytest.raises(ConfigError, match=f"online_every={every!r}"):
+        OnlineConfig(online_every=every)
 
 
 def test_an_engine_that_cannot_take_new_weights_is_refused(rewritten: Path, tmp_path: Path) -> None:
@@ -132,7 +132,7 @@ def test_an_engine_that_cannot_take_new_weights_is_refused(rewritten: Path, tmp_
         def score(self, *a: object, **k: object) -> list[object]:
             return []
 
-    with pytest.raises(ValueError, match="FrozenEngine has no load_weights.*--online_engine hf"):
+    with pytest.raises(ValueError, match=r"FrozenEngine has no load_weights.*--online_engine hf"):
         train_online(_cfg(rewritten, tmp_path / "out"), engine=FrozenEngine())
     assert not (tmp_path / "out").exists()  # refused before any work
 
@@ -140,7 +140,9 @@ def test_an_engine_that_cannot_take_new_weights_is_refused(rewritten: Path, tmp_
 def test_data_that_is_not_a_rewrite_output_is_refused(tmp_path: Path) -> None:
     data = tmp_path / "plain.jsonl"
     data.write_text('{"problem": "1+1?", "response": "2"}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match="config.json, which does not exist.*--online_rewrite_config"):
+    with pytest.raises(
+        ValueError, match=r"config.json, which does not exist.*--online_rewrite_config"
+    ):
         train_online(_cfg(data, tmp_path / "out"))
 
 
@@ -160,7 +162,7 @@ def test_rounds_rewrite_with_the_current_weights(rewritten: Path, tmp_path: Path
     from onpolicy_sft.ledger import Ledger
 
     out = tmp_path / "out"
-    res = train_online(_cfg(rewritten, out), OnlineConfig(every="1", progress=False))
+    res = train_online(_cfg(rewritten, out), OnlineConfig(online_every="1", online_progress=False))
     assert res.global_step == 3
     online = out / "online"
     history = json.loads((online / "rounds.json").read_text())
@@ -177,7 +179,9 @@ def test_rounds_rewrite_with_the_current_weights(rewritten: Path, tmp_path: Path
         weights = HFEngine(str(out / f"checkpoint-{r}"))  # saved before the round rewrote
         pi0 = HFEngine(str(MODEL_DIR))
         with Ledger.open(str(rdir / "rewrite" / "ledger"), create=False, readonly=True) as led:
-            attempts = [a for pid in led.problem_ids() for a in led.attempts(pid) if a.stage == "self"]
+            attempts = [
+                a for pid in led.problem_ids() for a in led.attempts(pid) if a.stage == "self"
+            ]
         assert attempts
         prompts = [
             row["prompt"]
@@ -187,7 +191,7 @@ def test_rounds_rewrite_with_the_current_weights(rewritten: Path, tmp_path: Path
         ]
         now = weights.score(prompts, [a.token_ids for a in attempts])
         before = pi0.score(prompts, [a.token_ids for a in attempts])
-        for a, lp, lp0 in zip(attempts, now, before):
+        for a, lp in zip(attempts, now):
             np.testing.assert_allclose(a.behavior_logprobs, lp, atol=2e-4)
         assert max(float(np.abs(a - b).max()) for a, b in zip(now, before)) > 1e-2
         rows = pq.read_table(rdir / "data.parquet").to_pylist()
@@ -214,7 +218,7 @@ KILL_SCRIPT = textwrap.dedent(
         model=str(MODEL_DIR), data=data, out=out, loss="is", lr=1e-3, max_steps=3,
         global_batch_size=4, micro_batch_size=4, max_length=512, warmup_ratio=0.0,
         lr_scheduler="constant", save_steps=1000, seed=0, resume=resume)
-    res = train_online(cfg, OnlineConfig(every="1", progress=False))
+    res = train_online(cfg, OnlineConfig(online_every="1", online_progress=False))
     print("DONE", res.global_step, flush=True)
     """
 )
@@ -293,3 +297,79 @@ def test_kill9_inside_a_round_and_between_rounds(rewritten: Path, tmp_path: Path
     for a, b in zip(got, want):
         assert a["tiers"] == b["tiers"] and a["replaced"] == b["replaced"]
         assert a["nll"] == pytest.approx(b["nll"], abs=1e-4)
+
+
+DDP_SCRIPT = textwrap.dedent(
+    """
+    import hashlib, os, sys, torch
+    torch.set_num_threads(1)
+    import onpolicy_sft.online as online
+    from onpolicy_sft.config import TrainConfig
+    from onpolicy_sft.demo import MODEL_DIR
+    from onpolicy_sft.train import shutdown_distributed
+
+    swap = online.OnlineRun._swap
+
+    def reporting_swap(self):
+        swap(self)
+        digest = hashlib.sha1()
+        for ex in self.trainer.examples:
+            digest.update(ex.input_ids.tobytes() + ex.labels.tobytes() + ex.behavior.tobytes())
+        print(f"SWAP rank={os.environ['RANK']} {digest.hexdigest()}", flush=True)
+
+    online.OnlineRun._swap = reporting_swap
+    data, out = sys.argv[1], sys.argv[2]
+    cfg = TrainConfig(
+        model=str(MODEL_DIR), data=data, out=out, loss="is", lr=1e-3, max_steps=2,
+        global_batch_size=4, micro_batch_size=2, max_length=512, warmup_ratio=0.0,
+        lr_scheduler="constant", save_steps=1000, seed=0)
+    res = online.train_online(cfg, online.OnlineConfig(online_every="1", online_progress=False))
+    print(f"DONE rank={os.environ['RANK']} {res.global_step}", flush=True)
+    shutdown_distributed()
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_ddp_ranks_rewrite_their_shards_with_the_current_weights(
+    rewritten: Path, tmp_path: Path
+) -> None:
+    import pyarrow.parquet as pq
+
+    from onpolicy_sft.engines.hf import HFEngine
+    from onpolicy_sft.ledger import Ledger
+
+    script = tmp_path / "ddp_online.py"
+    script.write_text(DDP_SCRIPT, encoding="utf-8")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    cmd += ["--master_port", "29533", str(script), str(rewritten), str(out)]
+    log = _run_until(cmd, None, timeout=900)
+    assert "DONE rank=0 2" in log and "DONE rank=1 2" in log
+    swaps = [line.split()[-2:] for line in log.splitlines() if line.startswith("SWAP")]
+    assert sorted(r for r, _ in swaps) == ["rank=0", "rank=1"]
+    assert len({d for _, d in swaps}) == 1  # both ranks train on the same rows after the round
+
+    rdir = out / "online" / "round-001"
+    wanted = {
+        json.loads(x)["problem_id"] for x in (rdir / "problems.jsonl").read_text().splitlines()
+    }
+    shards = []
+    for i in range(2):
+        with Ledger.open(
+            str(rdir / "rewrite" / f"shard-{i}-of-2" / "ledger"), create=False, readonly=True
+        ) as led:
+            shards.append({pid: list(led.attempts(pid)) for pid in led.problem_ids()})
+    assert not set(shards[0]) & set(shards[1]) and set(shards[0]) | set(shards[1]) == wanted
+    rows = {
+        r["problem_id"]: r for r in pq.read_table(rdir / "rewrite" / "data.parquet").to_pylist()
+    }
+    # rank 1's samples are the weights after step 1 (rank 0 saved them as checkpoint-1)
+    weights = HFEngine(str(out / "checkpoint-1"))
+    atts = [a for v in shards[1].values() for a in v if a.stage == "self"]
+    scored = weights.score(
+        [rows[a.problem_id]["prompt"] for a in atts], [a.token_ids for a in atts]
+    )
+    for a, lp in zip(atts, scored):
+        np.testing.assert_allclose(a.behavior_logprobs, lp, atol=2e-4)
+    assert len(pq.read_table(rdir / "data.parquet")) == N_PROBLEMS

@@ -253,7 +253,10 @@ def _train(
     if online:
         from onpolicy_sft.online import OnlineConfig, train_online
 
-        res = train_online(tcfg, OnlineConfig(every=cfg.online_every, engine="hf", progress=False))
+        res = train_online(
+            tcfg,
+            OnlineConfig(online_every=cfg.online_every, online_engine="hf", online_progress=False),
+        )
     else:
         from onpolicy_sft.train import train
 
@@ -956,14 +959,18 @@ def demo(
     benchmarks = _write_benchmarks(eval_rows, bench_dir)
 
     terminal = sys.stderr
+    # A bar only on a terminal; a log or CI gets the stage lines alone.
     stages = tqdm(
         total=4 + len(cfg.seeds) * len(METHODS),
-        desc="demo",
-        unit="stage",
         file=terminal,
+        disable=not terminal.isatty(),
         dynamic_ncols=True,
-        bar_format="{desc} {n_fmt}/{total_fmt} |{bar:20}| {elapsed}<{remaining} {postfix}",
+        bar_format="{desc} {n_fmt}/{total_fmt} |{bar:20}| {elapsed}<{remaining}",
     )
+
+    def start(stage: str) -> float:
+        stages.set_description_str(f"demo: {stage}")
+        return time.time()
 
     def done(stage: str, t0: float, line: str) -> None:
         seconds[stage] = time.time() - t0
@@ -977,15 +984,13 @@ def demo(
     runs: dict[str, dict[int, dict[str, Any]]] = {}
     try:
         with _library_bars_off():
-            t0 = time.time()
-            stages.set_postfix_str("rewrite (three tiers)")
+            t0 = start("rewrite (three tiers)")
             with _quiet(logs / "rewrite.log"):
                 rewrite_dir = _rewrite(cfg, model_dir, train_path, root / "rewrite")
             tiers_line = _tiers_line(rewrite_dir)
             done("rewrite", t0, tiers_line)
 
-            t0 = time.time()
-            stages.set_postfix_str("policy gap")
+            t0 = start("policy gap")
             with _quiet(logs / "policy_gap.log"):
                 gap = _policy_gap(model_dir, rewrite_dir, train_rows)
             done(
@@ -995,8 +1000,7 @@ def demo(
                 f"rewritten {gap['nll']['rewritten data (all rows)']:.2f}",
             )
 
-            t0 = time.time()
-            stages.set_postfix_str("evaluate the base model")
+            t0 = start("evaluate the base model")
             with _quiet(logs / "eval_base.log"):
                 base = _evaluate(
                     cfg, BASE, model_dir, bench_dir, benchmarks, root / "eval" / "base",
@@ -1007,8 +1011,7 @@ def demo(
 
             for seed in cfg.seeds:
                 for name, data_kind, loss, online in METHODS:
-                    t0 = time.time()
-                    stages.set_postfix_str(f"{name}, seed {seed}")
+                    t0 = start(f"{name}, seed {seed}")
                     slug = _slug(name)
                     mdir = root / "models" / slug / f"seed-{seed}"
                     with _quiet(logs / f"{slug}-seed-{seed}.log"):
@@ -1045,8 +1048,7 @@ def demo(
         if callable(close):
             close()
 
-    t0 = time.time()
-    stages.set_postfix_str("report")
+    t0 = start("report")
     evals = {name: _aggregate(by_seed) for name, by_seed in runs.items()}
     res: dict[str, Any] = {
         "seeds": list(cfg.seeds),
@@ -1103,7 +1105,7 @@ def demo(
     print(_format_table(res["table"], cfg.k_eval))
     print()
     print(
-        "vs base / vs SFT (points, paired s.e.): "
+        "vs the base (avg points, paired s.e.): "
         + "; ".join(f"{a} {d:+.1f} ({se:.1f})" for a, b, d, se in res["comparisons"] if b == BASE)
     )
     online_lines = [

@@ -3,7 +3,7 @@
 Offline rewriting (``onpolicy-sft rewrite``) asks pi_0 once; as training moves
 the model, its rewritten rows drift off-policy and its expert rows stay as
 foreign as they were. ``train_online`` alternates rounds: after each round
-(``every``: ``"epoch"`` or a number of optimizer steps) the *current* model
+(``online_every``: ``"epoch"`` or a number of optimizer steps) the *current* model
 rewrites again the problems whose rows are still ``expert``, ``guided`` or
 ``hinted`` (self first, then guided or hinted, with the offline rewrite's
 settings), and a row is replaced when the new rewrite is correct and its tier
@@ -73,28 +73,33 @@ IS_CLIP = (0.0, 2.0)  # the `is` scheme's default clip, for the ESS statistic
 class OnlineConfig(ConfigBase):
     """Options of online rewriting (``onpolicy-sft train --online_every ...``)."""
 
-    every: str = "epoch"  # "epoch", or N: a round after every N optimizer steps
-    engine: str = "hf"  # hf: the trainer's own model; vllm: a colocated engine fed its weights
+    # Field names carry the prefix so that they sit beside TrainConfig's as flags
+    # (--online_every), as TRL's GRPOConfig names its vllm_* options.
+    online_every: str = "epoch"  # "epoch", or N: a round after every N optimizer steps
+    online_engine: str = (
+        "hf"  # hf: the trainer's own model; vllm: a colocated engine fed its weights
+    )
     # The rewrite settings (k, temperatures, method, prompts, selection): None = the
     # offline rewrite's, read from DATA/config.json.
-    rewrite_config: str | None = None
+    online_rewrite_config: str | None = None
     vllm_gpu_memory_utilization: float = 0.3  # the colocated engine's share of the GPU
-    progress: bool = True  # the rewrite's progress bars
+    vllm_max_model_len: int | None = None  # None: the model's own limit
+    online_progress: bool = True  # the rewrite's progress bars
 
     def every_steps(self) -> int | None:
         """N for "every N steps", None for "each epoch"."""
-        return None if str(self.every) == "epoch" else int(self.every)
+        return None if str(self.online_every) == "epoch" else int(self.online_every)
 
     def problems(self) -> list[str]:
         out = []
-        every = str(self.every)
+        every = str(self.online_every)
         if every != "epoch" and not (every.isdigit() and int(every) >= 1):
             out.append(
-                f"every={self.every!r}: use 'epoch' or a whole number of optimizer steps >= 1 "
+                f"online_every={self.online_every!r}: use 'epoch' or a whole number of optimizer steps >= 1 "
                 "(e.g. --online_every 20)"
             )
-        if self.engine not in ENGINES:
-            out.append(f"engine={self.engine!r}; use one of {', '.join(ENGINES)}")
+        if self.online_engine not in ENGINES:
+            out.append(f"online_engine={self.online_engine!r}; use one of {', '.join(ENGINES)}")
         if not 0 < self.vllm_gpu_memory_utilization < 1:
             out.append(
                 f"vllm_gpu_memory_utilization={self.vllm_gpu_memory_utilization} must be in (0, 1)"
@@ -561,7 +566,7 @@ class OnlineRun:
             seed=self.rewrite_cfg.seed + 1000 * r,
             engine="vllm" if self._use_vllm() else "hf",
             shard="0/1",
-            progress=self.online.progress,
+            progress=self.online.online_progress,
         )
         if world > 1 and len(_ids(problems_path)) >= world:
             Pipeline(rcfg.replace(shard=f"{rank}/{world}"), engine=engine).run()
@@ -597,6 +602,7 @@ class OnlineRun:
                     self.cfg.model,
                     seed=self.rewrite_cfg.seed,
                     gpu_memory_utilization=self.online.vllm_gpu_memory_utilization,
+                    max_model_len=self.online.vllm_max_model_len,
                     weight_updates=True,
                 )
             check_engine_takes_weights(self._vllm)
@@ -605,11 +611,11 @@ class OnlineRun:
         return HFEngine(model, tokenizer=tok, max_batch_size=self.rewrite_cfg.max_batch_size)
 
     def _use_vllm(self) -> bool:
-        if self.online.engine == "auto":
+        if self.online.online_engine == "auto":
             from onpolicy_sft.engines import vllm_available
 
             return vllm_available() and torch.cuda.is_available()
-        return self.online.engine == "vllm"
+        return self.online.online_engine == "vllm"
 
     def _statistics(self, rows: Sequence[dict[str, Any]], engine: Any = None) -> dict[str, Any]:
         from onpolicy_sft.engines.hf import HFEngine
@@ -699,7 +705,11 @@ def plot_rounds(path: Path, history: Sequence[dict[str, Any]]) -> None:
 
 
 def _rewrite_config_of(cfg: TrainConfig, online: OnlineConfig) -> RewriteConfig:
-    path = Path(online.rewrite_config) if online.rewrite_config else Path(cfg.data) / "config.json"
+    path = (
+        Path(online.online_rewrite_config)
+        if online.online_rewrite_config
+        else Path(cfg.data) / "config.json"
+    )
     if not path.is_file():
         raise ValueError(
             f"online rewriting reads the problems and rewrite settings of the data's rewrite from "
@@ -722,7 +732,7 @@ def train_online(
 
     ``cfg.data`` must be the output directory of ``onpolicy-sft rewrite``
     (its ``config.json`` names the problems and the rewrite settings).
-    ``engine``: an already built engine to generate with instead of ``online.engine``;
+    ``engine``: an already built engine to generate with instead of ``online.online_engine``;
     it must take the new weights each round (``load_weights(named_tensors)``).
     """
     from functools import partial
@@ -756,7 +766,7 @@ def train_online(
 
 def _check_distributed(cfg: TrainConfig, online: OnlineConfig) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world > 1 and online.engine == "vllm":
+    if world > 1 and online.online_engine == "vllm":
         raise ValueError(
             "online rewriting with --online_engine vllm runs one colocated engine in one "
             f"process; this launch has {world} processes. Use --online_engine hf (every rank "
