@@ -604,7 +604,18 @@ def _comparison_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
             offline = m.replace("Online rewriting", "Rewriting")
             if offline in names:
                 pairs.append((m, offline))
+    pairs += [p for p in PAPER_ORDERINGS if p not in pairs and set(p) <= set(names)]
     return pairs
+
+
+# What the papers (and, for online rounds, this project) expect: (better, worse).
+PAPER_ORDERINGS = (
+    ("DFT", "SFT"),
+    ("Rewriting + SFT", "SFT"),
+    ("Rewriting + DFT", "DFT"),
+    ("Rewriting + DFT", "Rewriting + SFT"),
+    ("Online rewriting + DFT", "Rewriting + DFT"),
+)
 
 
 def comparisons(res: dict[str, Any]) -> list[tuple[str, str, float, float]]:
@@ -626,6 +637,58 @@ def _verdict(d: float, se: float) -> str:
     if abs(d) < 2 * se:
         return "within noise"
     return "better beyond 2 s.e." if d > 0 else "worse beyond 2 s.e."
+
+
+def _orderings(res: dict[str, Any], cmp: dict[tuple[str, str], tuple[float, float]]) -> list[str]:
+    """Whether each of the papers' orderings holds on this run, and the measurements behind a miss."""
+    held, missed = [], []
+    for a, b in PAPER_ORDERINGS:
+        if (a, b) not in cmp:
+            continue
+        d, se = cmp[(a, b)]
+        (held if d >= 2 * se else missed).append((a, b, d, se))
+    lines = []
+    if held:
+        lines.append(
+            "- The papers' orderings that hold here (beyond 2 s.e.): "
+            + "; ".join(f"{a} > {b} ({d:+.2f}, s.e. {se:.1f})" for a, b, d, se in held)
+            + "."
+        )
+    ess, nll, tiers = res["ess"], res["nll"], res["tiers"]
+    rows = max(1, sum(tiers.values()))
+    for a, b, d, se in missed:
+        why = ""
+        if a.endswith("DFT") and b.endswith("SFT"):
+            why = (
+                f"DFT weighs each token by p_t: the ESS fraction of those weights is "
+                f"{ess['expert data']:.2f} on the expert data and {ess['rewritten data']:.2f} on "
+                "the rewritten data, so DFT learns from a small share of the tokens that SFT "
+                "learns from, and least from the tokens pi_0 finds unlikely, which are the ones "
+                "that teach it something new"
+            )
+        elif a.startswith("Rewriting") and not b.startswith("Rewriting"):
+            why = (
+                f"the rewritten data keeps {tiers['expert']} of {rows} rows as expert prose, and "
+                f"its self rows cost {nll['self']:.2f} nats/token under pi_0 (the expert "
+                f"solutions {nll['expert data (all problems)']:.2f}): the rows that became "
+                "on-policy are mostly those pi_0 already solved"
+            )
+        elif a.startswith("Online"):
+            hist = [h for by in (res.get("online") or {}).values() for h in by.values()]
+            if hist:
+                first = float(np.mean([h[0]["tiers"]["expert"] for h in hist]))
+                last = float(np.mean([h[-1]["tiers"]["expert"] for h in hist]))
+                swapped = float(np.mean([sum(x["replaced"] for x in h) for h in hist]))
+                why = (
+                    f"the rounds replaced {swapped:.1f} rows per run on average (expert rows "
+                    f"{first:.1f} -> {last:.1f}), so online and offline training differ only on "
+                    "those rows and only after the first round"
+                )
+        lines.append(
+            f"- {a} > {b}, as in the papers, does NOT hold here ({d:+.2f} points, s.e. {se:.1f})"
+            + (f": {why}." if why else ".")
+        )
+    return lines
 
 
 def _conclusion(res: dict[str, Any]) -> str:
@@ -678,6 +741,7 @@ def _conclusion(res: dict[str, Any]) -> str:
             f"{mean([h['nll'] for h in last]):.2f} nats/token and the ESS fraction of its `is` "
             f"weights {mean([h['ess'] for h in first]):.2f} -> {mean([h['ess'] for h in last]):.2f}."
         )
+    lines += _orderings(res, cmp)
     best = max(t, key=lambda k: t[k])
     lines.append(f"- Best row: {best} ({t[best]:.2f}).")
     parts = _parts(res["table"][BASE])

@@ -84,6 +84,7 @@ class OnlineConfig(ConfigBase):
     online_rewrite_config: str | None = None
     vllm_gpu_memory_utilization: float = 0.3  # the colocated engine's share of the GPU
     vllm_max_model_len: int | None = None  # None: the model's own limit
+    vllm_dtype: str = "auto"  # the engine's weights; "auto" = the model config's dtype
     online_progress: bool = True  # the rewrite's progress bars
 
     def every_steps(self) -> int | None:
@@ -603,6 +604,7 @@ class OnlineRun:
                     seed=self.rewrite_cfg.seed,
                     gpu_memory_utilization=self.online.vllm_gpu_memory_utilization,
                     max_model_len=self.online.vllm_max_model_len,
+                    dtype=self.online.vllm_dtype,
                     weight_updates=True,
                 )
             check_engine_takes_weights(self._vllm)
