@@ -15,7 +15,7 @@ TrainingArguments (bf16 autocast, gradient checkpointing, AdamW):
   *loss-related* memory (lm_head logits/gradients and the loss itself);
 - ``hf default``: transformers' Trainer, the model computes logits and its
   cross-entropy (``labels`` passed to forward);
-- ``ours sft`` / ``ours dft``: ``onpolicy_sft.train.PolicyTrainer``.
+- ``ours sft`` / ``ours dft``: ``onpolicy_sft.training.PolicyTrainer``.
 
 Per variant: median seconds per optimizer step over ``--steps`` steps after
 ``--warmup`` steps, tokens/s (all tokens of the batch, prompt included), and
@@ -84,7 +84,7 @@ TARGET_MEM = 0.5
 def make_data(n_rows: int, seq: int, vocab: int, prompt_len: int) -> list[Any]:
     import torch
 
-    from onpolicy_sft.train import Example
+    from onpolicy_sft.training import Example
 
     g = torch.Generator().manual_seed(0)
     rows = []
@@ -99,8 +99,8 @@ def run_variant(name: str, shapes: dict[str, Any], args: argparse.Namespace) -> 
     from transformers import AutoModelForCausalLM, Qwen2Config, Trainer, TrainerCallback
     from transformers import TrainingArguments as TA
 
-    from onpolicy_sft.integrations import build_policy_loss
-    from onpolicy_sft.train import Collator, ExampleDataset, PolicyTrainer
+    from onpolicy_sft.losses import PolicyLoss
+    from onpolicy_sft.training import Collator, ExampleDataset, PolicyTrainer
 
     cuda = torch.cuda.is_available() and not args.cpu
     device = "cuda" if cuda else "cpu"
@@ -163,7 +163,7 @@ def run_variant(name: str, shapes: dict[str, Any], args: argparse.Namespace) -> 
         trainer = FloorTrainer(**common)
     else:
         scheme = name.split()[-1]
-        loss_fn = build_policy_loss(scheme)
+        loss_fn = PolicyLoss(scheme)
         trainer = PolicyTrainer(**common, loss_fn=loss_fn)
     if cuda:
         torch.cuda.empty_cache()

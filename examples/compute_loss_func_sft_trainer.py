@@ -13,7 +13,7 @@ computes them in a second, gradient-free forward through its own chunked LM
 head (TRL's price for any ``compute_loss_func``, about a third of a training
 step). Our loss never builds the (N, V) logits. Schemes ``is`` and ``pear``
 need per-token behaviour log-probs in the batch, which TRL's collator does not
-carry: use ``onpolicy-sft train`` or a collator like ``onpolicy_sft.train.Collator``.
+carry: use ``onpolicy-sft train`` or a collator like ``onpolicy_sft.training.Collator``.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "python"))
 
 from onpolicy_sft import synthetic  # noqa: E402
-from onpolicy_sft.rewrite.prompts import guided_prompt, hinted_prompt, train_prompt  # noqa: E402
+from onpolicy_sft.prompts import guided_prompt, hinted_prompt, train_prompt  # noqa: E402
 
 ASSETS = REPO / "python" / "onpolicy_sft" / "assets"
 
@@ -117,7 +117,7 @@ def main() -> int:
     corpus_rng = random.Random(args.seed)
     sample = corpus_rng.sample(pre, min(len(pre), 3000))
     sample += corpus_rng.sample(pre_guided, min(len(pre_guided), 1000))
-    from onpolicy_sft.rewrite.prompts import GUIDED_INSTRUCTION, HINTED_INSTRUCTION, SUFFIX
+    from onpolicy_sft.prompts import GUIDED_INSTRUCTION, HINTED_INSTRUCTION, SUFFIX
 
     corpus = [
         GUIDED_INSTRUCTION,

@@ -75,7 +75,7 @@ def test_splits_are_disjoint() -> None:
 def test_chat_template_is_bundled() -> None:
     from transformers import AutoTokenizer
 
-    from onpolicy_sft.rewrite.prompts import train_prompt
+    from onpolicy_sft.prompts import train_prompt
 
     tok = AutoTokenizer.from_pretrained(MODEL_DIR)
     assert train_prompt(tok, "Ann has 3 apples.").startswith("<|im_start|>user\n")
@@ -134,7 +134,9 @@ def test_quick_demo_report_has_every_table_and_figure(
     from onpolicy_sft.cli import main
 
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out), "--seeds", "0", "--engine", "hf"]) == 0
+    assert (
+        main(["demo", "--quick", "--output_dir", str(out), "--seeds", "0", "--engine", "hf"]) == 0
+    )
     printed = capfd.readouterr()
     lines = (printed.out + printed.err).splitlines()
     assert len(lines) < 40, "\n".join(lines)
@@ -201,19 +203,27 @@ def test_demo_is_callable_after_module_import() -> None:
 
 
 def test_cli_parses_demo_flags() -> None:
-    from onpolicy_sft.cli import build_parser
+    from onpolicy_sft.commands import parse
 
-    args = build_parser().parse_args(["demo", "--quick", "--seeds", "3", "5", "--out", "x"])
-    assert (args.quick, args.seeds, args.out, args.engine) == (True, [3, 5], "x", "auto")
-    assert build_parser().parse_args(["demo"]).seeds is None  # the preset's seeds
+    options = parse("demo", ["--quick", "--seeds", "3", "5", "--output_dir", "x"])
+    assert options == {"quick": True, "seeds": (3, 5), "output_dir": "x"}
+    cfg = DemoConfig.preset(**options)
+    assert (cfg.quick, cfg.seeds, cfg.output_dir, cfg.engine, cfg.n_train) == (
+        True,
+        (3, 5),
+        "x",
+        "auto",
+        DemoConfig.QUICK["n_train"],
+    )
+    assert "seeds" not in parse("demo", [])  # the preset's seeds
 
 
 def test_a_seed_that_is_not_a_whole_number_is_named(capsys: pytest.CaptureFixture[str]) -> None:
-    from onpolicy_sft.cli import build_parser
+    from onpolicy_sft.cli import main
 
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["demo", "--seeds", "0", "1.5"])
-    assert "seed '1.5' is not a whole number" in capsys.readouterr().err
+    assert main(["demo", "--seeds", "0", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert "--seeds" in err and "'1.5'" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(

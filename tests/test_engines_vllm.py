@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from onpolicy_sft.engines import load_engine, vllm_available
-from onpolicy_sft.rewrite.prompts import train_prompt
+from onpolicy_sft.prompts import train_prompt
 
 pytestmark = [
     pytest.mark.vllm,

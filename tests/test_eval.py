@@ -127,7 +127,7 @@ def test_eval_table_equals_hand_computed_avg_and_pass_at_k(tmp_path: Path) -> No
     engine = _scripted_engine()
     res = evaluate(
         model="models/tiny-dft",
-        out=str(tmp_path),
+        output_dir=str(tmp_path),
         benchmarks="math500,amc23",
         benchmark_dir=str(FIXTURES),
         n=4,
@@ -204,9 +204,9 @@ def test_cli_evaluates_a_tiny_model_with_the_hf_engine(tiny_qwen2: Path, tmp_pat
     saved = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        argv = ["eval", "--model", str(tiny_qwen2), "--out", str(tmp_path / "ev")]
-        argv += ["--benchmarks", "math500,amc23", "--benchmark-dir", str(FIXTURES)]
-        argv += ["--n", "2", "--max-tokens", "6", "--engine", "hf", "--limit", "2"]
+        argv = ["eval", "--model", str(tiny_qwen2), "--output_dir", str(tmp_path / "ev")]
+        argv += ["--benchmarks", "math500", "amc23", "--benchmark_dir", str(FIXTURES)]
+        argv += ["--n", "2", "--max_tokens", "6", "--engine", "hf", "--limit", "2"]
         assert main(argv) == 0
     finally:
         torch.set_num_threads(saved)
@@ -236,16 +236,16 @@ def test_hub_benchmarks_use_the_documented_dataset_and_fields(
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
     (p,) = load_benchmark("olympiadbench")
     assert (p.id, p.problem, p.answer) == ("7", "Find x.", "3")
-    with pytest.raises(RuntimeError, match=r"HuggingFaceH4/aime_2024.*--benchmark-dir"):
+    with pytest.raises(RuntimeError, match=r"HuggingFaceH4/aime_2024.*--benchmark_dir"):
         load_benchmark("aime24")
     assert calls == [("math-ai/olympiadbench", "test"), ("HuggingFaceH4/aime_2024", "train")]
 
 
 def test_a_crash_on_a_later_benchmark_keeps_the_finished_ones(tmp_path: Path) -> None:
-    """Rerunning into the same --out regenerates only what did not finish."""
+    """Rerunning into the same --output_dir regenerates only what did not finish."""
     opts = dict(
         model="models/tiny-dft",
-        out=str(tmp_path),
+        output_dir=str(tmp_path),
         benchmarks="math500,amc23",
         benchmark_dir=str(FIXTURES),
         n=4,

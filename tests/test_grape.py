@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from onpolicy_sft.engines.hf import HFEngine
-from onpolicy_sft.rewrite.data import response_ids
+from onpolicy_sft.models import response_ids
+from onpolicy_sft.prompts import train_prompt
 from onpolicy_sft.rewrite.grape import length_normalised, select, top_k
-from onpolicy_sft.rewrite.prompts import train_prompt
 
 CANDIDATES = {
     "What is 2 + 2?": ["2 + 2 = 4, so \\boxed{4}.", "Four. \\boxed{4}", "zzzz qqq xxxx \\boxed{4}"],
@@ -28,7 +28,7 @@ def engine(tiny_qwen2):
 
 def _expected(engine, problem, cands, k):
     prompt = train_prompt(engine.tokenizer, problem)
-    ids = [response_ids(engine.tokenizer, c) for c in cands]
+    ids = response_ids(engine.tokenizer, cands)
     scores = [float(np.mean(lp)) for lp in engine.score([prompt] * len(ids), ids)]
     return [cands[i] for i in sorted(range(len(cands)), key=lambda i: -scores[i])[:k]]
 
@@ -44,9 +44,7 @@ def test_select_keeps_top_k(engine, tmp_path, layout, k):
                     f.write(json.dumps({"problem": problem, "response": c}) + "\n")
             else:
                 f.write(json.dumps({"problem": problem, "response": cands}) + "\n")
-    res = select(
-        candidates=str(path), out=str(tmp_path / "out"), engine=engine, top_k_per_problem=k
-    )
+    res = select(candidates=str(path), output_dir=str(tmp_path / "out"), engine=engine, top_k=k)
     assert res.problems == 2 and res.candidates == 5 and res.kept == 2 * k
     rows = pq.read_table(tmp_path / "out" / "data.parquet").to_pylist()
     for problem, cands in CANDIDATES.items():
@@ -69,8 +67,8 @@ def test_length_normalisation_and_ties():
 def test_missing_response_column(engine, tmp_path):
     path = tmp_path / "c.jsonl"
     path.write_text(json.dumps({"problem": "p", "answer": "a"}) + "\n")
-    with pytest.raises(ValueError, match=r'no "response" column .*--response-field'):
-        select(candidates=str(path), out=str(tmp_path / "o"), engine=engine)
+    with pytest.raises(ValueError, match=r'no "response" column .*--response_field'):
+        select(candidates=str(path), output_dir=str(tmp_path / "o"), engine=engine)
 
 
 def test_cli_select(tiny_qwen2, tmp_path):
@@ -89,7 +87,7 @@ def test_cli_select(tiny_qwen2, tmp_path):
             str(tiny_qwen2),
             "--candidates",
             str(path),
-            "--out",
+            "--output_dir",
             str(out),
             "--engine",
             "hf",

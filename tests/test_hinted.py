@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from onpolicy_sft.engines.hf import HFEngine
+from onpolicy_sft.prompts import hinted_prompt, train_prompt
 from onpolicy_sft.rewrite.hinted import (
     HintedParams,
     _mix_step,
@@ -16,7 +17,6 @@ from onpolicy_sft.rewrite.hinted import (
     hinted_decode,
     hinted_decode_reference,
 )
-from onpolicy_sft.rewrite.prompts import hinted_prompt, train_prompt
 
 PROBLEMS = ["What is 1+1?", "Compute the sum of the first ten primes, then add 3."]
 REFERENCE = "1 + 1 = 2, so the answer is \\boxed{2}."

@@ -20,7 +20,7 @@ import pytest
 
 pytest.importorskip("onpolicy_sft.ledger")
 
-from onpolicy_sft.config import ConfigError, TrainConfig
+from onpolicy_sft.config import ConfigError
 from onpolicy_sft.online import OnlineConfig, merge_round, train_online
 
 N_PROBLEMS = 8
@@ -36,7 +36,7 @@ def _rewrite_dir(root: Path) -> Path:
     rewrite(
         model=str(MODEL_DIR),
         dataset=str(data),
-        out=str(root / "rewrite"),
+        output_dir=str(root / "rewrite"),
         engine="hf",
         answer_field="answer",
         id_field="id",
@@ -56,26 +56,26 @@ def rewritten(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _rewrite_dir(tmp_path_factory.mktemp("online_data"))
 
 
-def _cfg(data: Path, out: Path, **kw: object) -> TrainConfig:
+def _cfg(data: Path, out: Path, **kw: object) -> dict[str, object]:
+    """train_online options: a few steps of `is` on the rewritten problems."""
     from onpolicy_sft.demo import MODEL_DIR
 
     base: dict[str, object] = dict(
         model=str(MODEL_DIR),
-        data=str(data),
-        out=str(out),
-        loss="is",
-        lr=1e-3,
+        dataset=str(data),
+        output_dir=str(out),
+        scheme="is",
+        learning_rate=1e-3,
         max_steps=3,
-        global_batch_size=4,
-        micro_batch_size=4,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=1,
         max_length=512,
         warmup_ratio=0.0,
-        lr_scheduler="constant",
+        lr_scheduler_type="constant",
         save_steps=1000,
         seed=0,
     )
-    base.update(kw)
-    return TrainConfig(**base)  # type: ignore[arg-type]
+    return {**base, **kw}
 
 
 def _row(pid: str, tier: str, text: str = "x") -> dict[str, object]:
@@ -133,7 +133,7 @@ def test_an_engine_that_cannot_take_new_weights_is_refused(rewritten: Path, tmp_
             return []
 
     with pytest.raises(ValueError, match=r"FrozenEngine has no load_weights.*--online_engine hf"):
-        train_online(_cfg(rewritten, tmp_path / "out"), engine=FrozenEngine())
+        train_online(**_cfg(rewritten, tmp_path / "out"), engine=FrozenEngine())
     assert not (tmp_path / "out").exists()  # refused before any work
 
 
@@ -143,12 +143,12 @@ def test_data_that_is_not_a_rewrite_output_is_refused(tmp_path: Path) -> None:
     with pytest.raises(
         ValueError, match=r"config.json, which does not exist.*--online_rewrite_config"
     ):
-        train_online(_cfg(data, tmp_path / "out"))
+        train_online(**_cfg(data, tmp_path / "out"))
 
 
 def test_packing_is_refused(rewritten: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="packing"):
-        train_online(_cfg(rewritten, tmp_path / "out", packing=True))
+        train_online(**_cfg(rewritten, tmp_path / "out", packing=True))
 
 
 @pytest.mark.slow
@@ -162,7 +162,7 @@ def test_rounds_rewrite_with_the_current_weights(rewritten: Path, tmp_path: Path
     from onpolicy_sft.ledger import Ledger
 
     out = tmp_path / "out"
-    res = train_online(_cfg(rewritten, out), OnlineConfig(online_every="1", online_progress=False))
+    res = train_online(**_cfg(rewritten, out), online_every="1", online_progress=False)
     assert res.global_step == 3
     online = out / "online"
     history = json.loads((online / "rounds.json").read_text())
@@ -209,16 +209,14 @@ KILL_SCRIPT = textwrap.dedent(
     """
     import sys, torch
     torch.set_num_threads(1)
-    from onpolicy_sft.config import TrainConfig
-    from onpolicy_sft.demo import MODEL_DIR
-    from onpolicy_sft.online import OnlineConfig, train_online
+    from pathlib import Path
+    from onpolicy_sft.online import train_online
+    from test_online import _cfg
 
     data, out, resume = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-    cfg = TrainConfig(
-        model=str(MODEL_DIR), data=data, out=out, loss="is", lr=1e-3, max_steps=3,
-        global_batch_size=4, micro_batch_size=4, max_length=512, warmup_ratio=0.0,
-        lr_scheduler="constant", save_steps=1000, seed=0, resume=resume)
-    res = train_online(cfg, OnlineConfig(online_every="1", online_progress=False))
+    res = train_online(
+        **_cfg(Path(data), Path(out)), resume_from_checkpoint=resume, online_every="1",
+        online_progress=False)
     print("DONE", res.global_step, flush=True)
     """
 )
@@ -226,7 +224,9 @@ KILL_SCRIPT = textwrap.dedent(
 
 def _run_until(cmd: list[str], pattern: str | None, timeout: float = 600) -> str:
     """Run cmd; SIGKILL it as soon as ``pattern`` shows in its output (None: run to the end)."""
+    path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env["PYTHONPATH"] = path  # the scripts import this module's _cfg
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     assert proc.stdout is not None
     os.set_blocking(proc.stdout.fileno(), False)
@@ -304,9 +304,9 @@ DDP_SCRIPT = textwrap.dedent(
     import hashlib, os, sys, torch
     torch.set_num_threads(1)
     import onpolicy_sft.online as online
-    from onpolicy_sft.config import TrainConfig
-    from onpolicy_sft.demo import MODEL_DIR
-    from onpolicy_sft.train import shutdown_distributed
+    from pathlib import Path
+    from onpolicy_sft.training import shutdown_distributed
+    from test_online import _cfg
 
     swap = online.OnlineRun._swap
 
@@ -319,11 +319,9 @@ DDP_SCRIPT = textwrap.dedent(
 
     online.OnlineRun._swap = reporting_swap
     data, out = sys.argv[1], sys.argv[2]
-    cfg = TrainConfig(
-        model=str(MODEL_DIR), data=data, out=out, loss="is", lr=1e-3, max_steps=2,
-        global_batch_size=4, micro_batch_size=2, max_length=512, warmup_ratio=0.0,
-        lr_scheduler="constant", save_steps=1000, seed=0)
-    res = online.train_online(cfg, online.OnlineConfig(online_every="1", online_progress=False))
+    res = online.train_online(
+        **_cfg(Path(data), Path(out), max_steps=2, per_device_train_batch_size=2),
+        online_every="1", online_progress=False)
     print(f"DONE rank={os.environ['RANK']} {res.global_step}", flush=True)
     shutdown_distributed()
     """

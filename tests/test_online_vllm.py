@@ -28,12 +28,13 @@ def test_rounds_push_the_trainer_weights_into_vllm(tmp_path: Path) -> None:
     from onpolicy_sft.demo import MODEL_DIR
     from onpolicy_sft.engines.hf import HFEngine
     from onpolicy_sft.ledger import Ledger
-    from onpolicy_sft.online import OnlineConfig, train_online
+    from onpolicy_sft.online import train_online
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     data = _rewrite_dir(tmp_path)
     out = tmp_path / "out"
-    online = OnlineConfig(
+    res = train_online(
+        **_cfg(data, out, max_steps=2),
         online_every="1",
         online_engine="vllm",
         vllm_gpu_memory_utilization=0.05,
@@ -41,7 +42,6 @@ def test_rounds_push_the_trainer_weights_into_vllm(tmp_path: Path) -> None:
         vllm_dtype="float32",  # vLLM's CPU build otherwise computes in bfloat16
         online_progress=False,
     )
-    res = train_online(_cfg(data, out, max_steps=2), online)
     assert res.global_step == 2
     history = json.loads((out / "online" / "rounds.json").read_text())
     assert [h["round"] for h in history] == [0, 1]

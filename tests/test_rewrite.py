@@ -18,8 +18,8 @@ import pytest
 pytest.importorskip("onpolicy_sft.ledger")
 pytest.importorskip("onpolicy_sft.verify")
 
+from onpolicy_sft import prompts as P
 from onpolicy_sft.engines.base import Sample
-from onpolicy_sft.rewrite import prompts as P
 from onpolicy_sft.rewrite.data import copy_rejection
 from onpolicy_sft.testing import build_tokenizer
 
@@ -119,7 +119,12 @@ def run(dataset, out, engine=None, **kw):
 
     engine = engine or ScriptedEngine()
     opts = dict(
-        model="scripted", dataset=dataset, out=str(out), k_self=2, k_guided=2, progress=False
+        model="scripted",
+        dataset=dataset,
+        output_dir=str(out),
+        k_self=2,
+        k_guided=2,
+        progress=False,
     )
     opts.update(kw)
     return rewrite(engine=engine, **opts), engine
@@ -231,17 +236,17 @@ def test_grape_keeps_expert_when_it_is_likelier(dataset, tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "rows, kwargs, message",
     [
-        ([{"question": "q", "solution": "s"}], {}, r'has no "problem" column .*--problem-field'),
+        ([{"question": "q", "solution": "s"}], {}, r'has no "problem" column .*--problem_field'),
         (
             [{"problem": "q", "solution": "\\boxed{1}"}, {"problem": "", "solution": "s"}],
             {},
-            r'row 1 of bad.jsonl has no "problem" field; map your column with --problem-field',
+            r'row 1 of bad.jsonl has no "problem" field; map your column with --problem_field',
         ),
-        ([{"problem": "q", "answer_text": "1"}], {}, r'no "solution" column .*--solution-field'),
+        ([{"problem": "q", "answer_text": "1"}], {}, r'no "solution" column .*--solution_field'),
         (
             [{"problem": "q", "solution": "s"}],
             {"answer_field": "ans"},
-            r'no "ans" column .*--answer-field',
+            r'no "ans" column .*--answer_field',
         ),
     ],
     ids=[
@@ -285,11 +290,11 @@ def test_cli_missing_model_names_path(dataset, tmp_path):
         str(missing),
         "--dataset",
         dataset,
-        "--out",
+        "--output_dir",
         str(tmp_path / "o"),
         "--engine",
         "hf",
-        "--no-progress",
+        "--no_progress",
     )
     assert proc.returncode == 2
     assert str(missing) in proc.stderr and "Traceback" not in proc.stderr
@@ -340,7 +345,7 @@ def test_copy_rejection(text, rejected):
 
 def test_package_is_callable():
     import onpolicy_sft
-    import onpolicy_sft.rewrite.prompts
+    import onpolicy_sft.prompts
 
     assert callable(onpolicy_sft.rewrite)
     assert callable(onpolicy_sft.select)
@@ -384,7 +389,7 @@ def test_local_formats_load_the_same_problems(tmp_path, fmt):
 def test_missing_dataset_path(tmp_path):
     from onpolicy_sft.rewrite.data import load_problems
 
-    with pytest.raises(FileNotFoundError, match="does not exist; check --dataset"):
+    with pytest.raises(FileNotFoundError, match=r"--dataset .* does not exist"):
         load_problems(str(tmp_path / "nope.jsonl"))
 
 
@@ -401,7 +406,7 @@ def test_hinted_method_on_a_tiny_model(tiny_qwen2, dataset, tmp_path):
         engine=eng,
         model=str(tiny_qwen2),
         dataset=dataset,
-        out=str(out),
+        output_dir=str(out),
         method="hinted",
         k_self=1,
         max_tokens=6,

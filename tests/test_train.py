@@ -12,12 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from onpolicy_sft.config import ConfigError, TrainConfig
-from onpolicy_sft.train import (
+from onpolicy_sft.config import ConfigError, LossConfig, TrainConfig
+from onpolicy_sft.training import (
     Collator,
     build_examples,
     pack_examples,
     read_data,
+    resolve,
     train,
 )
 
@@ -50,7 +51,7 @@ def make_data(model_dir: Path, out: Path, *, n: int = N_ROWS, expert_rows: int =
     """A rewrite-style data.parquet: templated prompt, response token ids (EOS), blogp."""
     from transformers import AutoTokenizer
 
-    from onpolicy_sft.rewrite.prompts import train_prompt
+    from onpolicy_sft.prompts import train_prompt
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     rows = []
@@ -93,22 +94,27 @@ def data_dir(tiny_qwen2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return make_data(tiny_qwen2, tmp_path_factory.mktemp("train_data"))
 
 
-def _cfg(model: Path, data: Path, out: Path, **kw: Any) -> TrainConfig:
+def _opts(model: Path, data: Path, out: Path, **kw: Any) -> dict[str, Any]:
+    """Flat train() options: TrainConfig, LossConfig and TrainingArguments names."""
     base: dict[str, Any] = dict(
         model=str(model),
-        data=str(data),
-        out=str(out),
-        lr=3e-3,
+        dataset=str(data),
+        output_dir=str(out),
+        learning_rate=3e-3,
         max_steps=30,
-        global_batch_size=4,
-        micro_batch_size=4,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=1,
         warmup_ratio=0.0,
-        lr_scheduler="constant",
+        lr_scheduler_type="constant",
         save_steps=1000,
         seed=0,
     )
     base.update(kw)
-    return TrainConfig(**base)
+    return base
+
+
+def _cfg(model: Path, data: Path, out: Path, **kw: Any) -> TrainConfig:
+    return resolve(**_opts(model, data, out, **kw))[0]
 
 
 def _losses(history: list[dict[str, Any]], key: str = "loss") -> dict[int, float]:
@@ -122,14 +128,14 @@ def _params(model_dir: str | Path) -> dict[str, torch.Tensor]:
 
 
 SCHEMES = [
-    pytest.param({"loss": "sft"}, id="sft"),
-    pytest.param({"loss": "dft"}, id="dft"),
-    pytest.param({"loss": "is"}, id="is-token"),
-    pytest.param({"loss": "is", "level": "sequence"}, id="is-sequence"),
-    pytest.param({"loss": "idft"}, id="idft"),
-    pytest.param({"loss": "pear"}, id="pear-token"),
-    pytest.param({"loss": "pear", "level": "block", "pear_block": 4}, id="pear-block4"),
-    pytest.param({"loss": "sft", "normalize": "sequence"}, id="sft-per-sequence"),
+    pytest.param({"scheme": "sft"}, id="sft"),
+    pytest.param({"scheme": "dft"}, id="dft"),
+    pytest.param({"scheme": "is"}, id="is-token"),
+    pytest.param({"scheme": "is", "level": "sequence"}, id="is-sequence"),
+    pytest.param({"scheme": "idft"}, id="idft"),
+    pytest.param({"scheme": "pear"}, id="pear-token"),
+    pytest.param({"scheme": "pear", "level": "block", "pear_block": 4}, id="pear-block4"),
+    pytest.param({"scheme": "sft", "normalize": "sequence"}, id="sft-per-sequence"),
 ]
 
 
@@ -137,7 +143,7 @@ SCHEMES = [
 def test_each_scheme_fits_the_data_in_30_steps(
     scheme: dict[str, Any], tiny_qwen2: Path, data_dir: Path, tmp_path: Path
 ) -> None:
-    res = train(_cfg(tiny_qwen2, data_dir, tmp_path / "out", **scheme))
+    res = train(**_opts(tiny_qwen2, data_dir, tmp_path / "out", **scheme))
     assert res.global_step == 30
     nll = _losses(res.log_history, "nll")
     assert sorted(nll) == list(range(1, 31))
@@ -151,7 +157,7 @@ def test_each_scheme_fits_the_data_in_30_steps(
     before, after = _params(tiny_qwen2), _params(res.out)
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert len(changed) >= len(before) - 1, sorted(set(before) - set(changed))
-    if scheme == {"loss": "sft"}:
+    if scheme == {"scheme": "sft"}:
         loss = _losses(res.log_history)
         assert loss[30] < loss[1] - 0.3  # sft: the logged loss is the nll itself
         assert all(h["mean_weight"] == pytest.approx(1.0) for h in res.log_history if "nll" in h)
@@ -161,22 +167,32 @@ def test_resume_reproduces_the_losses_of_an_uninterrupted_run(
     tiny_qwen2: Path, data_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    cfg = _cfg(tiny_qwen2, data_dir, out, loss="is", max_steps=8, save_steps=4, micro_batch_size=2)
-    full = _losses(train(cfg).log_history)
+    cfg = _opts(
+        tiny_qwen2,
+        data_dir,
+        out,
+        scheme="is",
+        max_steps=8,
+        save_steps=4,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+    )
+    full = _losses(train(**cfg).log_history)
     assert (out / "checkpoint-4" / "train_config.json").is_file()
     saved = json.loads((out / "checkpoint-4" / "train_config.json").read_text())
-    assert saved["loss"] == "is" and saved["micro_batch_size"] == 2
-    resumed = _losses(train(cfg.replace(resume=str(out / "checkpoint-4"))).log_history)
+    assert saved["loss"]["scheme"] == "is"
+    assert saved["training_args"]["per_device_train_batch_size"] == 2
+    resumed = _losses(train(**cfg, resume_from_checkpoint=str(out / "checkpoint-4")).log_history)
     for step in range(5, 9):
         assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-7), step
-    # --resume (True) picks the latest checkpoint in --out (checkpoint-8: its
+    # "latest" picks the newest checkpoint in output_dir (checkpoint-8: its
     # history covers steps 1-8, and training continues at 9)
-    again = _losses(train(cfg.replace(resume=True, max_steps=10)).log_history)
+    again = _losses(train(**{**cfg, "max_steps": 10}, resume_from_checkpoint="latest").log_history)
     assert sorted(again) == list(range(1, 11))
     assert again[8] == pytest.approx(full[8], rel=1e-5)
     # a checkpoint is only resumed with the settings that wrote it
-    with pytest.raises(ValueError, match=r"loss: checkpoint 'is', now 'dft'"):
-        train(cfg.replace(resume=True, max_steps=12, loss="dft"))
+    with pytest.raises(ValueError, match=r"scheme: checkpoint 'is', now 'dft'"):
+        train(**{**cfg, "max_steps": 12, "scheme": "dft"}, resume_from_checkpoint="true")
 
 
 def test_gradient_accumulation_equals_one_big_batch(
@@ -186,13 +202,14 @@ def test_gradient_accumulation_equals_one_big_batch(
     for normalize in ("tokens", "sequence"):
         for micro in (4, 1):
             res = train(
-                _cfg(
+                **_opts(
                     tiny_qwen2,
                     data_dir,
                     tmp_path / f"{normalize}{micro}",
-                    loss="dft",
+                    scheme="dft",
                     normalize=normalize,
-                    micro_batch_size=micro,
+                    per_device_train_batch_size=micro,
+                    gradient_accumulation_steps=4 // micro,
                     max_steps=2,
                 )
             )
@@ -212,20 +229,24 @@ def test_cli_trains_and_saves_the_resolved_config_next_to_the_weights(
     from onpolicy_sft.cli import main
 
     out = tmp_path / "cli"
-    argv = ["train", "--model", str(tiny_qwen2), "--data", str(data_dir), "--out", str(out)]
-    argv += ["--loss", "pear", "--pear-gamma", "0.99", "--clip", "0", "3", "--max-steps", "2"]
-    argv += ["--global-batch-size", "4", "--micro-batch-size", "2", "--save-steps", "1"]
-    argv += ["--packing", "--max-length", "256", "--lr", "1e-3"]
+    argv = ["train", "--model", str(tiny_qwen2), "--dataset", str(data_dir)]
+    argv += ["--output_dir", str(out), "--scheme", "pear", "--pear-gamma", "0.99"]
+    argv += ["--clip", "0", "3", "--max_steps", "2", "--per_device_train_batch_size", "2"]
+    argv += ["--gradient_accumulation_steps", "2", "--save_steps", "1"]
+    argv += ["--packing", "--max_length", "256", "--learning_rate", "1e-3"]
     assert main(argv) == 0
     cfg = TrainConfig.load(out / "train_config.json")
-    assert (cfg.loss, cfg.pear_gamma, tuple(cfg.clip), cfg.packing) == ("pear", 0.99, (0, 3), True)
-    assert cfg.lr == 1e-3 and cfg.max_length == 256 and cfg.warmup_ratio == 0.1  # default kept
+    loss = cfg.loss
+    assert (loss.scheme, loss.pear_gamma, loss.clip, cfg.packing) == ("pear", 0.99, (0, 3), True)
+    assert cfg.max_length == 256 and cfg.warmup_ratio == 0.1  # default kept
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["training_args"]["learning_rate"] == 1e-3
     assert (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file()
     assert (out / "checkpoint-2" / "train_config.json").is_file()
     stats = json.loads((out / "data_stats.json").read_text())
     assert stats["used"] == N_ROWS and stats["packed_rows"] >= 1
     # bad flags are reported, not raised
-    assert main([*argv[:7], "--loss", "dft", "--level", "sequence"]) == 2
+    assert main([*argv[:7], "--scheme", "dft", "--level", "sequence"]) == 2
 
 
 # ------------------------------------------------------------------ data shaping
@@ -242,7 +263,7 @@ def test_tokenisation_puts_the_loss_on_response_tokens_and_eos(
 ) -> None:
     tok = _tok(tiny_qwen2)
     cols = read_data(str(data_dir))
-    cfg = _cfg(tiny_qwen2, data_dir, data_dir / "unused", loss="is")
+    cfg = _cfg(tiny_qwen2, data_dir, data_dir / "unused", scheme="is")
     examples, stats = build_examples(cols, tok, cfg)
     assert stats.used == N_ROWS and stats.tiers == {"self": N_ROWS}
     for i, ex in enumerate(examples):
@@ -257,7 +278,7 @@ def test_tokenisation_puts_the_loss_on_response_tokens_and_eos(
 
 
 def test_plain_dataset_is_templated_and_gets_eos(tiny_qwen2: Path, tmp_path: Path) -> None:
-    from onpolicy_sft.rewrite.prompts import train_prompt
+    from onpolicy_sft.prompts import train_prompt
 
     tok = _tok(tiny_qwen2)
     path = tmp_path / "plain.jsonl"
@@ -297,7 +318,7 @@ def test_behaviour_length_mismatch_names_the_row(tiny_qwen2: Path, tmp_path: Pat
     cols = read_data(str(good))
     cols["behavior_logprobs"][1] = [-0.5] * 8  # one short
     with pytest.raises(ValueError, match=r"row 1 \(problem_id 'x7'\).*8 values.*9 tokens"):
-        build_examples(cols, _tok(tiny_qwen2), _cfg(tiny_qwen2, good, tmp_path, loss="is"))
+        build_examples(cols, _tok(tiny_qwen2), _cfg(tiny_qwen2, good, tmp_path, scheme="is"))
     # schemes that do not use behaviour log-probs do not look at them
     examples, _ = build_examples(cols, _tok(tiny_qwen2), _cfg(tiny_qwen2, good, tmp_path))
     assert len(examples) == 2
@@ -322,7 +343,7 @@ def test_overlong_rows_are_counted_and_truncated_or_dropped(
     dropped: int,
 ) -> None:
     path = _one_row(tiny_qwen2, tmp_path)
-    cfg = _cfg(tiny_qwen2, path, tmp_path, loss="is", overlong=overlong, max_length=max_length)
+    cfg = _cfg(tiny_qwen2, path, tmp_path, scheme="is", overlong=overlong, max_length=max_length)
     examples, stats = build_examples(read_data(str(path)), _tok(tiny_qwen2), cfg)
     assert (stats.used, stats.truncated) == (used, truncated)
     assert stats.dropped_overlong + stats.dropped_prompt_too_long == dropped
@@ -345,10 +366,10 @@ def test_rows_without_behaviour_logprobs(
     tiny_qwen2: Path, tmp_path: Path, loss: str, missing: str, outcome: str
 ) -> None:
     path = _one_row(tiny_qwen2, tmp_path, behavior_logprobs=None, tier="expert")
-    cfg = _cfg(tiny_qwen2, path, tmp_path, loss=loss, missing_behavior=missing)
+    cfg = _cfg(tiny_qwen2, path, tmp_path, scheme=loss, missing_behavior=missing)
     cols = read_data(str(path))
     if outcome == "error":
-        with pytest.raises(ValueError, match=r"row 1 \(problem_id 'x7'\).*--missing-behavior"):
+        with pytest.raises(ValueError, match=r"row 1 \(problem_id 'x7'\).*--missing_behavior"):
             build_examples(cols, _tok(tiny_qwen2), cfg)
         return
     examples, stats = build_examples(cols, _tok(tiny_qwen2), cfg)
@@ -361,11 +382,11 @@ def test_rows_without_behaviour_logprobs(
 
 def test_config_reports_every_problem_at_once() -> None:
     with pytest.raises(ConfigError) as err:
-        TrainConfig(
-            model="m", data="d", out="o", loss="ppo", global_batch_size=6, micro_batch_size=4
-        )
+        LossConfig(scheme="ppo", level="block")
     msg = str(err.value)
-    assert "2 problem(s)" in msg and "'ppo'" in msg and "multiple" in msg
+    assert "2 problem(s)" in msg and "'ppo'" in msg and "level='block'" in msg
+    with pytest.raises(ConfigError, match="max_length=1 must be >= 2"):
+        TrainConfig(model="m", dataset="d", max_length=1)
 
 
 # ------------------------------------------------------------------ packing
@@ -377,12 +398,13 @@ def test_packed_rows_give_the_same_loss_and_gradient_as_padded_rows(
 ) -> None:
     from transformers import AutoModelForCausalLM
 
-    from onpolicy_sft.integrations import LossHead, build_policy_loss
+    from onpolicy_sft.integrations import LossHead
+    from onpolicy_sft.losses import PolicyLoss
 
     level = "sequence" if loss == "is-sequence" else "token"
     scheme = loss.split("-")[0]
     tok = _tok(tiny_qwen2)
-    cfg = _cfg(tiny_qwen2, data_dir, data_dir, loss=scheme, level=level)
+    cfg = _cfg(tiny_qwen2, data_dir, data_dir, scheme=scheme, level=level)
     examples, _ = build_examples(read_data(str(data_dir)), tok, cfg)
     examples = examples[:4]
     collate = Collator(pad_token_id=tok.pad_token_id, with_behavior=scheme != "sft")
@@ -393,7 +415,7 @@ def test_packed_rows_give_the_same_loss_and_gradient_as_padded_rows(
     assert "attention_mask" not in packed and packed["seq_ids"].max() == 3
 
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
-    head = LossHead.install(model, build_policy_loss(scheme, level=level, backend="torch"))
+    head = LossHead.install(model, PolicyLoss(scheme, level=level, backend="torch"))
     results = []
     for batch in (padded, packed):
         model.zero_grad()
@@ -416,10 +438,10 @@ def test_packed_rows_give_the_same_loss_and_gradient_as_padded_rows(
 
 def test_package_level_train_is_callable_after_importing_the_module() -> None:
     import onpolicy_sft
-    import onpolicy_sft.train as train_module
+    import onpolicy_sft.training as training_module
 
     assert callable(onpolicy_sft.train) and callable(onpolicy_sft.evaluate)
-    assert train_module.train is train
+    assert onpolicy_sft.train is training_module.train is train
 
 
 @pytest.mark.gpu
@@ -428,13 +450,13 @@ def test_cuda_bf16_training_with_the_triton_backend(
     loss: str, tiny_qwen2: Path, data_dir: Path, tmp_path: Path
 ) -> None:
     res = train(
-        _cfg(
+        **_opts(
             tiny_qwen2,
             data_dir,
             tmp_path / "out",
-            loss=loss,
+            scheme=loss,
             bf16=True,
-            loss_backend="triton",
+            backend="triton",
             gradient_checkpointing=True,
             max_steps=20,
         )
@@ -449,13 +471,12 @@ def test_raw_prompt_column_goes_through_the_chat_template(tiny_qwen2):
     from transformers import AutoTokenizer
 
     from onpolicy_sft.config import TrainConfig
-    from onpolicy_sft.rewrite.prompts import chat
-    from onpolicy_sft.train import build_examples
+    from onpolicy_sft.prompts import chat
 
     tok = AutoTokenizer.from_pretrained(tiny_qwen2)
     templated = chat(tok, "What is 2+2?")
     columns = {"prompt": ["What is 1+1?", templated], "response": ["2", "4"]}
-    cfg = TrainConfig(model=str(tiny_qwen2), data="unused", out="unused", loss="sft")
+    cfg = TrainConfig(model=str(tiny_qwen2), dataset="unused")
     examples, stats = build_examples(columns, tok, cfg)
     assert stats.prompts_templated == 1
     assert tok.decode(examples[0].input_ids.tolist()).startswith(chat(tok, "What is 1+1?"))

@@ -1,50 +1,75 @@
 """`onpolicy-sft` command line: one subcommand per pipeline stage.
 
-Each subcommand lives in ``onpolicy_sft.commands.<name>`` and exposes
-``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
-Those modules import nothing heavy at module level, so ``--help`` is fast.
+Each subcommand lives in ``onpolicy_sft.commands.<name>`` and exposes ``HELP``
+(one line) and ``main(argv) -> int``; its flags are generated from its config
+dataclass (``onpolicy_sft.config``). Importing this module is cheap, so
+``onpolicy-sft --help`` is fast.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
+import difflib
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("demo", "rewrite", "select", "train", "eval", "verify", "report")
+# name -> one-line help (kept here so that the top-level --help imports nothing)
+COMMANDS = {
+    "demo": "run the whole method on the bundled tiny model and write OUTPUT_DIR/report.md",
+    "rewrite": "rewrite a dataset into the model's own words (self -> guided -> expert, hinted, grape)",
+    "select": "GRAPE: keep the top-k candidates per problem by mean log-prob under the model",
+    "train": "fine-tune a model with a policy-weighted loss (sft, dft, is, idft, pear)",
+    "eval": "evaluate avg@k / pass@k on math500, minerva, olympiadbench, aime24, amc23",
+    "verify": "check each row's prediction against its gold answer (Rust fast path + math-verify)",
+    "report": "re-render the policy-gap report of a rewrite output directory",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _usage() -> str:
     from onpolicy_sft import __version__
 
-    parser = argparse.ArgumentParser(
-        prog="onpolicy-sft",
-        description="On-policy SFT: rewrite data into the model's own words, "
-        "train with policy-weighted losses, evaluate avg@k.",
-    )
-    parser.add_argument("--version", action="version", version=f"onpolicy-sft {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
-        mod = importlib.import_module(f"onpolicy_sft.commands.{name}")
-        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
-        mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
-    return parser
+    width = max(map(len, COMMANDS))
+    lines = [
+        f"usage: onpolicy-sft COMMAND [options]   (onpolicy-sft {__version__})",
+        "",
+        "On-policy SFT: rewrite data into the model's own words, train with policy-weighted "
+        "losses, evaluate avg@k.",
+        "",
+        "commands:",
+        *(f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()),
+        "",
+        "onpolicy-sft COMMAND --help lists a command's options; every command takes "
+        "--config FILE (YAML or JSON).",
+    ]
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from onpolicy_sft import __version__
+
+        print(f"onpolicy-sft {__version__}")
+        return 0
+    name = argv[0]
+    if name not in COMMANDS:
+        near = difflib.get_close_matches(name, COMMANDS, n=2)
+        hint = f"did you mean {' or '.join(near)}?" if near else f"use one of {', '.join(COMMANDS)}"
+        print(f"onpolicy-sft: error: unknown command {name!r}; {hint}", file=sys.stderr)
+        return 2
+    from onpolicy_sft.commands import main as command_main
+
     try:
-        return int(args._run(args) or 0)
+        return command_main(name, argv[1:])
     except KeyboardInterrupt:
         print("interrupted; completed work is kept and a rerun resumes it", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         # User-facing errors are phrased to name the bad value and the fix;
         # print them without a traceback.
-        print(f"onpolicy-sft {args.command}: error: {exc}", file=sys.stderr)
+        print(f"onpolicy-sft {name}: error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -1,6 +1,6 @@
 """The embedded default: the whole method on the bundled tiny model, on a CPU.
 
-``demo(out="demo_out", seeds=(0, 1, 2), engine="auto", quick=False)`` runs, with
+``demo(output_dir="demo_out", seeds=(0, 1, 2), engine="auto", quick=False)`` runs, with
 nothing but the package installed:
 
 1. **rewrite** the bundled training problems with the three tiers (self →
@@ -184,7 +184,7 @@ def _rewrite(cfg: DemoConfig, model: Path, train_path: Path, out: Path) -> Path:
     rewrite(
         model=str(model),
         dataset=str(train_path),
-        out=str(out),
+        output_dir=str(out),
         engine=_engine_kind(cfg.engine),
         method="tiers",
         problem_field="problem",
@@ -230,37 +230,37 @@ def _train(
     """One method, one seed: the shared training configuration; online rounds when asked."""
     import shutil
 
-    from onpolicy_sft.config import TrainConfig
-
-    tcfg = TrainConfig(
+    options: dict[str, Any] = dict(
         model=str(model),
-        data=data,
-        out=str(out),
-        loss=loss,
+        dataset=data,
+        output_dir=str(out),
+        scheme=loss,
         response_field=response_field,
-        lr=cfg.lr,
-        epochs=cfg.epochs,
-        global_batch_size=cfg.batch_size,
-        micro_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=1,
         max_length=1024,
         warmup_ratio=0.1,
-        lr_scheduler="cosine",
+        lr_scheduler_type="cosine",
         seed=seed,
         save_steps=10**9,
         save_total_limit=1,
         logging_steps=1,
     )
     if online:
-        from onpolicy_sft.online import OnlineConfig, train_online
+        from onpolicy_sft.online import train_online
 
         res = train_online(
-            tcfg,
-            OnlineConfig(online_every=cfg.online_every, online_engine="hf", online_progress=False),
+            online_every=cfg.online_every,
+            online_engine="hf",
+            online_progress=False,
+            **options,
         )
     else:
-        from onpolicy_sft.train import train
+        from onpolicy_sft.training import train
 
-        res = train(tcfg)
+        res = train(**options)
     for ckpt in out.glob("checkpoint-*"):  # the final weights are in `out`; keep the demo small
         shutil.rmtree(ckpt, ignore_errors=True)
     steps = [h for h in res.log_history if "loss" in h]
@@ -313,7 +313,7 @@ def _evaluate(
 
     ecfg = EvalConfig(
         model=str(model_dir),
-        out=str(out),
+        output_dir=str(out),
         benchmarks=tuple(benchmarks),
         benchmark_dir=str(bench_dir),
         n=cfg.k_eval,
@@ -353,7 +353,7 @@ def _policy_gap(model: Path, rewrite_dir: Path, train_rows: list[dict[str, Any]]
     import pyarrow.parquet as pq
 
     from onpolicy_sft.engines import load_engine
-    from onpolicy_sft.rewrite.prompts import train_prompt
+    from onpolicy_sft.prompts import train_prompt
 
     table = pq.read_table(rewrite_dir / "data.parquet").to_pylist()
     eng = load_engine("hf", str(model))
@@ -978,25 +978,21 @@ def _write_report(out: Path, res: dict[str, Any], files: list[str]) -> str:
 # -------------------------------------------------------------------- main
 
 
-def demo(
-    out: str | os.PathLike[str] = "demo_out",
-    seeds: Sequence[int] | None = None,
-    engine: str = "auto",
-    quick: bool = False,
-    **overrides: Any,
-) -> DemoResult:
-    """Run the whole method on the bundled tiny model; write ``OUT/report.md``; return the numbers.
+def demo(config: DemoConfig | None = None, /, **options: Any) -> DemoResult:
+    """Run the whole method on the bundled tiny model; write ``OUTPUT_DIR/report.md``; return
+    the numbers. ``demo(quick=True, seeds=(0, 1))`` or ``demo(DemoConfig(...))``; the options
+    are DemoConfig's fields (``quick`` picks the preset the others override; ``seeds``
+    defaults to three for the full run and one for ``quick``).
 
-    ``seeds``: the training seeds (default: three for the full run, one for ``quick``).
     The terminal gets one progress bar for the stages, one line per stage and the
-    table; everything a stage prints goes to ``OUT/logs/<stage>.log``.
+    table; everything a stage prints goes to ``OUTPUT_DIR/logs/<stage>.log``.
     """
     import torch
     from tqdm.auto import tqdm
 
-    if seeds is not None:
-        overrides["seeds"] = tuple(seeds)
-    cfg = DemoConfig.preset(quick=quick, out=os.fspath(out), engine=engine, **overrides)
+    if options.get("seeds") is not None:
+        options["seeds"] = tuple(options["seeds"])
+    cfg = config.replace(**options) if config is not None else DemoConfig.preset(**options)
     model_dir = Path(cfg.model) if cfg.model else MODEL_DIR
     data_dir = Path(cfg.data_dir) if cfg.data_dir else DATA_DIR
     if not model_dir.is_dir() or not (data_dir / "train.jsonl").is_file():
@@ -1007,7 +1003,7 @@ def demo(
         )
     torch.set_num_threads(cfg.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    root = Path(cfg.out)
+    root = Path(cfg.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     cfg.save(root / "demo_config.json")
     logs = root / "logs"
@@ -1121,13 +1117,13 @@ def demo(
         "k": cfg.k_eval,
         "k_self": cfg.k_self,
         "k_guided": cfg.k_guided,
-        "lr": cfg.lr,
+        "lr": cfg.learning_rate,
         "epochs": cfg.epochs,
         "batch_size": cfg.batch_size,
         "online_every": cfg.online_every,
         "train_config": {
             "optimiser": "AdamW (transformers' defaults), weight decay 0",
-            "learning rate": f"{cfg.lr:g}, cosine, warmup ratio 0.1",
+            "learning rate": f"{cfg.learning_rate:g}, cosine, warmup ratio 0.1",
             "epochs": f"{cfg.epochs:g}",
             "batch": f"{cfg.batch_size} sequences per step (no accumulation)",
             "max length": "1024 tokens",

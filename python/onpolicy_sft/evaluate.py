@@ -160,7 +160,7 @@ def load_benchmark(
         if spec is None:
             raise ValueError(
                 f"benchmark {name!r} is not known; use one of {', '.join(BENCHMARKS)} or give "
-                "--benchmark-dir with a file of that name"
+                "--benchmark_dir with a file of that name"
             )
         import datasets
 
@@ -170,7 +170,7 @@ def load_benchmark(
             raise RuntimeError(
                 f"benchmark {name!r}: could not load {spec.hub} (split {spec.split}) through "
                 f"datasets ({type(exc).__name__}: {str(exc)[:200]}); download it elsewhere and "
-                f"pass --benchmark-dir DIR with DIR/{name}.jsonl (fields: problem, answer)"
+                f"pass --benchmark_dir DIR with DIR/{name}.jsonl (fields: problem, answer)"
             ) from exc
         rows = [dict(r) for r in ds]
         where = f"{spec.hub} ({spec.split})"
@@ -341,10 +341,11 @@ def _write_json(path: Path, data: Any) -> None:
 
 def _config(cfg: EvalConfig | None, overrides: dict[str, Any]) -> EvalConfig:
     bench = overrides.get("benchmarks")
-    if isinstance(bench, str):
-        overrides["benchmarks"] = tuple(b.strip() for b in bench.split(",") if b.strip())
-    elif bench is not None:
-        overrides["benchmarks"] = tuple(bench)
+    if bench is not None:  # "a,b", ["a", "b"] and ["a,b"] all name a and b
+        items = [bench] if isinstance(bench, str) else bench
+        overrides["benchmarks"] = tuple(
+            b.strip() for item in items for b in str(item).split(",") if b.strip()
+        )
     if cfg is None:
         return EvalConfig(**overrides)
     return cfg.replace(**overrides) if overrides else cfg
@@ -357,18 +358,18 @@ def evaluate(
     verifier: Any = None,
     **overrides: Any,
 ) -> EvalResult:
-    """Sample, grade and score ``cfg.model`` on ``cfg.benchmarks``; write to ``cfg.out``.
+    """Sample, grade and score ``cfg.model`` on ``cfg.benchmarks``; write to ``cfg.output_dir``.
 
-    ``evaluate(EvalConfig(...))`` or ``evaluate(model=..., out=..., benchmarks="math500,amc23")``.
+    ``evaluate(EvalConfig(...))`` or ``evaluate(model=..., output_dir=..., benchmarks="math500,amc23")``.
     ``engine``: an already built Engine (anything with ``generate`` and a
     ``tokenizer``) instead of ``load_engine(cfg.engine, cfg.model)``;
     ``verifier``: anything with ``verdicts(preds, golds)`` instead of
     ``Verifier(fallback=cfg.verifier_fallback, timeout_s=cfg.verifier_timeout_s)``.
     """
     cfg = _config(cfg, dict(overrides))
-    from onpolicy_sft.rewrite.prompts import train_prompt
+    from onpolicy_sft.prompts import train_prompt
 
-    out = Path(cfg.out)
+    out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "eval_config.json")
     problems = {b: load_benchmark(b, cfg.benchmark_dir, cfg.limit) for b in cfg.benchmarks}

@@ -43,6 +43,7 @@ back, never regenerated.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -55,10 +56,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainingArguments
 
-from onpolicy_sft.config import ConfigBase, RewriteConfig, TrainConfig
-from onpolicy_sft.train import PolicyTrainer, TrainResult, build_examples, read_data
+from onpolicy_sft.config import (
+    ConfigBase,
+    RewriteConfig,
+    TrainConfig,
+)
+from onpolicy_sft.training import PolicyTrainer, TrainResult, build_examples, read_data
 
 __all__ = ["OnlineConfig", "OnlineTrainer", "round_statistics", "train_online"]
 
@@ -89,12 +94,16 @@ class OnlineConfig(ConfigBase):
 
     def every_steps(self) -> int | None:
         """N for "every N steps", None for "each epoch"."""
-        return None if str(self.online_every) == "epoch" else int(self.online_every)
+        return None if str(self.online_every) == "epoch" else int(str(self.online_every))
 
     def problems(self) -> list[str]:
         out = []
         every = str(self.online_every)
-        if every != "epoch" and not (every.isdigit() and int(every) >= 1):
+        if (
+            self.online_every is not None
+            and every != "epoch"
+            and not (every.isdigit() and int(every) >= 1)
+        ):
             out.append(
                 f"online_every={self.online_every!r}: use 'epoch' or a whole number of optimizer steps >= 1 "
                 "(e.g. --online_every 20)"
@@ -374,6 +383,7 @@ class OnlineRun:
     def __init__(
         self,
         cfg: TrainConfig,
+        args: TrainingArguments,
         online: OnlineConfig,
         rewrite_cfg: RewriteConfig,
         engine: Any = None,
@@ -384,10 +394,10 @@ class OnlineRun:
         self.cfg = cfg
         self.online = online
         self.rewrite_cfg = rewrite_cfg
-        self.dir = Path(cfg.out) / "online"
+        self.dir = Path(args.output_dir) / "online"
         self.trainer: OnlineTrainer | None = None
         self.boundaries: list[int] = []
-        self.rows = _rows_of(read_data(cfg.data, cfg.split))
+        self.rows = _rows_of(read_data(cfg.dataset, cfg.split))
         for r in self.rows:
             r.setdefault("round", 0)
         problems = load_problems(
@@ -406,7 +416,7 @@ class OnlineRun:
         ]
         if missing:
             raise ValueError(
-                f"{len(missing)} rows of {cfg.data} (e.g. problem_id {missing[0]!r}) are not in "
+                f"{len(missing)} rows of {cfg.dataset} (e.g. problem_id {missing[0]!r}) are not in "
                 f"the rewrite's dataset {rewrite_cfg.dataset!r}; point --online_rewrite_config "
                 "at the config.json of the rewrite that wrote --data"
             )
@@ -557,7 +567,7 @@ class OnlineRun:
         rcfg = self.rewrite_cfg.replace(
             model=self.cfg.model,
             dataset=str(problems_path),
-            out=str(out),
+            output_dir=str(out),
             split="train",
             problem_field="problem",
             solution_field="solution",
@@ -628,7 +638,7 @@ class OnlineRun:
         was_training = model.training
         try:
             eng = engine or HFEngine(model, tokenizer=trainer.processing_class)
-            return round_statistics(eng, rows, clip=tuple(self.cfg.clip))  # type: ignore[arg-type]
+            return round_statistics(eng, rows, clip=tuple(self.cfg.loss.clip))  # type: ignore[arg-type]
         finally:
             model.train(was_training)
 
@@ -710,13 +720,13 @@ def _rewrite_config_of(cfg: TrainConfig, online: OnlineConfig) -> RewriteConfig:
     path = (
         Path(online.online_rewrite_config)
         if online.online_rewrite_config
-        else Path(cfg.data) / "config.json"
+        else Path(cfg.dataset) / "config.json"
     )
     if not path.is_file():
         raise ValueError(
             f"online rewriting reads the problems and rewrite settings of the data's rewrite from "
             f"{path}, which does not exist; train on the output directory of `onpolicy-sft "
-            "rewrite` (--data DIR) or name its config.json with --online_rewrite_config"
+            "rewrite` (--dataset DIR) or name its config.json with --online_rewrite_config"
         )
     rcfg = RewriteConfig.load(path)
     if rcfg.method == "grape":
@@ -728,45 +738,60 @@ def _rewrite_config_of(cfg: TrainConfig, online: OnlineConfig) -> RewriteConfig:
 
 
 def train_online(
-    cfg: TrainConfig, online: OnlineConfig | None = None, *, engine: Any = None
+    cfg: TrainConfig | None = None,
+    args: TrainingArguments | None = None,
+    online: OnlineConfig | None = None,
+    *,
+    engine: Any = None,
+    **options: Any,
 ) -> TrainResult:
-    """Train like ``onpolicy_sft.train(cfg)``, rewriting the data with the current model each round.
+    """Train like ``onpolicy_sft.training.train``, rewriting the data with the current model
+    each round (every epoch, or every ``online_every`` optimizer steps).
 
-    ``cfg.data`` must be the output directory of ``onpolicy-sft rewrite``
-    (its ``config.json`` names the problems and the rewrite settings).
-    ``engine``: an already built engine to generate with instead of ``online.online_engine``;
-    it must take the new weights each round (``load_weights(named_tensors)``).
+    ``train_online(model=..., dataset=REWRITE_DIR, output_dir=..., scheme="dft",
+    online_every="epoch")``: the options are TrainConfig, LossConfig, TrainingArguments
+    and OnlineConfig fields by name. ``dataset`` must be the output directory of
+    ``onpolicy-sft rewrite`` (its ``config.json`` names the problems and the rewrite
+    settings). ``engine``: an already built engine to generate with instead of
+    ``online_engine``; it must take the new weights each round (``load_weights``).
     """
     from functools import partial
 
-    from onpolicy_sft.train import train
+    from onpolicy_sft.training import resolve, train
 
-    online = online or OnlineConfig()
+    online_opts, rest = {}, {}
+    names = {f.name for f in dataclasses.fields(OnlineConfig)}
+    for k, v in options.items():
+        (online_opts if k in names else rest)[k] = v
+    online = (online or OnlineConfig(online_every="epoch")).replace(**online_opts)
+    if online.online_every is None:
+        online = online.replace(online_every="epoch")
     if engine is not None:
         check_engine_takes_weights(engine)  # before any work
+    cfg, args = resolve(cfg, args, **rest)
     problems = []
     if cfg.packing:
-        problems.append("packing (a round replaces rows; packed rows mix problems)")
-    if cfg.overlong == "drop" or cfg.missing_behavior == "drop":
+        problems.append("--packing (a round replaces rows; packed rows mix problems)")
+    if cfg.overlong == "drop" or cfg.loss.missing_behavior == "drop":
         problems.append(
-            "overlong=drop / missing_behavior=drop (every problem keeps one row across rounds; "
-            "use truncate / zero or auto)"
+            "--overlong drop / --missing_behavior drop (every problem keeps one row across "
+            "rounds; use truncate / auto or zero)"
         )
-    if cfg.dataloader_num_workers:
-        problems.append("dataloader_num_workers > 0 (worker copies would not see new rows)")
+    if args.dataloader_num_workers:
+        problems.append("--dataloader_num_workers > 0 (worker copies would not see new rows)")
     if problems:
         raise ValueError("online rewriting does not work with " + "; ".join(problems))
     rcfg = _rewrite_config_of(cfg, online)
-    _check_distributed(cfg, online)
-    run = OnlineRun(cfg, online, rcfg, engine=engine)
-    out = Path(cfg.out)
+    _check_distributed(online)
+    run = OnlineRun(cfg, args, online, rcfg, engine=engine)
+    out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if _rank_world()[0] == 0 and int(os.environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:
         online.save(out / "online_config.json")
-    return train(cfg, trainer_class=partial(OnlineTrainer, online=run))
+    return train(cfg, args, trainer_class=partial(OnlineTrainer, online=run))
 
 
-def _check_distributed(cfg: TrainConfig, online: OnlineConfig) -> None:
+def _check_distributed(online: OnlineConfig) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world > 1 and online.online_engine == "vllm":
         raise ValueError(

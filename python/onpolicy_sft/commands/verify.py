@@ -1,83 +1,47 @@
-"""`onpolicy-sft verify FILE.jsonl --prediction-field F --gold-field G [--out OUT.jsonl]`."""
+"""`onpolicy-sft verify FILE.jsonl --prediction_field F --gold_field G [--output_file OUT.jsonl]`."""
 
 from __future__ import annotations
 
-import argparse
+from typing import Any
 
-HELP = "check each row's prediction against its gold answer (fast Rust path + math-verify fallback)"
+from onpolicy_sft.config import VerifyConfig
 
 # rows verified per Rust batch; bounds memory on large files
 _CHUNK = 4096
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", metavar="FILE.jsonl", help="one JSON object per line")
-    parser.add_argument(
-        "--prediction-field", required=True, help="field holding the model's full output"
-    )
-    parser.add_argument(
-        "--gold-field", required=True, help="field holding the reference answer (no \\boxed)"
-    )
-    parser.add_argument(
-        "--out",
-        metavar="OUT.jsonl",
-        help="write each row with verdict fields added (correct, pred_answer, gold_answer, reason)",
-    )
-    parser.add_argument(
-        "--no-fallback",
-        action="store_true",
-        help="fast path only: undecided pairs count as incorrect instead of asking math-verify",
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=5.0, help="math-verify deadline per pair, seconds"
-    )
-    parser.add_argument("--threads", type=int, default=None, help="worker threads (default: all)")
-
-
 def _read_rows(path: str, pred_field: str, gold_field: str) -> list[dict]:
-    import json
+    from onpolicy_sft._io import iter_jsonl
 
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"line {lineno} of {path} is not valid JSON ({e})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"line {lineno} of {path} is not a JSON object")
-            for field, flag in ((pred_field, "--prediction-field"), (gold_field, "--gold-field")):
-                if field not in row:
-                    raise ValueError(
-                        f'line {lineno} of {path} has no "{field}" field; '
-                        f"name the right field with {flag}"
-                    )
-                if not isinstance(row[field], (str, int, float)):
-                    raise ValueError(
-                        f'line {lineno} of {path}: "{field}" is {type(row[field]).__name__}, '
-                        "expected a string"
-                    )
-            rows.append(row)
+    for lineno, row in iter_jsonl(path):
+        for field, flag in ((pred_field, "--prediction_field"), (gold_field, "--gold_field")):
+            if field not in row:
+                raise ValueError(
+                    f'line {lineno} of {path} has no "{field}" field; '
+                    f"name the right field with {flag}"
+                )
+            if not isinstance(row[field], (str, int, float)):
+                raise ValueError(
+                    f'line {lineno} of {path}: "{field}" is {type(row[field]).__name__}, '
+                    "expected a string"
+                )
+        rows.append(row)
     return rows
 
 
-def run(args: argparse.Namespace) -> int:
+def run(options: dict[str, Any]) -> int:
     import json
 
     from tqdm import tqdm
 
     from onpolicy_sft.verify import Verifier
 
+    args = VerifyConfig(**options)
     rows = _read_rows(args.file, args.prediction_field, args.gold_field)
-    verifier = Verifier(
-        fallback=None if args.no_fallback else "math-verify",
-        timeout_s=args.timeout,
-        threads=args.threads,
-    )
+    verifier = Verifier(fallback=args.fallback, timeout_s=args.timeout_s, threads=args.threads)
     counts = {"correct": 0, "incorrect": 0, "fast": 0, "fallback": 0, "timeout": 0}
-    out = open(args.out, "w", encoding="utf-8") if args.out else None
+    out = open(args.output_file, "w", encoding="utf-8") if args.output_file else None
     try:
         with tqdm(total=len(rows), unit="pair", disable=len(rows) < 1000) as bar:
             for s in range(0, len(rows), _CHUNK):
@@ -110,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
         f"({acc:.2%}); decided by the fast path {counts['fast']}, by math-verify "
         f"{counts['fallback']}, timed out {counts['timeout']} (counted incorrect)"
     )
-    if args.out:
-        print(f"wrote {args.out}")
+    if args.output_file:
+        print(f"wrote {args.output_file}")
     return 0
+
+
+def configs() -> list[type]:
+    return [VerifyConfig]

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from onpolicy_sft.engines.base import Sample, TokenizerIO
-from onpolicy_sft.engines.hf import StopChecker, resolve_model_path
+from onpolicy_sft.engines.sampling import StopChecker
+from onpolicy_sft.models import resolve_model_path
 
 
 def _on_cpu_platform() -> bool:

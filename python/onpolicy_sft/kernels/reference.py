@@ -58,7 +58,7 @@ def policy_loss_reference(
     pear_gamma: float = 0.999,
     pear_block: int = 1,
     pear_log_clip: tuple[float, float] = (-10.0, 5.0),
-    pear_missing_blogp: str = "error",
+    missing_behavior: str = "auto",
     normalize: str = "tokens",
     ignore_index: int = -100,
     behavior_logprobs: torch.Tensor | None = None,
@@ -90,14 +90,14 @@ def policy_loss_reference(
     mk = mask.tolist()
 
     if behavior_logprobs is None:
-        if scheme == "pear" and pear_missing_blogp != "zero":
+        if scheme == "pear" and missing_behavior != "zero":
             raise ValueError("pear needs behavior_logprobs")
         bl = [0.0] * n
     else:
         bl = []
         for i, b in enumerate(behavior_logprobs.double().tolist()):
             if math.isnan(b):
-                if scheme == "pear" and pear_missing_blogp != "zero" and mk[i]:
+                if scheme == "pear" and missing_behavior != "zero" and mk[i]:
                     raise ValueError("pear needs behavior_logprobs")
                 b = 0.0
             bl.append(b)

@@ -16,13 +16,7 @@ from typing import Any
 
 import numpy as np
 
-LOCAL_BUILDERS = {
-    ".json": "json",
-    ".jsonl": "json",
-    ".parquet": "parquet",
-    ".csv": "csv",
-    ".arrow": "arrow",
-}
+from onpolicy_sft._io import load_table
 
 
 @dataclass(frozen=True)
@@ -31,48 +25,6 @@ class Problem:
     problem: str
     solution: str  # the expert solution y*
     answer: str | None  # the reference answer a*; None when none could be extracted
-
-
-def load_table(dataset: str, split: str = "train") -> Any:
-    """Return a ``datasets.Dataset`` for a hub name, a local file or a local directory."""
-    import datasets
-
-    expanded = os.path.expanduser(dataset)
-    if os.path.isfile(expanded):
-        ext = os.path.splitext(expanded)[1].lower()
-        builder = LOCAL_BUILDERS.get(ext)
-        if builder is None:
-            raise ValueError(
-                f"dataset file {dataset!r} has extension {ext!r}; use one of "
-                f"{', '.join(sorted(LOCAL_BUILDERS))} (or a hub dataset name)"
-            )
-        if _local_file_is_empty(expanded, builder):
-            raise ValueError(f"dataset {dataset!r} has no rows; check --dataset")
-        return datasets.load_dataset(builder, data_files=expanded, split="train")
-    if os.path.isdir(expanded):
-        if os.path.exists(os.path.join(expanded, "dataset_info.json")) or os.path.exists(
-            os.path.join(expanded, "state.json")
-        ):
-            loaded = datasets.load_from_disk(expanded)
-            return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
-        return datasets.load_dataset(expanded, split=split)
-    if dataset.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"dataset path {dataset!r} does not exist; check --dataset")
-    return datasets.load_dataset(dataset, split=split)
-
-
-def _local_file_is_empty(path: str, builder: str) -> bool:
-    if os.path.getsize(path) == 0:
-        return True
-    if builder == "parquet":
-        import pyarrow.parquet as pq
-
-        return int(pq.ParquetFile(path).metadata.num_rows) == 0
-    if builder == "json":
-        with open(path, encoding="utf-8") as f:
-            head = f.read(4096).strip()
-        return head in ("", "[]")
-    return False
 
 
 def _field(row: dict[str, Any], name: str, i: int, source: str, flag: str) -> str:
@@ -106,7 +58,7 @@ def load_problems(
         raise ValueError(
             f"dataset {dataset!r} (split {split!r}) has no rows; check --dataset/--split"
         )
-    for name, flag in ((problem_field, "--problem-field"), (solution_field, "--solution-field")):
+    for name, flag in ((problem_field, "--problem_field"), (solution_field, "--solution_field")):
         if name not in columns:
             raise ValueError(
                 f'{source} has no "{name}" column (columns: {", ".join(columns)}); '
@@ -115,11 +67,11 @@ def load_problems(
     if answer_field is not None and answer_field not in columns:
         raise ValueError(
             f'{source} has no "{answer_field}" column (columns: {", ".join(columns)}); '
-            "fix --answer-field (or leave it out to take the last \\boxed{} of the solution)"
+            "fix --answer_field (or leave it out to take the last \\boxed{} of the solution)"
         )
     if id_field is not None and id_field not in columns:
         raise ValueError(
-            f'{source} has no "{id_field}" column (columns: {", ".join(columns)}); fix --id-field'
+            f'{source} has no "{id_field}" column (columns: {", ".join(columns)}); fix --id_field'
         )
     answer_col = (
         answer_field if answer_field is not None else ("answer" if "answer" in columns else None)
@@ -129,8 +81,8 @@ def load_problems(
     seen: set[str] = set()
     for i in range(n):
         row = table[i]
-        problem = _field(row, problem_field, i, source, "--problem-field")
-        solution = _field(row, solution_field, i, source, "--solution-field")
+        problem = _field(row, problem_field, i, source, "--problem_field")
+        solution = _field(row, solution_field, i, source, "--solution_field")
         answer: str | None = None
         if answer_col is not None and row.get(answer_col) not in (None, ""):
             answer = str(row[answer_col]).strip()
@@ -144,13 +96,6 @@ def load_problems(
         seen.add(pid)
         out.append(Problem(pid, problem, solution, answer or None))
     return out
-
-
-def response_ids(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of a written response as training sees it: the text, then EOS."""
-    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    eos = getattr(tokenizer, "eos_token_id", None)
-    return ids + ([int(eos)] if eos is not None else [])
 
 
 def shard_rows(items: Sequence[Any], index: int, count: int) -> list[Any]:

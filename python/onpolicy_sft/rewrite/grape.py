@@ -18,8 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from onpolicy_sft.rewrite import prompts as P
-from onpolicy_sft.rewrite.data import load_table, response_ids
+from onpolicy_sft import prompts as P
+from onpolicy_sft._io import load_table
+from onpolicy_sft.config import SelectConfig
+from onpolicy_sft.engines.base import Engine
+from onpolicy_sft.models import response_ids
 
 
 @dataclass(frozen=True)
@@ -42,38 +45,29 @@ def top_k(scores: np.ndarray, k: int) -> list[int]:
 
 
 def select(
-    model: Any = None,
-    candidates: str | None = None,
-    out: str | None = None,
-    *,
-    top_k_per_problem: int = 1,
-    split: str = "train",
-    problem_field: str = "problem",
-    response_field: str = "response",
-    answer_field: str | None = None,
-    engine: Any = None,
-    engine_kind: str = "auto",
-    batch_size: int = 64,
-    suffix: str | None = None,
-    **engine_kwargs: Any,
+    config: SelectConfig | None = None, /, *, engine: Engine | None = None, **options: Any
 ) -> SelectResult:
-    """Keep the top-k candidates per problem by mean log pi_0; write OUT/data.parquet.
+    """Keep the top-k candidates per problem by mean log pi_0; write OUTPUT_DIR/data.parquet.
 
-    ``response_field`` may hold a string (one candidate per row) or a list of
-    strings (several per row).
+    ``select(model=..., candidates=..., output_dir=..., top_k=1)`` or
+    ``select(SelectConfig(...))`` (see SelectConfig for every option); ``engine``:
+    an already loaded Engine instead of loading ``model``. ``response_field`` may
+    hold a string (one candidate per row) or a list of strings (several per row).
     """
     from onpolicy_sft.rewrite.report import write_data
 
-    if candidates is None or out is None:
-        raise ValueError("select needs candidates= (the --candidates dataset) and out= (--out)")
-    if top_k_per_problem < 1:
-        raise ValueError(f"--top-k {top_k_per_problem} must be >= 1")
-    table = load_table(candidates, split)
+    if engine is not None:
+        options.setdefault("model", "")
+    cfg = config.replace(**options) if config is not None else SelectConfig.from_dict(options)
+    out = cfg.output_dir
+    split, problem_field, response_field = cfg.split, cfg.problem_field, cfg.response_field
+    answer_field, candidates = cfg.answer_field, cfg.candidates
+    table = load_table(candidates, split, flag="--candidates")
     source = os.path.basename(candidates)
     cols = list(table.column_names)
     if len(table) == 0:
         raise ValueError(f"candidates {candidates!r} (split {split!r}) has no rows")
-    for name, flag in ((problem_field, "--problem-field"), (response_field, "--response-field")):
+    for name, flag in ((problem_field, "--problem_field"), (response_field, "--response_field")):
         if name not in cols:
             raise ValueError(
                 f'{source} has no "{name}" column (columns: {", ".join(cols)}); '
@@ -87,11 +81,11 @@ def select(
         resp = row.get(response_field)
         if not problem:
             raise ValueError(
-                f'row {i} of {source} has no "{problem_field}" field; map your column with --problem-field'
+                f'row {i} of {source} has no "{problem_field}" field; map your column with --problem_field'
             )
         if resp is None or resp == "" or resp == []:
             raise ValueError(
-                f'row {i} of {source} has no "{response_field}" field; map your column with --response-field'
+                f'row {i} of {source} has no "{response_field}" field; map your column with --response_field'
             )
         group = groups.setdefault(str(problem), [])
         group.extend([str(r) for r in resp] if isinstance(resp, list) else [str(resp)])
@@ -100,19 +94,17 @@ def select(
     if engine is None:
         from onpolicy_sft.engines import load_engine
 
-        if model is None:
-            raise ValueError("select needs model= (--model) or an engine=")
-        engine = load_engine(engine_kind, model, **engine_kwargs)
+        engine = load_engine(cfg.engine, cfg.model, tensor_parallel_size=cfg.tensor_parallel_size)
     tok = engine.tokenizer
-    sfx = P.SUFFIX if suffix is None else suffix
+    sfx = P.SUFFIX if cfg.suffix is None else cfg.suffix
     flat: list[tuple[str, int, str, str, list[int]]] = []
     for problem, resps in groups.items():
         prompt = P.train_prompt(tok, problem, sfx)
         for j, r in enumerate(resps):
-            flat.append((problem, j, prompt, r, response_ids(tok, r)))
+            flat.append((problem, j, prompt, r, response_ids(tok, [r])[0]))
     scored: list[np.ndarray] = []
-    for s in range(0, len(flat), batch_size):
-        chunk = flat[s : s + batch_size]
+    for s in range(0, len(flat), cfg.batch_size):
+        chunk = flat[s : s + cfg.batch_size]
         scored += engine.score([c[2] for c in chunk], [c[4] for c in chunk])
     by_problem: dict[str, list[int]] = {}
     for idx, c in enumerate(flat):
@@ -120,7 +112,7 @@ def select(
     rows = []
     for pnum, (problem, idxs) in enumerate(by_problem.items()):
         scores = length_normalised([scored[i] for i in idxs])
-        for rank, k in enumerate(top_k(scores, top_k_per_problem)):
+        for rank, k in enumerate(top_k(scores, cfg.top_k)):
             i = idxs[k]
             _, j, prompt, text, ids = flat[i]
             rows.append(

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from onpolicy_sft.engines.hf import Stream, sample_from_logits, seed_uniforms
+from onpolicy_sft.engines.sampling import Stream, sample_from_logits, seed_uniforms
 
 ANSWER_MARKER = "\\boxed{"
 

@@ -9,7 +9,7 @@ generating again. Expert scores and phi summaries go to an append-only side
 store (``scores.jsonl``) written *before* the ledger, so the ledger stays the
 single source of truth for what is done.
 
-Layout of ``--out DIR``: ``config.json``, ``ledger/``, ``scores.jsonl``,
+Layout of ``--output_dir DIR``: ``config.json``, ``ledger/``, ``scores.jsonl``,
 ``data.parquet``, ``report.md``/``report.json``/``*.png``. With ``--shard i/n``
 each worker writes ``DIR/shard-i-of-n/`` with the same layout; running the
 same command without ``--shard`` merges the shards (``Ledger.merge``) and
@@ -30,15 +30,15 @@ from typing import Any
 
 import numpy as np
 
-from onpolicy_sft.config import REWRITE_IDENTITY, RewriteConfig
-from onpolicy_sft.rewrite import prompts as P
+from onpolicy_sft import prompts as P
+from onpolicy_sft.config import RewriteConfig
+from onpolicy_sft.models import response_ids
 from onpolicy_sft.rewrite.data import (
     Problem,
     SideStore,
     copy_rejection,
     load_problems,
     phi_summary,
-    response_ids,
     shard_rows,
 )
 
@@ -85,15 +85,12 @@ def _check_resume(cfg: RewriteConfig, run_dir: str) -> None:
         return
     with open(path, encoding="utf-8") as f:
         old = json.load(f)
-    diffs = [
-        f"{k}: {old.get(k)!r} -> {getattr(cfg, k)!r}"
-        for k in REWRITE_IDENTITY
-        if k in old and old.get(k) != getattr(cfg, k)
-    ]
+    now = cfg.identity()
+    diffs = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in now.items() if k in old and old[k] != v]
     if diffs:
         raise ValueError(
             f"{run_dir} holds a rewrite with other settings ({'; '.join(diffs)}); "
-            "rerun with the same settings to resume, or choose a new --out"
+            "rerun with the same settings to resume, or choose a new --output_dir"
         )
 
 
@@ -106,7 +103,11 @@ class Pipeline:
         self._hf: Any = None
         self._verifier: Any = None
         index, count = cfg.shard_index()
-        self.run_dir = cfg.out if count == 1 else os.path.join(cfg.out, f"shard-{index}-of-{count}")
+        self.run_dir = (
+            cfg.output_dir
+            if count == 1
+            else os.path.join(cfg.output_dir, f"shard-{index}-of-{count}")
+        )
         self.suffix = P.SUFFIX if cfg.suffix is None else cfg.suffix
 
     # ------------------------------------------------------------ resources
@@ -172,7 +173,7 @@ class Pipeline:
     def _run(self) -> RewriteResult:
         cfg = self.cfg
         if self._engine is None:  # fail on a bad --model before any work
-            from onpolicy_sft.engines.hf import resolve_model_path
+            from onpolicy_sft.models import resolve_model_path
 
             resolve_model_path(cfg.model)
         from onpolicy_sft.ledger import Ledger
@@ -258,7 +259,7 @@ class Pipeline:
     def _merge_shards(self, ledger_path: str) -> None:
         from onpolicy_sft.ledger import Ledger
 
-        shard_dirs = sorted(glob.glob(os.path.join(self.cfg.out, "shard-*-of-*")))
+        shard_dirs = sorted(glob.glob(os.path.join(self.cfg.output_dir, "shard-*-of-*")))
         if not shard_dirs or os.path.exists(ledger_path):
             return
         ledgers = [
@@ -268,7 +269,7 @@ class Pipeline:
         ]
         self.log(f"merging {len(ledgers)} shard ledgers into {ledger_path}")
         Ledger.merge(ledgers, ledger_path)
-        side = SideStore(os.path.join(self.cfg.out, "scores.jsonl"))
+        side = SideStore(os.path.join(self.cfg.output_dir, "scores.jsonl"))
         for d in shard_dirs:
             side.append(SideStore(os.path.join(d, "scores.jsonl")).read())
 
@@ -545,7 +546,7 @@ class Pipeline:
         for chunk in _chunks(todo, cfg.batch_problems):
             probs = [self.by_id[pid] for pid in chunk]
             prompts = [self.train_prompt(p.problem) for p in probs]
-            ids = [response_ids(eng.tokenizer, p.solution) for p in probs]
+            ids = response_ids(eng.tokenizer, [p.solution for p in probs])
             with self.timer("score"):
                 if cfg.phi and hasattr(eng, "score_with_entropy"):
                     scored = eng.score_with_entropy(prompts, ids)
@@ -642,7 +643,7 @@ class Pipeline:
         }
 
     def _expert_ids(self, p: Problem) -> list[int]:
-        return response_ids(self.engine.tokenizer, p.solution)
+        return response_ids(self.engine.tokenizer, [p.solution])[0]
 
     def _expert_reason(self, ledger: Any, p: Problem) -> str:
         if p.answer is None:
@@ -670,7 +671,7 @@ def rewrite(
 ) -> RewriteResult:
     """Rewrite a dataset (see RewriteConfig for every option).
 
-    ``rewrite(model=..., dataset=..., out=...)`` or ``rewrite(RewriteConfig(...))``.
+    ``rewrite(model=..., dataset=..., output_dir=...)`` or ``rewrite(RewriteConfig(...))``.
     ``engine`` is either the RewriteConfig field (``"auto" | "vllm" | "hf"``) or an
     already loaded Engine to use.
     """

@@ -31,7 +31,9 @@ import torch
 import triton  # type: ignore[import-untyped]
 import triton.language as tl  # type: ignore[import-untyped]
 
-from .weights import LossSpec
+from onpolicy_sft.config import LossConfig
+
+from .torch_rows import CHUNK_BYTES, pow2_chunk
 
 # SCHEME codes (constexpr): which token-local weight the forward kernel computes.
 _SFT, _DFT, _IS, _IDFT, _EXTERNAL = 0, 1, 2, 3, 4
@@ -187,7 +189,7 @@ def policy_loss_fwd_rows(
     labels: torch.Tensor,
     blogp: torch.Tensor | None,
     scale: torch.Tensor,
-    spec: LossSpec,
+    spec: LossConfig,
     out: tuple[torch.Tensor, ...],
     *,
     local: bool,
@@ -242,7 +244,7 @@ def policy_loss_bwd_rows(
     labels: torch.Tensor,
     lse: torch.Tensor,
     coef: torch.Tensor,
-    spec: LossSpec,
+    spec: LossConfig,
 ) -> None:
     """Overwrite a (C, V) logits chunk with coef * (softmax - onehot(label))."""
     _check_chunk(logits, labels, lse, coef)
@@ -264,7 +266,7 @@ def policy_loss_bwd_rows(
 
 
 class TritonRows:
-    """The Triton row kernels behind ``fused.RowOps`` (CUDA, or CPU under TRITON_INTERPRET=1)."""
+    """The Triton row kernels behind ``torch_rows.RowOps`` (CUDA, or CPU under TRITON_INTERPRET=1)."""
 
     name = "triton"
 
@@ -285,10 +287,8 @@ class TritonRows:
 
     def chunk_size(self, n, v, dtype):
         # One chunk of logits in the input dtype is the only (C, V) buffer.
-        from .fused import _CHUNK_BYTES, _pow2_chunk
-
         itemsize = torch.empty((), dtype=dtype).element_size()
-        return _pow2_chunk(n, _CHUNK_BYTES // (v * itemsize))
+        return pow2_chunk(n, CHUNK_BYTES // (v * itemsize))
 
 
 __all__ = ["INTERPRETED", "TritonRows", "policy_loss_bwd_rows", "policy_loss_fwd_rows"]
