@@ -371,3 +371,22 @@ def test_two_ddp_ranks_rewrite_their_shards_with_the_current_weights(
     for a, lp in zip(atts, scored):
         np.testing.assert_allclose(a.behavior_logprobs, lp, atol=2e-4)
     assert len(pq.read_table(rdir / "data.parquet")) == N_PROBLEMS
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--online_every", "often"], "online_every='often': use 'epoch' or a whole number"),
+        (["--online_engine", "vllm"], "--online_engine applies to online rewriting only"),
+    ],
+    ids=["every", "engine-without-online"],
+)
+def test_train_cli_names_bad_online_flags(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from onpolicy_sft.cli import main
+
+    argv = ["train", "--model", "m", "--dataset", "d", "--output_dir", str(tmp_path / "o")]
+    assert main([*argv, *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1

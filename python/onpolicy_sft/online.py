@@ -52,7 +52,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -62,6 +62,7 @@ from onpolicy_sft.config import (
     ConfigBase,
     RewriteConfig,
     TrainConfig,
+    opt,
 )
 from onpolicy_sft.training import PolicyTrainer, TrainResult, build_examples, read_data
 
@@ -80,17 +81,25 @@ class OnlineConfig(ConfigBase):
 
     # Field names carry the prefix so that they sit beside TrainConfig's as flags
     # (--online_every), as TRL's GRPOConfig names its vllm_* options.
-    online_every: str = "epoch"  # "epoch", or N: a round after every N optimizer steps
-    online_engine: str = (
-        "hf"  # hf: the trainer's own model; vllm: a colocated engine fed its weights
+    _argument_group_name = "online rewriting (onpolicy_sft.online)"
+
+    online_every: str | None = opt(
+        None,
+        "online rewriting: a round after every epoch ('epoch') or every N optimizer steps "
+        "(none: train offline); --dataset must be a rewrite output directory",
     )
-    # The rewrite settings (k, temperatures, method, prompts, selection): None = the
-    # offline rewrite's, read from DATA/config.json.
-    online_rewrite_config: str | None = None
-    vllm_gpu_memory_utilization: float = 0.3  # the colocated engine's share of the GPU
-    vllm_max_model_len: int | None = None  # None: the model's own limit
-    vllm_dtype: str = "auto"  # the engine's weights; "auto" = the model config's dtype
-    online_progress: bool = True  # the rewrite's progress bars
+    online_engine: Literal["auto", "hf", "vllm"] = opt(
+        "hf",
+        "hf: generate with the trainer's own model; vllm: a colocated vLLM engine given the "
+        "trainer's weights each round; auto: vllm with CUDA, else hf",
+    )
+    online_rewrite_config: str | None = opt(
+        None, "rewrite settings of the rounds (none: DATASET/config.json, the offline rewrite's)"
+    )
+    vllm_gpu_memory_utilization: float = opt(0.3, "the colocated vLLM engine's share of the GPU")
+    vllm_max_model_len: int | None = opt(None, "vLLM context length (none: the model's)")
+    vllm_dtype: str = opt("auto", "the vLLM engine's dtype (auto: the model config's)")
+    online_progress: bool = opt(True, "progress bars of each round's rewrite")
 
     def every_steps(self) -> int | None:
         """N for "every N steps", None for "each epoch"."""
