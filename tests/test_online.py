@@ -390,3 +390,14 @@ def test_train_cli_names_bad_online_flags(
     assert main([*argv, *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_round_after_each_epoch_but_the_last(rewritten: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    opts = _cfg(rewritten, out, max_steps=-1, num_train_epochs=2)
+    res = train_online(**opts, online_every="epoch", online_progress=False)
+    assert res.global_step == 4  # 8 problems, 4 per step, 2 epochs
+    assert json.loads((out / "online" / "plan.json").read_text())["boundaries"] == [2]
+    history = json.loads((out / "online" / "rounds.json").read_text())
+    assert [(h["round"], h["step"]) for h in history] == [(0, 0), (1, 2)]

@@ -372,7 +372,7 @@ class _RoundCallback(TrainerCallback):  # type: ignore[misc]
         self.run = run
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.run.begin(state)
+        self.run.begin(state, len(kwargs["train_dataloader"]))
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.global_step in self.run.boundaries:
@@ -434,14 +434,11 @@ class OnlineRun:
         self.history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------ lifecycle
-    def begin(self, state: Any) -> None:
+    def begin(self, state: Any, batches_per_epoch: int) -> None:
         trainer = self.trainer
         assert trainer is not None
         steps_per_epoch = max(
-            1,
-            math.ceil(
-                len(trainer.get_train_dataloader()) / trainer.args.gradient_accumulation_steps
-            ),
+            1, math.ceil(batches_per_epoch / trainer.args.gradient_accumulation_steps)
         )
         every = self.online.every_steps() or steps_per_epoch
         self.boundaries = list(range(every, int(state.max_steps), every))
