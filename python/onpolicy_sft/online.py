@@ -774,6 +774,14 @@ def train_online(
         online = online.replace(online_every="epoch")
     if engine is not None:
         check_engine_takes_weights(engine)  # before any work
+    elif online.online_engine == "vllm":
+        from onpolicy_sft.engines import vllm_available
+
+        if not vllm_available():
+            raise ValueError(
+                "--online_engine vllm needs vLLM (pip install 'onpolicy-sft[vllm]'); without it "
+                "use --online_engine hf, which generates with the trainer's own model"
+            )
     cfg, args = resolve(cfg, args, **rest)
     problems = []
     if cfg.packing:
@@ -785,6 +793,8 @@ def train_online(
         )
     if args.dataloader_num_workers:
         problems.append("--dataloader_num_workers > 0 (worker copies would not see new rows)")
+    if getattr(args, "group_by_length", False):  # transformers < 5
+        problems.append("--group_by_length (row lengths change between rounds)")
     if problems:
         raise ValueError("online rewriting does not work with " + "; ".join(problems))
     rcfg = _rewrite_config_of(cfg, online)
