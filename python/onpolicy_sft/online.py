@@ -178,45 +178,25 @@ def _floats(x: Any) -> list[float] | None:
 
 
 def _write_rows(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """The full training set of a round (the rewrite contract's columns + ``round``)."""
+    """The full training set of a round: the rewrite contract's columns + ``round``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    lf = pa.list_(pa.float32())
-    schema = pa.schema(
-        [
-            ("problem_id", pa.string()),
-            ("problem", pa.string()),
-            ("prompt", pa.string()),
-            ("response", pa.string()),
-            ("response_token_ids", pa.list_(pa.int64())),
-            ("tier", pa.string()),
-            ("behavior_logprobs", lf),
-            ("base_logprobs", lf),
-            ("answer", pa.string()),
-            ("round", pa.int64()),
-        ]
-    )
-    table = pa.Table.from_pylist(
-        [
-            {
-                "problem_id": str(r["problem_id"]),
-                "problem": r.get("problem"),
-                "prompt": r["prompt"],
-                "response": r.get("response"),
-                "response_token_ids": [int(t) for t in r["response_token_ids"]],
-                "tier": r["tier"],
-                "behavior_logprobs": _floats(r.get("behavior_logprobs")),
-                "base_logprobs": _floats(r.get("base_logprobs")),
-                "answer": r.get("answer"),
-                "round": int(r.get("round") or 0),
-            }
-            for r in rows
-        ],
-        schema=schema,
-    )
+    from onpolicy_sft.rewrite.report import data_table
+
+    plain = [
+        {
+            **r,
+            "problem_id": str(r["problem_id"]),
+            "response_token_ids": [int(t) for t in r["response_token_ids"]],
+            "behavior_logprobs": _floats(r.get("behavior_logprobs")),
+            "base_logprobs": _floats(r.get("base_logprobs")),
+            "round": int(r.get("round") or 0),
+        }
+        for r in rows
+    ]
     tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
+    pq.write_table(data_table(plain, extra=[("round", pa.int64())]), tmp)
     os.replace(tmp, path)
 
 
@@ -397,8 +377,7 @@ class OnlineRun:
         rewrite_cfg: RewriteConfig,
         engine: Any = None,
     ) -> None:
-        from onpolicy_sft.rewrite.data import load_problems
-        from onpolicy_sft.verify import extract_answer
+        from onpolicy_sft.rewrite.data import problems_of
 
         self.cfg = cfg
         self.online = online
@@ -409,17 +388,7 @@ class OnlineRun:
         self.rows = _rows_of(read_data(cfg.dataset, cfg.split))
         for r in self.rows:
             r.setdefault("round", 0)
-        problems = load_problems(
-            rewrite_cfg.dataset,
-            split=rewrite_cfg.split,
-            problem_field=rewrite_cfg.problem_field,
-            solution_field=rewrite_cfg.solution_field,
-            answer_field=rewrite_cfg.answer_field,
-            id_field=rewrite_cfg.id_field,
-            limit=rewrite_cfg.limit,
-            extract_answer=extract_answer,
-        )
-        self.problems = {p.problem_id: p for p in problems}
+        self.problems = {p.problem_id: p for p in problems_of(rewrite_cfg)}
         missing = [
             str(r["problem_id"]) for r in self.rows if str(r["problem_id"]) not in self.problems
         ]

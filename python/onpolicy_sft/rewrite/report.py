@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -43,29 +44,39 @@ CLIP = (0.0, 2.0)  # PolicyLoss's default clip for "is"
 W_EDGES = np.linspace(CLIP[0], CLIP[1], 41)
 
 
+def data_table(rows: Sequence[dict[str, Any]], extra: Sequence[tuple[str, Any]] = ()) -> Any:
+    """The data.parquet contract (DATA_COLUMNS) of ``rows`` as a pyarrow Table, plus
+    ``extra`` (name, pyarrow type) columns."""
+    import pyarrow as pa
+
+    lf = pa.list_(pa.float32())
+    fields = [
+        ("problem_id", pa.string()),
+        ("problem", pa.string()),
+        ("prompt", pa.string()),
+        ("response", pa.string()),
+        ("response_token_ids", pa.list_(pa.int64())),
+        ("tier", pa.string()),
+        ("behavior_logprobs", lf),
+        ("base_logprobs", lf),
+        ("answer", pa.string()),
+        ("verdict", pa.bool_()),
+        ("reason", pa.string()),
+        *extra,
+    ]
+    names = [f[0] for f in fields]
+    assert names[: len(DATA_COLUMNS)] == list(DATA_COLUMNS)
+    table = [{k: r.get(k) for k in names} for r in rows]
+    return pa.Table.from_pylist(table, schema=pa.schema(fields))
+
+
 def write_data(rows: list[dict[str, Any]], path: str) -> None:
     """DIR/data.parquet (contract columns) and DIR/report_rows.parquet (report inputs)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     lf = pa.list_(pa.float32())
-    schema = pa.schema(
-        [
-            ("problem_id", pa.string()),
-            ("problem", pa.string()),
-            ("prompt", pa.string()),
-            ("response", pa.string()),
-            ("response_token_ids", pa.list_(pa.int64())),
-            ("tier", pa.string()),
-            ("behavior_logprobs", lf),
-            ("base_logprobs", lf),
-            ("answer", pa.string()),
-            ("verdict", pa.bool_()),
-            ("reason", pa.string()),
-        ]
-    )
-    table = pa.Table.from_pylist([{k: r[k] for k in DATA_COLUMNS} for r in rows], schema=schema)
-    _atomic_parquet(table, path, pq)
+    _atomic_parquet(data_table(rows), path, pq)
     extra_schema = pa.schema(
         [
             ("problem_id", pa.string()),

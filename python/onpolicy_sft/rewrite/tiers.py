@@ -37,8 +37,8 @@ from onpolicy_sft.rewrite.data import (
     Problem,
     SideStore,
     copy_rejection,
-    load_problems,
     phi_summary,
+    problems_of,
     shard_rows,
 )
 
@@ -177,22 +177,12 @@ class Pipeline:
 
             resolve_model_path(cfg.model)
         from onpolicy_sft.ledger import Ledger
-        from onpolicy_sft.verify import extract_answer
 
         t_start = time.perf_counter()
         os.makedirs(self.run_dir, exist_ok=True)
         _check_resume(cfg, self.run_dir)
         with self.timer("load"):
-            problems = load_problems(
-                cfg.dataset,
-                split=cfg.split,
-                problem_field=cfg.problem_field,
-                solution_field=cfg.solution_field,
-                answer_field=cfg.answer_field,
-                id_field=cfg.id_field,
-                limit=cfg.limit,
-                extract_answer=extract_answer,
-            )
+            problems = problems_of(cfg)
         index, count = cfg.shard_index()
         problems = shard_rows(problems, index, count)
         if not problems:
