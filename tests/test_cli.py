@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from onpolicy_sft.cli import COMMANDS
-from onpolicy_sft.commands import parse, parser
+from onpolicy_sft.commands import COMMANDS, parse, parser
 from onpolicy_sft.commands._parser import UsageError
 from onpolicy_sft.config import LossConfig, TrainConfig
 

@@ -123,16 +123,23 @@ def _scripted_engine() -> ScriptedEngine:
     return ScriptedEngine(build_tokenizer(), problems)
 
 
-def test_eval_table_equals_hand_computed_avg_and_pass_at_k(tmp_path: Path) -> None:
-    engine = _scripted_engine()
-    res = evaluate(
+def _scripted_options(out: Path) -> dict[str, Any]:
+    """Two fixture benchmarks, 4 samples each, for the scripted engine."""
+    return dict(
         model="models/tiny-dft",
-        output_dir=str(tmp_path),
+        output_dir=str(out),
         benchmarks="math500,amc23",
         benchmark_dir=str(FIXTURES),
         n=4,
         temperature=0.6,
         max_tokens=64,
+    )
+
+
+def test_eval_table_equals_hand_computed_avg_and_pass_at_k(tmp_path: Path) -> None:
+    engine = _scripted_engine()
+    res = evaluate(
+        **_scripted_options(tmp_path),
         engine=engine,
     )
     # the protocol reached the engine: chat template + the boxed suffix, n, T
@@ -243,15 +250,7 @@ def test_hub_benchmarks_use_the_documented_dataset_and_fields(
 
 def test_a_crash_on_a_later_benchmark_keeps_the_finished_ones(tmp_path: Path) -> None:
     """Rerunning into the same --output_dir regenerates only what did not finish."""
-    opts = dict(
-        model="models/tiny-dft",
-        output_dir=str(tmp_path),
-        benchmarks="math500,amc23",
-        benchmark_dir=str(FIXTURES),
-        n=4,
-        temperature=0.6,
-        max_tokens=64,
-    )
+    opts = _scripted_options(tmp_path)
     crashing = _scripted_engine()
     real_generate = crashing.generate
 

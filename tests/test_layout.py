@@ -1,6 +1,6 @@
 """The package's import graph: no circle, and the dependency rules of the layout.
 
-- no import circle among module-level imports;
+- no import circle, counting lazy (in-function) imports too;
 - engines import nothing from losses, training or rewrite;
 - training imports nothing from rewrite;
 - no package module imports the CLI (cli, commands);
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "python" / "onpolicy_sft"
 
@@ -33,19 +35,28 @@ def _target(name: str) -> str | None:
 
 
 def _imports(module: str, *, top_level_only: bool) -> set[str]:
+    """Package modules ``module`` imports: at import time only, or also inside functions
+    (lazy imports); ``if TYPE_CHECKING:`` blocks never run and are left out."""
     path = MODULES[module]
     tree = ast.parse(path.read_text(encoding="utf-8"))
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    nodes = tree.body if top_level_only else list(ast.walk(tree))
     found: set[str] = set()
 
-    def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.Import):
+    def add(name: str) -> None:
+        t = _target(name)
+        if t:
+            found.add(t)
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name):
+            if node.test.id == "TYPE_CHECKING":
+                for child in node.orelse:
+                    visit(child, in_function)
+                return
+        if isinstance(node, ast.Import) and not (top_level_only and in_function):
             for alias in node.names:
-                t = _target(alias.name)
-                if t:
-                    found.add(t)
-        elif isinstance(node, ast.ImportFrom):
+                add(alias.name)
+        elif isinstance(node, ast.ImportFrom) and not (top_level_only and in_function):
             base = node.module or ""
             if node.level:
                 anchor = package.split(".")
@@ -55,15 +66,11 @@ def _imports(module: str, *, top_level_only: bool) -> set[str]:
                 t = _target(f"{base}.{alias.name}") or _target(base)
                 if t:
                     found.add(t)
-        elif top_level_only and isinstance(node, (ast.If, ast.Try)):
-            # ``if TYPE_CHECKING:`` blocks never run, so they cannot close a circle
-            test = getattr(node, "test", None)
-            if not (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING"):
-                for child in ast.iter_child_nodes(node):
-                    visit(child)
+        inner = in_function or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+        for child in ast.iter_child_nodes(node):
+            visit(child, inner)
 
-    for node in nodes:
-        visit(node)
+    visit(tree, False)
     found.discard(module)
     return found
 
@@ -88,8 +95,9 @@ def test_module_discovery_sees_the_layout() -> None:
     assert "onpolicy_sft.train" not in MODULES
 
 
-def test_no_import_circle() -> None:
-    graph = {m: _imports(m, top_level_only=True) for m in MODULES}
+@pytest.mark.parametrize("top_level_only", [True, False], ids=["at-import", "with-lazy"])
+def test_no_import_circle(top_level_only: bool) -> None:
+    graph = {m: _imports(m, top_level_only=top_level_only) for m in MODULES}
     # a package's __init__ runs before its submodules: an edge to it from inside is fine
     state: dict[str, int] = {}
     stack: list[str] = []
@@ -145,8 +153,7 @@ def test_dependency_rules() -> None:
     assert not bad, bad
 
 
-def test_a_circle_would_be_found(tmp_path: Path, monkeypatch) -> None:
-    """The walker sees module-level imports, relative ones included."""
+def test_the_walker_sees_relative_and_lazy_imports() -> None:
     assert "onpolicy_sft.config" in _imports("onpolicy_sft.kernels.weights", top_level_only=True)
     assert "onpolicy_sft.kernels.torch_rows" in _imports(
         "onpolicy_sft.kernels.chunked", top_level_only=True
@@ -154,3 +161,6 @@ def test_a_circle_would_be_found(tmp_path: Path, monkeypatch) -> None:
     assert "onpolicy_sft.kernels.triton_rows" not in _imports(
         "onpolicy_sft.kernels.chunked", top_level_only=True
     )  # lazily imported only
+    assert "onpolicy_sft.kernels.triton_rows" in _imports(
+        "onpolicy_sft.kernels.chunked", top_level_only=False
+    )

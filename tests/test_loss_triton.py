@@ -147,7 +147,7 @@ def test_row_kernel_weights_and_logit_grads(opts, dtype, small_tiles):
     scale[4] = 0.0
     logits = z64.to(dtype).to(DEVICE)
     out = tuple(torch.empty(c, device=DEVICE) for _ in range(5))
-    triton_rows.policy_loss_fwd_rows(
+    triton_rows.TritonRows().forward(
         logits,
         labels.to(DEVICE),
         blogp.to(DEVICE),

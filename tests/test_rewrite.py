@@ -1,7 +1,7 @@
 """The rewrite pipeline with a scripted engine: tiers, selection, rejections, output, resume, shards.
 
 The scripted engine returns fixed texts per problem so every branch of
-METHODS.md's "Three-tier rewriting" is exercised deterministically; the
+docs/methods.md's "Three-tier rewriting" is exercised deterministically; the
 verifier and the ledger are the real ones.
 """
 

@@ -25,14 +25,7 @@ from onpolicy_sft.training import (
 N_ROWS = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    # Tiny models on a shared 2-core machine: one intra-op thread is ~50x faster
-    # than two fighting over cores with other processes.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _behavior_logprobs(model_dir: Path, prompt_ids: list[int], resp_ids: list[int]) -> list[float]:

@@ -12,16 +12,7 @@ import difflib
 import sys
 from collections.abc import Sequence
 
-# name -> one-line help (kept here so that the top-level --help imports nothing)
-COMMANDS = {
-    "demo": "run the whole method on the bundled tiny model and write OUTPUT_DIR/report.md",
-    "rewrite": "rewrite a dataset into the model's own words (self -> guided -> expert, hinted, grape)",
-    "select": "GRAPE: keep the top-k candidates per problem by mean log-prob under the model",
-    "train": "fine-tune a model with a policy-weighted loss (sft, dft, is, idft, pear)",
-    "eval": "evaluate avg@k / pass@k on math500, minerva, olympiadbench, aime24, amc23",
-    "verify": "check each row's prediction against its gold answer (Rust fast path + math-verify)",
-    "report": "re-render the policy-gap report of a rewrite output directory",
-}
+from onpolicy_sft.commands import COMMANDS
 
 
 def _usage() -> str:

@@ -489,7 +489,9 @@ class TrainConfig(ConfigBase):
         "concatenate sequences into max_length rows (positions restart per sequence)",
         identity=True,
     )
-    warmup_ratio: float = opt(0.1, "share of the optimizer steps spent in linear warmup")
+    warmup_ratio: float = opt(
+        0.1, "share of the optimizer steps spent in linear warmup (--warmup_steps replaces it)"
+    )
     model_dtype: Literal["float32", "bfloat16", "float16", "auto"] = opt(
         "float32", "dtype the weights are loaded in (--bf16 autocasts on top)"
     )

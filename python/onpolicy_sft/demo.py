@@ -41,14 +41,18 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from onpolicy_sft._callable import make_module_callable
+from onpolicy_sft._io import read_jsonl, write_jsonl
 from onpolicy_sft.config import DemoConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from onpolicy_sft.verify import Verifier
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 MODEL_DIR = ASSETS / "tiny_model"
@@ -66,7 +70,39 @@ METHODS: tuple[tuple[str, str, str, bool], ...] = (
 )
 BASE = "Base (pi_0)"
 TIERS = ("self", "guided", "expert")
-IS_CLIP = (0.0, 2.0)  # the `is` scheme's default clip (METHODS.md)
+IS_CLIP = (0.0, 2.0)  # the `is` scheme's default clip (docs/methods.md)
+
+
+@dataclass
+class DemoNumbers:
+    """Everything the demo measured (and the config it ran), as the report, the plots
+    and results.json use it.
+
+    table: method -> column (number of operations, "Avg.") -> avg@k (percent), mean
+    over the seeds; eval: per method, the seed-averaged evaluation (``per_problem`` is
+    the paired unit); training / online: per method and seed, the training records and
+    the online rounds; nll / ess / weights / token_share: the policy-gap measurements;
+    comparisons: (method, against, difference, paired s.e.) in avg points.
+    """
+
+    config: DemoConfig
+    engine: str  # the engine "auto" resolved to
+    n_train: int
+    n_eval: int
+    model_params: int
+    train_config: dict[str, str]  # the shared training configuration, as the report states it
+    table: dict[str, dict[str, float]]
+    eval: dict[str, dict[str, Any]]
+    training: dict[str, dict[int, dict[str, Any]]]
+    online: dict[str, dict[int, list[dict[str, Any]]]]
+    tiers: dict[str, int]
+    nll: dict[str, float]
+    ess: dict[str, float]
+    weights: dict[str, Any]
+    token_share: dict[str, float]
+    guided_steps_ok: float
+    seconds: dict[str, float]
+    comparisons: list[tuple[str, str, float, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -86,18 +122,6 @@ class DemoResult:
 
 
 # ----------------------------------------------------------------- helpers
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 @contextlib.contextmanager
@@ -136,7 +160,7 @@ def _library_bars_off() -> Iterator[None]:
 
 
 def ess_fraction(weights: np.ndarray) -> float:
-    """ESS / count = (Σw)² / (n Σw²) (METHODS.md, "Statistics worth logging"); 1 = uniform."""
+    """ESS / count = (Σw)² / (n Σw²) (docs/methods.md, "Statistics worth logging"); 1 = uniform."""
     w = np.asarray(weights, dtype=np.float64)
     if w.size == 0 or not np.any(w > 0):
         return float("nan")
@@ -147,7 +171,7 @@ def is_weights(base_logprobs: np.ndarray, behavior_logprobs: np.ndarray | None) 
     """Token importance weights of pi_0 against the data's behaviour policy, clipped as `is` does.
 
     Rows without behaviour log-probs (expert rows) use blogp = 0, i.e. the
-    weight is p_t, the convention of MTG's released training (METHODS.md).
+    weight is p_t, the convention of MTG's released training (docs/methods.md).
     """
     b = np.zeros_like(base_logprobs) if behavior_logprobs is None else behavior_logprobs
     return np.clip(np.exp(base_logprobs.astype(np.float64) - b), *IS_CLIP)
@@ -292,7 +316,7 @@ def _write_benchmarks(eval_rows: list[dict[str, Any]], bench_dir: Path) -> list[
             for r in eval_rows
             if int(r.get("difficulty", 0)) == d
         ]
-        _write_jsonl(bench_dir / f"{name}.jsonl", rows)
+        write_jsonl(bench_dir / f"{name}.jsonl", rows)
         names.append(name)
     return names
 
@@ -304,7 +328,7 @@ def _evaluate(
     bench_dir: Path,
     benchmarks: list[str],
     out: Path,
-    verifier: Any,
+    verifier: Verifier,
     seed: int,
 ) -> dict[str, Any]:
     """avg@k on the held-out problems per difficulty (onpolicy_sft.evaluate), plus answer style."""
@@ -328,7 +352,7 @@ def _evaluate(
     key = f"avg@{cfg.k_eval}"
     cols = {b: float(res["benchmarks"][b][key]) for b in benchmarks}
     cols["Avg."] = sum(cols.values()) / len(cols)
-    samples = _read_jsonl(out / "samples.jsonl")
+    samples = read_jsonl(out / "samples.jsonl")
     n = max(1, len(samples))
     per_problem: dict[str, dict[str, list[bool]]] = {b: {} for b in benchmarks}
     for smp in samples:
@@ -426,7 +450,7 @@ def _format_table(table: dict[str, dict[str, float]], k: int) -> str:
     return "\n".join(lines)
 
 
-def _plots(out: Path, res: dict[str, Any]) -> list[str]:
+def _plots(out: Path, res: DemoNumbers) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -434,15 +458,15 @@ def _plots(out: Path, res: dict[str, Any]) -> list[str]:
 
     files = []
     # 1. avg@k per method, with the paired s.e. against the base as error bars
-    names = list(res["table"])
-    vals = [res["table"][n]["Avg."] for n in names]
-    se_vs_base = {a: se for a, b, _, se in res["comparisons"] if b == BASE}
+    names = list(res.table)
+    vals = [res.table[n]["Avg."] for n in names]
+    se_vs_base = {a: se for a, b, _, se in res.comparisons if b == BASE}
     errs = [se_vs_base.get(n, 0.0) for n in names]
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(names) + 1.2))
     ax.barh(names[::-1], vals[::-1], xerr=errs[::-1], color="#4477aa", ecolor="#333333", capsize=3)
-    ax.axvline(res["table"][BASE]["Avg."], color="#999999", linestyle="--", linewidth=1)
+    ax.axvline(res.table[BASE]["Avg."], color="#999999", linestyle="--", linewidth=1)
     ax.set_xlabel(
-        f"avg@{res['k']} (%), mean over {len(res['seeds'])} seed(s); bars: paired s.e. vs base"
+        f"avg@{res.config.k_eval} (%), mean over {len(res.config.seeds)} seed(s); bars: paired s.e. vs base"
     )
     ax.set_xlim(0, max(vals) * 1.25 + 1)
     for i, (v, e) in enumerate(zip(vals[::-1], errs[::-1])):
@@ -452,7 +476,7 @@ def _plots(out: Path, res: dict[str, Any]) -> list[str]:
     plt.close(fig)
     files.append("accuracy.png")
     # 2. NLL per tier
-    nll = res["nll"]
+    nll = res.nll
     keys = [k for k in nll if not math.isnan(nll[k])]
     fig, ax = plt.subplots(figsize=(7, 3.2))
     ax.bar(range(len(keys)), [nll[k] for k in keys], color="#aa7744")
@@ -466,8 +490,8 @@ def _plots(out: Path, res: dict[str, Any]) -> list[str]:
     # 3. importance weights (legend above the axes, clear of the bars)
     fig, ax = plt.subplots(figsize=(7, 3.6))
     bins = np.linspace(0, IS_CLIP[1], 41)
-    for name, w in res["weights"].items():
-        ax.hist(w, bins=bins, alpha=0.6, density=True, label=f"{name} (ESS {res['ess'][name]:.2f})")
+    for name, w in res.weights.items():
+        ax.hist(w, bins=bins, alpha=0.6, density=True, label=f"{name} (ESS {res.ess[name]:.2f})")
     ax.set_xlabel("token importance weight pi_0 / pi_behaviour (clipped)")
     ax.set_ylabel("density")
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False, fontsize=8)
@@ -477,9 +501,9 @@ def _plots(out: Path, res: dict[str, Any]) -> list[str]:
     files.append("importance_weights.png")
     # 4. training curves of the first seed: the likelihood of the training data (comparable
     # across schemes) and each scheme's own objective on a log axis (DFT/IS losses are ~1e-2)
-    seed = res["seeds"][0]
+    seed = res.config.seeds[0]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for name, by_seed in res["training"].items():
+    for name, by_seed in res.training.items():
         tr = by_seed[seed]
         if tr["nlls"]:
             ax1.plot(range(1, len(tr["nlls"]) + 1), tr["nlls"], label=name)
@@ -497,9 +521,9 @@ def _plots(out: Path, res: dict[str, Any]) -> list[str]:
     plt.close(fig)
     files.append("training_loss.png")
     # 5. online rounds: expert rows, policy gap and ESS per round, one line per method and seed
-    if res.get("online"):
+    if res.online:
         fig, axes = plt.subplots(1, 3, figsize=(10, 3.2))
-        for name, by_seed in res["online"].items():
+        for name, by_seed in res.online.items():
             for s_, hist in by_seed.items():
                 r = [h["round"] for h in hist]
                 label = f"{name.replace('Online rewriting', 'Online')}, seed {s_}"
@@ -618,7 +642,7 @@ PAPER_ORDERINGS = (
 )
 
 
-def comparisons(res: dict[str, Any]) -> list[tuple[str, str, float, float]]:
+def comparisons(res: DemoNumbers) -> list[tuple[str, str, float, float]]:
     """(method, against, difference of "Avg." in points, paired s.e. in points) for each pair.
 
     Paired over problems: each problem's accuracy is first averaged over its
@@ -626,8 +650,8 @@ def comparisons(res: dict[str, Any]) -> list[tuple[str, str, float, float]]:
     evaluation), so the standard error counts problems, and seed-to-seed noise
     is part of every problem's difference.
     """
-    t = {n: r["Avg."] for n, r in res["table"].items()}
-    pp = {name: e["per_problem"] for name, e in res["eval"].items()}
+    t = {n: r["Avg."] for n, r in res.table.items()}
+    pp = {name: e["per_problem"] for name, e in res.eval.items()}
     return [
         (a, b, t[a] - t[b], _paired_se_points(pp[a], pp[b])) for a, b in _comparison_pairs(list(t))
     ]
@@ -639,7 +663,7 @@ def _verdict(d: float, se: float) -> str:
     return "better beyond 2 s.e." if d > 0 else "worse beyond 2 s.e."
 
 
-def _orderings(res: dict[str, Any], cmp: dict[tuple[str, str], tuple[float, float]]) -> list[str]:
+def _orderings(res: DemoNumbers, cmp: dict[tuple[str, str], tuple[float, float]]) -> list[str]:
     """Whether each of the papers' orderings holds on this run, and the measurements behind a miss."""
     held, missed = [], []
     for a, b in PAPER_ORDERINGS:
@@ -654,7 +678,7 @@ def _orderings(res: dict[str, Any], cmp: dict[tuple[str, str], tuple[float, floa
             + "; ".join(f"{a} > {b} ({d:+.2f}, s.e. {se:.1f})" for a, b, d, se in held)
             + "."
         )
-    ess, nll, tiers = res["ess"], res["nll"], res["tiers"]
+    ess, nll, tiers = res.ess, res.nll, res.tiers
     rows = max(1, sum(tiers.values()))
     for a, b, d, se in missed:
         why = ""
@@ -674,7 +698,7 @@ def _orderings(res: dict[str, Any], cmp: dict[tuple[str, str], tuple[float, floa
                 "on-policy are mostly those pi_0 already solved"
             )
         elif a.startswith("Online"):
-            hist = [h for by in (res.get("online") or {}).values() for h in by.values()]
+            hist = [h for by in (res.online or {}).values() for h in by.values()]
             if hist:
                 first = float(np.mean([h[0]["tiers"]["expert"] for h in hist]))
                 last = float(np.mean([h[-1]["tiers"]["expert"] for h in hist]))
@@ -699,13 +723,13 @@ def _orderings(res: dict[str, Any], cmp: dict[tuple[str, str], tuple[float, floa
     return lines
 
 
-def _conclusion(res: dict[str, Any]) -> str:
-    t = {n: r["Avg."] for n, r in res["table"].items()}
+def _conclusion(res: DemoNumbers) -> str:
+    t = {n: r["Avg."] for n, r in res.table.items()}
     base = t[BASE]
-    n = res["n_eval"] * res["k"]
-    per_problem = {name: e["per_problem"] for name, e in res["eval"].items()}
-    cmp = {(a, b): (d, se) for a, b, d, se in res["comparisons"]}
-    seeds = res["seeds"]
+    n = res.n_eval * res.config.k_eval
+    per_problem = {name: e["per_problem"] for name, e in res.eval.items()}
+    cmp = {(a, b): (d, se) for a, b, d, se in res.comparisons}
+    seeds = res.config.seeds
 
     lines = [
         f"- Averages over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); every difference "
@@ -731,7 +755,7 @@ def _conclusion(res: dict[str, Any]) -> str:
             lines.append(
                 f"- {a} vs {b} (offline): {d:+.2f} points, {_verdict(d, se)} (s.e. {se:.1f})."
             )
-    online = res.get("online") or {}
+    online = res.online or {}
     for name, by_seed in online.items():
         first = [h[0] for h in by_seed.values() if h]
         last = [h[-1] for h in by_seed.values() if h]
@@ -752,7 +776,7 @@ def _conclusion(res: dict[str, Any]) -> str:
     lines += _orderings(res, cmp)
     best = max(t, key=lambda k: t[k])
     lines.append(f"- Best row: {best} ({t[best]:.2f}).")
-    parts = _parts(res["table"][BASE])
+    parts = _parts(res.table[BASE])
     if parts:
         cells = []
         for name in t:
@@ -760,7 +784,7 @@ def _conclusion(res: dict[str, Any]) -> str:
                 continue
             deltas = []
             for part, cols in parts.items():
-                d = _mean_of(res["table"][name], cols) - _mean_of(res["table"][BASE], cols)
+                d = _mean_of(res.table[name], cols) - _mean_of(res.table[BASE], cols)
                 se = _paired_se_points(
                     {c: per_problem[name][c] for c in cols},
                     {c: per_problem[BASE][c] for c in cols},
@@ -768,7 +792,7 @@ def _conclusion(res: dict[str, Any]) -> str:
                 deltas.append(f"{part} {d:+.1f} (s.e. {se:.1f})")
             cells.append(f"{name}: " + ", ".join(deltas))
         base_parts = ", ".join(
-            f"{part} {_mean_of(res['table'][BASE], cols):.1f}" for part, cols in parts.items()
+            f"{part} {_mean_of(res.table[BASE], cols):.1f}" for part, cols in parts.items()
         )
         lines.append(
             f"- By part (the base scores {base_parts}); change in points against the base, "
@@ -780,8 +804,8 @@ def _conclusion(res: dict[str, Any]) -> str:
             "papers; the changes by part above say where each lost, and the policy-gap and "
             "tier lines below how far off-policy its training data was."
         )
-    ess = res["ess"]
-    nll = res["nll"]
+    ess = res.ess
+    nll = res.nll
     shrinks = (
         nll["rewritten data (all rows)"] < nll["expert data (all problems)"]
         and ess["rewritten data"] > ess["expert data"]
@@ -794,23 +818,23 @@ def _conclusion(res: dict[str, Any]) -> str:
         f"token importance weights is {ess['expert data']:.2f} on the expert data and "
         f"{ess['rewritten data']:.2f} on the rewritten data."
     )
-    tok = res["token_share"]
+    tok = res.token_share
     if tok.get("expert", 0.0) > 0.3:
         lines.append(
-            f"- Expert rows are {100 * res['tiers']['expert'] / max(1, sum(res['tiers'].values())):.0f}% "
+            f"- Expert rows are {100 * res.tiers['expert'] / max(1, sum(res.tiers.values())):.0f}% "
             f"of the rewritten rows but {100 * tok['expert']:.0f}% of its response tokens (prose is "
             "long, the model's own solutions are short). With a token-normalised loss, "
             "rewriting + SFT is therefore still trained mostly on expert text; DFT and IS "
             "down-weight exactly those tokens (their weight is p_t, tiny under pi_0)."
         )
-    ok = res.get("guided_steps_ok")
+    ok = res.guided_steps_ok
     if ok is not None and not math.isnan(ok):
         lines.append(
             f"- Verification checks the final answer only: {100 * ok:.0f}% of the kept guided "
             "rewrites have every arithmetic step right; the rest reached the reference answer "
             "with a wrong step, and training on them teaches wrong arithmetic."
         )
-    ev = res["eval"]
+    ev = res.eval
     style = {name: ev[name]["expert_style_frac"] for name in ev}
     learned = [name for name, frac in style.items() if frac >= 0.05]
     lines.append(
@@ -827,28 +851,28 @@ def _conclusion(res: dict[str, Any]) -> str:
         "gradient norms under Training)."
     )
     lines.append(
-        f"- Noise: {res['n_eval']} problems x {res['k']} samples; one standard error of an "
+        f"- Noise: {res.n_eval} problems x {res.config.k_eval} samples; one standard error of an "
         f"accuracy near the base's is at least {_se_points(base, n):.1f} points (binomial); "
         "differences between methods are judged by the paired standard error over the same "
         "problems, given with each comparison above. A tiny model, "
-        f"{res['n_train']} training problems and a few optimizer steps make this a "
+        f"{res.n_train} training problems and a few optimizer steps make this a "
         "demonstration of the pipeline and of the policy-gap measurements, not a replication "
         "of the papers' effect sizes."
     )
     return "\n".join(lines)
 
 
-def _write_report(out: Path, res: dict[str, Any], files: list[str]) -> str:
-    tiers = res["tiers"]
+def _write_report(out: Path, res: DemoNumbers, files: list[str]) -> str:
+    tiers = res.tiers
     total = max(1, sum(tiers.values()))
-    nll = res["nll"]
+    nll = res.nll
     lines = [
         "# onpolicy-sft demo",
         "",
-        f"Bundled tiny model ({res['model_params'] / 1e6:.2f}M parameters), "
-        f"{res['n_train']} training problems, {res['n_eval']} held-out problems, seeds "
-        f"{', '.join(map(str, res['seeds']))}, engine {res['engine']}, "
-        f"{'quick' if res['quick'] else 'full'} size.",
+        f"Bundled tiny model ({res.model_params / 1e6:.2f}M parameters), "
+        f"{res.n_train} training problems, {res.n_eval} held-out problems, seeds "
+        f"{', '.join(map(str, res.config.seeds))}, engine {res.engine}, "
+        f"{'quick' if res.config.quick else 'full'} size.",
         "",
         "## Setup",
         "",
@@ -859,8 +883,8 @@ def _write_report(out: Path, res: dict[str, Any], files: list[str]) -> str:
         "problems are mostly hard; their expert solutions are correct but verbose prose (`... 12 "
         "plus 5, that is 17. The answer is \\boxed{17}.`): they teach the hard part, in a "
         "foreign style (the policy gap).",
-        f"- Rewriting: three tiers (self: k={res['k_self']} samples at T=1.0; guided: "
-        f"k={res['k_guided']} at T=0.7 with the expert solution in the prompt; else expert), "
+        f"- Rewriting: three tiers (self: k={res.config.k_self} samples at T=1.0; guided: "
+        f"k={res.config.k_guided} at T=0.7 with the expert solution in the prompt; else expert), "
         "verified against the reference answer; among several correct samples the likeliest "
         "under pi_0 is kept.",
         "- SFT/DFT train on the expert solutions, the rewriting rows on the rewritten data. "
@@ -868,24 +892,24 @@ def _write_report(out: Path, res: dict[str, Any], files: list[str]) -> str:
         "before any result was looked at and never tuned per method. IS uses token-level "
         "clipped ratios (0, 2) against the stored behaviour log-probs (blogp = 0 for expert "
         "rows). Online rewriting trains the same way on the same offline-rewritten data and, "
-        f"after every {'epoch' if res['online_every'] == 'epoch' else str(res['online_every']) + ' optimizer steps'}, "
+        f"after every {'epoch' if res.config.online_every == 'epoch' else str(res.config.online_every) + ' optimizer steps'}, "
         "the current model rewrites its expert and guided rows again (self, then guided); a row "
         "is replaced when the new rewrite is correct (onpolicy_sft.online).",
-        f"- Seeds: {', '.join(map(str, res['seeds']))}. The rewrite (seed {res['seeds'][0]}) and "
+        f"- Seeds: {', '.join(map(str, res.config.seeds))}. The rewrite (seed {res.config.seeds[0]}) and "
         "the base model's evaluation are shared by the seeds; each seed trains and evaluates "
         "every method (its own data order and sampling).",
-        f"- Evaluation: avg@{res['k']} at T=1.0, top-p 1 on held-out problems (columns: number of "
+        f"- Evaluation: avg@{res.config.k_eval} at T=1.0, top-p 1 on held-out problems (columns: number of "
         "operations, like the papers' benchmarks), graded by onpolicy_sft.Verifier.",
         "",
         "## Training configuration (shared by every method)",
         "",
         "| Setting | Value |",
         "|---|---|",
-        *(f"| {k} | {v} |" for k, v in res["train_config"].items()),
+        *(f"| {k} | {v} |" for k, v in res.train_config.items()),
         "",
         "## Results",
         "",
-        _format_table(res["table"], res["k"]),
+        _format_table(res.table, res.config.k_eval),
         "",
         "### Comparisons (difference of Avg., points; paired s.e. over problems and seeds)",
         "",
@@ -893,7 +917,7 @@ def _write_report(out: Path, res: dict[str, Any], files: list[str]) -> str:
         "|---|---|---:|---:|---|",
         *(
             f"| {a} | {b} | {d:+.2f} | {se:.2f} | {_verdict(d, se)} |"
-            for a, b, d, se in res["comparisons"]
+            for a, b, d, se in res.comparisons
         ),
         "",
         "## Policy gap",
@@ -901,7 +925,7 @@ def _write_report(out: Path, res: dict[str, Any], files: list[str]) -> str:
         "| Tier | Rows | Share of rows | Share of tokens | Mean NLL / token under pi_0 |",
         "|---|---:|---:|---:|---:|",
     ]
-    share = res["token_share"]
+    share = res.token_share
     for t in TIERS:
         lines.append(
             f"| {t} | {tiers[t]} | {100 * tiers[t] / total:.1f}% | {100 * share[t]:.1f}% "
@@ -909,13 +933,13 @@ def _write_report(out: Path, res: dict[str, Any], files: list[str]) -> str:
         )
     expert_nll = nll["expert data (all problems)"]
     lines += [
-        f"| expert data (all problems) | {res['n_train']} | - | - | {expert_nll:.4f} |",
+        f"| expert data (all problems) | {res.n_train} | - | - | {expert_nll:.4f} |",
         f"| rewritten data (all rows) | {total} | - | - | {nll['rewritten data (all rows)']:.4f} |",
         "",
         "| Data | ESS fraction of token importance weights |",
         "|---|---:|",
-        f"| expert data | {res['ess']['expert data']:.4f} |",
-        f"| rewritten data | {res['ess']['rewritten data']:.4f} |",
+        f"| expert data | {res.ess['expert data']:.4f} |",
+        f"| rewritten data | {res.ess['rewritten data']:.4f} |",
         "",
         "Weights are `clip(pi_0(y_t) / pi_beta(y_t), 0, 2)` per token (the `is` scheme's); expert "
         "tokens have no behaviour policy and use `pi_beta = 1`, so their weight is `p_t`, as MTG's "
@@ -930,7 +954,7 @@ def _write_report(out: Path, res: dict[str, Any], files: list[str]) -> str:
         "| Method | answers in expert style | mean tokens | truncated |",
         "|---|---:|---:|---:|",
     ]
-    for name, ev in res["eval"].items():
+    for name, ev in res.eval.items():
         lines.append(
             f"| {name} | {100 * ev['expert_style_frac']:.1f}% | {ev['mean_tokens']:.1f} | "
             f"{100 * ev['truncated_frac']:.1f}% |"
@@ -944,13 +968,13 @@ def _write_report(out: Path, res: dict[str, Any], files: list[str]) -> str:
         "| Method | seed | steps | mean training loss | mean gradient norm (before clipping) |",
         "|---|---:|---:|---:|---:|",
     ]
-    for name, by_seed in res["training"].items():
+    for name, by_seed in res.training.items():
         for seed, tr in by_seed.items():
             lines.append(
                 f"| {name} | {seed} | {tr['steps']} | {tr['training_loss']:.4f} | "
                 f"{tr['mean_grad_norm']:.3f} |"
             )
-    if res.get("online"):
+    if res.online:
         lines += [
             "",
             "## Online rounds",
@@ -962,7 +986,7 @@ def _write_report(out: Path, res: dict[str, Any], files: list[str]) -> str:
             "| Method | seed | round | step | self | guided | expert | replaced | NLL | ESS |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for name, by_seed in res["online"].items():
+        for name, by_seed in res.online.items():
             for seed, hist in by_seed.items():
                 for h in hist:
                     t = h["tiers"]
@@ -972,7 +996,7 @@ def _write_report(out: Path, res: dict[str, Any], files: list[str]) -> str:
                         f"{h['nll']:.3f} | {h['ess']:.3f} |"
                     )
     lines += ["", "## Time", "", "| Stage | seconds |", "|---|---:|"]
-    for stage, s in res["seconds"].items():
+    for stage, s in res.seconds.items():
         lines.append(f"| {stage} | {s:.1f} |")
     lines += ["", "## Plots", ""]
     for f in files:
@@ -1018,11 +1042,11 @@ def demo(config: DemoConfig | None = None, /, **options: Any) -> DemoResult:
     seconds: dict[str, float] = {}
     t_all = time.time()
 
-    train_rows = _read_jsonl(data_dir / "train.jsonl")[: cfg.n_train]
-    eval_rows = _read_jsonl(data_dir / "eval.jsonl")[: cfg.n_eval]
+    train_rows = read_jsonl(data_dir / "train.jsonl")[: cfg.n_train]
+    eval_rows = read_jsonl(data_dir / "eval.jsonl")[: cfg.n_eval]
     train_path = root / "data" / "train.jsonl"
-    _write_jsonl(train_path, train_rows)
-    _write_jsonl(root / "data" / "eval.jsonl", eval_rows)
+    write_jsonl(train_path, train_rows)
+    write_jsonl(root / "data" / "eval.jsonl", eval_rows)
     bench_dir = root / "data" / "benchmarks"
     benchmarks = _write_benchmarks(eval_rows, bench_dir)
 
@@ -1118,18 +1142,13 @@ def demo(config: DemoConfig | None = None, /, **options: Any) -> DemoResult:
 
     t0 = start("report")
     evals = {name: _aggregate(by_seed) for name, by_seed in runs.items()}
-    res: dict[str, Any] = {
-        "seeds": list(cfg.seeds),
-        "quick": cfg.quick,
-        "engine": _engine_kind(cfg.engine),
-        "k": cfg.k_eval,
-        "k_self": cfg.k_self,
-        "k_guided": cfg.k_guided,
-        "lr": cfg.learning_rate,
-        "epochs": cfg.epochs,
-        "batch_size": cfg.batch_size,
-        "online_every": cfg.online_every,
-        "train_config": {
+    res = DemoNumbers(
+        config=cfg,
+        engine=_engine_kind(cfg.engine),
+        n_train=len(train_rows),
+        n_eval=len(eval_rows),
+        model_params=_count_params(model_dir),
+        train_config={
             "optimiser": "AdamW (transformers' defaults), weight decay 0",
             "learning rate": f"{cfg.learning_rate:g}, cosine, warmup ratio 0.1",
             "epochs": f"{cfg.epochs:g}",
@@ -1142,43 +1161,41 @@ def demo(config: DemoConfig | None = None, /, **options: Any) -> DemoResult:
                 else f"every {cfg.online_every} optimizer steps"
             ),
         },
-        "n_train": len(train_rows),
-        "n_eval": len(eval_rows),
-        "model_params": _count_params(model_dir),
-        "table": {n: e["columns"] for n, e in evals.items()},
-        "eval": evals,
-        "training": training,
-        "online": {
+        table={n: e["columns"] for n, e in evals.items()},
+        eval=evals,
+        training=training,
+        online={
             n: {s: tr["rounds"] for s, tr in by.items()}
             for n, by in training.items()
             if any(tr["rounds"] for tr in by.values())
         },
-        "tiers": gap["tiers"],
-        "nll": gap["nll"],
-        "ess": gap["ess"],
-        "weights": gap["weights"],
-        "token_share": gap["token_share"],
-        "guided_steps_ok": gap["guided_steps_ok"],
-        "seconds": seconds,
-    }
-    res["comparisons"] = comparisons(res)
+        tiers=gap["tiers"],
+        nll=gap["nll"],
+        ess=gap["ess"],
+        weights=gap["weights"],
+        token_share=gap["token_share"],
+        guided_steps_ok=gap["guided_steps_ok"],
+        seconds=seconds,
+    )
+    res.comparisons = comparisons(res)
     files = _plots(root, res)
     seconds["report"] = time.time() - t0
     seconds["total"] = time.time() - t_all
     report = _write_report(root, res, files)
     stages.update()
     stages.close()
-    serial = {k: v for k, v in res.items() if k != "weights"}
+    serial = {f.name: getattr(res, f.name) for f in fields(res) if f.name != "weights"}
+    serial["config"] = res.config.to_dict()
     (root / "results.json").write_text(json.dumps(serial, indent=1, default=float) + "\n")
-    print(_format_table(res["table"], cfg.k_eval))
+    print(_format_table(res.table, cfg.k_eval))
     print()
     print(
         "vs the base (avg points, paired s.e.): "
-        + "; ".join(f"{a} {d:+.1f} ({se:.1f})" for a, b, d, se in res["comparisons"] if b == BASE)
+        + "; ".join(f"{a} {d:+.1f} ({se:.1f})" for a, b, d, se in res.comparisons if b == BASE)
     )
     online_lines = [
         f"{a} vs offline {d:+.1f} ({se:.1f})"
-        for a, b, d, se in res["comparisons"]
+        for a, b, d, se in res.comparisons
         if a.startswith("Online") and b.startswith("Rewriting")
     ]
     if online_lines:
@@ -1186,12 +1203,12 @@ def demo(config: DemoConfig | None = None, /, **options: Any) -> DemoResult:
     print(f"total {seconds['total']:.0f}s; report, plots and logs: {root / 'report.md'}")
     return DemoResult(
         out=str(root),
-        table=res["table"],
+        table=res.table,
         tiers=gap["tiers"],
         nll=gap["nll"],
         ess=gap["ess"],
         seeds=tuple(cfg.seeds),
-        comparisons=res["comparisons"],
+        comparisons=res.comparisons,
         seconds=seconds,
         report=report,
     )

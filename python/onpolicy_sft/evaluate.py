@@ -1,6 +1,6 @@
 """Evaluation as the papers report it: avg@k and pass@k on five math benchmarks.
 
-Protocol (METHODS.md, "Evaluation protocol"): MATH500, Minerva Math,
+Protocol (docs/methods.md, "Evaluation protocol"): MATH500, Minerva Math,
 OlympiadBench, AIME24, AMC23; prompt = chat template + "Please reason step by
 step, and put your final answer within \\boxed{}."; n = 16 samples per
 problem at T = 1.0, top-p = 1, 4096 new tokens; score = avg@16, the mean over
@@ -31,11 +31,15 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onpolicy_sft._callable import make_module_callable
+from onpolicy_sft._io import read_jsonl, write_json, write_text
 from onpolicy_sft.config import EVAL_BENCHMARKS, EvalConfig
 
+if TYPE_CHECKING:  # pragma: no cover
+    from onpolicy_sft.engines.base import Engine
+    from onpolicy_sft.verify import Verifier
 __all__ = [
     "BENCHMARKS",
     "BenchmarkSpec",
@@ -113,20 +117,7 @@ def _read_local(path: Path) -> list[dict[str, Any]]:
         import pyarrow.parquet as pq
 
         return list(pq.read_table(path).to_pylist())
-    with open(path, encoding="utf-8") as f:
-        if path.suffix == ".json":
-            data = json.load(f)
-            if not isinstance(data, list):
-                raise ValueError(f"{path} must hold a JSON list of objects (or use .jsonl)")
-            return data
-        rows = []
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"line {lineno} of {path} is not valid JSON: {exc}") from None
-        return rows
+    return read_jsonl(path)
 
 
 def _pick(row: dict[str, Any], fields: Sequence[str]) -> Any:
@@ -333,12 +324,6 @@ def _model_fingerprint(model: Any) -> list[Any]:
     )
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _config(cfg: EvalConfig | None, overrides: dict[str, Any]) -> EvalConfig:
     bench = overrides.get("benchmarks")
     if bench is not None:  # "a,b", ["a", "b"] and ["a,b"] all name a and b
@@ -354,8 +339,8 @@ def _config(cfg: EvalConfig | None, overrides: dict[str, Any]) -> EvalConfig:
 def evaluate(
     cfg: EvalConfig | None = None,
     *,
-    engine: Any = None,
-    verifier: Any = None,
+    engine: Engine | None = None,
+    verifier: Verifier | None = None,
     **overrides: Any,
 ) -> EvalResult:
     """Sample, grade and score ``cfg.model`` on ``cfg.benchmarks``; write to ``cfg.output_dir``.
@@ -474,10 +459,8 @@ def evaluate(
                 entry["correct_counts"] = {p.id: sum(c) for p, c in zip(probs, correct)}
                 results["benchmarks"][bench] = entry
                 samples_file.writelines(bench_lines)
-                tmp = done_samples.with_suffix(".tmp")
-                tmp.write_text("".join(bench_lines), encoding="utf-8")
-                os.replace(tmp, done_samples)
-                _write_json(
+                write_text(done_samples, "".join(bench_lines))
+                write_json(
                     done_file,
                     {
                         "config": cfg.to_dict(),
@@ -497,7 +480,7 @@ def evaluate(
         if own_engine and hasattr(engine, "close"):
             engine.close()  # vLLM: give the GPU memory back (several evaluations per process)
     results["average"] = _average(results["benchmarks"])
-    _write_json(out / "results.json", results)
+    write_json(out / "results.json", results)
     md = results_markdown([results])
     (out / "results.md").write_text(md, encoding="utf-8")
     return EvalResult(out=str(out), results=results, markdown=md)

@@ -287,7 +287,7 @@ class PolicyLossFunc:
     The returned loss is the sum of weighted token losses divided by
     ``num_items_in_batch`` (the Trainer's count of supervised tokens over the
     whole accumulated batch), so gradient accumulation gives the same
-    gradient as one large batch -- the default normalisation of METHODS.md.
+    gradient as one large batch -- the default normalisation of docs/methods.md.
     Without ``num_items_in_batch`` it is PolicyLoss's own normalisation.
     With ``normalize="sequence"`` a training loss is the micro-batch's mean
     over sequences divided by ``gradient_accumulation_steps`` and, on several

@@ -195,8 +195,6 @@ class PolicyLoss:
             segs=segs,
             bias=bias,
             backend=backend,
-            chunk_size=spec.chunk_size,
-            grad_accum=spec.grad_accum,
         )
         clip_mask = clipped(logp, ent, blogp, mask, segs, spec)
         stats = weight_stats(w, logp, ent, mask, clip_mask)

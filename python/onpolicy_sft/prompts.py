@@ -1,4 +1,4 @@
-"""Prompts for every stage (METHODS.md, "Data level" and "Evaluation protocol").
+"""Prompts for every stage (docs/methods.md, "Data level" and "Evaluation protocol").
 
 All prompts go through the tokenizer's chat template. A tokenizer without one
 uses the documented plain fallback ``PLAIN_TEMPLATE`` and a warning says so

@@ -12,10 +12,21 @@ import importlib
 from collections.abc import Sequence
 from typing import Any
 
+# name -> one-line help (here, so that `onpolicy-sft --help` imports no command)
+COMMANDS = {
+    "demo": "run the whole method on the bundled tiny model and write OUTPUT_DIR/report.md",
+    "rewrite": "rewrite a dataset into the model's own words (self -> guided -> expert, hinted, grape)",
+    "select": "GRAPE: keep the top-k candidates per problem by mean log-prob under the model",
+    "train": "fine-tune a model with a policy-weighted loss (sft, dft, is, idft, pear)",
+    "eval": "evaluate avg@k / pass@k on math500, minerva, olympiadbench, aime24, amc23 "
+    "(eval --combine RESULTS... [--output_dir DIR] tabulates finished runs)",
+    "verify": "check each row's prediction against its gold answer (Rust fast path + math-verify)",
+    "report": "re-render the policy-gap report of a rewrite output directory",
+}
+
 
 def parser(name: str) -> Any:
     """The ``ConfigParser`` of subcommand ``name`` (flags generated from its configs)."""
-    from onpolicy_sft.cli import COMMANDS
     from onpolicy_sft.commands._parser import ConfigParser
 
     module = importlib.import_module(f"onpolicy_sft.commands.{name}")

@@ -40,6 +40,15 @@ def _none_or(base: Callable[[str], Any]) -> Callable[[str], Any]:
     return convert
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every flag's help ends with its default, or "(required)"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.required and action.option_strings:
+            return f"{action.help} (required)"
+        return super()._get_help_string(action) or ""
+
+
 class ConfigParser(HfArgumentParser):
     """An ``HfArgumentParser`` over config dataclasses, with ``--config FILE``."""
 
@@ -52,7 +61,11 @@ class ConfigParser(HfArgumentParser):
         defaults: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(
-            list(dataclass_types), prog=prog, description=description, allow_abbrev=False
+            list(dataclass_types),
+            prog=prog,
+            description=description,
+            allow_abbrev=False,
+            formatter_class=_HelpFormatter,
         )
         self.add_argument(
             "--config",
@@ -128,8 +141,10 @@ class ConfigParser(HfArgumentParser):
         given: dict[str, Any] = {}
         if known.config:
             given = self._read_config(known.config, actions)
-            for dest in given:
+            for dest in given:  # the file gives it: no longer required on the command line
                 actions[dest].required = False
+                if not actions[dest].option_strings:
+                    actions[dest].nargs = "?"
             self.set_defaults(**given)
         ns = self.parse_args(argv)
         for token in argv:

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from onpolicy_sft.engines.base import Sample, TokenizerIO
+from onpolicy_sft.engines.base import Sample, Sampling, TokenizerIO
 from onpolicy_sft.engines.sampling import StopChecker, Stream, sample_from_logits, seed_uniforms
 from onpolicy_sft.models import eos_ids, logit_transform, resolve_model_path
 
@@ -96,23 +97,11 @@ class HFEngine(TokenizerIO):
         self.pad_id = int(pad)
         self.stop_ids = eos_ids(self.model, self.tokenizer)
 
-    # ------------------------------------------------------------ tokenising
     # ------------------------------------------------------------ generation
-    def generate(
-        self,
-        prompts: Sequence[str],
-        *,
-        n: int = 1,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        max_tokens: int = 2048,
-        seed: int | None = None,
-        stop: Sequence[str] | None = None,
-    ) -> list[list[Sample]]:
-        if n < 1:
-            raise ValueError(f"n={n} must be >= 1")
-        if seed is None:
-            seed = int(np.random.SeedSequence().entropy % (2**31))  # type: ignore[operator]
+    def _generate(self, prompts: list[str], s: Sampling) -> list[list[Sample]]:
+        if s.seed is None:
+            s = replace(s, seed=int(np.random.SeedSequence().entropy % (2**31)))  # type: ignore[operator]
+        n = s.n
         encoded = [self.encode(p) for p in prompts]
         results: list[list[Sample]] = [[] for _ in prompts]
         per_batch = max(1, self.max_batch_size // n)
@@ -121,12 +110,7 @@ class HFEngine(TokenizerIO):
             samples = self._generate_batch(
                 [encoded[i] for i in idx],
                 rows=[i * n + j for i in idx for j in range(n)],
-                n=n,
-                temperature=temperature,
-                top_p=top_p,
-                max_tokens=max_tokens,
-                seed=seed,
-                stop=stop,
+                s=s,
             )
             for k, i in enumerate(idx):
                 results[i] = samples[k * n : (k + 1) * n]
@@ -138,13 +122,10 @@ class HFEngine(TokenizerIO):
         prompts: list[list[int]],
         *,
         rows: list[int],
-        n: int,
-        temperature: float,
-        top_p: float,
-        max_tokens: int,
-        seed: int,
-        stop: Sequence[str] | None,
+        s: Sampling,
     ) -> list[Sample]:
+        n, temperature, top_p, max_tokens, stop = s.n, s.temperature, s.top_p, s.max_tokens, s.stop
+        seed = int(s.seed or 0)
         stream = Stream(self.model, self.pad_id)
         logits = stream.prefill(prompts, repeat=n)
         total = len(rows)

@@ -36,7 +36,7 @@ def sample_from_logits(
     logits: (B, V) unnormalised log-probs; uniforms: (B,) in [0, 1).
     temperature 0 is greedy. ``top_p_before_temperature=False`` is vLLM's and
     transformers' order (temper, then nucleus); True computes the nucleus on the
-    untempered distribution (Hinted Decoding, METHODS.md) and then tempers
+    untempered distribution (Hinted Decoding, docs/methods.md) and then tempers
     inside it. Returns (B,) int64.
     """
     logits = logits.float()

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from onpolicy_sft.engines.base import Sample, TokenizerIO
+from onpolicy_sft.engines.base import Sample, Sampling, TokenizerIO
 from onpolicy_sft.engines.sampling import StopChecker
 from onpolicy_sft.models import resolve_model_path
 
@@ -129,17 +129,7 @@ class VLLMEngine(TokenizerIO):
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(weights)})
         self.llm.reset_prefix_cache()
 
-    def generate(
-        self,
-        prompts: Sequence[str],
-        *,
-        n: int = 1,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        max_tokens: int = 2048,
-        seed: int | None = None,
-        stop: Sequence[str] | None = None,
-    ) -> list[list[Sample]]:
+    def _generate(self, prompts: list[str], s: Sampling) -> list[list[Sample]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -147,19 +137,19 @@ class VLLMEngine(TokenizerIO):
         # prompts of one call never share random numbers
         params = [
             SamplingParams(
-                n=n,
-                temperature=temperature,
-                top_p=top_p,
-                max_tokens=max_tokens,
-                seed=None if seed is None else (int(seed) * 1_000_003 + i * n) % (2**31 - 1),
-                stop=list(stop) if stop else None,
+                n=s.n,
+                temperature=s.temperature,
+                top_p=s.top_p,
+                max_tokens=s.max_tokens,
+                seed=None if s.seed is None else (int(s.seed) * 1_000_003 + i * s.n) % (2**31 - 1),
+                stop=list(s.stop) if s.stop else None,
                 logprobs=0,
             )
             for i in range(len(prompts))
         ]
         inputs = [TokensPrompt(prompt_token_ids=self.encode(p)) for p in prompts]
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
-        stopper = StopChecker(self.tokenizer, stop)
+        stopper = StopChecker(self.tokenizer, s.stop)
         results: list[list[Sample]] = []
         for out in outputs:
             samples = []

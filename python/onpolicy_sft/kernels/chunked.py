@@ -35,7 +35,7 @@ weight's dtype.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -72,20 +72,28 @@ def _linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
     return out if out.is_contiguous() else out.contiguous()
 
 
+class Plan(NamedTuple):
+    """Everything but the differentiable inputs that one fused call needs.
+
+    needs: which of (hidden, weight, bias) want a gradient; accum_fp32: grad_weight
+    accumulates in float32; groups: chunks of whole sequences (one-pass sequence
+    schemes) or None.
+    """
+
+    labels: torch.Tensor
+    blogp: torch.Tensor | None
+    scale: torch.Tensor
+    segs: Segments | None
+    spec: LossConfig
+    rows: RowOps
+    chunk: int
+    needs: tuple[bool, bool, bool]
+    accum_fp32: bool = True
+    groups: list[tuple[slice, int]] | None = None
+
+
 def _run(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    labels: torch.Tensor,
-    blogp: torch.Tensor | None,
-    scale: torch.Tensor,
-    segs: Segments | None,
-    spec: LossConfig,
-    rows: RowOps,
-    chunk: int,
-    needs: tuple[bool, bool, bool],
-    accum_fp32: bool = True,
-    groups: list[tuple[slice, int]] | None = None,
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: Plan
 ) -> tuple[
     torch.Tensor,
     torch.Tensor,
@@ -95,6 +103,7 @@ def _run(
     torch.Tensor | None,
     torch.Tensor | None,
 ]:
+    labels, blogp, scale, segs, spec, rows, chunk, needs, accum_fp32, groups = plan
     n, h = hidden.shape
     v = weight.shape[0]
     f32 = torch.float32
@@ -224,35 +233,12 @@ class PolicyLossFunction(torch.autograd.Function):
         hidden: torch.Tensor,
         weight: torch.Tensor,
         bias: torch.Tensor | None,
-        labels: torch.Tensor,
-        blogp: torch.Tensor | None,
-        scale: torch.Tensor,
-        segs: Segments | None,
-        spec: LossConfig,
-        rows: RowOps,
-        chunk: int,
-        needs: tuple[bool, bool, bool],
-        accum_fp32: bool,
-        groups: list[tuple[slice, int]] | None,
+        plan: Plan,
     ):
-        loss, logp, ent, w, gh, gw, gb = _run(
-            hidden,
-            weight,
-            bias,
-            labels,
-            blogp,
-            scale,
-            segs,
-            spec,
-            rows,
-            chunk,
-            needs,
-            accum_fp32,
-            groups,
-        )
+        loss, logp, ent, w, gh, gw, gb = _run(hidden, weight, bias, plan)
         ctx.weight_dtype = weight.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
-        ctx.has_grad = any(needs)
+        ctx.has_grad = any(plan.needs)
         ctx.save_for_backward(gh, gw, gb)
         ctx.mark_non_differentiable(logp, ent, w)
         return loss, logp, ent, w
@@ -281,7 +267,7 @@ class PolicyLossFunction(torch.autograd.Function):
         if gb is not None and ctx.needs_input_grad[2]:
             grad_b = torch.empty(gb.shape, dtype=ctx.bias_dtype, device=gb.device)
             torch.mul(gb, g, out=grad_b)
-        return grad_h, grad_w, grad_b, None, None, None, None, None, None, None, None, None, None
+        return grad_h, grad_w, grad_b, None
 
 
 def get_rows(backend: str) -> RowOps:
@@ -305,18 +291,16 @@ def fused_policy_loss(
     segs: Segments | None = None,
     bias: torch.Tensor | None = None,
     backend: str = "torch",
-    chunk_size: int | None = None,
-    grad_accum: str = "float32",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fused lm_head + weighted log-likelihood. Returns (loss, logprobs, entropy, weights).
 
     hidden: (N, H), weight: (V, H), labels: (N,) int (already shifted),
     scale: (N,) float32 = m_t / Z_t (``weights.token_scale``), blogp: (N,) float32 or None
     (required for is/pear, missing values already resolved), segs: sequences
-    (required for sequence is and pear), bias: (V,) or None. grad_accum: "float32"
-    accumulates grad_weight over chunks in float32 (a (V, H) float32 buffer);
-    "input" accumulates in the weight's dtype in place (bf16: one rounding per chunk),
-    so grad_weight needs no memory beyond its own buffer.
+    (required for sequence is and pear), bias: (V,) or None. ``spec.chunk_size``: rows
+    per chunk (None: sized by the backend); ``spec.grad_accum``: "float32" accumulates
+    grad_weight over chunks in float32 (a (V, H) float32 buffer), "input" in the
+    weight's dtype in place (bf16: one rounding per chunk).
     Only ``loss`` carries gradient; the others are detached float32 (N,).
     """
     if hidden.ndim != 2 or weight.ndim != 2 or hidden.shape[1] != weight.shape[1]:
@@ -341,8 +325,7 @@ def fused_policy_loss(
             f"hidden is {hidden.dtype} but the lm_head weight is {weight.dtype};"
             " cast one of them (e.g. run the model under one dtype or autocast)"
         )
-    if grad_accum not in ("float32", "input"):
-        raise ValueError(f"grad_accum={grad_accum!r} is unknown; use 'float32' or 'input'")
+    chunk_size = spec.chunk_size
     rows = get_rows(backend)
     chunk = int(chunk_size) if chunk_size else max(1, rows.chunk_size(n, v, hidden.dtype))
     if chunk < 1:
@@ -361,21 +344,11 @@ def fused_policy_loss(
         groups = sequence_groups(segs, chunk, None if chunk_size else 2 * chunk)
     hidden = hidden if hidden.is_contiguous() else hidden.contiguous()
     with torch.autocast(hidden.device.type, enabled=False):
-        loss, logp, ent, w = PolicyLossFunction.apply(
-            hidden,
-            weight,
-            bias,
-            labels,
-            blogp,
-            scale.float(),
-            segs,
-            spec,
-            rows,
-            chunk,
-            needs,
-            grad_accum == "float32",
-            groups,
-        )
+        plan = Plan(
+            labels, blogp, scale.float(), segs, spec, rows, chunk, needs,
+            spec.grad_accum == "float32", groups,
+        )  # fmt: skip
+        loss, logp, ent, w = PolicyLossFunction.apply(hidden, weight, bias, plan)
     return loss, logp, ent, w
 
 

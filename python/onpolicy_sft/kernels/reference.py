@@ -4,7 +4,7 @@ Tests and benches compare the fused backends against this module. It builds the
 full (N, V) logits, uses ``log_softmax`` and explicit Python loops over
 sequences for the sequence and suffix weights, and lets autograd produce the
 gradients. It shares no weight code with ``weights.py`` on purpose: two
-independent writings of METHODS.md, "Loss level", checked against each other.
+independent writings of docs/methods.md, "Loss level", checked against each other.
 
 Run it in float64 at small shapes for a tight reference.
 """

@@ -31,8 +31,6 @@ import torch
 import triton  # type: ignore[import-untyped]
 import triton.language as tl  # type: ignore[import-untyped]
 
-from onpolicy_sft.config import LossConfig
-
 from .torch_rows import CHUNK_BYTES, pow2_chunk
 
 # SCHEME codes (constexpr): which token-local weight the forward kernel computes.
@@ -184,106 +182,74 @@ def _check_chunk(logits: torch.Tensor, labels: torch.Tensor, *vecs: torch.Tensor
             raise ValueError(f"{name} is on {t.device} but the logits are on {logits.device}")
 
 
-def policy_loss_fwd_rows(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    blogp: torch.Tensor | None,
-    scale: torch.Tensor,
-    spec: LossConfig,
-    out: tuple[torch.Tensor, ...],
-    *,
-    local: bool,
-    write_grad: bool,
-) -> None:
-    """Launch the forward row kernel on a (C, V) logits chunk (overwritten when write_grad).
-
-    out = (logp, entropy, lse, w, coef), each a contiguous float32 (C,) tensor.
-    """
-    logp, ent, lse, w, coef = out
-    _check_chunk(logits, labels, scale, logp, ent, lse, w, coef)
-    if blogp is not None:
-        _check_chunk(logits, labels, blogp)
-    code = _CODES[spec.scheme] if local else _EXTERNAL
-    if code == _IS and blogp is None:
-        raise ValueError("token-level is needs blogp (zeros for missing) in the row kernel")
-    if write_grad and not local:
-        raise ValueError("write_grad needs a token-local scheme; use policy_loss_bwd_rows")
-    c, v = logits.shape
-    if c == 0:
-        return
-    block, warps = _launch_config(v)
-    lo, hi = spec.clip
-    _policy_loss_fwd_kernel[(c,)](
-        logits,
-        logits.stride(0),
-        labels,
-        blogp if blogp is not None else scale,  # unused unless SCHEME == is
-        scale,
-        logp,
-        ent,
-        lse,
-        w,
-        coef,
-        v,
-        spec.ignore_index,
-        float(lo),
-        math.log(hi) if hi > 0 else -math.inf,
-        1.0 / spec.idft_beta,
-        float(spec.idft_gamma[0]),
-        float(spec.idft_gamma[1]),
-        SCHEME=code,
-        DETACH_GAMMA_ONLY=bool(spec.idft_detach_gamma_only),
-        WRITE_GRAD=bool(write_grad),
-        BLOCK_V=block,
-        num_warps=warps,
-    )
-
-
-def policy_loss_bwd_rows(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    lse: torch.Tensor,
-    coef: torch.Tensor,
-    spec: LossConfig,
-) -> None:
-    """Overwrite a (C, V) logits chunk with coef * (softmax - onehot(label))."""
-    _check_chunk(logits, labels, lse, coef)
-    c, v = logits.shape
-    if c == 0:
-        return
-    block, warps = _launch_config(v)
-    _policy_loss_bwd_kernel[(c,)](
-        logits,
-        logits.stride(0),
-        labels,
-        lse,
-        coef,
-        v,
-        spec.ignore_index,
-        BLOCK_V=block,
-        num_warps=warps,
-    )
-
-
 class TritonRows:
     """The Triton row kernels behind ``torch_rows.RowOps`` (CUDA, or CPU under TRITON_INTERPRET=1)."""
 
     name = "triton"
 
     def forward(self, logits, labels, blogp, scale, spec, out, *, local, write_grad):
-        policy_loss_fwd_rows(
+        """Launch the forward row kernel on a (C, V) logits chunk (overwritten when
+        write_grad); out = (logp, entropy, lse, w, coef), contiguous float32 (C,) tensors."""
+        labels, scale = labels.contiguous(), scale.contiguous()
+        blogp = None if blogp is None else blogp.contiguous()
+        logp, ent, lse, w, coef = out
+        _check_chunk(logits, labels, scale, logp, ent, lse, w, coef)
+        if blogp is not None:
+            _check_chunk(logits, labels, blogp)
+        code = _CODES[spec.scheme] if local else _EXTERNAL
+        if code == _IS and blogp is None:
+            raise ValueError("token-level is needs blogp (zeros for missing) in the row kernel")
+        if write_grad and not local:
+            raise ValueError("write_grad needs a token-local scheme; use backward")
+        c, v = logits.shape
+        if c == 0:
+            return
+        block, warps = _launch_config(v)
+        lo, hi = spec.clip
+        _policy_loss_fwd_kernel[(c,)](
             logits,
-            labels.contiguous(),
-            None if blogp is None else blogp.contiguous(),
-            scale.contiguous(),
-            spec,
-            out,
-            local=local,
-            write_grad=write_grad,
+            logits.stride(0),
+            labels,
+            blogp if blogp is not None else scale,  # unused unless SCHEME == is
+            scale,
+            logp,
+            ent,
+            lse,
+            w,
+            coef,
+            v,
+            spec.ignore_index,
+            float(lo),
+            math.log(hi) if hi > 0 else -math.inf,
+            1.0 / spec.idft_beta,
+            float(spec.idft_gamma[0]),
+            float(spec.idft_gamma[1]),
+            SCHEME=code,
+            DETACH_GAMMA_ONLY=bool(spec.idft_detach_gamma_only),
+            WRITE_GRAD=bool(write_grad),
+            BLOCK_V=block,
+            num_warps=warps,
         )
 
     def backward(self, logits, labels, lse, coef, spec):
-        policy_loss_bwd_rows(logits, labels.contiguous(), lse, coef.contiguous(), spec)
+        """Overwrite a (C, V) logits chunk with coef * (softmax - onehot(label))."""
+        labels, coef = labels.contiguous(), coef.contiguous()
+        _check_chunk(logits, labels, lse, coef)
+        c, v = logits.shape
+        if c == 0:
+            return
+        block, warps = _launch_config(v)
+        _policy_loss_bwd_kernel[(c,)](
+            logits,
+            logits.stride(0),
+            labels,
+            lse,
+            coef,
+            v,
+            spec.ignore_index,
+            BLOCK_V=block,
+            num_warps=warps,
+        )
 
     def chunk_size(self, n, v, dtype):
         # One chunk of logits in the input dtype is the only (C, V) buffer.
@@ -291,4 +257,4 @@ class TritonRows:
         return pow2_chunk(n, CHUNK_BYTES // (v * itemsize))
 
 
-__all__ = ["INTERPRETED", "TritonRows", "policy_loss_bwd_rows", "policy_loss_fwd_rows"]
+__all__ = ["INTERPRETED", "TritonRows"]

@@ -1,7 +1,7 @@
 """The O(N) part of the policy-weighted loss: spec, sequences, weights, normaliser, statistics.
 
 Everything here works on per-token vectors of length N (never on logits), so it
-is shared by both backends (chunked torch and Triton). Formulas are METHODS.md,
+is shared by both backends (chunked torch and Triton). Formulas are docs/methods.md,
 "Loss level":
 
     L = - sum_t m_t * w_t * logp_t / Z,   w_t detached.
@@ -84,7 +84,7 @@ def prepare_blogp(
     """(N,) float32 behaviour log-probs with the missing-value convention applied.
 
     Missing = ``behavior_logprobs is None`` or NaN entries (expert rows). For ``is``
-    a missing blogp is 0, which makes the weight the DFT weight p_t (METHODS.md).
+    a missing blogp is 0, which makes the weight the DFT weight p_t (docs/methods.md).
     For ``pear`` it is an error unless ``missing_behavior='zero'``.
     """
     if not spec.uses_blogp:
@@ -135,7 +135,7 @@ def local_weights(
     Returns (w, g): w is the detached weight in the loss, g the per-token gradient
     factor (dL/dlogp_t = -scale_t * g_t). g = w except for
     ``idft_detach_gamma_only``, where the loss is -p^sg(gamma) log p and
-    d/dlogp (p^gamma logp) = p^gamma (1 + gamma logp) (METHODS.md, "IDFT history").
+    d/dlogp (p^gamma logp) = p^gamma (1 + gamma logp) (docs/methods.md, "IDFT history").
     """
     lp = logp.float()
     if spec.scheme == "sft":

@@ -1,4 +1,4 @@
-"""GRAPE selection (arXiv 2502.04194; METHODS.md "GRAPE selection").
+"""GRAPE selection (arXiv 2502.04194; docs/methods.md "GRAPE selection").
 
 Score every candidate response with pi_0 by length-normalised log-probability
 ``(1/|y|) sum_t log pi_0(y_t | x, y_<t)`` under the chat-templated training

@@ -1,4 +1,4 @@
-"""Hinted Decoding (DDT, arXiv 2602.12222; METHODS.md "Hinted Decoding").
+"""Hinted Decoding (DDT, arXiv 2602.12222; docs/methods.md "Hinted Decoding").
 
 Two streams of the same model decode in lockstep, each with its own KV cache:
 a hinted stream ``p`` (problem + reference + own-style instruction) and a plain
@@ -29,13 +29,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from onpolicy_sft.engines.sampling import Stream, sample_from_logits, seed_uniforms
 
+if TYPE_CHECKING:  # pragma: no cover
+    from onpolicy_sft.engines.hf import HFEngine
 ANSWER_MARKER = "\\boxed{"
 
 
@@ -166,13 +168,13 @@ def _mix_step(
     return tok, behaviour, base, base + h_q, lam
 
 
-def _stop_ids(engine: Any) -> set[int]:
+def _stop_ids(engine: HFEngine) -> set[int]:
     return set(getattr(engine, "stop_ids", set())) or {int(engine.tokenizer.eos_token_id)}
 
 
 @torch.no_grad()
 def hinted_decode(
-    engine: Any,
+    engine: HFEngine,
     hinted_prompts: Sequence[str],
     plain_prompts: Sequence[str],
     *,
@@ -235,7 +237,7 @@ def hinted_decode(
 
 @torch.no_grad()
 def hinted_decode_reference(
-    engine: Any,
+    engine: HFEngine,
     hinted_prompts: Sequence[str],
     plain_prompts: Sequence[str],
     *,

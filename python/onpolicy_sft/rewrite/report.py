@@ -7,7 +7,7 @@ solutions of the same problems ("before"):
 - mean NLL under pi_0 (-mean log pi_0(y_t|x) over tokens): the policy gap;
 - the phi histogram (phi_t = log pi_0(y_t) + H_t, per tier);
 - importance weights w_t = clip(exp(log pi_0 - blogp), 0, 2) with the
-  convention blogp = 0 for expert text (METHODS.md: then w_t = p_t), their
+  convention blogp = 0 for expert text (docs/methods.md: then w_t = p_t), their
   histogram and ESS = (sum w)^2 / (n sum w^2) per tier.
 
 ``onpolicy-sft report DIR`` re-renders from DIR/data.parquet,
@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from onpolicy_sft._io import atomic_path, write_json, write_text
 from onpolicy_sft.rewrite.data import PHI_EDGES
 
 DATA_COLUMNS = (
@@ -111,9 +112,8 @@ def write_data(rows: list[dict[str, Any]], path: str) -> None:
 
 
 def _atomic_parquet(table: Any, path: str, pq: Any) -> None:
-    tmp = f"{path}.tmp"
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def _weights(base: np.ndarray, blogp: np.ndarray | None) -> np.ndarray:
@@ -306,10 +306,7 @@ def render(run_dir: str) -> dict[str, Any]:
     rep = compute(run_dir)
     plots = _plots(run_dir, rep)
     rep["plots"] = plots
-    tmp = os.path.join(run_dir, "report.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(rep, f, indent=2)
-    os.replace(tmp, os.path.join(run_dir, "report.json"))
+    write_json(os.path.join(run_dir, "report.json"), rep)
     lines = [
         "# Rewrite report",
         "",
@@ -349,15 +346,11 @@ def render(run_dir: str) -> dict[str, Any]:
         lines += [f"- {k}: {v:.2f}" for k, v in rep["timings"].items()]
         lines.append("")
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
-    with open(os.path.join(run_dir, "report.md"), "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
+    write_text(os.path.join(run_dir, "report.md"), "\n".join(lines))
     return rep
 
 
 def write_report(run_dir: str, *, stats: dict[str, Any]) -> dict[str, Any]:
     """Save the counts only the pipeline knows (stats.json), then render."""
-    tmp = os.path.join(run_dir, "stats.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(stats, f, indent=2, default=str)
-    os.replace(tmp, os.path.join(run_dir, "stats.json"))
+    write_json(os.path.join(run_dir, "stats.json"), stats)
     return render(run_dir)

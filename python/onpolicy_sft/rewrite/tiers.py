@@ -24,9 +24,9 @@ import os
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,6 +41,11 @@ from onpolicy_sft.rewrite.data import (
     problems_of,
     shard_rows,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from onpolicy_sft.engines.base import Engine
+    from onpolicy_sft.ledger import Ledger
+    from onpolicy_sft.verify import Verifier
 
 STAGES = {"tiers": ("self", "guided"), "hinted": ("self", "hinted"), "grape": ("self",)}
 
@@ -95,13 +100,13 @@ def _check_resume(cfg: RewriteConfig, run_dir: str) -> None:
 
 
 class Pipeline:
-    def __init__(self, cfg: RewriteConfig, engine: Any = None) -> None:
+    def __init__(self, cfg: RewriteConfig, engine: Engine | None = None) -> None:
         self.cfg = cfg
         self.timer = Timer()
         self._engine = engine
         self._engine_is_callers = engine is not None  # never close what the caller passed in
         self._hf: Any = None
-        self._verifier: Any = None
+        self._verifier: Verifier | None = None
         index, count = cfg.shard_index()
         self.run_dir = (
             cfg.output_dir
@@ -264,7 +269,7 @@ class Pipeline:
             side.append(SideStore(os.path.join(d, "scores.jsonl")).read())
 
     # ------------------------------------------------------------ helpers
-    def _pending(self, ledger: Any, stage: str, k: int) -> list[str]:
+    def _pending(self, ledger: Ledger, stage: str, k: int) -> list[str]:
         """Pending problems of this shard; chunks recorded but not finished are finished here."""
         with self.timer("ledger"):
             pending = [pid for pid in ledger.pending(stage) if pid in self.by_id]
@@ -315,63 +320,45 @@ class Pipeline:
         ]
 
     # ------------------------------------------------------------ stages
-    def stage_self(self, ledger: Any) -> None:
-        from onpolicy_sft.ledger import Attempt
-
-        cfg = self.cfg
-        pending = self._pending(ledger, "self", cfg.k_self)
-        self.log(f"self: {len(pending)} of {len(self.by_id)} problems to sample (k={cfg.k_self})")
-        if pending:
-            self.engine  # load before the progress bar starts timing  # noqa: B018
-        solved = 0
-        bar = self._progress(len(pending), "self")
-        for chunk in _chunks(pending, cfg.batch_problems):
+    def _stage(
+        self,
+        ledger: Ledger,
+        stage: str,
+        k: int,
+        describe: str,
+        sample: Callable[[Sequence[str], list[Problem]], tuple[list[str], list[list[Any]]]],
+        judge: Callable[[list[tuple[Any, ...]], list[Any], dict[str, int]], tuple[list, list]],
+    ) -> None:
+        """The skeleton every sampling stage shares: for each chunk of pending problems,
+        ``sample`` (prompts, samples per problem) -> verify -> ``judge`` (attempts and
+        side records; it may count more than solved problems) -> one durable commit."""
+        pending = self._pending(ledger, stage, k)
+        self.log(f"{stage}: {len(pending)} {describe}")
+        if not pending:
+            return
+        # load before the progress bar starts timing
+        if stage == "hinted":
+            self.hf_engine()
+        else:
+            self.engine  # noqa: B018
+        counts = {stage: 0}
+        bar = self._progress(len(pending), stage)
+        for chunk in _chunks(pending, self.cfg.batch_problems):
             probs = [self.by_id[pid] for pid in chunk]
-            prompts = [self.train_prompt(p.problem) for p in probs]
             with self.timer("generate"):
-                outs = self.engine.generate(
-                    prompts,
-                    n=cfg.k_self,
-                    temperature=cfg.temperature_self,
-                    top_p=cfg.top_p,
-                    max_tokens=cfg.max_tokens,
-                    seed=cfg.seed + _chunk_seed(chunk),
-                )
+                prompts, outs = sample(chunk, probs)
             flat = [
                 (p, pr, j, s) for p, pr, row in zip(probs, prompts, outs) for j, s in enumerate(row)
             ]
             verdicts = self._verify([s.text for *_, s in flat], [p.answer or "" for p, *_ in flat])
-            with self.timer("bookkeeping"):
-                attempts = [
-                    Attempt(
-                        problem_id=p.problem_id,
-                        stage="self",
-                        sample_index=j,
-                        text=s.text,
-                        token_ids=list(s.token_ids),
-                        behavior_logprobs=np.asarray(s.logprobs, np.float32),
-                        correct=bool(v.correct),
-                        reason=str(v.reason),
-                        # the self prompt is the training prompt: pi_0(y|x) = behaviour
-                        base_logprobs=np.asarray(s.logprobs, np.float32),
-                    )
-                    for (p, _, j, s), v in zip(flat, verdicts)
-                ]
-            side = self._phi_records(
-                "self",
-                [
-                    (a.problem_id, a.sample_index, pr, list(a.token_ids))
-                    for a, (_, pr, _, _) in zip(attempts, flat)
-                    if a.correct
-                ],
-            )
-            solved += self._commit(ledger, "self", chunk, attempts, side)
+            attempts, side = judge(flat, verdicts, counts)
+            counts[stage] += self._commit(ledger, stage, chunk, attempts, side)
             bar.update(len(chunk))
-            bar.set_postfix_str(f"self={solved}")
+            bar.set_postfix_str(" ".join(f"{name}={n}" for name, n in counts.items()))
         bar.close()
 
     def _commit(
-        self, ledger: Any, stage: str, chunk: Sequence[str], attempts: Sequence[Any], side: Any
+        self, ledger: Ledger, stage: str, chunk: Sequence[str], attempts: Sequence[Any], side: Any
     ) -> int:
         """Record a chunk's attempts and finish its stage (durable on return, so a kill
         after this point never regenerates the chunk); returns how many problems it solved.
@@ -383,131 +370,140 @@ class Pipeline:
             ledger.finish_stage(chunk, stage)
         return len({a.problem_id for a in attempts if a.correct})
 
-    def stage_guided(self, ledger: Any) -> None:
-        from onpolicy_sft.ledger import Attempt
+    def _copied(self, text: str, p: Problem, correct: bool) -> str | None:
+        """Why a correct rewrite is rejected as a copy of y* (None: it is not)."""
+        return copy_rejection(text, p.solution, self.cfg.copy_span_words) if correct else None
 
+    def _sample(
+        self, prompts: list[str], n: int, temperature: float, top_p: float, seed: int
+    ) -> list[list[Any]]:
         cfg = self.cfg
-        pending = self._pending(ledger, "guided", cfg.k_guided)
-        self.log(
-            f"guided: {len(pending)} problems without a correct self sample (k={cfg.k_guided})"
+        return self.engine.generate(
+            prompts, n=n, temperature=temperature, top_p=top_p, max_tokens=cfg.max_tokens, seed=seed
         )
-        if pending:
-            self.engine  # load before the progress bar starts timing  # noqa: B018
-        solved, rejected = 0, 0
-        bar = self._progress(len(pending), "guided")
-        for chunk in _chunks(pending, cfg.batch_problems):
-            probs = [self.by_id[pid] for pid in chunk]
+
+    def stage_self(self, ledger: Ledger) -> None:
+        cfg = self.cfg
+
+        def sample(chunk: Sequence[str], probs: list[Problem]) -> tuple[list[str], list]:
+            prompts = [self.train_prompt(p.problem) for p in probs]
+            seed = cfg.seed + _chunk_seed(chunk)
+            return prompts, self._sample(prompts, cfg.k_self, cfg.temperature_self, cfg.top_p, seed)
+
+        def judge(flat: list, verdicts: list, counts: dict[str, int]) -> tuple[list, list]:
+            with self.timer("bookkeeping"):
+                # the self prompt is the training prompt: pi_0(y|x) = behaviour
+                attempts = [
+                    _attempt(
+                        "self",
+                        p,
+                        j,
+                        s,
+                        bool(v.correct),
+                        str(v.reason),
+                        np.asarray(s.logprobs, np.float32),
+                    )
+                    for (p, _, j, s), v in zip(flat, verdicts)
+                ]
+            side = self._phi_records(
+                "self",
+                [
+                    (a.problem_id, a.sample_index, pr, list(a.token_ids))
+                    for a, (_, pr, _, _) in zip(attempts, flat)
+                    if a.correct
+                ],
+            )
+            return attempts, side
+
+        about = f"of {len(self.by_id)} problems to sample (k={cfg.k_self})"
+        self._stage(ledger, "self", cfg.k_self, about, sample, judge)
+
+    def stage_guided(self, ledger: Ledger) -> None:
+        cfg = self.cfg
+
+        def sample(chunk: Sequence[str], probs: list[Problem]) -> tuple[list[str], list]:
             tok = self.engine.tokenizer
             prompts = [P.guided_prompt(tok, p.problem, p.solution, self.suffix) for p in probs]
-            with self.timer("generate"):
-                outs = self.engine.generate(
-                    prompts,
-                    n=cfg.k_guided,
-                    temperature=cfg.temperature_guided,
-                    top_p=cfg.top_p,
-                    max_tokens=cfg.max_tokens,
-                    seed=cfg.seed + 1 + _chunk_seed(chunk),
-                )
-            flat = [(p, j, s) for p, row in zip(probs, outs) for j, s in enumerate(row)]
-            verdicts = self._verify([s.text for *_, s in flat], [p.answer or "" for p, *_ in flat])
+            seed = cfg.seed + 1 + _chunk_seed(chunk)
+            return prompts, self._sample(
+                prompts, cfg.k_guided, cfg.temperature_guided, cfg.top_p, seed
+            )
+
+        def judge(flat: list, verdicts: list, counts: dict[str, int]) -> tuple[list, list]:
             with self.timer("bookkeeping"):
-                keep, reasons, correct = [], [], []
-                for (p, _, s), v in zip(flat, verdicts):
-                    why = (
-                        copy_rejection(s.text, p.solution, cfg.copy_span_words)
-                        if v.correct
-                        else None
-                    )
+                reasons, correct = [], []
+                for (p, _, _, s), v in zip(flat, verdicts):
+                    why = self._copied(s.text, p, bool(v.correct))
                     reasons.append(why or str(v.reason))
                     correct.append(bool(v.correct) and why is None)
-                    rejected += why is not None
+                    counts["rejected"] = counts.get("rejected", 0) + (why is not None)
                 keep = [i for i, c in enumerate(correct) if c]
             train_prompts = [self.train_prompt(flat[i][0].problem) for i in keep]
             with self.timer("score"):
-                base = self.engine.score(train_prompts, [flat[i][2].token_ids for i in keep])
+                base = self.engine.score(train_prompts, [flat[i][3].token_ids for i in keep])
             base_of = dict(zip(keep, base))
             with self.timer("bookkeeping"):
                 attempts = [
-                    Attempt(
-                        problem_id=p.problem_id,
-                        stage="guided",
-                        sample_index=j,
-                        text=s.text,
-                        token_ids=list(s.token_ids),
-                        behavior_logprobs=np.asarray(s.logprobs, np.float32),
-                        correct=correct[i],
-                        reason=reasons[i],
-                        base_logprobs=base_of.get(i),
-                    )
-                    for i, (p, j, s) in enumerate(flat)
+                    _attempt("guided", p, j, s, correct[i], reasons[i], base_of.get(i))
+                    for i, (p, _, j, s) in enumerate(flat)
                 ]
             side = self._phi_records(
                 "guided",
                 [
-                    (flat[i][0].problem_id, flat[i][1], tp, list(flat[i][2].token_ids))
+                    (flat[i][0].problem_id, flat[i][2], tp, list(flat[i][3].token_ids))
                     for i, tp in zip(keep, train_prompts)
                 ],
             )
-            solved += self._commit(ledger, "guided", chunk, attempts, side)
-            bar.update(len(chunk))
-            bar.set_postfix_str(f"guided={solved} rejected={rejected}")
-        bar.close()
+            return attempts, side
 
-    def stage_hinted(self, ledger: Any) -> None:
-        from onpolicy_sft.ledger import Attempt
+        about = f"problems without a correct self sample (k={cfg.k_guided})"
+        self._stage(ledger, "guided", cfg.k_guided, about, sample, judge)
+
+    def stage_hinted(self, ledger: Ledger) -> None:
         from onpolicy_sft.rewrite.hinted import HintedParams, hinted_decode
 
         cfg = self.cfg
-        pending = self._pending(ledger, "hinted", cfg.k_hinted)
-        self.log(f"hinted: {len(pending)} problems without a correct self sample (beta={cfg.beta})")
-        if not pending:
-            return
-        eng = self.hf_engine()
         params = HintedParams(
             beta=cfg.beta,
             temperature=cfg.hinted_temperature,
             top_p=cfg.hinted_top_p,
             max_tokens=cfg.max_tokens,
         )
-        solved = 0
-        bar = self._progress(len(pending), "hinted")
-        for chunk in _chunks(pending, cfg.batch_problems):
-            probs = [self.by_id[pid] for pid in chunk]
+
+        def sample(chunk: Sequence[str], probs: list[Problem]) -> tuple[list[str], list]:
+            eng = self.hf_engine()
             hinted = [
                 P.hinted_prompt(eng.tokenizer, p.problem, p.solution, self.suffix) for p in probs
             ]
             plain = [self.train_prompt(p.problem) for p in probs]
-            with self.timer("generate"):
-                outs = hinted_decode(
-                    eng,
-                    hinted,
-                    plain,
-                    n=cfg.k_hinted,
-                    seed=cfg.seed + 2 + _chunk_seed(chunk),
-                    params=params,
-                    max_batch_size=cfg.max_batch_size,
-                )
-            flat = [(p, j, s) for p, row in zip(probs, outs) for j, s in enumerate(row)]
-            verdicts = self._verify([s.text for *_, s in flat], [p.answer or "" for p, *_ in flat])
+            outs = hinted_decode(
+                eng,
+                hinted,
+                plain,
+                n=cfg.k_hinted,
+                seed=cfg.seed + 2 + _chunk_seed(chunk),
+                params=params,
+                max_batch_size=cfg.max_batch_size,
+            )
+            return hinted, outs
+
+        def judge(flat: list, verdicts: list, counts: dict[str, int]) -> tuple[list, list]:
             with self.timer("bookkeeping"):
                 attempts, side = [], []
-                for (p, j, s), v in zip(flat, verdicts):
-                    why = (
-                        copy_rejection(s.text, p.solution, cfg.copy_span_words)
-                        if v.correct
-                        else None
-                    )
+                for (p, _, j, s), v in zip(flat, verdicts):
+                    why = self._copied(s.text, p, bool(v.correct))
+                    reason = why or f"{v.reason}; finish={s.finish_reason}"
+                    # log q: the plain stream is pi_0(y|x)
                     attempts.append(
-                        Attempt(
-                            problem_id=p.problem_id,
-                            stage="hinted",
-                            sample_index=j,
-                            text=s.text,
-                            token_ids=list(s.token_ids),
-                            behavior_logprobs=s.logprobs,
-                            correct=bool(v.correct) and why is None,
-                            reason=why or f"{v.reason}; finish={s.finish_reason}",
-                            base_logprobs=s.base_logprobs,  # log q: the plain stream is pi_0(y|x)
+                        _attempt(
+                            "hinted",
+                            p,
+                            j,
+                            s,
+                            bool(v.correct) and why is None,
+                            reason,
+                            s.base_logprobs,
+                            behavior=s.logprobs,
                         )
                     )
                     side.append(
@@ -519,10 +515,10 @@ class Pipeline:
                             **phi_summary(s.phi),
                         }
                     )
-            solved += self._commit(ledger, "hinted", chunk, attempts, side)
-            bar.update(len(chunk))
-            bar.set_postfix_str(f"hinted={solved}")
-        bar.close()
+            return attempts, side
+
+        about = f"problems without a correct self sample (beta={cfg.beta})"
+        self._stage(ledger, "hinted", cfg.k_hinted, about, sample, judge)
 
     def stage_expert_scores(self) -> None:
         """pi_0(y*|x) for every problem: the 'before rewriting' side of the report."""
@@ -557,7 +553,7 @@ class Pipeline:
                 self.side.append(records)
 
     # ------------------------------------------------------------ output
-    def build_rows(self, ledger: Any) -> list[dict[str, Any]]:
+    def build_rows(self, ledger: Ledger) -> list[dict[str, Any]]:
         cfg = self.cfg
         experts = self.side.experts()
         phis = self.side.phis()
@@ -615,7 +611,7 @@ class Pipeline:
             rows.append(row)
         return rows
 
-    def attempt_counts(self, ledger: Any) -> dict[str, Any]:
+    def attempt_counts(self, ledger: Ledger) -> dict[str, Any]:
         """Attempts, correct ones and rejections (with their reasons) per stage."""
         attempts: Counter[str] = Counter()
         rejections: Counter[str] = Counter()
@@ -635,7 +631,7 @@ class Pipeline:
     def _expert_ids(self, p: Problem) -> list[int]:
         return response_ids(self.engine.tokenizer, [p.solution])[0]
 
-    def _expert_reason(self, ledger: Any, p: Problem) -> str:
+    def _expert_reason(self, ledger: Ledger, p: Problem) -> str:
         if p.answer is None:
             return "expert: no reference answer could be extracted from the solution"
         attempts = ledger.attempts(p.problem_id)
@@ -657,7 +653,7 @@ def _chunk_seed(chunk: Sequence[str]) -> int:
 
 
 def rewrite(
-    config: RewriteConfig | None = None, /, *, engine: Any = None, **kwargs: Any
+    config: RewriteConfig | None = None, /, *, engine: Engine | None = None, **kwargs: Any
 ) -> RewriteResult:
     """Rewrite a dataset (see RewriteConfig for every option).
 
@@ -672,3 +668,30 @@ def rewrite(
     if config is not None and kwargs:
         cfg = cfg.replace(**kwargs)
     return Pipeline(cfg, engine=engine).run()
+
+
+def _attempt(
+    stage: str,
+    p: Problem,
+    j: int,
+    s: Any,
+    correct: bool,
+    reason: str,
+    base: Any,
+    *,
+    behavior: Any = None,
+) -> Any:
+    """One ledger Attempt for sample ``s`` (j-th of problem ``p``) of ``stage``."""
+    from onpolicy_sft.ledger import Attempt
+
+    return Attempt(
+        problem_id=p.problem_id,
+        stage=stage,
+        sample_index=j,
+        text=s.text,
+        token_ids=list(s.token_ids),
+        behavior_logprobs=np.asarray(s.logprobs, np.float32) if behavior is None else behavior,
+        correct=correct,
+        reason=reason,
+        base_logprobs=base,
+    )

@@ -67,7 +67,7 @@ def read_data(dataset: str, split: str = "train") -> dict[str, list[Any]]:
     """Columns of the training data as ``{name: values}`` (see ``onpolicy_sft._io.load_table``
     for what ``dataset`` may be: a rewrite output directory reads its data.parquet)."""
     table = load_table(dataset, split)
-    return {name: table[name] for name in table.column_names}
+    return table.to_dict()
 
 
 def build_examples(
