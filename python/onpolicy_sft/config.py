@@ -403,6 +403,9 @@ class RewriteConfig(ConfigBase):
     )
     phi: bool = opt(True, "compute phi = log pi_0 + H(pi_0) for the report (HF scoring only)")
     progress: bool = opt(True, "show progress bars")
+    plots: bool = opt(
+        True, "draw the report's PNG plots (report.md and report.json are always written)"
+    )
 
     def shard_index(self) -> tuple[int, int]:
         i, n = self.shard.split("/")

@@ -223,6 +223,7 @@ def _rewrite(cfg: DemoConfig, model: Path, train_path: Path, out: Path) -> Path:
         selection="likeliest",
         seed=cfg.seeds[0],
         progress=False,
+        plots=False,  # the demo draws its own
     )
     return out
 
@@ -252,7 +253,14 @@ def _train(
     online: bool,
 ) -> dict[str, Any]:
     """One method, one seed: the shared training configuration; online rounds when asked."""
+    import gc
     import shutil
+
+    # accelerate's free_memory() runs gc.collect() as every Trainer starts; over the
+    # demo's long-lived heap (models, tokenizers, plots) that took 2.2 s per method in a
+    # cProfile of `demo --quick` on the loaded 2-core box.
+    # Objects alive now are kept out of those collections.
+    gc.freeze()
 
     options: dict[str, Any] = dict(
         model=str(model),

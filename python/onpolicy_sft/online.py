@@ -439,6 +439,8 @@ class OnlineRun:
         self._load_history()
 
     def close(self) -> None:
+        if _rank_world()[0] == 0 and self.history:
+            plot_rounds(self.dir / "rounds.png", self.history)
         close = getattr(self._vllm, "close", None)
         if callable(close):
             close()
@@ -553,6 +555,7 @@ class OnlineRun:
             engine="vllm" if self._use_vllm() else "hf",
             shard="0/1",
             progress=self.online.online_progress,
+            plots=False,  # per-round figures: rounds.png covers the rounds
         )
         if world > 1 and len(_ids(problems_path)) >= world:
             Pipeline(rcfg.replace(shard=f"{rank}/{world}"), engine=engine).run()
@@ -649,11 +652,10 @@ def write_online_report(out: Path, history: Sequence[dict[str, Any]]) -> None:
             f"{t['expert']} | {h['attempted']} | {h['replaced']} | {h['nll']:.4f} | "
             f"{h['ess']:.4f} | {h['seconds']:.1f} |"
         )
-    lines += ["", "![rounds](rounds.png)", ""]
+    lines += ["", "![rounds](rounds.png) (drawn when training ends)", ""]
     tmp = out / "report.md.tmp"
     tmp.write_text("\n".join(lines), encoding="utf-8")
     os.replace(tmp, out / "report.md")
-    plot_rounds(out / "rounds.png", history)
 
 
 def plot_rounds(path: Path, history: Sequence[dict[str, Any]]) -> None:

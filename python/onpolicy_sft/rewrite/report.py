@@ -301,10 +301,10 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def render(run_dir: str) -> dict[str, Any]:
-    """(Re)write DIR/report.json, DIR/report.md and the PNG plots; return the report."""
+def render(run_dir: str, *, plots: bool = True) -> dict[str, Any]:
+    """(Re)write DIR/report.json, DIR/report.md and (``plots``) the PNG plots; return the report."""
     rep = compute(run_dir)
-    plots = _plots(run_dir, rep)
+    plots = _plots(run_dir, rep) if plots else []
     rep["plots"] = plots
     write_json(os.path.join(run_dir, "report.json"), rep)
     lines = [
@@ -345,12 +345,13 @@ def render(run_dir: str) -> dict[str, Any]:
         lines += ["## Time (s)", ""]
         lines += [f"- {k}: {v:.2f}" for k, v in rep["timings"].items()]
         lines.append("")
-    lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     write_text(os.path.join(run_dir, "report.md"), "\n".join(lines))
     return rep
 
 
-def write_report(run_dir: str, *, stats: dict[str, Any]) -> dict[str, Any]:
+def write_report(run_dir: str, *, stats: dict[str, Any], plots: bool = True) -> dict[str, Any]:
     """Save the counts only the pipeline knows (stats.json), then render."""
     write_json(os.path.join(run_dir, "stats.json"), stats)
-    return render(run_dir)
+    return render(run_dir, plots=plots)

@@ -234,6 +234,7 @@ class Pipeline:
                     "ledger": ledger_stats,
                     "timings": dict(self.timer.totals),
                 },
+                plots=cfg.plots,
             )
         tiers = Counter(r["tier"] for r in rows)
         total = time.perf_counter() - t_start
