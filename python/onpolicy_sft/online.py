@@ -32,10 +32,10 @@ offline one::
     round-r/rewrite/           a complete rewrite run (config.json, ledger/, data.parquet)
     round-r/data.parquet       the full training set after round r (column ``round``)
     round-r/round.json         written last: round r is finished
-    rounds.json, report.md, rounds.png
+    rounds.json, report.md     after every round; rounds.png when training ends
 
 Resume. At a round's step the trainer saves a checkpoint *before* rewriting.
-SIGKILL during the rewrite: ``--resume`` loads that checkpoint (the weights
+SIGKILL during the rewrite: ``--resume_from_checkpoint true`` loads that checkpoint (the weights
 that wrote the recorded attempts), the round's ledger says which chunks are
 done, and only the rest is generated. SIGKILL later: finished rounds are read
 back, never regenerated.
@@ -419,7 +419,7 @@ class OnlineRun:
             if later:
                 raise FileExistsError(
                     f"{self.dir} holds finished rounds of an earlier run ({later[-1].parent.name}); "
-                    "pass --resume to continue that run, or choose a new --output_dir"
+                    "pass --resume_from_checkpoint true to continue that run, or choose a new --output_dir"
                 )
             if rank == 0:
                 _atomic_json(self.dir / "plan.json", {"boundaries": self.boundaries})
