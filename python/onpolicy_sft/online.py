@@ -685,6 +685,7 @@ def plot_rounds(path: Path, history: Sequence[dict[str, Any]]) -> None:
     axes[2].set_ylim(0, 1.05)
     for ax in axes:
         ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0].yaxis.get_major_locator().set_params(integer=True)  # row counts
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
