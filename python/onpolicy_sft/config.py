@@ -494,6 +494,9 @@ class RewriteConfig(ConfigBase):
     save_to_disk: bool = opt(
         False, "also write OUTPUT_DIR/dataset/ (datasets.save_to_disk) beside data.parquet"
     )
+    plots: bool = opt(
+        True, "draw the report's PNG plots (report.md and report.json are always written)"
+    )
 
     def shard_index(self) -> tuple[int, int]:
         i, n = self.shard.split("/")
@@ -869,9 +872,13 @@ class DemoConfig(ConfigBase):
     """
 
     output_dir: str = opt("demo_out", "output directory (report.md, plots, every stage's files)")
-    seed: int = opt(0, "one seed for rewriting, training order and evaluation sampling")
+    seeds: tuple[int, ...] = opt(
+        (0, 1, 2),
+        "training seeds (--quick: 0); the rewrite and the base model's evaluation, shared by "
+        "the seeds, use the first",
+    )
     engine: EngineKind = opt("auto", "generation engine (auto = vllm with CUDA, else hf)")
-    quick: bool = opt(False, "the reduced size CI runs (< 2 minutes)")
+    quick: bool = opt(False, "the reduced size CI runs (< 20 s on 2 cores, one seed)")
     n_train: int = opt(128, "training problems rewritten and trained on (bundled split)")
     n_eval: int = opt(128, "held-out problems evaluated")
     k_eval: int = opt(4, "samples per held-out problem: the table reports avg@k_eval")
@@ -884,6 +891,9 @@ class DemoConfig(ConfigBase):
     epochs: float = opt(2.0, "training epochs over the n_train rows, per method")
     learning_rate: float = opt(3e-4, "peak learning rate of every method")
     batch_size: int = opt(16, "sequences per optimizer step")
+    online_every: str = opt(
+        "epoch", "online rewriting rounds: after every epoch, or every N optimizer steps"
+    )
     threads: int = opt(2, "torch CPU threads (the demo's time budget assumes 2 cores)")
     model: str | None = opt(None, "model (none: the bundled tiny model)")
     data_dir: str | None = opt(None, "problems (none: the bundled assets/data/{train,eval}.jsonl)")
@@ -895,6 +905,8 @@ class DemoConfig(ConfigBase):
         "k_self": 2,
         "k_guided": 2,
         "epochs": 1.0,
+        "seeds": (0,),
+        "online_every": "1",
     }
 
     @classmethod
@@ -906,6 +918,17 @@ class DemoConfig(ConfigBase):
 
     def problems(self) -> list[str]:
         out = _positive(self, ("n_train", "n_eval", "k_eval", "k_self", "k_guided", "max_tokens"))
+        bad = [s for s in self.seeds if isinstance(s, bool) or not isinstance(s, int)]
+        if bad or not self.seeds:
+            out.append(
+                f"seeds={self.seeds!r}: give one or more whole numbers, e.g. --seeds 0 1 2"
+                + (f" ({bad[0]!r} is not one)" if bad else "")
+            )
+        elif len(set(self.seeds)) != len(self.seeds):
+            out.append(f"seeds={self.seeds!r} repeats a seed; give distinct seeds")
+        every = str(self.online_every)
+        if every != "epoch" and not (every.isdigit() and int(every) >= 1):
+            out.append(f"online_every={self.online_every!r}: use 'epoch' or a step count >= 1")
         if self.data_dir is None and (self.n_train > 512 or self.n_eval > 256):
             out.append(
                 f"n_train={self.n_train}, n_eval={self.n_eval}: the bundled splits hold 512 "

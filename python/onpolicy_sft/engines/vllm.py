@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -51,6 +51,7 @@ class VLLMEngine(TokenizerIO):
         gpu_memory_utilization: float = 0.9,
         max_model_len: int | None = None,
         trust_remote_code: bool = False,
+        weight_updates: bool = False,
         **llm_kwargs: Any,
     ) -> None:
         try:
@@ -88,6 +89,10 @@ class VLLMEngine(TokenizerIO):
             kwargs["data_parallel_size"] = data_parallel_size
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
+        if weight_updates:
+            # load_weights() hands tensors to the model runner by reference, which needs
+            # the engine core in this process (TRL's GRPO colocate mode runs it so too)
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         if _on_cpu_platform():
             # vLLM's CPU build rewinds a seeded request's generator when a chunked
             # prefill discards its sample, which CPU generators cannot do ("CPU
@@ -117,6 +122,17 @@ class VLLMEngine(TokenizerIO):
                 torch.cuda.empty_cache()
         except Exception:  # freeing is best effort; the process exit frees the rest
             pass
+
+    def load_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
+        """Replace the engine's weights in place with ``(checkpoint name, tensor)`` pairs.
+
+        vLLM's ``reload_weights`` (through ``collective_rpc``) runs the model's
+        own loader, so fused projections (qkv, gate_up) and any repacking after
+        loading are redone; the prefix cache, computed with the old weights, is
+        dropped. Build the engine with ``weight_updates=True``.
+        """
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(weights)})
+        self.llm.reset_prefix_cache()
 
     def _generate(self, prompts: list[str], s: Sampling) -> list[list[Sample]]:
         from vllm import SamplingParams

@@ -109,6 +109,19 @@ def load_problems(
     return out
 
 
+def problems_of(cfg: Any) -> list[Problem]:
+    """The problems a RewriteConfig names (its dataset, fields and limit), references strict."""
+    return load_problems(
+        cfg.dataset,
+        split=cfg.split,
+        problem_field=cfg.problem_field,
+        solution_field=cfg.solution_field,
+        answer_field=cfg.answer_field,
+        id_field=cfg.id_field,
+        limit=cfg.limit,
+    )
+
+
 def shard_rows(items: Sequence[Any], index: int, count: int) -> list[Any]:
     """Rows i with i % count == index (stable across workers)."""
     return [x for i, x in enumerate(items) if i % count == index]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -71,6 +72,34 @@ report and the run's state.
     os.replace(tmp, os.path.join(run_dir, "README.md"))
 
 
+def data_table(rows: Sequence[dict[str, Any]], extra: Sequence[tuple[str, Any]] = ()) -> Any:
+    """The data.parquet contract (DATA_COLUMNS, TRL's prompt/completion names first) of
+    ``rows`` as a pyarrow Table, plus ``extra`` (name, pyarrow type) columns. ``rows`` use
+    the pipeline's names (``response``, ``response_token_ids``)."""
+    import pyarrow as pa
+
+    lf = pa.list_(pa.float32())
+    fields = [
+        ("prompt", pa.string()),
+        ("completion", pa.string()),
+        ("completion_token_ids", pa.list_(pa.int64())),
+        ("problem_id", pa.string()),
+        ("problem", pa.string()),
+        ("tier", pa.string()),
+        ("behavior_logprobs", lf),
+        ("base_logprobs", lf),
+        ("answer", pa.string()),
+        ("verdict", pa.bool_()),
+        ("reason", pa.string()),
+        *extra,
+    ]
+    names = [f[0] for f in fields]
+    assert names[: len(DATA_COLUMNS)] == list(DATA_COLUMNS)
+    renamed = {"completion": "response", "completion_token_ids": "response_token_ids"}
+    table = [{k: r.get(renamed.get(k, k)) for k in names} for r in rows]
+    return pa.Table.from_pylist(table, schema=pa.schema(fields))
+
+
 def write_data(rows: list[dict[str, Any]], path: str, *, save_to_disk: bool = False) -> None:
     """DIR/data.parquet (contract columns), its dataset card DIR/README.md, with
     ``save_to_disk`` DIR/dataset/ (``datasets.load_from_disk``), and
@@ -79,25 +108,7 @@ def write_data(rows: list[dict[str, Any]], path: str, *, save_to_disk: bool = Fa
     import pyarrow.parquet as pq
 
     lf = pa.list_(pa.float32())
-    schema = pa.schema(
-        [
-            ("prompt", pa.string()),
-            ("completion", pa.string()),
-            ("completion_token_ids", pa.list_(pa.int64())),
-            ("problem_id", pa.string()),
-            ("problem", pa.string()),
-            ("tier", pa.string()),
-            ("behavior_logprobs", lf),
-            ("base_logprobs", lf),
-            ("answer", pa.string()),
-            ("verdict", pa.bool_()),
-            ("reason", pa.string()),
-        ]
-    )
-    renamed = {"completion": "response", "completion_token_ids": "response_token_ids"}
-    table = pa.Table.from_pylist(
-        [{k: r[renamed.get(k, k)] for k in DATA_COLUMNS} for r in rows], schema=schema
-    )
+    table = data_table(rows)
     _atomic_parquet(table, path, pq)
     write_dataset_card(os.path.dirname(path), os.path.basename(path))
     if save_to_disk:
@@ -334,10 +345,10 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def render(run_dir: str) -> dict[str, Any]:
-    """(Re)write DIR/report.json, DIR/report.md and the PNG plots; return the report."""
+def render(run_dir: str, *, plots: bool = True) -> dict[str, Any]:
+    """(Re)write DIR/report.json, DIR/report.md and (``plots``) the PNG plots; return the report."""
     rep = compute(run_dir)
-    plots = _plots(run_dir, rep)
+    plots = _plots(run_dir, rep) if plots else []
     rep["plots"] = plots
     write_json(os.path.join(run_dir, "report.json"), rep)
     lines = [
@@ -394,12 +405,13 @@ def render(run_dir: str) -> dict[str, Any]:
         lines += ["## Time (s)", ""]
         lines += [f"- {k}: {v:.2f}" for k, v in rep["timings"].items()]
         lines.append("")
-    lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     write_text(os.path.join(run_dir, "report.md"), "\n".join(lines))
     return rep
 
 
-def write_report(run_dir: str, *, stats: dict[str, Any]) -> dict[str, Any]:
+def write_report(run_dir: str, *, stats: dict[str, Any], plots: bool = True) -> dict[str, Any]:
     """Save the counts only the pipeline knows (stats.json), then render."""
     write_json(os.path.join(run_dir, "stats.json"), stats)
-    return render(run_dir)
+    return render(run_dir, plots=plots)

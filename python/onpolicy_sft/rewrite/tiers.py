@@ -37,8 +37,8 @@ from onpolicy_sft.rewrite.data import (
     Problem,
     SideStore,
     copy_rejection,
-    load_problems,
     phi_summary,
+    problems_of,
     shard_rows,
 )
 
@@ -195,15 +195,7 @@ class Pipeline:
         os.makedirs(self.run_dir, exist_ok=True)
         _check_resume(cfg, self.run_dir)
         with self.timer("load"):
-            problems = load_problems(
-                cfg.dataset,
-                split=cfg.split,
-                problem_field=cfg.problem_field,
-                solution_field=cfg.solution_field,
-                answer_field=cfg.answer_field,
-                id_field=cfg.id_field,
-                limit=cfg.limit,
-            )
+            problems = problems_of(cfg)
         index, count = cfg.shard_index()
         problems = shard_rows(problems, index, count)
         if not problems:
@@ -249,6 +241,7 @@ class Pipeline:
                     "ledger": ledger_stats,
                     "timings": dict(self.timer.totals),
                 },
+                plots=cfg.plots,
             )
         tiers = Counter(r["tier"] for r in rows)
         total = time.perf_counter() - t_start

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,7 +225,11 @@ def shutdown_distributed(*, wait: bool = True) -> None:
 
 
 def train(
-    cfg: TrainConfig | None = None, args: TrainingArguments | None = None, **options: Any
+    cfg: TrainConfig | None = None,
+    args: TrainingArguments | None = None,
+    *,
+    trainer_class: Callable[..., PolicyTrainer] | None = None,
+    **options: Any,
 ) -> TrainResult:
     """Train ``model`` on ``dataset`` with PolicyLoss; write to ``output_dir``.
 
@@ -233,6 +238,8 @@ def train(
     ``train(TrainConfig(...), TrainingArguments(...))``. ``output_dir`` receives the
     final weights + tokenizer, ``train_config.json`` (the resolved config),
     ``data_stats.json``, ``checkpoint-*/`` and ``trainer_state.json``.
+    ``trainer_class`` builds the trainer from PolicyTrainer's arguments (a subclass,
+    e.g. ``onpolicy_sft.online``'s, which rewrites the data between rounds).
     """
     cfg, args = resolve(cfg, args, **options)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, set_seed
@@ -288,7 +295,7 @@ def train(
         "training_args": _args_changed(args),
         "identity": identity,
     }
-    trainer = PolicyTrainer(
+    trainer = (trainer_class or PolicyTrainer)(
         model=model,
         args=args,
         train_dataset=ExampleDataset(examples),
