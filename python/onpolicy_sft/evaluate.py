@@ -428,7 +428,7 @@ def _config(cfg: EvalConfig | None, overrides: dict[str, Any]) -> EvalConfig:
 def evaluate(
     cfg: EvalConfig | None = None,
     *,
-    engine: Engine | None = None,
+    engine: Engine | str | None = None,
     verifier: Verifier | None = None,
     **overrides: Any,
 ) -> EvalResult:
