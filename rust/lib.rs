@@ -143,7 +143,7 @@ mod python {
                     .map(|(i, (p, g))| verify_one(i, p, g))
                     .collect();
             }
-            let n = threads.unwrap_or_else(|| cap / 4);
+            let n = threads.unwrap_or(cap / 4);
             pool(n)?.install(|| run(&predictions, &golds))
         });
         out.map_err(pyo3::exceptions::PyRuntimeError::new_err)
