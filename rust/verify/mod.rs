@@ -445,6 +445,26 @@ pub fn verify_with(prediction: &str, gold: &str, opts: &Options) -> Verdict {
         return undecided(&format!("gold: {why}"), p_str, g_str);
     }
     if let Some(why) = p_unsure {
+        // a number too long for exact arithmetic against a constant gold: sympy
+        // compares them exactly (or, for a decimal, to 15 digits), so a gap far
+        // beyond float error is a difference
+        if why == "number too long" {
+            if let (Some(Value::Expr(gn)), Some(text)) = (&g_val, &p_fb) {
+                let g = compare::eval_const(gn).filter(|_| compare::is_constant(gn));
+                let p = text.parse::<f64>().ok();
+                if let (Some(g), Some(p)) = (g, p) {
+                    if g.is_finite() && p.is_finite() && (g - p).abs() > 1e-6 * g.abs().max(p.abs())
+                    {
+                        return Verdict {
+                            correct: Some(false),
+                            pred_answer: p_str,
+                            gold_answer: g_str,
+                            reason: "not equal".into(),
+                        };
+                    }
+                }
+            }
+        }
         return undecided(&why, p_str, g_str);
     }
     match (&g_val, &p_val) {
@@ -570,6 +590,10 @@ mod tests {
             // trigonometric powers and bare arguments
             ("$4 \\cos^2 x$", "4", false),
             ("$\\cos 2\\theta$", "1", false),
+            // upper-case I is the imaginary unit; "answer: 18" divides by 18
+            ("$AEIF$", "28", false),
+            ("$I$", "41", false),
+            ("$\\boxed{answer: 18}$", "18", false),
         ];
         for (p, g, want) in cases {
             assert_eq!(v(p, g), Some(*want), "{p} vs {g}: {:?}", verify(p, g));

@@ -1057,6 +1057,49 @@ fn relation(s: &str) -> R<Value> {
             )));
         }
     }
+    // answer: 18 is (a n s w e r) / 18 in the reference (':' divides)
+    if let Some((a, b)) = s.trim().split_once(':') {
+        let (a, b) = (a.trim(), b.trim());
+        if !a.is_empty()
+            && a.len() <= 32
+            && a.bytes().all(|c| c.is_ascii_alphabetic() && c != b'I')
+            && is_digits(b)
+            && b.len() <= 18
+            && b.bytes().any(|c| c != b'0')
+        {
+            let letters: R<Vec<Node>> = a.chars().map(letter_node).collect();
+            let den = num_node(b)?;
+            return Ok(Value::Expr(Node::Div(
+                Box::new(Node::Mul(letters?)),
+                Box::new(den),
+            )));
+        }
+    }
+    // AEIF: a product of letters with one upper-case I, sympy's imaginary unit
+    // (never equal to a number; unknown against symbols)
+    let w = s.trim();
+    if !w.is_empty()
+        && w.len() <= 32
+        && w.bytes().all(|c| c.is_ascii_alphabetic())
+        && w.bytes().filter(|&c| c == b'I').count() == 1
+    {
+        let nodes: R<Vec<Node>> = w
+            .chars()
+            .map(|c| {
+                if c == 'I' {
+                    Ok(Node::Opaque("I".into(), Vec::new()))
+                } else {
+                    letter_node(c)
+                }
+            })
+            .collect();
+        let mut nodes = nodes?;
+        return Ok(Value::Expr(if nodes.len() == 1 {
+            nodes.pop().unwrap()
+        } else {
+            Node::Mul(nodes)
+        }));
+    }
     let is_text = s.trim().starts_with("\\text{");
     if !is_text
         && (["mp", "in", "cup", "cap", "equiv", "setminus", "mid"]
