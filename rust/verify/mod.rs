@@ -375,6 +375,9 @@ pub struct Options {
     pub strict: bool,
     /// compare relations with sets (true: not reproduced, left undecided)
     pub allow_set_relation_comp: bool,
+    /// read the forms where the reference is not mathematically right as
+    /// mathematics does ([`parse::with_math_strict`]); false reproduces it
+    pub math_strict: bool,
 }
 
 impl Default for Options {
@@ -385,6 +388,7 @@ impl Default for Options {
             float_rounding: 6,
             strict: true,
             allow_set_relation_comp: false,
+            math_strict: false,
         }
     }
 }
@@ -427,8 +431,12 @@ pub fn verify_with(prediction: &str, gold: &str, opts: &Options) -> Verdict {
     } else {
         gold.to_string()
     };
-    let g = find(&gold_text, &opts.extract);
-    let p = find(prediction, &opts.extract);
+    let (g, p) = parse::with_math_strict(opts.math_strict, || {
+        (
+            find(&gold_text, &opts.extract),
+            find(prediction, &opts.extract),
+        )
+    });
     let (g_val, g_str, g_fb, g_unsure) = g.into_parts();
     let (p_val, p_str, p_fb, p_unsure) = p.into_parts();
     // the reference compares each gold item with each prediction item:
@@ -604,6 +612,29 @@ mod tests {
         let lagrange =
             "$\\frac{a^3}{(a-b)(a-c)} + \\frac{b^3}{(b-a)(b-c)} + \\frac{c^3}{(c-a)(c-b)}$";
         assert_ne!(v(lagrange, "5"), Some(true));
+    }
+
+    /// `math_strict`: the forms where the reference is not mathematically right
+    /// are read as mathematics does; everything else is unchanged.
+    #[test]
+    fn math_strict_reads_residues_and_answer_text() {
+        let strict = Options {
+            math_strict: true,
+            ..Options::default()
+        };
+        let s = |p: &str, g: &str| verify_with(p, g, &strict).correct;
+        assert_eq!(v("$14 \\pmod{17}$", "14"), Some(false));
+        assert_eq!(s("$14 \\pmod{17}$", "14"), Some(true));
+        assert_eq!(s("$23 \\pmod{37}$", "503"), Some(false));
+        assert_eq!(v("$\\boxed{\\text{answer: 12}}$", "12"), Some(false));
+        assert_eq!(s("$\\boxed{\\text{answer: 12}}$", "12"), Some(true));
+        for (p, g) in [
+            ("\\boxed{42}", "42"),
+            ("\\boxed{41}", "42"),
+            ("$x = \\pm 3$", "3"),
+        ] {
+            assert_eq!(s(p, g), v(p, g), "{p} vs {g}");
+        }
     }
 
     /// math-verify's own test harness (`compare_strings`, gold not boxed).

@@ -6,7 +6,29 @@
 //! Anything outside the subset is `Unsupported`: the caller leaves the pair
 //! undecided rather than guessing. Recursion depth is capped (`MAX_DEPTH`).
 
+use std::cell::Cell;
+
 use super::num::{parse_decimal, Rat};
+
+thread_local! {
+    /// `strict=True`: read the answer forms where math-verify's verdict is not the
+    /// mathematical one as mathematics does (see `with_math_strict`).
+    static MATH_STRICT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Run `f` with the strict reading on or off (restored afterwards). Strict:
+/// `a \pmod{n}` is the residue a (math-verify: the set {a - n*o*d, a + n*o*d});
+/// `\text{answer: X}` is X (math-verify: one symbol named "answer:X").
+pub fn with_math_strict<T>(on: bool, f: impl FnOnce() -> T) -> T {
+    let old = MATH_STRICT.with(|c| c.replace(on));
+    let r = f();
+    MATH_STRICT.with(|c| c.set(old));
+    r
+}
+
+fn math_strict() -> bool {
+    MATH_STRICT.with(|c| c.get())
+}
 
 pub const MAX_DEPTH: usize = 64;
 /// Longest answer string the parser accepts (bytes); longer -> Unsupported.
@@ -1111,6 +1133,14 @@ fn relation(s: &str) -> R<Value> {
     {
         return Err(PErr::Unsupported);
     }
+    // strict: "a \pmod{n}" answers with the residue a
+    if math_strict() && s.matches("\\pmod").count() == 1 {
+        if let Some((a, _)) = s.split_once("\\pmod") {
+            if !a.trim().is_empty() {
+                return relation(a.trim());
+            }
+        }
+    }
     // the reference's lexer reads \pmod{n} as \pm o d n
     let rewritten;
     let s = if has_cmd(s, "pmod") {
@@ -1137,6 +1167,16 @@ fn relation(s: &str) -> R<Value> {
         if let Some(w) = inner.strip_prefix('(').and_then(|r| r.strip_suffix(')')) {
             if w.len() == 1 && w.bytes().all(|c| c.is_ascii_alphabetic()) {
                 return Ok(Value::Text(w.to_lowercase()));
+            }
+        }
+        // strict: \text{answer: 12} answers 12
+        if math_strict() {
+            let lower = inner.trim_start().to_ascii_lowercase();
+            if let Some(rest) = lower.strip_prefix("answer:") {
+                let at = inner.len() - rest.len();
+                if !rest.trim().is_empty() {
+                    return relation(inner[at..].trim());
+                }
             }
         }
         // \text{answer: 12}: one symbol named after the text (never a number)
