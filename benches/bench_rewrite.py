@@ -110,7 +110,7 @@ def bench_overhead(n_problems: int, k: int, gen_rows: int, gen_tokens: int) -> d
             engine=replay,
             model=str(model_dir),
             dataset=data,
-            out=os.path.join(tmp, "out"),
+            output_dir=os.path.join(tmp, "out"),
             k_self=k,
             k_guided=k,
             batch_problems=16,
@@ -156,8 +156,8 @@ def bench_hinted(n_problems: int, n_reference: int, max_tokens: int) -> dict[str
     Row i draws the same random numbers in both, so their tokens must agree.
     """
     from onpolicy_sft.engines.hf import HFEngine
+    from onpolicy_sft.prompts import hinted_prompt, train_prompt
     from onpolicy_sft.rewrite.hinted import HintedParams, hinted_decode, hinted_decode_reference
-    from onpolicy_sft.rewrite.prompts import hinted_prompt, train_prompt
     from onpolicy_sft.testing import build_tiny_model
 
     records = [json.loads(line) for line in gzip.open(CORPUS, "rt")]
@@ -230,7 +230,7 @@ def bench_vllm_vs_hf(n_prompts: int, max_tokens: int, cpu: bool = False) -> dict
     with tempfile.TemporaryDirectory() as tmp:
         tok = build_tokenizer([r["solution_text"] for r in records], vocab_size=8192)
         path = build_tiny_model(os.path.join(tmp, "model"), tokenizer=tok, dtype=dtype, **shape)
-        from onpolicy_sft.rewrite.prompts import train_prompt
+        from onpolicy_sft.prompts import train_prompt
 
         prompts = [train_prompt(tok, p) for p in problems]
         hf = HFEngine(str(path), max_batch_size=len(prompts))

@@ -15,7 +15,7 @@ TrainingArguments (bf16 autocast, gradient checkpointing, AdamW):
   *loss-related* memory (lm_head logits/gradients and the loss itself);
 - ``hf default``: transformers' Trainer, the model computes logits and its
   cross-entropy (``labels`` passed to forward);
-- ``ours sft`` / ``ours dft``: ``onpolicy_sft.train.PolicyTrainer``.
+- ``ours sft`` / ``ours dft``: ``onpolicy_sft.training.PolicyTrainer``.
 
 Per variant: median seconds per optimizer step over ``--steps`` steps after
 ``--warmup`` steps, tokens/s (all tokens of the batch, prompt included), and
@@ -45,38 +45,28 @@ from typing import Any
 from _machine import machine  # benches/_machine.py, beside this script
 
 REPO = Path(__file__).resolve().parent.parent
-QWEN25_05B = dict(
-    vocab_size=151936,
-    hidden_size=896,
-    num_hidden_layers=24,
-    num_attention_heads=14,
-    num_key_value_heads=2,
-    intermediate_size=4864,
-    max_position_embeddings=32768,
-    rope_theta=1000000.0,
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=True,
+
+
+def decoder(vocab: int, hidden: int, layers: int, heads: int, kv_heads: int, ffn: int, **kw: Any):
+    """A Qwen2 config's sizes (tied embeddings, as Qwen2.5-0.5B has)."""
+    return dict(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        intermediate_size=ffn,
+        tie_word_embeddings=True,
+        **kw,
+    )
+
+
+QWEN25_05B = decoder(
+    151936, 896, 24, 14, 2, 4864, max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6
 )
-SMOKE = dict(
-    vocab_size=2048,
-    hidden_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    intermediate_size=128,
-    max_position_embeddings=512,
-    tie_word_embeddings=True,
-)
-CPU = dict(  # --cpu: a small decoder with a large vocabulary, where the loss matters
-    vocab_size=32768,
-    hidden_size=256,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    intermediate_size=704,
-    max_position_embeddings=2048,
-    tie_word_embeddings=True,
-)
+SMOKE = decoder(2048, 64, 2, 2, 1, 128, max_position_embeddings=512)
+# --cpu: a small decoder with a large vocabulary, where the loss matters
+CPU = decoder(32768, 256, 4, 4, 2, 704, max_position_embeddings=2048)
 TARGET_SPEED = 1.0
 TARGET_MEM = 0.5
 
@@ -84,7 +74,7 @@ TARGET_MEM = 0.5
 def make_data(n_rows: int, seq: int, vocab: int, prompt_len: int) -> list[Any]:
     import torch
 
-    from onpolicy_sft.train import Example
+    from onpolicy_sft.training import Example
 
     g = torch.Generator().manual_seed(0)
     rows = []
@@ -99,8 +89,8 @@ def run_variant(name: str, shapes: dict[str, Any], args: argparse.Namespace) -> 
     from transformers import AutoModelForCausalLM, Qwen2Config, Trainer, TrainerCallback
     from transformers import TrainingArguments as TA
 
-    from onpolicy_sft.integrations import build_policy_loss
-    from onpolicy_sft.train import Collator, ExampleDataset, PolicyTrainer
+    from onpolicy_sft.losses import PolicyLoss
+    from onpolicy_sft.training import Collator, ExampleDataset, PolicyTrainer
 
     cuda = torch.cuda.is_available() and not args.cpu
     device = "cuda" if cuda else "cpu"
@@ -163,7 +153,7 @@ def run_variant(name: str, shapes: dict[str, Any], args: argparse.Namespace) -> 
         trainer = FloorTrainer(**common)
     else:
         scheme = name.split()[-1]
-        loss_fn = build_policy_loss(scheme)
+        loss_fn = PolicyLoss(scheme)
         trainer = PolicyTrainer(**common, loss_fn=loss_fn)
     if cuda:
         torch.cuda.empty_cache()

@@ -9,19 +9,17 @@ a ``transformers.Trainer`` -- with one line changed: the loss.
 
 Schemes ``is`` and ``pear`` also need per-token behaviour log-probs in the
 batch (``behavior_logprobs``, (B, T) aligned with ``labels``); see
-``onpolicy_sft.train.Collator``. For TRL's ``SFTTrainer`` see
-``examples/compute_loss_func_sft_trainer.py``.
+``onpolicy_sft.training.Collator``. With TRL use ``PolicySFTTrainer``:
+``examples/policy_sft_trainer.py``.
 """
 
 from __future__ import annotations
-
-import argparse
-import tempfile
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
 from onpolicy_sft.integrations import compute_loss_func
+from onpolicy_sft.testing import example_arguments, report_example
 
 PAIRS = [(f"What is {a} + {b}?", f"{a} + {b} = {a + b}. \\boxed{{{a + b}}}") for a, b in
          [(2, 3), (7, 5), (11, 4), (6, 9), (13, 8), (3, 14), (21, 5), (9, 9)]]  # fmt: skip
@@ -61,23 +59,9 @@ def collate(batch, pad_id):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--model", default=None, help="model dir or name (default: a tiny local one)"
-    )
-    parser.add_argument("--scheme", default="dft", choices=("sft", "dft", "idft"))
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    args = parser.parse_args()
-
-    workdir = tempfile.mkdtemp(prefix="onpolicy_sft_example_")
-    model_path = args.model
-    if model_path is None:
-        from onpolicy_sft.testing import build_tiny_model
-
-        model_path = str(build_tiny_model(f"{workdir}/tiny"))
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path)
+    args = example_arguments(__doc__)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model)
 
     # The one line that differs from a plain SFT script:
     loss_func = compute_loss_func(args.scheme, model=model)
@@ -85,27 +69,14 @@ def main() -> None:
     trainer = Trainer(
         model=model,
         args=TrainingArguments(
-            output_dir=f"{workdir}/out",
-            per_device_train_batch_size=4,
-            gradient_accumulation_steps=1,
-            learning_rate=args.lr,
-            max_steps=args.steps,
-            lr_scheduler_type="constant",
-            logging_steps=5,
-            save_strategy="no",
-            report_to=[],
+            **args.training,  # output_dir, batch 4, learning_rate, max_steps, ...
         ),
         train_dataset=PairDataset(tokenizer, PAIRS),
         data_collator=lambda b: collate(b, tokenizer.pad_token_id),
         compute_loss_func=loss_func,
     )
     trainer.train()
-    last = loss_func.last
-    assert last is not None
-    stats = {k: round(float(v), 4) for k, v in last.output.stats.items()}
-    print(f"scheme={args.scheme}: final step stats {stats}")
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    print(f"logged losses: {[round(x, 4) for x in losses]}")
+    report_example(args.scheme, loss_func, trainer)
 
 
 if __name__ == "__main__":

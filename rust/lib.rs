@@ -263,43 +263,78 @@ mod python {
         use std::path::PathBuf;
         use std::sync::Mutex;
 
-        use pyo3::exceptions::{PyException, PyOSError, PyValueError};
+        use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
+        use pyo3::intern;
         use pyo3::prelude::*;
         use pyo3::pybacked::PyBackedStr;
-        use pyo3::types::{PyBytes, PyDict, PyList};
-        use pyo3::{create_exception, intern};
+        use pyo3::sync::PyOnceLock;
+        use pyo3::types::{PyBool, PyBytes, PyDict, PyList, PyType};
 
         use crate::error::Error;
+        use crate::ledger::format::FP_LEN;
         use crate::ledger::index::Selection;
-        use crate::ledger::{self, AttemptIn, Columns, Ledger, OpenOptions2};
+        use crate::ledger::{self, AttemptIn, Columns, Ledger, OnChange, OpenOptions2};
 
-        create_exception!(
-            _core,
-            LedgerError,
-            PyException,
-            "A ledger operation failed."
-        );
-        create_exception!(
-            _core,
-            LedgerCorruptError,
-            LedgerError,
-            "A ledger file is damaged (the message names the file and byte offset)."
-        );
-        create_exception!(
-            _core,
-            LedgerLockedError,
-            LedgerError,
-            "Another process holds the ledger's writer lock (the message names it)."
-        );
+        /// LedgerError, LedgerCorruptError, LedgerLockedError: made when the
+        /// module loads, deriving from onpolicy_sft.errors.OnpolicyError (a
+        /// Python class, so `create_exception!` cannot name it as the base).
+        struct ErrorTypes {
+            base: Py<PyType>,
+            corrupt: Py<PyType>,
+            locked: Py<PyType>,
+        }
 
-        fn to_py(e: Error) -> PyErr {
+        static ERRORS: PyOnceLock<ErrorTypes> = PyOnceLock::new();
+
+        fn error_types(py: Python<'_>) -> PyResult<&'static ErrorTypes> {
+            ERRORS.get_or_try_init(py, || {
+                let root = py
+                    .import("onpolicy_sft.errors")?
+                    .getattr("OnpolicyError")?
+                    .cast_into::<PyType>()?;
+                let base = PyErr::new_type(
+                    py,
+                    c"onpolicy_sft._core.LedgerError",
+                    Some(c"A ledger operation failed."),
+                    Some(&root),
+                    None,
+                )?;
+                let sub = |name: &std::ffi::CStr, doc: &std::ffi::CStr| {
+                    PyErr::new_type(py, name, Some(doc), Some(base.bind(py)), None)
+                };
+                Ok(ErrorTypes {
+                    corrupt: sub(
+                        c"onpolicy_sft._core.LedgerCorruptError",
+                        c"A ledger file is damaged (the message names the file and byte offset).",
+                    )?,
+                    locked: sub(
+                        c"onpolicy_sft._core.LedgerLockedError",
+                        c"Another process holds the ledger's writer lock (the message names it).",
+                    )?,
+                    base,
+                })
+            })
+        }
+
+        fn raise(py: Python<'_>, ty: fn(&ErrorTypes) -> &Py<PyType>, msg: String) -> PyErr {
+            match error_types(py) {
+                Ok(t) => PyErr::from_type(ty(t).bind(py).clone(), msg),
+                Err(e) => e,
+            }
+        }
+
+        fn ledger_error(py: Python<'_>, msg: String) -> PyErr {
+            raise(py, |t| &t.base, msg)
+        }
+
+        fn to_py(py: Python<'_>, e: Error) -> PyErr {
             let msg = e.to_string();
             match e {
-                Error::Corrupt { .. } => LedgerCorruptError::new_err(msg),
-                Error::Locked { .. } => LedgerLockedError::new_err(msg),
+                Error::Corrupt { .. } => raise(py, |t| &t.corrupt, msg),
+                Error::Locked { .. } => raise(py, |t| &t.locked, msg),
                 Error::Io { .. } => PyOSError::new_err(msg),
                 Error::TooLarge { .. } => PyValueError::new_err(msg),
-                _ => LedgerError::new_err(msg),
+                _ => ledger_error(py, msg),
             }
         }
 
@@ -309,16 +344,17 @@ mod python {
             f: impl FnOnce() -> crate::error::Result<T> + Send,
         ) -> PyResult<T> {
             match py.detach(|| catch_unwind(AssertUnwindSafe(f))) {
-                Ok(r) => r.map_err(to_py),
+                Ok(r) => r.map_err(|e| to_py(py, e)),
                 Err(p) => {
                     let what = p
                         .downcast_ref::<String>()
                         .cloned()
                         .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                         .unwrap_or_default();
-                    Err(LedgerError::new_err(format!(
-                        "internal error in the ledger (a bug; please report it): {what}"
-                    )))
+                    Err(ledger_error(
+                        py,
+                        format!("internal error in the ledger (a bug; please report it): {what}"),
+                    ))
                 }
             }
         }
@@ -337,6 +373,14 @@ mod python {
                     "selection {s:?} unknown; use \"likeliest\", \"first\", \"random\" or \"shortest\""
                 ))
             })
+        }
+
+        /// numpy.bool_ (what a comparison of numpy values gives): a bool too.
+        fn is_numpy_bool(v: &Bound<'_, PyAny>) -> bool {
+            let t = v.get_type();
+            let module = t.module().map(|m| m.to_string()).unwrap_or_default();
+            let name = t.name().map(|n| n.to_string()).unwrap_or_default();
+            module == "numpy" && (name == "bool" || name == "bool_")
         }
 
         fn u32_at(b: &[u8], i: usize) -> u32 {
@@ -485,34 +529,59 @@ mod python {
                 for (i, a) in attempts.iter().enumerate() {
                     let field = |name: &Bound<'py, pyo3::types::PyString>| {
                         a.getattr(name).map_err(|e| {
-                            PyValueError::new_err(format!(
-                                "attempt #{i}: {e}; pass Attempt objects"
-                            ))
+                            PyTypeError::new_err(format!("attempt #{i}: {e}; pass Attempt objects"))
                         })
                     };
+                    let wrong_type = |name: &Bound<'py, pyo3::types::PyString>,
+                                      v: &Bound<'py, PyAny>,
+                                      want: &str| {
+                        PyTypeError::new_err(format!(
+                            "attempt #{i}: {} must be {want}, got {} {}",
+                            name.to_string_lossy(),
+                            v.get_type()
+                                .name()
+                                .map(|s| s.to_string())
+                                .unwrap_or_default(),
+                            v.repr().map(|s| s.to_string()).unwrap_or_default()
+                        ))
+                    };
                     let text_field = |name: &Bound<'py, pyo3::types::PyString>| {
-                        field(name)?.extract::<PyBackedStr>().map_err(|_| {
-                            PyValueError::new_err(format!(
-                                "attempt #{i}: {} must be a str",
-                                name.to_string_lossy()
-                            ))
-                        })
+                        let v = field(name)?;
+                        v.extract::<PyBackedStr>()
+                            .map_err(|_| wrong_type(name, &v, "a str"))
                     };
                     let stage = text_field(intern!(py, "stage"))?;
                     let stage = stage_of(&stage)
                         .map_err(|e| PyValueError::new_err(format!("attempt #{i}: {e}")))?;
-                    let sample = field(intern!(py, "sample_index"))?
-                        .extract::<u32>()
-                        .map_err(|_| {
+                    let name = intern!(py, "sample_index");
+                    let v = field(name)?;
+                    if v.is_instance_of::<PyBool>() {
+                        return Err(wrong_type(name, &v, "an int"));
+                    }
+                    let sample = v.extract::<u32>().map_err(|_| {
+                        if v.hasattr(intern!(py, "__index__")).unwrap_or(false) {
                             PyValueError::new_err(format!(
-                                "attempt #{i}: sample_index must be an int in 0..2**32"
+                                "attempt #{i}: sample_index must be in 0..2**32, got {}",
+                                v.repr().map(|s| s.to_string()).unwrap_or_default()
                             ))
-                        })?;
+                        } else {
+                            wrong_type(name, &v, "an int")
+                        }
+                    })?;
+                    let name = intern!(py, "correct");
+                    let v = field(name)?;
+                    let correct = if let Ok(b) = v.cast::<PyBool>() {
+                        b.is_true()
+                    } else if is_numpy_bool(&v) {
+                        v.is_truthy()?
+                    } else {
+                        return Err(wrong_type(name, &v, "a bool (True or False)"));
+                    };
                     rows.push(Row {
                         pid: text_field(intern!(py, "problem_id"))?,
                         stage,
                         sample,
-                        correct: field(intern!(py, "correct"))?.is_truthy()?,
+                        correct,
                         text: text_field(intern!(py, "text"))?,
                         reason: text_field(intern!(py, "reason"))?,
                     });
@@ -591,6 +660,79 @@ mod python {
 
             fn has_problem(&self, py: Python<'_>, problem_id: &str) -> PyResult<bool> {
                 self.with(py, |l| Ok(l.lookup(problem_id).is_some()))
+            }
+
+            /// Add problems, or bring known ones up to date by fingerprint
+            /// (`fingerprints`: FINGERPRINT_BYTES per id, concatenated).
+            /// `on_change`: "set_aside" or "error". Returns what it did.
+            #[pyo3(signature = (ids, references, fingerprints, on_change))]
+            fn sync_problems<'py>(
+                &self,
+                py: Python<'py>,
+                ids: Vec<PyBackedStr>,
+                references: Vec<PyBackedStr>,
+                fingerprints: Option<&[u8]>,
+                on_change: &str,
+            ) -> PyResult<Bound<'py, PyDict>> {
+                let on_change = match on_change {
+                    "set_aside" => OnChange::SetAside,
+                    "error" => OnChange::Refuse,
+                    other => {
+                        return Err(PyValueError::new_err(format!(
+                            "on_change {other:?} unknown; use \"set_aside\" or \"error\""
+                        )))
+                    }
+                };
+                let fps: Option<Vec<[u8; FP_LEN]>> = match fingerprints {
+                    None => None,
+                    Some(b) if b.len() == FP_LEN * ids.len() => Some(
+                        b.chunks_exact(FP_LEN)
+                            .map(|c| c.try_into().expect("chunk of FP_LEN"))
+                            .collect(),
+                    ),
+                    Some(b) => {
+                        return Err(PyValueError::new_err(format!(
+                            "sync_problems: {} fingerprint bytes for {} ids; pass {FP_LEN} per id",
+                            b.len(),
+                            ids.len()
+                        )))
+                    }
+                };
+                let (r, changed) = self.with(py, move |l| {
+                    let i: Vec<&str> = ids.iter().map(|s| &**s).collect();
+                    let rr: Vec<&str> = references.iter().map(|s| &**s).collect();
+                    let r = l.sync_problems(&i, &rr, fps.as_deref(), on_change)?;
+                    let changed: Vec<String> =
+                        r.changed.iter().map(|&k| i[k].to_string()).collect();
+                    Ok((r, changed))
+                })?;
+                let d = PyDict::new(py);
+                d.set_item("added", r.added)?;
+                d.set_item("unchanged", r.unchanged)?;
+                d.set_item("adopted", r.adopted)?;
+                d.set_item("changed", changed)?;
+                d.set_item("set_aside_attempts", r.set_aside_attempts)?;
+                Ok(d)
+            }
+
+            /// Set aside the live attempts of these problems: (problems, attempts).
+            fn set_aside(&self, py: Python<'_>, ids: Vec<PyBackedStr>) -> PyResult<(u64, u64)> {
+                self.with(py, move |l| {
+                    let i: Vec<&str> = ids.iter().map(|s| &**s).collect();
+                    l.set_aside(&i)
+                })
+            }
+
+            /// FINGERPRINT_BYTES per problem in ledger order (zeros: none).
+            fn fingerprints<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+                let b = self.with(py, |l| {
+                    let mut out = Vec::with_capacity(FP_LEN * l.len());
+                    for p in 0..l.len() as u32 {
+                        out.extend_from_slice(l.fingerprint(p).unwrap_or(&[0; FP_LEN]));
+                    }
+                    Ok(out)
+                })?;
+                Ok(PyBytes::new(py, &b))
             }
 
             /// Columns of every attempt of `problem_id`, oldest first.
@@ -709,6 +851,11 @@ mod python {
                 d.set_item("tiers", tiers)?;
                 d.set_item("mean_base_logprob", mean)?;
                 d.set_item("selection", selection)?;
+                d.set_item("fingerprinted", s.fingerprinted)?;
+                let aside = PyDict::new(py);
+                aside.set_item("problems", s.set_aside_problems)?;
+                aside.set_item("attempts", s.set_aside_attempts)?;
+                d.set_item("set_aside", aside)?;
                 d.set_item("index_bytes", s.index_bytes)?;
                 d.set_item("segments", s.segments)?;
                 d.set_item("disk_bytes", s.disk_bytes)?;
@@ -724,12 +871,11 @@ mod python {
 
         pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
             m.add_class::<LedgerCore>()?;
-            m.add("LedgerError", m.py().get_type::<LedgerError>())?;
-            m.add(
-                "LedgerCorruptError",
-                m.py().get_type::<LedgerCorruptError>(),
-            )?;
-            m.add("LedgerLockedError", m.py().get_type::<LedgerLockedError>())?;
+            let t = error_types(m.py())?;
+            m.add("LedgerError", t.base.clone_ref(m.py()))?;
+            m.add("LedgerCorruptError", t.corrupt.clone_ref(m.py()))?;
+            m.add("LedgerLockedError", t.locked.clone_ref(m.py()))?;
+            m.add("FINGERPRINT_BYTES", FP_LEN)?;
             Ok(())
         }
     }

@@ -45,3 +45,15 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from onpolicy_sft.testing import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny_llama"), arch="llama")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is far faster than
+    two fighting over cores with other processes."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

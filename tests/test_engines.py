@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from onpolicy_sft.engines import Engine, load_engine
-from onpolicy_sft.engines.hf import sample_from_logits
-from onpolicy_sft.rewrite.prompts import train_prompt
+from onpolicy_sft.engines.sampling import sample_from_logits
+from onpolicy_sft.prompts import train_prompt
 
 PROBLEMS = ["What is 1+1?", "Compute the sum of the first ten primes, then add 3."]
 TOL = {torch.float32: 1e-4}
@@ -49,12 +49,22 @@ def test_behaviour_logprobs_equal_score(engine):
         np.testing.assert_allclose(lp, s.logprobs, atol=TOL[torch.float32])
 
 
-def test_logprobs_are_untempered(engine):
-    """Temperature changes what is sampled, not the recorded behaviour log-prob."""
+def test_tempered_logprobs_are_the_sampled_distribution_and_raw_ones_a_score(engine):
+    """At T = 0.3 the behaviour log-probs are those of the tempered distribution the tokens
+    were drawn from; the raw log-probs are the untempered score."""
+    from onpolicy_sft.engines.sampling import sampled_logprobs
+
     ps = prompts(engine)[:1]
     [[s]] = engine.generate(ps, n=1, temperature=0.3, max_tokens=6, seed=1)
     [lp] = engine.score(ps, [s.token_ids])
-    np.testing.assert_allclose(lp, s.logprobs, atol=TOL[torch.float32])
+    np.testing.assert_allclose(lp, s.raw_logprobs, atol=TOL[torch.float32])
+    enc = engine.encode(ps[0])
+    with torch.no_grad():
+        logits = engine.model(input_ids=torch.tensor([enc + s.token_ids])).logits[
+            0, len(enc) - 1 : -1
+        ]
+    want = sampled_logprobs(logits, torch.tensor(s.token_ids), temperature=0.3, top_p=1.0)
+    np.testing.assert_allclose(s.logprobs, want.numpy(), atol=TOL[torch.float32])
 
 
 def test_samples_do_not_depend_on_batch_size(engine, tiny_qwen2):
@@ -147,7 +157,7 @@ def test_unknown_engine_kind():
 
 def test_per_row_prefill_equals_padded_batch(engine):
     """Prefilling prompts one by one and left-padding the caches = one padded batch."""
-    from onpolicy_sft.engines.hf import Stream
+    from onpolicy_sft.engines.sampling import Stream
 
     ids = [engine.encode(p) for p in prompts(engine)]
     assert len(ids[0]) != len(ids[1])  # padding is exercised
@@ -183,19 +193,19 @@ def test_models_that_transform_their_logits_are_refused_by_hf_scoring(tiny_qwen2
 def test_hf_engine_refuses_parallel_sizes_it_cannot_honour(tiny_qwen2, kind, key):
     if kind == "auto" and torch.cuda.is_available():
         pytest.skip("auto picks vLLM where a GPU and vLLM are present")
-    flag = "--" + key.replace("_", "-")
+    flag = f"--{key}"
     with pytest.raises(ValueError, match=rf"{flag} 2 needs the vLLM engine.*--shard i/n"):
         load_engine(kind, str(tiny_qwen2), **{key: 2})
     assert load_engine(kind, str(tiny_qwen2), **{key: 1}).tokenizer is not None
 
 
 def test_eval_and_select_take_tensor_parallel_size():
-    from onpolicy_sft.cli import build_parser
+    from onpolicy_sft.commands import parse
 
-    parser = build_parser()
-    args = parser.parse_args(["eval", "--model", "m", "--out", "o", "--tensor-parallel-size", "4"])
-    assert args.tensor_parallel_size == 4
-    args = parser.parse_args(
-        ["select", "--model", "m", "--candidates", "c", "--out", "o", "--tensor-parallel-size", "2"]
+    args = parse("eval", ["--model", "m", "--output_dir", "o", "--tensor-parallel-size", "4"])
+    assert args["tensor_parallel_size"] == 4
+    args = parse(
+        "select",
+        ["--model", "m", "--candidates", "c", "--output_dir", "o", "--tensor_parallel_size", "2"],
     )
-    assert args.tensor_parallel_size == 2
+    assert args["tensor_parallel_size"] == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from onpolicy_sft.errors import OnpolicyError
 from onpolicy_sft.evaluate import (
     avg_at_k,
     default_ks,
@@ -80,7 +82,7 @@ def test_missing_benchmark_file_or_field_says_what_to_do(tmp_path: Path) -> None
     with pytest.raises(FileNotFoundError, match=r"aime24\.jsonl.*drop the name"):
         load_benchmark("aime24", FIXTURES)
     (tmp_path / "mine.jsonl").write_text('{"problem": "1+1?", "solution": "2"}\n')
-    with pytest.raises(ValueError, match=r"row 0 .* has no answer.*'solution'"):
+    with pytest.raises(ValueError, match=r"row 1 .* has no answer.*'solution'"):
         load_benchmark("mine", tmp_path)
     with pytest.raises(ValueError, match="not known"):
         load_benchmark("gsm9k")
@@ -123,16 +125,23 @@ def _scripted_engine() -> ScriptedEngine:
     return ScriptedEngine(build_tokenizer(), problems)
 
 
-def test_eval_table_equals_hand_computed_avg_and_pass_at_k(tmp_path: Path) -> None:
-    engine = _scripted_engine()
-    res = evaluate(
+def _scripted_options(out: Path) -> dict[str, Any]:
+    """Two fixture benchmarks, 4 samples each, for the scripted engine."""
+    return dict(
         model="models/tiny-dft",
-        out=str(tmp_path),
+        output_dir=str(out),
         benchmarks="math500,amc23",
         benchmark_dir=str(FIXTURES),
         n=4,
         temperature=0.6,
         max_tokens=64,
+    )
+
+
+def test_eval_table_equals_hand_computed_avg_and_pass_at_k(tmp_path: Path) -> None:
+    engine = _scripted_engine()
+    res = evaluate(
+        **_scripted_options(tmp_path),
         engine=engine,
     )
     # the protocol reached the engine: chat template + the boxed suffix, n, T
@@ -204,9 +213,9 @@ def test_cli_evaluates_a_tiny_model_with_the_hf_engine(tiny_qwen2: Path, tmp_pat
     saved = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        argv = ["eval", "--model", str(tiny_qwen2), "--out", str(tmp_path / "ev")]
-        argv += ["--benchmarks", "math500,amc23", "--benchmark-dir", str(FIXTURES)]
-        argv += ["--n", "2", "--max-tokens", "6", "--engine", "hf", "--limit", "2"]
+        argv = ["eval", "--model", str(tiny_qwen2), "--output_dir", str(tmp_path / "ev")]
+        argv += ["--benchmarks", "math500", "amc23", "--benchmark_dir", str(FIXTURES)]
+        argv += ["--n", "2", "--max_tokens", "6", "--engine", "hf", "--limit", "2"]
         assert main(argv) == 0
     finally:
         torch.set_num_threads(saved)
@@ -234,24 +243,17 @@ def test_hub_benchmarks_use_the_documented_dataset_and_fields(
         raise ConnectionError("no network here")
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    monkeypatch.setattr("onpolicy_sft.evaluate.require_hub", lambda *a, **k: None)
     (p,) = load_benchmark("olympiadbench")
     assert (p.id, p.problem, p.answer) == ("7", "Find x.", "3")
-    with pytest.raises(RuntimeError, match=r"HuggingFaceH4/aime_2024.*--benchmark-dir"):
+    with pytest.raises(OnpolicyError, match=r"HuggingFaceH4/aime_2024.*--benchmark_dir"):
         load_benchmark("aime24")
     assert calls == [("math-ai/olympiadbench", "test"), ("HuggingFaceH4/aime_2024", "train")]
 
 
 def test_a_crash_on_a_later_benchmark_keeps_the_finished_ones(tmp_path: Path) -> None:
-    """Rerunning into the same --out regenerates only what did not finish."""
-    opts = dict(
-        model="models/tiny-dft",
-        out=str(tmp_path),
-        benchmarks="math500,amc23",
-        benchmark_dir=str(FIXTURES),
-        n=4,
-        temperature=0.6,
-        max_tokens=64,
-    )
+    """Rerunning into the same --output_dir regenerates only what did not finish."""
+    opts = _scripted_options(tmp_path)
     crashing = _scripted_engine()
     real_generate = crashing.generate
 
@@ -273,3 +275,37 @@ def test_a_crash_on_a_later_benchmark_keeps_the_finished_ones(tmp_path: Path) ->
     assert r["average"]["avg@4"] == pytest.approx((125 / 3 + 62.5) / 2)
     samples = (tmp_path / "samples.jsonl").read_text().splitlines()
     assert len(samples) == 5 * 4
+
+
+def test_an_edited_benchmark_file_is_re_evaluated_and_the_output_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = tmp_path / "bench"
+    shutil.copytree(FIXTURES, bench)
+    opts = dict(
+        model="models/tiny-dft",
+        output_dir=str(tmp_path / "out"),
+        benchmarks="math500,amc23",
+        benchmark_dir=str(bench),
+        n=4,
+        max_tokens=64,
+    )
+    evaluate(**opts, engine=_scripted_engine())
+    before = json.loads((tmp_path / "out" / "results.json").read_text())
+    capsys.readouterr()
+    # m2's reference answer is edited in place: a kept result would be stale
+    lines = (bench / "math500.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    (m2,) = [r for r in rows if r["id"] == "m2"]
+    m2["answer"] = "not the scripted answer"
+    (bench / "math500.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    again = _scripted_engine()
+    evaluate(**opts, engine=again)
+    err = capsys.readouterr().err
+    assert "math500: re-evaluating, the benchmark's problems or answers changed" in err
+    assert "amc23: kept from an earlier run" in err
+    assert len(again.calls) == 1  # math500 only
+    after = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert before["benchmarks"]["math500"]["correct_counts"]["m2"] > 0
+    assert after["benchmarks"]["math500"]["correct_counts"]["m2"] == 0
+    assert after["benchmarks"]["amc23"] == before["benchmarks"]["amc23"]

@@ -270,3 +270,247 @@ def test_closed_ledger_says_so(tmp_path: Path) -> None:
 def test_open_missing_readonly_is_clear(tmp_path: Path) -> None:
     with pytest.raises(LedgerError, match="no ledger at"):
         Ledger.open(tmp_path / "missing", readonly=True)
+
+
+def _attempt(**changes: object) -> Attempt:
+    fields = dict(
+        problem_id="p0",
+        stage="self",
+        sample_index=0,
+        text="t",
+        token_ids=[1, 2],
+        behavior_logprobs=np.zeros(2, np.float32),
+        correct=True,
+    )
+    fields.update(changes)
+    return Attempt(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "field, value, shown",
+    [
+        ("correct", "no", "str 'no'"),
+        ("correct", None, "NoneType None"),
+        ("correct", 1, "int 1"),
+        ("sample_index", True, "bool True"),
+        ("sample_index", 1.0, "float 1.0"),
+        ("sample_index", "3", "str '3'"),
+        ("text", None, "NoneType None"),
+        ("problem_id", 7, "int 7"),
+        ("token_ids", "abc", "str 'abc'"),
+    ],
+)
+def test_attempt_fields_are_type_checked(field: str, value: object, shown: str) -> None:
+    with pytest.raises(TypeError, match=rf"{field} must be .*, got {shown}"):
+        _attempt(**{field: value})
+
+
+def test_numpy_bool_and_int_are_accepted(ledger: Ledger) -> None:
+    a = _attempt(correct=np.bool_(True), sample_index=np.int64(4))
+    ledger.record([a])
+    got = ledger.attempts("p0")[0]
+    assert got.correct is True and got.sample_index == 4
+
+
+def test_core_record_checks_types_of_duck_typed_attempts(ledger: Ledger) -> None:
+    class Fake:
+        problem_id, stage, sample_index, text, reason = "p0", "self", 0, "t", ""
+        correct = "no"
+
+    n = np.zeros(1, "<u4").tobytes()
+    with pytest.raises(TypeError, match=r"attempt #0: correct must be a bool .*got str 'no'"):
+        ledger._live().record([Fake()], n, b"", b"", np.full(1, -1, "<i4").tobytes(), b"")
+    Fake.correct, Fake.sample_index = True, True  # type: ignore[assignment]
+    with pytest.raises(TypeError, match="sample_index must be an int, got bool True"):
+        ledger._live().record([Fake()], n, b"", b"", np.full(1, -1, "<i4").tobytes(), b"")
+    assert ledger.attempts("p0") == []
+
+
+@pytest.mark.parametrize("where", ["behavior", "base"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_logprobs_named_with_attempt_and_position(
+    ledger: Ledger, where: str, bad: float
+) -> None:
+    v = np.array([-0.5, -1.0, bad, -2.0], np.float32)
+    ok = np.full(4, -0.5, np.float32)
+    a = _attempt(
+        sample_index=3,
+        token_ids=[1, 2, 3, 4],
+        behavior_logprobs=v if where == "behavior" else ok,
+        base_logprobs=v if where == "base" else ok,
+    )
+    with pytest.raises(ValueError, match=rf"attempt #1 .*sample 3\): {where}_logprobs\[2\] is"):
+        ledger.record([att("p1"), a])
+    assert ledger.attempts("p1") == [] and ledger.attempts("p0") == []
+
+
+def test_repeated_key_idempotent_when_identical_refused_when_different(tmp_path: Path) -> None:
+    path = tmp_path / "led"
+    with Ledger.open(path) as led:
+        led.add_problems(["p0", "p1"], ["r0", "r1"])
+        led.record([att("p0", k=1), att("p0", k=1)])
+        led.record([att("p0", k=1)])
+        assert led.attempts("p0") == [att("p0", k=1)]
+    with Ledger.open(path) as led:
+        led.record([att("p1"), att("p0", k=1)])  # a rerun recording a batch again
+        assert led.attempts("p0") == [att("p0", k=1)] and len(led.attempts("p1")) == 1
+        with pytest.raises(
+            LedgerError,
+            match=r'attempt #0 \(problem "p0", stage self, sample 1\): correct \(recorded true, '
+            r"now false\) differs",
+        ):
+            led.record([att("p0", k=1, correct=False)])
+        with pytest.raises(LedgerError, match=r"sample 1\): text differs"):
+            led.record([att("p0", k=1, text="other")])
+        with pytest.raises(LedgerError, match="base_logprobs"):
+            led.record([att("p0", k=1, base=-1.0)])
+        assert led.attempts("p0") == [att("p0", k=1)]
+        assert led.stats()["attempts"] == 2
+
+
+def test_ledger_errors_share_the_project_base() -> None:
+    from onpolicy_sft.errors import OnpolicyError
+    from onpolicy_sft.ledger import LedgerCorruptError
+
+    assert issubclass(LedgerError, OnpolicyError)
+    import pickle  # worker pools send exceptions back pickled
+
+    again = pickle.loads(pickle.dumps(LedgerCorruptError("seg at 3")))
+    assert type(again) is LedgerCorruptError and str(again) == "seg at 3"
+    assert issubclass(LedgerCorruptError, LedgerError) and issubclass(
+        LedgerLockedError, LedgerError
+    )
+
+
+def test_problem_fingerprint_is_stable_and_field_sensitive() -> None:
+    from onpolicy_sft.ledger import problem_fingerprint
+
+    fp = problem_fingerprint("1+1?", "2", "2")
+    assert fp == problem_fingerprint("1+1?", "2", "2") and len(fp) == 32
+    assert fp == "6a6bdf8456220d7cad732ed58b1f201c"  # fixed: ledgers store it across versions
+    others = {
+        problem_fingerprint("1+1?", "2", None),
+        problem_fingerprint("1+1?", "2", ""),
+        problem_fingerprint("1+1?2", "", "2"),
+        problem_fingerprint("1+1? ", "2", "2"),
+        problem_fingerprint("1+1?", "22", ""),
+    }
+    assert len(others) == 5 and fp not in others
+    with pytest.raises(TypeError, match="solution must be a str, got NoneType"):
+        problem_fingerprint("p", None, "r")  # type: ignore[arg-type]
+
+
+def _fps(*texts: str) -> list[str]:
+    from onpolicy_sft.ledger import problem_fingerprint
+
+    return [problem_fingerprint(t, f"solution of {t}", "1") for t in texts]
+
+
+def test_fingerprints_set_aside_changed_problems_and_survive_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "led"
+    ids = ["p0", "p1", "p2"]
+    with Ledger.open(path) as led:
+        r = led.add_problems(ids, ["r0", "r1", "r2"], _fps("a", "b", "c"))
+        assert (r.added, r.unchanged, r.changed) == (3, 0, [])
+        led.record([att(p, k=k, correct=k == 1) for p in ids for k in range(2)])
+        led.finish_stage(ids, "self")
+        assert led.fingerprints() == dict(zip(ids, _fps("a", "b", "c")))
+    with Ledger.open(path) as led:  # a rerun on the same data changes nothing
+        assert led.add_problems(ids, ["r0", "r1", "r2"], _fps("a", "b", "c")).unchanged == 3
+        with pytest.raises(
+            LedgerError,
+            match=r'1 problem changed since it was recorded .*: #1 "p1"; set their old attempts aside',
+        ):
+            led.add_problems(ids, ["r0", "r1", "r2"], _fps("a", "B", "c"), on_change="error")
+        assert led.assign().tiers()["self"] == 3
+        r = led.add_problems(ids, ["r0", "r1 edited", "r2"], _fps("a", "B", "c"))
+        assert (r.unchanged, r.changed, r.set_aside_attempts) == (2, ["p1"], 2)
+    with Ledger.open(path, readonly=True) as led:
+        assert led.attempts("p1") == [] and led.pending("self") == ["p1"]
+        assert led.assign().tier_of("p1") == "expert"
+        assert led.to_arrow().column("response").to_pylist()[1] == "r1 edited"
+        s = led.stats()
+        assert s["set_aside"] == {"problems": 1, "attempts": 2}
+        assert s["attempts"] == 4 and s["stages"]["self"]["correct"] == 2
+        assert s["fingerprinted"] == 3
+        assert led.fingerprints()["p1"] == _fps("B")[0]
+    with Ledger.open(path) as led:  # redo: the same keys are free again
+        led.record([att("p1", k=0, text="new")])
+        assert [a.text for a in led.attempts("p1")] == ["new"]
+        assert led.set_aside(["p1", "p2"]) == (2, 3)
+        assert led.set_aside(["p1"]) == (0, 0)
+        assert led.pending("self") == ["p1", "p2"]
+
+
+@pytest.mark.parametrize(
+    "fps, error, match",
+    [
+        (["abc"], ValueError, "fingerprint #0 is 'abc', not 32 hex digits"),
+        (["zz" * 16], ValueError, "not 32 hex digits"),
+        ([None], ValueError, "fingerprint #0 is None"),
+        ([], ValueError, "got 1 ids but 0 fingerprints"),
+        ("0" * 32, TypeError, "not one str"),
+        (["00" * 16], LedgerError, "all zeros"),
+    ],
+)
+def test_bad_fingerprints_refused(ledger: Ledger, fps: object, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        ledger.add_problems(["p9"], ["r9"], fps)  # type: ignore[arg-type]
+    assert "p9" not in ledger
+
+
+def test_a_ledger_without_fingerprints_adopts_them(ledger: Ledger) -> None:
+    ledger.record([att("p0")])
+    with pytest.raises(LedgerError, match=r"different reference.*pass fingerprints"):
+        ledger.add_problems(["p1"], ["changed"])
+    r = ledger.add_problems(
+        ["p0", "p1", "p2"], ["r0 \\boxed{0}", "changed", "r2"], _fps("x", "y", "z")
+    )
+    assert (r.adopted, r.changed) == (2, ["p1"])
+    assert len(ledger.attempts("p0")) == 1
+
+
+def test_ledger_command_stats_check_repair(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from onpolicy_sft.cli import main
+
+    path = tmp_path / "led"
+    with Ledger.open(path) as led:
+        led.add_problems(["p0", "p1", "p2"], ["r0", "r1", "r2"])
+        for k in range(4):
+            led.record([att("p0", k=k, correct=k == 2), att("p1", k=k, correct=False)])
+        led.finish_stage(["p0", "p1"], "self")
+    assert main(["ledger", "stats", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{path}: 3 problems, 8 attempts, 1 segment" in out
+    assert "tiers: self 1, guided 0, hinted 0, expert 2" in out
+    assert (
+        "stage self: 8 attempts, 1 correct (12.5%); problems: 2 tried, 1 solved, 2 finished" in out
+    )
+    assert main(["ledger", "stats", "--json", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["attempts"] == 8
+    assert main(["ledger", "check", str(path)]) == 0
+    assert "ok: " in capsys.readouterr().out
+    seg = path / "seg-00000001.ldg"
+    good = seg.read_bytes()
+    # a torn tail is reported by check (exit 0) and cut by repair
+    seg.write_bytes(good + good[-24:-1])  # the last COMMIT frame, cut short
+    assert main(["ledger", "check", str(path)]) == 0
+    cap = capsys.readouterr()
+    assert "torn tail of 23 bytes" in cap.err and "apart from the torn tail" in cap.out
+    assert main(["ledger", "repair", str(path)]) == 0
+    assert "cut it" in capsys.readouterr().out and seg.read_bytes() == good
+    # damage mid-file: check exits 1, repair keeps the prefix and moves the rest aside
+    data = bytearray(good)
+    data[len(data) // 2] ^= 0x5A
+    seg.write_bytes(bytes(data))
+    assert main(["ledger", "check", str(path)]) == 1
+    assert f"onpolicy-sft ledger repair {path}" in capsys.readouterr().err
+    assert main(["ledger", "repair", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "kept everything before byte" in out and "quarantine-at-" in out
+    assert "kept: 3 problems, " in out
+    (aside,) = path.glob("seg-00000001.ldg.quarantine-at-*")
+    assert len(seg.read_bytes()) + aside.stat().st_size == len(good)
+    assert main(["ledger", "check", str(path)]) == 0
+    assert main(["ledger", "repair", str(path)]) == 0
+    assert "nothing to repair" in capsys.readouterr().out

@@ -132,9 +132,11 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_batch(tmp_path: Path) -
                 assert len(atts) == PER_BATCH, f"trial {trial}: batch {b} partial ({len(atts)})"
                 for a in atts:
                     assert a == expected(b, a.sample_index % 100), f"batch {b} damaged"
-            # and the ledger takes new records
-            led.record([expected(999_999, 0)])
-            assert led.attempts("p49")[-1] == expected(999_999, 0)
+            # and the ledger takes new records; recording an earlier one again is a no-op
+            led.record(
+                [expected(999_999, trial), *(expected(999_999, 0) for _ in range(trial > 0))]
+            )
+            assert led.attempts(f"p{(999_999 + trial) % 50}")[-1] == expected(999_999, trial)
     assert len(acked) > trials, f"too few batches acknowledged to test anything: {len(acked)}"
     print(f"{trials} kills, {len(acked)} batches acknowledged, {torn} torn tails cut")
 
@@ -432,3 +434,105 @@ def test_readers_open_cleanly_while_a_writer_appends(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+# Problem q<i> changes its data every 1 + i % 3 versions; at version v its content is
+# c = v // (1 + i % 3). Every version, the child re-syncs all problems by fingerprint
+# (setting aside the changed ones in one commit) and records 3 attempts per problem,
+# which for an unchanged problem are the very attempts already recorded (a no-op).
+FP_HELPERS = r"""
+import numpy as np
+from onpolicy_sft.ledger import Attempt, problem_fingerprint
+
+IDS = [f"q{i}" for i in range(40)]
+
+def content(i, v):
+    return v // (1 + i % 3)
+
+def ref(i, c):
+    return f"ref q{i} c{c} " + "y" * (200_000 if c % 4 == 3 else 10)
+
+def fp(i, c):
+    return problem_fingerprint(f"q{i} c{c}", ref(i, c), str(c))
+
+def attempt(i, c, k):
+    return Attempt(IDS[i], "self", k, f"q{i} c{c} k{k}", [i, c, k],
+                   np.full(3, -0.5 - k, np.float32), k == (c % 3))
+"""
+
+FP_CHILD = (
+    FP_HELPERS
+    + r"""
+import sys
+from onpolicy_sft.ledger import Ledger
+path, v = sys.argv[1], int(sys.argv[2])
+led = Ledger.open(path)
+while True:
+    cs = [content(i, v) for i in range(40)]
+    led.add_problems(IDS, [ref(i, c) for i, c in enumerate(cs)], [fp(i, c) for i, c in enumerate(cs)])
+    print("fp", v, flush=True)
+    led.record([attempt(i, c, k) for i, c in enumerate(cs) for k in range(3)])
+    print("rec", v, flush=True)
+    v += 1
+"""
+)
+
+
+def test_sigkill_during_fingerprint_set_aside_leaves_old_or_new_never_a_mix(
+    tmp_path: Path,
+) -> None:
+    h: dict = {}
+    exec(FP_HELPERS, h)
+    path = tmp_path / "led"
+    rng = random.Random(7)
+    acked = {"fp": -1, "rec": -1}
+    start, kills = 0, 0
+    for trial in range(12):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", FP_CHILD, str(path), str(start)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=child_env(),
+            text=True,
+        )
+        time.sleep(rng.uniform(0.3, 1.2))
+        proc.send_signal(signal.SIGKILL)
+        out, err = proc.communicate()
+        assert proc.returncode == -signal.SIGKILL, err
+        kills += 1
+        for line in out.splitlines():
+            what, v = line.split()
+            acked[what] = max(acked[what], int(v))
+        with _any_warnings(), Ledger.open(path) as led:
+            fps = led.fingerprints()
+            expert_refs = {
+                r["problem_id"]: r["response"]
+                for r in led.to_arrow(selection="first").to_pylist()
+                if r["tier"] == "expert"
+            }
+            total = 0
+            for i, pid in enumerate(h["IDS"]):
+                if pid not in led:
+                    assert acked["fp"] < start, f"trial {trial}: acknowledged problem {pid} lost"
+                    continue
+                # the stored fingerprint, reference and live attempts are of one content
+                c = next(c for c in range(start + 200) if h["fp"](i, c) == fps[pid])
+                if acked["fp"] >= 0:
+                    assert c >= h["content"](i, acked["fp"]), f"trial {trial}: {pid} went back"
+                live = led.attempts(pid)
+                assert live in ([], [h["attempt"](i, c, k) for k in range(3)]), (trial, pid, c)
+                if acked["rec"] >= 0 and c == h["content"](i, acked["rec"]):
+                    assert len(live) == 3, f"trial {trial}: acknowledged attempts of {pid} lost"
+                total += len(live)
+                if pid in expert_refs:  # an expert row shows the reference of this content
+                    assert expert_refs[pid] == h["ref"](i, c), (
+                        f"trial {trial}: {pid} stale reference"
+                    )
+            s = led.stats()
+            assert s["attempts"] == total
+        start = max(acked["fp"], acked["rec"], start) + 1
+    assert acked["rec"] > 3, f"too few versions acknowledged to test anything: {acked}"
+    with Ledger.open(path, readonly=True) as led:
+        s = led.stats()
+    assert s["set_aside"]["problems"] > 40, s["set_aside"]
+    print(f"{kills} kills, {acked['rec'] + 1} versions, set aside: {s['set_aside']}")

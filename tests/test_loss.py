@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 import torch
 
-from onpolicy_sft.kernels import fused
+from onpolicy_sft.integrations import patch_model, unpatch_model
+from onpolicy_sft.kernels import chunked, torch_rows
 from onpolicy_sft.kernels.reference import policy_loss_reference
-from onpolicy_sft.losses import LossSpecError, PolicyLoss, patch_model, unpatch_model
+from onpolicy_sft.losses import LossError, PolicyLoss
 
 # (atol, rtol) per compared quantity, keyed by input dtype. Errors are measured as
 # max|ours - ref| <= atol + rtol * max|ref| against float64 references of the *same*
@@ -294,13 +295,19 @@ def test_normalizer_overrides_the_token_count():
 # ------------------------------------------------ missing behaviour logprobs
 
 
-def test_is_without_blogp_is_dft():
+def test_is_without_blogp_is_an_error_and_all_nan_is_dft():
     case = make_case()
-    a, *ga = run_ours(case, dict(scheme="is", clip=(0.0, 2.0)), behavior_logprobs=None)
+    with pytest.raises(LossError, match=r"scheme='is' needs behavior_logprobs.*NaN"):
+        run_ours(case, dict(scheme="is"), behavior_logprobs=None)
+    nan = torch.full_like(case["blogp"].float(), float("nan"))
+    a, *ga = run_ours(case, dict(scheme="is", clip=(0.0, 2.0)), behavior_logprobs=nan)
     b, *gb = run_ours(case, dict(scheme="dft"))
     torch.testing.assert_close(a.loss, b.loss)
     torch.testing.assert_close(a.weights, b.weights)
     torch.testing.assert_close(ga[0], gb[0])
+    # the convention is counted: every supervised token went without a behaviour log-prob
+    assert float(a.stats["tokens_without_behavior"]) == float(a.stats["tokens"]) > 0
+    assert float(b.stats["tokens_without_behavior"]) == 0.0
 
 
 def test_is_nan_blogp_rows_use_the_dft_weight():
@@ -314,15 +321,15 @@ def test_is_nan_blogp_rows_use_the_dft_weight():
 
 def test_pear_without_blogp_is_an_error_naming_the_option():
     case = make_case()
-    with pytest.raises(LossSpecError, match="pear_missing_blogp='zero'"):
+    with pytest.raises(LossError, match="missing_behavior='zero'"):
         run_ours(case, dict(scheme="pear"), behavior_logprobs=None)
     bl = case["blogp"].clone()
     bl[3] = float("nan")
-    with pytest.raises(LossSpecError, match=r"row 3.*pear_missing_blogp='zero'"):
+    with pytest.raises(LossError, match=r"row 3.*missing_behavior='zero'"):
         run_ours(case, dict(scheme="pear"), behavior_logprobs=bl.float())
     # opted in: blogp = 0 for the missing token, like `is`
-    compare(case, dict(scheme="pear", pear_missing_blogp="zero"), behavior_logprobs=bl)
-    compare(case, dict(scheme="pear", pear_missing_blogp="zero"), behavior_logprobs=None)
+    compare(case, dict(scheme="pear", missing_behavior="zero"), behavior_logprobs=bl)
+    compare(case, dict(scheme="pear", missing_behavior="zero"), behavior_logprobs=None)
 
 
 def test_nan_blogp_on_masked_rows_is_fine_for_pear():
@@ -339,17 +346,17 @@ def test_nan_blogp_on_masked_rows_is_fine_for_pear():
     ("opts", "match"),
     [
         (dict(scheme="ppo"), "scheme='ppo' is unknown"),
-        (dict(scheme="dft", level="sequence"), "only exists for scheme 'is' and 'pear'"),
+        (dict(scheme="dft", level="sequence"), "applies to is and pear only"),
         (dict(scheme="pear", pear_block=4), "set level='block'"),
-        (dict(scheme="is", clip=(2.0, 1.0)), "low <= high"),
+        (dict(scheme="is", clip=(2.0, 1.0)), "lo <= hi"),
         (dict(scheme="sft", normalize="batch"), "normalize='batch'"),
-        (dict(scheme="is", seq_mean=True), "seq_mean=True only applies"),
+        (dict(scheme="is", seq_mean=True), "seq_mean applies"),
         (dict(scheme="sft", backend="cuda"), "backend='cuda' is unknown"),
     ],
     ids=["scheme", "level", "block", "clip", "normalize", "seq_mean", "backend"],
 )
 def test_bad_options_are_rejected_with_the_fix(opts, match):
-    with pytest.raises(LossSpecError, match=match):
+    with pytest.raises(LossError, match=match):
         PolicyLoss(**opts)
 
 
@@ -357,9 +364,9 @@ def test_bad_inputs_name_the_row_and_the_fix():
     case = make_case()
     labels = case["labels"].clone()
     labels[4] = 99
-    with pytest.raises(LossSpecError, match=r"label 99 at row 4 .*ignore_index"):
+    with pytest.raises(LossError, match=r"label 99 at row 4 .*ignore_index"):
         PolicyLoss("sft")(case["hidden"].float(), case["weight"].float(), labels)
-    with pytest.raises(LossSpecError, match="seq_ids"):
+    with pytest.raises(LossError, match="seq_ids"):
         PolicyLoss("pear")(
             case["hidden"].float(),
             case["weight"].float(),
@@ -413,14 +420,14 @@ def test_no_grad_forward_gives_the_same_values():
 def test_peak_logits_are_one_chunk(monkeypatch):
     """The backend never builds more than chunk_size x V logits at once."""
     seen: list[tuple[int, ...]] = []
-    real = fused._linear
+    real = chunked._linear
 
     def spy(h, w, b):
         out = real(h, w, b)
         seen.append(tuple(out.shape))
         return out
 
-    monkeypatch.setattr(fused, "_linear", spy)
+    monkeypatch.setattr(chunked, "_linear", spy)
     case = make_case(n=13, v=37)
     for opts in (SCHEMES["dft"], SCHEMES["pear-token"]):
         seen.clear()
@@ -440,39 +447,39 @@ def test_sequence_groups_cut_at_sequence_boundaries():
     from onpolicy_sft.kernels.weights import Segments
 
     seg = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])
-    groups = fused.sequence_groups(Segments(seg, 4), 5)
+    groups = chunked.sequence_groups(Segments(seg, 4), 5)
     assert groups == [(slice(0, 5), 2), (slice(5, 10), 2)]
-    assert fused.sequence_groups(Segments(seg, 4), 9) == [(slice(0, 9), 3), (slice(9, 10), 1)]
-    assert fused.sequence_groups(Segments(seg, 4), 3) is None  # sequence 2 has 4 tokens
+    assert chunked.sequence_groups(Segments(seg, 4), 9) == [(slice(0, 9), 3), (slice(9, 10), 1)]
+    assert chunked.sequence_groups(Segments(seg, 4), 3) is None  # sequence 2 has 4 tokens
     # a lone sequence may exceed the limit up to `longest`; runs never pack past the limit
-    assert fused.sequence_groups(Segments(seg, 4), 3, 4) == [
+    assert chunked.sequence_groups(Segments(seg, 4), 3, 4) == [
         (slice(0, 3), 1),
         (slice(3, 5), 1),
         (slice(5, 9), 1),
         (slice(9, 10), 1),
     ]
     # empty sequences (cu_seqlens with a repeated offset) do not block the grouping
-    assert fused.sequence_groups(Segments(torch.tensor([0, 0, 2, 2]), 3), 4) == [(slice(0, 4), 2)]
+    assert chunked.sequence_groups(Segments(torch.tensor([0, 0, 2, 2]), 3), 4) == [(slice(0, 4), 2)]
     # dense ids need not be in order, only contiguous
-    assert fused.sequence_groups(Segments(torch.tensor([1, 1, 0, 0]), 2), 2) == [
+    assert chunked.sequence_groups(Segments(torch.tensor([1, 1, 0, 0]), 2), 2) == [
         (slice(0, 2), 1),
         (slice(2, 4), 1),
     ]
     # interleaved tokens of one sequence: no grouping (two-pass path)
-    assert fused.sequence_groups(Segments(torch.tensor([0, 1, 0, 1]), 2), 4) is None
+    assert chunked.sequence_groups(Segments(torch.tensor([0, 1, 0, 1]), 2), 4) is None
 
 
 @pytest.fixture
 def gemm_rows(monkeypatch) -> list[int]:
     """The row count of every logits GEMM the fused driver runs (in order)."""
     calls: list[int] = []
-    real = fused._linear
+    real = chunked._linear
 
     def spy(h, w, b):
         calls.append(h.shape[0])
         return real(h, w, b)
 
-    monkeypatch.setattr(fused, "_linear", spy)
+    monkeypatch.setattr(chunked, "_linear", spy)
     return calls
 
 
@@ -497,7 +504,7 @@ def test_default_chunk_size_never_packs_past_one_chunk(opts, gemm_rows, monkeypa
     """Default sizing (here 4 rows): runs of whole sequences hold at most 4 rows;
     the 5-token sequence, alone, may take up to twice that, and all is one pass."""
     calls = gemm_rows
-    monkeypatch.setattr(fused, "_CHUNK_BYTES", 4 * 37 * 4 * fused._TORCH_TEMPS)
+    monkeypatch.setattr(torch_rows, "CHUNK_BYTES", 4 * 37 * 4 * torch_rows._TORCH_TEMPS)
     case = make_case(seed=5)  # sequences of 4, 4 and 5 tokens, V=37
     compare(case, opts, chunk_size=None)
     assert calls == [4, 4, 5]

@@ -1,7 +1,7 @@
 """The Triton backend against the float64 reference.
 
 Without CUDA the kernels run in Triton's CPU interpreter: TRITON_INTERPRET=1 is
-set while ``onpolicy_sft.kernels.policy_loss`` is imported (the flag is read
+set while ``onpolicy_sft.kernels.triton_rows`` is imported (the flag is read
 when ``@triton.jit`` decorates) and, by a fixture, during each test of this
 file (it is read again at launch); the rest of the session does not see it. Interpreter shapes stay tiny
 (N <= 16, H <= 16, V <= 80); the vocabulary tile is capped at 16 so that the
@@ -22,22 +22,23 @@ if not HAS_CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
 try:
     triton = pytest.importorskip("triton")
-    from onpolicy_sft.kernels import fused, policy_loss, weights
+    from onpolicy_sft.kernels import chunked, triton_rows, weights
 finally:  # leave the rest of the session as it was
     if _saved is None:
         os.environ.pop("TRITON_INTERPRET", None)
     else:
         os.environ["TRITON_INTERPRET"] = _saved
 
-if not HAS_CUDA and not policy_loss.INTERPRETED:  # pragma: no cover - import-order accident
+if not HAS_CUDA and not triton_rows.INTERPRETED:  # pragma: no cover - import-order accident
     pytest.skip(
-        "onpolicy_sft.kernels.policy_loss was imported without TRITON_INTERPRET=1 before this"
+        "onpolicy_sft.kernels.triton_rows was imported without TRITON_INTERPRET=1 before this"
         " module; run this file on its own",
         allow_module_level=True,
     )
 
 from test_loss import DTYPES, SCHEMES, TOL, assert_close, compare, make_case, run_ours  # noqa: E402
 
+from onpolicy_sft.config import LossConfig  # noqa: E402
 from onpolicy_sft.losses import PolicyLoss  # noqa: E402
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -53,7 +54,7 @@ def _interpreter(monkeypatch):
 @pytest.fixture
 def small_tiles(monkeypatch):
     """Cap the vocabulary tile at 16 so V=37 is 3 tiles, the last one partial."""
-    monkeypatch.setattr(policy_loss, "_MAX_BLOCK_V", 16)
+    monkeypatch.setattr(triton_rows, "_MAX_BLOCK_V", 16)
 
 
 def tri(case, opts, **kw):
@@ -135,7 +136,7 @@ def test_triton_huge_logits(scheme, small_tiles):
 def test_row_kernel_weights_and_logit_grads(opts, dtype, small_tiles):
     """The forward row kernel alone: in-kernel weights vs weights.local_weights, and the
     in-place d loss / d logits vs coef * (softmax - onehot) in float64."""
-    spec = weights.LossSpec(**opts)
+    spec = LossConfig(**opts)
     g = torch.Generator().manual_seed(1)
     c, v = 6, 37
     z64 = (torch.randn(c, v, generator=g, dtype=torch.float64) * 3).to(dtype).double()
@@ -146,7 +147,7 @@ def test_row_kernel_weights_and_logit_grads(opts, dtype, small_tiles):
     scale[4] = 0.0
     logits = z64.to(dtype).to(DEVICE)
     out = tuple(torch.empty(c, device=DEVICE) for _ in range(5))
-    policy_loss.policy_loss_fwd_rows(
+    triton_rows.TritonRows().forward(
         logits,
         labels.to(DEVICE),
         blogp.to(DEVICE),
@@ -181,9 +182,9 @@ def test_sequence_schemes_pass_count(monkeypatch):
     runs forward then backward on the same logits (one pass). Chunks of 2 cannot
     hold a 3-token sequence: every forward first, then a recomputing backward pass."""
     calls: list[str] = []
-    rows = policy_loss.TritonRows()
+    rows = triton_rows.TritonRows()
     real_f, real_b = rows.forward, rows.backward
-    monkeypatch.setattr(fused, "get_rows", lambda backend: rows)
+    monkeypatch.setattr(chunked, "get_rows", lambda backend: rows)
     monkeypatch.setattr(rows, "forward", lambda *a, **k: (calls.append("f"), real_f(*a, **k)))
     monkeypatch.setattr(rows, "backward", lambda *a, **k: (calls.append("b"), real_b(*a, **k)))
     case = make_case(n=8, h=8, v=13)

@@ -1,7 +1,7 @@
 """The rewrite pipeline with a scripted engine: tiers, selection, rejections, output, resume, shards.
 
 The scripted engine returns fixed texts per problem so every branch of
-METHODS.md's "Three-tier rewriting" is exercised deterministically; the
+docs/methods.md's "Three-tier rewriting" is exercised deterministically; the
 verifier and the ledger are the real ones.
 """
 
@@ -18,8 +18,8 @@ import pytest
 pytest.importorskip("onpolicy_sft.ledger")
 pytest.importorskip("onpolicy_sft.verify")
 
+from onpolicy_sft import prompts as P
 from onpolicy_sft.engines.base import Sample
-from onpolicy_sft.rewrite import prompts as P
 from onpolicy_sft.rewrite.data import copy_rejection
 from onpolicy_sft.testing import build_tokenizer
 
@@ -119,7 +119,12 @@ def run(dataset, out, engine=None, **kw):
 
     engine = engine or ScriptedEngine()
     opts = dict(
-        model="scripted", dataset=dataset, out=str(out), k_self=2, k_guided=2, progress=False
+        model="scripted",
+        dataset=dataset,
+        output_dir=str(out),
+        k_self=2,
+        k_guided=2,
+        progress=False,
     )
     opts.update(kw)
     return rewrite(engine=engine, **opts), engine
@@ -141,24 +146,24 @@ def test_three_tiers(dataset, tmp_path):
     tok = eng.tokenizer
     for problem, r in rows.items():
         assert r["prompt"] == P.train_prompt(tok, problem)
-        assert r["response_token_ids"][-1] == tok.eos_token_id
+        assert r["completion_token_ids"][-1] == tok.eos_token_id
         if r["tier"] == "expert":
             assert r["behavior_logprobs"] is None and r["verdict"] is None
-            assert r["response"] == SCRIPT[problem]["solution"]
-            assert r["base_logprobs"] == [SCORE] * len(r["response_token_ids"])
+            assert r["completion"] == SCRIPT[problem]["solution"]
+            assert r["base_logprobs"] == [SCORE] * len(r["completion_token_ids"])
         else:
             assert r["verdict"] is True
-            assert len(r["behavior_logprobs"]) == len(r["response_token_ids"])
+            assert len(r["behavior_logprobs"]) == len(r["completion_token_ids"])
     # self: the only correct sample; behaviour = base (the self prompt is the training prompt)
     s = rows["Add 2 and 3."]
-    assert s["response"] == "2+3 = \\boxed{5}." and s["answer"] == "5"
+    assert s["completion"] == "2+3 = \\boxed{5}." and s["answer"] == "5"
     assert s["behavior_logprobs"] == s["base_logprobs"]
     assert np.allclose(s["behavior_logprobs"], -0.3)
     # guided: behaviour from the guided prompt, base re-scored under the training prompt
     g = rows["Multiply 2 and 3."]
     assert np.allclose(g["behavior_logprobs"], -0.2) and np.allclose(g["base_logprobs"], SCORE)
     # likeliest of two correct self samples: mean log pi_0 -0.2 beats -0.4
-    assert rows["Add 4 and 5."]["response"] == "So \\boxed{9}."
+    assert rows["Add 4 and 5."]["completion"] == "So \\boxed{9}."
     assert "no reference answer" in rows["Say something."]["reason"]
     assert "1 rejected as copies" in rows["Multiply 3 and 4."]["reason"]
 
@@ -231,17 +236,17 @@ def test_grape_keeps_expert_when_it_is_likelier(dataset, tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "rows, kwargs, message",
     [
-        ([{"question": "q", "solution": "s"}], {}, r'has no "problem" column .*--problem-field'),
+        ([{"question": "q", "solution": "s"}], {}, r'has no "problem" column .*--problem_field'),
         (
             [{"problem": "q", "solution": "\\boxed{1}"}, {"problem": "", "solution": "s"}],
             {},
-            r'row 1 of bad.jsonl has no "problem" field; map your column with --problem-field',
+            r'row 2 of bad.jsonl has an empty "problem"; fill it in or drop the row',
         ),
-        ([{"problem": "q", "answer_text": "1"}], {}, r'no "solution" column .*--solution-field'),
+        ([{"problem": "q", "answer_text": "1"}], {}, r'no "solution" column .*--solution_field'),
         (
             [{"problem": "q", "solution": "s"}],
             {"answer_field": "ans"},
-            r'no "ans" column .*--answer-field',
+            r'no "ans" column .*--answer_field',
         ),
     ],
     ids=[
@@ -285,11 +290,11 @@ def test_cli_missing_model_names_path(dataset, tmp_path):
         str(missing),
         "--dataset",
         dataset,
-        "--out",
+        "--output_dir",
         str(tmp_path / "o"),
         "--engine",
         "hf",
-        "--no-progress",
+        "--no_progress",
     )
     assert proc.returncode == 2
     assert str(missing) in proc.stderr and "Traceback" not in proc.stderr
@@ -340,7 +345,7 @@ def test_copy_rejection(text, rejected):
 
 def test_package_is_callable():
     import onpolicy_sft
-    import onpolicy_sft.rewrite.prompts
+    import onpolicy_sft.prompts
 
     assert callable(onpolicy_sft.rewrite)
     assert callable(onpolicy_sft.select)
@@ -359,7 +364,6 @@ def test_local_formats_load_the_same_problems(tmp_path, fmt):
     import pyarrow.parquet as pq
 
     from onpolicy_sft.rewrite.data import load_problems
-    from onpolicy_sft.verify import extract_answer
 
     rows = [{"problem": p, "solution": s["solution"]} for p, s in SCRIPT.items()]
     path = tmp_path / f"train.{fmt}"
@@ -376,7 +380,7 @@ def test_local_formats_load_the_same_problems(tmp_path, fmt):
             w = csv.DictWriter(f, fieldnames=["problem", "solution"])
             w.writeheader()
             w.writerows(rows)
-    probs = load_problems(str(path), extract_answer=extract_answer)
+    probs = load_problems(str(path))
     assert [p.problem for p in probs] == list(SCRIPT)
     assert [p.answer for p in probs] == ["5", "6", "12", "7", None, "9"]
 
@@ -384,7 +388,7 @@ def test_local_formats_load_the_same_problems(tmp_path, fmt):
 def test_missing_dataset_path(tmp_path):
     from onpolicy_sft.rewrite.data import load_problems
 
-    with pytest.raises(FileNotFoundError, match="does not exist; check --dataset"):
+    with pytest.raises(FileNotFoundError, match=r"--dataset .* does not exist"):
         load_problems(str(tmp_path / "nope.jsonl"))
 
 
@@ -401,10 +405,12 @@ def test_hinted_method_on_a_tiny_model(tiny_qwen2, dataset, tmp_path):
         engine=eng,
         model=str(tiny_qwen2),
         dataset=dataset,
-        out=str(out),
+        output_dir=str(out),
         method="hinted",
+        hinted_variant="simple",  # the structured variant's pre-pass: tests/test_hinted_structured.py
         k_self=1,
         max_tokens=6,
+        hinted_max_tokens=6,
         limit=3,
         progress=False,
     )
@@ -433,3 +439,82 @@ def test_weights_and_ess():
     np.testing.assert_allclose(_weights(base, base - np.log(ratio)), [2.0, 1.5, 0.5])  # clip at 2
     assert _ess(np.ones(5)) == pytest.approx(1.0)
     assert _ess(np.array([1.0, 0.0, 0.0, 0.0])) == pytest.approx(0.25)
+
+
+def test_an_edited_problem_is_rewritten_again_and_the_rest_kept(dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    run(dataset, out)
+    first = read(out)
+    rows = [json.loads(line) for line in open(dataset)]
+    assert rows[0]["problem"] == "Add 2 and 3."
+    rows[0]["solution"] = "2 + 3 = 4, so \\boxed{4}."  # edited in place: a new reference answer
+    with open(dataset, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    capsys.readouterr()
+    _, eng = run(dataset, out)
+    err = capsys.readouterr().err
+    assert (
+        "1 problem(s) changed in " + dataset + " since the earlier run (problem_id '0'): their "
+        "2 old attempt(s) were set aside and they are rewritten again"
+    ) in err
+    assert eng.generated == ["Add 2 and 3."] and eng.scored == 1  # that problem only
+    now = read(out)
+    edited = now.pop("Add 2 and 3.")
+    assert (edited["answer"], edited["tier"], edited["response"]) == (
+        "4",
+        "self",
+        "It is \\boxed{4}.",
+    )
+    del first["Add 2 and 3."]
+    assert now == first
+    _, again = run(dataset, out)
+    assert again.generated == [] and again.scored == 0
+
+
+def test_a_torn_scores_file_is_cut_and_the_lost_record_recomputed(dataset, tmp_path):
+    from onpolicy_sft._journal import JournalWarning
+
+    out = tmp_path / "out"
+    run(dataset, out)
+    first = read(out)
+    scores = out / "scores.jsonl"
+    data = scores.read_bytes()
+    scores.write_bytes(data[:-10])  # killed in the middle of the last record
+    with pytest.warns(JournalWarning, match=r"scores\.jsonl: cut a torn last line"):
+        _, eng = run(dataset, out)
+    assert eng.generated == [] and eng.scored == 1  # the lost expert score, and nothing else
+    assert read(out) == first
+    lines = scores.read_bytes().splitlines(keepends=True)
+    assert all(line.endswith(b"\n") for line in lines)
+    assert all(json.loads(line) for line in lines)
+def test_rewrite_output_loads_as_a_dataset_and_trains_with_trl(dataset, tmp_path):
+    """load_dataset(out) gives the rows (not the report's files); TRL trains on them as they are."""
+    import datasets
+
+    out = tmp_path / "out"
+    run(dataset, out, save_to_disk=True)
+    assert any(p.suffix == ".png" for p in out.iterdir())  # the report is there too
+    rows = datasets.load_dataset(str(out), split="train")
+    want = {"prompt", "completion", "completion_token_ids", "tier", "behavior_logprobs"}
+    assert want <= set(rows.column_names) and len(rows) == len(EXPECTED_TIERS)
+    on_disk = datasets.load_from_disk(str(out / "dataset"))
+    assert on_disk.to_list() == rows.to_list()
+    trl = pytest.importorskip("trl")
+    from onpolicy_sft.integrations import PolicySFTConfig, PolicySFTTrainer
+    from onpolicy_sft.testing import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "tiny")
+    common = dict(max_steps=1, per_device_train_batch_size=2, report_to=[], use_cpu=True, logging_steps=1,
+                  bf16=False, save_strategy="no", dataloader_pin_memory=False)  # fmt: skip
+    trl.SFTTrainer(
+        model=str(model), train_dataset=rows,
+        args=trl.SFTConfig(output_dir=str(tmp_path / "a"), **common),
+    ).train()  # fmt: skip
+    ours = PolicySFTTrainer(
+        model=str(model), train_dataset=rows,
+        args=PolicySFTConfig(output_dir=str(tmp_path / "b"), loss_scheme="is", **common),
+    )  # fmt: skip
+    ours.train()
+    assert ours.expert_rows == list(EXPECTED_TIERS.values()).count("expert") > 0
+    logs = [h for h in ours.state.log_history if "loss" in h]
+    assert logs and logs[0]["loss"] > 0

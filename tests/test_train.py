@@ -12,26 +12,20 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from onpolicy_sft.config import ConfigError, TrainConfig
-from onpolicy_sft.train import (
+from onpolicy_sft.config import ConfigError, LossConfig, TrainConfig
+from onpolicy_sft.training import (
     Collator,
     build_examples,
     pack_examples,
     read_data,
+    resolve,
     train,
 )
 
 N_ROWS = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    # Tiny models on a shared 2-core machine: one intra-op thread is ~50x faster
-    # than two fighting over cores with other processes.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _behavior_logprobs(model_dir: Path, prompt_ids: list[int], resp_ids: list[int]) -> list[float]:
@@ -50,7 +44,7 @@ def make_data(model_dir: Path, out: Path, *, n: int = N_ROWS, expert_rows: int =
     """A rewrite-style data.parquet: templated prompt, response token ids (EOS), blogp."""
     from transformers import AutoTokenizer
 
-    from onpolicy_sft.rewrite.prompts import train_prompt
+    from onpolicy_sft.prompts import train_prompt
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     rows = []
@@ -93,22 +87,27 @@ def data_dir(tiny_qwen2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return make_data(tiny_qwen2, tmp_path_factory.mktemp("train_data"))
 
 
-def _cfg(model: Path, data: Path, out: Path, **kw: Any) -> TrainConfig:
+def _opts(model: Path, data: Path, out: Path, **kw: Any) -> dict[str, Any]:
+    """Flat train() options: TrainConfig, LossConfig and TrainingArguments names."""
     base: dict[str, Any] = dict(
         model=str(model),
-        data=str(data),
-        out=str(out),
-        lr=3e-3,
+        dataset=str(data),
+        output_dir=str(out),
+        learning_rate=3e-3,
         max_steps=30,
-        global_batch_size=4,
-        micro_batch_size=4,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=1,
         warmup_ratio=0.0,
-        lr_scheduler="constant",
+        lr_scheduler_type="constant",
         save_steps=1000,
         seed=0,
     )
     base.update(kw)
-    return TrainConfig(**base)
+    return base
+
+
+def _cfg(model: Path, data: Path, out: Path, **kw: Any) -> TrainConfig:
+    return resolve(**_opts(model, data, out, **kw))[0]
 
 
 def _losses(history: list[dict[str, Any]], key: str = "loss") -> dict[int, float]:
@@ -122,14 +121,14 @@ def _params(model_dir: str | Path) -> dict[str, torch.Tensor]:
 
 
 SCHEMES = [
-    pytest.param({"loss": "sft"}, id="sft"),
-    pytest.param({"loss": "dft"}, id="dft"),
-    pytest.param({"loss": "is"}, id="is-token"),
-    pytest.param({"loss": "is", "level": "sequence"}, id="is-sequence"),
-    pytest.param({"loss": "idft"}, id="idft"),
-    pytest.param({"loss": "pear"}, id="pear-token"),
-    pytest.param({"loss": "pear", "level": "block", "pear_block": 4}, id="pear-block4"),
-    pytest.param({"loss": "sft", "normalize": "sequence"}, id="sft-per-sequence"),
+    pytest.param({"scheme": "sft"}, id="sft"),
+    pytest.param({"scheme": "dft"}, id="dft"),
+    pytest.param({"scheme": "is"}, id="is-token"),
+    pytest.param({"scheme": "is", "level": "sequence"}, id="is-sequence"),
+    pytest.param({"scheme": "idft"}, id="idft"),
+    pytest.param({"scheme": "pear"}, id="pear-token"),
+    pytest.param({"scheme": "pear", "level": "block", "pear_block": 4}, id="pear-block4"),
+    pytest.param({"scheme": "sft", "normalize": "sequence"}, id="sft-per-sequence"),
 ]
 
 
@@ -137,7 +136,7 @@ SCHEMES = [
 def test_each_scheme_fits_the_data_in_30_steps(
     scheme: dict[str, Any], tiny_qwen2: Path, data_dir: Path, tmp_path: Path
 ) -> None:
-    res = train(_cfg(tiny_qwen2, data_dir, tmp_path / "out", **scheme))
+    res = train(**_opts(tiny_qwen2, data_dir, tmp_path / "out", **scheme))
     assert res.global_step == 30
     nll = _losses(res.log_history, "nll")
     assert sorted(nll) == list(range(1, 31))
@@ -151,7 +150,7 @@ def test_each_scheme_fits_the_data_in_30_steps(
     before, after = _params(tiny_qwen2), _params(res.out)
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert len(changed) >= len(before) - 1, sorted(set(before) - set(changed))
-    if scheme == {"loss": "sft"}:
+    if scheme == {"scheme": "sft"}:
         loss = _losses(res.log_history)
         assert loss[30] < loss[1] - 0.3  # sft: the logged loss is the nll itself
         assert all(h["mean_weight"] == pytest.approx(1.0) for h in res.log_history if "nll" in h)
@@ -161,22 +160,32 @@ def test_resume_reproduces_the_losses_of_an_uninterrupted_run(
     tiny_qwen2: Path, data_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    cfg = _cfg(tiny_qwen2, data_dir, out, loss="is", max_steps=8, save_steps=4, micro_batch_size=2)
-    full = _losses(train(cfg).log_history)
+    cfg = _opts(
+        tiny_qwen2,
+        data_dir,
+        out,
+        scheme="is",
+        max_steps=8,
+        save_steps=4,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+    )
+    full = _losses(train(**cfg).log_history)
     assert (out / "checkpoint-4" / "train_config.json").is_file()
     saved = json.loads((out / "checkpoint-4" / "train_config.json").read_text())
-    assert saved["loss"] == "is" and saved["micro_batch_size"] == 2
-    resumed = _losses(train(cfg.replace(resume=str(out / "checkpoint-4"))).log_history)
+    assert saved["loss"]["scheme"] == "is"
+    assert saved["training_args"]["per_device_train_batch_size"] == 2
+    resumed = _losses(train(**cfg, resume_from_checkpoint=str(out / "checkpoint-4")).log_history)
     for step in range(5, 9):
         assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-7), step
-    # --resume (True) picks the latest checkpoint in --out (checkpoint-8: its
+    # "latest" picks the newest checkpoint in output_dir (checkpoint-8: its
     # history covers steps 1-8, and training continues at 9)
-    again = _losses(train(cfg.replace(resume=True, max_steps=10)).log_history)
+    again = _losses(train(**{**cfg, "max_steps": 10}, resume_from_checkpoint="latest").log_history)
     assert sorted(again) == list(range(1, 11))
     assert again[8] == pytest.approx(full[8], rel=1e-5)
     # a checkpoint is only resumed with the settings that wrote it
-    with pytest.raises(ValueError, match=r"loss: checkpoint 'is', now 'dft'"):
-        train(cfg.replace(resume=True, max_steps=12, loss="dft"))
+    with pytest.raises(ValueError, match=r"scheme: checkpoint 'is', now 'dft'"):
+        train(**{**cfg, "max_steps": 12, "scheme": "dft"}, resume_from_checkpoint="true")
 
 
 def test_gradient_accumulation_equals_one_big_batch(
@@ -186,13 +195,14 @@ def test_gradient_accumulation_equals_one_big_batch(
     for normalize in ("tokens", "sequence"):
         for micro in (4, 1):
             res = train(
-                _cfg(
+                **_opts(
                     tiny_qwen2,
                     data_dir,
                     tmp_path / f"{normalize}{micro}",
-                    loss="dft",
+                    scheme="dft",
                     normalize=normalize,
-                    micro_batch_size=micro,
+                    per_device_train_batch_size=micro,
+                    gradient_accumulation_steps=4 // micro,
                     max_steps=2,
                 )
             )
@@ -206,26 +216,58 @@ def test_gradient_accumulation_equals_one_big_batch(
     assert runs["tokens", 4][0][1] != pytest.approx(runs["sequence", 4][0][1], rel=1e-6)
 
 
+def test_a_truncated_newest_checkpoint_is_set_aside_and_the_newest_whole_one_resumed(
+    tiny_qwen2: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    opts = _opts(tiny_qwen2, data_dir, out, max_steps=4, save_steps=2)
+    full = _losses(train(**opts).log_history)
+    # a rerun into a used output_dir needs --resume_from_checkpoint or --overwrite_output_dir
+    with pytest.raises(FileExistsError, match=r"holds an earlier training run \(checkpoint-4, "):
+        train(**opts)
+    weights = out / "checkpoint-4" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # killed mid-save
+    capsys.readouterr()
+    resumed = train(**opts, resume_from_checkpoint="latest")
+    err = capsys.readouterr().err
+    assert f"{out / 'checkpoint-4'} cannot be resumed (model.safetensors is truncated" in err
+    assert "moved it to checkpoint-4.damaged and resuming from checkpoint-2" in err
+    assert resumed.global_step == 4
+    assert _losses(resumed.log_history)[4] == pytest.approx(full[4], rel=1e-5)
+    assert (out / "checkpoint-4.damaged").is_dir() and (out / "checkpoint-4").is_dir()
+    # --overwrite_output_dir starts afresh: the earlier run's checkpoints are removed first
+    again = train(**{**opts, "max_steps": 2}, overwrite_output_dir=True)
+    assert again.global_step == 2
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == [
+        "checkpoint-2",
+        "checkpoint-4.damaged",
+    ]
+
+
 def test_cli_trains_and_saves_the_resolved_config_next_to_the_weights(
     tiny_qwen2: Path, data_dir: Path, tmp_path: Path
 ) -> None:
     from onpolicy_sft.cli import main
 
     out = tmp_path / "cli"
-    argv = ["train", "--model", str(tiny_qwen2), "--data", str(data_dir), "--out", str(out)]
-    argv += ["--loss", "pear", "--pear-gamma", "0.99", "--clip", "0", "3", "--max-steps", "2"]
-    argv += ["--global-batch-size", "4", "--micro-batch-size", "2", "--save-steps", "1"]
-    argv += ["--packing", "--max-length", "256", "--lr", "1e-3"]
+    argv = ["train", "--model", str(tiny_qwen2), "--dataset", str(data_dir)]
+    argv += ["--output_dir", str(out), "--scheme", "pear", "--pear-gamma", "0.99"]
+    argv += ["--clip", "0", "3", "--max_steps", "2", "--per_device_train_batch_size", "2"]
+    argv += ["--gradient_accumulation_steps", "2", "--save_steps", "1"]
+    argv += ["--packing", "--max_length", "256", "--learning_rate", "1e-3"]
     assert main(argv) == 0
     cfg = TrainConfig.load(out / "train_config.json")
-    assert (cfg.loss, cfg.pear_gamma, tuple(cfg.clip), cfg.packing) == ("pear", 0.99, (0, 3), True)
-    assert cfg.lr == 1e-3 and cfg.max_length == 256 and cfg.warmup_ratio == 0.1  # default kept
+    loss = cfg.loss
+    assert (loss.scheme, loss.pear_gamma, loss.clip, cfg.packing) == ("pear", 0.99, (0, 3), True)
+    assert cfg.max_length == 256 and cfg.warmup_ratio == 0.1  # default kept
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["training_args"]["learning_rate"] == 1e-3
     assert (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file()
     assert (out / "checkpoint-2" / "train_config.json").is_file()
     stats = json.loads((out / "data_stats.json").read_text())
     assert stats["used"] == N_ROWS and stats["packed_rows"] >= 1
     # bad flags are reported, not raised
-    assert main([*argv[:7], "--loss", "dft", "--level", "sequence"]) == 2
+    assert main([*argv[:7], "--scheme", "dft", "--level", "sequence"]) == 2
 
 
 # ------------------------------------------------------------------ data shaping
@@ -242,7 +284,7 @@ def test_tokenisation_puts_the_loss_on_response_tokens_and_eos(
 ) -> None:
     tok = _tok(tiny_qwen2)
     cols = read_data(str(data_dir))
-    cfg = _cfg(tiny_qwen2, data_dir, data_dir / "unused", loss="is")
+    cfg = _cfg(tiny_qwen2, data_dir, data_dir / "unused", scheme="is")
     examples, stats = build_examples(cols, tok, cfg)
     assert stats.used == N_ROWS and stats.tiers == {"self": N_ROWS}
     for i, ex in enumerate(examples):
@@ -257,7 +299,7 @@ def test_tokenisation_puts_the_loss_on_response_tokens_and_eos(
 
 
 def test_plain_dataset_is_templated_and_gets_eos(tiny_qwen2: Path, tmp_path: Path) -> None:
-    from onpolicy_sft.rewrite.prompts import train_prompt
+    from onpolicy_sft.prompts import train_prompt
 
     tok = _tok(tiny_qwen2)
     path = tmp_path / "plain.jsonl"
@@ -294,10 +336,10 @@ def _one_row(tiny_qwen2: Path, tmp_path: Path, **row: Any) -> Path:
 
 def test_behaviour_length_mismatch_names_the_row(tiny_qwen2: Path, tmp_path: Path) -> None:
     good = _one_row(tiny_qwen2, tmp_path)
-    cols = read_data(str(good))
+    cols = {k: list(v) for k, v in read_data(str(good)).items()}
     cols["behavior_logprobs"][1] = [-0.5] * 8  # one short
-    with pytest.raises(ValueError, match=r"row 1 \(problem_id 'x7'\).*8 values.*9 tokens"):
-        build_examples(cols, _tok(tiny_qwen2), _cfg(tiny_qwen2, good, tmp_path, loss="is"))
+    with pytest.raises(ValueError, match=r"row 2 \(problem_id 'x7'\).*8 values.*9 tokens"):
+        build_examples(cols, _tok(tiny_qwen2), _cfg(tiny_qwen2, good, tmp_path, scheme="is"))
     # schemes that do not use behaviour log-probs do not look at them
     examples, _ = build_examples(cols, _tok(tiny_qwen2), _cfg(tiny_qwen2, good, tmp_path))
     assert len(examples) == 2
@@ -322,7 +364,7 @@ def test_overlong_rows_are_counted_and_truncated_or_dropped(
     dropped: int,
 ) -> None:
     path = _one_row(tiny_qwen2, tmp_path)
-    cfg = _cfg(tiny_qwen2, path, tmp_path, loss="is", overlong=overlong, max_length=max_length)
+    cfg = _cfg(tiny_qwen2, path, tmp_path, scheme="is", overlong=overlong, max_length=max_length)
     examples, stats = build_examples(read_data(str(path)), _tok(tiny_qwen2), cfg)
     assert (stats.used, stats.truncated) == (used, truncated)
     assert stats.dropped_overlong + stats.dropped_prompt_too_long == dropped
@@ -334,7 +376,8 @@ def test_overlong_rows_are_counted_and_truncated_or_dropped(
 @pytest.mark.parametrize(
     ("loss", "missing", "outcome"),
     [
-        pytest.param("is", "auto", "zero", id="is-auto-uses-blogp-0"),
+        pytest.param("is", "auto", "zero", id="is-auto-uses-blogp-0-for-expert-rows"),
+        pytest.param("is", "auto", "error-not-expert", id="is-auto-refuses-other-rows"),
         pytest.param("pear", "auto", "error", id="pear-auto-refuses"),
         pytest.param("pear", "zero", "zero", id="pear-opt-in-zero"),
         pytest.param("is", "drop", "drop", id="is-drop"),
@@ -344,11 +387,16 @@ def test_overlong_rows_are_counted_and_truncated_or_dropped(
 def test_rows_without_behaviour_logprobs(
     tiny_qwen2: Path, tmp_path: Path, loss: str, missing: str, outcome: str
 ) -> None:
-    path = _one_row(tiny_qwen2, tmp_path, behavior_logprobs=None, tier="expert")
-    cfg = _cfg(tiny_qwen2, path, tmp_path, loss=loss, missing_behavior=missing)
+    tier = "self" if outcome == "error-not-expert" else "expert"
+    path = _one_row(tiny_qwen2, tmp_path, behavior_logprobs=None, tier=tier)
+    cfg = _cfg(tiny_qwen2, path, tmp_path, scheme=loss, missing_behavior=missing)
     cols = read_data(str(path))
+    if outcome == "error-not-expert":
+        with pytest.raises(ValueError, match=r"row 1 .*tier 'self'.*only 'expert' rows may lack"):
+            build_examples(cols, _tok(tiny_qwen2), cfg)
+        return
     if outcome == "error":
-        with pytest.raises(ValueError, match=r"row 1 \(problem_id 'x7'\).*--missing-behavior"):
+        with pytest.raises(ValueError, match=r"row 2 \(problem_id 'x7'\).*--missing_behavior"):
             build_examples(cols, _tok(tiny_qwen2), cfg)
         return
     examples, stats = build_examples(cols, _tok(tiny_qwen2), cfg)
@@ -356,16 +404,20 @@ def test_rows_without_behaviour_logprobs(
         assert (stats.used, stats.dropped_no_behavior) == (1, 1)
     else:
         assert (stats.used, stats.zero_behavior) == (2, 1)
-        assert examples[1].behavior is not None and set(examples[1].behavior) == {0.0}
+        import numpy as np
+
+        # the response's values are the explicit NaN (PolicyLoss: 0, counted); the prompt's 0
+        b, lab = examples[1].behavior, examples[1].labels
+        assert b is not None and np.isnan(b[lab != -100]).all() and (b[lab == -100] == 0).all()
 
 
 def test_config_reports_every_problem_at_once() -> None:
     with pytest.raises(ConfigError) as err:
-        TrainConfig(
-            model="m", data="d", out="o", loss="ppo", global_batch_size=6, micro_batch_size=4
-        )
+        LossConfig(scheme="ppo", level="block")
     msg = str(err.value)
-    assert "2 problem(s)" in msg and "'ppo'" in msg and "multiple" in msg
+    assert "2 problem(s)" in msg and "'ppo'" in msg and "level='block'" in msg
+    with pytest.raises(ConfigError, match="max_length=1 must be >= 2"):
+        TrainConfig(model="m", dataset="d", max_length=1)
 
 
 # ------------------------------------------------------------------ packing
@@ -377,12 +429,13 @@ def test_packed_rows_give_the_same_loss_and_gradient_as_padded_rows(
 ) -> None:
     from transformers import AutoModelForCausalLM
 
-    from onpolicy_sft.integrations import LossHead, build_policy_loss
+    from onpolicy_sft.integrations import LossHead
+    from onpolicy_sft.losses import PolicyLoss
 
     level = "sequence" if loss == "is-sequence" else "token"
     scheme = loss.split("-")[0]
     tok = _tok(tiny_qwen2)
-    cfg = _cfg(tiny_qwen2, data_dir, data_dir, loss=scheme, level=level)
+    cfg = _cfg(tiny_qwen2, data_dir, data_dir, scheme=scheme, level=level)
     examples, _ = build_examples(read_data(str(data_dir)), tok, cfg)
     examples = examples[:4]
     collate = Collator(pad_token_id=tok.pad_token_id, with_behavior=scheme != "sft")
@@ -393,7 +446,7 @@ def test_packed_rows_give_the_same_loss_and_gradient_as_padded_rows(
     assert "attention_mask" not in packed and packed["seq_ids"].max() == 3
 
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
-    head = LossHead.install(model, build_policy_loss(scheme, level=level, backend="torch"))
+    head = LossHead.install(model, PolicyLoss(scheme, level=level, backend="torch"))
     results = []
     for batch in (padded, packed):
         model.zero_grad()
@@ -416,10 +469,10 @@ def test_packed_rows_give_the_same_loss_and_gradient_as_padded_rows(
 
 def test_package_level_train_is_callable_after_importing_the_module() -> None:
     import onpolicy_sft
-    import onpolicy_sft.train as train_module
+    import onpolicy_sft.training as training_module
 
     assert callable(onpolicy_sft.train) and callable(onpolicy_sft.evaluate)
-    assert train_module.train is train
+    assert onpolicy_sft.train is training_module.train is train
 
 
 @pytest.mark.gpu
@@ -428,13 +481,13 @@ def test_cuda_bf16_training_with_the_triton_backend(
     loss: str, tiny_qwen2: Path, data_dir: Path, tmp_path: Path
 ) -> None:
     res = train(
-        _cfg(
+        **_opts(
             tiny_qwen2,
             data_dir,
             tmp_path / "out",
-            loss=loss,
+            scheme=loss,
             bf16=True,
-            loss_backend="triton",
+            backend="triton",
             gradient_checkpointing=True,
             max_steps=20,
         )
@@ -449,13 +502,12 @@ def test_raw_prompt_column_goes_through_the_chat_template(tiny_qwen2):
     from transformers import AutoTokenizer
 
     from onpolicy_sft.config import TrainConfig
-    from onpolicy_sft.rewrite.prompts import chat
-    from onpolicy_sft.train import build_examples
+    from onpolicy_sft.prompts import chat
 
     tok = AutoTokenizer.from_pretrained(tiny_qwen2)
     templated = chat(tok, "What is 2+2?")
     columns = {"prompt": ["What is 1+1?", templated], "response": ["2", "4"]}
-    cfg = TrainConfig(model=str(tiny_qwen2), data="unused", out="unused", loss="sft")
+    cfg = TrainConfig(model=str(tiny_qwen2), dataset="unused")
     examples, stats = build_examples(columns, tok, cfg)
     assert stats.prompts_templated == 1
     assert tok.decode(examples[0].input_ids.tolist()).startswith(chat(tok, "What is 1+1?"))

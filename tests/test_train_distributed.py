@@ -23,23 +23,24 @@ SCRIPT = textwrap.dedent(
     import json, os, sys, torch
     torch.set_num_threads(1)
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
-    from onpolicy_sft.config import TrainConfig
+    from onpolicy_sft.config import LossConfig, TrainConfig
     from onpolicy_sft.integrations import compute_loss_func
-    from onpolicy_sft.train import (
+    from onpolicy_sft.training import (
         Collator, ExampleDataset, build_examples, read_data, shutdown_distributed, train)
 
     model_dir, data_dir, out = sys.argv[1:4]
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    res = train(TrainConfig(
-        model=model_dir, data=data_dir, out=f"{out}/ours{world}", loss="dft",
-        normalize="sequence", lr=3e-3, max_steps=3, micro_batch_size=2, global_batch_size=4,
-        warmup_ratio=0.0, lr_scheduler="constant", save_steps=1000, seed=0))
+    res = train(
+        model=model_dir, dataset=data_dir, output_dir=f"{out}/ours{world}", scheme="dft",
+        normalize="sequence", learning_rate=3e-3, max_steps=3, per_device_train_batch_size=2,
+        gradient_accumulation_steps=2 // world, warmup_ratio=0.0, lr_scheduler_type="constant",
+        save_steps=1000, seed=0)
     ours = [h["loss"] for h in res.log_history if "nll" in h]
 
     # the drop-in under DDP with transformers' default find_unused_parameters=True,
     # normalised by the global token count and per sequence
     tok = AutoTokenizer.from_pretrained(model_dir)
-    cfg = TrainConfig(model=model_dir, data=data_dir, out=out, loss="dft")
+    cfg = TrainConfig(model=model_dir, dataset=data_dir, loss=LossConfig(scheme="dft"))
     examples, _ = build_examples(read_data(data_dir), tok, cfg)
     plain = {}
     for normalize in ("tokens", "sequence"):
@@ -105,7 +106,8 @@ FSDP2_SCRIPT = textwrap.dedent(
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     from transformers import AutoModelForCausalLM
-    from onpolicy_sft.integrations import LossHead, build_policy_loss, compute_loss_func
+    from onpolicy_sft.integrations import LossHead, compute_loss_func
+    from onpolicy_sft.losses import PolicyLoss
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -120,7 +122,7 @@ FSDP2_SCRIPT = textwrap.dedent(
     mine = slice(2 * rank, 2 * rank + 2)
 
     ref = AutoModelForCausalLM.from_pretrained(model_dir)
-    rh = LossHead.install(ref, build_policy_loss("pear", backend="torch"))
+    rh = LossHead.install(ref, PolicyLoss("pear", backend="torch"))
     blp = torch.randn(4, 20) * 0.1 - 3.0
     with rh.batch(labels, blp):
         ref(input_ids=ids, use_cache=False)
@@ -132,7 +134,7 @@ FSDP2_SCRIPT = textwrap.dedent(
             fully_shard(layer, mesh=mesh)
         fully_shard(model, mesh=mesh)
         if mode == "head":
-            head = LossHead.install(model, build_policy_loss("pear", backend="torch"))
+            head = LossHead.install(model, PolicyLoss("pear", backend="torch"))
             with head.batch(labels[mine], blp[mine], normalizer=total):
                 model(input_ids=ids[mine], use_cache=False)
             loss = head.result.output.loss
@@ -185,9 +187,9 @@ def test_cli_train_under_torchrun_exits_cleanly_on_every_rank(
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     cmd += ["--master_port", "29521", "-m", "onpolicy_sft", "train"]
-    cmd += ["--model", str(tiny_qwen2), "--data", str(data), "--out", str(out)]
-    cmd += ["--loss", "dft", "--max-steps", "2", "--micro-batch-size", "2"]
-    cmd += ["--global-batch-size", "4", "--save-steps", "1000"]
+    cmd += ["--model", str(tiny_qwen2), "--dataset", str(data), "--output_dir", str(out)]
+    cmd += ["--scheme", "dft", "--max_steps", "2", "--per_device_train_batch_size", "2"]
+    cmd += ["--gradient_accumulation_steps", "1", "--save_steps", "1000"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
@@ -231,17 +233,20 @@ def test_cli_train_under_accelerate_fsdp2_matches_one_process(
     data = make_data(tiny_qwen2, tmp_path / "data")
     config = tmp_path / "fsdp2.yaml"
     config.write_text(FSDP2_ACCELERATE, encoding="utf-8")
-    flags = ["train", "--model", str(tiny_qwen2), "--data", str(data), "--loss", "dft"]
-    flags += ["--max-steps", "3", "--micro-batch-size", "2", "--global-batch-size", "4"]
-    flags += ["--lr", "3e-3", "--warmup-ratio", "0", "--lr-scheduler", "constant"]
-    flags += ["--save-steps", "1000", "--seed", "0"]
+    flags = ["train", "--model", str(tiny_qwen2), "--dataset", str(data), "--scheme", "dft"]
+    flags += ["--max_steps", "3", "--per_device_train_batch_size", "2"]
+    flags += ["--learning_rate", "3e-3", "--warmup_ratio", "0", "--lr_scheduler_type", "constant"]
+    flags += ["--save_steps", "1000", "--seed", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     runs = {
-        "one": [sys.executable, "-m", "onpolicy_sft", *flags, "--out", str(tmp_path / "one")],
+        "one": [
+            sys.executable, "-m", "onpolicy_sft", *flags, "--output_dir", str(tmp_path / "one"),
+            "--gradient_accumulation_steps", "2",
+        ],
         "fsdp2": [
             sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
             "--main_process_port", "29523", "-m", "onpolicy_sft", *flags,
-            "--out", str(tmp_path / "fsdp2"),
+            "--output_dir", str(tmp_path / "fsdp2"), "--gradient_accumulation_steps", "1",
         ],
     }  # fmt: skip
     losses = {}

@@ -228,13 +228,14 @@ def test_cli_appends_verdicts_and_prints_counts(tmp_path, capsys) -> None:
         [
             "verify",
             str(src),
-            "--prediction-field",
+            "--prediction_field",
             "out",
-            "--gold-field",
+            "--gold_field",
             "ans",
-            "--out",
+            "--output_file",
             str(dst),
-            "--no-fallback",
+            "--fallback",
+            "none",
         ]
     )
     assert rc == 0
@@ -249,6 +250,6 @@ def test_cli_names_a_missing_field(tmp_path, capsys) -> None:
 
     src = tmp_path / "in.jsonl"
     src.write_text('{"a": "1"}\n')
-    rc = main(["verify", str(src), "--prediction-field", "x", "--gold-field", "a"])
+    rc = main(["verify", str(src), "--prediction_field", "x", "--gold_field", "a"])
     assert rc == 2
     assert 'no "x" field' in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """onpolicy-sft: supervised fine-tuning that respects the learner's own distribution.
 
-Two levers (see METHODS.md):
+Two levers (see docs/methods.md):
 
 - data: rewrite the training set into the model's own words (three tiers,
   Hinted Decoding, GRAPE selection) -- :func:`rewrite`, :func:`select`;
@@ -32,11 +32,13 @@ _EXPORTS: dict[str, str] = {
     # loss
     "PolicyLoss": "onpolicy_sft.losses",
     "LossOutput": "onpolicy_sft.losses",
+    "LossConfig": "onpolicy_sft.config",
     # data level
     "rewrite": "onpolicy_sft.rewrite",
     "select": "onpolicy_sft.rewrite",
+    "policy_gap": "onpolicy_sft.gap",
     # training and evaluation
-    "train": "onpolicy_sft.train",
+    "train": "onpolicy_sft.training",
     "evaluate": "onpolicy_sft.evaluate",
     # the embedded default
     "demo": "onpolicy_sft.demo",
@@ -46,6 +48,7 @@ __all__ = [
     "Assignment",
     "Attempt",
     "Ledger",
+    "LossConfig",
     "LossOutput",
     "PolicyLoss",
     "Verdict",
@@ -53,6 +56,7 @@ __all__ = [
     "__version__",
     "demo",
     "evaluate",
+    "policy_gap",
     "rewrite",
     "select",
     "train",
@@ -76,10 +80,12 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from onpolicy_sft.config import LossConfig
     from onpolicy_sft.demo import demo
     from onpolicy_sft.evaluate import evaluate
+    from onpolicy_sft.gap import policy_gap
     from onpolicy_sft.ledger import Assignment, Attempt, Ledger
     from onpolicy_sft.losses import LossOutput, PolicyLoss
     from onpolicy_sft.rewrite import rewrite, select
-    from onpolicy_sft.train import train
+    from onpolicy_sft.training import train
     from onpolicy_sft.verify import Verdict, Verifier, verify, verify_batch

@@ -1,6 +1,6 @@
 """Evaluation as the papers report it: avg@k and pass@k on five math benchmarks.
 
-Protocol (METHODS.md, "Evaluation protocol"): MATH500, Minerva Math,
+Protocol (docs/methods.md, "Evaluation protocol"): MATH500, Minerva Math,
 OlympiadBench, AIME24, AMC23; prompt = chat template + "Please reason step by
 step, and put your final answer within \\boxed{}."; n = 16 samples per
 problem at T = 1.0, top-p = 1, 4096 new tokens; score = avg@16, the mean over
@@ -24,6 +24,7 @@ Outputs in ``out``: ``results.json``, ``results.md`` (the table),
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -31,17 +32,24 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onpolicy_sft._callable import make_module_callable
+from onpolicy_sft._io import load_saved_json, read_jsonl, write_json, write_text
 from onpolicy_sft.config import EVAL_BENCHMARKS, EvalConfig
+from onpolicy_sft.errors import InputError, OnpolicyError
+from onpolicy_sft.hub import require_hub
 
+if TYPE_CHECKING:  # pragma: no cover
+    from onpolicy_sft.engines.base import Engine
+    from onpolicy_sft.verify import Verifier
 __all__ = [
     "BENCHMARKS",
     "BenchmarkSpec",
     "EvalProblem",
     "EvalResult",
     "avg_at_k",
+    "benchmark_fingerprint",
     "default_ks",
     "evaluate",
     "load_benchmark",
@@ -113,20 +121,7 @@ def _read_local(path: Path) -> list[dict[str, Any]]:
         import pyarrow.parquet as pq
 
         return list(pq.read_table(path).to_pylist())
-    with open(path, encoding="utf-8") as f:
-        if path.suffix == ".json":
-            data = json.load(f)
-            if not isinstance(data, list):
-                raise ValueError(f"{path} must hold a JSON list of objects (or use .jsonl)")
-            return data
-        rows = []
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"line {lineno} of {path} is not valid JSON: {exc}") from None
-        return rows
+    return read_jsonl(path)
 
 
 def _pick(row: dict[str, Any], fields: Sequence[str]) -> Any:
@@ -160,17 +155,25 @@ def load_benchmark(
         if spec is None:
             raise ValueError(
                 f"benchmark {name!r} is not known; use one of {', '.join(BENCHMARKS)} or give "
-                "--benchmark-dir with a file of that name"
+                "--benchmark_dir with a file of that name"
             )
         import datasets
 
+        require_hub(
+            spec.hub,
+            repo_type="dataset",
+            flag="--benchmarks",
+            what=f"benchmark {name!r} loads the dataset {spec.hub!r} from the hub",
+            fix=f"download it elsewhere and pass --benchmark_dir DIR with DIR/{name}.jsonl "
+            "(fields: problem, answer)",
+        )
         try:
             ds = datasets.load_dataset(spec.hub, spec.config, split=spec.split)
         except Exception as exc:  # network, auth, renamed dataset: say how to go local
-            raise RuntimeError(
+            raise OnpolicyError(
                 f"benchmark {name!r}: could not load {spec.hub} (split {spec.split}) through "
                 f"datasets ({type(exc).__name__}: {str(exc)[:200]}); download it elsewhere and "
-                f"pass --benchmark-dir DIR with DIR/{name}.jsonl (fields: problem, answer)"
+                f"pass --benchmark_dir DIR with DIR/{name}.jsonl (fields: problem, answer)"
             ) from exc
         rows = [dict(r) for r in ds]
         where = f"{spec.hub} ({spec.split})"
@@ -182,9 +185,13 @@ def load_benchmark(
         answer = _pick(row, answer_fields)
         if problem is None or answer is None:
             missing = "problem" if problem is None else "answer"
-            raise ValueError(
-                f"row {i} of {where} has no {missing} (looked for fields "
-                f"{list(problem_fields if problem is None else answer_fields)}; "
+            fields = list(problem_fields if problem is None else answer_fields)
+            present = [f for f in fields if f in row]
+            raise InputError(
+                f"row {i + 1} of {where} has an empty {missing} ({present[0]!r} is "
+                f"{row[present[0]]!r}); fill it in or remove the row"
+                if present
+                else f"row {i + 1} of {where} has no {missing} (looked for fields {fields}; "
                 f"it has {sorted(row)}); rename the field in your file"
             )
         pid = _pick(row, ID_FIELDS)
@@ -197,6 +204,16 @@ def load_benchmark(
         )
     if not problems:
         raise ValueError(f"benchmark {name!r} ({where}) has no problems")
+    seen: dict[str, int] = {}
+    for p in problems:
+        seen[p.id] = seen.get(p.id, 0) + 1
+    dup = sorted(i for i, c in seen.items() if c > 1)
+    if dup:
+        # results are keyed by problem id: a repeated id would merge two problems' samples
+        raise ValueError(
+            f"{where} repeats problem id(s) {dup[:10]}{' ...' if len(dup) > 10 else ''}; "
+            "give every row a unique id (fields: id, problem_id or unique_id) or drop the ids"
+        )
     return problems[:limit] if limit else problems
 
 
@@ -232,7 +249,8 @@ def default_ks(n: int) -> list[int]:
 def summarize(correct: Sequence[Sequence[bool]], ks: Iterable[int] | None = None) -> dict[str, Any]:
     """Per-benchmark numbers from per-problem verdict lists (all of length n).
 
-    Returns {"problems", "n", "avg@n" (percent), "pass@k": {k: percent}}.
+    Returns {"problems", "n", "avg@n" (percent), "acc" (percent correct first samples),
+    "pass@k": {k: percent}}.
     """
     if not correct:
         raise ValueError("no problems to summarise")
@@ -245,6 +263,8 @@ def summarize(correct: Sequence[Sequence[bool]], ks: Iterable[int] | None = None
         "problems": len(correct),
         "n": n,
         f"avg@{n}": avg_at_k(correct),
+        # what the harness prints as "acc": accuracy of each problem's first sample
+        "acc": 100.0 * sum(bool(c[0]) for c in correct) / len(correct),
         "pass@k": {
             str(k): 100.0 * sum(pass_at_k(n, c, k) for c in counts) / len(counts) for k in ks
         },
@@ -254,7 +274,7 @@ def summarize(correct: Sequence[Sequence[bool]], ks: Iterable[int] | None = None
 def markdown_table(results: Sequence[dict[str, Any]], metric: str | None = None) -> str:
     """The papers' layout: one row per model, one column per benchmark, then the average.
 
-    results: ``results.json`` objects (one per model). metric: "avg@16",
+    results: ``results.json`` objects (one per model). metric: "avg@16", "acc",
     "pass@1", "pass@16", ... (default: avg@n of the first result).
     """
     if not results:
@@ -289,11 +309,12 @@ def markdown_table(results: Sequence[dict[str, Any]], metric: str | None = None)
 
 
 def _caption(cfg: dict[str, Any]) -> str:
+    prompt = cfg.get("resolved_prompt_type") or cfg.get("prompt_type", "chat-template")
     return (
         f"n = {cfg['n']} samples per problem, temperature {cfg['temperature']}, "
-        f"top-p {cfg['top_p']}, {cfg['max_tokens']} new tokens; "
-        "chat template + 'Please reason step by step, and put your final answer within "
-        "\\boxed{}.'; graded by onpolicy_sft.Verifier"
+        f"top-p {cfg['top_p']}, {cfg['max_tokens']} new tokens; prompt type {prompt} "
+        "(with 'Please reason step by step, and put your final answer within \\boxed{}.'); "
+        "graded by onpolicy_sft.Verifier (math-verify semantics, not the harness's math_equal)"
     )
 
 
@@ -301,7 +322,13 @@ def results_markdown(results: Sequence[dict[str, Any]]) -> str:
     """results.md: avg@n table, then pass@k tables, with the protocol as a caption."""
     cfg = results[0]["config"]
     n = cfg["n"]
-    parts = [f"### avg@{n} (%)\n", markdown_table(results, f"avg@{n}")]
+    parts = [f"### avg@{n} (%): mean over problems of the fraction of correct samples\n"]
+    parts.append(markdown_table(results, f"avg@{n}"))
+    if all("acc" in e for r in results for e in r["benchmarks"].values()):
+        parts += [
+            '\n### acc (%): first sample of each problem only (the harness\'s "acc")\n',
+            markdown_table(results, "acc"),
+        ]
     ks = list(next(iter(results[0]["benchmarks"].values()))["pass@k"])
     for k in ks:
         if k != "1":  # pass@1 is avg@n
@@ -333,18 +360,66 @@ def _model_fingerprint(model: Any) -> list[Any]:
     )
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def benchmark_fingerprint(problems: Sequence[EvalProblem]) -> str:
+    """sha256 of the problems as evaluated (id, problem, answer): an edited file changes it."""
+    h = hashlib.sha256()
+    for p in problems:
+        h.update(json.dumps([p.id, p.problem, p.answer], ensure_ascii=False).encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+# What a kept result must match, and how a mismatch is reported.
+_FINGERPRINT_CHANGES = (
+    ("benchmark_fingerprint", "the benchmark's problems or answers changed"),
+    ("model_fingerprint", "the model's files changed"),
+    ("config", "the evaluation settings changed"),
+)
+
+
+def _earlier_result(
+    done_file: Path, done_samples: Path, fingerprint: dict[str, Any]
+) -> tuple[dict[str, Any] | None, str | None]:
+    """(the entry an earlier run saved for this benchmark, None) when it still holds, else
+    (None, why it does not) -- why is None when there is no earlier result."""
+    if not (done_file.exists() and done_samples.exists()):
+        return None, None
+    try:
+        done = load_saved_json(done_file, "it is recomputed")
+    except InputError as exc:
+        return None, str(exc)
+    changed = [why for key, why in _FINGERPRINT_CHANGES if done.get(key) != fingerprint[key]]
+    if changed or "entry" not in done:
+        return None, ", ".join(changed) or "the saved result is incomplete"
+    return done["entry"], None
+
+
+def _model_type(model: Any, engine: Any) -> str | None:
+    """The model's ``config.model_type`` (from the loaded engine, else its config.json)."""
+    loaded = getattr(getattr(engine, "model", None), "config", None)
+    if loaded is None:  # vLLM keeps the HF config on its engine
+        try:
+            loaded = engine.llm.llm_engine.model_config.hf_config
+        except AttributeError:
+            loaded = None
+    if loaded is not None and getattr(loaded, "model_type", None):
+        return str(loaded.model_type)
+    path = Path(str(model)) / "config.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text(encoding="utf-8")).get("model_type")
+        except (OSError, json.JSONDecodeError):
+            return None
+    return None
 
 
 def _config(cfg: EvalConfig | None, overrides: dict[str, Any]) -> EvalConfig:
     bench = overrides.get("benchmarks")
-    if isinstance(bench, str):
-        overrides["benchmarks"] = tuple(b.strip() for b in bench.split(",") if b.strip())
-    elif bench is not None:
-        overrides["benchmarks"] = tuple(bench)
+    if bench is not None:  # "a,b", ["a", "b"] and ["a,b"] all name a and b
+        items = [bench] if isinstance(bench, str) else bench
+        overrides["benchmarks"] = tuple(
+            b.strip() for item in items for b in str(item).split(",") if b.strip()
+        )
     if cfg is None:
         return EvalConfig(**overrides)
     return cfg.replace(**overrides) if overrides else cfg
@@ -353,25 +428,28 @@ def _config(cfg: EvalConfig | None, overrides: dict[str, Any]) -> EvalConfig:
 def evaluate(
     cfg: EvalConfig | None = None,
     *,
-    engine: Any = None,
-    verifier: Any = None,
+    engine: Engine | str | None = None,
+    verifier: Verifier | None = None,
     **overrides: Any,
 ) -> EvalResult:
-    """Sample, grade and score ``cfg.model`` on ``cfg.benchmarks``; write to ``cfg.out``.
+    """Sample, grade and score ``cfg.model`` on ``cfg.benchmarks``; write to ``cfg.output_dir``.
 
-    ``evaluate(EvalConfig(...))`` or ``evaluate(model=..., out=..., benchmarks="math500,amc23")``.
+    ``evaluate(EvalConfig(...))`` or ``evaluate(model=..., output_dir=..., benchmarks="math500,amc23")``.
     ``engine``: an already built Engine (anything with ``generate`` and a
     ``tokenizer``) instead of ``load_engine(cfg.engine, cfg.model)``;
     ``verifier``: anything with ``verdicts(preds, golds)`` instead of
     ``Verifier(fallback=cfg.verifier_fallback, timeout_s=cfg.verifier_timeout_s)``.
     """
+    if isinstance(engine, str):  # the EvalConfig field (--engine hf), not an Engine
+        overrides["engine"] = engine
+        engine = None
     cfg = _config(cfg, dict(overrides))
-    from onpolicy_sft.rewrite.prompts import train_prompt
+    from onpolicy_sft.prompts import eval_prompt, resolve_prompt_type
 
-    out = Path(cfg.out)
+    out = Path(cfg.output_dir)
+    problems = {b: load_benchmark(b, cfg.benchmark_dir, cfg.limit) for b in cfg.benchmarks}
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "eval_config.json")
-    problems = {b: load_benchmark(b, cfg.benchmark_dir, cfg.limit) for b in cfg.benchmarks}
 
     own_engine = engine is None
     if own_engine:
@@ -386,10 +464,11 @@ def evaluate(
 
         verifier = Verifier(fallback=cfg.verifier_fallback, timeout_s=cfg.verifier_timeout_s)
     label = cfg.label or Path(str(cfg.model).rstrip("/")).name or str(cfg.model)
+    prompt_type = resolve_prompt_type(cfg.prompt_type, _model_type(cfg.model, engine))
     results: dict[str, Any] = {
         "model": cfg.model,
         "label": label,
-        "config": cfg.to_dict(),
+        "config": {**cfg.to_dict(), "resolved_prompt_type": prompt_type},
         "benchmarks": {},
     }
     try:
@@ -401,21 +480,29 @@ def evaluate(
                 # kept, not regenerated: a crash on benchmark 5 loses nothing of 1-4.
                 done_file = partial / f"{bench}.json"
                 done_samples = partial / f"{bench}.samples.jsonl"
-                if done_file.exists() and done_samples.exists():
-                    done = json.loads(done_file.read_text(encoding="utf-8"))
-                    if done.get("config") == json.loads(
-                        json.dumps(cfg.to_dict(), default=str)
-                    ) and done.get("model_fingerprint") == _model_fingerprint(cfg.model):
-                        results["benchmarks"][bench] = done["entry"]
-                        samples_file.write(done_samples.read_text(encoding="utf-8"))
-                        print(
-                            f"eval: {bench}: kept from an earlier run ({done_file})",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-                        continue
+                fingerprint = {
+                    "config": json.loads(json.dumps(cfg.to_dict(), default=str)),
+                    "model_fingerprint": _model_fingerprint(cfg.model),
+                    "benchmark_fingerprint": benchmark_fingerprint(probs),
+                }
+                kept, why = _earlier_result(done_file, done_samples, fingerprint)
+                if kept is not None:
+                    results["benchmarks"][bench] = kept
+                    samples_file.write(done_samples.read_text(encoding="utf-8"))
+                    print(
+                        f"eval: {bench}: kept from an earlier run ({done_file})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    continue
+                if why:
+                    print(
+                        f"eval: {bench}: re-evaluating, {why} since the earlier run ({done_file})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 bench_lines: list[str] = []
-                prompts = [train_prompt(engine.tokenizer, p.problem) for p in probs]
+                prompts = [eval_prompt(engine.tokenizer, p.problem, prompt_type) for p in probs]
                 print(
                     f"eval: {bench}: {len(probs)} problems x {cfg.n} samples ...",
                     file=sys.stderr,
@@ -473,17 +560,9 @@ def evaluate(
                 entry["correct_counts"] = {p.id: sum(c) for p, c in zip(probs, correct)}
                 results["benchmarks"][bench] = entry
                 samples_file.writelines(bench_lines)
-                tmp = done_samples.with_suffix(".tmp")
-                tmp.write_text("".join(bench_lines), encoding="utf-8")
-                os.replace(tmp, done_samples)
-                _write_json(
-                    done_file,
-                    {
-                        "config": cfg.to_dict(),
-                        "model_fingerprint": _model_fingerprint(cfg.model),
-                        "entry": entry,
-                    },
-                )
+                # samples first: a result file is only trusted with its samples beside it
+                write_text(done_samples, "".join(bench_lines))
+                write_json(done_file, {**fingerprint, "entry": entry})
                 print(
                     f"eval: {bench}: avg@{cfg.n} = {entry[f'avg@{cfg.n}']:.2f}",
                     file=sys.stderr,
@@ -496,7 +575,7 @@ def evaluate(
         if own_engine and hasattr(engine, "close"):
             engine.close()  # vLLM: give the GPU memory back (several evaluations per process)
     results["average"] = _average(results["benchmarks"])
-    _write_json(out / "results.json", results)
+    write_json(out / "results.json", results)
     md = results_markdown([results])
     (out / "results.md").write_text(md, encoding="utf-8")
     return EvalResult(out=str(out), results=results, markdown=md)
@@ -523,7 +602,11 @@ def combine(paths: Sequence[str | os.PathLike[str]]) -> str:
         path = Path(p)
         if path.is_dir():
             path = path / "results.json"
-        results.append(json.loads(path.read_text(encoding="utf-8")))
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"--combine {p}: no results.json there; pass the --output_dir of a finished eval"
+            )
+        results.append(load_saved_json(path, "rerun that eval to write it again"))
     return results_markdown(results)
 
 

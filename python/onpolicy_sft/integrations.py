@@ -1,56 +1,71 @@
-"""PolicyLoss inside existing training code, without ever building the (N, V) logits.
+"""The one mechanism that attaches PolicyLoss to a causal LM, and the ways in to it.
 
-Two ways in, one mechanism underneath:
-
-- :func:`compute_loss_func` returns a callable for the ``compute_loss_func``
-  argument of a transformers ``Trainer``. Plain training code keeps its
-  model, data and optimiser; only the loss changes. TRL's ``SFTTrainer``
-  (>= 1.16) takes the same callable: it calls it on the model's output and
-  computes its own metrics in a separate gradient-free forward through its
-  chunked LM head, so our zero-width logits never reach them.
-- ``onpolicy-sft train`` (:mod:`onpolicy_sft.train`) uses :class:`LossHead`
-  directly and computes the loss *inside* the lm_head's own forward.
-
-Both rely on :class:`LossHead`: it replaces the ``forward`` of the model's
-output embedding (``model.get_output_embeddings()``, the lm_head ``Linear``)
-so that, while armed, it receives the final hidden state ``(B, T, H)`` and
-returns zero-width logits ``(B, T, 0)`` instead of ``(B, T, V)``. The loss
-then runs on the hidden state and ``lm_head.weight`` through
-:class:`onpolicy_sft.losses.PolicyLoss` (chunked torch on CPU, fused Triton
-on CUDA), which never materialises the logits either. In evaluation
+:class:`LossHead` replaces the ``forward`` of the model's output embedding
+(``model.get_output_embeddings()``, the lm_head ``Linear``): while armed it
+receives the final hidden state ``(B, T, H)`` and returns zero-width logits
+``(B, T, 0)`` instead of ``(B, T, V)``. :func:`policy_loss_from_hidden` -- the
+only place labels are shifted and supervised positions selected -- then runs
+:class:`onpolicy_sft.losses.PolicyLoss` on the hidden state and
+``lm_head.weight``, which never materialises the logits either. In evaluation
 (``model.eval()``) the armed head returns the real logits as well; disarmed
 (generation) it behaves exactly as before.
 
-Where the weight is read matters for sharded training: the trainer path
-computes the loss while the lm_head's forward runs, i.e. while FSDP or
-DeepSpeed ZeRO-3 hold the gathered weight. The drop-in path cannot (a
-transformers Trainer pops ``labels`` before the forward), so it computes the
-loss right after the forward from ``lm_head.weight``: correct on one device,
-with DDP, and with FSDP2 (whose root module keeps its parameters gathered
-until backward); with ZeRO-3 or FSDP1 use ``onpolicy-sft train``.
+The ways in, all built on it:
+
+- :class:`PolicyLossMixin`: ``class T(PolicyLossMixin, Trainer)`` computes the
+  loss *inside* the lm_head's forward, while FSDP or DeepSpeed ZeRO-3 hold the
+  gathered weight (``onpolicy-sft train`` uses it, and so does
+  :class:`PolicySFTTrainer`, TRL's ``SFTTrainer`` with this loss);
+- :func:`compute_loss_func`: a callable for the ``compute_loss_func`` argument
+  of a plain transformers ``Trainer`` (TRL's ``SFTTrainer`` deprecates it and
+  runs a second forward for it: use :class:`PolicySFTTrainer` there). A
+  Trainer pops ``labels`` before the forward, so the loss runs right after it
+  from ``lm_head.weight``: correct on one device, with DDP and with FSDP2
+  (whose root module keeps its parameters gathered until backward); with ZeRO-3
+  or FSDP1 use the mixin;
+- :func:`patch_model`: ``model(input_ids, labels=...)`` returns the loss.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from onpolicy_sft.config import IGNORE_INDEX
+from onpolicy_sft.losses import LossOutput, PolicyLoss
+from onpolicy_sft.models import logit_transform
+
 if TYPE_CHECKING:  # pragma: no cover
-    from onpolicy_sft.losses import LossOutput, PolicyLoss
+    from onpolicy_sft.training.sft_trainer import PolicySFTConfig, PolicySFTTrainer
 
 __all__ = [
     "LossHead",
     "PolicyLossFunc",
+    "PolicyLossMixin",
+    "PolicySFTConfig",
+    "PolicySFTTrainer",
     "SelectedLoss",
     "compute_loss_func",
+    "count_sequences",
+    "patch_model",
     "policy_loss_from_hidden",
+    "unpatch_model",
 ]
 
-IGNORE_INDEX = -100
+
+def __getattr__(name: str) -> Any:
+    # The TRL trainer lives in the trl extra: imported on first use only.
+    if name in ("PolicySFTTrainer", "PolicySFTConfig"):
+        from onpolicy_sft.training import sft_trainer
+
+        return getattr(sft_trainer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -185,6 +200,9 @@ class LossHead:
                 "(model.get_output_embeddings() is None); PolicyLoss needs a causal LM "
                 "whose lm_head is a Linear layer"
             )
+        problem = logit_transform(model)
+        if problem:
+            raise ValueError(f"{problem}; the fused loss does not implement that")
         self.model = model
         self.module = head
         self.loss_fn = loss_fn
@@ -270,13 +288,6 @@ class LossHead:
             self._capture = False
 
 
-def build_policy_loss(scheme: str, **kwargs: Any) -> PolicyLoss:
-    """``PolicyLoss(scheme, **kwargs)``, imported lazily (torch + kernels)."""
-    from onpolicy_sft.losses import PolicyLoss
-
-    return PolicyLoss(scheme, **kwargs)
-
-
 class PolicyLossFunc:
     """A ``compute_loss_func`` for transformers' Trainer: ``(outputs, labels, num_items_in_batch)``.
 
@@ -291,7 +302,7 @@ class PolicyLossFunc:
     The returned loss is the sum of weighted token losses divided by
     ``num_items_in_batch`` (the Trainer's count of supervised tokens over the
     whole accumulated batch), so gradient accumulation gives the same
-    gradient as one large batch -- the default normalisation of METHODS.md.
+    gradient as one large batch -- the default normalisation of docs/methods.md.
     Without ``num_items_in_batch`` it is PolicyLoss's own normalisation.
     With ``normalize="sequence"`` a training loss is the micro-batch's mean
     over sequences divided by ``gradient_accumulation_steps`` and, on several
@@ -312,7 +323,7 @@ class PolicyLossFunc:
         average_tokens_across_devices: bool = True,
     ) -> None:
         self.loss_fn = loss_fn
-        self.normalize = loss_fn.spec.normalize
+        self.normalize = loss_fn.config.normalize
         self.gradient_accumulation_steps = gradient_accumulation_steps
         self.average_tokens_across_devices = average_tokens_across_devices
         self.head: LossHead | None = None
@@ -453,8 +464,237 @@ def compute_loss_func(
     See examples/compute_loss_func_trainer.py for a runnable script.
     """
     return PolicyLossFunc(
-        build_policy_loss(scheme, **loss_kwargs),
+        PolicyLoss(scheme, **loss_kwargs),
         model=model,
         gradient_accumulation_steps=gradient_accumulation_steps,
         average_tokens_across_devices=average_tokens_across_devices,
     )
+
+
+def count_sequences(labels: torch.Tensor, seq_ids: torch.Tensor | None = None) -> int:
+    """Sequences with at least one supervised (shifted) label in a (B, T) batch."""
+    target = labels[:, 1:] != IGNORE_INDEX
+    if seq_ids is not None:
+        return int(torch.unique(seq_ids[:, 1:][target]).numel())
+    return int(target.any(dim=1).sum())
+
+
+def _to_float(v: Any) -> float | None:
+    if torch.is_tensor(v):
+        if v.numel() != 1:
+            return None
+        return float(v.detach().float().item())
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    return None
+
+
+class PolicyLossMixin:
+    """A transformers ``Trainer`` (or subclass, e.g. TRL's ``SFTTrainer``) whose loss is
+    PolicyLoss computed inside the lm_head's forward (:class:`LossHead`).
+
+    ``class MyTrainer(PolicyLossMixin, Trainer)``; extra keyword argument
+    ``loss_fn`` (a PolicyLoss). Batches carry ``labels`` (unshifted, -100
+    off-response) and optionally ``behavior_logprobs`` and ``seq_ids`` (B, T).
+    Logged per step besides the loss: nll, tokens and PolicyLoss's statistics.
+    """
+
+    # Our loss is already a share of the global-batch mean (normalised by the
+    # Trainer's count over all accumulation steps and devices).
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args: Any, loss_fn: PolicyLoss, **kwargs: Any):
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        assert self.model is not None  # transformers.Trainer requires a model
+        self.loss_head = LossHead.install(self.model, loss_fn)
+        self.normalize = loss_fn.config.normalize
+        self._reset_stats()
+        self._seqs_in_batch: torch.Tensor | int | None = None
+
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> Any:
+        batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.normalize == "sequence" and batch_samples:
+            total: torch.Tensor | int = torch.tensor(
+                sum(count_sequences(b["labels"], b.get("seq_ids")) for b in batch_samples),
+                device=device,
+            )
+            args = self.args
+            if args.average_tokens_across_devices and args.world_size > 1:
+                total = self.accelerator.gather(total).sum()
+            self._seqs_in_batch = total
+        return batch_samples, num_items
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> Any:
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        behavior = inputs.pop("behavior_logprobs", None)
+        seq_ids = inputs.pop("seq_ids", None)
+        # No KV cache in training: it costs memory, and transformers only honours
+        # packed position_ids (no cross-sequence attention) without one.
+        inputs.setdefault("use_cache", False)
+        if model.training:
+            self._ramp_idft()
+        tokens = self.normalize == "tokens"
+        # micro_batch: PolicyLoss divides by this micro-batch's own tokens and, with
+        # loss_is_scaled_for_ga False below, the Trainer divides by the accumulation steps
+        # and DDP averages over ranks: the mean over micro-batches, as verl's SFT trainer
+        total = (
+            num_items_in_batch
+            if tokens
+            else None
+            if self.normalize == "micro_batch"
+            else self._seqs_in_batch
+        )
+        with self.loss_head.batch(labels, behavior, seq_ids, normalizer=total if tokens else None):
+            outputs = model(**inputs)
+        res = self.loss_head.result
+        if res is None:
+            raise RuntimeError(
+                "the model's forward never called its lm_head; PolicyTrainer needs a causal "
+                "LM whose forward ends in model.get_output_embeddings()"
+            )
+        loss = res.output.loss if tokens or total is None else scale_to_global(res, total)
+        args = self.args
+        # Same correction transformers' compute_loss applies: DDP averages
+        # gradients over ranks, while `total` already counts every rank.
+        self.loss_is_scaled_for_ga = total is not None
+        if total is not None and args.average_tokens_across_devices and args.world_size > 1:
+            loss = loss * self.accelerator.num_processes
+        if model.training:
+            self._record(res)
+        return (loss, outputs) if return_outputs else loss
+
+    def _ramp_idft(self) -> None:
+        """The authors' IDFT exponent schedule: lambda_t from the share of steps done."""
+        loss_fn = self.loss_head.loss_fn
+        cfg = loss_fn.config
+        if not cfg.idft_ramped:
+            return
+        state = self.state  # type: ignore[attr-defined]
+        lam = cfg.idft_lambda_at(state.global_step / max(int(state.max_steps or 0), 1))
+        if lam != cfg.idft_lambda:
+            loss_fn.config = cfg.replace(idft_lambda=lam)
+        self._idft_lambda = lam
+
+    def _record(self, res: SelectedLoss) -> None:
+        """Accumulate PolicyLoss's statistics for the next log line (rank 0's view).
+
+        Logged per step: loss (the weighted objective), nll (mean -log p of the
+        response tokens: the plain likelihood of the training data, comparable
+        across schemes), mean/max weight, ESS fraction, clipped fraction, mean
+        entropy and phi (PolicyLoss's stats, averaged over micro-batches), and
+        tokens (supervised tokens since the last log).
+        """
+        out = res.output
+        for k, v in (getattr(out, "stats", None) or {}).items():
+            if k == "tokens":
+                continue
+            f = _to_float(v)
+            if f is not None and math.isfinite(f):
+                self._stat_sums[k] = self._stat_sums.get(k, 0.0) + f
+                self._stat_counts[k] = self._stat_counts.get(k, 0) + 1
+        lp = getattr(out, "logprobs", None)
+        if torch.is_tensor(lp) and lp.numel():
+            self._nll_sum += float(-lp.detach().float().sum())
+        self._tokens += res.num_tokens
+        self._stat_count += 1
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if self._stat_count and "loss" in logs:
+            if self._tokens:
+                logs["nll"] = self._nll_sum / self._tokens
+            logs["tokens"] = float(self._tokens)
+            if getattr(self, "_idft_lambda", None) is not None:
+                logs["idft_lambda"] = float(self._idft_lambda)
+            for k, v in self._stat_sums.items():
+                logs[k] = v / self._stat_counts[k]
+            self._reset_stats()
+        super().log(logs, *args, **kwargs)
+
+    def _reset_stats(self) -> None:
+        self._stat_sums: dict[str, float] = {}
+        self._stat_counts: dict[str, int] = {}
+        self._stat_count = 0
+        self._nll_sum = 0.0
+        self._tokens = 0
+
+
+def patch_model(model: Any, loss_fn: PolicyLoss) -> Any:
+    """Make a transformers causal LM compute ``loss_fn`` inside its forward (via :class:`LossHead`).
+
+    After patching, ``model(input_ids, attention_mask, labels=labels, ...)``
+    returns an output whose ``loss`` is ``loss_fn``'s and whose ``logits`` is
+    None. Labels follow the transformers convention ((B, T), -100 off-response,
+    shifted here); ``shift_labels`` (already shifted) works too. Optional extra
+    inputs: ``behavior_logprobs`` and ``seq_ids`` (B, T) aligned with
+    ``labels``, and ``num_items_in_batch`` (the Trainer's) as the normaliser Z
+    for normalize="tokens". The full :class:`LossOutput` of the last call is
+    ``model.policy_loss_output``. Without labels forward is unchanged.
+    Returns the model (patched in place); :func:`unpatch_model` undoes it.
+    """
+    head = LossHead.install(model, loss_fn)
+    if "forward" in model.__dict__:
+        return model
+    original = model.forward
+
+    @functools.wraps(original)
+    def forward(
+        *args: Any,
+        labels: torch.Tensor | None = None,
+        shift_labels: torch.Tensor | None = None,
+        behavior_logprobs: torch.Tensor | None = None,
+        seq_ids: torch.Tensor | None = None,
+        num_items_in_batch: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        if labels is None and shift_labels is None:
+            return original(*args, **kwargs)
+        if labels is None:
+            assert shift_labels is not None
+            if bool((shift_labels[:, -1] != IGNORE_INDEX).any()):
+                raise ValueError(
+                    "shift_labels has a label in its last column, which no position predicts;"
+                    " pass unshifted labels instead"
+                )
+            labels = torch.cat(
+                [torch.full_like(shift_labels[:, :1], IGNORE_INDEX), shift_labels[:, :-1]], 1
+            )
+            if behavior_logprobs is not None:
+                behavior_logprobs = torch.cat(
+                    [torch.zeros_like(behavior_logprobs[:, :1]), behavior_logprobs[:, :-1]], 1
+                )
+        kwargs.pop("logits_to_keep", None)  # every position's hidden state is needed
+        with head.batch(labels, behavior_logprobs, seq_ids, normalizer=num_items_in_batch):
+            outputs = original(*args, **kwargs)
+        assert head.result is not None
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+
+        model.policy_loss_output = head.result.output
+        return CausalLMOutputWithPast(
+            loss=head.result.output.loss,
+            logits=None,
+            past_key_values=getattr(outputs, "past_key_values", None),
+            hidden_states=getattr(outputs, "hidden_states", None),
+            attentions=getattr(outputs, "attentions", None),
+        )
+
+    model.forward = forward
+    model.policy_loss_output = None
+    return model
+
+
+def unpatch_model(model: Any) -> Any:
+    """Undo :func:`patch_model` (restores the original forward and lm_head)."""
+    head = getattr(model, LossHead._ATTR, None)
+    if head is not None:
+        head.remove()
+    if "forward" in model.__dict__:
+        del model.forward  # back to the class's forward
+    model.policy_loss_output = None
+    return model

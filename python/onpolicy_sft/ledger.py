@@ -7,12 +7,20 @@ before it returns, so a crash (even SIGKILL) loses nothing acknowledged and
 never leaves half a batch behind. One writer at a time (a ``flock`` on
 ``<dir>/LOCK``); readers may open a ledger that is being written.
 
-Tiers (METHODS.md, three-tier rewriting): a problem's tier is the earliest
+Tiers (docs/methods.md, three-tier rewriting): a problem's tier is the earliest
 stage (self < guided < hinted) with a correct attempt, else ``"expert"``.
+
+A (problem, stage, sample_index) is recorded once: recording the same attempt
+again is a no-op (so a rerun may simply record a batch again), a different one
+with the same key is refused. Each problem may carry a fingerprint of its data
+(:func:`problem_fingerprint`); :meth:`Ledger.add_problems` with fingerprints
+sets aside the old attempts of a problem whose data changed, so a rerun on an
+edited dataset redoes exactly the changed problems.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -33,6 +41,8 @@ __all__ = [
     "LedgerError",
     "LedgerLockedError",
     "LedgerWarning",
+    "ProblemSync",
+    "problem_fingerprint",
 ]
 
 STAGES = ("self", "guided", "hinted")
@@ -44,6 +54,68 @@ _CHUNK = 4096  # attempts read back per call when iterating an Assignment
 
 class LedgerWarning(UserWarning):
     """Something was cut or repaired when a ledger was opened (the message says what)."""
+
+
+def problem_fingerprint(problem: str, solution: str, reference: str | None) -> str:
+    """A 32-character hex digest of one problem's data (text, solution, reference answer).
+
+    Store it with :meth:`Ledger.add_problems` (``fingerprints=``); when a
+    rerun's fingerprint differs, the problem changed and its old attempts are
+    set aside. Each field is length-prefixed, so no two different triples
+    share a digest by concatenation, and ``None`` differs from ``""``.
+    """
+    h = hashlib.blake2b(digest_size=_core.FINGERPRINT_BYTES, person=b"onpolicy-sft-pb1")
+    for name, value in (("problem", problem), ("solution", solution), ("reference", reference)):
+        if value is None and name == "reference":
+            h.update(b"\x00")
+            continue
+        if not isinstance(value, str):
+            raise TypeError(
+                f"problem_fingerprint: {name} must be a str"
+                f"{' or None' if name == 'reference' else ''}, got {type(value).__name__} {value!r}"
+            )
+        data = value.encode("utf-8", "surrogatepass")
+        h.update(b"\x01" + len(data).to_bytes(8, "little") + data)
+    return h.hexdigest()
+
+
+def _fingerprint_bytes(fingerprints: Sequence[str], n: int) -> bytes:
+    if isinstance(fingerprints, str):
+        raise TypeError("fingerprints must be a sequence of str, one per id, not one str")
+    fps = list(fingerprints)
+    if len(fps) != n:
+        raise ValueError(f"got {n} ids but {len(fps)} fingerprints; pass one fingerprint per id")
+    width = 2 * _core.FINGERPRINT_BYTES
+    out = bytearray()
+    for i, fp in enumerate(fps):
+        try:
+            if not isinstance(fp, str) or len(fp) != width:
+                raise ValueError
+            out += bytes.fromhex(fp)
+        except ValueError:
+            raise ValueError(
+                f"fingerprint #{i} is {fp!r}, not {width} hex digits; compute it with"
+                " onpolicy_sft.ledger.problem_fingerprint(problem, solution, reference)"
+            ) from None
+    return bytes(out)
+
+
+@dataclass(frozen=True)
+class ProblemSync:
+    """What :meth:`Ledger.add_problems` did: counts of problems ``added`` (new),
+    ``unchanged``, ``adopted`` (known, recorded without a fingerprint, same
+    reference: fingerprint stored), the ids of the ``changed`` ones whose old
+    attempts were set aside, and how many attempts that set aside."""
+
+    added: int
+    unchanged: int
+    adopted: int
+    changed: list[str]
+    set_aside_attempts: int
+
+
+def _type_name(value: object) -> str:
+    return f"{type(value).__name__} {value!r}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,6 +171,30 @@ class Attempt:
         )
 
     __hash__ = object.__hash__
+
+    def __post_init__(self) -> None:
+        # bool is a subclass of int and any object is truthy or falsy, so a
+        # wrong type here would be stored as a wrong value without a word
+        where = f"Attempt(problem_id={self.problem_id!r}, stage={self.stage!r}, sample_index={self.sample_index!r})"
+        for name in ("problem_id", "stage", "text", "reason"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(
+                    f"{where}: {name} must be a str, got {_type_name(getattr(self, name))}"
+                )
+        if not isinstance(self.correct, (bool, np.bool_)):
+            raise TypeError(
+                f"{where}: correct must be a bool (True or False), got {_type_name(self.correct)}"
+            )
+        if isinstance(self.sample_index, (bool, np.bool_)) or not isinstance(
+            self.sample_index, (int, np.integer)
+        ):
+            raise TypeError(
+                f"{where}: sample_index must be an int, got {_type_name(self.sample_index)}"
+            )
+        if isinstance(self.token_ids, (str, bytes)):
+            raise TypeError(
+                f"{where}: token_ids must be a sequence of ints, got {_type_name(self.token_ids)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -195,6 +291,19 @@ class Assignment:
         return f"Assignment({len(self)} problems, tiers={self.tiers()}, selection={self.selection!r}, seed={self.seed})"
 
 
+def _check_finite(values: np.ndarray, offsets: np.ndarray, name: str, who: Any) -> None:
+    """Refuse NaN/inf log-probs, naming the attempt (``who(k)`` for the k-th array) and position."""
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad):
+        at = int(bad[0])
+        k = int(np.searchsorted(offsets, at, side="right")) - 1
+        raise ValueError(
+            f"{who(k)}: {name}[{at - int(offsets[k])}] is {float(values[at])}; log-probs must be"
+            " finite (a NaN or inf comes from an overflow in the engine or scoring: drop the"
+            " sample or score it again)"
+        )
+
+
 def _check_selection(selection: str) -> None:
     if selection not in SELECTIONS:
         raise ValueError(f"selection {selection!r} unknown; use one of {', '.join(SELECTIONS)}")
@@ -231,8 +340,8 @@ class Ledger:
         A torn tail left by a crash is cut with a :class:`LedgerWarning`
         (bytes and records dropped). Damage in the middle of a file raises
         :class:`LedgerCorruptError` naming file and offset, unless
-        ``repair=True``, which keeps everything before it and moves the rest
-        aside. A second writer gets :class:`LedgerLockedError` naming the holder.
+        ``repair=True`` (``onpolicy-sft ledger repair DIR`` from the shell),
+        which keeps everything before it and moves the rest aside. A second writer gets :class:`LedgerLockedError` naming the holder.
         """
         core = _open_core(
             os.fspath(path),
@@ -280,9 +389,62 @@ class Ledger:
     def problem_ids(self) -> list[str]:
         return list(self._live().problem_ids())
 
-    def add_problems(self, ids: Sequence[str], references: Sequence[str]) -> None:
-        """Add problems with their references (expert solutions). Idempotent."""
-        self._live().add_problems(list(ids), list(references))
+    def add_problems(
+        self,
+        ids: Sequence[str],
+        references: Sequence[str],
+        fingerprints: Sequence[str] | None = None,
+        *,
+        on_change: str = "set_aside",
+    ) -> ProblemSync:
+        """Add problems with their references (expert solutions). Idempotent.
+
+        Without ``fingerprints`` a known id with a different reference is an
+        error. With them (one :func:`problem_fingerprint` per id), a known
+        problem whose fingerprint differs has *changed*: with
+        ``on_change="set_aside"`` its attempts and finished stages are set
+        aside (kept on disk, no longer used for tiers, ``pending`` or stats,
+        counted under ``stats()["set_aside"]``) and its new reference and
+        fingerprint recorded, all in one durable commit, so a crash leaves
+        either the old state or the new; with ``on_change="error"`` nothing is
+        written and :class:`LedgerError` names the changed problems. A known
+        problem recorded without a fingerprint and with the same reference
+        adopts the new one (it cannot be told whether it changed otherwise).
+        """
+        if isinstance(ids, str) or isinstance(references, str):
+            raise TypeError("ids and references must be sequences of str, not one str")
+        ids, references = list(ids), list(references)
+        fps = None if fingerprints is None else _fingerprint_bytes(fingerprints, len(ids))
+        r = self._live().sync_problems(ids, references, fps, on_change)
+        return ProblemSync(
+            added=int(r["added"]),
+            unchanged=int(r["unchanged"]),
+            adopted=int(r["adopted"]),
+            changed=list(r["changed"]),
+            set_aside_attempts=int(r["set_aside_attempts"]),
+        )
+
+    def set_aside(self, problem_ids: Sequence[str]) -> tuple[int, int]:
+        """Set aside every attempt and finished stage of these problems (they are
+        redone from the first stage); returns (problems, attempts) set aside.
+        The records stay on disk; durable when it returns."""
+        if isinstance(problem_ids, str):
+            raise TypeError("problem_ids must be a sequence of str, not one str")
+        problems, attempts = self._live().set_aside(list(problem_ids))
+        return int(problems), int(attempts)
+
+    def fingerprints(self) -> dict[str, str]:
+        """The recorded fingerprint of each problem that has one, in ledger order."""
+        core = self._live()
+        width = _core.FINGERPRINT_BYTES
+        raw = core.fingerprints()
+        none = bytes(width)
+        out = {}
+        for i, pid in enumerate(core.problem_ids()):
+            fp = raw[i * width : (i + 1) * width]
+            if fp != none:
+                out[pid] = fp.hex()
+        return out
 
     def record(self, attempts: Sequence[Attempt]) -> None:
         """Record attempts; durable when it returns; all-or-nothing per call."""
@@ -319,19 +481,37 @@ class Ledger:
                 f" base_logprobs has {base_lens[i]} values but token_ids has {tok_lens[i]};"
                 " give one log-prob per response token, or None"
             )
+        offsets = np.concatenate([[0], np.cumsum(tok_lens)])
+
+        def who(row: int) -> str:
+            a = attempts[row]
+            return f"attempt #{row} (problem {a.problem_id!r}, stage {a.stage}, sample {a.sample_index})"
+
         if tok_lens.sum():
             tok = np.concatenate([np.asarray(t) for t in toks if len(t)])
             if tok.dtype.kind not in "iu" or (tok.size and (tok.min() < 0 or tok.max() >= 2**32)):
-                raise ValueError(
-                    "token_ids must be integers in 0..2**32 (got dtype"
-                    f" {tok.dtype}, range {tok.min()}..{tok.max()})"
-                )
+                for row, t in enumerate(toks):
+                    t = np.asarray(t)
+                    if t.size and (t.dtype.kind not in "iu" or t.min() < 0 or t.max() >= 2**32):
+                        raise ValueError(
+                            f"{who(row)}: token_ids must be integers in 0..2**32 (got dtype"
+                            f" {t.dtype}, range {t.min()}..{t.max()})"
+                        )
             tokens = tok.astype("<u4", copy=False).tobytes()
-            behavior = np.concatenate(blps).astype("<f4", copy=False).tobytes()
+            behavior_f32 = np.concatenate(blps).astype("<f4", copy=False)
+            _check_finite(behavior_f32, offsets, "behavior_logprobs", who)
+            behavior = behavior_f32.tobytes()
         else:
             tokens = behavior = b""
         present = [b for b in bases if b is not None and len(b)]
-        base = np.concatenate(present).astype("<f4", copy=False).tobytes() if present else b""
+        if present:
+            base_f32 = np.concatenate(present).astype("<f4", copy=False)
+            rows = [i for i, b in enumerate(bases) if b is not None and len(b)]
+            base_off = np.concatenate([[0], np.cumsum([len(bases[i]) for i in rows])])
+            _check_finite(base_f32, base_off, "base_logprobs", lambda k: who(rows[k]))
+            base = base_f32.tobytes()
+        else:
+            base = b""
         core.record(
             attempts,
             tok_lens.astype("<u4").tobytes(),
@@ -377,7 +557,8 @@ class Ledger:
 
     def stats(self, selection: str = "likeliest", seed: int = 0) -> dict[str, Any]:
         """Counts per tier, pass rate per stage, mean base log-prob per tier (of the
-        attempts ``selection`` chooses), index memory and disk size."""
+        attempts ``selection`` chooses), problems with a fingerprint, what was set
+        aside (``set_aside``: problems, attempts), index memory and disk size."""
         _check_selection(selection)
         s = dict(self._live().stats(selection, seed))
         # undefined rates and means are None (not NaN) so the dict serialises as JSON

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from onpolicy_sft import _core
-from onpolicy_sft.verify import Verdict, Verifier, _check_threads, verify_batch
+from onpolicy_sft.verify import Verdict, Verifier, check_threads, verify_batch
 
 __all__ = [
     "FALLBACK_MAX_BYTES",
@@ -191,7 +191,7 @@ class MathReward:
             isinstance(fallback_workers, int) and fallback_workers >= 1
         ):
             raise ValueError(f"fallback_workers={fallback_workers!r} must be a positive integer")
-        _check_threads(threads)
+        check_threads(threads)
         self.answer_column = answer_column
         self.fallback = fallback
         self.deadline_s = float(deadline_s)

@@ -122,3 +122,44 @@ def build_tiny_model(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def example_arguments(description: str) -> Any:
+    """The flags the examples/ scripts share (``--model``, ``--scheme``, ``--steps``,
+    ``--learning_rate``); without ``--model`` a tiny local model is built in a temp dir;
+    ``workdir`` is where the script may write, ``training`` the training arguments."""
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
+    parser.add_argument("--model", default=None, help="model dir or name (default: a tiny one)")
+    parser.add_argument("--scheme", default="dft", choices=("sft", "dft", "idft"))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--learning_rate", "--learning-rate", type=float, default=3e-3)
+    args = parser.parse_args()
+    args.workdir = tempfile.mkdtemp(prefix="onpolicy_sft_example_")
+    if args.model is None:
+        args.model = str(build_tiny_model(f"{args.workdir}/tiny"))
+    # what both examples give TrainingArguments / SFTConfig
+    args.training = dict(
+        output_dir=f"{args.workdir}/out",
+        per_device_train_batch_size=4,
+        learning_rate=args.learning_rate,
+        max_steps=args.steps,
+        lr_scheduler_type="constant",
+        logging_steps=5,
+        save_strategy="no",
+        report_to=[],
+    )
+    return args
+
+
+def report_example(scheme: str, loss_func: Any, trainer: Any) -> list[dict[str, Any]]:
+    """Print the last step's PolicyLoss statistics and the logged losses; return the logs."""
+    last = loss_func.last
+    assert last is not None
+    stats = {k: round(float(v), 4) for k, v in last.output.stats.items()}
+    print(f"scheme={scheme}: final step stats {stats}")
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    print(f"logged losses: {[round(h['loss'], 4) for h in logs]}")
+    return logs

@@ -1,8 +1,8 @@
 """Answer verification: a Rust fast path with a math-verify fallback.
 
 The reference for "is this answer correct" is math-verify 0.9.0,
-``verify(parse("\\boxed{" + gold + "}"), parse(prediction))`` (METHODS.md,
-"Verification semantics"). :func:`verify` and :func:`verify_batch` run the Rust
+``verify(parse("\\boxed{" + gold + "}"), parse(prediction))`` (docs/methods.md,
+"Verification"). :func:`verify` and :func:`verify_batch` run the Rust
 re-implementation (``onpolicy_sft._core``): it decides most pairs in
 microseconds and answers ``correct=None`` when it is not sure. :class:`Verifier`
 sends those undecided pairs to math-verify itself in a pool of spawned worker
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -27,7 +28,14 @@ from typing import Any
 from onpolicy_sft import _core
 from onpolicy_sft._callable import make_module_callable
 
-__all__ = ["Verdict", "Verifier", "extract_answer", "verify", "verify_batch"]
+__all__ = [
+    "Verdict",
+    "Verifier",
+    "extract_answer",
+    "reference_answer",
+    "verify",
+    "verify_batch",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +77,24 @@ def verify(prediction: str, gold: str, *, strict: bool = False) -> Verdict:
     return Verdict(*_core.verify(prediction, gold, bool(strict)))
 
 
+def max_threads() -> int:
+    """The most worker threads or processes a verifier takes: 4 x the cores (set in Rust)."""
+    return int(_core.VERIFY_MAX_THREADS)
+
+
+def check_threads(threads: int | None) -> int | None:
+    """``threads`` if it is None or an int in 1..max_threads(), else a ValueError saying so."""
+    if threads is None:
+        return None
+    cap = max_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= cap:
+        raise ValueError(
+            f"threads={threads!r} is out of range: pass an integer from 1 to {cap} (4 x the "
+            f"{cap // 4} cores), or None for one per core"
+        )
+    return threads
+
+
 def verify_batch(
     predictions: Sequence[str],
     golds: Sequence[str],
@@ -78,10 +104,11 @@ def verify_batch(
 ) -> list[Verdict]:
     """Fast-path verdicts for many pairs, in parallel in Rust (GIL released).
 
-    threads: worker threads, None (all cores) or 1..``_core.VERIFY_MAX_THREADS``
-        (4x the cores); anything else raises ValueError.
+    threads: worker threads, None (all cores) or 1..max_threads() (4x the cores);
+        anything else raises ValueError.
     strict: as in :func:`verify`.
     """
+    check_threads(threads)
     preds = list(predictions)
     gs = list(golds)
     if len(preds) != len(gs):
@@ -91,19 +118,7 @@ def verify_batch(
     for i, (p, g) in enumerate(zip(preds, gs)):
         _check_str(p, "prediction", i)
         _check_str(g, "gold", i)
-    _check_threads(threads)
     return [Verdict(*t) for t in _core.verify_batch(preds, gs, threads, bool(strict))]
-
-
-def _check_threads(threads: object) -> None:
-    cap = _core.VERIFY_MAX_THREADS
-    if threads is None:
-        return
-    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= cap:
-        raise ValueError(
-            f"threads={threads!r} is out of range; pass None (all cores) or an integer "
-            f"1..{cap} (at most 4x the {cap // 4} cores)"
-        )
 
 
 def extract_answer(text: str) -> str | None:
@@ -113,6 +128,38 @@ def extract_answer(text: str) -> str | None:
 
 
 # ------------------------------------------------------------------ fallback
+
+
+_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
+def reference_answer(solution: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` or ``\\fbox{...}`` of an expert solution, or None.
+
+    This is the only way a reference answer is taken from a solution (docs/methods.md,
+    "Reference answers"): the verifier's full ladder (last number, "the answer is")
+    is for model outputs; on a proof ending in "2(m+n)" it would make "2" the
+    reference. Braces nest; escaped ``\\{`` / ``\\}`` do not count. An empty or
+    unclosed box gives None.
+    """
+    boxes = list(_BOX.finditer(solution))
+    if not boxes:
+        return None
+    last = boxes[-1]
+    depth, i = 1, last.end()
+    while i < len(solution):
+        ch = solution[i]
+        if ch == "\\":
+            i += 2  # an escaped character (\{, \}, \\) never opens or closes a group
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return solution[last.end() : i].strip() or None
+        i += 1
+    return None  # the last box is never closed; an earlier box is not the final answer
 
 
 def _math_verify(prediction: str, gold: str) -> bool:
@@ -223,7 +270,7 @@ class Verifier:
     fallback: "math-verify" or None (undecided pairs then count as incorrect).
     timeout_s: deadline per fallback pair; a worker past it is killed and the
         pair counts as incorrect (reason "timeout").
-    threads: Rust threads and fallback worker processes (None = all cores).
+    threads: Rust threads and fallback worker processes, 1..max_threads() (None = all cores).
 
     After each call, ``last_stats`` holds counts: fast, fallback, timeouts, errors,
     undecided_without_fallback, and ``timeouts`` the indices that timed out.
@@ -239,7 +286,7 @@ class Verifier:
             raise ValueError(f"fallback={fallback!r} is not supported; use 'math-verify' or None")
         if not timeout_s > 0:
             raise ValueError(f"timeout_s={timeout_s!r} must be positive")
-        _check_threads(threads)
+        check_threads(threads)
         self.fallback = fallback
         self.timeout_s = float(timeout_s)
         self.threads = threads
@@ -303,7 +350,8 @@ class Verifier:
                     stats["fallback"] += 1
             if self.timeouts:
                 logger.warning(
-                    "math-verify timed out (%.1fs) on %d pair(s), counted as incorrect: indices %s",
+                    "math-verify timed out (%.1fs) on %d pair(s), counted as incorrect: "
+                    "0-based positions in this call %s",
                     self.timeout_s,
                     len(self.timeouts),
                     self.timeouts[:20],

@@ -14,8 +14,9 @@
 //! UTF-8 text, which keeps resynchronisation (looking for a valid frame after
 //! a bad one) from matching inside attempt texts.
 //!
-//! Kinds: PROBLEM, ATTEMPT, FINISH and COMMIT. Every mutating call (one
-//! `record`, `add_problems` or `finish_stage`) writes its frames followed by
+//! Kinds: PROBLEM, ATTEMPT, FINISH, COMMIT, FINGERPRINT and SET_ASIDE. Every
+//! mutating call (one `record`, `add_problems`, `finish_stage` or `set_aside`)
+//! writes its frames followed by
 //! one COMMIT frame carrying the number of frames it seals, in one `write`
 //! and one `fdatasync`. On replay, frames count only once their COMMIT is
 //! read, so a batch is either wholly present or wholly absent.
@@ -38,6 +39,17 @@
 //! (about 10-20 bytes per float) this is 4 bytes per value.
 //! `prev_loc` links the attempts of one problem backwards on disk, so the
 //! in-memory index needs only the newest location per problem.
+//!
+//! A PROBLEM frame for an id already present replaces its reference (written
+//! only together with a SET_ASIDE of that problem, when its text changed).
+//!
+//! FINGERPRINT payload: `count u32 | (problem u32 | digest [u8; 16]) * count`.
+//!
+//! SET_ASIDE payload: `count u32 | entry * count`, entry (36 bytes) =
+//! `problem u32 | attempts u32[3] | correct u32[3] | old_head u64`: the
+//! problem's attempts (counted per stage) leave the live view and its stage
+//! bits are cleared; the records stay on disk, reachable from `old_head`
+//! through `prev_loc`, and attempts recorded later start a new chain.
 
 use super::crc::{crc32c, crc32c_append};
 
@@ -53,6 +65,13 @@ pub const K_PROBLEM: u8 = 1;
 pub const K_ATTEMPT: u8 = 2;
 pub const K_FINISH: u8 = 3;
 pub const K_COMMIT: u8 = 4;
+pub const K_FINGERPRINT: u8 = 5;
+pub const K_SET_ASIDE: u8 = 6;
+
+/// Bytes of a problem fingerprint (a 128-bit digest).
+pub const FP_LEN: usize = 16;
+pub const FP_ENTRY: usize = 4 + FP_LEN;
+pub const SET_ASIDE_ENTRY: usize = 36;
 
 pub const ATTEMPT_HEAD: usize = 40;
 
@@ -150,7 +169,7 @@ pub fn check_frame(buf: &[u8], pos: usize) -> Result<Frame, BadFrame> {
         return Err(BadFrame::Invalid("bad frame magic"));
     }
     let kind = h[2];
-    if !(K_PROBLEM..=K_COMMIT).contains(&kind) || h[3] != 0 {
+    if !(K_PROBLEM..=K_SET_ASIDE).contains(&kind) || h[3] != 0 {
         return Err(BadFrame::Invalid("unknown frame kind"));
     }
     let len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;

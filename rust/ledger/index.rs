@@ -2,11 +2,12 @@
 //! (the only ones tier assignment can choose). Texts and arrays stay on disk.
 //!
 //! Memory per problem: id bytes + 4 (id end) + 16-32 (hash slots) + 8
-//! (reference location) + 8 (newest attempt location) + 3 (stage bits),
-//! plus 29 bytes per *correct* attempt. Incorrect attempts cost nothing
-//! here: `attempts()` follows the `prev_loc` chain on disk.
+//! (reference location) + 8 (newest attempt location) + 3 (stage bits) + 8
+//! (a one-word filter of its attempt keys), plus 16 once any problem has a
+//! fingerprint, plus 29 bytes per *correct* attempt. Incorrect attempts cost
+//! nothing here: `attempts()` follows the `prev_loc` chain on disk.
 
-use super::format::Loc;
+use super::format::{Loc, FP_LEN};
 
 pub const N_STAGES: usize = 3;
 pub const STAGE_NAMES: [&str; N_STAGES] = ["self", "guided", "hinted"];
@@ -104,6 +105,29 @@ pub struct Index {
     pub solved: Vec<u8>,
     pub tried: Vec<u8>,
     pub cands: Candidates,
+    pub counts: [StageCounts; N_STAGES],
+    /// per problem: one bit per (stage, sample_index) key hash of its live
+    /// attempts, so `record` looks for an earlier attempt with the same key
+    /// (on disk) only when the bit is set
+    pub key_bits: Vec<u64>,
+    /// per problem fingerprint (all zeros = none); empty until one is set
+    pub fp: Vec<[u8; FP_LEN]>,
+    /// problems whose attempts were set aside (counted once per set-aside)
+    /// and how many attempts that set aside, in total
+    pub set_aside_problems: u64,
+    pub set_aside_attempts: u64,
+}
+
+/// The bit of `key_bits` for an attempt key.
+pub fn key_bit(stage: u8, sample_index: u32) -> u64 {
+    1u64 << (mix64(((stage as u64) << 32) | sample_index as u64) & 63)
+}
+
+/// What a set-aside removes from the live view of one problem (the attempts
+/// stay on disk): its attempt counts per stage.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SetAside {
+    pub problem: u32,
     pub counts: [StageCounts; N_STAGES],
 }
 
@@ -221,6 +245,10 @@ impl Index {
                 self.finished.push(0);
                 self.solved.push(0);
                 self.tried.push(0);
+                self.key_bits.push(0);
+                if !self.fp.is_empty() {
+                    self.fp.push([0; FP_LEN]);
+                }
                 self.table[slot] = (h >> 32) << 32 | i as u64;
                 (i, true)
             }
@@ -243,6 +271,7 @@ impl Index {
         let bit = 1u8 << a.stage;
         self.last_attempt[p] = a.loc;
         self.tried[p] |= bit;
+        self.key_bits[p] |= key_bit(a.stage, a.sample_index);
         let c = &mut self.counts[a.stage as usize];
         c.attempts += 1;
         if a.correct {
@@ -258,6 +287,63 @@ impl Index {
             cs.text_len.push(a.text_len);
             cs.loc.push(a.loc);
         }
+    }
+
+    /// The fingerprint of problem `p`, if one was recorded.
+    pub fn fingerprint(&self, p: u32) -> Option<&[u8; FP_LEN]> {
+        self.fp.get(p as usize).filter(|f| **f != [0; FP_LEN])
+    }
+
+    pub fn set_fingerprint(&mut self, p: u32, fp: &[u8; FP_LEN]) {
+        if self.fp.is_empty() {
+            self.fp = vec![[0; FP_LEN]; self.len()];
+        }
+        self.fp[p as usize] = *fp;
+    }
+
+    /// Drop these problems' attempts and stage bits from the live view:
+    /// they start over as if never tried (their fingerprints are kept).
+    pub fn set_aside(&mut self, entries: &[SetAside]) {
+        if entries.is_empty() {
+            return;
+        }
+        let mut gone = vec![false; self.len()];
+        for e in entries {
+            let p = e.problem as usize;
+            gone[p] = true;
+            self.last_attempt[p] = 0;
+            self.key_bits[p] = 0;
+            self.tried[p] = 0;
+            self.solved[p] = 0;
+            self.finished[p] = 0;
+            let mut n = 0;
+            for (c, d) in self.counts.iter_mut().zip(&e.counts) {
+                c.attempts = c.attempts.saturating_sub(d.attempts);
+                c.correct = c.correct.saturating_sub(d.correct);
+                n += d.attempts;
+            }
+            self.set_aside_problems += 1;
+            self.set_aside_attempts += n;
+        }
+        let cs = &mut self.cands;
+        let keep: Vec<bool> = cs.problem.iter().map(|&p| !gone[p as usize]).collect();
+        if keep.iter().all(|&k| k) {
+            return;
+        }
+        fn retain<T: Copy>(v: &mut Vec<T>, keep: &[bool]) {
+            let mut i = 0;
+            v.retain(|_| {
+                i += 1;
+                keep[i - 1]
+            });
+        }
+        retain(&mut cs.problem, &keep);
+        retain(&mut cs.stage, &keep);
+        retain(&mut cs.sample, &keep);
+        retain(&mut cs.score, &keep);
+        retain(&mut cs.ntok, &keep);
+        retain(&mut cs.text_len, &keep);
+        retain(&mut cs.loc, &keep);
     }
 
     /// Problems that still need `stage`: no correct attempt in an earlier
@@ -291,6 +377,8 @@ impl Index {
             + self.finished.capacity()
             + self.solved.capacity()
             + self.tried.capacity()
+            + self.key_bits.capacity() * 8
+            + self.fp.capacity() * FP_LEN
             + self.cands.bytes()
     }
 
@@ -302,6 +390,8 @@ impl Index {
         self.finished.shrink_to_fit();
         self.solved.shrink_to_fit();
         self.tried.shrink_to_fit();
+        self.key_bits.shrink_to_fit();
+        self.fp.shrink_to_fit();
         self.cands.shrink();
     }
 }

@@ -14,6 +14,9 @@ use std::sync::Once;
 
 use crate::error::{Error, Result};
 
+/// The lock file's name inside a ledger directory.
+pub const LOCK_FILE: &str = "LOCK";
+
 pub struct WriterLock {
     _file: File,
     slot: Option<usize>,
@@ -116,7 +119,7 @@ fn read_holder(file: &mut File) -> String {
 impl WriterLock {
     /// Take the writer lock of the ledger at `dir`, or say who holds it.
     pub fn acquire(dir: &Path) -> Result<WriterLock> {
-        let path = dir.join("LOCK");
+        let path = dir.join(LOCK_FILE);
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -178,7 +181,7 @@ impl WriterLock {
     /// Whether some process holds the writer lock right now (readers use
     /// this to tell a write in flight from a torn tail).
     pub fn writer_active(dir: &Path) -> Result<bool> {
-        let path = dir.join("LOCK");
+        let path = dir.join(LOCK_FILE);
         let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),

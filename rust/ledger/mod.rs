@@ -142,6 +142,126 @@ impl Columns {
     }
 }
 
+/// What [`Ledger::sync_problems`] does with a known problem whose fingerprint changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnChange {
+    /// set its old attempts aside and record the new reference and fingerprint
+    SetAside,
+    /// write nothing and fail, naming the changed problems
+    Refuse,
+}
+
+/// What [`Ledger::sync_problems`] did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProblemSync {
+    /// new problems recorded
+    pub added: u64,
+    /// known problems left as they were
+    pub unchanged: u64,
+    /// known problems without a fingerprint that got one (same reference)
+    pub adopted: u64,
+    /// input indices of the changed problems whose attempts were set aside
+    pub changed: Vec<usize>,
+    /// attempts set aside with them
+    pub set_aside_attempts: u64,
+}
+
+/// One write of `sync_problems`, by problem ordinal.
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    New,
+    Adopt(u32),
+    /// set aside; the bool says whether the reference changed too
+    Change(u32, bool),
+}
+
+fn push_set_aside(buf: &mut Vec<u8>, entries: &[index::SetAside], heads: &[Loc]) {
+    let s = begin_frame(buf, K_SET_ASIDE);
+    buf.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for (e, head) in entries.iter().zip(heads) {
+        buf.extend_from_slice(&e.problem.to_le_bytes());
+        for c in &e.counts {
+            buf.extend_from_slice(&(c.attempts as u32).to_le_bytes());
+        }
+        for c in &e.counts {
+            buf.extend_from_slice(&(c.correct as u32).to_le_bytes());
+        }
+        buf.extend_from_slice(&head.to_le_bytes());
+    }
+    end_frame(buf, s);
+}
+
+fn parse_set_aside(
+    pl: &[u8],
+    problems: usize,
+) -> std::result::Result<Vec<index::SetAside>, String> {
+    let n = if pl.len() >= 4 {
+        rd_u32(pl, 0) as usize
+    } else {
+        0
+    };
+    if pl.len() < 4 || 4 + n * SET_ASIDE_ENTRY != pl.len() {
+        return Err("set-aside record malformed".into());
+    }
+    let mut out = Vec::with_capacity(n);
+    for e in pl[4..].chunks_exact(SET_ASIDE_ENTRY) {
+        let q = rd_u32(e, 0);
+        if q as usize >= problems {
+            return Err(format!(
+                "set-aside record names problem #{q} but only {problems} exist"
+            ));
+        }
+        let mut sa = index::SetAside {
+            problem: q,
+            ..Default::default()
+        };
+        for (s, c) in sa.counts.iter_mut().enumerate() {
+            c.attempts = rd_u32(e, 4 + 4 * s) as u64;
+            c.correct = rd_u32(e, 16 + 4 * s) as u64;
+        }
+        out.push(sa);
+    }
+    Ok(out)
+}
+
+/// Index of the first float32 in `b` that is NaN or infinite.
+fn first_non_finite(b: &[u8]) -> Option<usize> {
+    b.chunks_exact(4)
+        .position(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite())
+}
+
+/// The first field in which two attempts with the same key differ.
+fn differs(a: &AttemptIn, b: &AttemptIn) -> Option<String> {
+    if a.correct != b.correct {
+        return Some(format!(
+            "correct (recorded {}, now {})",
+            a.correct, b.correct
+        ));
+    }
+    let fields: [(&str, &[u8], &[u8]); 5] = [
+        ("text", a.text.as_bytes(), b.text.as_bytes()),
+        ("reason", a.reason.as_bytes(), b.reason.as_bytes()),
+        ("token_ids", a.token_ids, b.token_ids),
+        ("behavior_logprobs", a.behavior, b.behavior),
+        (
+            "base_logprobs",
+            a.base.unwrap_or_default(),
+            b.base.unwrap_or_default(),
+        ),
+    ];
+    if let Some((name, _, _)) = fields.iter().find(|(_, x, y)| x != y) {
+        return Some(name.to_string());
+    }
+    if a.base.is_some() != b.base.is_some() {
+        return Some(format!(
+            "base_logprobs (recorded {}, now {})",
+            if a.base.is_some() { "present" } else { "None" },
+            if b.base.is_some() { "present" } else { "None" }
+        ));
+    }
+    None
+}
+
 /// Per-stage and per-tier numbers for `stats()`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stats {
@@ -153,6 +273,11 @@ pub struct Stats {
     /// of the chosen attempts that have base log-probs, and how many had them
     pub tiers: Vec<(String, u64, f64, u64)>,
     pub finished: Vec<(String, u64)>,
+    /// problems with a fingerprint
+    pub fingerprinted: u64,
+    /// set-asides (one per problem each time) and the attempts they set aside
+    pub set_aside_problems: u64,
+    pub set_aside_attempts: u64,
     pub index_bytes: u64,
     pub segments: u64,
     pub disk_bytes: u64,
@@ -183,6 +308,16 @@ pub struct Ledger {
     /// offsets but not the writer lock, so it must not write (its bytes would
     /// be overwritten by the parent's next append)
     owner_pid: u32,
+    /// attempt keys (see [`attempt_key`]) of problems with at least
+    /// [`LONG_CHAIN`] live attempts, filled when `record` first walks one
+    long_chains: HashMap<u32, HashMap<u64, Loc>>,
+}
+
+/// Chains at least this long get their keys cached by `find_key`.
+const LONG_CHAIN: usize = 64;
+
+fn attempt_key(stage: u8, sample: u32) -> u64 {
+    ((stage as u64) << 32) | sample as u64
 }
 
 fn io(path: &Path, e: std::io::Error) -> Error {
@@ -196,6 +331,36 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|f| f.sync_all())
         .map_err(|e| io(dir, e))
+}
+
+/// How to repair the ledger at `dir`, from the shell and from Python.
+fn repair_hint(dir: &Path) -> String {
+    format!(
+        "`onpolicy-sft ledger repair {}` (in Python: Ledger.open(path, repair=True))",
+        dir.display()
+    )
+}
+
+/// Whether directory `dir` holds ledger files (a LOCK or a segment).
+fn holds_ledger(dir: &Path) -> Result<bool> {
+    if !dir.is_dir() {
+        return Ok(false);
+    }
+    if dir.join(lock::LOCK_FILE).exists() {
+        return Ok(true);
+    }
+    for entry in fs::read_dir(dir).map_err(|e| io(dir, e))? {
+        let entry = entry.map_err(|e| io(dir, e))?;
+        if entry
+            .file_name()
+            .to_str()
+            .and_then(parse_segment_name)
+            .is_some()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn mean_f32(bytes: &[u8]) -> f32 {
@@ -279,6 +444,18 @@ impl Ledger {
                 "{} is a file, not a ledger directory; pass a directory path",
                 dir.display()
             )));
+        } else if !opts.create && !holds_ledger(dir)? {
+            let inner = dir.join("ledger");
+            let hint = if holds_ledger(&inner).unwrap_or(false) {
+                format!(" (it holds one at {}: pass that)", inner.display())
+            } else {
+                String::new()
+            };
+            return Err(Error::Msg(format!(
+                "{} is not a ledger: it has no LOCK or seg-*.ldg files{hint}; pass a ledger directory \
+                 (a rewrite keeps its ledger at OUT/ledger)",
+                dir.display()
+            )));
         }
         let lock = if opts.readonly {
             None
@@ -306,6 +483,7 @@ impl Ledger {
             flushed: 0,
             poisoned: None,
             owner_pid: std::process::id(),
+            long_chains: HashMap::new(),
         };
         let mut data = Vec::new();
         let count = nums.len();
@@ -323,8 +501,13 @@ impl Ledger {
                 return Err(Error::Corrupt {
                     path: missing.display().to_string(),
                     offset: 0,
-                    detail: "segment file missing (segments must be numbered 1, 2, ... without gaps)".into(),
-                    fix: "restore the file, or open with repair=True to keep the segments before the gap".into(),
+                    detail:
+                        "segment file missing (segments must be numbered 1, 2, ... without gaps)"
+                            .into(),
+                    fix: format!(
+                        "restore the file, or run {} to keep the segments before the gap",
+                        repair_hint(dir)
+                    ),
                 });
             }
             let is_last = i + 1 == count;
@@ -379,7 +562,8 @@ impl Ledger {
                                 "{detail}; not a torn tail from a crash (whole records or later segments follow it)"
                             ),
                             fix: format!(
-                                "open with repair=True to keep everything before byte {at} (the last whole commit) and move the rest aside, or restore the file from a copy"
+                                "run {} to keep everything before byte {at} (the last whole commit) and move the rest aside, or restore the file from a copy",
+                                repair_hint(dir)
                             ),
                         });
                     }
@@ -445,12 +629,15 @@ impl Ledger {
         data: &[u8],
         is_last: bool,
     ) -> Result<(Tail, usize)> {
+        let fix = format!(
+            "restore the file from a copy, or run {} to keep what precedes it",
+            repair_hint(&self.dir)
+        );
         let corrupt = |offset: usize, detail: String| Error::Corrupt {
             path: path.display().to_string(),
             offset: offset as u64,
             detail,
-            fix: "restore the file from a copy, or open with repair=True to keep what precedes it"
-                .into(),
+            fix: fix.clone(),
         };
         if data.len() < SEG_HEADER {
             if is_last {
@@ -596,7 +783,38 @@ impl Ledger {
                 }
                 let id = std::str::from_utf8(&pl[8..8 + il])
                     .map_err(|_| "problem id is not UTF-8".to_string())?;
-                ix.insert(id, make_loc(num, p.offset as u64));
+                let loc = make_loc(num, p.offset as u64);
+                let (q, added) = ix.insert(id, loc);
+                if !added {
+                    // a new reference, written with the set-aside of its old attempts
+                    ix.ref_loc[q as usize] = loc;
+                }
+            }
+            K_FINGERPRINT => {
+                let n = if pl.len() >= 4 {
+                    rd_u32(pl, 0) as usize
+                } else {
+                    0
+                };
+                if pl.len() < 4 || 4 + n * FP_ENTRY != pl.len() {
+                    return Err("fingerprint record malformed".into());
+                }
+                for e in pl[4..].chunks_exact(FP_ENTRY) {
+                    let q = rd_u32(e, 0);
+                    if q as usize >= ix.len() {
+                        return Err(format!(
+                            "fingerprint record names problem #{q} but only {} exist",
+                            ix.len()
+                        ));
+                    }
+                    let mut fp = [0u8; FP_LEN];
+                    fp.copy_from_slice(&e[4..]);
+                    ix.set_fingerprint(q, &fp);
+                }
+            }
+            K_SET_ASIDE => {
+                let entries = parse_set_aside(pl, ix.len())?;
+                ix.set_aside(&entries);
             }
             K_ATTEMPT => {
                 let h = AttemptHead::read(pl).ok_or("attempt record sizes do not add up")?;
@@ -641,6 +859,59 @@ impl Ledger {
             _ => return Err(format!("unexpected frame kind {}", p.kind)),
         }
         Ok(())
+    }
+
+    /// The attempts of problem `p` newest first: (location, stage, sample, correct).
+    fn chain(&self, p: u32) -> Result<Vec<(Loc, u8, u32, bool)>> {
+        let mut out = Vec::new();
+        let mut loc = self.index.last_attempt[p as usize];
+        let mut h = [0u8; FRAME_HEADER + ATTEMPT_HEAD];
+        while loc != 0 {
+            let (num, off) = (loc_seg(loc), loc_offset(loc));
+            let seg = &self.segs[num as usize - 1];
+            seg.file
+                .read_exact_at(&mut h, off)
+                .map_err(|e| io(&seg.path, e))?;
+            let a = &h[FRAME_HEADER..];
+            out.push((loc, a[8], rd_u32(a, 4), a[9] == 1));
+            let prev = rd_u64(a, 28);
+            if prev >= loc {
+                return Err(Error::Corrupt {
+                    path: seg.path.display().to_string(),
+                    offset: off,
+                    detail: "attempt chain points forward".into(),
+                    fix: "reopen the ledger".into(),
+                });
+            }
+            loc = prev;
+        }
+        Ok(out)
+    }
+
+    /// The newest live attempt of problem `p` with this stage and sample index.
+    /// Looks on disk only when the problem's key filter has the key's bit;
+    /// a problem with many attempts gets its keys cached after one walk.
+    fn find_key(&mut self, p: u32, stage: u8, sample: u32) -> Result<Option<Loc>> {
+        if self.index.key_bits[p as usize] & index::key_bit(stage, sample) == 0 {
+            return Ok(None);
+        }
+        let key = attempt_key(stage, sample);
+        if let Some(keys) = self.long_chains.get(&p) {
+            return Ok(keys.get(&key).copied());
+        }
+        let chain = self.chain(p)?;
+        let found = chain
+            .iter()
+            .find(|&&(_, s, k, _)| s == stage && k == sample)
+            .map(|c| c.0);
+        if chain.len() >= LONG_CHAIN {
+            let mut keys = HashMap::with_capacity(chain.len());
+            for &(loc, s, k, _) in chain.iter().rev() {
+                keys.insert(attempt_key(s, k), loc);
+            }
+            self.long_chains.insert(p, keys);
+        }
+        Ok(found)
     }
 
     /// Warnings from opening (torn tails cut, repairs made).
@@ -801,6 +1072,29 @@ impl Ledger {
     /// Add problems with their references (expert solutions). Idempotent:
     /// a problem already present with the same reference is skipped.
     pub fn add_problems(&mut self, ids: &[&str], refs: &[&str]) -> Result<()> {
+        self.sync_problems(ids, refs, None, OnChange::Refuse)
+            .map(|_| ())
+    }
+
+    /// Add problems, or bring existing ones up to date, by fingerprint.
+    ///
+    /// With `fps` (one per id): a new problem is added with its fingerprint;
+    /// a known one with the same fingerprint is left alone; a known one
+    /// without a fingerprint (recorded before fingerprints existed) and with
+    /// the same reference adopts it; any other known problem has *changed*:
+    /// with [`OnChange::SetAside`] its attempts and stage marks are set aside
+    /// (kept on disk, out of assignment and stats, counted) and its new
+    /// reference and fingerprint recorded, in the same commit, so a crash
+    /// leaves the old state or the new one; with [`OnChange::Refuse`] nothing
+    /// is written and the error names every changed problem. Without `fps`
+    /// a changed reference is refused as before.
+    pub fn sync_problems(
+        &mut self,
+        ids: &[&str],
+        refs: &[&str],
+        fps: Option<&[[u8; FP_LEN]]>,
+        on_change: OnChange,
+    ) -> Result<ProblemSync> {
         self.check_writable()?;
         if ids.len() != refs.len() {
             return Err(Error::Msg(format!(
@@ -809,8 +1103,27 @@ impl Ledger {
                 refs.len()
             )));
         }
-        let mut new: Vec<usize> = Vec::new();
+        if let Some(f) = fps {
+            if f.len() != ids.len() {
+                return Err(Error::Msg(format!(
+                    "add_problems got {} ids but {} fingerprints; pass one fingerprint per id",
+                    ids.len(),
+                    f.len()
+                )));
+            }
+            if let Some(i) = f.iter().position(|x| *x == [0; FP_LEN]) {
+                return Err(Error::Msg(format!(
+                    "fingerprint #{i} (problem {:?}) is all zeros, which means \"none\"; compute it with problem_fingerprint",
+                    ids[i]
+                )));
+            }
+        }
+        let fp_of = |i: usize| fps.map(|f| f[i]);
+        let mut report = ProblemSync::default();
+        // (input index, what to write)
+        let mut ops: Vec<(usize, Op)> = Vec::new();
         let mut seen: HashMap<&str, usize> = HashMap::new();
+        let mut changed: Vec<usize> = Vec::new();
         for (i, (&id, &r)) in ids.iter().zip(refs).enumerate() {
             if id.is_empty() || id.len() > 65_536 {
                 return Err(Error::Msg(format!(
@@ -826,66 +1139,291 @@ impl Ledger {
                     fix: "shorten the reference".into(),
                 });
             }
-            let existing = if let Some(p) = self.index.lookup(id) {
-                Some(self.reference(p)?)
-            } else {
-                seen.get(id).map(|&j| refs[j].to_string())
-            };
-            match existing {
-                Some(old) if old == r => {}
-                Some(_) => {
+            if let Some(&j) = seen.get(id) {
+                if refs[j] != r || fp_of(j) != fp_of(i) {
                     return Err(Error::Msg(format!(
-                        "problem {id:?} is already in the ledger with a different reference; problem ids must be unique (de-duplicate the dataset or give the variants distinct ids)"
+                        "problem {id:?} appears twice (#{j} and #{i}) with different {}; problem ids must be unique (de-duplicate the dataset or give the variants distinct ids)",
+                        if refs[j] != r { "references" } else { "fingerprints" }
+                    )));
+                }
+                continue;
+            }
+            seen.insert(id, i);
+            let Some(p) = self.index.lookup(id) else {
+                ops.push((i, Op::New));
+                continue;
+            };
+            let same_ref = self.reference(p)? == r;
+            let old_fp = self.index.fingerprint(p).copied();
+            match fp_of(i) {
+                None if same_ref => report.unchanged += 1,
+                None => {
+                    return Err(Error::Msg(format!(
+                        "problem {id:?} is already in the ledger with a different reference; problem ids must be unique (de-duplicate the dataset or give the variants distinct ids); if the dataset was edited, pass fingerprints (problem_fingerprint) so that changed problems are set aside and redone"
                     )))
                 }
-                None => {
-                    seen.insert(id, i);
-                    new.push(i);
+                Some(fp) if old_fp == Some(fp) => {
+                    if !same_ref {
+                        return Err(Error::Msg(format!(
+                            "problem {id:?} has the fingerprint it was recorded with but a different reference; compute the fingerprint from the same problem, solution and reference (problem_fingerprint)"
+                        )));
+                    }
+                    report.unchanged += 1;
+                }
+                Some(_) if old_fp.is_none() && same_ref => ops.push((i, Op::Adopt(p))),
+                Some(_) => {
+                    changed.push(i);
+                    ops.push((i, Op::Change(p, !same_ref)));
                 }
             }
         }
-        self.index.reserve(new.len());
-        // chunks of at most 64 MiB, each its own commit (add_problems is idempotent)
+        if !changed.is_empty() && on_change == OnChange::Refuse {
+            let shown: Vec<String> = changed
+                .iter()
+                .take(5)
+                .map(|&i| format!("#{i} {:?}", ids[i]))
+                .collect();
+            return Err(Error::Msg(format!(
+                "{} changed since {} recorded (fingerprint differs): {}{}; set their old attempts aside to redo them, or restore the original data",
+                plural(changed.len() as u64, "problem"),
+                if changed.len() == 1 { "it was" } else { "they were" },
+                shown.join(", "),
+                if changed.len() > 5 { ", ..." } else { "" }
+            )));
+        }
         let mut start = 0;
-        while start < new.len() {
+        while start < ops.len() {
+            // chunks of at most 64 MiB, each its own commit (a rerun redoes
+            // only what is missing, since every op is decided by fingerprint)
             let mut end = start;
-            let mut size = FRAME_HEADER + 12;
-            while end < new.len() && (end == start || size < 64 << 20) {
-                size += FRAME_HEADER + 8 + ids[new[end]].len() + refs[new[end]].len();
+            let mut size = 3 * FRAME_HEADER + 12 + 8;
+            while end < ops.len() && (end == start || size < 64 << 20) {
+                let i = ops[end].0;
+                size +=
+                    FRAME_HEADER + 8 + ids[i].len() + refs[i].len() + FP_ENTRY + SET_ASIDE_ENTRY;
                 end += 1;
+            }
+            let chunk = &ops[start..end];
+            let mut entries = Vec::new();
+            let mut heads = Vec::new();
+            for &(_, op) in chunk {
+                if let Op::Change(p, _) = op {
+                    let (e, head) = self.set_aside_entry(p)?;
+                    entries.push(e);
+                    heads.push(head);
+                }
             }
             self.ensure_room(size)?;
             self.buf.clear();
-            let mut locs = Vec::with_capacity(end - start);
-            for &i in &new[start..end] {
-                locs.push(self.cur_loc());
-                let s = begin_frame(&mut self.buf, K_PROBLEM);
-                self.buf
-                    .extend_from_slice(&(ids[i].len() as u32).to_le_bytes());
-                self.buf
-                    .extend_from_slice(&(refs[i].len() as u32).to_le_bytes());
-                self.buf.extend_from_slice(ids[i].as_bytes());
-                self.buf.extend_from_slice(refs[i].as_bytes());
-                end_frame(&mut self.buf, s);
+            let mut frames = 0u32;
+            if !entries.is_empty() {
+                push_set_aside(&mut self.buf, &entries, &heads);
+                frames += 1;
             }
-            self.push_commit((end - start) as u32);
+            let mut next = self.index.len() as u32;
+            let mut placed: Vec<(usize, u32, Option<Loc>)> = Vec::with_capacity(chunk.len());
+            for &(i, op) in chunk {
+                let (p, write_ref) = match op {
+                    Op::New => {
+                        next += 1;
+                        (next - 1, true)
+                    }
+                    Op::Adopt(p) => (p, false),
+                    Op::Change(p, new_ref) => (p, new_ref),
+                };
+                let loc = if write_ref {
+                    let loc = self.cur_loc();
+                    let s = begin_frame(&mut self.buf, K_PROBLEM);
+                    self.buf
+                        .extend_from_slice(&(ids[i].len() as u32).to_le_bytes());
+                    self.buf
+                        .extend_from_slice(&(refs[i].len() as u32).to_le_bytes());
+                    self.buf.extend_from_slice(ids[i].as_bytes());
+                    self.buf.extend_from_slice(refs[i].as_bytes());
+                    end_frame(&mut self.buf, s);
+                    frames += 1;
+                    Some(loc)
+                } else {
+                    None
+                };
+                placed.push((i, p, loc));
+            }
+            if let Some(f) = fps {
+                let s = begin_frame(&mut self.buf, K_FINGERPRINT);
+                self.buf
+                    .extend_from_slice(&(placed.len() as u32).to_le_bytes());
+                for &(i, p, _) in &placed {
+                    self.buf.extend_from_slice(&p.to_le_bytes());
+                    self.buf.extend_from_slice(&f[i]);
+                }
+                end_frame(&mut self.buf, s);
+                frames += 1;
+            }
+            self.push_commit(frames);
             self.append_buf()?;
-            for (&i, loc) in new[start..end].iter().zip(locs) {
-                self.index.push_problem(ids[i], loc);
+            self.index.reserve(chunk.len());
+            self.forget_chains(&entries);
+            report.set_aside_attempts += entries
+                .iter()
+                .flat_map(|e| e.counts.iter().map(|c| c.attempts))
+                .sum::<u64>();
+            self.index.set_aside(&entries);
+            for (&(i, op), &(_, p, loc)) in chunk.iter().zip(&placed) {
+                match op {
+                    Op::New => {
+                        self.index
+                            .push_problem(ids[i], loc.expect("new problems are written"));
+                        report.added += 1;
+                    }
+                    Op::Adopt(_) => report.adopted += 1,
+                    Op::Change(..) => report.changed.push(i),
+                }
+                if let Some(l) = loc {
+                    self.index.ref_loc[p as usize] = l;
+                }
+                if let Some(f) = fps {
+                    self.index.set_fingerprint(p, &f[i]);
+                }
             }
             start = end;
+        }
+        Ok(report)
+    }
+
+    /// The ordinals of problems `ids`; `what` names the caller in the error
+    /// for an unknown one.
+    fn ordinals(&self, what: &str, ids: &[&str]) -> Result<Vec<u32>> {
+        ids.iter()
+            .enumerate()
+            .map(|(i, id)| {
+                self.index.lookup(id).ok_or_else(|| {
+                    Error::Msg(format!(
+                        "{what}: problem #{i} {id:?} is not in the ledger; add it with add_problems first"
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// What setting problem `p`'s attempts aside removes, and its chain head.
+    fn set_aside_entry(&self, p: u32) -> Result<(index::SetAside, Loc)> {
+        let mut e = index::SetAside {
+            problem: p,
+            ..Default::default()
+        };
+        for (_, stage, _, correct) in self.chain(p)? {
+            let c = &mut e.counts[stage as usize];
+            c.attempts += 1;
+            c.correct += correct as u64;
+        }
+        Ok((e, self.index.last_attempt[p as usize]))
+    }
+
+    fn forget_chains(&mut self, entries: &[index::SetAside]) {
+        for e in entries {
+            self.long_chains.remove(&e.problem);
+        }
+    }
+
+    /// Set aside every live attempt and stage mark of these problems: the
+    /// records stay on disk but leave assignment, `attempts`, `pending` and
+    /// stats (which count them under `set_aside`), so the problems are redone
+    /// from the first stage. Durable and all-or-nothing per chunk; problems
+    /// with nothing to set aside are skipped. Returns (problems, attempts)
+    /// set aside.
+    pub fn set_aside(&mut self, ids: &[&str]) -> Result<(u64, u64)> {
+        self.check_writable()?;
+        let ix = &self.index;
+        let mut ps: Vec<u32> = self
+            .ordinals("set_aside", ids)?
+            .into_iter()
+            .filter(|&p| {
+                let u = p as usize;
+                ix.last_attempt[u] != 0 || ix.finished[u] != 0 || ix.tried[u] != 0
+            })
+            .collect();
+        ps.sort_unstable();
+        ps.dedup();
+        let (mut problems, mut attempts) = (0u64, 0u64);
+        for chunk in ps.chunks(1 << 20) {
+            let mut entries = Vec::with_capacity(chunk.len());
+            let mut heads = Vec::with_capacity(chunk.len());
+            for &p in chunk {
+                let (e, head) = self.set_aside_entry(p)?;
+                entries.push(e);
+                heads.push(head);
+            }
+            self.ensure_room(2 * FRAME_HEADER + 12 + 4 + SET_ASIDE_ENTRY * chunk.len())?;
+            self.buf.clear();
+            push_set_aside(&mut self.buf, &entries, &heads);
+            self.push_commit(1);
+            self.append_buf()?;
+            self.forget_chains(&entries);
+            problems += entries.len() as u64;
+            attempts += entries
+                .iter()
+                .flat_map(|e| e.counts.iter().map(|c| c.attempts))
+                .sum::<u64>();
+            self.index.set_aside(&entries);
+        }
+        Ok((problems, attempts))
+    }
+
+    /// Record fingerprints as they are (no set-aside; `merge` copies them
+    /// with this). Durable when it returns.
+    pub fn set_fingerprints(&mut self, ids: &[&str], fps: &[[u8; FP_LEN]]) -> Result<()> {
+        self.check_writable()?;
+        if ids.len() != fps.len() {
+            return Err(Error::Msg(format!(
+                "set_fingerprints got {} ids but {} fingerprints",
+                ids.len(),
+                fps.len()
+            )));
+        }
+        let ps = self.ordinals("set_fingerprints", ids)?;
+        for (ps, fs) in ps.chunks(1 << 20).zip(fps.chunks(1 << 20)) {
+            self.ensure_room(2 * FRAME_HEADER + 12 + 4 + FP_ENTRY * ps.len())?;
+            self.buf.clear();
+            let s = begin_frame(&mut self.buf, K_FINGERPRINT);
+            self.buf.extend_from_slice(&(ps.len() as u32).to_le_bytes());
+            for (p, f) in ps.iter().zip(fs) {
+                self.buf.extend_from_slice(&p.to_le_bytes());
+                self.buf.extend_from_slice(f);
+            }
+            end_frame(&mut self.buf, s);
+            self.push_commit(1);
+            self.append_buf()?;
+            for (&p, f) in ps.iter().zip(fs) {
+                self.index.set_fingerprint(p, f);
+            }
         }
         Ok(())
     }
 
+    /// The fingerprint of problem `p`, if one was recorded.
+    pub fn fingerprint(&self, p: u32) -> Option<&[u8; FP_LEN]> {
+        self.index.fingerprint(p)
+    }
+
     /// Record attempts; durable (fsynced) when it returns. All or nothing:
     /// a bad attempt anywhere in the batch rejects the whole batch.
+    ///
+    /// A (problem, stage, sample_index) is recorded once: an attempt equal to
+    /// the live one with its key (or to an earlier one in the batch) is
+    /// skipped, so recording a batch again is a no-op; a different one is an
+    /// error naming the key and the first field that differs.
     pub fn record(&mut self, attempts: &[AttemptIn]) -> Result<()> {
         self.check_writable()?;
         if attempts.is_empty() {
             return Ok(());
         }
         let mut probs = Vec::with_capacity(attempts.len());
+        let mut skip = vec![false; attempts.len()];
+        // (problem, key) -> index in the batch, built only once a key's filter
+        // bit is found set (most batches never need it)
+        let mut batch_keys: Option<HashMap<(u32, u64), usize>> = None;
+        let mut all_probs = Vec::with_capacity(attempts.len());
+        let mut scratch = Vec::new();
         let mut total = FRAME_HEADER + 12;
         for (i, a) in attempts.iter().enumerate() {
             let p = self.index.lookup(a.problem_id).ok_or_else(|| {
@@ -933,6 +1471,18 @@ impl Ledger {
                     )));
                 }
             }
+            for (name, arr) in [
+                ("behavior_logprobs", Some(a.behavior)),
+                ("base_logprobs", a.base),
+            ] {
+                if let Some(j) = arr.and_then(first_non_finite) {
+                    let v = f32::from_le_bytes(arr.unwrap()[4 * j..4 * j + 4].try_into().unwrap());
+                    return Err(Error::Msg(format!(
+                        "{}: {name}[{j}] is {v}; log-probs must be finite (drop the sample, or score it again)",
+                        who()
+                    )));
+                }
+            }
             let arrays = if a.base.is_some() { 3 } else { 2 };
             let payload = ATTEMPT_HEAD + a.text.len() + a.reason.len() + arrays * a.token_ids.len();
             if payload > MAX_PAYLOAD || a.text.len() > u32::MAX as usize {
@@ -943,15 +1493,86 @@ impl Ledger {
                     fix: "split or shorten the response".into(),
                 });
             }
+            all_probs.push(p);
+            let key = attempt_key(a.stage, a.sample_index);
+            let bit = index::key_bit(a.stage, a.sample_index);
+            let bits = &mut self.index.key_bits[p as usize];
+            let fresh = *bits & bit == 0;
+            // a set bit too many only costs a look on disk, so it is set now
+            // and left set if the batch fails
+            *bits |= bit;
+            if fresh {
+                if let Some(m) = batch_keys.as_mut() {
+                    m.insert((p, key), i);
+                }
+                total += FRAME_HEADER + payload;
+                probs.push(p);
+                continue;
+            }
+            let m = batch_keys.get_or_insert_with(|| {
+                (0..i)
+                    .map(|j| {
+                        let b = &attempts[j];
+                        ((all_probs[j], attempt_key(b.stage, b.sample_index)), j)
+                    })
+                    .collect()
+            });
+            let earlier = match m.entry((p, key)) {
+                std::collections::hash_map::Entry::Occupied(e) => {
+                    let j = *e.get();
+                    Some((
+                        differs(&attempts[j], a),
+                        format!("attempt #{j} of this batch"),
+                    ))
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(i);
+                    match self.find_key(p, a.stage, a.sample_index)? {
+                        None => None,
+                        Some(loc) => {
+                            self.read_frame(loc, K_ATTEMPT, &mut scratch)?;
+                            let h = AttemptHead::read(&scratch).ok_or_else(|| Error::Corrupt {
+                                path: self.dir.display().to_string(),
+                                offset: loc_offset(loc),
+                                detail: "attempt record sizes do not add up".into(),
+                                fix: "reopen the ledger".into(),
+                            })?;
+                            let old = attempt_in(a.problem_id, &h, &scratch)?;
+                            Some((differs(&old, a), "the attempt recorded earlier".to_string()))
+                        }
+                    }
+                }
+            };
+            match earlier {
+                None => {}
+                Some((None, _)) => {
+                    skip[i] = true;
+                    continue;
+                }
+                Some((Some(field), what)) => {
+                    return Err(Error::Msg(format!(
+                        "{}: {field} differs from {what} with this (problem, stage, sample_index); an attempt is recorded once per key (recording the same attempt again is a no-op): give a new sample a new sample_index, or, if the problem changed, set its old attempts aside first (add_problems with fingerprints, or set_aside)",
+                        who()
+                    )));
+                }
+            }
             total += FRAME_HEADER + payload;
             probs.push(p);
+        }
+        if probs.is_empty() {
+            return Ok(());
         }
         self.ensure_room(total)?;
         self.buf.clear();
         self.buf.reserve(total);
-        let mut facts = Vec::with_capacity(attempts.len());
-        let mut undo: Vec<(u32, Loc)> = Vec::with_capacity(attempts.len());
-        for (a, &p) in attempts.iter().zip(&probs) {
+        let mut facts = Vec::with_capacity(probs.len());
+        let mut undo: Vec<(u32, Loc)> = Vec::with_capacity(probs.len());
+        let kept = attempts
+            .iter()
+            .zip(&skip)
+            .filter(|(_, &s)| !s)
+            .map(|(a, _)| a);
+        for (a, &p) in kept.zip(&probs) {
             let loc = self.cur_loc();
             let prev = self.index.last_attempt[p as usize];
             undo.push((p, prev));
@@ -997,7 +1618,7 @@ impl Ledger {
                 return Err(e);
             }
         }
-        self.push_commit(attempts.len() as u32);
+        self.push_commit(probs.len() as u32);
         if let Err(e) = self.append_buf() {
             for (p, prev) in undo.into_iter().rev() {
                 self.index.last_attempt[p as usize] = prev;
@@ -1006,6 +1627,9 @@ impl Ledger {
         }
         for f in &facts {
             self.index.add_attempt(f);
+            if let Some(keys) = self.long_chains.get_mut(&f.problem) {
+                keys.insert(attempt_key(f.stage, f.sample_index), f.loc);
+            }
         }
         Ok(())
     }
@@ -1019,17 +1643,11 @@ impl Ledger {
             )));
         }
         let bit = 1u8 << stage;
-        let mut ords = Vec::with_capacity(ids.len());
-        for (i, id) in ids.iter().enumerate() {
-            let p = self.index.lookup(id).ok_or_else(|| {
-                Error::Msg(format!(
-                    "finish_stage: problem #{i} {id:?} is not in the ledger; add it with add_problems first"
-                ))
-            })?;
-            if self.index.finished[p as usize] & bit == 0 {
-                ords.push(p);
-            }
-        }
+        let mut ords: Vec<u32> = self
+            .ordinals("finish_stage", ids)?
+            .into_iter()
+            .filter(|&p| self.index.finished[p as usize] & bit == 0)
+            .collect();
         ords.sort_unstable();
         ords.dedup();
         for chunk in ords.chunks(1 << 20) {
@@ -1229,31 +1847,9 @@ impl Ledger {
         Ok(cols)
     }
 
-    /// Locations of every attempt of problem `p`, oldest first.
+    /// Locations of every live attempt of problem `p`, oldest first.
     pub fn attempt_locs(&self, p: u32) -> Result<Vec<Loc>> {
-        let mut out = Vec::new();
-        let mut loc = self.index.last_attempt[p as usize];
-        let mut h = [0u8; FRAME_HEADER + ATTEMPT_HEAD];
-        while loc != 0 {
-            out.push(loc);
-            let (num, off) = (loc_seg(loc), loc_offset(loc));
-            let seg = &self.segs[num as usize - 1];
-            seg.file
-                .read_exact_at(&mut h, off)
-                .map_err(|e| io(&seg.path, e))?;
-            let prev = rd_u64(&h, FRAME_HEADER + 28);
-            if prev >= loc {
-                return Err(Error::Corrupt {
-                    path: seg.path.display().to_string(),
-                    offset: off,
-                    detail: "attempt chain points forward".into(),
-                    fix: "reopen the ledger".into(),
-                });
-            }
-            loc = prev;
-        }
-        out.reverse();
-        Ok(out)
+        Ok(self.chain(p)?.into_iter().rev().map(|c| c.0).collect())
     }
 
     /// Every attempt of problem `p`, oldest first.
@@ -1331,6 +1927,11 @@ impl Ledger {
                 })
                 .collect(),
             finished,
+            fingerprinted: (0..n as u32)
+                .filter(|&p| ix.fingerprint(p).is_some())
+                .count() as u64,
+            set_aside_problems: ix.set_aside_problems,
+            set_aside_attempts: ix.set_aside_attempts,
             index_bytes: ix.memory_bytes() as u64,
             segments: self.segs.len() as u64,
             disk_bytes: self.segs.iter().map(|s| s.len).sum(),
@@ -1462,6 +2063,25 @@ impl Ledger {
                             .map(|c| src.problem_id(rd_u32(c, 0)))
                             .collect();
                         dst.finish_stage(&ids, pl[0])?;
+                    }
+                    K_FINGERPRINT => {
+                        let (ids, fps): (Vec<&str>, Vec<[u8; FP_LEN]>) = pl[4..]
+                            .chunks_exact(FP_ENTRY)
+                            .map(|e| {
+                                let mut f = [0u8; FP_LEN];
+                                f.copy_from_slice(&e[4..]);
+                                (src.problem_id(rd_u32(e, 0)), f)
+                            })
+                            .unzip();
+                        dst.set_fingerprints(&ids, &fps)?;
+                    }
+                    K_SET_ASIDE => {
+                        flush(&mut dst, &mut batch)?;
+                        batch_bytes = 0;
+                        let entries = parse_set_aside(pl, src.len()).map_err(Error::Msg)?;
+                        let ids: Vec<&str> =
+                            entries.iter().map(|e| src.problem_id(e.problem)).collect();
+                        dst.set_aside(&ids)?;
                     }
                     _ => {}
                 }

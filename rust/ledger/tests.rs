@@ -425,6 +425,15 @@ fn every_flipped_byte_is_detected() {
     let d = tmpdir("flips");
     let mut l = writer(&d);
     fill(&mut l, 3, 2);
+    // every kind of frame: fingerprints, a set-aside, a replaced reference
+    l.sync_problems(
+        &["p0", "p1", "p2"],
+        &["reference 0", "new", "reference 2"],
+        Some(&[fp(1); 3]),
+        OnChange::SetAside,
+    )
+    .unwrap();
+    l.set_aside(&["p0"]).unwrap();
     drop(l);
     let full = fs::read(seg1(&d)).unwrap();
     let last_len_field = full.len() - (FRAME_HEADER + 12) + 4..full.len() - (FRAME_HEADER + 12) + 8;
@@ -527,4 +536,389 @@ fn merge_refuses_text_that_is_not_utf8_instead_of_blanking_it() {
     let err = attempt_in("p0", &h, &bad).err().unwrap().to_string();
     assert!(err.contains("attempt 3 of problem \"p0\""), "{err}");
     assert!(err.contains("text is not UTF-8"), "{err}");
+}
+
+/// A new ledger holding problem "a" (reference "ra").
+fn one_problem(name: &str) -> (PathBuf, Ledger) {
+    let d = tmpdir(name);
+    let mut l = writer(&d);
+    l.add_problems(&["a"], &["ra"]).unwrap();
+    (d, l)
+}
+
+fn sel_tiers(l: &Ledger) -> Vec<u8> {
+    l.assign(Selection::First, 0).tier
+}
+
+/// A repeated (problem, stage, sample_index): identical is a no-op (also
+/// within one batch and after reopening); different names the key and field.
+#[test]
+fn repeated_key_is_idempotent_when_identical_and_refused_when_different() {
+    let d = tmpdir("dupkey");
+    let mut l = writer(&d);
+    l.add_problems(&["a", "b"], &["ra", "rb"]).unwrap();
+    let first = Owned::new("a", 0, 3, false, 4);
+    l.record(&[first.as_in()]).unwrap();
+    let size = fs::metadata(seg1(&d)).unwrap().len();
+    l.record(&[first.as_in(), first.as_in()]).unwrap();
+    assert_eq!(
+        fs::metadata(seg1(&d)).unwrap().len(),
+        size,
+        "nothing written"
+    );
+    assert_eq!(l.attempts(0).unwrap().len(), 1);
+    let mut other = Owned::new("a", 0, 3, true, 4);
+    let e = l.record(&[other.as_in()]).unwrap_err().to_string();
+    assert!(
+        e.contains("attempt #0 (problem \"a\", stage self, sample 3): correct (recorded false, now true) differs"),
+        "{e}"
+    );
+    other.correct = false;
+    other.text.push('!');
+    drop(l);
+    let mut l = writer(&d);
+    let fresh = Owned::new("b", 0, 3, true, 2);
+    let e = l
+        .record(&[fresh.as_in(), other.as_in()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("attempt #1") && e.contains("text differs"),
+        "{e}"
+    );
+    assert!(
+        l.attempts(1).unwrap().is_empty(),
+        "the batch is refused whole"
+    );
+    let twice = Owned::new("b", 1, 0, true, 2);
+    let mut twice2 = Owned::new("b", 1, 0, true, 2);
+    twice2.blp = f32s(&[0.5, 0.25]);
+    let e = l
+        .record(&[twice.as_in(), twice2.as_in()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("behavior_logprobs differs from attempt #0 of this batch"),
+        "{e}"
+    );
+    // a duplicate within the batch after the batch's key map was built
+    let (x, y) = (
+        Owned::new("b", 2, 7, true, 2),
+        Owned::new("b", 2, 8, true, 2),
+    );
+    let mut y2 = Owned::new("b", 2, 8, true, 2);
+    y2.correct = false;
+    let e = l
+        .record(&[x.as_in(), first.as_in(), y.as_in(), y2.as_in()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("attempt #3") && e.contains("from attempt #2 of this batch"),
+        "{e}"
+    );
+    l.record(&[x.as_in(), first.as_in(), y.as_in(), y.as_in()])
+        .unwrap();
+    assert_eq!(l.attempts(1).unwrap().len(), 2);
+    // another stage or sample is a different key
+    l.record(&[
+        Owned::new("a", 1, 3, true, 4).as_in(),
+        Owned::new("a", 0, 4, true, 4).as_in(),
+    ])
+    .unwrap();
+    assert_eq!(l.attempts(0).unwrap().len(), 3);
+    assert_eq!(l.attempts(1).unwrap().len(), 2);
+    fs::remove_dir_all(&d).unwrap();
+}
+
+/// Many attempts of one problem: the key cache agrees with the chain.
+#[test]
+fn repeated_keys_found_on_long_chains() {
+    let (d, mut l) = one_problem("longchain");
+    let all: Vec<Owned> = (0..300)
+        .map(|k| Owned::new("a", (k % 3) as u8, k, k % 2 == 0, 2))
+        .collect();
+    for c in all.chunks(7) {
+        l.record(&c.iter().map(|o| o.as_in()).collect::<Vec<_>>())
+            .unwrap();
+    }
+    for round in 0..2 {
+        for o in all.iter().step_by(13) {
+            l.record(&[o.as_in()]).unwrap();
+            let mut changed = Owned::new("a", o.stage, o.sample, o.correct, 3);
+            changed.text = o.text.clone();
+            let e = l.record(&[changed.as_in()]).unwrap_err().to_string();
+            assert!(e.contains("token_ids differs"), "round {round}: {e}");
+        }
+        assert_eq!(l.attempts(0).unwrap().len(), 300);
+        drop(l);
+        l = writer(&d);
+    }
+    fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn non_finite_logprobs_named_with_position() {
+    let (d, mut l) = one_problem("nan");
+    for (bad, which) in [
+        (f32::NAN, "behavior"),
+        (f32::INFINITY, "base"),
+        (f32::NEG_INFINITY, "behavior"),
+    ] {
+        let mut o = Owned::new("a", 0, 2, true, 4);
+        let mut v = vec![-0.5f32; 4];
+        v[2] = bad;
+        if which == "base" {
+            o.base = Some(f32s(&v));
+        } else {
+            o.blp = f32s(&v);
+        }
+        let e = l.record(&[o.as_in()]).unwrap_err().to_string();
+        let want = format!("sample 2): {which}_logprobs[2] is {bad}; log-probs must be finite");
+        assert!(e.contains(&want), "{e}");
+    }
+    assert!(l.attempts(0).unwrap().is_empty());
+    fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn opening_a_directory_that_is_not_a_ledger_says_so() {
+    let d = tmpdir("notledger");
+    fs::create_dir_all(d.join("ledger")).unwrap();
+    writer(&d.join("ledger"));
+    let opts = OpenOptions2 {
+        create: false,
+        readonly: true,
+        ..Default::default()
+    };
+    let e = Ledger::open(&d, &opts).err().unwrap().to_string();
+    assert!(
+        e.contains("is not a ledger: it has no LOCK or seg-*.ldg files"),
+        "{e}"
+    );
+    assert!(
+        e.contains(&format!("it holds one at {}", d.join("ledger").display())),
+        "{e}"
+    );
+    assert_eq!(fs::read_dir(&d).unwrap().count(), 1, "nothing created");
+    assert!(Ledger::open(&d.join("ledger"), &opts).is_ok());
+    fs::remove_dir_all(&d).unwrap();
+}
+
+fn fp(n: u8) -> [u8; FP_LEN] {
+    [n; FP_LEN]
+}
+
+/// Sync problems a, b, c with references ra, rb, rc at fingerprint 1.
+fn sync_abc_unchanged(l: &mut Ledger) -> ProblemSync {
+    l.sync_problems(
+        &["a", "b", "c"],
+        &["ra", "rb", "rc"],
+        Some(&[fp(1); 3]),
+        OnChange::Refuse,
+    )
+    .unwrap()
+}
+
+/// Build a ledger with problems a, b, c at fingerprint 1 and a few attempts each.
+fn fingerprinted(d: &Path) -> Ledger {
+    let mut l = writer(d);
+    let r = sync_abc_unchanged(&mut l);
+    assert_eq!(r.added, 3);
+    let atts: Vec<Owned> = ["a", "b", "c"]
+        .iter()
+        .flat_map(|p| (0..3).map(move |k| Owned::new(p, 0, k, k == 1, 3)))
+        .collect();
+    l.record(&atts.iter().map(|o| o.as_in()).collect::<Vec<_>>())
+        .unwrap();
+    l.finish_stage(&["a", "b", "c"], 0).unwrap();
+    l
+}
+
+#[test]
+fn fingerprints_recorded_compared_and_changed_problems_set_aside() {
+    let d = tmpdir("fp");
+    let mut l = fingerprinted(&d);
+    assert_eq!(sel_tiers(&l), vec![0, 0, 0]);
+    // unchanged: nothing written
+    let size = fs::metadata(seg1(&d)).unwrap().len();
+    let r = sync_abc_unchanged(&mut l);
+    assert_eq!((r.unchanged, r.added, r.changed.len()), (3, 0, 0));
+    assert_eq!(fs::metadata(seg1(&d)).unwrap().len(), size);
+    // refused: names the rows, writes nothing
+    let e = l
+        .sync_problems(
+            &["a", "b", "c"],
+            &["ra", "rb2", "rc"],
+            Some(&[fp(1), fp(2), fp(3)]),
+            OnChange::Refuse,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with(
+            "2 problems changed since they were recorded (fingerprint differs): #1 \"b\", #2 \"c\""
+        ),
+        "{e}"
+    );
+    assert_eq!(fs::metadata(seg1(&d)).unwrap().len(), size);
+    // set aside: b (new reference) and c (same reference, e.g. the answer changed)
+    let r = l
+        .sync_problems(
+            &["a", "b", "c", "d"],
+            &["ra", "rb2", "rc", "rd"],
+            Some(&[fp(1), fp(2), fp(3), fp(4)]),
+            OnChange::SetAside,
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            r.unchanged,
+            r.added,
+            r.changed.clone(),
+            r.set_aside_attempts
+        ),
+        (1, 1, vec![1, 2], 6)
+    );
+    let check = |l: &Ledger, set_aside: (u64, u64)| {
+        assert_eq!(l.fingerprint(1), Some(&fp(2)));
+        assert_eq!(l.fingerprint(3), Some(&fp(4)));
+        assert_eq!(l.reference(1).unwrap(), "rb2");
+        assert_eq!(l.reference(2).unwrap(), "rc");
+        assert_eq!(l.attempts(0).unwrap().len(), 3);
+        assert!(l.attempts(1).unwrap().is_empty() && l.attempts(2).unwrap().is_empty());
+        assert_eq!(sel_tiers(l), vec![0, 3, 3, 3]);
+        assert_eq!(l.pending(0), vec![1, 2, 3]);
+        let s = l.stats(Selection::First, 0);
+        assert_eq!(
+            (s.attempts, s.stages[0].1.attempts, s.stages[0].1.correct),
+            (3, 3, 1)
+        );
+        assert_eq!((s.set_aside_problems, s.set_aside_attempts), set_aside);
+        assert_eq!(s.fingerprinted, 4);
+    };
+    check(&l, (2, 6));
+    // the same keys can be recorded again after the set-aside, and old ones stay on disk
+    let redo = Owned::new("b", 0, 1, false, 5);
+    l.record(&[redo.as_in()]).unwrap();
+    assert_eq!(l.attempts(1).unwrap().len(), 1);
+    drop(l);
+    let mut l = writer(&d);
+    assert_eq!(l.attempts(1).unwrap().len(), 1);
+    assert_eq!(l.set_aside(&["b"]).unwrap(), (1, 1));
+    check(&l, (3, 7));
+    // the problem got its new fingerprint: a rerun with it changes nothing
+    let r = l
+        .sync_problems(&["b"], &["rb2"], Some(&[fp(2)]), OnChange::Refuse)
+        .unwrap();
+    assert_eq!(r.unchanged, 1);
+    // nothing live: set_aside writes nothing
+    assert_eq!(l.set_aside(&["b", "c"]).unwrap(), (0, 0));
+    fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn fingerprints_adopted_by_a_ledger_recorded_without_them() {
+    let d = tmpdir("fpadopt");
+    let mut l = writer(&d);
+    fill(&mut l, 3, 2);
+    let e = l.add_problems(&["p1"], &["other"]).unwrap_err().to_string();
+    assert!(e.contains("pass fingerprints"), "{e}");
+    let r = l
+        .sync_problems(
+            &["p0", "p1", "p2"],
+            &["reference 0", "other", "reference 2"],
+            Some(&[fp(7); 3]),
+            OnChange::SetAside,
+        )
+        .unwrap();
+    assert_eq!(
+        (r.adopted, r.changed.clone(), r.set_aside_attempts),
+        (2, vec![1], 2)
+    );
+    drop(l);
+    let l = writer(&d);
+    assert_eq!(l.fingerprint(0), Some(&fp(7)));
+    assert_eq!(l.attempts(0).unwrap().len(), 2);
+    assert_eq!(l.reference(1).unwrap(), "other");
+    assert!(l.attempts(1).unwrap().is_empty());
+    fs::remove_dir_all(&d).unwrap();
+}
+
+/// A crash anywhere in the commit that sets problems aside leaves either the
+/// state before it or the state after it, never a mix.
+#[test]
+fn every_crash_point_of_a_set_aside_recovers_old_or_new() {
+    let d = tmpdir("fpcrash");
+    let mut l = fingerprinted(&d);
+    drop(l);
+    let good = fs::metadata(seg1(&d)).unwrap().len() as usize;
+    l = writer(&d);
+    l.sync_problems(
+        &["a", "b", "c"],
+        &["ra2", "rb", "rc2"],
+        Some(&[fp(2), fp(1), fp(2)]),
+        OnChange::SetAside,
+    )
+    .unwrap();
+    drop(l);
+    let full = fs::read(seg1(&d)).unwrap();
+    for cut in good..=full.len() {
+        fs::write(seg1(&d), &full[..cut]).unwrap();
+        let l = writer(&d);
+        let done = cut == full.len();
+        assert_eq!(
+            l.fingerprint(0),
+            Some(&fp(if done { 2 } else { 1 })),
+            "cut {cut}"
+        );
+        assert_eq!(
+            l.reference(2).unwrap(),
+            if done { "rc2" } else { "rc" },
+            "cut {cut}"
+        );
+        assert_eq!(
+            l.attempts(0).unwrap().len(),
+            if done { 0 } else { 3 },
+            "cut {cut}"
+        );
+        assert_eq!(l.attempts(1).unwrap().len(), 3, "cut {cut}");
+        assert_eq!(
+            sel_tiers(&l),
+            if done { vec![3, 0, 3] } else { vec![0, 0, 0] },
+            "cut {cut}"
+        );
+        assert_eq!(
+            l.warnings().len(),
+            usize::from(!done && cut > good),
+            "cut {cut}"
+        );
+    }
+    fs::remove_dir_all(&d).unwrap();
+}
+
+/// Merge copies fingerprints and set-asides in record order.
+#[test]
+fn merge_keeps_fingerprints_and_set_asides() {
+    let d = tmpdir("fpmerge");
+    let src = d.join("src");
+    let mut l = fingerprinted(&src);
+    l.sync_problems(&["b"], &["rb2"], Some(&[fp(5)]), OnChange::SetAside)
+        .unwrap();
+    l.record(&[Owned::new("b", 1, 0, true, 2).as_in()]).unwrap();
+    drop(l);
+    let out = d.join("out");
+    Ledger::merge(std::slice::from_ref(&src), &out).unwrap();
+    let (a, b) = (writer(&src), writer(&out));
+    for p in 0..3 {
+        assert_eq!(a.fingerprint(p), b.fingerprint(p));
+        assert_eq!(a.reference(p).unwrap(), b.reference(p).unwrap());
+        assert_eq!(a.attempts(p).unwrap(), b.attempts(p).unwrap());
+    }
+    assert_eq!(sel_tiers(&a), sel_tiers(&b));
+    let (sa, sb) = (a.stats(Selection::First, 0), b.stats(Selection::First, 0));
+    assert_eq!(
+        (sa.set_aside_attempts, sa.attempts),
+        (sb.set_aside_attempts, sb.attempts)
+    );
+    fs::remove_dir_all(&d).unwrap();
 }

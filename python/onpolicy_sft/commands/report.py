@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import argparse
 import os
+from typing import Any
 
-HELP = "re-render the policy-gap report of a rewrite output directory"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dir", help="the --out directory of `onpolicy-sft rewrite`")
+from onpolicy_sft.config import ReportConfig
 
 
-def run(args: argparse.Namespace) -> int:
-    if not os.path.exists(os.path.join(args.dir, "data.parquet")):
+def run(options: dict[str, Any]) -> int:
+    cfg = ReportConfig(**options)
+    if not os.path.exists(os.path.join(cfg.dir, "data.parquet")):
         raise FileNotFoundError(
-            f"{args.dir!r} has no data.parquet; pass the --out directory of a finished "
+            f"{cfg.dir!r} has no data.parquet; pass the output_dir of a finished "
             "`onpolicy-sft rewrite` (rerun the rewrite to finish it)"
         )
     from onpolicy_sft.rewrite.report import render
 
-    rep = render(args.dir)
-    print(f"{os.path.join(args.dir, 'report.md')}: {rep['rows']} rows, tiers {rep['tiers']}")
+    rep = render(cfg.dir)
+    print(f"{os.path.join(cfg.dir, 'report.md')}: {rep['rows']} rows, tiers {rep['tiers']}")
     return 0
+
+
+def configs() -> list[type]:
+    return [ReportConfig]

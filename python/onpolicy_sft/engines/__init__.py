@@ -52,7 +52,7 @@ def load_engine(kind: str, model: Any, **kwargs: Any) -> Engine:
                 if picked == "auto"
                 else "--engine hf"
             )
-            flag = "--" + key.replace("_", "-")
+            flag = f"--{key}"
             raise ValueError(
                 f"{flag} {size} needs the vLLM engine, but {why}, which runs on one device; "
                 f"use --engine vllm on GPUs, or split the work with --shard i/n (rewrite), or "

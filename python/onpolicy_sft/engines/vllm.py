@@ -19,13 +19,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-from onpolicy_sft.engines.base import Sample, TokenizerIO
-from onpolicy_sft.engines.hf import StopChecker, resolve_model_path
+from onpolicy_sft.engines.base import Sample, Sampling, TokenizerIO
+from onpolicy_sft.engines.sampling import StopChecker
+from onpolicy_sft.models import resolve_model_path
 
 
 def _on_cpu_platform() -> bool:
@@ -50,12 +51,15 @@ class VLLMEngine(TokenizerIO):
         gpu_memory_utilization: float = 0.9,
         max_model_len: int | None = None,
         trust_remote_code: bool = False,
+        weight_updates: bool = False,
         **llm_kwargs: Any,
     ) -> None:
         try:
             import vllm
         except ImportError as exc:  # pragma: no cover - depends on the install
-            raise RuntimeError(
+            from onpolicy_sft.errors import MissingDependencyError
+
+            raise MissingDependencyError(
                 "the vLLM engine needs vLLM: pip install 'onpolicy-sft[vllm]' (or use --engine hf)"
             ) from exc
         path = resolve_model_path(model)
@@ -78,10 +82,17 @@ class VLLMEngine(TokenizerIO):
             trust_remote_code=trust_remote_code,
             **llm_kwargs,
         )
+        # the returned log-probs are those of the distribution each token was drawn from
+        # (after temperature and top-p), as the HF engine records them (engines/base.py)
+        kwargs.setdefault("logprobs_mode", "processed_logprobs")
         if data_parallel_size > 1:
             kwargs["data_parallel_size"] = data_parallel_size
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
+        if weight_updates:
+            # load_weights() hands tensors to the model runner by reference, which needs
+            # the engine core in this process (TRL's GRPO colocate mode runs it so too)
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         if _on_cpu_platform():
             # vLLM's CPU build rewinds a seeded request's generator when a chunked
             # prefill discards its sample, which CPU generators cannot do ("CPU
@@ -112,17 +123,18 @@ class VLLMEngine(TokenizerIO):
         except Exception:  # freeing is best effort; the process exit frees the rest
             pass
 
-    def generate(
-        self,
-        prompts: Sequence[str],
-        *,
-        n: int = 1,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        max_tokens: int = 2048,
-        seed: int | None = None,
-        stop: Sequence[str] | None = None,
-    ) -> list[list[Sample]]:
+    def load_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
+        """Replace the engine's weights in place with ``(checkpoint name, tensor)`` pairs.
+
+        vLLM's ``reload_weights`` (through ``collective_rpc``) runs the model's
+        own loader, so fused projections (qkv, gate_up) and any repacking after
+        loading are redone; the prefix cache, computed with the old weights, is
+        dropped. Build the engine with ``weight_updates=True``.
+        """
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(weights)})
+        self.llm.reset_prefix_cache()
+
+    def _generate(self, prompts: list[str], s: Sampling) -> list[list[Sample]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -130,19 +142,19 @@ class VLLMEngine(TokenizerIO):
         # prompts of one call never share random numbers
         params = [
             SamplingParams(
-                n=n,
-                temperature=temperature,
-                top_p=top_p,
-                max_tokens=max_tokens,
-                seed=None if seed is None else (int(seed) * 1_000_003 + i * n) % (2**31 - 1),
-                stop=list(stop) if stop else None,
+                n=s.n,
+                temperature=s.temperature,
+                top_p=s.top_p,
+                max_tokens=s.max_tokens,
+                seed=None if s.seed is None else (int(s.seed) * 1_000_003 + i * s.n) % (2**31 - 1),
+                stop=list(s.stop) if s.stop else None,
                 logprobs=0,
             )
             for i in range(len(prompts))
         ]
         inputs = [TokensPrompt(prompt_token_ids=self.encode(p)) for p in prompts]
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
-        stopper = StopChecker(self.tokenizer, stop)
+        stopper = StopChecker(self.tokenizer, s.stop)
         results: list[list[Sample]] = []
         for out in outputs:
             samples = []
@@ -152,6 +164,8 @@ class VLLMEngine(TokenizerIO):
                     float(step[tok].logprob) if step and tok in step else float("nan")
                     for tok, step in zip(ids, comp.logprobs or [{}] * len(ids))
                 ]
+                if s.temperature <= 0.0:  # greedy draws from a point mass (vLLM reports raw)
+                    lps = [0.0] * len(ids)
                 samples.append(
                     Sample(
                         # decoded from the ids as HFEngine does: vLLM's incremental

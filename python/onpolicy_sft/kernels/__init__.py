@@ -1,10 +1,11 @@
-"""Fused lm_head + policy-weighted log-likelihood (METHODS.md, "Loss level").
+"""Fused lm_head + policy-weighted log-likelihood (docs/methods.md, "Loss level").
 
 - ``reference.py``: the materialised plain-PyTorch spec every backend is tested against;
-- ``weights.py``: options (``LossSpec``), sequences, the O(N) weight step, normaliser, stats;
-- ``fused.py``: the chunked driver + autograd Function + ``fused_policy_loss``, with the
-  plain-PyTorch row ops (the CPU backend);
-- ``policy_loss.py``: the Triton row kernels (imported only when the triton backend runs).
+- ``weights.py``: sequences, the O(N) weight step, normaliser, statistics;
+- ``torch_rows.py``: the row-op interface and its plain-PyTorch implementation (CPU);
+- ``triton_rows.py``: the Triton row kernels (imported only when the triton backend runs);
+- ``chunked.py``: the chunked driver, the autograd Function and ``fused_policy_loss``.
 
-Use :class:`onpolicy_sft.losses.PolicyLoss` rather than these modules directly.
+The options are :class:`onpolicy_sft.config.LossConfig`. Use
+:class:`onpolicy_sft.losses.PolicyLoss` rather than these modules directly.
 """

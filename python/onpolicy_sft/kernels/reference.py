@@ -4,7 +4,7 @@ Tests and benches compare the fused backends against this module. It builds the
 full (N, V) logits, uses ``log_softmax`` and explicit Python loops over
 sequences for the sequence and suffix weights, and lets autograd produce the
 gradients. It shares no weight code with ``weights.py`` on purpose: two
-independent writings of METHODS.md, "Loss level", checked against each other.
+independent writings of docs/methods.md, "Loss level", checked against each other.
 
 Run it in float64 at small shapes for a tight reference.
 """
@@ -54,11 +54,12 @@ def policy_loss_reference(
     idft_beta: float = 1.0,
     idft_gamma: tuple[float, float] = (0.1, 2.0),
     idft_detach_gamma_only: bool = False,
+    idft_lambda: float = 1.0,
     pear_delta_clip: tuple[float, float] = (-0.08, 0.3),
     pear_gamma: float = 0.999,
     pear_block: int = 1,
     pear_log_clip: tuple[float, float] = (-10.0, 5.0),
-    pear_missing_blogp: str = "error",
+    missing_behavior: str = "auto",
     normalize: str = "tokens",
     ignore_index: int = -100,
     behavior_logprobs: torch.Tensor | None = None,
@@ -90,14 +91,14 @@ def policy_loss_reference(
     mk = mask.tolist()
 
     if behavior_logprobs is None:
-        if scheme == "pear" and pear_missing_blogp != "zero":
+        if scheme == "pear" and missing_behavior != "zero":
             raise ValueError("pear needs behavior_logprobs")
         bl = [0.0] * n
     else:
         bl = []
         for i, b in enumerate(behavior_logprobs.double().tolist()):
             if math.isnan(b):
-                if scheme == "pear" and pear_missing_blogp != "zero" and mk[i]:
+                if scheme == "pear" and missing_behavior != "zero" and mk[i]:
                     raise ValueError("pear needs behavior_logprobs")
                 b = 0.0
             bl.append(b)
@@ -141,16 +142,18 @@ def policy_loss_reference(
                 elif scheme == "idft":
                     phi = lp[i] + hh[i]
                     gamma = _clip(math.exp(min(-phi / idft_beta, 700.0)), *idft_gamma)
+                    gamma = 1.0 + idft_lambda * (gamma - 1.0)
                     gammas[i] = gamma
-                    w[i] = math.exp(gamma * lp[i])
+                    # p >= 1e-10 clamp: a rarer token contributes no gradient
+                    w[i] = math.exp(gamma * lp[i]) if lp[i] >= math.log(1e-10) else 0.0
                 else:
                     raise ValueError(scheme)
 
     # normaliser
     scale = [0.0] * n
-    if normalize == "tokens":
+    if normalize in ("tokens", "micro_batch"):
         count = sum(mk)
-        z = normalizer if normalizer is not None else max(count, 1)
+        z = normalizer if normalizer is not None and normalize == "tokens" else max(count, 1)
         for i in range(n):
             scale[i] = (1.0 / z) if mk[i] else 0.0
     else:
@@ -166,6 +169,7 @@ def policy_loss_reference(
     if scheme == "idft" and idft_detach_gamma_only:
         g_t = torch.tensor(gammas, dtype=dt, device=dev)
         per_token = torch.exp(g_t * logp) * logp  # gradient flows through p^gamma
+        per_token = torch.where(w_t > 0, per_token, torch.zeros_like(per_token))
     else:
         per_token = w_t * logp
     loss = -(s_t * torch.where(mask, per_token, torch.zeros_like(per_token))).sum()

@@ -1,7 +1,7 @@
 """The O(N) part of the policy-weighted loss: spec, sequences, weights, normaliser, statistics.
 
 Everything here works on per-token vectors of length N (never on logits), so it
-is shared by both backends (chunked torch and Triton). Formulas are METHODS.md,
+is shared by both backends (chunked torch and Triton). Formulas are docs/methods.md,
 "Loss level":
 
     L = - sum_t m_t * w_t * logp_t / Z,   w_t detached.
@@ -14,113 +14,12 @@ are computed here between the forward pass and the backward pass.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import NamedTuple
 
 import torch
 
-SCHEMES = ("sft", "dft", "is", "idft", "pear")
-LEVELS = ("token", "block", "sequence")
-NORMALIZE = ("tokens", "sequence")
-MISSING_BLOGP = ("error", "zero")
-
-
-class LossSpecError(ValueError):
-    """A loss option or input is invalid; the message names the value and the fix."""
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class LossSpec:
-    """Every option of the weighted loss, validated (see ``PolicyLoss`` for the meaning)."""
-
-    scheme: str
-    level: str = "token"
-    clip: tuple[float, float] = (0.0, 2.0)
-    seq_mean: bool = False
-    idft_beta: float = 1.0
-    idft_gamma: tuple[float, float] = (0.1, 2.0)
-    idft_detach_gamma_only: bool = False
-    pear_delta_clip: tuple[float, float] = (-0.08, 0.3)
-    pear_gamma: float = 0.999
-    pear_block: int = 1
-    pear_log_clip: tuple[float, float] = (-10.0, 5.0)
-    pear_missing_blogp: str = "error"
-    normalize: str = "tokens"
-    ignore_index: int = -100
-
-    def __post_init__(self) -> None:
-        problems = self.problems()
-        if problems:
-            raise LossSpecError("invalid PolicyLoss options:\n  - " + "\n  - ".join(problems))
-        # normalise tuples (lists from JSON configs)
-        for name in ("clip", "idft_gamma", "pear_delta_clip", "pear_log_clip"):
-            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
-
-    def problems(self) -> list[str]:
-        p: list[str] = []
-        if self.scheme not in SCHEMES:
-            p.append(f"scheme={self.scheme!r} is unknown; use one of {list(SCHEMES)}")
-        if self.level not in LEVELS:
-            p.append(f"level={self.level!r} is unknown; use one of {list(LEVELS)}")
-        elif self.level == "sequence" and self.scheme not in ("is", "pear"):
-            p.append(
-                f"level='sequence' only exists for scheme 'is' and 'pear', not {self.scheme!r};"
-                " use level='token'"
-            )
-        elif self.level == "block" and self.scheme != "pear":
-            p.append(f"level='block' only exists for scheme 'pear', not {self.scheme!r}")
-        if self.pear_block != 1 and not (self.scheme == "pear" and self.level == "block"):
-            p.append(
-                f"pear_block={self.pear_block!r} only applies to scheme='pear' with"
-                " level='block'; set level='block' (or leave pear_block=1)"
-            )
-        for name in ("clip", "idft_gamma", "pear_delta_clip", "pear_log_clip"):
-            v = getattr(self, name)
-            if len(v) != 2 or not (float(v[0]) <= float(v[1])):
-                p.append(f"{name}={v!r} must be a pair (low, high) with low <= high")
-        if len(self.clip) == 2 and float(self.clip[0]) < 0:
-            p.append(f"clip={self.clip!r}: a ratio clip below 0 is meaningless; use low >= 0")
-        if len(self.idft_gamma) == 2 and float(self.idft_gamma[0]) < 0:
-            p.append(f"idft_gamma={self.idft_gamma!r} must be >= 0")
-        if not self.idft_beta > 0:
-            p.append(f"idft_beta={self.idft_beta!r} must be > 0")
-        if not 0 < self.pear_gamma <= 1:
-            p.append(f"pear_gamma={self.pear_gamma!r} must be in (0, 1]")
-        if not (isinstance(self.pear_block, int) and self.pear_block >= 1):
-            p.append(f"pear_block={self.pear_block!r} must be an integer >= 1 (1 = token level)")
-        if self.pear_missing_blogp not in MISSING_BLOGP:
-            p.append(
-                f"pear_missing_blogp={self.pear_missing_blogp!r} is unknown;"
-                f" use one of {list(MISSING_BLOGP)}"
-            )
-        if self.normalize not in NORMALIZE:
-            p.append(f"normalize={self.normalize!r} is unknown; use one of {list(NORMALIZE)}")
-        if self.seq_mean and not (self.scheme == "is" and self.level == "sequence"):
-            p.append("seq_mean=True only applies to scheme='is' with level='sequence'")
-        return p
-
-    @property
-    def token_local(self) -> bool:
-        """True when w_t depends only on row t (computed inside the kernel, one pass)."""
-        return self.scheme in ("sft", "dft", "idft") or (
-            self.scheme == "is" and self.level == "token"
-        )
-
-    @property
-    def needs_entropy(self) -> bool:
-        return self.scheme == "idft"
-
-    @property
-    def needs_segments(self) -> bool:
-        return self.scheme == "pear" or self.level == "sequence" or self.normalize == "sequence"
-
-    @property
-    def uses_blogp(self) -> bool:
-        return self.scheme in ("is", "pear")
-
-
-# ------------------------------------------------------------------ sequences
+from onpolicy_sft.config import LossConfig, LossError
 
 
 class Segments(NamedTuple):
@@ -145,10 +44,10 @@ def segments(
     their order in the batch (position i before position j when i < j).
     """
     if seq_ids is not None and cu_seqlens is not None:
-        raise LossSpecError("pass seq_ids or cu_seqlens, not both")
+        raise LossError("pass seq_ids or cu_seqlens, not both")
     if seq_ids is not None:
         if seq_ids.shape != (n,):
-            raise LossSpecError(
+            raise LossError(
                 f"seq_ids has shape {tuple(seq_ids.shape)}; it must be (N,) = ({n},),"
                 " one sequence id per token"
             )
@@ -157,19 +56,19 @@ def segments(
     if cu_seqlens is not None:
         cu = cu_seqlens.to(device=device, dtype=torch.long)
         if cu.ndim != 1 or cu.numel() < 2:
-            raise LossSpecError(
+            raise LossError(
                 f"cu_seqlens has shape {tuple(cu.shape)}; it must be (S+1,) starting at 0"
             )
         lens = cu[1:] - cu[:-1]
         if int(cu[0]) != 0 or int(cu[-1]) != n or bool((lens < 0).any()):
-            raise LossSpecError(
+            raise LossError(
                 f"cu_seqlens must start at 0, be non-decreasing and end at N={n};"
                 f" got first={int(cu[0])}, last={int(cu[-1])}"
             )
         seg = torch.repeat_interleave(torch.arange(lens.numel(), device=device), lens)
         return Segments(seg, int(lens.numel()))
     if required:
-        raise LossSpecError(
+        raise LossError(
             f"{what} needs to know where sequences start and end: pass seq_ids (N,)"
             " or cu_seqlens (S+1,); for a single sequence pass seq_ids=torch.zeros(N)"
         )
@@ -180,40 +79,44 @@ def segments(
 
 
 def prepare_blogp(
-    behavior_logprobs: torch.Tensor | None, mask: torch.Tensor, spec: LossSpec
+    behavior_logprobs: torch.Tensor | None, mask: torch.Tensor, spec: LossConfig
 ) -> torch.Tensor | None:
     """(N,) float32 behaviour log-probs with the missing-value convention applied.
 
-    Missing = ``behavior_logprobs is None`` or NaN entries (expert rows). For ``is``
-    a missing blogp is 0, which makes the weight the DFT weight p_t (METHODS.md).
-    For ``pear`` it is an error unless ``pear_missing_blogp='zero'``.
+    Missing = NaN entries (expert rows, which no behaviour model generated). For
+    ``is`` a missing blogp is 0, which makes the weight the DFT weight p_t
+    (docs/methods.md); for ``pear`` it is an error unless
+    ``missing_behavior='zero'``. No tensor at all is an error for both unless
+    ``missing_behavior='zero'``: it is far more often a dropped column than a
+    dataset of expert rows only, and ``is`` would silently be ``dft``.
     """
     if not spec.uses_blogp:
         return None
     n = mask.numel()
     if behavior_logprobs is None:
-        if spec.scheme == "pear" and spec.pear_missing_blogp == "error":
-            raise LossSpecError(
-                "scheme='pear' needs behavior_logprobs (N,) and none were given;"
-                " pass them, or set pear_missing_blogp='zero' to use blogp = 0 for missing"
-                " tokens (the convention of is/MTG)"
-            )
-        return torch.zeros(n, dtype=torch.float32, device=mask.device)
+        if spec.missing_behavior == "zero":
+            return torch.zeros(n, dtype=torch.float32, device=mask.device)
+        dft = "; scheme='dft' is that weight on every token" if spec.scheme == "is" else ""
+        raise LossError(
+            f"scheme={spec.scheme!r} needs behavior_logprobs (N,) and none were given; pass the"
+            " behaviour model's log-prob of each token, NaN on tokens that have none (expert"
+            f" rows), or set missing_behavior='zero' to use blogp = 0 for every token{dft}"
+        )
     if behavior_logprobs.shape != (n,):
-        raise LossSpecError(
+        raise LossError(
             f"behavior_logprobs has shape {tuple(behavior_logprobs.shape)}; it must be (N,) ="
             f" ({n},), aligned with labels"
         )
     b = behavior_logprobs.detach().to(device=mask.device, dtype=torch.float32)
     missing = torch.isnan(b)
-    if spec.scheme == "pear" and spec.pear_missing_blogp == "error":
+    if spec.missing_blogp_is_error:
         bad = missing & mask
         if bool(bad.any()):
             first = int(bad.nonzero()[0, 0])
-            raise LossSpecError(
+            raise LossError(
                 f"scheme='pear': behavior_logprobs is NaN (missing) at {int(bad.sum())}"
                 f" unmasked token(s), first at row {first}; drop those rows, mask them with"
-                " ignore_index, or set pear_missing_blogp='zero' to use blogp = 0"
+                " ignore_index, or set missing_behavior='zero' to use blogp = 0"
             )
     return torch.where(missing, torch.zeros_like(b), b)
 
@@ -225,18 +128,22 @@ def _log_hi(hi: float) -> float:
     return math.log(hi) if hi > 0 else -math.inf
 
 
+# IDFT clamps p at 1e-10 (the authors' trainer): log of that floor
+LOG_P_FLOOR = math.log(1e-10)
+
+
 def local_weights(
     logp: torch.Tensor,
     entropy: torch.Tensor | None,
     blogp: torch.Tensor | None,
-    spec: LossSpec,
+    spec: LossConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-local weights, the torch twin of the Triton kernel's in-kernel weight.
 
     Returns (w, g): w is the detached weight in the loss, g the per-token gradient
     factor (dL/dlogp_t = -scale_t * g_t). g = w except for
     ``idft_detach_gamma_only``, where the loss is -p^sg(gamma) log p and
-    d/dlogp (p^gamma logp) = p^gamma (1 + gamma logp) (METHODS.md, "IDFT history").
+    d/dlogp (p^gamma logp) = p^gamma (1 + gamma logp) (docs/methods.md, "IDFT history").
     """
     lp = logp.float()
     if spec.scheme == "sft":
@@ -251,10 +158,13 @@ def local_weights(
         assert entropy is not None
         phi = lp + entropy.float()
         gamma = torch.exp((-phi / spec.idft_beta).clamp(max=80.0)).clamp(*spec.idft_gamma)
-        w = torch.exp(gamma * lp)
+        gamma = 1.0 + spec.idft_lambda * (gamma - 1.0)
+        # the authors clamp p >= 1e-10, which leaves a rarer token no gradient
+        live = lp >= LOG_P_FLOOR
+        w = torch.where(live, torch.exp(gamma * lp), torch.zeros_like(lp))
         if spec.idft_detach_gamma_only:
             return w, w * (1.0 + gamma * lp)
-    else:  # pragma: no cover - guarded by LossSpec
+    else:  # pragma: no cover - guarded by LossConfig
         raise AssertionError(spec.scheme)
     return w, w
 
@@ -264,7 +174,7 @@ def sequence_weights(
     blogp: torch.Tensor,
     mask: torch.Tensor,
     segs: Segments,
-    spec: LossSpec,
+    spec: LossConfig,
 ) -> torch.Tensor:
     """Weights that need the whole sequence: sequence-level ``is`` and ``pear``.
 
@@ -317,7 +227,7 @@ def clipped(
     blogp: torch.Tensor | None,
     mask: torch.Tensor,
     segs: Segments | None,
-    spec: LossSpec,
+    spec: LossConfig,
 ) -> torch.Tensor:
     """(N,) bool: the token's clip was active.
 
@@ -358,7 +268,7 @@ def clipped(
 def token_scale(
     mask: torch.Tensor,
     segs: Segments | None,
-    spec: LossSpec,
+    spec: LossConfig,
     normalizer: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(N,) float32 scale_t = m_t / Z_t, so that L = -sum_t scale_t w_t logp_t.
@@ -370,6 +280,8 @@ def token_scale(
     With nothing unmasked the scale is 0 everywhere (loss 0, no NaN).
     """
     m = mask.float()
+    if spec.normalize == "micro_batch":  # always this call's own token count
+        return m / m.sum().clamp(min=1.0)
     if spec.normalize == "tokens":
         if normalizer is not None:
             z = torch.as_tensor(normalizer, dtype=torch.float32, device=m.device)
@@ -390,10 +302,12 @@ def weight_stats(
     entropy: torch.Tensor | None,
     mask: torch.Tensor,
     clip_mask: torch.Tensor,
+    missing_blogp: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-step statistics over unmasked tokens, as detached 0-d float32 tensors.
 
     ESS = (sum w)^2 / sum w^2, divided by the count (1 = uniform weights).
+    missing_blogp: (N,) bool, tokens whose behaviour log-prob is NaN (counted).
     mean_phi and mean_entropy are NaN when entropy was not computed.
     """
     m = mask.float()
@@ -407,6 +321,10 @@ def weight_stats(
         "max_weight": w.max() if w.numel() else torch.zeros((), device=w.device),
         "ess_fraction": torch.where(sw2 > 0, sw * sw / sw2.clamp(min=1e-30) / cc, 0.0),
         "clipped_fraction": (clip_mask.float() * m).sum() / cc,
+        # supervised tokens whose behaviour log-prob was missing (NaN) and taken as 0
+        "tokens_without_behavior": (
+            (missing_blogp & mask).float().sum() if missing_blogp is not None else c * 0
+        ),
     }
     if entropy is not None:
         ent = entropy.float() * m

@@ -3,7 +3,7 @@
 ``onpolicy_sft.rewrite(...)`` runs the pipeline (``tiers.rewrite``) and
 ``onpolicy_sft.select(...)`` runs GRAPE (``grape.select``).
 
-Importing a submodule such as ``onpolicy_sft.rewrite.prompts`` binds the
+Importing a submodule such as ``onpolicy_sft.prompts`` binds the
 *package* to ``onpolicy_sft.rewrite``, which would shadow the function of the
 same name that ``onpolicy_sft`` exports. The package is therefore made
 callable: ``onpolicy_sft.rewrite(...)`` works whichever of the two it is.

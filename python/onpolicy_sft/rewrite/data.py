@@ -7,7 +7,6 @@ row or column and the flag that fixes it.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -16,13 +15,9 @@ from typing import Any
 
 import numpy as np
 
-LOCAL_BUILDERS = {
-    ".json": "json",
-    ".jsonl": "json",
-    ".parquet": "parquet",
-    ".csv": "csv",
-    ".arrow": "arrow",
-}
+from onpolicy_sft._io import load_table
+from onpolicy_sft._journal import AppendLog
+from onpolicy_sft.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -33,52 +28,17 @@ class Problem:
     answer: str | None  # the reference answer a*; None when none could be extracted
 
 
-def load_table(dataset: str, split: str = "train") -> Any:
-    """Return a ``datasets.Dataset`` for a hub name, a local file or a local directory."""
-    import datasets
-
-    expanded = os.path.expanduser(dataset)
-    if os.path.isfile(expanded):
-        ext = os.path.splitext(expanded)[1].lower()
-        builder = LOCAL_BUILDERS.get(ext)
-        if builder is None:
-            raise ValueError(
-                f"dataset file {dataset!r} has extension {ext!r}; use one of "
-                f"{', '.join(sorted(LOCAL_BUILDERS))} (or a hub dataset name)"
-            )
-        if _local_file_is_empty(expanded, builder):
-            raise ValueError(f"dataset {dataset!r} has no rows; check --dataset")
-        return datasets.load_dataset(builder, data_files=expanded, split="train")
-    if os.path.isdir(expanded):
-        if os.path.exists(os.path.join(expanded, "dataset_info.json")) or os.path.exists(
-            os.path.join(expanded, "state.json")
-        ):
-            loaded = datasets.load_from_disk(expanded)
-            return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
-        return datasets.load_dataset(expanded, split=split)
-    if dataset.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"dataset path {dataset!r} does not exist; check --dataset")
-    return datasets.load_dataset(dataset, split=split)
-
-
-def _local_file_is_empty(path: str, builder: str) -> bool:
-    if os.path.getsize(path) == 0:
-        return True
-    if builder == "parquet":
-        import pyarrow.parquet as pq
-
-        return int(pq.ParquetFile(path).metadata.num_rows) == 0
-    if builder == "json":
-        with open(path, encoding="utf-8") as f:
-            head = f.read(4096).strip()
-        return head in ("", "[]")
-    return False
-
-
 def _field(row: dict[str, Any], name: str, i: int, source: str, flag: str) -> str:
     value = row.get(name)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise ValueError(f'row {i} of {source} has no "{name}" field; map your column with {flag}')
+    if value is None:
+        raise InputError(
+            f'row {i + 1} of {source} has no "{name}" value (null); fill it in or drop the row '
+            f"(or map another column with {flag})"
+        )
+    if isinstance(value, str) and not value.strip():
+        raise InputError(
+            f'row {i + 1} of {source} has an empty "{name}"; fill it in or drop the row'
+        )
     return str(value)
 
 
@@ -91,14 +51,16 @@ def load_problems(
     answer_field: str | None = None,
     id_field: str | None = None,
     limit: int | None = None,
-    extract_answer: Any = None,
 ) -> list[Problem]:
     """Read and validate every row (before sharding, so ids are global).
 
-    answer_field None: an "answer" column when the dataset has one, else the
-    last ``\\boxed{}`` of the solution (``extract_answer``); a row whose answer
-    cannot be found gets ``answer=None`` (it goes to the expert tier).
+    The reference answer of a row is its answer column's value (``answer_field``,
+    or an "answer" column when the dataset has one), else the last ``\\boxed{}`` /
+    ``\\fbox{}`` of the solution, and nothing else (:func:`reference_answer`);
+    a row without one gets ``answer=None`` and goes to the expert tier.
     """
+    from onpolicy_sft.verify import reference_answer
+
     table = load_table(dataset, split)
     source = os.path.basename(dataset) if os.path.exists(os.path.expanduser(dataset)) else dataset
     columns = list(table.column_names)
@@ -106,7 +68,7 @@ def load_problems(
         raise ValueError(
             f"dataset {dataset!r} (split {split!r}) has no rows; check --dataset/--split"
         )
-    for name, flag in ((problem_field, "--problem-field"), (solution_field, "--solution-field")):
+    for name, flag in ((problem_field, "--problem_field"), (solution_field, "--solution_field")):
         if name not in columns:
             raise ValueError(
                 f'{source} has no "{name}" column (columns: {", ".join(columns)}); '
@@ -115,11 +77,11 @@ def load_problems(
     if answer_field is not None and answer_field not in columns:
         raise ValueError(
             f'{source} has no "{answer_field}" column (columns: {", ".join(columns)}); '
-            "fix --answer-field (or leave it out to take the last \\boxed{} of the solution)"
+            "fix --answer_field (or leave it out to take the last \\boxed{} of the solution)"
         )
     if id_field is not None and id_field not in columns:
         raise ValueError(
-            f'{source} has no "{id_field}" column (columns: {", ".join(columns)}); fix --id-field'
+            f'{source} has no "{id_field}" column (columns: {", ".join(columns)}); fix --id_field'
         )
     answer_col = (
         answer_field if answer_field is not None else ("answer" if "answer" in columns else None)
@@ -129,28 +91,35 @@ def load_problems(
     seen: set[str] = set()
     for i in range(n):
         row = table[i]
-        problem = _field(row, problem_field, i, source, "--problem-field")
-        solution = _field(row, solution_field, i, source, "--solution-field")
+        problem = _field(row, problem_field, i, source, "--problem_field")
+        solution = _field(row, solution_field, i, source, "--solution_field")
         answer: str | None = None
         if answer_col is not None and row.get(answer_col) not in (None, ""):
             answer = str(row[answer_col]).strip()
-        elif extract_answer is not None:
-            answer = extract_answer(solution)
+        else:
+            answer = reference_answer(solution)
         pid = str(row[id_field]) if id_field is not None else str(i)
         if pid in seen:
             raise ValueError(
-                f'row {i} of {source} repeats id {pid!r} of column "{id_field}"; ids must be unique'
+                f'row {i + 1} of {source} repeats id {pid!r} of column "{id_field}"; '
+                "ids must be unique"
             )
         seen.add(pid)
         out.append(Problem(pid, problem, solution, answer or None))
     return out
 
 
-def response_ids(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of a written response as training sees it: the text, then EOS."""
-    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    eos = getattr(tokenizer, "eos_token_id", None)
-    return ids + ([int(eos)] if eos is not None else [])
+def problems_of(cfg: Any) -> list[Problem]:
+    """The problems a RewriteConfig names (its dataset, fields and limit), references strict."""
+    return load_problems(
+        cfg.dataset,
+        split=cfg.split,
+        problem_field=cfg.problem_field,
+        solution_field=cfg.solution_field,
+        answer_field=cfg.answer_field,
+        id_field=cfg.id_field,
+        limit=cfg.limit,
+    )
 
 
 def shard_rows(items: Sequence[Any], index: int, count: int) -> list[Any]:
@@ -207,40 +176,42 @@ def phi_summary(phi: np.ndarray) -> dict[str, Any]:
 
 
 class SideStore:
-    """Append-only JSON lines next to the ledger: expert scores and phi summaries.
+    """Expert scores and phi summaries next to the ledger, in a crash-safe JSON-lines file.
 
-    Each ``append`` is flushed and fsynced before it returns; a torn last line
-    (kill -9 mid-write) is ignored on reading. Later lines win.
+    Backed by :class:`onpolicy_sft._journal.AppendLog`: each ``append`` is
+    durable when it returns, and a torn last line (kill -9 mid-write) is cut
+    with a warning when the store is opened, so its records are missing and
+    computed again. Later lines win; a ``{"kind": "reset", "problem_id": ...}``
+    line drops every earlier record of that problem (its data changed).
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.log = AppendLog(path)
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
-        lines = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
-        if not lines:
-            return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(lines)
-            f.flush()
-            os.fsync(f.fileno())
+        self.log.append(list(records))
+
+    def reset(self, problem_ids: Iterable[str]) -> None:
+        """Forget the records of these problems (durable on return)."""
+        self.append({"kind": "reset", "problem_id": pid} for pid in problem_ids)
 
     def read(self) -> list[dict[str, Any]]:
-        if not os.path.exists(self.path):
-            return []
-        out = []
-        with open(self.path, encoding="utf-8") as f:
-            for line in f:
-                if not line.endswith("\n"):
-                    break  # torn write
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-        return out
+        out: list[dict[str, Any]] = []
+        reset_at: dict[str, int] = {}
+        for r in self.log:
+            if r.get("kind") == "reset":
+                reset_at[r["problem_id"]] = len(out)
+            else:
+                out.append(r)
+        return [r for i, r in enumerate(out) if i >= reset_at.get(r.get("problem_id"), 0)]
 
     def experts(self) -> dict[str, dict[str, Any]]:
         return {r["problem_id"]: r for r in self.read() if r.get("kind") == "expert"}
+
+    def analyses(self) -> dict[str, dict[str, Any]]:
+        """The structured Hinted Decoding pre-pass per problem (text, finished)."""
+        return {r["problem_id"]: r for r in self.read() if r.get("kind") == "analysis"}
 
     def phis(self) -> dict[tuple[str, str, int], dict[str, Any]]:
         return {

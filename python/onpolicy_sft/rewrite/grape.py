@@ -1,4 +1,4 @@
-"""GRAPE selection (arXiv 2502.04194; METHODS.md "GRAPE selection").
+"""GRAPE selection (arXiv 2502.04194; docs/methods.md "GRAPE selection").
 
 Score every candidate response with pi_0 by length-normalised log-probability
 ``(1/|y|) sum_t log pi_0(y_t | x, y_<t)`` under the chat-templated training
@@ -7,6 +7,12 @@ keep the top k per problem.
 
 Candidates: a dataset with a problem column and either one response per row
 (rows of the same problem are grouped) or a list of responses per row.
+
+GRAPE is for any instruction data, so the prompt is the chat template over the
+bare problem; the math instruction ("reason step by step ... \\boxed{}") is added
+only with ``math_suffix=True`` (or a ``suffix`` of one's own). The paper assumes
+correct candidates (they come from strong models); ``verify=True`` first drops
+candidates the verifier rejects against the answer column (off by default).
 """
 
 from __future__ import annotations
@@ -18,8 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from onpolicy_sft.rewrite import prompts as P
-from onpolicy_sft.rewrite.data import load_table, response_ids
+from onpolicy_sft import prompts as P
+from onpolicy_sft._io import load_table
+from onpolicy_sft.config import SelectConfig
+from onpolicy_sft.engines.base import Engine
+from onpolicy_sft.models import response_ids
 
 
 @dataclass(frozen=True)
@@ -28,6 +37,8 @@ class SelectResult:
     problems: int
     candidates: int
     kept: int
+    rejected: int = 0  # candidates the correctness filter removed (verify=True)
+    no_correct: int = 0  # problems left out because no candidate was correct
 
 
 def length_normalised(logprobs: Sequence[np.ndarray]) -> np.ndarray:
@@ -42,38 +53,39 @@ def top_k(scores: np.ndarray, k: int) -> list[int]:
 
 
 def select(
-    model: Any = None,
-    candidates: str | None = None,
-    out: str | None = None,
+    config: SelectConfig | None = None,
+    /,
     *,
-    top_k_per_problem: int = 1,
-    split: str = "train",
-    problem_field: str = "problem",
-    response_field: str = "response",
-    answer_field: str | None = None,
-    engine: Any = None,
-    engine_kind: str = "auto",
-    batch_size: int = 64,
-    suffix: str | None = None,
-    **engine_kwargs: Any,
+    engine: Engine | str | None = None,
+    verifier: Any = None,
+    **options: Any,
 ) -> SelectResult:
-    """Keep the top-k candidates per problem by mean log pi_0; write OUT/data.parquet.
+    """Keep the top-k candidates per problem by mean log pi_0; write OUTPUT_DIR/data.parquet.
 
-    ``response_field`` may hold a string (one candidate per row) or a list of
-    strings (several per row).
+    ``select(model=..., candidates=..., output_dir=..., top_k=1)`` or
+    ``select(SelectConfig(...))`` (see SelectConfig for every option); ``engine``:
+    an already loaded Engine instead of loading ``model``. ``response_field`` may
+    hold a string (one candidate per row) or a list of strings (several per row). The
+    prompt is the chat template over the problem, followed by ``suffix`` when given, or by
+    the math instruction with ``math_suffix=True``. ``verify=True`` keeps only candidates
+    whose answer the verifier (``verifier``: anything with ``verdicts``) accepts against
+    ``answer_field`` before ranking; a problem with no correct candidate is left out and
+    counted.
     """
     from onpolicy_sft.rewrite.report import write_data
 
-    if candidates is None or out is None:
-        raise ValueError("select needs candidates= (the --candidates dataset) and out= (--out)")
-    if top_k_per_problem < 1:
-        raise ValueError(f"--top-k {top_k_per_problem} must be >= 1")
-    table = load_table(candidates, split)
+    if engine is not None and not isinstance(engine, str):
+        options.setdefault("model", "")
+    cfg, engine = SelectConfig.with_engine(config, engine, options)
+    out = cfg.output_dir
+    split, problem_field, response_field = cfg.split, cfg.problem_field, cfg.response_field
+    answer_field, candidates = cfg.answer_field, cfg.candidates
+    table = load_table(candidates, split, flag="--candidates")
     source = os.path.basename(candidates)
     cols = list(table.column_names)
     if len(table) == 0:
         raise ValueError(f"candidates {candidates!r} (split {split!r}) has no rows")
-    for name, flag in ((problem_field, "--problem-field"), (response_field, "--response-field")):
+    for name, flag in ((problem_field, "--problem_field"), (response_field, "--response_field")):
         if name not in cols:
             raise ValueError(
                 f'{source} has no "{name}" column (columns: {", ".join(cols)}); '
@@ -87,32 +99,56 @@ def select(
         resp = row.get(response_field)
         if not problem:
             raise ValueError(
-                f'row {i} of {source} has no "{problem_field}" field; map your column with --problem-field'
+                f'row {i + 1} of {source} has no "{problem_field}" field; map your column with --problem_field'
             )
         if resp is None or resp == "" or resp == []:
             raise ValueError(
-                f'row {i} of {source} has no "{response_field}" field; map your column with --response-field'
+                f'row {i + 1} of {source} has no "{response_field}" field; map your column with --response_field'
             )
         group = groups.setdefault(str(problem), [])
         group.extend([str(r) for r in resp] if isinstance(resp, list) else [str(resp)])
-        if answer_field and row.get(answer_field) is not None:
+        if answer_field and row.get(answer_field) not in (None, ""):
             answers[str(problem)] = str(row[answer_field])
+        elif cfg.verify:
+            raise ValueError(
+                f'row {i} of {source} has no "{answer_field}" value; the correctness filter '
+                "(--verify) needs a reference answer on every row"
+            )
     if engine is None:
         from onpolicy_sft.engines import load_engine
 
-        if model is None:
-            raise ValueError("select needs model= (--model) or an engine=")
-        engine = load_engine(engine_kind, model, **engine_kwargs)
+        engine = load_engine(cfg.engine, cfg.model, tensor_parallel_size=cfg.tensor_parallel_size)
     tok = engine.tokenizer
-    sfx = P.SUFFIX if suffix is None else suffix
+    sfx = cfg.suffix if cfg.suffix is not None else (P.SUFFIX if cfg.math_suffix else "")
+    rejected = no_correct = 0
+    if cfg.verify:
+        if verifier is None:
+            from onpolicy_sft.verify import Verifier
+
+            verifier = Verifier()
+        pairs = [(p, r) for p, rs in groups.items() for r in rs]
+        verdicts = verifier.verdicts([r for _, r in pairs], [answers[p] for p, _ in pairs])
+        correct: dict[str, list[str]] = {}
+        for (p, r), v in zip(pairs, verdicts):
+            if v.correct:
+                correct.setdefault(p, []).append(r)
+            else:
+                rejected += 1
+        no_correct = sum(p not in correct for p in groups)
+        groups = {p: correct[p] for p in groups if p in correct}
+        if not groups:
+            raise ValueError(
+                f"the correctness filter rejected every candidate of {source} ({rejected}); "
+                "check --answer_field, or drop --verify"
+            )
     flat: list[tuple[str, int, str, str, list[int]]] = []
     for problem, resps in groups.items():
         prompt = P.train_prompt(tok, problem, sfx)
         for j, r in enumerate(resps):
-            flat.append((problem, j, prompt, r, response_ids(tok, r)))
+            flat.append((problem, j, prompt, r, response_ids(tok, [r])[0]))
     scored: list[np.ndarray] = []
-    for s in range(0, len(flat), batch_size):
-        chunk = flat[s : s + batch_size]
+    for s in range(0, len(flat), cfg.batch_size):
+        chunk = flat[s : s + cfg.batch_size]
         scored += engine.score([c[2] for c in chunk], [c[4] for c in chunk])
     by_problem: dict[str, list[int]] = {}
     for idx, c in enumerate(flat):
@@ -120,7 +156,7 @@ def select(
     rows = []
     for pnum, (problem, idxs) in enumerate(by_problem.items()):
         scores = length_normalised([scored[i] for i in idxs])
-        for rank, k in enumerate(top_k(scores, top_k_per_problem)):
+        for rank, k in enumerate(top_k(scores, cfg.top_k)):
             i = idxs[k]
             _, j, prompt, text, ids = flat[i]
             rows.append(
@@ -143,5 +179,12 @@ def select(
                 }
             )
     os.makedirs(out, exist_ok=True)
-    write_data(rows, os.path.join(out, "data.parquet"))
-    return SelectResult(out=out, problems=len(by_problem), candidates=len(flat), kept=len(rows))
+    write_data(rows, os.path.join(out, "data.parquet"), save_to_disk=cfg.save_to_disk)
+    return SelectResult(
+        out=out,
+        problems=len(by_problem),
+        candidates=len(flat) + rejected,
+        kept=len(rows),
+        rejected=rejected,
+        no_correct=no_correct,
+    )

@@ -9,7 +9,7 @@ generating again. Expert scores and phi summaries go to an append-only side
 store (``scores.jsonl``) written *before* the ledger, so the ledger stays the
 single source of truth for what is done.
 
-Layout of ``--out DIR``: ``config.json``, ``ledger/``, ``scores.jsonl``,
+Layout of ``--output_dir DIR``: ``config.json``, ``ledger/``, ``scores.jsonl``,
 ``data.parquet``, ``report.md``/``report.json``/``*.png``. With ``--shard i/n``
 each worker writes ``DIR/shard-i-of-n/`` with the same layout; running the
 same command without ``--shard`` merges the shards (``Ledger.merge``) and
@@ -19,28 +19,37 @@ finishes anything a shard left undone.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from onpolicy_sft.config import REWRITE_IDENTITY, RewriteConfig
-from onpolicy_sft.rewrite import prompts as P
+from onpolicy_sft import prompts as P
+from onpolicy_sft._io import load_saved_json
+from onpolicy_sft.config import RewriteConfig
+from onpolicy_sft.models import response_ids
 from onpolicy_sft.rewrite.data import (
     Problem,
     SideStore,
     copy_rejection,
-    load_problems,
     phi_summary,
-    response_ids,
+    problems_of,
     shard_rows,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from onpolicy_sft.engines.base import Engine
+    from onpolicy_sft.ledger import Ledger
+    from onpolicy_sft.verify import Verifier
+
+# The expert reason of a problem with no reference answer (no answer column value and
+# no \\boxed{} / \\fbox{} in its solution): nothing could verify a rewrite of it.
+NO_REFERENCE = "expert: no reference answer"
 
 STAGES = {"tiers": ("self", "guided"), "hinted": ("self", "hinted"), "grape": ("self",)}
 
@@ -50,6 +59,7 @@ class RewriteResult:
     out: str
     tiers: dict[str, int]
     rows: int
+    no_reference_answer: int = 0  # problems sent to the expert tier for lack of a reference
     timings: dict[str, float] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
 
@@ -83,30 +93,34 @@ def _check_resume(cfg: RewriteConfig, run_dir: str) -> None:
     path = os.path.join(run_dir, "config.json")
     if not os.path.exists(path):
         return
-    with open(path, encoding="utf-8") as f:
-        old = json.load(f)
-    diffs = [
-        f"{k}: {old.get(k)!r} -> {getattr(cfg, k)!r}"
-        for k in REWRITE_IDENTITY
-        if k in old and old.get(k) != getattr(cfg, k)
-    ]
+    old = load_saved_json(
+        path,
+        f"it records the settings of the rewrite in {run_dir}, which a rerun must match: "
+        "restore it from a copy, or choose a new --output_dir",
+    )
+    now = cfg.identity()
+    diffs = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in now.items() if k in old and old[k] != v]
     if diffs:
         raise ValueError(
             f"{run_dir} holds a rewrite with other settings ({'; '.join(diffs)}); "
-            "rerun with the same settings to resume, or choose a new --out"
+            "rerun with the same settings to resume, or choose a new --output_dir"
         )
 
 
 class Pipeline:
-    def __init__(self, cfg: RewriteConfig, engine: Any = None) -> None:
+    def __init__(self, cfg: RewriteConfig, engine: Engine | None = None) -> None:
         self.cfg = cfg
         self.timer = Timer()
         self._engine = engine
         self._engine_is_callers = engine is not None  # never close what the caller passed in
         self._hf: Any = None
-        self._verifier: Any = None
+        self._verifier: Verifier | None = None
         index, count = cfg.shard_index()
-        self.run_dir = cfg.out if count == 1 else os.path.join(cfg.out, f"shard-{index}-of-{count}")
+        self.run_dir = (
+            cfg.output_dir
+            if count == 1
+            else os.path.join(cfg.output_dir, f"shard-{index}-of-{count}")
+        )
         self.suffix = P.SUFFIX if cfg.suffix is None else cfg.suffix
 
     # ------------------------------------------------------------ resources
@@ -172,26 +186,16 @@ class Pipeline:
     def _run(self) -> RewriteResult:
         cfg = self.cfg
         if self._engine is None:  # fail on a bad --model before any work
-            from onpolicy_sft.engines.hf import resolve_model_path
+            from onpolicy_sft.models import resolve_model_path
 
             resolve_model_path(cfg.model)
         from onpolicy_sft.ledger import Ledger
-        from onpolicy_sft.verify import extract_answer
 
         t_start = time.perf_counter()
         os.makedirs(self.run_dir, exist_ok=True)
         _check_resume(cfg, self.run_dir)
         with self.timer("load"):
-            problems = load_problems(
-                cfg.dataset,
-                split=cfg.split,
-                problem_field=cfg.problem_field,
-                solution_field=cfg.solution_field,
-                answer_field=cfg.answer_field,
-                id_field=cfg.id_field,
-                limit=cfg.limit,
-                extract_answer=extract_answer,
-            )
+            problems = problems_of(cfg)
         index, count = cfg.shard_index()
         problems = shard_rows(problems, index, count)
         if not problems:
@@ -202,13 +206,12 @@ class Pipeline:
         ledger_path = os.path.join(self.run_dir, "ledger")
         if count == 1:
             self._merge_shards(ledger_path)
-        self.side = SideStore(os.path.join(self.run_dir, "scores.jsonl"))
         self.by_id = {p.problem_id: p for p in problems}
         with Ledger.open(ledger_path, create=True) as ledger:
+            # opened under the ledger's lock: opening cuts a torn tail, a write
+            self.side = SideStore(os.path.join(self.run_dir, "scores.jsonl"))
             with self.timer("ledger"):
-                ledger.add_problems(
-                    [p.problem_id for p in problems], [p.solution for p in problems]
-                )
+                self.sync_problems(ledger, problems)
             no_answer = [p.problem_id for p in problems if p.answer is None]
             if no_answer:
                 with self.timer("ledger"):
@@ -228,7 +231,7 @@ class Pipeline:
 
         with self.timer("export"):
             data_path = os.path.join(self.run_dir, "data.parquet")
-            write_data(rows, data_path)
+            write_data(rows, data_path, save_to_disk=cfg.save_to_disk)
         with self.timer("report"):
             write_report(
                 self.run_dir,
@@ -238,15 +241,21 @@ class Pipeline:
                     "ledger": ledger_stats,
                     "timings": dict(self.timer.totals),
                 },
+                plots=cfg.plots,
             )
         tiers = Counter(r["tier"] for r in rows)
         total = time.perf_counter() - t_start
         timings = {**self.timer.totals, "total": total}
-        self.log(f"done: {len(rows)} rows, tiers {dict(tiers)} in {total:.1f}s -> {data_path}")
+        no_ref = counts["no_reference_answer"]
+        self.log(
+            f"done: {len(rows)} rows, tiers {dict(tiers)}, {no_ref} without a reference answer, "
+            f"in {total:.1f}s -> {data_path}"
+        )
         return RewriteResult(
             out=self.run_dir,
             tiers=dict(tiers),
             rows=len(rows),
+            no_reference_answer=no_ref,
             timings=timings,
             paths={
                 "data": data_path,
@@ -255,10 +264,36 @@ class Pipeline:
             },
         )
 
+    def sync_problems(self, ledger: Any, problems: Sequence[Problem]) -> None:
+        """Record the problems with a fingerprint of their data (text, solution, answer).
+
+        A problem edited since an earlier run into this output_dir is rewritten again:
+        its side records are reset first, then the ledger sets its old attempts
+        aside (kept on disk, no longer used) in one durable commit, so a crash
+        between the two only repeats the reset.
+        """
+        from onpolicy_sft.ledger import problem_fingerprint
+
+        ids = [p.problem_id for p in problems]
+        fps = [problem_fingerprint(p.problem, p.solution, p.answer) for p in problems]
+        recorded = ledger.fingerprints()
+        changed = [i for i, f in zip(ids, fps) if recorded.get(i, f) != f]
+        if changed:
+            self.side.reset(changed)
+        sync = ledger.add_problems(ids, [p.solution for p in problems], fps)
+        if sync.changed:
+            shown = ", ".join(map(repr, sync.changed[:10]))
+            more = f" and {len(sync.changed) - 10} more" if len(sync.changed) > 10 else ""
+            self.log(
+                f"{len(sync.changed)} problem(s) changed in {self.cfg.dataset} since the earlier "
+                f"run (problem_id {shown}{more}): their {sync.set_aside_attempts} old "
+                "attempt(s) were set aside and they are rewritten again"
+            )
+
     def _merge_shards(self, ledger_path: str) -> None:
         from onpolicy_sft.ledger import Ledger
 
-        shard_dirs = sorted(glob.glob(os.path.join(self.cfg.out, "shard-*-of-*")))
+        shard_dirs = sorted(glob.glob(os.path.join(self.cfg.output_dir, "shard-*-of-*")))
         if not shard_dirs or os.path.exists(ledger_path):
             return
         ledgers = [
@@ -268,12 +303,12 @@ class Pipeline:
         ]
         self.log(f"merging {len(ledgers)} shard ledgers into {ledger_path}")
         Ledger.merge(ledgers, ledger_path)
-        side = SideStore(os.path.join(self.cfg.out, "scores.jsonl"))
+        side = SideStore(os.path.join(self.cfg.output_dir, "scores.jsonl"))
         for d in shard_dirs:
             side.append(SideStore(os.path.join(d, "scores.jsonl")).read())
 
     # ------------------------------------------------------------ helpers
-    def _pending(self, ledger: Any, stage: str, k: int) -> list[str]:
+    def _pending(self, ledger: Ledger, stage: str, k: int) -> list[str]:
         """Pending problems of this shard; chunks recorded but not finished are finished here."""
         with self.timer("ledger"):
             pending = [pid for pid in ledger.pending(stage) if pid in self.by_id]
@@ -287,15 +322,9 @@ class Pipeline:
         return [pid for pid in pending if pid not in set(done)]
 
     def _progress(self, total: int, stage: str) -> Any:
-        from tqdm.auto import tqdm  # type: ignore[import-untyped]
+        from onpolicy_sft.progress import progress
 
-        return tqdm(
-            total=total,
-            desc=f"rewrite {stage}",
-            unit="problem",
-            disable=not self.cfg.progress,
-            file=sys.stderr,
-        )
+        return progress(total, f"rewrite {stage}", "problem", disable=not self.cfg.progress)
 
     def _verify(self, texts: list[str], golds: list[str]) -> list[Any]:
         with self.timer("verify"):
@@ -324,63 +353,45 @@ class Pipeline:
         ]
 
     # ------------------------------------------------------------ stages
-    def stage_self(self, ledger: Any) -> None:
-        from onpolicy_sft.ledger import Attempt
-
-        cfg = self.cfg
-        pending = self._pending(ledger, "self", cfg.k_self)
-        self.log(f"self: {len(pending)} of {len(self.by_id)} problems to sample (k={cfg.k_self})")
-        if pending:
-            self.engine  # load before the progress bar starts timing  # noqa: B018
-        solved = 0
-        bar = self._progress(len(pending), "self")
-        for chunk in _chunks(pending, cfg.batch_problems):
+    def _stage(
+        self,
+        ledger: Ledger,
+        stage: str,
+        k: int,
+        describe: str,
+        sample: Callable[[Sequence[str], list[Problem]], tuple[list[str], list[list[Any]]]],
+        judge: Callable[[list[tuple[Any, ...]], list[Any], dict[str, int]], tuple[list, list]],
+    ) -> None:
+        """The skeleton every sampling stage shares: for each chunk of pending problems,
+        ``sample`` (prompts, samples per problem) -> verify -> ``judge`` (attempts and
+        side records; it may count more than solved problems) -> one durable commit."""
+        pending = self._pending(ledger, stage, k)
+        self.log(f"{stage}: {len(pending)} {describe}")
+        if not pending:
+            return
+        # load before the progress bar starts timing
+        if stage == "hinted":
+            self.hf_engine()
+        else:
+            self.engine  # noqa: B018
+        counts = {stage: 0}
+        bar = self._progress(len(pending), stage)
+        for chunk in _chunks(pending, self.cfg.batch_problems):
             probs = [self.by_id[pid] for pid in chunk]
-            prompts = [self.train_prompt(p.problem) for p in probs]
             with self.timer("generate"):
-                outs = self.engine.generate(
-                    prompts,
-                    n=cfg.k_self,
-                    temperature=cfg.temperature_self,
-                    top_p=cfg.top_p,
-                    max_tokens=cfg.max_tokens,
-                    seed=cfg.seed + _chunk_seed(chunk),
-                )
+                prompts, outs = sample(chunk, probs)
             flat = [
                 (p, pr, j, s) for p, pr, row in zip(probs, prompts, outs) for j, s in enumerate(row)
             ]
             verdicts = self._verify([s.text for *_, s in flat], [p.answer or "" for p, *_ in flat])
-            with self.timer("bookkeeping"):
-                attempts = [
-                    Attempt(
-                        problem_id=p.problem_id,
-                        stage="self",
-                        sample_index=j,
-                        text=s.text,
-                        token_ids=list(s.token_ids),
-                        behavior_logprobs=np.asarray(s.logprobs, np.float32),
-                        correct=bool(v.correct),
-                        reason=str(v.reason),
-                        # the self prompt is the training prompt: pi_0(y|x) = behaviour
-                        base_logprobs=np.asarray(s.logprobs, np.float32),
-                    )
-                    for (p, _, j, s), v in zip(flat, verdicts)
-                ]
-            side = self._phi_records(
-                "self",
-                [
-                    (a.problem_id, a.sample_index, pr, list(a.token_ids))
-                    for a, (_, pr, _, _) in zip(attempts, flat)
-                    if a.correct
-                ],
-            )
-            solved += self._commit(ledger, "self", chunk, attempts, side)
+            attempts, side = judge(flat, verdicts, counts)
+            counts[stage] += self._commit(ledger, stage, chunk, attempts, side)
             bar.update(len(chunk))
-            bar.set_postfix_str(f"self={solved}")
+            bar.set_postfix_str(" ".join(f"{name}={n}" for name, n in counts.items()))
         bar.close()
 
     def _commit(
-        self, ledger: Any, stage: str, chunk: Sequence[str], attempts: Sequence[Any], side: Any
+        self, ledger: Ledger, stage: str, chunk: Sequence[str], attempts: Sequence[Any], side: Any
     ) -> int:
         """Record a chunk's attempts and finish its stage (durable on return, so a kill
         after this point never regenerates the chunk); returns how many problems it solved.
@@ -392,146 +403,247 @@ class Pipeline:
             ledger.finish_stage(chunk, stage)
         return len({a.problem_id for a in attempts if a.correct})
 
-    def stage_guided(self, ledger: Any) -> None:
-        from onpolicy_sft.ledger import Attempt
+    def _copied(self, text: str, p: Problem, correct: bool) -> str | None:
+        """Why a correct rewrite is rejected as a copy of y* (None: it is not)."""
+        return copy_rejection(text, p.solution, self.cfg.copy_span_words) if correct else None
 
+    def _sample(
+        self, prompts: list[str], n: int, temperature: float, top_p: float, seed: int
+    ) -> list[list[Any]]:
         cfg = self.cfg
-        pending = self._pending(ledger, "guided", cfg.k_guided)
-        self.log(
-            f"guided: {len(pending)} problems without a correct self sample (k={cfg.k_guided})"
+        return self.engine.generate(
+            prompts, n=n, temperature=temperature, top_p=top_p, max_tokens=cfg.max_tokens, seed=seed
         )
-        if pending:
-            self.engine  # load before the progress bar starts timing  # noqa: B018
-        solved, rejected = 0, 0
-        bar = self._progress(len(pending), "guided")
-        for chunk in _chunks(pending, cfg.batch_problems):
-            probs = [self.by_id[pid] for pid in chunk]
+
+    def _self_base(self, items: Sequence[tuple[str, Any]]) -> list[np.ndarray]:
+        """Untempered pi_0(y | x) of self samples under the training prompt (their own prompt):
+        the engine's raw log-probs when it has them; the behaviour log-probs when sampling was
+        plain (T = 1, top-p = 1: the two distributions coincide); else one scoring pass."""
+        cfg = self.cfg
+        if all(s.raw_logprobs is not None for _, s in items):
+            return [np.asarray(s.raw_logprobs, np.float32) for _, s in items]
+        if cfg.temperature_self == 1.0 and cfg.top_p >= 1.0:
+            return [np.asarray(s.logprobs, np.float32) for _, s in items]
+        with self.timer("score"):
+            scored = self.engine.score([pr for pr, _ in items], [s.token_ids for _, s in items])
+        return [np.asarray(x, np.float32) for x in scored]
+
+    def stage_self(self, ledger: Ledger) -> None:
+        cfg = self.cfg
+
+        def sample(chunk: Sequence[str], probs: list[Problem]) -> tuple[list[str], list]:
+            prompts = [self.train_prompt(p.problem) for p in probs]
+            seed = cfg.seed + _chunk_seed(chunk)
+            return prompts, self._sample(prompts, cfg.k_self, cfg.temperature_self, cfg.top_p, seed)
+
+        def judge(flat: list, verdicts: list, counts: dict[str, int]) -> tuple[list, list]:
+            base = self._self_base([(pr, s) for _, pr, _, s in flat])
+            with self.timer("bookkeeping"):
+                # behaviour: the distribution sampled from (T, top-p); base: pi_0(y|x) untempered
+                attempts = [
+                    _attempt("self", p, j, s, bool(v.correct), str(v.reason), b)
+                    for (p, _, j, s), v, b in zip(flat, verdicts, base)
+                ]
+            side = self._phi_records(
+                "self",
+                [
+                    (a.problem_id, a.sample_index, pr, list(a.token_ids))
+                    for a, (_, pr, _, _) in zip(attempts, flat)
+                    if a.correct
+                ],
+            )
+            return attempts, side
+
+        about = f"of {len(self.by_id)} problems to sample (k={cfg.k_self})"
+        self._stage(ledger, "self", cfg.k_self, about, sample, judge)
+
+    def stage_guided(self, ledger: Ledger) -> None:
+        cfg = self.cfg
+
+        def sample(chunk: Sequence[str], probs: list[Problem]) -> tuple[list[str], list]:
             tok = self.engine.tokenizer
             prompts = [P.guided_prompt(tok, p.problem, p.solution, self.suffix) for p in probs]
-            with self.timer("generate"):
-                outs = self.engine.generate(
-                    prompts,
-                    n=cfg.k_guided,
-                    temperature=cfg.temperature_guided,
-                    top_p=cfg.top_p,
-                    max_tokens=cfg.max_tokens,
-                    seed=cfg.seed + 1 + _chunk_seed(chunk),
-                )
-            flat = [(p, j, s) for p, row in zip(probs, outs) for j, s in enumerate(row)]
-            verdicts = self._verify([s.text for *_, s in flat], [p.answer or "" for p, *_ in flat])
+            seed = cfg.seed + 1 + _chunk_seed(chunk)
+            return prompts, self._sample(
+                prompts, cfg.k_guided, cfg.temperature_guided, cfg.top_p, seed
+            )
+
+        def judge(flat: list, verdicts: list, counts: dict[str, int]) -> tuple[list, list]:
             with self.timer("bookkeeping"):
-                keep, reasons, correct = [], [], []
-                for (p, _, s), v in zip(flat, verdicts):
-                    why = (
-                        copy_rejection(s.text, p.solution, cfg.copy_span_words)
-                        if v.correct
-                        else None
-                    )
+                reasons, correct = [], []
+                for (p, _, _, s), v in zip(flat, verdicts):
+                    why = self._copied(s.text, p, bool(v.correct))
                     reasons.append(why or str(v.reason))
                     correct.append(bool(v.correct) and why is None)
-                    rejected += why is not None
+                    counts["rejected"] = counts.get("rejected", 0) + (why is not None)
                 keep = [i for i, c in enumerate(correct) if c]
             train_prompts = [self.train_prompt(flat[i][0].problem) for i in keep]
             with self.timer("score"):
-                base = self.engine.score(train_prompts, [flat[i][2].token_ids for i in keep])
+                base = self.engine.score(train_prompts, [flat[i][3].token_ids for i in keep])
             base_of = dict(zip(keep, base))
             with self.timer("bookkeeping"):
                 attempts = [
-                    Attempt(
-                        problem_id=p.problem_id,
-                        stage="guided",
-                        sample_index=j,
-                        text=s.text,
-                        token_ids=list(s.token_ids),
-                        behavior_logprobs=np.asarray(s.logprobs, np.float32),
-                        correct=correct[i],
-                        reason=reasons[i],
-                        base_logprobs=base_of.get(i),
-                    )
-                    for i, (p, j, s) in enumerate(flat)
+                    _attempt("guided", p, j, s, correct[i], reasons[i], base_of.get(i))
+                    for i, (p, _, j, s) in enumerate(flat)
                 ]
             side = self._phi_records(
                 "guided",
                 [
-                    (flat[i][0].problem_id, flat[i][1], tp, list(flat[i][2].token_ids))
+                    (flat[i][0].problem_id, flat[i][2], tp, list(flat[i][3].token_ids))
                     for i, tp in zip(keep, train_prompts)
                 ],
             )
-            solved += self._commit(ledger, "guided", chunk, attempts, side)
-            bar.update(len(chunk))
-            bar.set_postfix_str(f"guided={solved} rejected={rejected}")
-        bar.close()
+            return attempts, side
 
-    def stage_hinted(self, ledger: Any) -> None:
-        from onpolicy_sft.ledger import Attempt
+        about = f"problems without a correct self sample (k={cfg.k_guided})"
+        self._stage(ledger, "guided", cfg.k_guided, about, sample, judge)
+
+    def stage_analysis(self, pending: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The structured variant's greedy pre-pass for every pending problem, batched on the
+        loaded engine (vLLM or HF) and recorded in the side store before any hinted attempt,
+        so a resumed run reuses it."""
+        from onpolicy_sft.rewrite.hinted import analysis_prepass
+
+        have = self.side.analyses()
+        todo = [pid for pid in pending if pid not in have]
+        if not todo:
+            if pending:
+                self.log(f"hinted: the analysis pre-pass of {len(pending)} problems is kept")
+            return have
+        self.log(f"hinted: greedy analysis pre-pass for {len(todo)} problems")
+        bar = self._progress(len(todo), "analysis")
+        for chunk in _chunks(todo, self.cfg.batch_problems):
+            tok = self.engine.tokenizer
+            probs = [self.by_id[pid] for pid in chunk]
+            prompts = [P.structured_hinted_prompt(tok, p.problem, p.solution) for p in probs]
+            with self.timer("generate"):
+                got = analysis_prepass(
+                    self.engine,
+                    prompts,
+                    max_tokens=self.cfg.analysis_max_tokens,
+                    marker=P.COT_HEADING,
+                )
+            records = [
+                {
+                    "kind": "analysis",
+                    "problem_id": pid,
+                    "text": a.text,
+                    "finished": a.finished,
+                    "num_tokens": a.num_tokens,
+                }
+                for pid, a in zip(chunk, got)
+            ]
+            with self.timer("ledger"):
+                self.side.append(records)
+            have.update({r["problem_id"]: r for r in records})
+            bar.update(len(chunk))
+        bar.close()
+        return have
+
+    def stage_hinted(self, ledger: Ledger) -> None:
         from onpolicy_sft.rewrite.hinted import HintedParams, hinted_decode
 
         cfg = self.cfg
-        pending = self._pending(ledger, "hinted", cfg.k_hinted)
-        self.log(f"hinted: {len(pending)} problems without a correct self sample (beta={cfg.beta})")
-        if not pending:
-            return
-        eng = self.hf_engine()
+        structured = cfg.hinted_variant == "structured"
         params = HintedParams(
             beta=cfg.beta,
             temperature=cfg.hinted_temperature,
             top_p=cfg.hinted_top_p,
-            max_tokens=cfg.max_tokens,
+            max_tokens=cfg.hinted_max_tokens,
+            repeat_every=cfg.repeat_every,
+            lambda_mode=cfg.lambda_mode,
+            sigmoid_center=cfg.sigmoid_center,
+            piecewise_bounds=tuple(cfg.piecewise_bounds),
         )
-        solved = 0
-        bar = self._progress(len(pending), "hinted")
-        for chunk in _chunks(pending, cfg.batch_problems):
-            probs = [self.by_id[pid] for pid in chunk]
-            hinted = [
-                P.hinted_prompt(eng.tokenizer, p.problem, p.solution, self.suffix) for p in probs
-            ]
-            plain = [self.train_prompt(p.problem) for p in probs]
-            with self.timer("generate"):
-                outs = hinted_decode(
-                    eng,
-                    hinted,
-                    plain,
-                    n=cfg.k_hinted,
-                    seed=cfg.seed + 2 + _chunk_seed(chunk),
-                    params=params,
-                    max_batch_size=cfg.max_batch_size,
+        analyses: dict[str, dict[str, Any]] = {}
+        if structured:
+            pending = self._pending(ledger, "hinted", cfg.k_hinted)
+            analyses = self.stage_analysis(pending)
+            # no chain-of-thought heading reached: not hinted-decoded (the authors skip these)
+            unfinished = [pid for pid in pending if not analyses[pid]["finished"]]
+            if unfinished:
+                with self.timer("ledger"):
+                    ledger.finish_stage(unfinished, "hinted")
+                self.log(
+                    f"hinted: {len(unfinished)} problems whose analysis never reached "
+                    f"{P.COT_HEADING!r} stay expert"
                 )
-            flat = [(p, j, s) for p, row in zip(probs, outs) for j, s in enumerate(row)]
-            verdicts = self._verify([s.text for *_, s in flat], [p.answer or "" for p, *_ in flat])
+
+        def plain_prompt(p: Problem) -> str:
+            # structured: the chat template over the bare problem (phi is taken under it)
+            return (
+                P.chat(self.hf_engine().tokenizer, p.problem)
+                if structured
+                else (self.train_prompt(p.problem))
+            )
+
+        def sample(chunk: Sequence[str], probs: list[Problem]) -> tuple[list[str], list]:
+            eng = self.hf_engine()
+            tok = eng.tokenizer
+            if structured:
+                hinted = [
+                    P.structured_hinted_prompt(tok, p.problem, p.solution)
+                    + analyses[p.problem_id]["text"]
+                    for p in probs
+                ]
+            else:
+                hinted = [P.hinted_prompt(tok, p.problem, p.solution, self.suffix) for p in probs]
+            outs = hinted_decode(
+                eng,
+                hinted,
+                [plain_prompt(p) for p in probs],
+                n=cfg.k_hinted,
+                seed=cfg.seed + 2 + _chunk_seed(chunk),
+                params=params,
+                max_batch_size=cfg.max_batch_size,
+            )
+            return hinted, outs
+
+        def judge(flat: list, verdicts: list, counts: dict[str, int]) -> tuple[list, list]:
+            # pi_0(y | x) under the training prompt: the plain stream's log q when the plain
+            # stream is the training prompt, else one scoring pass
+            train = [self.train_prompt(p.problem) for p, *_ in flat]
+            base = [s.base_logprobs for *_, s in flat]
+            if any(plain_prompt(p) != t for (p, *_), t in zip(flat, train)):
+                with self.timer("score"):
+                    scored = self.hf_engine().score(train, [s.token_ids for *_, s in flat])
+                base = [np.asarray(x, np.float32) for x in scored]
             with self.timer("bookkeeping"):
                 attempts, side = [], []
-                for (p, j, s), v in zip(flat, verdicts):
-                    why = (
-                        copy_rejection(s.text, p.solution, cfg.copy_span_words)
-                        if v.correct
-                        else None
-                    )
+                for (p, _, j, s), v, b in zip(flat, verdicts, base):
+                    # the authors do not filter hinted outputs for copying; the simple variant does
+                    why = None if structured else self._copied(s.text, p, bool(v.correct))
+                    reason = why or f"{v.reason}; finish={s.finish_reason}"
                     attempts.append(
-                        Attempt(
-                            problem_id=p.problem_id,
-                            stage="hinted",
-                            sample_index=j,
-                            text=s.text,
-                            token_ids=list(s.token_ids),
-                            behavior_logprobs=s.logprobs,
-                            correct=bool(v.correct) and why is None,
-                            reason=why or f"{v.reason}; finish={s.finish_reason}",
-                            base_logprobs=s.base_logprobs,  # log q: the plain stream is pi_0(y|x)
+                        _attempt(
+                            "hinted",
+                            p,
+                            j,
+                            s,
+                            bool(v.correct) and why is None,
+                            reason,
+                            b,
+                            behavior=s.logprobs,
                         )
                     )
+                    # phi under the plain stream's prompt, as the authors compute it
                     side.append(
                         {
                             "kind": "phi",
                             "problem_id": p.problem_id,
                             "stage": "hinted",
                             "sample_index": j,
+                            "variant": cfg.hinted_variant,
                             **phi_summary(s.phi),
                         }
                     )
-            solved += self._commit(ledger, "hinted", chunk, attempts, side)
-            bar.update(len(chunk))
-            bar.set_postfix_str(f"hinted={solved}")
-        bar.close()
+            return attempts, side
+
+        about = (
+            f"problems without a correct self sample ({cfg.hinted_variant}, beta={cfg.beta}, "
+            f"lambda {cfg.lambda_mode})"
+        )
+        self._stage(ledger, "hinted", cfg.k_hinted, about, sample, judge)
 
     def stage_expert_scores(self) -> None:
         """pi_0(y*|x) for every problem: the 'before rewriting' side of the report."""
@@ -545,7 +657,7 @@ class Pipeline:
         for chunk in _chunks(todo, cfg.batch_problems):
             probs = [self.by_id[pid] for pid in chunk]
             prompts = [self.train_prompt(p.problem) for p in probs]
-            ids = [response_ids(eng.tokenizer, p.solution) for p in probs]
+            ids = response_ids(eng.tokenizer, [p.solution for p in probs])
             with self.timer("score"):
                 if cfg.phi and hasattr(eng, "score_with_entropy"):
                     scored = eng.score_with_entropy(prompts, ids)
@@ -566,7 +678,7 @@ class Pipeline:
                 self.side.append(records)
 
     # ------------------------------------------------------------ output
-    def build_rows(self, ledger: Any) -> list[dict[str, Any]]:
+    def build_rows(self, ledger: Ledger) -> list[dict[str, Any]]:
         cfg = self.cfg
         experts = self.side.experts()
         phis = self.side.phis()
@@ -624,7 +736,7 @@ class Pipeline:
             rows.append(row)
         return rows
 
-    def attempt_counts(self, ledger: Any) -> dict[str, Any]:
+    def attempt_counts(self, ledger: Ledger) -> dict[str, Any]:
         """Attempts, correct ones and rejections (with their reasons) per stage."""
         attempts: Counter[str] = Counter()
         rejections: Counter[str] = Counter()
@@ -635,19 +747,58 @@ class Pipeline:
                 if a.reason.startswith("rejected"):
                     rejections[f"{a.stage}: {a.reason}"] += 1
         no_answer = sum(p.answer is None for p in self.by_id.values())
-        return {
+        out: dict[str, Any] = {
             "attempts": dict(attempts),
             "rejections": dict(rejections),
             "no_reference_answer": no_answer,
         }
+        if self.cfg.method == "hinted":
+            out["hinted_variants"] = self._hinted_variants(ledger)
+        return out
+
+    def _hinted_variants(self, ledger: Ledger) -> dict[str, dict[str, Any]]:
+        """Per Hinted Decoding variant: problems decoded, problems with a correct rewrite and
+        the mean phi (plain-stream prompt) of the correct rewrites."""
+        phis = self.side.phis()
+        by: dict[str, dict[str, Any]] = {}
+        for pid in self.by_id:
+            per_variant: dict[str, list[tuple[bool, Any]]] = defaultdict(list)
+            for a in ledger.attempts(pid):
+                if a.stage == "hinted":
+                    rec = phis.get((pid, "hinted", int(a.sample_index)), {})
+                    variant = rec.get("variant", self.cfg.hinted_variant)
+                    per_variant[variant].append((bool(a.correct), rec.get("phi_mean")))
+            for variant, results in per_variant.items():
+                v = by.setdefault(variant, {"problems": 0, "correct": 0, "phi": []})
+                v["problems"] += 1
+                v["correct"] += any(ok for ok, _ in results)
+                v["phi"] += [phi for ok, phi in results if ok and phi is not None]
+        return {
+            name: {
+                "problems": v["problems"],
+                "correct": v["correct"],
+                "phi_mean_correct": float(np.mean(v["phi"])) if v["phi"] else None,
+            }
+            for name, v in by.items()
+        }
 
     def _expert_ids(self, p: Problem) -> list[int]:
-        return response_ids(self.engine.tokenizer, p.solution)
+        return response_ids(self.engine.tokenizer, [p.solution])[0]
 
-    def _expert_reason(self, ledger: Any, p: Problem) -> str:
+    def _expert_reason(self, ledger: Ledger, p: Problem) -> str:
         if p.answer is None:
-            return "expert: no reference answer could be extracted from the solution"
+            return NO_REFERENCE
         attempts = ledger.attempts(p.problem_id)
+        analysis = self.side.analyses().get(p.problem_id) if self.cfg.method == "hinted" else None
+        if (
+            analysis is not None
+            and not analysis["finished"]
+            and not any(a.stage == "hinted" for a in attempts)
+        ):
+            return (
+                f"expert: the hinted analysis pre-pass ended before {P.COT_HEADING!r} "
+                f"({analysis['num_tokens']} tokens); no hinted attempt"
+            )
         if self.cfg.method == "grape" and any(a.correct for a in attempts):
             return "expert: grape kept the expert solution (highest mean log pi_0)"
         parts = []
@@ -666,18 +817,40 @@ def _chunk_seed(chunk: Sequence[str]) -> int:
 
 
 def rewrite(
-    config: RewriteConfig | None = None, /, *, engine: Any = None, **kwargs: Any
+    config: RewriteConfig | None = None, /, *, engine: Engine | None = None, **kwargs: Any
 ) -> RewriteResult:
     """Rewrite a dataset (see RewriteConfig for every option).
 
-    ``rewrite(model=..., dataset=..., out=...)`` or ``rewrite(RewriteConfig(...))``.
+    ``rewrite(model=..., dataset=..., output_dir=...)`` or ``rewrite(RewriteConfig(...))``.
     ``engine`` is either the RewriteConfig field (``"auto" | "vllm" | "hf"``) or an
     already loaded Engine to use.
     """
-    if isinstance(engine, str):
-        kwargs["engine"] = engine
-        engine = None
-    cfg = config if config is not None else RewriteConfig(**kwargs)
-    if config is not None and kwargs:
-        cfg = cfg.replace(**kwargs)
+    cfg, engine = RewriteConfig.with_engine(config, engine, kwargs)
     return Pipeline(cfg, engine=engine).run()
+
+
+def _attempt(
+    stage: str,
+    p: Problem,
+    j: int,
+    s: Any,
+    correct: bool,
+    reason: str,
+    base: Any,
+    *,
+    behavior: Any = None,
+) -> Any:
+    """One ledger Attempt for sample ``s`` (j-th of problem ``p``) of ``stage``."""
+    from onpolicy_sft.ledger import Attempt
+
+    return Attempt(
+        problem_id=p.problem_id,
+        stage=stage,
+        sample_index=j,
+        text=s.text,
+        token_ids=list(s.token_ids),
+        behavior_logprobs=np.asarray(s.logprobs, np.float32) if behavior is None else behavior,
+        correct=correct,
+        reason=reason,
+        base_logprobs=base,
+    )

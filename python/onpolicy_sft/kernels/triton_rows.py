@@ -31,7 +31,8 @@ import torch
 import triton  # type: ignore[import-untyped]
 import triton.language as tl  # type: ignore[import-untyped]
 
-from .weights import LossSpec
+from .torch_rows import CHUNK_BYTES, pow2_chunk
+from .weights import LOG_P_FLOOR
 
 # SCHEME codes (constexpr): which token-local weight the forward kernel computes.
 _SFT, _DFT, _IS, _IDFT, _EXTERNAL = 0, 1, 2, 3, 4
@@ -61,6 +62,8 @@ def _policy_loss_fwd_kernel(
     idft_inv_beta,
     gamma_lo,
     gamma_hi,
+    idft_lambda,
+    log_p_floor,
     SCHEME: tl.constexpr,
     DETACH_GAMMA_ONLY: tl.constexpr,
     WRITE_GRAD: tl.constexpr,
@@ -107,7 +110,9 @@ def _policy_loss_fwd_kernel(
     elif SCHEME == 3:  # idft: sg(p^gamma), gamma = clip(exp(-(logp + H) / beta))
         gamma = tl.exp(tl.minimum(-(logp + ent) * idft_inv_beta, 80.0))  # no inf
         gamma = tl.minimum(tl.maximum(gamma, gamma_lo), gamma_hi)
-        w = tl.exp(gamma * logp)
+        gamma = 1.0 + idft_lambda * (gamma - 1.0)
+        # p clamped at 1e-10 (the authors' trainer): a rarer token gets no gradient
+        w = tl.where(logp >= log_p_floor, tl.exp(gamma * logp), 0.0)
         if DETACH_GAMMA_ONLY:  # -p^sg(gamma) log p: d/dlogp = p^gamma (1 + gamma logp)
             g = w * (1.0 + gamma * logp)
         else:
@@ -182,113 +187,81 @@ def _check_chunk(logits: torch.Tensor, labels: torch.Tensor, *vecs: torch.Tensor
             raise ValueError(f"{name} is on {t.device} but the logits are on {logits.device}")
 
 
-def policy_loss_fwd_rows(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    blogp: torch.Tensor | None,
-    scale: torch.Tensor,
-    spec: LossSpec,
-    out: tuple[torch.Tensor, ...],
-    *,
-    local: bool,
-    write_grad: bool,
-) -> None:
-    """Launch the forward row kernel on a (C, V) logits chunk (overwritten when write_grad).
-
-    out = (logp, entropy, lse, w, coef), each a contiguous float32 (C,) tensor.
-    """
-    logp, ent, lse, w, coef = out
-    _check_chunk(logits, labels, scale, logp, ent, lse, w, coef)
-    if blogp is not None:
-        _check_chunk(logits, labels, blogp)
-    code = _CODES[spec.scheme] if local else _EXTERNAL
-    if code == _IS and blogp is None:
-        raise ValueError("token-level is needs blogp (zeros for missing) in the row kernel")
-    if write_grad and not local:
-        raise ValueError("write_grad needs a token-local scheme; use policy_loss_bwd_rows")
-    c, v = logits.shape
-    if c == 0:
-        return
-    block, warps = _launch_config(v)
-    lo, hi = spec.clip
-    _policy_loss_fwd_kernel[(c,)](
-        logits,
-        logits.stride(0),
-        labels,
-        blogp if blogp is not None else scale,  # unused unless SCHEME == is
-        scale,
-        logp,
-        ent,
-        lse,
-        w,
-        coef,
-        v,
-        spec.ignore_index,
-        float(lo),
-        math.log(hi) if hi > 0 else -math.inf,
-        1.0 / spec.idft_beta,
-        float(spec.idft_gamma[0]),
-        float(spec.idft_gamma[1]),
-        SCHEME=code,
-        DETACH_GAMMA_ONLY=bool(spec.idft_detach_gamma_only),
-        WRITE_GRAD=bool(write_grad),
-        BLOCK_V=block,
-        num_warps=warps,
-    )
-
-
-def policy_loss_bwd_rows(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    lse: torch.Tensor,
-    coef: torch.Tensor,
-    spec: LossSpec,
-) -> None:
-    """Overwrite a (C, V) logits chunk with coef * (softmax - onehot(label))."""
-    _check_chunk(logits, labels, lse, coef)
-    c, v = logits.shape
-    if c == 0:
-        return
-    block, warps = _launch_config(v)
-    _policy_loss_bwd_kernel[(c,)](
-        logits,
-        logits.stride(0),
-        labels,
-        lse,
-        coef,
-        v,
-        spec.ignore_index,
-        BLOCK_V=block,
-        num_warps=warps,
-    )
-
-
 class TritonRows:
-    """The Triton row kernels behind ``fused.RowOps`` (CUDA, or CPU under TRITON_INTERPRET=1)."""
+    """The Triton row kernels behind ``torch_rows.RowOps`` (CUDA, or CPU under TRITON_INTERPRET=1)."""
 
     name = "triton"
 
     def forward(self, logits, labels, blogp, scale, spec, out, *, local, write_grad):
-        policy_loss_fwd_rows(
+        """Launch the forward row kernel on a (C, V) logits chunk (overwritten when
+        write_grad); out = (logp, entropy, lse, w, coef), contiguous float32 (C,) tensors."""
+        labels, scale = labels.contiguous(), scale.contiguous()
+        blogp = None if blogp is None else blogp.contiguous()
+        logp, ent, lse, w, coef = out
+        _check_chunk(logits, labels, scale, logp, ent, lse, w, coef)
+        if blogp is not None:
+            _check_chunk(logits, labels, blogp)
+        code = _CODES[spec.scheme] if local else _EXTERNAL
+        if code == _IS and blogp is None:
+            raise ValueError("token-level is needs blogp (zeros for missing) in the row kernel")
+        if write_grad and not local:
+            raise ValueError("write_grad needs a token-local scheme; use backward")
+        c, v = logits.shape
+        if c == 0:
+            return
+        block, warps = _launch_config(v)
+        lo, hi = spec.clip
+        _policy_loss_fwd_kernel[(c,)](
             logits,
-            labels.contiguous(),
-            None if blogp is None else blogp.contiguous(),
-            scale.contiguous(),
-            spec,
-            out,
-            local=local,
-            write_grad=write_grad,
+            logits.stride(0),
+            labels,
+            blogp if blogp is not None else scale,  # unused unless SCHEME == is
+            scale,
+            logp,
+            ent,
+            lse,
+            w,
+            coef,
+            v,
+            spec.ignore_index,
+            float(lo),
+            math.log(hi) if hi > 0 else -math.inf,
+            1.0 / spec.idft_beta,
+            float(spec.idft_gamma[0]),
+            float(spec.idft_gamma[1]),
+            float(spec.idft_lambda),
+            LOG_P_FLOOR,
+            SCHEME=code,
+            DETACH_GAMMA_ONLY=bool(spec.idft_detach_gamma_only),
+            WRITE_GRAD=bool(write_grad),
+            BLOCK_V=block,
+            num_warps=warps,
         )
 
     def backward(self, logits, labels, lse, coef, spec):
-        policy_loss_bwd_rows(logits, labels.contiguous(), lse, coef.contiguous(), spec)
+        """Overwrite a (C, V) logits chunk with coef * (softmax - onehot(label))."""
+        labels, coef = labels.contiguous(), coef.contiguous()
+        _check_chunk(logits, labels, lse, coef)
+        c, v = logits.shape
+        if c == 0:
+            return
+        block, warps = _launch_config(v)
+        _policy_loss_bwd_kernel[(c,)](
+            logits,
+            logits.stride(0),
+            labels,
+            lse,
+            coef,
+            v,
+            spec.ignore_index,
+            BLOCK_V=block,
+            num_warps=warps,
+        )
 
     def chunk_size(self, n, v, dtype):
         # One chunk of logits in the input dtype is the only (C, V) buffer.
-        from .fused import _CHUNK_BYTES, _pow2_chunk
-
         itemsize = torch.empty((), dtype=dtype).element_size()
-        return _pow2_chunk(n, _CHUNK_BYTES // (v * itemsize))
+        return pow2_chunk(n, CHUNK_BYTES // (v * itemsize))
 
 
-__all__ = ["INTERPRETED", "TritonRows", "policy_loss_bwd_rows", "policy_loss_fwd_rows"]
+__all__ = ["INTERPRETED", "TritonRows"]

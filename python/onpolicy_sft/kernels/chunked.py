@@ -1,7 +1,7 @@
 """Chunked driver of the fused policy-weighted loss, shared by the torch and Triton backends.
 
-Anatomy (ARCHITECTURE.md, "one kernel anatomy"): row kernels (Triton:
-``policy_loss.py``; torch twin: :class:`TorchRows` here) -> this driver, which
+Anatomy (docs/architecture.md, "one kernel anatomy"): row kernels (Triton:
+``triton_rows.py``; torch twin: ``torch_rows.py``) -> this driver, which
 checks shapes and allocates -> :class:`PolicyLossFunction` (autograd) ->
 :func:`fused_policy_loss` (the one functional entry).
 
@@ -35,106 +35,15 @@ weight's dtype.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from .weights import LossSpec, Segments, local_weights, sequence_weights
+from onpolicy_sft.config import LossConfig
 
-# fp32 temporaries the torch row op holds per chunk element (z, u, e, e*u / dz, ...)
-_TORCH_TEMPS = 6
-# Budget for the per-chunk buffers when chunk_size is not given.
-_CHUNK_BYTES = 512 * 2**20
-
-
-class RowOps(Protocol):
-    """What a backend provides: two in-place row kernels on a (C, V) logits chunk."""
-
-    name: str
-
-    def forward(
-        self,
-        logits: torch.Tensor,
-        labels: torch.Tensor,
-        blogp: torch.Tensor | None,
-        scale: torch.Tensor,
-        spec: LossSpec,
-        out: tuple[torch.Tensor, ...],
-        *,
-        local: bool,
-        write_grad: bool,
-    ) -> None: ...
-
-    def backward(
-        self,
-        logits: torch.Tensor,
-        labels: torch.Tensor,
-        lse: torch.Tensor,
-        coef: torch.Tensor,
-        spec: LossSpec,
-    ) -> None: ...
-
-    def chunk_size(self, n: int, v: int, dtype: torch.dtype) -> int: ...
-
-
-class TorchRows:
-    """Plain-PyTorch row ops: the CPU path, and the twin of the Triton row kernels."""
-
-    name = "torch"
-
-    def forward(self, logits, labels, blogp, scale, spec, out, *, local, write_grad):
-        logp_o, ent_o, lse_o, w_o, coef_o = out
-        z = logits.float()
-        valid = labels != spec.ignore_index
-        safe = torch.where(valid, labels, torch.zeros_like(labels))
-        m = z.amax(dim=-1, keepdim=True)
-        u = z - m
-        e = torch.exp(u)
-        s = e.sum(-1)
-        log_s = torch.log(s)
-        lse = m[:, 0] + log_s
-        # H = -sum p (z - lse) = log s - sum(e u) / s, both relative to the row max:
-        # no cancellation for logits of +-1e4.
-        # (a -inf logit, e.g. a masking bias, contributes 0, not 0 * -inf = nan)
-        ent = log_s - torch.where(e > 0, e * u, 0.0).sum(-1) / s
-        del u
-        logp = z.gather(1, safe[:, None])[:, 0] - lse
-        if local:
-            w, g = local_weights(logp, ent, blogp, spec)
-            coef = scale * g
-        else:
-            w = torch.zeros_like(logp)
-            coef = torch.zeros_like(logp)
-        zero = torch.zeros_like(logp)
-        logp_o.copy_(torch.where(valid, logp, zero))
-        ent_o.copy_(torch.where(valid, ent, zero))
-        lse_o.copy_(lse)
-        w_o.copy_(torch.where(valid, w, zero))
-        coef_o.copy_(torch.where(valid, coef, zero))
-        if write_grad:
-            dz = e.mul_((coef_o / s)[:, None])  # coef * softmax, reusing e
-            dz.scatter_add_(1, safe[:, None], -coef_o[:, None])
-            logits.copy_(dz)
-
-    def backward(self, logits, labels, lse, coef, spec):
-        valid = labels != spec.ignore_index
-        safe = torch.where(valid, labels, torch.zeros_like(labels))
-        c = torch.where(valid, coef, torch.zeros_like(coef))
-        dz = torch.exp(logits.float() - lse[:, None]).mul_(c[:, None])
-        dz.scatter_add_(1, safe[:, None], -c[:, None])
-        logits.copy_(dz)
-
-    def chunk_size(self, n, v, dtype):
-        return _pow2_chunk(n, _CHUNK_BYTES // (v * 4 * _TORCH_TEMPS))
-
-
-def _pow2_chunk(n: int, rows: int) -> int:
-    rows = max(1, min(n, rows))
-    return 1 << (rows.bit_length() - 1) if rows < n else n
-
-
-_OUT_DTYPE_ADDMM: bool | None = None  # does this torch accept addmm(..., out_dtype) on CUDA?
+from .torch_rows import RowOps, TorchRows
+from .weights import Segments, sequence_weights
 
 
 def _addmm_fp32_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -163,20 +72,28 @@ def _linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
     return out if out.is_contiguous() else out.contiguous()
 
 
+class Plan(NamedTuple):
+    """Everything but the differentiable inputs that one fused call needs.
+
+    needs: which of (hidden, weight, bias) want a gradient; accum_fp32: grad_weight
+    accumulates in float32; groups: chunks of whole sequences (one-pass sequence
+    schemes) or None.
+    """
+
+    labels: torch.Tensor
+    blogp: torch.Tensor | None
+    scale: torch.Tensor
+    segs: Segments | None
+    spec: LossConfig
+    rows: RowOps
+    chunk: int
+    needs: tuple[bool, bool, bool]
+    accum_fp32: bool = True
+    groups: list[tuple[slice, int]] | None = None
+
+
 def _run(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    labels: torch.Tensor,
-    blogp: torch.Tensor | None,
-    scale: torch.Tensor,
-    segs: Segments | None,
-    spec: LossSpec,
-    rows: RowOps,
-    chunk: int,
-    needs: tuple[bool, bool, bool],
-    accum_fp32: bool = True,
-    groups: list[tuple[slice, int]] | None = None,
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: Plan
 ) -> tuple[
     torch.Tensor,
     torch.Tensor,
@@ -186,6 +103,7 @@ def _run(
     torch.Tensor | None,
     torch.Tensor | None,
 ]:
+    labels, blogp, scale, segs, spec, rows, chunk, needs, accum_fp32, groups = plan
     n, h = hidden.shape
     v = weight.shape[0]
     f32 = torch.float32
@@ -315,35 +233,12 @@ class PolicyLossFunction(torch.autograd.Function):
         hidden: torch.Tensor,
         weight: torch.Tensor,
         bias: torch.Tensor | None,
-        labels: torch.Tensor,
-        blogp: torch.Tensor | None,
-        scale: torch.Tensor,
-        segs: Segments | None,
-        spec: LossSpec,
-        rows: RowOps,
-        chunk: int,
-        needs: tuple[bool, bool, bool],
-        accum_fp32: bool,
-        groups: list[tuple[slice, int]] | None,
+        plan: Plan,
     ):
-        loss, logp, ent, w, gh, gw, gb = _run(
-            hidden,
-            weight,
-            bias,
-            labels,
-            blogp,
-            scale,
-            segs,
-            spec,
-            rows,
-            chunk,
-            needs,
-            accum_fp32,
-            groups,
-        )
+        loss, logp, ent, w, gh, gw, gb = _run(hidden, weight, bias, plan)
         ctx.weight_dtype = weight.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
-        ctx.has_grad = any(needs)
+        ctx.has_grad = any(plan.needs)
         ctx.save_for_backward(gh, gw, gb)
         ctx.mark_non_differentiable(logp, ent, w)
         return loss, logp, ent, w
@@ -372,14 +267,14 @@ class PolicyLossFunction(torch.autograd.Function):
         if gb is not None and ctx.needs_input_grad[2]:
             grad_b = torch.empty(gb.shape, dtype=ctx.bias_dtype, device=gb.device)
             torch.mul(gb, g, out=grad_b)
-        return grad_h, grad_w, grad_b, None, None, None, None, None, None, None, None, None, None
+        return grad_h, grad_w, grad_b, None
 
 
 def get_rows(backend: str) -> RowOps:
     if backend == "torch":
         return TorchRows()
     if backend == "triton":
-        from .policy_loss import TritonRows
+        from .triton_rows import TritonRows
 
         return TritonRows()
     raise ValueError(f"backend={backend!r} is unknown; use 'torch' or 'triton'")
@@ -389,25 +284,23 @@ def fused_policy_loss(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     labels: torch.Tensor,
-    spec: LossSpec,
+    spec: LossConfig,
     *,
     scale: torch.Tensor,
     blogp: torch.Tensor | None = None,
     segs: Segments | None = None,
     bias: torch.Tensor | None = None,
     backend: str = "torch",
-    chunk_size: int | None = None,
-    grad_accum: str = "float32",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fused lm_head + weighted log-likelihood. Returns (loss, logprobs, entropy, weights).
 
     hidden: (N, H), weight: (V, H), labels: (N,) int (already shifted),
     scale: (N,) float32 = m_t / Z_t (``weights.token_scale``), blogp: (N,) float32 or None
     (required for is/pear, missing values already resolved), segs: sequences
-    (required for sequence is and pear), bias: (V,) or None. grad_accum: "float32"
-    accumulates grad_weight over chunks in float32 (a (V, H) float32 buffer);
-    "input" accumulates in the weight's dtype in place (bf16: one rounding per chunk),
-    so grad_weight needs no memory beyond its own buffer.
+    (required for sequence is and pear), bias: (V,) or None. ``spec.chunk_size``: rows
+    per chunk (None: sized by the backend); ``spec.grad_accum``: "float32" accumulates
+    grad_weight over chunks in float32 (a (V, H) float32 buffer), "input" in the
+    weight's dtype in place (bf16: one rounding per chunk).
     Only ``loss`` carries gradient; the others are detached float32 (N,).
     """
     if hidden.ndim != 2 or weight.ndim != 2 or hidden.shape[1] != weight.shape[1]:
@@ -432,8 +325,7 @@ def fused_policy_loss(
             f"hidden is {hidden.dtype} but the lm_head weight is {weight.dtype};"
             " cast one of them (e.g. run the model under one dtype or autocast)"
         )
-    if grad_accum not in ("float32", "input"):
-        raise ValueError(f"grad_accum={grad_accum!r} is unknown; use 'float32' or 'input'")
+    chunk_size = spec.chunk_size
     rows = get_rows(backend)
     chunk = int(chunk_size) if chunk_size else max(1, rows.chunk_size(n, v, hidden.dtype))
     if chunk < 1:
@@ -452,21 +344,11 @@ def fused_policy_loss(
         groups = sequence_groups(segs, chunk, None if chunk_size else 2 * chunk)
     hidden = hidden if hidden.is_contiguous() else hidden.contiguous()
     with torch.autocast(hidden.device.type, enabled=False):
-        loss, logp, ent, w = PolicyLossFunction.apply(
-            hidden,
-            weight,
-            bias,
-            labels,
-            blogp,
-            scale.float(),
-            segs,
-            spec,
-            rows,
-            chunk,
-            needs,
-            grad_accum == "float32",
-            groups,
-        )
+        plan = Plan(
+            labels, blogp, scale.float(), segs, spec, rows, chunk, needs,
+            spec.grad_accum == "float32", groups,
+        )  # fmt: skip
+        loss, logp, ent, w = PolicyLossFunction.apply(hidden, weight, bias, plan)
     return loss, logp, ent, w
 
 
