@@ -35,23 +35,42 @@ mod python {
         }
     }
 
-    fn verify_one(i: usize, pred: &str, gold: &str) -> Result<VerdictTuple, String> {
-        std::panic::catch_unwind(|| verdict_tuple(crate::verify::verify(pred, gold))).map_err(|p| {
-            format!(
-                "the verifier failed on input {i} ({} prediction bytes, {} gold bytes): {}; \
+    fn verify_one(
+        i: usize,
+        pred: &str,
+        gold: &str,
+        opts: &crate::verify::Options,
+    ) -> Result<VerdictTuple, String> {
+        std::panic::catch_unwind(|| verdict_tuple(crate::verify::verify_with(pred, gold, opts)))
+            .map_err(|p| {
+                format!(
+                    "the verifier failed on input {i} ({} prediction bytes, {} gold bytes): {}; \
                  this is a bug, please report it with that input",
-                pred.len(),
-                gold.len(),
-                panic_message(p.as_ref())
-            )
-        })
+                    pred.len(),
+                    gold.len(),
+                    panic_message(p.as_ref())
+                )
+            })
     }
 
-    /// verify(prediction, gold) -> (correct, pred_answer, gold_answer, reason)
+    fn strict_options(strict: bool) -> crate::verify::Options {
+        crate::verify::Options {
+            math_strict: strict,
+            ..crate::verify::Options::default()
+        }
+    }
+
+    /// verify(prediction, gold, strict=False) -> (correct, pred_answer, gold_answer, reason)
     #[pyfunction]
-    #[pyo3(name = "verify")]
-    fn py_verify(py: Python<'_>, prediction: String, gold: String) -> PyResult<VerdictTuple> {
-        py.detach(|| verify_one(0, &prediction, &gold))
+    #[pyo3(name = "verify", signature = (prediction, gold, strict=false))]
+    fn py_verify(
+        py: Python<'_>,
+        prediction: String,
+        gold: String,
+        strict: bool,
+    ) -> PyResult<VerdictTuple> {
+        let opts = strict_options(strict);
+        py.detach(|| verify_one(0, &prediction, &gold, &opts))
             .map_err(pyo3::exceptions::PyRuntimeError::new_err)
     }
 
@@ -97,15 +116,20 @@ mod python {
         Ok(p)
     }
 
-    /// verify_batch(predictions, golds, threads=None) -> list of verdict tuples
+    /// verify_batch(predictions, golds, threads=None, strict=False) -> list of verdict tuples
     #[pyfunction]
-    #[pyo3(name = "verify_batch", signature = (predictions, golds, threads=None))]
+    #[pyo3(
+        name = "verify_batch",
+        signature = (predictions, golds, threads=None, strict=false)
+    )]
     fn py_verify_batch(
         py: Python<'_>,
         predictions: Vec<String>,
         golds: Vec<String>,
         threads: Option<i64>,
+        strict: bool,
     ) -> PyResult<Vec<VerdictTuple>> {
+        let opts = strict_options(strict);
         use rayon::prelude::*;
         if predictions.len() != golds.len() {
             return Err(pyo3::exceptions::PyValueError::new_err(format!(
@@ -131,7 +155,7 @@ mod python {
                 .par_iter()
                 .zip(golds.par_iter())
                 .enumerate()
-                .map(|(i, (p, g))| verify_one(i, p, g))
+                .map(|(i, (p, g))| verify_one(i, p, g, &opts))
                 .collect()
         };
         let out = py.detach(|| -> Result<Vec<VerdictTuple>, String> {
@@ -140,10 +164,10 @@ mod python {
                     .iter()
                     .zip(&golds)
                     .enumerate()
-                    .map(|(i, (p, g))| verify_one(i, p, g))
+                    .map(|(i, (p, g))| verify_one(i, p, g, &opts))
                     .collect();
             }
-            let n = threads.unwrap_or_else(|| cap / 4);
+            let n = threads.unwrap_or(cap / 4);
             pool(n)?.install(|| run(&predictions, &golds))
         });
         out.map_err(pyo3::exceptions::PyRuntimeError::new_err)
@@ -181,6 +205,7 @@ mod python {
                 float_rounding: precision,
                 strict,
                 allow_set_relation_comp,
+                math_strict: false,
             },
             other => {
                 return Err(pyo3::exceptions::PyValueError::new_err(format!(

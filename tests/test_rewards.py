@@ -145,6 +145,14 @@ def test_verl_conventions_and_pickling() -> None:
     assert r(prompts=None, completions=["\\boxed{2}"], solution=["2"]) == [1.0]
 
 
+def test_strict_reads_residues_mathematically_and_the_default_agrees_with_math_verify() -> None:
+    comps = ["So $x \\equiv$ ... the answer is $14 \\pmod{17}$", "\\boxed{\\text{answer: 12}}"]
+    golds = ["14", "12"]
+    assert MathReward().grade(comps, golds) == [0.0, 0.0]  # math-verify's verdicts
+    assert MathReward(strict=True).grade(comps, golds) == [1.0, 1.0]
+    assert MathReward(strict=True).grade(["\\boxed{41}"], ["42"]) == [0.0]
+
+
 def test_bad_options_are_refused() -> None:
     with pytest.raises(ValueError, match="fallback"):
         MathReward(fallback="sympy")

@@ -16,9 +16,12 @@ VERIFY_MAX_PREDICTION_BYTES: int
 VERIFY_MAX_GOLD_BYTES: int
 VERIFY_MAX_THREADS: int
 
-def verify(prediction: str, gold: str) -> _VerdictTuple: ...
+def verify(prediction: str, gold: str, strict: bool = False) -> _VerdictTuple: ...
 def verify_batch(
-    predictions: Sequence[str], golds: Sequence[str], threads: int | None = None
+    predictions: Sequence[str],
+    golds: Sequence[str],
+    threads: int | None = None,
+    strict: bool = False,
 ) -> list[_VerdictTuple]: ...
 def extract_answer(text: str) -> str | None: ...
 def verify_case(

@@ -160,6 +160,10 @@ class MathReward:
     threads: Rust threads for the fast path (None = all cores, at most
         ``_core.VERIFY_MAX_THREADS``).
     correct, incorrect: the reward values.
+    strict: False (default) agrees with math-verify everywhere; True reads the
+        forms where math-verify is not mathematically right as mathematics does
+        (``a \\pmod{n}`` is the residue a, a boxed ``\\text{answer: X}`` is X;
+        see :func:`onpolicy_sft.verify.verify`).
 
     ``stats`` counts every outcome ("correct", "incorrect", "fallback",
     "deadline", and one entry per bad-input reason) over the reward's lifetime.
@@ -175,6 +179,7 @@ class MathReward:
         threads: int | None = None,
         correct: float = 1.0,
         incorrect: float = 0.0,
+        strict: bool = False,
     ) -> None:
         if not isinstance(answer_column, str) or not answer_column:
             raise ValueError(f"answer_column={answer_column!r} must be a column name")
@@ -194,6 +199,7 @@ class MathReward:
         self.threads = threads
         self.correct = float(correct)
         self.incorrect = float(incorrect)
+        self.strict = bool(strict)
         self.stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
         # TRL names a reward function after __name__ in its logs
@@ -266,7 +272,7 @@ class MathReward:
                 good.append(i)
                 texts.append(text)
                 golds.append(ref)
-        fast = verify_batch(texts, golds, threads=self.threads) if good else []
+        fast = verify_batch(texts, golds, threads=self.threads, strict=self.strict) if good else []
         todo: list[int] = []
         todo_pairs: list[tuple[str, str]] = []
         for i, text, gold, v in zip(good, texts, golds, fast):

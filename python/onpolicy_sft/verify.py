@@ -63,11 +63,18 @@ def _check_str(value: Any, what: str, index: int | None = None) -> str:
     raise TypeError(f"{where} is {type(value).__name__}, expected str; convert it with str() first")
 
 
-def verify(prediction: str, gold: str) -> Verdict:
-    """Fast-path verdict for one pair (``gold`` is the bare answer, no ``\\boxed``)."""
+def verify(prediction: str, gold: str, *, strict: bool = False) -> Verdict:
+    """Fast-path verdict for one pair (``gold`` is the bare answer, no ``\\boxed``).
+
+    strict: read the answer forms where math-verify 0.9.0 is not mathematically
+        right as mathematics does, instead of agreeing with it: ``a \\pmod{n}``
+        is the residue a (math-verify lexes it as ``a \\pm o d n``), and a boxed
+        ``\\text{answer: X}`` is X (math-verify: one symbol). Other pairs are
+        unaffected.
+    """
     _check_str(prediction, "prediction")
     _check_str(gold, "gold")
-    return Verdict(*_core.verify(prediction, gold))
+    return Verdict(*_core.verify(prediction, gold, bool(strict)))
 
 
 def max_threads() -> int:
@@ -89,12 +96,17 @@ def check_threads(threads: int | None) -> int | None:
 
 
 def verify_batch(
-    predictions: Sequence[str], golds: Sequence[str], *, threads: int | None = None
+    predictions: Sequence[str],
+    golds: Sequence[str],
+    *,
+    threads: int | None = None,
+    strict: bool = False,
 ) -> list[Verdict]:
     """Fast-path verdicts for many pairs, in parallel in Rust (GIL released).
 
     threads: worker threads, None (all cores) or 1..max_threads() (4x the cores);
         anything else raises ValueError.
+    strict: as in :func:`verify`.
     """
     check_threads(threads)
     preds = list(predictions)
@@ -106,7 +118,7 @@ def verify_batch(
     for i, (p, g) in enumerate(zip(preds, gs)):
         _check_str(p, "prediction", i)
         _check_str(g, "gold", i)
-    return [Verdict(*t) for t in _core.verify_batch(preds, gs, threads)]
+    return [Verdict(*t) for t in _core.verify_batch(preds, gs, threads, bool(strict))]
 
 
 def extract_answer(text: str) -> str | None:

@@ -375,6 +375,9 @@ pub struct Options {
     pub strict: bool,
     /// compare relations with sets (true: not reproduced, left undecided)
     pub allow_set_relation_comp: bool,
+    /// read the forms where the reference is not mathematically right as
+    /// mathematics does ([`parse::with_math_strict`]); false reproduces it
+    pub math_strict: bool,
 }
 
 impl Default for Options {
@@ -385,6 +388,7 @@ impl Default for Options {
             float_rounding: 6,
             strict: true,
             allow_set_relation_comp: false,
+            math_strict: false,
         }
     }
 }
@@ -427,8 +431,12 @@ pub fn verify_with(prediction: &str, gold: &str, opts: &Options) -> Verdict {
     } else {
         gold.to_string()
     };
-    let g = find(&gold_text, &opts.extract);
-    let p = find(prediction, &opts.extract);
+    let (g, p) = parse::with_math_strict(opts.math_strict, || {
+        (
+            find(&gold_text, &opts.extract),
+            find(prediction, &opts.extract),
+        )
+    });
     let (g_val, g_str, g_fb, g_unsure) = g.into_parts();
     let (p_val, p_str, p_fb, p_unsure) = p.into_parts();
     // the reference compares each gold item with each prediction item:
@@ -445,6 +453,26 @@ pub fn verify_with(prediction: &str, gold: &str, opts: &Options) -> Verdict {
         return undecided(&format!("gold: {why}"), p_str, g_str);
     }
     if let Some(why) = p_unsure {
+        // a number too long for exact arithmetic against a constant gold: sympy
+        // compares them exactly (or, for a decimal, to 15 digits), so a gap far
+        // beyond float error is a difference
+        if why == "number too long" {
+            if let (Some(Value::Expr(gn)), Some(text)) = (&g_val, &p_fb) {
+                let g = compare::eval_const(gn).filter(|_| compare::is_constant(gn));
+                let p = text.parse::<f64>().ok();
+                if let (Some(g), Some(p)) = (g, p) {
+                    if g.is_finite() && p.is_finite() && (g - p).abs() > 1e-6 * g.abs().max(p.abs())
+                    {
+                        return Verdict {
+                            correct: Some(false),
+                            pred_answer: p_str,
+                            gold_answer: g_str,
+                            reason: "not equal".into(),
+                        };
+                    }
+                }
+            }
+        }
         return undecided(&why, p_str, g_str);
     }
     match (&g_val, &p_val) {
@@ -570,6 +598,10 @@ mod tests {
             // trigonometric powers and bare arguments
             ("$4 \\cos^2 x$", "4", false),
             ("$\\cos 2\\theta$", "1", false),
+            // upper-case I is the imaginary unit; "answer: 18" divides by 18
+            ("$AEIF$", "28", false),
+            ("$I$", "41", false),
+            ("$\\boxed{answer: 18}$", "18", false),
         ];
         for (p, g, want) in cases {
             assert_eq!(v(p, g), Some(*want), "{p} vs {g}: {:?}", verify(p, g));
@@ -580,6 +612,29 @@ mod tests {
         let lagrange =
             "$\\frac{a^3}{(a-b)(a-c)} + \\frac{b^3}{(b-a)(b-c)} + \\frac{c^3}{(c-a)(c-b)}$";
         assert_ne!(v(lagrange, "5"), Some(true));
+    }
+
+    /// `math_strict`: the forms where the reference is not mathematically right
+    /// are read as mathematics does; everything else is unchanged.
+    #[test]
+    fn math_strict_reads_residues_and_answer_text() {
+        let strict = Options {
+            math_strict: true,
+            ..Options::default()
+        };
+        let s = |p: &str, g: &str| verify_with(p, g, &strict).correct;
+        assert_eq!(v("$14 \\pmod{17}$", "14"), Some(false));
+        assert_eq!(s("$14 \\pmod{17}$", "14"), Some(true));
+        assert_eq!(s("$23 \\pmod{37}$", "503"), Some(false));
+        assert_eq!(v("$\\boxed{\\text{answer: 12}}$", "12"), Some(false));
+        assert_eq!(s("$\\boxed{\\text{answer: 12}}$", "12"), Some(true));
+        for (p, g) in [
+            ("\\boxed{42}", "42"),
+            ("\\boxed{41}", "42"),
+            ("$x = \\pm 3$", "3"),
+        ] {
+            assert_eq!(s(p, g), v(p, g), "{p} vs {g}");
+        }
     }
 
     /// math-verify's own test harness (`compare_strings`, gold not boxed).

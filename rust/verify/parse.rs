@@ -6,7 +6,29 @@
 //! Anything outside the subset is `Unsupported`: the caller leaves the pair
 //! undecided rather than guessing. Recursion depth is capped (`MAX_DEPTH`).
 
+use std::cell::Cell;
+
 use super::num::{parse_decimal, Rat};
+
+thread_local! {
+    /// `strict=True`: read the answer forms where math-verify's verdict is not the
+    /// mathematical one as mathematics does (see `with_math_strict`).
+    static MATH_STRICT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Run `f` with the strict reading on or off (restored afterwards). Strict:
+/// `a \pmod{n}` is the residue a (math-verify: the set {a - n*o*d, a + n*o*d});
+/// `\text{answer: X}` is X (math-verify: one symbol named "answer:X").
+pub fn with_math_strict<T>(on: bool, f: impl FnOnce() -> T) -> T {
+    let old = MATH_STRICT.with(|c| c.replace(on));
+    let r = f();
+    MATH_STRICT.with(|c| c.set(old));
+    r
+}
+
+fn math_strict() -> bool {
+    MATH_STRICT.with(|c| c.get())
+}
 
 pub const MAX_DEPTH: usize = 64;
 /// Longest answer string the parser accepts (bytes); longer -> Unsupported.
@@ -1057,6 +1079,49 @@ fn relation(s: &str) -> R<Value> {
             )));
         }
     }
+    // answer: 18 is (a n s w e r) / 18 in the reference (':' divides)
+    if let Some((a, b)) = s.trim().split_once(':') {
+        let (a, b) = (a.trim(), b.trim());
+        if !a.is_empty()
+            && a.len() <= 32
+            && a.bytes().all(|c| c.is_ascii_alphabetic() && c != b'I')
+            && is_digits(b)
+            && b.len() <= 18
+            && b.bytes().any(|c| c != b'0')
+        {
+            let letters: R<Vec<Node>> = a.chars().map(letter_node).collect();
+            let den = num_node(b)?;
+            return Ok(Value::Expr(Node::Div(
+                Box::new(Node::Mul(letters?)),
+                Box::new(den),
+            )));
+        }
+    }
+    // AEIF: a product of letters with one upper-case I, sympy's imaginary unit
+    // (never equal to a number; unknown against symbols)
+    let w = s.trim();
+    if !w.is_empty()
+        && w.len() <= 32
+        && w.bytes().all(|c| c.is_ascii_alphabetic())
+        && w.bytes().filter(|&c| c == b'I').count() == 1
+    {
+        let nodes: R<Vec<Node>> = w
+            .chars()
+            .map(|c| {
+                if c == 'I' {
+                    Ok(Node::Opaque("I".into(), Vec::new()))
+                } else {
+                    letter_node(c)
+                }
+            })
+            .collect();
+        let mut nodes = nodes?;
+        return Ok(Value::Expr(if nodes.len() == 1 {
+            nodes.pop().unwrap()
+        } else {
+            Node::Mul(nodes)
+        }));
+    }
     let is_text = s.trim().starts_with("\\text{");
     if !is_text
         && (["mp", "in", "cup", "cap", "equiv", "setminus", "mid"]
@@ -1067,6 +1132,14 @@ fn relation(s: &str) -> R<Value> {
             || s.contains("\\|"))
     {
         return Err(PErr::Unsupported);
+    }
+    // strict: "a \pmod{n}" answers with the residue a
+    if math_strict() && s.matches("\\pmod").count() == 1 {
+        if let Some((a, _)) = s.split_once("\\pmod") {
+            if !a.trim().is_empty() {
+                return relation(a.trim());
+            }
+        }
     }
     // the reference's lexer reads \pmod{n} as \pm o d n
     let rewritten;
@@ -1094,6 +1167,16 @@ fn relation(s: &str) -> R<Value> {
         if let Some(w) = inner.strip_prefix('(').and_then(|r| r.strip_suffix(')')) {
             if w.len() == 1 && w.bytes().all(|c| c.is_ascii_alphabetic()) {
                 return Ok(Value::Text(w.to_lowercase()));
+            }
+        }
+        // strict: \text{answer: 12} answers 12
+        if math_strict() {
+            let lower = inner.trim_start().to_ascii_lowercase();
+            if let Some(rest) = lower.strip_prefix("answer:") {
+                let at = inner.len() - rest.len();
+                if !rest.trim().is_empty() {
+                    return relation(inner[at..].trim());
+                }
             }
         }
         // \text{answer: 12}: one symbol named after the text (never a number)
