@@ -279,7 +279,7 @@ torch.set_num_threads(1)
 from datasets import load_from_disk
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from onpolicy_sft.integrations import PolicySFTConfig, PolicySFTTrainer
-from onpolicy_sft.train import shutdown_distributed
+from onpolicy_sft.training import shutdown_distributed
 
 model_dir, data_dir, out = sys.argv[1:4]
 world = int(os.environ.get("WORLD_SIZE", "1"))

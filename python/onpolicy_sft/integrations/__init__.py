@@ -42,7 +42,7 @@ from onpolicy_sft.losses import LossOutput, PolicyLoss
 from onpolicy_sft.models import logit_transform
 
 if TYPE_CHECKING:  # pragma: no cover
-    from onpolicy_sft.training.sft_trainer import PolicySFTConfig, PolicySFTTrainer
+    from onpolicy_sft.integrations.sft_trainer import PolicySFTConfig, PolicySFTTrainer
 
 __all__ = [
     "LossHead",
@@ -62,7 +62,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # The TRL trainer lives in the trl extra: imported on first use only.
     if name in ("PolicySFTTrainer", "PolicySFTConfig"):
-        from onpolicy_sft.training import sft_trainer
+        from onpolicy_sft.integrations import sft_trainer
 
         return getattr(sft_trainer, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
