@@ -524,6 +524,13 @@ CASES = [
     ),
     # `onpolicy-sft ledger`
     Case(
+        "ledger-unknown-action",
+        ["ledger", "bogus", "{tmp}"],
+        2,
+        r"error: LedgerConfig has 1 problem\(s\): action 'bogus' is not one of stats, check, "
+        r"repair",
+    ),
+    Case(
         "ledger-missing-dir",
         ["ledger", "stats", "{tmp}/nope"],
         2,
