@@ -4,7 +4,8 @@ Claim (issue 4): forward+backward of PolicyLoss (triton backend, bf16) takes
 <= 1.3x the bare lm_head GEMM forward+backward at the Qwen2.5-7B shape and
 <= 2.0x at the 0.5B shape, is >= 1.5x faster than Liger-Kernel's fused linear
 cross entropy with token scaling (= dft), and its peak memory stays within the
-gradient buffers + 1 GiB.
+gradient buffers + 1 GiB. TRL's own fused LM head (``trl.kernels``, what
+``SFTTrainer(loss_type="dft")`` runs) is measured beside them when TRL is installed.
 
 All variants run in the same process on the same inputs; per variant the median
 of ``--iters`` timed forward+backward calls (after ``--warmup``) and the peak
@@ -168,6 +169,24 @@ def variants(
             fn = liger(**kw)
             if fn is not None:
                 out[name] = fn
+    except ImportError:
+        pass
+
+    try:  # TRL's own fused LM head (SFTTrainer's loss_type="dft" runs it in training)
+        from trl.kernels import ChunkedLogProbFunction
+        from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
+
+        def trl_head() -> None:
+            zero()
+            # SFTTrainer scores only the supervised rows (on Triton devices)
+            lp = ChunkedLogProbFunction.apply(
+                hidden[mask], weight, None, labels[mask], 1.0, _CHUNKED_LOGPROB_CHUNK_SIZE,
+                None, 1.0, ("log_probs",),
+            )[0]  # fmt: skip
+            loss = -(lp * lp.detach().exp()).sum() / count
+            loss.backward()
+
+        out["trl fused head dft"] = trl_head
     except ImportError:
         pass
 

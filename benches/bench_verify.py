@@ -17,8 +17,10 @@ their ``expected`` labels: the fast path is run with each case's options
 (precision, strict, match types, harness), undecided cases go to math-verify
 called exactly as that harness does.
 
-Usage: python benches/bench_verify.py [--mv-seconds 20] [--no-fallback]
-Appends one JSON line to bench_results/verify.jsonl.
+Usage: python benches/bench_verify.py [--mv-seconds 20] [--no-fallback] [--dump DIR] [--only F]
+Appends one JSON line to bench_results/verify.jsonl. ``--dump DIR`` writes each
+file's undecided pairs (prediction, gold, reason, math-verify's verdict) to
+DIR/<file>.undecided.jsonl, to read them grouped by reason.
 """
 
 from __future__ import annotations
@@ -97,6 +99,8 @@ def bench_file(name: str, args: argparse.Namespace) -> dict:
     decided = [i for i, v in enumerate(fast) if v.correct is not None]
     agree_dec = sum(fast[i].correct == ref[i] for i in decided)
     und = [i for i, v in enumerate(fast) if v.correct is None]
+    if args.dump:
+        _dump(args.dump, name, [(rows[i]["id"], preds[i], golds[i], fast[i], ref[i]) for i in und])
     res = {
         "file": name,
         "pairs": len(rows),
@@ -129,15 +133,35 @@ def bench_file(name: str, args: argparse.Namespace) -> dict:
     return res
 
 
+def _dump(folder: str, name: str, items: list) -> None:
+    from collections import Counter
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    with open(Path(folder) / f"{name}.undecided.jsonl", "w", encoding="utf-8") as f:
+        for rid, p, g, v, ref in items:
+            row = {
+                "id": rid,
+                "reason": v.reason,
+                "mv": ref,
+                "gold": g,
+                "pred_answer": v.pred_answer,
+            }
+            row["gold_answer"], row["prediction"] = v.gold_answer, p[-400:]
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    reasons = Counter(v.reason.split(":")[0] for _, _, _, v, _ in items)
+    print(f"{name}: {len(items)} undecided: {dict(reasons.most_common())}", file=sys.stderr)
+
+
 def bench_mv_tests(args: argparse.Namespace) -> dict:
     """math-verify's own 276 test cases, scored against their expected labels."""
     from onpolicy_sft import _core
+    from onpolicy_sft.verify import Verdict
 
     rows = load("math_verify_tests_0.9.0")
-    fast = []
+    verdicts = []
     for r in rows:
         o = r.get("options") or {}
-        fast.append(
+        verdicts.append(
             _core.verify_case(
                 r["pred"],
                 r["gold"],
@@ -146,10 +170,18 @@ def bench_mv_tests(args: argparse.Namespace) -> dict:
                 int(o.get("precision", 6)),
                 bool(o.get("strict", True)),
                 bool(o.get("allow_set_relation_comp", False)),
-            )[0]
+            )
         )
+    fast = [v[0] for v in verdicts]
     exp = [bool(r["expected"]) for r in rows]
     decided = [i for i, c in enumerate(fast) if c is not None]
+    if args.dump:
+        items = [
+            (r["id"], r["pred"], r["gold"], Verdict(*v), exp[i])
+            for i, (r, v) in enumerate(zip(rows, verdicts))
+            if v[0] is None
+        ]
+        _dump(args.dump, "math_verify_tests_0.9.0", items)
     agree_dec = sum(fast[i] == exp[i] for i in decided)
     final = list(fast)
     if not args.no_fallback:
@@ -197,13 +229,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mv-seconds", type=float, default=20.0, help="math-verify time box per file")
     ap.add_argument("--no-fallback", action="store_true", help="skip the fallback columns")
+    ap.add_argument("--dump", metavar="DIR", help="write the undecided pairs of each file to DIR")
+    ap.add_argument("--only", metavar="FILE", action="append", help="bench only these files")
     args = ap.parse_args()
     if not CORPUS.is_dir():
         print(f"corpus not found at {CORPUS}; set ONPOLICY_SFT_SHARED", file=sys.stderr)
         return 1
     logging.disable(logging.WARNING)  # math-verify warns on each of its own timeouts
-    results = [bench_file(n, args) for n in FILES]
-    results.append(bench_mv_tests(args))
+    names = args.only or [*FILES, "math_verify_tests_0.9.0"]
+    results = [bench_file(n, args) for n in names if n in FILES]
+    if "math_verify_tests_0.9.0" in names:
+        results.append(bench_mv_tests(args))
     m = machine()
     print(f"machine: {m['cpu']}, {m['platform']}")
     print(f"python {m['python']}, torch {m['torch']}, math-verify {m['math-verify']}")

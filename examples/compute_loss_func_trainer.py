@@ -9,8 +9,8 @@ a ``transformers.Trainer`` -- with one line changed: the loss.
 
 Schemes ``is`` and ``pear`` also need per-token behaviour log-probs in the
 batch (``behavior_logprobs``, (B, T) aligned with ``labels``); see
-``onpolicy_sft.training.Collator``. For TRL's ``SFTTrainer`` see
-``examples/compute_loss_func_sft_trainer.py``.
+``onpolicy_sft.training.Collator``. With TRL use ``PolicySFTTrainer``:
+``examples/policy_sft_trainer.py``.
 """
 
 from __future__ import annotations

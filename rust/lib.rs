@@ -55,6 +55,48 @@ mod python {
             .map_err(pyo3::exceptions::PyRuntimeError::new_err)
     }
 
+    /// Most threads `verify_batch` accepts: 4x the cores this process may use
+    /// (more only adds scheduling overhead; 10,000 threads took minutes).
+    fn max_threads() -> usize {
+        4 * std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+
+    /// One rayon pool per thread count, built once and shared by every caller
+    /// (building a pool per call costs more than verifying a small batch).
+    /// Pools belong to the process that built them: a forked child has none of
+    /// their threads (rayon's global pool would hang there), so it builds its
+    /// own and leaves the parent's alone.
+    fn pool(n: usize) -> Result<std::sync::Arc<rayon::ThreadPool>, String> {
+        use std::collections::HashMap;
+        use std::sync::{Arc, Mutex, OnceLock};
+        type Pools = (u32, HashMap<usize, Arc<rayon::ThreadPool>>);
+        static POOLS: OnceLock<Mutex<Pools>> = OnceLock::new();
+        let mut guard = POOLS
+            .get_or_init(|| Mutex::new((std::process::id(), HashMap::new())))
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (pid, pools) = &mut *guard;
+        if *pid != std::process::id() {
+            // the parent's pools: their threads do not exist here, and dropping
+            // them would signal threads that are not ours
+            for (_, p) in pools.drain() {
+                std::mem::forget(p);
+            }
+            *pid = std::process::id();
+        }
+        if let Some(p) = pools.get(&n) {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .map_err(|e| format!("could not start {n} threads: {e}"))?,
+        );
+        pools.insert(n, p.clone());
+        Ok(p)
+    }
+
     /// verify_batch(predictions, golds, threads=None) -> list of verdict tuples
     #[pyfunction]
     #[pyo3(name = "verify_batch", signature = (predictions, golds, threads=None))]
@@ -62,7 +104,7 @@ mod python {
         py: Python<'_>,
         predictions: Vec<String>,
         golds: Vec<String>,
-        threads: Option<usize>,
+        threads: Option<i64>,
     ) -> PyResult<Vec<VerdictTuple>> {
         use rayon::prelude::*;
         if predictions.len() != golds.len() {
@@ -72,11 +114,18 @@ mod python {
                 golds.len()
             )));
         }
-        if threads == Some(0) {
-            return Err(pyo3::exceptions::PyValueError::new_err(
-                "threads=0 is not allowed; pass None (all cores) or a positive number",
-            ));
-        }
+        let cap = max_threads();
+        let threads = match threads {
+            None => None,
+            Some(n) if n >= 1 && (n as u64) <= cap as u64 => Some(n as usize),
+            Some(n) => {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "threads={n} is out of range; pass None (all cores) or 1..={cap} \
+                     (at most 4x the {} cores)",
+                    cap / 4
+                )))
+            }
+        };
         let run = |preds: &[String], golds: &[String]| -> Result<Vec<VerdictTuple>, String> {
             preds
                 .par_iter()
@@ -86,16 +135,16 @@ mod python {
                 .collect()
         };
         let out = py.detach(|| -> Result<Vec<VerdictTuple>, String> {
-            match threads {
-                None => run(&predictions, &golds),
-                Some(n) => {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(n)
-                        .build()
-                        .map_err(|e| format!("could not start {n} threads: {e}"))?;
-                    pool.install(|| run(&predictions, &golds))
-                }
+            if predictions.len() <= 1 {
+                return predictions
+                    .iter()
+                    .zip(&golds)
+                    .enumerate()
+                    .map(|(i, (p, g))| verify_one(i, p, g))
+                    .collect();
             }
+            let n = threads.unwrap_or_else(|| cap / 4);
+            pool(n)?.install(|| run(&predictions, &golds))
         });
         out.map_err(pyo3::exceptions::PyRuntimeError::new_err)
     }
@@ -175,6 +224,7 @@ mod python {
             crate::verify::MAX_PREDICTION_BYTES,
         )?;
         m.add("VERIFY_MAX_GOLD_BYTES", crate::verify::MAX_GOLD_BYTES)?;
+        m.add("VERIFY_MAX_THREADS", max_threads())?;
         Ok(())
     }
 

@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "python"))
 
 from onpolicy_sft import synthetic  # noqa: E402
-from onpolicy_sft.prompts import guided_prompt, train_prompt  # noqa: E402
+from onpolicy_sft.prompts import guided_prompt, hinted_prompt, train_prompt  # noqa: E402
 
 ASSETS = REPO / "python" / "onpolicy_sft" / "assets"
 
@@ -56,7 +56,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=1000, help="optimizer steps")
     p.add_argument("--batch", type=int, default=32, help="sequences per step")
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--guided-frac", type=float, default=0.25, help="fraction of guided batches")
+    p.add_argument(
+        "--guided-frac", type=float, default=0.3, help="fraction of worked-solution batches"
+    )
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4, help="head dim = hidden / heads (>= 32)")
@@ -88,20 +90,43 @@ def main() -> int:
     t_start = time.time()
 
     # ---------------------------------------------------------------- data
-    # The bundled splits come first; pretraining problems exclude their texts.
-    eval_split = synthetic.generate(args.n_eval, seed=args.seed * 1000 + 1, prefix="eval-")
-    train_split = synthetic.generate(args.n_train, seed=args.seed * 1000 + 2, prefix="train-")
+    # The bundled splits come first; practice problems exclude their texts.
+    eval_split = synthetic.generate(
+        args.n_eval, seed=args.seed * 1000 + 1, prefix="eval-", weights=synthetic.EVAL_WEIGHTS
+    )
+    train_split = synthetic.generate(
+        args.n_train, seed=args.seed * 1000 + 2, prefix="train-", weights=synthetic.TRAIN_WEIGHTS
+    )
     held = {p.problem for p in eval_split} | {p.problem for p in train_split}
-    stream = synthetic.iter_unique(args.seed * 1000 + 3, exclude=held, prefix="pre-")
-    n_pre = args.steps * args.batch
-    pre = [next(stream) for _ in range(min(n_pre, 40000))]
+    # Which steps practise with a worked solution is fixed up front, so the two
+    # streams hold exactly the problems the steps use.
+    order_rng = random.Random(args.seed + 17)
+    schedule = [order_rng.random() < args.guided_frac for _ in range(args.steps)]
+    n_guided = sum(schedule) * (args.batch // 2)
+    n_self = (args.steps - sum(schedule)) * args.batch
+    stream = synthetic.iter_unique(
+        args.seed * 1000 + 3, exclude=held, prefix="pre-", weights=synthetic.PRETRAIN_WEIGHTS
+    )
+    pre = [next(stream) for _ in range(n_self)]
+    gstream = synthetic.iter_unique(
+        args.seed * 1000 + 4, exclude=held, prefix="ref-", weights=synthetic.GUIDED_WEIGHTS
+    )
+    pre_guided = [next(gstream) for _ in range(n_guided)]
 
     # ---------------------------------------------------------- tokenizer
     corpus_rng = random.Random(args.seed)
-    sample = corpus_rng.sample(pre, min(len(pre), 4000))
-    from onpolicy_sft.prompts import GUIDED_INSTRUCTION, SUFFIX
+    sample = corpus_rng.sample(pre, min(len(pre), 3000))
+    sample += corpus_rng.sample(pre_guided, min(len(pre_guided), 1000))
+    from onpolicy_sft.prompts import GUIDED_INSTRUCTION, HINTED_INSTRUCTION, SUFFIX
 
-    corpus = [GUIDED_INSTRUCTION, SUFFIX, "Problem:", "Reference solution:", "Now solve"] * 50
+    corpus = [
+        GUIDED_INSTRUCTION,
+        HINTED_INSTRUCTION,
+        SUFFIX,
+        "Problem:",
+        "Reference solution:",
+        "Now solve",
+    ] * 50
     for p in sample:
         corpus += [p.problem, p.own, p.expert]
     tok = build_tokenizer(corpus, vocab_size=args.vocab)
@@ -152,27 +177,31 @@ def main() -> int:
         prog = (step - warmup) / max(1, args.steps - warmup)
         return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * prog)))
 
-    order_rng = random.Random(args.seed + 17)
     curve = []
     model.train()
-    cursor = 0
+    cursor = gcursor = 0
     print(
         f"model: {n_params / 1e6:.2f}M params, vocab {len(tok)}; "
-        f"{args.steps} steps x {args.batch}; {len(pre)} pretraining problems",
+        f"{args.steps} steps x {args.batch}; {len(pre)} own-style and {len(pre_guided)} "
+        "worked-solution practice problems",
         flush=True,
     )
     t0 = time.time()
-    for step in range(args.steps):
-        guided = order_rng.random() < args.guided_frac
-        bs = args.batch // 2 if guided else args.batch
+    for step, guided in enumerate(schedule):
         examples = []
-        for _ in range(bs):
-            p = pre[cursor % len(pre)]
-            cursor += 1
-            prompt = (
-                guided_prompt(tok, p.problem, p.expert) if guided else train_prompt(tok, p.problem)
-            )
-            examples.append(encode(prompt, p.own))
+        if guided:
+            # Half the worked-solution practice uses the guided tier's prompt, half
+            # the hinted stream's, so that both rewriting methods can use the skill.
+            for j in range(args.batch // 2):
+                p = pre_guided[gcursor]
+                gcursor += 1
+                make = guided_prompt if j % 2 == 0 else hinted_prompt
+                examples.append(encode(make(tok, p.problem, p.expert), p.own))
+        else:
+            for _ in range(args.batch):
+                p = pre[cursor]
+                cursor += 1
+                examples.append(encode(train_prompt(tok, p.problem), p.own))
         ids, lab, att = batch_of(examples)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
@@ -196,12 +225,13 @@ def main() -> int:
 
     # ------------------------------------------------------ self-solve check
     model.eval()
-    solve = self_solve_rate(model, tok, eval_split[: args.eval_n], seed=args.seed)
-    gsolve = self_solve_rate(
-        model, tok, eval_split[: args.eval_n // 2], seed=args.seed, guided=True
-    )
-    print(f"self-solve rate at T=1.0 on {args.eval_n} held-out problems: {solve}", flush=True)
-    print(f"guided-solve rate at T=0.7: {gsolve}", flush=True)
+    checks = eval_split[: args.eval_n]
+    solve = self_solve_rate(model, tok, checks, seed=args.seed, mode="self")
+    gsolve = self_solve_rate(model, tok, checks, seed=args.seed, mode="guided")
+    hsolve = self_solve_rate(model, tok, checks, seed=args.seed, mode="hinted")
+    print(f"self-solve rate at T=1.0 on {len(checks)} held-out problems: {solve}", flush=True)
+    print(f"guided-solve rate at T=0.7 (expert solution in the prompt): {gsolve}", flush=True)
+    print(f"hinted-prompt solve rate at T=0.7: {hsolve}", flush=True)
 
     # ------------------------------------------------------------- write
     out_model = args.out / "tiny_model"
@@ -222,6 +252,7 @@ def main() -> int:
         "total_seconds": round(time.time() - t_start, 1),
         "self_solve": solve,
         "guided_solve": gsolve,
+        "hinted_prompt_solve": hsolve,
         "torch": torch.__version__,
         "loss_curve_every_10": curve[::10],
     }
@@ -245,18 +276,24 @@ def _row(p: synthetic.Problem) -> dict[str, object]:
     }
 
 
-def self_solve_rate(model, tok, problems, *, seed: int, guided: bool = False) -> dict[str, object]:
-    """Fraction of one T=1.0 sample (T=0.7 guided) whose last boxed answer is right, by difficulty."""
+def self_solve_rate(model, tok, problems, *, seed: int, mode: str) -> dict[str, object]:
+    """Accuracy of one sample per problem (last boxed answer), by difficulty and easy/hard part.
+
+    ``mode`` "self": the plain prompt at T=1.0 (the evaluation protocol); "guided" and "hinted":
+    the expert solution in the prompt (the guided tier's and the hinted stream's) at T=0.7.
+    """
     import re
 
     import torch
 
     torch.manual_seed(seed)
     tok.padding_side = "left"
-    prompts = [
-        guided_prompt(tok, p.problem, p.expert) if guided else train_prompt(tok, p.problem)
-        for p in problems
-    ]
+    make = {
+        "self": lambda p: train_prompt(tok, p.problem),
+        "guided": lambda p: guided_prompt(tok, p.problem, p.expert),
+        "hinted": lambda p: hinted_prompt(tok, p.problem, p.expert),
+    }[mode]
+    prompts = [make(p) for p in problems]
     right: dict[int, list[int]] = {}
     for i in range(0, len(prompts), 32):
         enc = tok(prompts[i : i + 32], return_tensors="pt", padding=True, add_special_tokens=False)
@@ -264,7 +301,7 @@ def self_solve_rate(model, tok, problems, *, seed: int, guided: bool = False) ->
             gen = model.generate(
                 **enc,
                 do_sample=True,
-                temperature=0.7 if guided else 1.0,
+                temperature=1.0 if mode == "self" else 0.7,
                 top_p=1.0,
                 max_new_tokens=96,
                 pad_token_id=tok.pad_token_id,
@@ -274,10 +311,15 @@ def self_solve_rate(model, tok, problems, *, seed: int, guided: bool = False) ->
         for p, t in zip(problems[i : i + 32], texts):
             m = re.findall(r"\\boxed\{([^}]*)\}", t)
             right.setdefault(p.difficulty, []).append(int(bool(m) and m[-1].strip() == p.answer))
-    allr = [x for v in right.values() for x in v]
+
+    def rate(v: list[int]) -> float:
+        return round(sum(v) / len(v), 3) if v else float("nan")
+
     return {
-        "all": round(sum(allr) / len(allr), 3),
-        **{f"d{d}": round(sum(v) / len(v), 3) for d, v in sorted(right.items())},
+        "all": rate([x for v in right.values() for x in v]),
+        "easy": rate([x for d in synthetic.EASY for x in right.get(d, [])]),
+        "hard": rate([x for d in synthetic.HARD for x in right.get(d, [])]),
+        **{f"d{d}": rate(v) for d, v in sorted(right.items())},
         "example": texts[0] if texts else "",
     }
 

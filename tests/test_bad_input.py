@@ -358,14 +358,14 @@ CASES = [
         "verify-threads-too-many",
         [*V, "--threads", "100000"],
         2,
-        r"threads=100000 must be an integer from 1 to \d+ \(4 x the \d+ cores\)",
+        r"threads=100000 is out of range: pass an integer from 1 to \d+ \(4 x the \d+ cores\)",
         files={"in.jsonl": GOOD},
     ),
     Case(
         "verify-threads-negative",
         [*V, "--threads", "-1"],
         2,
-        r"threads=-1 must be an integer from 1 to",
+        r"threads=-1 is out of range: pass an integer from 1 to",
         files={"in.jsonl": GOOD},
     ),
     Case(
@@ -690,19 +690,19 @@ CASES = [
         "verify_batch-threads-negative",
         lambda tmp: verify_batch(["1"], ["1"], threads=-1),
         ValueError,
-        r"threads=-1 must be an integer from 1 to",
+        r"threads=-1 is out of range: pass an integer from 1 to",
     ),
     Case(
         "verify_batch-threads-huge",
         lambda tmp: verify_batch(["1"], ["1"], threads=10_000),
         ValueError,
-        r"threads=10000 must be an integer from 1 to \d+",
+        r"threads=10000 is out of range: pass an integer from 1 to \d+",
     ),
     Case(
         "Verifier-threads-huge",
         lambda tmp: Verifier(threads=100_000),
         ValueError,
-        r"threads=100000 must be an integer",
+        r"threads=100000 is out of range",
     ),
 ]
 

@@ -32,6 +32,38 @@ def test_bundled_splits_have_expert_solutions(split: str) -> None:
         assert r["solution"].endswith(f"\\boxed{{{r['answer']}}}.")
 
 
+def test_bundled_splits_cover_both_parts() -> None:
+    """The default demo sizes see every difficulty; its training problems are mostly hard."""
+    from onpolicy_sft.synthetic import HARD
+
+    cfg = DemoConfig.preset()
+    rows = {
+        split: [json.loads(x) for x in (DATA_DIR / f"{split}.jsonl").read_text().splitlines()]
+        for split in ("train", "eval")
+    }
+    held_out = [r["difficulty"] for r in rows["eval"][: cfg.n_eval]]
+    assert all(held_out.count(d) >= cfg.n_eval // 8 for d in (1, 2, 3, 4)), held_out
+    train = [r["difficulty"] for r in rows["train"][: cfg.n_train]]
+    assert sum(d in HARD for d in train) > len(train) / 2
+
+
+def test_bundled_model_leaves_headroom_on_the_hard_part() -> None:
+    """The recipe's own measurements: easy mostly solved, hard rarely, better with a reference."""
+    rec = json.loads((MODEL_DIR / "training.json").read_text())
+    self_solve, guided = rec["self_solve"], rec["guided_solve"]
+    assert self_solve["all"] <= 0.6
+    assert self_solve["easy"] >= 2 * self_solve["hard"]
+    assert guided["hard"] > self_solve["hard"]
+
+
+def test_parts_group_columns_by_difficulty() -> None:
+    from onpolicy_sft.demo import _parts
+
+    cols = {"1-op": 80.0, "2-op": 60.0, "3-op": 10.0, "4-op": 2.0, "Avg.": 38.0}
+    assert _parts(cols) == {"easy": ["1-op", "2-op"], "hard": ["3-op", "4-op"]}
+    assert _parts({"gsm8k": 1.0, "Avg.": 1.0}) == {}
+
+
 def test_splits_are_disjoint() -> None:
     def problems(split: str) -> set[str]:
         lines = (DATA_DIR / f"{split}.jsonl").read_text().splitlines()
@@ -96,14 +128,35 @@ def test_quick_preset_is_smaller() -> None:
 
 
 @pytest.mark.slow
-def test_quick_demo_report_has_every_table_and_figure(tmp_path: Path) -> None:
+def test_quick_demo_report_has_every_table_and_figure(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     from onpolicy_sft.cli import main
 
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--output_dir", str(out), "--seed", "0", "--engine", "hf"]) == 0
+    assert (
+        main(["demo", "--quick", "--output_dir", str(out), "--seeds", "0", "--engine", "hf"]) == 0
+    )
+    printed = capfd.readouterr()
+    lines = (printed.out + printed.err).splitlines()
+    assert len(lines) < 40, "\n".join(lines)
+    assert not [x for x in lines if "Loading weights" in x or "it/s]" in x], lines
     report = (out / "report.md").read_text()
-    for heading in ("## Results", "## Policy gap", "## What the numbers say", "## Time"):
+    for heading in (
+        "## Training configuration (shared by every method)",
+        "## Results",
+        "### Comparisons",
+        "## Policy gap",
+        "## What the numbers say",
+        "## Online rounds",
+        "## Time",
+    ):
         assert heading in report
+    assert "Online rewriting + DFT vs Rewriting + DFT (offline)" in report
+    for m in METHODS:
+        log = out / "models" / m[0].lower().replace(" + ", "_").replace(" ", "_") / "seed-0"
+        steps = [json.loads(x) for x in (log / "train_log.jsonl").read_text().splitlines()]
+        assert steps and all(isinstance(x["tokens"], int) for x in steps)
     rows = {
         line.split("|")[1].strip(): line for line in report.splitlines() if line.startswith("|")
     }
@@ -130,6 +183,7 @@ def test_quick_demo_report_has_every_table_and_figure(tmp_path: Path) -> None:
         "policy_gap_nll.png",
         "importance_weights.png",
         "training_loss.png",
+        "online_rounds.png",
     ):
         assert (out / png).stat().st_size > 1000
         assert f"]({png})" in report
@@ -151,13 +205,65 @@ def test_demo_is_callable_after_module_import() -> None:
 def test_cli_parses_demo_flags() -> None:
     from onpolicy_sft.commands import parse
 
-    options = parse("demo", ["--quick", "--seed", "3", "--output_dir", "x"])
-    assert options == {"quick": True, "seed": 3, "output_dir": "x"}
+    options = parse("demo", ["--quick", "--seeds", "3", "5", "--output_dir", "x"])
+    assert options == {"quick": True, "seeds": (3, 5), "output_dir": "x"}
     cfg = DemoConfig.preset(**options)
-    assert (cfg.quick, cfg.seed, cfg.output_dir, cfg.engine, cfg.n_train) == (
+    assert (cfg.quick, cfg.seeds, cfg.output_dir, cfg.engine, cfg.n_train) == (
         True,
-        3,
+        (3, 5),
         "x",
         "auto",
         DemoConfig.QUICK["n_train"],
     )
+    assert "seeds" not in parse("demo", [])  # the preset's seeds
+
+
+def test_a_seed_that_is_not_a_whole_number_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    from onpolicy_sft.cli import main
+
+    assert main(["demo", "--seeds", "0", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert "--seeds" in err and "'1.5'" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "seeds, message",
+    [((), "give one or more"), ((0, "x"), "'x' is not one"), ((1, 1), "repeats a seed")],
+    ids=["none", "not-int", "repeated"],
+)
+def test_config_rejects_bad_seeds(seeds: tuple[object, ...], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        DemoConfig.preset(seeds=seeds)
+
+
+def test_full_preset_has_three_seeds_and_quick_one() -> None:
+    assert DemoConfig.preset().seeds == (0, 1, 2)
+    assert DemoConfig.preset(quick=True).seeds == (0,)
+
+
+def test_comparisons_pair_every_method_with_base_sft_and_offline() -> None:
+    from onpolicy_sft.demo import BASE, _comparison_pairs
+
+    names = [BASE, *(m[0] for m in METHODS)]
+    pairs = _comparison_pairs(names)
+    for m in METHODS:
+        assert (m[0], BASE) in pairs
+    assert ("Rewriting + DFT", "SFT") in pairs and ("SFT", "SFT") not in pairs
+    assert ("Online rewriting + DFT", "Rewriting + DFT") in pairs
+    assert ("Online rewriting + SFT", "Rewriting + SFT") in pairs
+
+
+def test_seed_average_is_the_paired_unit() -> None:
+    from onpolicy_sft.demo import _aggregate
+
+    run = lambda x: {  # noqa: E731
+        "columns": {"1-op": 100 * x, "Avg.": 100 * x},
+        "per_problem": {"1-op": {"p": x}},
+        "expert_style_frac": 0.0,
+        "mean_tokens": 10.0,
+        "truncated_frac": 0.0,
+        "example": "",
+    }
+    agg = _aggregate({0: run(1.0), 1: run(0.5)})
+    assert agg["per_problem"] == {"1-op": {"p": 0.75}}
+    assert agg["columns"]["Avg."] == pytest.approx(75.0)

@@ -49,12 +49,22 @@ def test_behaviour_logprobs_equal_score(engine):
         np.testing.assert_allclose(lp, s.logprobs, atol=TOL[torch.float32])
 
 
-def test_logprobs_are_untempered(engine):
-    """Temperature changes what is sampled, not the recorded behaviour log-prob."""
+def test_tempered_logprobs_are_the_sampled_distribution_and_raw_ones_a_score(engine):
+    """At T = 0.3 the behaviour log-probs are those of the tempered distribution the tokens
+    were drawn from; the raw log-probs are the untempered score."""
+    from onpolicy_sft.engines.sampling import sampled_logprobs
+
     ps = prompts(engine)[:1]
     [[s]] = engine.generate(ps, n=1, temperature=0.3, max_tokens=6, seed=1)
     [lp] = engine.score(ps, [s.token_ids])
-    np.testing.assert_allclose(lp, s.logprobs, atol=TOL[torch.float32])
+    np.testing.assert_allclose(lp, s.raw_logprobs, atol=TOL[torch.float32])
+    enc = engine.encode(ps[0])
+    with torch.no_grad():
+        logits = engine.model(input_ids=torch.tensor([enc + s.token_ids])).logits[
+            0, len(enc) - 1 : -1
+        ]
+    want = sampled_logprobs(logits, torch.tensor(s.token_ids), temperature=0.3, top_p=1.0)
+    np.testing.assert_allclose(s.logprobs, want.numpy(), atol=TOL[torch.float32])
 
 
 def test_samples_do_not_depend_on_batch_size(engine, tiny_qwen2):

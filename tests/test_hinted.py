@@ -75,14 +75,22 @@ def test_base_logprobs_are_plain_stream_scores(engine):
 
 
 def test_beta_zero_is_hinted_prompt_alone(engine):
-    """beta = 0: behaviour log-probs are the hinted prompt's own log-probs."""
+    """beta = 0: behaviour log-probs are those of the hinted prompt's own distribution as
+    sampled (T = 0.3 inside the top-p nucleus of the untempered distribution)."""
+    from onpolicy_sft.engines.sampling import sampled_logprobs
+
     hinted, plain = _prompts(engine)
-    out = hinted_decode(
-        engine, hinted, plain, n=1, seed=2, params=HintedParams(beta=0.0, max_tokens=8)
-    )
-    scored = engine.score(hinted, [row[0].token_ids for row in out])
-    for row, lp in zip(out, scored):
-        np.testing.assert_allclose(row[0].logprobs, lp, atol=1e-4)
+    params = HintedParams(beta=0.0, max_tokens=8)
+    out = hinted_decode(engine, hinted, plain, n=1, seed=2, params=params)
+    for prompt, row in zip(hinted, out):
+        ids = engine.encode(prompt)
+        y = row[0].token_ids
+        with torch.no_grad():
+            logits = engine.model(input_ids=torch.tensor([ids + y])).logits[0, len(ids) - 1 : -1]
+        want = sampled_logprobs(
+            logits, torch.tensor(y), temperature=0.3, top_p=0.95, top_p_before_temperature=True
+        )
+        np.testing.assert_allclose(row[0].logprobs, want.numpy(), atol=1e-4)
 
 
 def test_mix_formula():
@@ -101,8 +109,8 @@ def test_mix_formula():
     mix1 = (1 - expected_lam[1]) * logp[1] + expected_lam[1] * logq[1]
     assert tok.tolist() == [int(logp[0].argmax()), int(mix1.argmax()), int(logq[2].argmax())]
     torch.testing.assert_close(base, logq.gather(-1, tok[:, None]).squeeze(-1))
-    torch.testing.assert_close(beh[1], torch.log_softmax(mix1, -1)[tok[1]])
-    torch.testing.assert_close(beh[0], logp[0, tok[0]])
+    # greedy (temperature 0) is a point mass: the sampled token has log-prob 0
+    torch.testing.assert_close(beh, torch.zeros(3))
     h_q = -(logq.exp() * logq).sum(-1)
     torch.testing.assert_close(phi, base + h_q)
 
@@ -117,7 +125,7 @@ def test_answer_marker_switches_to_plain_stream(engine):
 
 @pytest.mark.parametrize("window, count", [(30, 5), (3, 2)], ids=["default-30x5", "3x2"])
 def test_repetition_stops(engine, window, count):
-    params = HintedParams(repeat_window=window, repeat_count=count)
+    params = HintedParams(repeat_window=window, repeat_count=count, repeat_every=1)
     state = _RowState(params, engine.tokenizer, {engine.tokenizer.eos_token_id})
     block = list(range(40, 40 + window))
     stream = block * (count + 2)
@@ -126,9 +134,10 @@ def test_repetition_stops(engine, window, count):
         if state.push(t, 0.0, 0.0, 0.0, 0.0):
             stopped_at = i
             break
-    # the window (last `window` tokens) is first complete at index window-1 and recurs every
-    # `window` tokens; the count-th occurrence ends the row
-    assert stopped_at == window - 1 + (count - 1) * window
+    # the window is first complete at index window-1 and recurs every `window` tokens; a
+    # window counts once a token follows it (the authors count windows starting before
+    # len - window), so checking every token ends the row one token after its count-th end
+    assert stopped_at == window + (count - 1) * window
     assert state.finish == "repetition"
 
 

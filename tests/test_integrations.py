@@ -265,13 +265,8 @@ def test_unattached_or_label_less_calls_explain_the_fix() -> None:
         func(None, torch.zeros(1, 3, dtype=torch.long))
 
 
-@pytest.mark.parametrize(
-    ("script", "needs"),
-    [("compute_loss_func_trainer.py", None), ("compute_loss_func_sft_trainer.py", "trl")],
-)
-def test_the_example_scripts_run(tmp_path: Path, script: str, needs: str | None) -> None:
-    if needs:
-        pytest.importorskip(needs)
+def test_the_example_script_runs(tmp_path: Path) -> None:
+    script = "compute_loss_func_trainer.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     proc = subprocess.run(
         [sys.executable, str(REPO / "examples" / script), "--steps", "10"],

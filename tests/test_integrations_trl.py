@@ -16,58 +16,28 @@ import pytest
 
 trl = pytest.importorskip("trl")
 
-REPO = Path(__file__).resolve().parents[1]
-
-PAIRS = [(2, 3), (7, 5), (11, 4), (6, 9), (13, 8), (3, 14), (21, 5), (9, 9)]
-
-
-def _dataset() -> Any:
-    from datasets import Dataset
-
-    return Dataset.from_list(
-        [
-            {
-                "prompt": [{"role": "user", "content": f"What is {a}+{b}?"}],
-                "completion": [
-                    {"role": "assistant", "content": f"{a}+{b}={a + b}. \\boxed{{{a + b}}}"}
-                ],
-            }
-            for a, b in PAIRS
-        ]
-    )
-
 
 def _train(model_dir: Path, out: Path, *, trl_loss: str, ours: str | None) -> tuple[list, Any]:
+    import sys
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from onpolicy_sft.integrations import compute_loss_func
 
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_sft_trainer import args, conversational
+
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     func = compute_loss_func(ours, model=model) if ours else None
-    args = trl.SFTConfig(
-        output_dir=str(out),
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=2,
-        learning_rate=0.5,
-        optim="sgd",
-        max_steps=3,
-        lr_scheduler_type="constant",
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        bf16=False,  # SFTConfig defaults to bf16; compare in fp32
-        seed=0,
-        data_seed=0,
-        loss_type=trl_loss,
-        dataloader_pin_memory=False,
-    )
     kwargs = {"compute_loss_func": func} if func else {}
-    tok = AutoTokenizer.from_pretrained(model_dir)
     trainer = trl.SFTTrainer(
-        model=model, args=args, train_dataset=_dataset(), processing_class=tok, **kwargs
+        model=model,
+        args=args(trl.SFTConfig, out, loss_type=trl_loss),
+        train_dataset=conversational(),
+        processing_class=AutoTokenizer.from_pretrained(model_dir),
+        **kwargs,
     )
     trainer.train()
     return [h for h in trainer.state.log_history if "loss" in h], func

@@ -295,13 +295,19 @@ def test_normalizer_overrides_the_token_count():
 # ------------------------------------------------ missing behaviour logprobs
 
 
-def test_is_without_blogp_is_dft():
+def test_is_without_blogp_is_an_error_and_all_nan_is_dft():
     case = make_case()
-    a, *ga = run_ours(case, dict(scheme="is", clip=(0.0, 2.0)), behavior_logprobs=None)
+    with pytest.raises(LossError, match=r"scheme='is' needs behavior_logprobs.*NaN"):
+        run_ours(case, dict(scheme="is"), behavior_logprobs=None)
+    nan = torch.full_like(case["blogp"].float(), float("nan"))
+    a, *ga = run_ours(case, dict(scheme="is", clip=(0.0, 2.0)), behavior_logprobs=nan)
     b, *gb = run_ours(case, dict(scheme="dft"))
     torch.testing.assert_close(a.loss, b.loss)
     torch.testing.assert_close(a.weights, b.weights)
     torch.testing.assert_close(ga[0], gb[0])
+    # the convention is counted: every supervised token went without a behaviour log-prob
+    assert float(a.stats["tokens_without_behavior"]) == float(a.stats["tokens"]) > 0
+    assert float(b.stats["tokens_without_behavior"]) == 0.0
 
 
 def test_is_nan_blogp_rows_use_the_dft_weight():

@@ -146,24 +146,24 @@ def test_three_tiers(dataset, tmp_path):
     tok = eng.tokenizer
     for problem, r in rows.items():
         assert r["prompt"] == P.train_prompt(tok, problem)
-        assert r["response_token_ids"][-1] == tok.eos_token_id
+        assert r["completion_token_ids"][-1] == tok.eos_token_id
         if r["tier"] == "expert":
             assert r["behavior_logprobs"] is None and r["verdict"] is None
-            assert r["response"] == SCRIPT[problem]["solution"]
-            assert r["base_logprobs"] == [SCORE] * len(r["response_token_ids"])
+            assert r["completion"] == SCRIPT[problem]["solution"]
+            assert r["base_logprobs"] == [SCORE] * len(r["completion_token_ids"])
         else:
             assert r["verdict"] is True
-            assert len(r["behavior_logprobs"]) == len(r["response_token_ids"])
+            assert len(r["behavior_logprobs"]) == len(r["completion_token_ids"])
     # self: the only correct sample; behaviour = base (the self prompt is the training prompt)
     s = rows["Add 2 and 3."]
-    assert s["response"] == "2+3 = \\boxed{5}." and s["answer"] == "5"
+    assert s["completion"] == "2+3 = \\boxed{5}." and s["answer"] == "5"
     assert s["behavior_logprobs"] == s["base_logprobs"]
     assert np.allclose(s["behavior_logprobs"], -0.3)
     # guided: behaviour from the guided prompt, base re-scored under the training prompt
     g = rows["Multiply 2 and 3."]
     assert np.allclose(g["behavior_logprobs"], -0.2) and np.allclose(g["base_logprobs"], SCORE)
     # likeliest of two correct self samples: mean log pi_0 -0.2 beats -0.4
-    assert rows["Add 4 and 5."]["response"] == "So \\boxed{9}."
+    assert rows["Add 4 and 5."]["completion"] == "So \\boxed{9}."
     assert "no reference answer" in rows["Say something."]["reason"]
     assert "1 rejected as copies" in rows["Multiply 3 and 4."]["reason"]
 
@@ -364,7 +364,6 @@ def test_local_formats_load_the_same_problems(tmp_path, fmt):
     import pyarrow.parquet as pq
 
     from onpolicy_sft.rewrite.data import load_problems
-    from onpolicy_sft.verify import extract_answer
 
     rows = [{"problem": p, "solution": s["solution"]} for p, s in SCRIPT.items()]
     path = tmp_path / f"train.{fmt}"
@@ -381,7 +380,7 @@ def test_local_formats_load_the_same_problems(tmp_path, fmt):
             w = csv.DictWriter(f, fieldnames=["problem", "solution"])
             w.writeheader()
             w.writerows(rows)
-    probs = load_problems(str(path), extract_answer=extract_answer)
+    probs = load_problems(str(path))
     assert [p.problem for p in probs] == list(SCRIPT)
     assert [p.answer for p in probs] == ["5", "6", "12", "7", None, "9"]
 
@@ -408,8 +407,10 @@ def test_hinted_method_on_a_tiny_model(tiny_qwen2, dataset, tmp_path):
         dataset=dataset,
         output_dir=str(out),
         method="hinted",
+        hinted_variant="simple",  # the structured variant's pre-pass: tests/test_hinted_structured.py
         k_self=1,
         max_tokens=6,
+        hinted_max_tokens=6,
         limit=3,
         progress=False,
     )
@@ -486,3 +487,34 @@ def test_a_torn_scores_file_is_cut_and_the_lost_record_recomputed(dataset, tmp_p
     lines = scores.read_bytes().splitlines(keepends=True)
     assert all(line.endswith(b"\n") for line in lines)
     assert all(json.loads(line) for line in lines)
+def test_rewrite_output_loads_as_a_dataset_and_trains_with_trl(dataset, tmp_path):
+    """load_dataset(out) gives the rows (not the report's files); TRL trains on them as they are."""
+    import datasets
+
+    out = tmp_path / "out"
+    run(dataset, out, save_to_disk=True)
+    assert any(p.suffix == ".png" for p in out.iterdir())  # the report is there too
+    rows = datasets.load_dataset(str(out), split="train")
+    want = {"prompt", "completion", "completion_token_ids", "tier", "behavior_logprobs"}
+    assert want <= set(rows.column_names) and len(rows) == len(EXPECTED_TIERS)
+    on_disk = datasets.load_from_disk(str(out / "dataset"))
+    assert on_disk.to_list() == rows.to_list()
+    trl = pytest.importorskip("trl")
+    from onpolicy_sft.integrations import PolicySFTConfig, PolicySFTTrainer
+    from onpolicy_sft.testing import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "tiny")
+    common = dict(max_steps=1, per_device_train_batch_size=2, report_to=[], use_cpu=True, logging_steps=1,
+                  bf16=False, save_strategy="no", dataloader_pin_memory=False)  # fmt: skip
+    trl.SFTTrainer(
+        model=str(model), train_dataset=rows,
+        args=trl.SFTConfig(output_dir=str(tmp_path / "a"), **common),
+    ).train()  # fmt: skip
+    ours = PolicySFTTrainer(
+        model=str(model), train_dataset=rows,
+        args=PolicySFTConfig(output_dir=str(tmp_path / "b"), loss_scheme="is", **common),
+    )  # fmt: skip
+    ours.train()
+    assert ours.expert_rows == list(EXPECTED_TIERS.values()).count("expert") > 0
+    logs = [h for h in ours.state.log_history if "loss" in h]
+    assert logs and logs[0]["loss"] > 0

@@ -66,3 +66,22 @@ def test_verifier_agrees_with_gold() -> None:
     for p in synthetic.generate(20, seed=2):
         assert verify(p.own, p.answer).correct is not False
         assert verify(p.expert, p.answer).correct is not False
+
+
+@pytest.mark.parametrize(
+    "weights, hard_lo, hard_hi",
+    [
+        (synthetic.PRETRAIN_WEIGHTS, 0.0, 0.2),
+        (synthetic.TRAIN_WEIGHTS, 0.6, 0.8),
+        (synthetic.EVAL_WEIGHTS, 0.4, 0.6),
+    ],
+    ids=["pretrain", "train", "eval"],
+)
+def test_split_mixes_put_the_hard_part_where_it_belongs(
+    weights: tuple[float, ...], hard_lo: float, hard_hi: float
+) -> None:
+    """pi_0 practises the hard part rarely; the fine-tuning split is mostly hard."""
+    problems = synthetic.generate(2000, seed=5, weights=weights)
+    hard = sum(p.difficulty in synthetic.HARD for p in problems) / len(problems)
+    assert hard_lo <= hard <= hard_hi, hard
+    assert {p.difficulty for p in problems} == {1, 2, 3, 4}

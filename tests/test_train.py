@@ -336,7 +336,7 @@ def _one_row(tiny_qwen2: Path, tmp_path: Path, **row: Any) -> Path:
 
 def test_behaviour_length_mismatch_names_the_row(tiny_qwen2: Path, tmp_path: Path) -> None:
     good = _one_row(tiny_qwen2, tmp_path)
-    cols = read_data(str(good))
+    cols = {k: list(v) for k, v in read_data(str(good)).items()}
     cols["behavior_logprobs"][1] = [-0.5] * 8  # one short
     with pytest.raises(ValueError, match=r"row 2 \(problem_id 'x7'\).*8 values.*9 tokens"):
         build_examples(cols, _tok(tiny_qwen2), _cfg(tiny_qwen2, good, tmp_path, scheme="is"))
@@ -376,7 +376,8 @@ def test_overlong_rows_are_counted_and_truncated_or_dropped(
 @pytest.mark.parametrize(
     ("loss", "missing", "outcome"),
     [
-        pytest.param("is", "auto", "zero", id="is-auto-uses-blogp-0"),
+        pytest.param("is", "auto", "zero", id="is-auto-uses-blogp-0-for-expert-rows"),
+        pytest.param("is", "auto", "error-not-expert", id="is-auto-refuses-other-rows"),
         pytest.param("pear", "auto", "error", id="pear-auto-refuses"),
         pytest.param("pear", "zero", "zero", id="pear-opt-in-zero"),
         pytest.param("is", "drop", "drop", id="is-drop"),
@@ -386,9 +387,14 @@ def test_overlong_rows_are_counted_and_truncated_or_dropped(
 def test_rows_without_behaviour_logprobs(
     tiny_qwen2: Path, tmp_path: Path, loss: str, missing: str, outcome: str
 ) -> None:
-    path = _one_row(tiny_qwen2, tmp_path, behavior_logprobs=None, tier="expert")
+    tier = "self" if outcome == "error-not-expert" else "expert"
+    path = _one_row(tiny_qwen2, tmp_path, behavior_logprobs=None, tier=tier)
     cfg = _cfg(tiny_qwen2, path, tmp_path, scheme=loss, missing_behavior=missing)
     cols = read_data(str(path))
+    if outcome == "error-not-expert":
+        with pytest.raises(ValueError, match=r"row 1 .*tier 'self'.*only 'expert' rows may lack"):
+            build_examples(cols, _tok(tiny_qwen2), cfg)
+        return
     if outcome == "error":
         with pytest.raises(ValueError, match=r"row 2 \(problem_id 'x7'\).*--missing_behavior"):
             build_examples(cols, _tok(tiny_qwen2), cfg)
@@ -398,7 +404,11 @@ def test_rows_without_behaviour_logprobs(
         assert (stats.used, stats.dropped_no_behavior) == (1, 1)
     else:
         assert (stats.used, stats.zero_behavior) == (2, 1)
-        assert examples[1].behavior is not None and set(examples[1].behavior) == {0.0}
+        import numpy as np
+
+        # the response's values are the explicit NaN (PolicyLoss: 0, counted); the prompt's 0
+        b, lab = examples[1].behavior, examples[1].labels
+        assert b is not None and np.isnan(b[lab != -100]).all() and (b[lab == -100] == 0).all()
 
 
 def test_config_reports_every_problem_at_once() -> None:

@@ -53,6 +53,24 @@ CASES = {
     "text-answer": ("\\boxed{\\text{Evelyn}}", "\\text{Evelyn}", True),
     "plain-expression": ("The answer is 3 + 4 apples", "7", True),
     "no-answer": ("I do not know.", "5", False),
+    "abs-equation-rhs": ("$|c - d| = 11$", "11", True),
+    "abs-of-symbols": ("$|c - d|$", "11", False),
+    "mod-equation": ("$12 \\mod 7 = 5$", "5", True),
+    "mod-evaluated": ("$5^{13} \\mod 7$", "5", True),
+    "pmod-read-as-pm": ("$14 \\pmod{17}$", "14", False),
+    "approx-keeps-number": ("$268.083 \\approx 268$", "268", False),
+    "approx-assigns-symbol": ("$A \\approx 1160$", "1160", True),
+    "function-of-two-atoms": ("$f(2015, 2) = 1$", "1", True),
+    "plus-minus-set": ("$x = \\pm 3$", "3", False),
+    "gcd-of-integers": ("$\\gcd(12, 18)$", "6", True),
+    "tuple-assignment": ("$(x,y)=(1,-5)$", "(1,-5)", True),
+    "choice-letter-in-text": ("So \\boxed{\\text{(B)}}", "B", True),
+    "choice-letter-gold-in-parens": ("\\boxed{b}", "(B)", True),
+    "word-vs-expression": ("\\boxed{x^2+2x+1}", "B", False),
+    "pi-multiple-vs-decimal": ("\\boxed{84.8230}", "27\\pi", False),
+    "ratio-vs-text": ("$4:30$", "\\text{4:30 p.m.}", False),
+    "i-is-a-symbol": ("$i^2$", "-1", False),
+    "trig-power": ("$4 \\cos^2 x$", "4", False),
 }
 
 
@@ -90,10 +108,16 @@ def test_batch_rejects_mismatched_lengths_and_types() -> None:
         verify_batch(["a", "b"], ["a"])
     with pytest.raises(TypeError, match="prediction 1 is int"):
         verify_batch(["a", 3], ["a", "b"])  # type: ignore[list-item]
-    with pytest.raises(ValueError, match="threads=0"):
-        from onpolicy_sft import _core
+    from onpolicy_sft import _core
 
-        _core.verify_batch(["a"], ["a"], 0)
+    for bad in (0, -1, 10_000, _core.VERIFY_MAX_THREADS + 1):
+        with pytest.raises(ValueError, match=f"threads={bad} is out of range"):
+            _core.verify_batch(["a"], ["a"], bad)
+        with pytest.raises(ValueError, match=f"threads={bad} is out of range"):
+            verify_batch(["a"], ["a"], threads=bad)
+    with pytest.raises(ValueError, match=r"threads=2\.5"):
+        verify_batch(["a"], ["a"], threads=2.5)  # type: ignore[arg-type]
+    assert verify_batch(["1"], ["1"], threads=_core.VERIFY_MAX_THREADS)[0].correct is True
 
 
 def test_extract_answer() -> None:

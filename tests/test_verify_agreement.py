@@ -25,10 +25,10 @@ SAMPLE = {
     "mr_gsm8k": 250,
     "tora_gsm8k": 250,
 }
-# agreement with math-verify on the pairs the fast path decides (the bar: 99.5 %)
-MIN_AGREE_DECIDED = 0.995
-# share of ZeroEval pairs the fast path must decide (the bar: 97 %)
-MIN_DECIDED_ZEROEVAL = 0.97
+# agreement with math-verify on the pairs the fast path decides: every one
+MIN_AGREE_DECIDED = 1.0
+# share of ZeroEval pairs the fast path must decide (98.9 % of this sample, 99.41 % of all)
+MIN_DECIDED_ZEROEVAL = 0.985
 # with the math-verify fallback for undecided pairs
 MIN_AGREE_WITH_FALLBACK = 0.999
 
@@ -101,8 +101,8 @@ def test_math_verify_own_test_cases(shared_dir: Path) -> None:
         if c != bool(r["expected"]):
             wrong += 1
             misses.append(r["id"])
-    assert decided >= 150  # most cases are decided by the fast path
-    assert 1 - wrong / decided >= 0.99, misses
+    assert decided >= 0.85 * len(rows)  # 235 of 276 today
+    assert wrong == 0, misses
 
 
 def _generated_pairs(seed: int, n: int) -> list[tuple[str, str]]:

@@ -36,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     # data level
     "rewrite": "onpolicy_sft.rewrite",
     "select": "onpolicy_sft.rewrite",
+    "policy_gap": "onpolicy_sft.gap",
     # training and evaluation
     "train": "onpolicy_sft.training",
     "evaluate": "onpolicy_sft.evaluate",
@@ -55,6 +56,7 @@ __all__ = [
     "__version__",
     "demo",
     "evaluate",
+    "policy_gap",
     "rewrite",
     "select",
     "train",
@@ -81,6 +83,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from onpolicy_sft.config import LossConfig
     from onpolicy_sft.demo import demo
     from onpolicy_sft.evaluate import evaluate
+    from onpolicy_sft.gap import policy_gap
     from onpolicy_sft.ledger import Assignment, Attempt, Ledger
     from onpolicy_sft.losses import LossOutput, PolicyLoss
     from onpolicy_sft.rewrite import rewrite, select

@@ -14,6 +14,7 @@ _VerdictTuple = tuple[bool | None, str | None, str | None, str]
 
 VERIFY_MAX_PREDICTION_BYTES: int
 VERIFY_MAX_GOLD_BYTES: int
+VERIFY_MAX_THREADS: int
 
 def verify(prediction: str, gold: str) -> _VerdictTuple: ...
 def verify_batch(

@@ -128,6 +128,20 @@ class ConfigBase:
     def replace(self: T, **changes: Any) -> T:
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def with_engine(
+        cls: type[T], config: T | None, engine: Any, options: dict[str, Any]
+    ) -> tuple[T, Any]:
+        """A stage's (config, loaded engine or None) from ``stage(config, engine=..., **options)``:
+        a string ``engine`` is the config's ``engine`` field (as the CLI passes it), anything
+        else an already loaded Engine; ``options`` override ``config`` field by field."""
+        if isinstance(engine, str):
+            options = {**options, "engine": engine}
+            engine = None
+        if config is None:
+            return cls.from_dict(options), engine
+        return (config.replace(**options) if options else config), engine
+
     def identity(self) -> dict[str, Any]:
         """The fields marked ``identity``: what a resumed run must keep unchanged."""
         out: dict[str, Any] = {}
@@ -174,6 +188,10 @@ IGNORE_INDEX = -100
 
 Scheme = Literal["sft", "dft", "is", "idft", "pear"]
 EngineKind = Literal["auto", "vllm", "hf"]
+LambdaMode = Literal["linear", "sigmoid", "piecewise"]
+LAMBDA_MODES: tuple[str, ...] = get_args(LambdaMode)
+Recipe = Literal["dft", "idft", "mtg"]
+PromptType = Literal["auto", "qwen-boxed", "llama-base", "llama-instruct", "chat-template"]
 PAIRS = ("clip", "idft_gamma", "pear_delta_clip", "pear_log_clip")
 
 
@@ -211,6 +229,22 @@ class LossConfig(ConfigBase):
     idft_detach_gamma_only: bool = opt(
         False, "idft: the pre-2026-03-13 form -p^sg(gamma) log p", identity=True
     )
+    idft_warmup_ratio: float = opt(
+        0.0,
+        "idft: share of the training steps with lambda = 0 (the DFT weight p) before the ramp "
+        "of gamma_t = 1 + lambda (gamma_raw - 1) starts (the authors' schedule; 0 = no ramp)",
+        identity=True,
+    )
+    idft_transition_ratio: float = opt(
+        0.0,
+        "idft: share of the training steps over which lambda rises linearly from 0 to 1",
+        identity=True,
+    )
+    idft_lambda: float = opt(
+        1.0,
+        "idft: the ramp factor lambda in [0, 1] (1 = the plain IDFT weight); the trainer sets "
+        "it each step when idft_warmup_ratio or idft_transition_ratio is above 0",
+    )
     pear_gamma: float = opt(0.999, "pear: suffix discount in (0, 1]", identity=True)
     pear_delta_clip: tuple[float, float] = opt(
         (-0.08, 0.3), "pear: per-token log-ratio clip (low high)", identity=True
@@ -219,9 +253,11 @@ class LossConfig(ConfigBase):
         (-10.0, 5.0), "pear: clip of the summed suffix log-ratio (low high)", identity=True
     )
     pear_block: int = opt(1, "pear with level=block: tokens per block", identity=True)
-    normalize: Literal["tokens", "sequence"] = opt(
+    normalize: Literal["tokens", "sequence", "micro_batch"] = opt(
         "tokens",
-        "normaliser Z: tokens (global supervised-token count) or sequence (per-sequence mean)",
+        "normaliser Z: tokens (global supervised-token count), sequence (per-sequence mean) or "
+        "micro_batch (each micro-batch over its own tokens, micro-batches averaged: verl's SFT "
+        "trainer, as the MTG, DFT and IDFT releases ran)",
         identity=True,
     )
     missing_behavior: Literal["auto", "zero", "drop", "error"] = opt(
@@ -269,6 +305,14 @@ class LossConfig(ConfigBase):
             p.append(f"clip={s.clip!r}: a ratio clip below 0 is meaningless; use low >= 0")
         if not _pair_problem("idft_gamma", s.idft_gamma) and float(s.idft_gamma[0]) < 0:
             p.append(f"idft_gamma={s.idft_gamma!r} must be >= 0")
+        for name in ("idft_warmup_ratio", "idft_transition_ratio", "idft_lambda"):
+            if not 0.0 <= getattr(s, name) <= 1.0:
+                p.append(f"{name}={getattr(s, name)!r} must be in [0, 1]")
+        if s.idft_warmup_ratio + s.idft_transition_ratio > 1.0:
+            p.append(
+                f"idft_warmup_ratio + idft_transition_ratio = "
+                f"{s.idft_warmup_ratio + s.idft_transition_ratio} must be <= 1"
+            )
         if not s.idft_beta > 0:
             p.append(f"idft_beta={s.idft_beta!r} must be > 0")
         if not 0 < s.pear_gamma <= 1:
@@ -276,6 +320,21 @@ class LossConfig(ConfigBase):
         if s.chunk_size is not None and s.chunk_size < 1:
             p.append(f"chunk_size={s.chunk_size!r} must be >= 1 (or None for auto)")
         return p
+
+    @property
+    def idft_ramped(self) -> bool:
+        """The exponent ramps over training (the trainer sets idft_lambda each step)."""
+        return self.scheme == "idft" and (self.idft_warmup_ratio + self.idft_transition_ratio) > 0
+
+    def idft_lambda_at(self, progress: float) -> float:
+        """lambda_t at ``progress`` = step / total steps: 0 in the warmup, then linear over
+        the transition, then 1 (the authors' IDFT trainer)."""
+        warm, trans = self.idft_warmup_ratio, self.idft_transition_ratio
+        if progress < warm:
+            return 0.0
+        if progress < warm + trans:
+            return (progress - warm) / trans
+        return 1.0
 
     @property
     def token_local(self) -> bool:
@@ -391,6 +450,31 @@ class RewriteConfig(ConfigBase):
     )
     hinted_temperature: float = opt(0.3, "Hinted Decoding temperature", identity=True)
     hinted_top_p: float = opt(0.95, "Hinted Decoding top-p", identity=True)
+    hinted_variant: Literal["structured", "simple"] = opt(
+        "structured",
+        "structured (the authors' procedure): system instruction, question, reference and the "
+        "analysis a greedy pre-pass writes; plain stream = chat template over the bare problem; "
+        "no copy filter. simple: one instruction sentence, plain stream = the training prompt, "
+        "copy filter",
+        identity=True,
+    )
+    hinted_max_tokens: int = opt(8192, "Hinted Decoding's new tokens (the authors')", identity=True)
+    analysis_max_tokens: int = opt(
+        16384, "new tokens of the structured variant's greedy analysis pre-pass", identity=True
+    )
+    lambda_mode: LambdaMode = opt(
+        "linear",
+        "Hinted Decoding lambda from h = H(p) / log V: linear clip(beta h, 0, 1), sigmoid "
+        "sigmoid(beta (h - center)), piecewise 0 below h1, 1 above h2, linear between",
+        identity=True,
+    )
+    sigmoid_center: float = opt(0.5, "lambda_mode sigmoid: the center", identity=True)
+    piecewise_bounds: tuple[float, float] = opt(
+        (0.3, 0.7), "lambda_mode piecewise: h1 h2", identity=True
+    )
+    repeat_every: int = opt(
+        100, "Hinted Decoding checks for repetition every this many tokens", identity=True
+    )
     copy_span_words: int = opt(
         25, "reject rewrites sharing this many consecutive words with y*", identity=True
     )
@@ -408,14 +492,40 @@ class RewriteConfig(ConfigBase):
         "math-verify", "verifier for pairs the Rust fast path cannot decide (none: fast path only)"
     )
     phi: bool = opt(True, "compute phi = log pi_0 + H(pi_0) for the report (HF scoring only)")
-    progress: bool = opt(True, "show progress bars")
+    progress: bool = opt(True, "show progress (a bar on a terminal, else a line every few %)")
+    save_to_disk: bool = opt(
+        False, "also write OUTPUT_DIR/dataset/ (datasets.save_to_disk) beside data.parquet"
+    )
+    plots: bool = opt(
+        True, "draw the report's PNG plots (report.md and report.json are always written)"
+    )
 
     def shard_index(self) -> tuple[int, int]:
         i, n = self.shard.split("/")
         return int(i), int(n)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # lists from JSON/YAML files become tuples
+        object.__setattr__(self, "piecewise_bounds", tuple(float(v) for v in self.piecewise_bounds))
+
     def problems(self) -> list[str]:
-        out = _positive(self, ("k_self", "k_guided", "k_hinted", "max_tokens", "batch_problems"))
+        out = _positive(
+            self,
+            (
+                "k_self",
+                "k_guided",
+                "k_hinted",
+                "max_tokens",
+                "hinted_max_tokens",
+                "analysis_max_tokens",
+                "repeat_every",
+                "batch_problems",
+            ),
+        )
+        msg = _pair_problem("piecewise_bounds", self.piecewise_bounds)
+        if msg:
+            out.append(msg)
         out += _positive(
             self, ("temperature_self", "temperature_guided", "hinted_temperature", "beta"), 0
         )
@@ -445,14 +555,36 @@ class SelectConfig(ConfigBase):
     split: str = opt("train", "split of a hub dataset")
     problem_field: str = opt("problem", "column with the problem text")
     response_field: str = opt("response", "column with a string or a list of strings per row")
-    answer_field: str | None = opt(None, "column with the reference answer (kept in the output)")
+    answer_field: str | None = opt(
+        None, "column with the reference answer (kept in the output; needed by verify)"
+    )
     engine: EngineKind = opt("auto", "scoring engine: auto = vllm with CUDA, else hf")
     tensor_parallel_size: int = opt(1, "vLLM tensor parallelism")
     batch_size: int = opt(64, "candidates scored per call")
     suffix: str | None = opt(None, "instruction after the problem (none: the default one)")
+    save_to_disk: bool = opt(
+        False, "also write OUTPUT_DIR/dataset/ (datasets.save_to_disk) beside data.parquet"
+    )
+    suffix: str | None = opt(
+        None, "instruction after the problem (none: the chat template over the bare problem)"
+    )
+    math_suffix: bool = opt(
+        False, "append the math instruction (reason step by step, answer in \\boxed{})"
+    )
+    verify: bool = opt(
+        False, "drop candidates the verifier rejects against answer_field before selecting"
+    )
 
     def problems(self) -> list[str]:
-        return _positive(self, ("top_k", "tensor_parallel_size", "batch_size"))
+        out = _positive(self, ("top_k", "tensor_parallel_size", "batch_size"))
+        if self.suffix is not None and self.math_suffix:
+            out.append("give either suffix or math_suffix, not both")
+        if self.verify and not self.answer_field:
+            out.append(
+                "verify (the correctness filter) needs the reference answers: name their "
+                "column with --answer_field"
+            )
+        return out
 
 
 EVAL_BENCHMARKS = ("math500", "minerva", "olympiadbench", "aime24", "amc23")
@@ -483,6 +615,21 @@ class TrainConfig(ConfigBase):
     response_field: str = opt(
         "response", "response text column (tokenised + EOS when there is no response_token_ids)"
     )
+    completion_field: str = opt(
+        "completion",
+        "completion column of TRL's prompt/completion format (strings or message lists)",
+    )
+    dataset_text_field: str | None = opt(
+        None,
+        "train on whole texts of this column (TRL's language-modeling format, the loss on every "
+        "token); only when given",
+        identity=True,
+    )
+    chat_template_path: str | None = opt(
+        None,
+        "a Jinja chat template file for conversational data (default: the tokenizer's own)",
+        identity=True,
+    )
     behavior_field: str = opt(
         "behavior_logprobs", "per-token behaviour log-prob column (is, pear)", identity=True
     )
@@ -511,10 +658,43 @@ class TrainConfig(ConfigBase):
         "train into an output_dir that holds an earlier run: its checkpoints are deleted first "
         "(without this, or --resume_from_checkpoint, such an output_dir is refused)",
     )
+    use_peft: bool = opt(
+        False,
+        "train a LoRA adapter (PEFT) instead of every weight; needs onpolicy-sft[peft]",
+        identity=True,
+    )
+    lora_r: int = opt(16, "LoRA rank", identity=True)
+    lora_alpha: int = opt(32, "LoRA alpha (the update is scaled by alpha / r)", identity=True)
+    lora_dropout: float = opt(0.05, "dropout on the LoRA input", identity=True)
+    lora_target_modules: tuple[str, ...] | None = opt(
+        None,
+        "module names to adapt, e.g. q_proj v_proj (none: PEFT's default for the architecture)",
+        identity=True,
+    )
+    merge_adapter: bool = opt(
+        False, "with --use_peft: also write the merged full model to OUTPUT_DIR/merged"
+    )
+    global_batch_size: int | None = opt(
+        None,
+        "sequences per optimizer step over all devices: sets gradient_accumulation_steps to "
+        "global_batch_size / (per_device_train_batch_size x devices) (none: as given)",
+        identity=True,
+    )
+    recipe: Recipe | None = opt(
+        None,
+        "start from a source's released settings (docs/methods.md, 'Training recipes of the "
+        "sources'): mtg, dft or idft; any flag (or --config value) given as well overrides it",
+    )
     loss: LossConfig = dataclasses.field(default_factory=LossConfig, metadata={"nested": True})
 
     def problems(self) -> list[str]:
         p = [f"{n} is empty; give --{n}" for n in ("model", "dataset") if not getattr(self, n)]
+        if self.merge_adapter and not self.use_peft:
+            p.append("merge_adapter needs use_peft (there is no adapter to merge); add --use_peft")
+        if self.use_peft and (self.lora_r < 1 or not 0.0 <= self.lora_dropout < 1.0):
+            p.append(f"lora_r={self.lora_r} must be >= 1 and lora_dropout in [0, 1)")
+        if self.global_batch_size is not None and self.global_batch_size < 1:
+            p.append(f"global_batch_size={self.global_batch_size} must be >= 1 (or none)")
         if self.max_length < 2:
             p.append(f"max_length={self.max_length} must be >= 2")
         if not 0.0 <= self.warmup_ratio < 1.0:
@@ -557,6 +737,12 @@ class EvalConfig(ConfigBase):
     temperature: float = opt(1.0, "sampling temperature")
     top_p: float = opt(1.0, "sampling top-p")
     max_tokens: int = opt(4096, "new tokens per sample")
+    prompt_type: PromptType = opt(
+        "auto",
+        "the papers' harness prompt family: qwen-boxed, llama-base, llama-instruct, or "
+        "chat-template (the tokenizer's template + the boxed instruction); auto = qwen-boxed "
+        "for Qwen models, else chat-template",
+    )
     engine: EngineKind = opt("auto", "generation engine: auto = vllm with CUDA, else hf")
     tensor_parallel_size: int = opt(1, "vLLM tensor parallelism")
     seed: int = opt(0, "sampling seed")
@@ -581,6 +767,56 @@ class EvalConfig(ConfigBase):
         if self.limit is not None and self.limit < 1:
             p.append(f"limit={self.limit} must be >= 1 (or None for all problems)")
         return p
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GapConfig(ConfigBase):
+    """Options of `onpolicy-sft gap` / ``onpolicy_sft.policy_gap(...)``: how far a dataset is
+    from a model, forward passes only (docs/methods.md, "The policy-gap meter")."""
+
+    model: str = opt(help="model directory or hub name")
+    dataset: str = dataclasses.field(
+        metadata={
+            "help": "any data `train` reads: a rewrite output directory, a .parquet/.jsonl/"
+            ".json/.csv file, a save_to_disk directory or a hub dataset name",
+            "aliases": ["--data"],
+        }
+    )
+    output_dir: str | None = opt(
+        None, "write gap.json, gap_rows.parquet and gap.png here (none: print only)"
+    )
+    split: str = opt("train", "split of a hub dataset")
+    prompt_field: str = opt(
+        "prompt", "prompt column: chat-templated, raw (templated here) or a list of messages"
+    )
+    problem_field: str = opt("problem", "raw problem column, used when there is no prompt column")
+    response_field: str = opt(
+        "response",
+        "completion column (default: 'response', else 'completion'; response_token_ids wins "
+        "when present; a 'messages' column's last assistant turn otherwise)",
+    )
+    behavior_field: str = opt("behavior_logprobs", "per-token behaviour log-prob column")
+    tier_field: str = opt("tier", "statistics per value of this column, when the data has it")
+    id_field: str | None = opt(None, "row id column copied into the per-row table")
+    engine: EngineKind = opt(
+        "hf", "hf (entropy and phi included) or vllm (prompt log-probs only); auto = vllm with CUDA"
+    )
+    batch_rows: int = opt(256, "rows read and scored per step (memory is bounded by this)")
+    score_batch_size: int = opt(8, "HF engine: sequences per forward pass")
+    max_length: int | None = opt(
+        None, "cut prompt + response to this many tokens as training does (none: whole rows)"
+    )
+    limit: int | None = opt(None, "only the first N rows")
+    dtype: str = opt("auto", "dtype the model is loaded in")
+    progress: bool = opt(True, "show a progress bar")
+
+    def problems(self) -> list[str]:
+        out = _positive(self, ("batch_rows", "score_batch_size"))
+        if self.max_length is not None and self.max_length < 2:
+            out.append(f"max_length={self.max_length} must be >= 2 (or none for whole rows)")
+        if self.limit is not None and self.limit < 1:
+            out.append(f"limit={self.limit} must be >= 1 (or none for all rows)")
+        return out
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -638,9 +874,13 @@ class DemoConfig(ConfigBase):
     """
 
     output_dir: str = opt("demo_out", "output directory (report.md, plots, every stage's files)")
-    seed: int = opt(0, "one seed for rewriting, training order and evaluation sampling")
+    seeds: tuple[int, ...] = opt(
+        (0, 1, 2),
+        "training seeds (--quick: 0); the rewrite and the base model's evaluation, shared by "
+        "the seeds, use the first",
+    )
     engine: EngineKind = opt("auto", "generation engine (auto = vllm with CUDA, else hf)")
-    quick: bool = opt(False, "the reduced size CI runs (< 2 minutes)")
+    quick: bool = opt(False, "the reduced size CI runs (< 20 s on 2 cores, one seed)")
     n_train: int = opt(128, "training problems rewritten and trained on (bundled split)")
     n_eval: int = opt(128, "held-out problems evaluated")
     k_eval: int = opt(4, "samples per held-out problem: the table reports avg@k_eval")
@@ -653,6 +893,9 @@ class DemoConfig(ConfigBase):
     epochs: float = opt(2.0, "training epochs over the n_train rows, per method")
     learning_rate: float = opt(3e-4, "peak learning rate of every method")
     batch_size: int = opt(16, "sequences per optimizer step")
+    online_every: str = opt(
+        "epoch", "online rewriting rounds: after every epoch, or every N optimizer steps"
+    )
     threads: int = opt(2, "torch CPU threads (the demo's time budget assumes 2 cores)")
     model: str | None = opt(None, "model (none: the bundled tiny model)")
     data_dir: str | None = opt(None, "problems (none: the bundled assets/data/{train,eval}.jsonl)")
@@ -664,6 +907,8 @@ class DemoConfig(ConfigBase):
         "k_self": 2,
         "k_guided": 2,
         "epochs": 1.0,
+        "seeds": (0,),
+        "online_every": "1",
     }
 
     @classmethod
@@ -675,6 +920,17 @@ class DemoConfig(ConfigBase):
 
     def problems(self) -> list[str]:
         out = _positive(self, ("n_train", "n_eval", "k_eval", "k_self", "k_guided", "max_tokens"))
+        bad = [s for s in self.seeds if isinstance(s, bool) or not isinstance(s, int)]
+        if bad or not self.seeds:
+            out.append(
+                f"seeds={self.seeds!r}: give one or more whole numbers, e.g. --seeds 0 1 2"
+                + (f" ({bad[0]!r} is not one)" if bad else "")
+            )
+        elif len(set(self.seeds)) != len(self.seeds):
+            out.append(f"seeds={self.seeds!r} repeats a seed; give distinct seeds")
+        every = str(self.online_every)
+        if every != "epoch" and not (every.isdigit() and int(every) >= 1):
+            out.append(f"online_every={self.online_every!r}: use 'epoch' or a step count >= 1")
         if self.data_dir is None and (self.n_train > 512 or self.n_eval > 256):
             out.append(
                 f"n_train={self.n_train}, n_eval={self.n_eval}: the bundled splits hold 512 "

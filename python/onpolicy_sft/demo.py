@@ -1,34 +1,46 @@
 """The embedded default: the whole method on the bundled tiny model, on a CPU.
 
-``demo(output_dir="demo_out", seed=0, engine="auto", quick=False)`` runs, with
+``demo(output_dir="demo_out", seeds=(0, 1, 2), engine="auto", quick=False)`` runs, with
 nothing but the package installed:
 
 1. **rewrite** the bundled training problems with the three tiers (self →
-   guided → expert, docs/methods.md "Three-tier rewriting");
-2. **train** five models from the same pi_0: SFT and DFT on the expert
-   solutions, rewriting + SFT, rewriting + DFT and rewriting + IS on the
-   rewritten data (docs/methods.md "Loss level");
-3. **evaluate** the base model and the five on held-out problems with avg@k
-   (T = 1.0, top-p = 1, as the evaluation protocol asks);
-4. measure the **policy gap**: mean NLL under pi_0 per tier, and the
+   guided → expert, docs/methods.md "Three-tier rewriting"), once;
+2. measure the **policy gap**: mean NLL under pi_0 per tier, and the
    effective sample size of the token importance weights on the expert data
    and on the rewritten data;
-5. write ``report.md`` (+ ``results.json`` and PNG plots) and print the table
-   in the papers' layout.
+3. **evaluate** the base model once (avg@k, T = 1.0, top-p = 1);
+4. for every seed, **train** seven models from the same pi_0 with one shared
+   training configuration — SFT and DFT on the expert solutions, rewriting +
+   SFT / DFT / IS on the rewritten data, and online rewriting + DFT / SFT
+   (``onpolicy_sft.online``: the model being trained rewrites the remaining
+   expert and guided rows after every epoch) — and **evaluate** each;
+5. write ``report.md`` (+ ``results.json``, PNG plots, ``logs/``, per-step
+   ``train_log.jsonl`` per model) with the mean over seeds and each
+   comparison's paired standard error over problems and seeds, and print the
+   table.
 
 The bundled model (``assets/tiny_model``) was trained from scratch by
 ``scripts/train_tiny_model.py`` on ``onpolicy_sft.synthetic`` problems in a
-terse style of its own; the bundled expert solutions are correct but verbose
-prose. That difference is the policy gap the method is about.
+terse style of its own, mostly on the easy part of the task (1-2 operations)
+and rarely on the hard part (3-4 operations), with some practice at re-solving
+a problem whose worked solution is in the prompt. The bundled training split is
+mostly hard, and its expert solutions are correct but verbose prose: they teach
+the hard part in a foreign style. That difference is the policy gap the method
+is about.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
+import sys
 import time
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,18 +53,22 @@ from onpolicy_sft.config import DemoConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from onpolicy_sft.verify import Verifier
+
 ASSETS = Path(__file__).resolve().parent / "assets"
 MODEL_DIR = ASSETS / "tiny_model"
 DATA_DIR = ASSETS / "data"
 
-# (row label in the table, data: "expert" | "rewritten", loss scheme)
-METHODS: tuple[tuple[str, str, str], ...] = (
-    ("SFT", "expert", "sft"),
-    ("DFT", "expert", "dft"),
-    ("Rewriting + SFT", "rewritten", "sft"),
-    ("Rewriting + DFT", "rewritten", "dft"),
-    ("Rewriting + IS", "rewritten", "is"),
+# (row label in the table, data: "expert" | "rewritten", loss scheme, online rounds)
+METHODS: tuple[tuple[str, str, str, bool], ...] = (
+    ("SFT", "expert", "sft", False),
+    ("DFT", "expert", "dft", False),
+    ("Rewriting + SFT", "rewritten", "sft", False),
+    ("Rewriting + DFT", "rewritten", "dft", False),
+    ("Rewriting + IS", "rewritten", "is", False),
+    ("Online rewriting + DFT", "rewritten", "dft", True),
+    ("Online rewriting + SFT", "rewritten", "sft", True),
 )
+BASE = "Base (pi_0)"
 TIERS = ("self", "guided", "expert")
 IS_CLIP = (0.0, 2.0)  # the `is` scheme's default clip (docs/methods.md)
 
@@ -62,9 +78,11 @@ class DemoNumbers:
     """Everything the demo measured (and the config it ran), as the report, the plots
     and results.json use it.
 
-    table: method -> column (number of operations, "Avg.") -> avg@k (percent);
-    eval / training: per method, the evaluation and training records;
-    nll / ess / weights / token_share: the policy-gap measurements, per tier or data set.
+    table: method -> column (number of operations, "Avg.") -> avg@k (percent), mean
+    over the seeds; eval: per method, the seed-averaged evaluation (``per_problem`` is
+    the paired unit); training / online: per method and seed, the training records and
+    the online rounds; nll / ess / weights / token_share: the policy-gap measurements;
+    comparisons: (method, against, difference, paired s.e.) in avg points.
     """
 
     config: DemoConfig
@@ -72,9 +90,11 @@ class DemoNumbers:
     n_train: int
     n_eval: int
     model_params: int
+    train_config: dict[str, str]  # the shared training configuration, as the report states it
     table: dict[str, dict[str, float]]
     eval: dict[str, dict[str, Any]]
-    training: dict[str, dict[str, Any]]
+    training: dict[str, dict[int, dict[str, Any]]]
+    online: dict[str, dict[int, list[dict[str, Any]]]]
     tiers: dict[str, int]
     nll: dict[str, float]
     ess: dict[str, float]
@@ -82,6 +102,7 @@ class DemoNumbers:
     token_share: dict[str, float]
     guided_steps_ok: float
     seconds: dict[str, float]
+    comparisons: list[tuple[str, str, float, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -89,10 +110,13 @@ class DemoResult:
     """What ``demo`` returns (also written to ``OUT/results.json``)."""
 
     out: str
-    table: dict[str, dict[str, float]]  # method -> column -> avg@k (percent)
+    table: dict[str, dict[str, float]]  # method -> column -> avg@k (percent), mean over seeds
     tiers: dict[str, int]
     nll: dict[str, float]  # per tier (and "expert data") mean NLL per token under pi_0
     ess: dict[str, float]  # "expert data" / "rewritten data" -> ESS fraction
+    seeds: tuple[int, ...] = ()
+    # (method, against, difference in points of "Avg.", paired standard error in points)
+    comparisons: list[tuple[str, str, float, float]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     report: str = ""
 
@@ -100,10 +124,39 @@ class DemoResult:
 # ----------------------------------------------------------------- helpers
 
 
-def _bar(total: int, desc: str) -> Any:
-    from tqdm.auto import tqdm
+@contextlib.contextmanager
+def _quiet(log: Path) -> Iterator[None]:
+    """Send everything a stage prints (logs, warnings, inner progress bars) to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        open(log, "a", encoding="utf-8") as f,
+        contextlib.redirect_stdout(f),
+        contextlib.redirect_stderr(f),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("always")  # into the log, not once per process to the terminal
+        yield
 
-    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, leave=True)
+
+@contextlib.contextmanager
+def _library_bars_off() -> Iterator[None]:
+    """No weight-loading, shard-writing or dataset bars, and no library log lines, for the demo."""
+    import datasets
+    import transformers
+
+    tlog = transformers.utils.logging
+    verbosity = tlog.get_verbosity()
+    bars = datasets.utils.logging.is_progress_bar_enabled()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    datasets.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        tlog.set_verbosity(verbosity)
+        tlog.enable_progress_bar()
+        if bars:
+            datasets.utils.logging.enable_progress_bar()
 
 
 def ess_fraction(weights: np.ndarray) -> float:
@@ -168,7 +221,9 @@ def _rewrite(cfg: DemoConfig, model: Path, train_path: Path, out: Path) -> Path:
         temperature_guided=cfg.temperature_guided,
         max_tokens=cfg.max_tokens,
         selection="likeliest",
-        seed=cfg.seed,
+        seed=cfg.seeds[0],
+        progress=False,
+        plots=False,  # the demo draws its own
     )
     return out
 
@@ -188,11 +243,26 @@ def _engine_kind(engine: str) -> str:
 
 
 def _train(
-    cfg: DemoConfig, model: Path, data: str, loss: str, out: Path, response_field: str
+    cfg: DemoConfig,
+    model: Path,
+    data: str,
+    loss: str,
+    out: Path,
+    response_field: str,
+    seed: int,
+    online: bool,
 ) -> dict[str, Any]:
-    from onpolicy_sft.training import train
+    """One method, one seed: the shared training configuration; online rounds when asked."""
+    import gc
+    import shutil
 
-    res = train(
+    # accelerate's free_memory() runs gc.collect() as every Trainer starts; over the
+    # demo's long-lived heap (models, tokenizers, plots) that took 2.2 s per method in a
+    # cProfile of `demo --quick` on the loaded 2-core box.
+    # Objects alive now are kept out of those collections.
+    gc.freeze()
+
+    options: dict[str, Any] = dict(
         model=str(model),
         dataset=data,
         output_dir=str(out),
@@ -205,22 +275,42 @@ def _train(
         max_length=1024,
         warmup_ratio=0.1,
         lr_scheduler_type="cosine",
-        seed=cfg.seed,
+        seed=seed,
         save_steps=10**9,
         save_total_limit=1,
         logging_steps=1,
     )
-    import shutil
+    if online:
+        from onpolicy_sft.online import train_online
 
+        res = train_online(
+            online_every=cfg.online_every,
+            online_engine="hf",
+            online_progress=False,
+            **options,
+        )
+    else:
+        from onpolicy_sft.training import train
+
+        res = train(**options)
     for ckpt in out.glob("checkpoint-*"):  # the final weights are in `out`; keep the demo small
         shutil.rmtree(ckpt, ignore_errors=True)
-    losses = [float(h["loss"]) for h in res.log_history if "loss" in h]
-    norms = [float(h["grad_norm"]) for h in res.log_history if "grad_norm" in h]
+    steps = [h for h in res.log_history if "loss" in h]
+    with open(out / "train_log.jsonl", "w", encoding="utf-8") as f:
+        for h in steps:
+            row = {k: (int(v) if k in ("step", "tokens") else v) for k, v in h.items()}
+            f.write(json.dumps(row) + "\n")
+    norms = [float(h["grad_norm"]) for h in steps if "grad_norm" in h]
+    rounds = []
+    if online:
+        rounds = json.loads((out / "online" / "rounds.json").read_text(encoding="utf-8"))
     return {
         "steps": res.global_step,
         "training_loss": res.training_loss,
-        "losses": losses,
+        "losses": [float(h["loss"]) for h in steps],
+        "nlls": [float(h["nll"]) for h in steps if "nll" in h],
         "mean_grad_norm": float(np.mean(norms)) if norms else float("nan"),
+        "rounds": rounds,
     }
 
 
@@ -247,6 +337,7 @@ def _evaluate(
     benchmarks: list[str],
     out: Path,
     verifier: Verifier,
+    seed: int,
 ) -> dict[str, Any]:
     """avg@k on the held-out problems per difficulty (onpolicy_sft.evaluate), plus answer style."""
     from onpolicy_sft.config import EvalConfig
@@ -261,8 +352,10 @@ def _evaluate(
         temperature=cfg.temperature_eval,
         top_p=1.0,
         max_tokens=cfg.max_tokens,
+        # the prompt the demo trains with (the bundled model has no harness family)
+        prompt_type="chat-template",
         engine=_engine_kind(cfg.engine),
-        seed=cfg.seed + 1,
+        seed=seed + 1,
         label=label,
     )
     res = evaluate(ecfg, verifier=verifier).results
@@ -313,7 +406,7 @@ def _policy_gap(model: Path, rewrite_dir: Path, train_rows: list[dict[str, Any]]
     missing_base = [r for r in table if r.get("base_logprobs") is None]
     if missing_base:
         lp = eng.score(
-            [r["prompt"] for r in missing_base], [r["response_token_ids"] for r in missing_base]
+            [r["prompt"] for r in missing_base], [r["completion_token_ids"] for r in missing_base]
         )
         for r, x in zip(missing_base, lp):
             r["base_logprobs"] = list(map(float, x))
@@ -334,7 +427,7 @@ def _policy_gap(model: Path, rewrite_dir: Path, train_rows: list[dict[str, Any]]
     rw = np.concatenate(rewritten_w)
     tokens = {t: sum(len(a) for a in by_tier.get(t, [])) for t in TIERS}
     total_tokens = max(1, sum(tokens.values()))
-    guided = [r["response"] for r in table if r["tier"] == "guided"]
+    guided = [r["completion"] for r in table if r["tier"] == "guided"]
     return {
         "tiers": {t: len(by_tier.get(t, [])) for t in TIERS},
         "token_share": {t: tokens[t] / total_tokens for t in TIERS},
@@ -355,7 +448,13 @@ def _format_table(table: dict[str, dict[str, float]], k: int) -> str:
     cols = list(next(iter(table.values())).keys())
     head = "| Method | " + " | ".join(cols) + " |"
     sep = "|---|" + "|".join("---:" for _ in cols) + "|"
-    lines = [f"avg@{k} (%) on held-out problems, by number of operations", "", head, sep]
+    lines = [
+        f"avg@{k} (%) on held-out problems, by number of operations "
+        "(1-2: the easy part, 3-4: the hard part)",
+        "",
+        head,
+        sep,
+    ]
     for name, row in table.items():
         lines.append(f"| {name} | " + " | ".join(f"{row[c]:.2f}" for c in cols) + " |")
     return "\n".join(lines)
@@ -368,15 +467,20 @@ def _plots(out: Path, res: DemoNumbers) -> list[str]:
     import matplotlib.pyplot as plt
 
     files = []
-    # 1. avg@k per method
+    # 1. avg@k per method, with the paired s.e. against the base as error bars
     names = list(res.table)
     vals = [res.table[n]["Avg."] for n in names]
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    ax.barh(names[::-1], vals[::-1], color="#4477aa")
-    ax.set_xlabel(f"avg@{res.config.k_eval} (%)")
-    ax.set_title("Held-out accuracy")
-    for i, v in enumerate(vals[::-1]):
-        ax.text(v, i, f" {v:.1f}", va="center")
+    se_vs_base = {a: se for a, b, _, se in res.comparisons if b == BASE}
+    errs = [se_vs_base.get(n, 0.0) for n in names]
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(names) + 1.2))
+    ax.barh(names[::-1], vals[::-1], xerr=errs[::-1], color="#4477aa", ecolor="#333333", capsize=3)
+    ax.axvline(res.table[BASE]["Avg."], color="#999999", linestyle="--", linewidth=1)
+    ax.set_xlabel(
+        f"avg@{res.config.k_eval} (%), mean over {len(res.config.seeds)} seed(s); bars: paired s.e. vs base"
+    )
+    ax.set_xlim(0, max(vals) * 1.25 + 1)
+    for i, (v, e) in enumerate(zip(vals[::-1], errs[::-1])):
+        ax.text(v + e + 0.5, i, f"{v:.1f}", va="center", fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "accuracy.png", dpi=100)
     plt.close(fig)
@@ -393,30 +497,65 @@ def _plots(out: Path, res: DemoNumbers) -> list[str]:
     fig.savefig(out / "policy_gap_nll.png", dpi=100)
     plt.close(fig)
     files.append("policy_gap_nll.png")
-    # 3. importance weights
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    # 3. importance weights (legend above the axes, clear of the bars)
+    fig, ax = plt.subplots(figsize=(7, 3.6))
     bins = np.linspace(0, IS_CLIP[1], 41)
     for name, w in res.weights.items():
         ax.hist(w, bins=bins, alpha=0.6, density=True, label=f"{name} (ESS {res.ess[name]:.2f})")
     ax.set_xlabel("token importance weight pi_0 / pi_behaviour (clipped)")
     ax.set_ylabel("density")
-    ax.legend()
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False, fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "importance_weights.png", dpi=100)
     plt.close(fig)
     files.append("importance_weights.png")
-    # 4. training loss curves
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    for name, tr in res.training.items():
+    # 4. training curves of the first seed: the likelihood of the training data (comparable
+    # across schemes) and each scheme's own objective on a log axis (DFT/IS losses are ~1e-2)
+    seed = res.config.seeds[0]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, by_seed in res.training.items():
+        tr = by_seed[seed]
+        if tr["nlls"]:
+            ax1.plot(range(1, len(tr["nlls"]) + 1), tr["nlls"], label=name)
         if tr["losses"]:
-            ax.plot(range(1, len(tr["losses"]) + 1), tr["losses"], label=name)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+            ax2.plot(range(1, len(tr["losses"]) + 1), tr["losses"], label=name)
+    ax1.set_title("NLL of the training tokens")
+    ax2.set_title("training objective (log scale)")
+    ax2.set_yscale("log")
+    for ax in (ax1, ax2):
+        ax.set_xlabel(f"optimizer step (seed {seed})")
+    handles, labels = ax1.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0, 0.78, 1))
     fig.savefig(out / "training_loss.png", dpi=100)
     plt.close(fig)
     files.append("training_loss.png")
+    # 5. online rounds: expert rows, policy gap and ESS per round, one line per method and seed
+    if res.online:
+        fig, axes = plt.subplots(1, 3, figsize=(10, 3.2))
+        for name, by_seed in res.online.items():
+            for s_, hist in by_seed.items():
+                r = [h["round"] for h in hist]
+                label = f"{name.replace('Online rewriting', 'Online')}, seed {s_}"
+                axes[0].plot(r, [h["tiers"]["expert"] for h in hist], marker="o", label=label)
+                axes[1].plot(r, [h["nll"] for h in hist], marker="o")
+                axes[2].plot(r, [h["ess"] for h in hist], marker="o")
+        for ax, title in zip(axes, ("expert rows", "NLL / token, current model", "ESS fraction")):
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("round")
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        axes[0].yaxis.get_major_locator().set_params(integer=True)
+        fig.legend(
+            *axes[0].get_legend_handles_labels(),
+            loc="lower center",
+            ncol=3,
+            fontsize=7,
+            frameon=False,
+        )
+        fig.tight_layout(rect=(0, 0.12, 1, 1))
+        fig.savefig(out / "online_rounds.png", dpi=100)
+        plt.close(fig)
+        files.append("online_rounds.png")
     return files
 
 
@@ -445,37 +584,235 @@ def _paired_se_points(a: dict[str, dict[str, float]], b: dict[str, dict[str, flo
     return 100.0 * math.sqrt(var) / max(1, len(a))
 
 
+def _parts(columns: dict[str, float]) -> dict[str, list[str]]:
+    """The table's columns grouped into the task's easy and hard part (``N-op`` columns only)."""
+    from onpolicy_sft.synthetic import EASY, HARD
+
+    ops = {c: int(c.split("-")[0]) for c in columns if re.fullmatch(r"\d+-op", c)}
+    parts = {
+        "easy": [c for c, d in ops.items() if d in EASY],
+        "hard": [c for c, d in ops.items() if d in HARD],
+    }
+    return {k: v for k, v in parts.items() if v}
+
+
+def _mean_of(row: dict[str, float], cols: list[str]) -> float:
+    return sum(row[c] for c in cols) / len(cols)
+
+
+def _aggregate(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """One method's evaluations averaged over its seeds: per column and per problem."""
+    seeds = sorted(runs)
+    first = runs[seeds[0]]
+
+    def mean(key: str) -> float:
+        return float(np.mean([runs[s][key] for s in seeds]))
+
+    return {
+        "columns": {
+            c: float(np.mean([runs[s]["columns"][c] for s in seeds])) for c in first["columns"]
+        },
+        # benchmark -> problem -> accuracy over k samples and the seeds: the paired unit
+        "per_problem": {
+            b: {
+                pid: float(np.mean([runs[s]["per_problem"][b][pid] for s in seeds]))
+                for pid in probs
+            }
+            for b, probs in first["per_problem"].items()
+        },
+        "by_seed": {s: runs[s]["columns"] for s in seeds},
+        "expert_style_frac": mean("expert_style_frac"),
+        "mean_tokens": mean("mean_tokens"),
+        "truncated_frac": mean("truncated_frac"),
+        "example": first["example"],
+    }
+
+
+def _comparison_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
+    """Every method against the base and against plain SFT; online against offline rewriting."""
+    methods = [n for n in names if n != BASE]
+    pairs = [(m, BASE) for m in methods]
+    pairs += [(m, "SFT") for m in methods if m != "SFT" and "SFT" in names]
+    for m in methods:
+        if m.startswith("Online rewriting + "):
+            offline = m.replace("Online rewriting", "Rewriting")
+            if offline in names:
+                pairs.append((m, offline))
+    pairs += [p for p in PAPER_ORDERINGS if p not in pairs and set(p) <= set(names)]
+    return pairs
+
+
+# What the papers (and, for online rounds, this project) expect: (better, worse).
+PAPER_ORDERINGS = (
+    ("DFT", "SFT"),
+    ("Rewriting + SFT", "SFT"),
+    ("Rewriting + DFT", "DFT"),
+    ("Rewriting + DFT", "Rewriting + SFT"),
+    ("Online rewriting + DFT", "Rewriting + DFT"),
+)
+
+
+def comparisons(res: DemoNumbers) -> list[tuple[str, str, float, float]]:
+    """(method, against, difference of "Avg." in points, paired s.e. in points) for each pair.
+
+    Paired over problems: each problem's accuracy is first averaged over its
+    k samples and over the seeds (the base model, shared by all seeds, has one
+    evaluation), so the standard error counts problems, and seed-to-seed noise
+    is part of every problem's difference.
+    """
+    t = {n: r["Avg."] for n, r in res.table.items()}
+    pp = {name: e["per_problem"] for name, e in res.eval.items()}
+    return [
+        (a, b, t[a] - t[b], _paired_se_points(pp[a], pp[b])) for a, b in _comparison_pairs(list(t))
+    ]
+
+
+def _verdict(d: float, se: float) -> str:
+    if abs(d) < 2 * se:
+        return "within noise"
+    return "better beyond 2 s.e." if d > 0 else "worse beyond 2 s.e."
+
+
+def _orderings(res: DemoNumbers, cmp: dict[tuple[str, str], tuple[float, float]]) -> list[str]:
+    """Whether each of the papers' orderings holds on this run, and the measurements behind a miss."""
+    held, missed = [], []
+    for a, b in PAPER_ORDERINGS:
+        if (a, b) not in cmp:
+            continue
+        d, se = cmp[(a, b)]
+        (held if d >= 2 * se else missed).append((a, b, d, se))
+    lines = []
+    if held:
+        lines.append(
+            "- The papers' orderings that hold here (beyond 2 s.e.): "
+            + "; ".join(f"{a} > {b} ({d:+.2f}, s.e. {se:.1f})" for a, b, d, se in held)
+            + "."
+        )
+    ess, nll, tiers = res.ess, res.nll, res.tiers
+    rows = max(1, sum(tiers.values()))
+    for a, b, d, se in missed:
+        why = ""
+        if a.endswith("DFT") and b.endswith("SFT"):
+            why = (
+                f"DFT weighs each token by p_t: the ESS fraction of those weights is "
+                f"{ess['expert data']:.2f} on the expert data and {ess['rewritten data']:.2f} on "
+                "the rewritten data, so DFT learns from a small share of the tokens that SFT "
+                "learns from, and least from the tokens pi_0 finds unlikely, which are the ones "
+                "that teach it something new"
+            )
+        elif a.startswith("Rewriting") and not b.startswith("Rewriting"):
+            why = (
+                f"the rewritten data keeps {tiers['expert']} of {rows} rows as expert prose, and "
+                f"its self rows cost {nll['self']:.2f} nats/token under pi_0 (the expert "
+                f"solutions {nll['expert data (all problems)']:.2f}): the rows that became "
+                "on-policy are mostly those pi_0 already solved"
+            )
+        elif a.startswith("Online"):
+            hist = [h for by in (res.online or {}).values() for h in by.values()]
+            if hist:
+                first = float(np.mean([h[0]["tiers"]["expert"] for h in hist]))
+                last = float(np.mean([h[-1]["tiers"]["expert"] for h in hist]))
+                swapped = float(np.mean([sum(x["replaced"] for x in h) for h in hist]))
+                self_nll = float(np.mean([h[-1]["nll_by_tier"].get("self", np.nan) for h in hist]))
+                expert_nll = float(
+                    np.mean([h[-1]["nll_by_tier"].get("expert", np.nan) for h in hist])
+                )
+                why = (
+                    f"the rounds replaced {swapped:.1f} rows per run on average (expert rows "
+                    f"{first:.1f} -> {last:.1f}); a replaced expert row is one the current model "
+                    f"now solves itself, and its own solution costs it {self_nll:.2f} nats/token "
+                    f"(the remaining expert rows {expert_nll:.2f}), so the round trades a row that "
+                    "still taught something for one that mostly repeats what the model does; "
+                    "online and offline training also differ only after the first round"
+                )
+        how = "is reversed here" if d <= -2 * se else "is not resolved here (within 2 s.e.)"
+        lines.append(
+            f"- {a} > {b}, as in the papers, {how} ({d:+.2f} points, s.e. {se:.1f})"
+            + (f": {why}." if why else ".")
+        )
+    return lines
+
+
 def _conclusion(res: DemoNumbers) -> str:
     t = {n: r["Avg."] for n, r in res.table.items()}
-    base = t["Base (pi_0)"]
+    base = t[BASE]
     n = res.n_eval * res.config.k_eval
     per_problem = {name: e["per_problem"] for name, e in res.eval.items()}
+    cmp = {(a, b): (d, se) for a, b, d, se in res.comparisons}
+    seeds = res.config.seeds
 
-    def cmp(a: str, b: str) -> str:
-        d = t[a] - t[b]
-        se = _paired_se_points(per_problem[a], per_problem[b])
-        if abs(d) < 2 * se:
-            return f"{d:+.2f} points, within noise (paired s.e. {se:.1f})"
-        return f"{d:+.2f} points, {'better' if d > 0 else 'worse'} beyond 2 paired s.e. ({se:.1f})"
-
-    lines = []
-    for plain, rew in (("SFT", "Rewriting + SFT"), ("DFT", "Rewriting + DFT")):
-        lines.append(
-            f"- {rew} vs {plain}: {t[rew]:.2f} vs {t[plain]:.2f} avg@{res.config.k_eval} ({cmp(rew, plain)})."
-        )
+    lines = [
+        f"- Averages over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); every difference "
+        "below is in avg points with its paired standard error over problems and seeds."
+    ]
+    beats = [m for (m, b), (d, se) in cmp.items() if b == BASE and d >= 2 * se]
     for name in t:
-        if name != "Base (pi_0)":
-            lines.append(f"- {name} vs the base model: {cmp(name, 'Base (pi_0)')}.")
+        if name == BASE:
+            continue
+        d, se = cmp[(name, BASE)]
+        cells = [f"vs the base {d:+.2f} (s.e. {se:.1f}, {_verdict(d, se)})"]
+        if (name, "SFT") in cmp:
+            d2, se2 = cmp[(name, "SFT")]
+            cells.append(f"vs SFT {d2:+.2f} (s.e. {se2:.1f}, {_verdict(d2, se2)})")
+        lines.append(f"- {name} ({t[name]:.2f}): " + "; ".join(cells) + ".")
+    lines.append(
+        f"- Beat the base model ({base:.2f}) beyond 2 s.e.: "
+        + (", ".join(beats) if beats else "none of the fine-tuned models")
+        + "."
+    )
+    for (a, b), (d, se) in cmp.items():
+        if a.startswith("Online rewriting + ") and b.startswith("Rewriting + "):
+            lines.append(
+                f"- {a} vs {b} (offline): {d:+.2f} points, {_verdict(d, se)} (s.e. {se:.1f})."
+            )
+    online = res.online or {}
+    for name, by_seed in online.items():
+        first = [h[0] for h in by_seed.values() if h]
+        last = [h[-1] for h in by_seed.values() if h]
+        if not first:
+            continue
+        rounds = max(len(h) - 1 for h in by_seed.values())
+        mean = lambda xs: float(np.mean(xs))  # noqa: E731
+        lines.append(
+            f"- {name}: {rounds} online round(s) per seed turned expert rows "
+            f"{mean([h['tiers']['expert'] for h in first]):.1f} -> "
+            f"{mean([h['tiers']['expert'] for h in last]):.1f} and self rows "
+            f"{mean([h['tiers']['self'] for h in first]):.1f} -> "
+            f"{mean([h['tiers']['self'] for h in last]):.1f} (mean over seeds); the training "
+            f"data's NLL under the current model went {mean([h['nll'] for h in first]):.2f} -> "
+            f"{mean([h['nll'] for h in last]):.2f} nats/token and the ESS fraction of its `is` "
+            f"weights {mean([h['ess'] for h in first]):.2f} -> {mean([h['ess'] for h in last]):.2f}."
+        )
+    lines += _orderings(res, cmp)
     best = max(t, key=lambda k: t[k])
     lines.append(f"- Best row: {best} ({t[best]:.2f}).")
-    if best == "Base (pi_0)":
+    parts = _parts(res.table[BASE])
+    if parts:
+        cells = []
+        for name in t:
+            if name == BASE:
+                continue
+            deltas = []
+            for part, cols in parts.items():
+                d = _mean_of(res.table[name], cols) - _mean_of(res.table[BASE], cols)
+                se = _paired_se_points(
+                    {c: per_problem[name][c] for c in cols},
+                    {c: per_problem[BASE][c] for c in cols},
+                )
+                deltas.append(f"{part} {d:+.1f} (s.e. {se:.1f})")
+            cells.append(f"{name}: " + ", ".join(deltas))
+        base_parts = ", ".join(
+            f"{part} {_mean_of(res.table[BASE], cols):.1f}" for part, cols in parts.items()
+        )
         lines.append(
-            "- Why no fine-tuned model beats the base here, unlike in the papers: the bundled "
-            "pi_0 was pretrained to convergence on this very task in its own style, so the "
-            "self and guided rows teach it almost nothing new (their NLL under pi_0 is near 0), "
-            "while every expert token is far off-policy. The only new information in the data "
-            "is the expert's style, and learning it costs accuracy. The comparison that carries "
-            "over is between rows: how much each method loses."
+            f"- By part (the base scores {base_parts}); change in points against the base, "
+            "paired s.e.: " + "; ".join(cells) + "."
+        )
+    if best == BASE:
+        lines.append(
+            "- No fine-tuned model beats the base model overall on this run, unlike in the "
+            "papers; the changes by part above say where each lost, and the policy-gap and "
+            "tier lines below how far off-policy its training data was."
         )
     ess = res.ess
     nll = res.nll
@@ -543,30 +880,55 @@ def _write_report(out: Path, res: DemoNumbers, files: list[str]) -> str:
         "# onpolicy-sft demo",
         "",
         f"Bundled tiny model ({res.model_params / 1e6:.2f}M parameters), "
-        f"{res.n_train} training problems, {res.n_eval} held-out problems, seed {res.config.seed}, "
-        f"engine {res.engine}, {'quick' if res.config.quick else 'full'} size.",
+        f"{res.n_train} training problems, {res.n_eval} held-out problems, seeds "
+        f"{', '.join(map(str, res.config.seeds))}, engine {res.engine}, "
+        f"{'quick' if res.config.quick else 'full'} size.",
         "",
         "## Setup",
         "",
         "- pi_0 is the bundled tiny model, trained from scratch to solve arithmetic word problems "
-        "in a terse style of its own (`3*4=12. 12+5=17. \\boxed{17}`). The expert solutions of "
-        "the training problems are correct but verbose prose (`... 12 plus 5, that is 17. The "
-        "answer is \\boxed{17}.`): the policy gap.",
+        "in a terse style of its own (`3*4=12. 12+5=17. \\boxed{17}`), mostly on the easy part "
+        "of the task (1-2 operations) and rarely on the hard part (3-4 operations), plus some "
+        "practice at re-solving a problem whose worked solution is in the prompt. The training "
+        "problems are mostly hard; their expert solutions are correct but verbose prose (`... 12 "
+        "plus 5, that is 17. The answer is \\boxed{17}.`): they teach the hard part, in a "
+        "foreign style (the policy gap).",
         f"- Rewriting: three tiers (self: k={res.config.k_self} samples at T=1.0; guided: "
         f"k={res.config.k_guided} at T=0.7 with the expert solution in the prompt; else expert), "
         "verified against the reference answer; among several correct samples the likeliest "
         "under pi_0 is kept.",
-        "- SFT/DFT train on the expert solutions, the rewriting rows on the rewritten data; all five "
-        f"start from pi_0 with the same optimiser (AdamW, lr {res.config.learning_rate:g}, cosine, "
-        f"{res.config.epochs:g} epochs, batch {res.config.batch_size}, seed {res.config.seed}). IS uses "
-        "token-level clipped ratios (0, 2) against the stored behaviour log-probs (blogp = 0 "
-        "for expert rows).",
+        "- SFT/DFT train on the expert solutions, the rewriting rows on the rewritten data. "
+        "Every method starts from pi_0 with one shared training configuration (below), fixed "
+        "before any result was looked at and never tuned per method. IS uses token-level "
+        "clipped ratios (0, 2) against the stored behaviour log-probs (blogp = 0 for expert "
+        "rows). Online rewriting trains the same way on the same offline-rewritten data and, "
+        f"after every {'epoch' if res.config.online_every == 'epoch' else str(res.config.online_every) + ' optimizer steps'}, "
+        "the current model rewrites its expert and guided rows again (self, then guided); a row "
+        "is replaced when the new rewrite is correct (onpolicy_sft.online).",
+        f"- Seeds: {', '.join(map(str, res.config.seeds))}. The rewrite (seed {res.config.seeds[0]}) and "
+        "the base model's evaluation are shared by the seeds; each seed trains and evaluates "
+        "every method (its own data order and sampling).",
         f"- Evaluation: avg@{res.config.k_eval} at T=1.0, top-p 1 on held-out problems (columns: number of "
         "operations, like the papers' benchmarks), graded by onpolicy_sft.Verifier.",
+        "",
+        "## Training configuration (shared by every method)",
+        "",
+        "| Setting | Value |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in res.train_config.items()),
         "",
         "## Results",
         "",
         _format_table(res.table, res.config.k_eval),
+        "",
+        "### Comparisons (difference of Avg., points; paired s.e. over problems and seeds)",
+        "",
+        "| Method | against | difference | paired s.e. | verdict |",
+        "|---|---|---:|---:|---|",
+        *(
+            f"| {a} | {b} | {d:+.2f} | {se:.2f} | {_verdict(d, se)} |"
+            for a, b, d, se in res.comparisons
+        ),
         "",
         "## Policy gap",
         "",
@@ -611,13 +973,38 @@ def _write_report(out: Path, res: DemoNumbers, files: list[str]) -> str:
         "",
         "## Training",
         "",
-        "| Method | steps | mean training loss | mean gradient norm (before clipping) |",
-        "|---|---:|---:|---:|",
+        "Per-step logs: `models/<method>/seed-<s>/train_log.jsonl`.",
+        "",
+        "| Method | seed | steps | mean training loss | mean gradient norm (before clipping) |",
+        "|---|---:|---:|---:|---:|",
     ]
-    for name, tr in res.training.items():
-        lines.append(
-            f"| {name} | {tr['steps']} | {tr['training_loss']:.4f} | {tr['mean_grad_norm']:.3f} |"
-        )
+    for name, by_seed in res.training.items():
+        for seed, tr in by_seed.items():
+            lines.append(
+                f"| {name} | {seed} | {tr['steps']} | {tr['training_loss']:.4f} | "
+                f"{tr['mean_grad_norm']:.3f} |"
+            )
+    if res.online:
+        lines += [
+            "",
+            "## Online rounds",
+            "",
+            "Round 0 is the offline-rewritten data under pi_0; round r the data after the r-th "
+            "rewrite, under the model that wrote it (NLL: mean per token; ESS: fraction, of the "
+            "`is` weights).",
+            "",
+            "| Method | seed | round | step | self | guided | expert | replaced | NLL | ESS |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, by_seed in res.online.items():
+            for seed, hist in by_seed.items():
+                for h in hist:
+                    t = h["tiers"]
+                    lines.append(
+                        f"| {name} | {seed} | {h['round']} | {h['step']} | {t['self']} | "
+                        f"{t['guided'] + t['hinted']} | {t['expert']} | {h['replaced']} | "
+                        f"{h['nll']:.3f} | {h['ess']:.3f} |"
+                    )
     lines += ["", "## Time", "", "| Stage | seconds |", "|---|---:|"]
     for stage, s in res.seconds.items():
         lines.append(f"| {stage} | {s:.1f} |")
@@ -635,11 +1022,18 @@ def _write_report(out: Path, res: DemoNumbers, files: list[str]) -> str:
 
 def demo(config: DemoConfig | None = None, /, **options: Any) -> DemoResult:
     """Run the whole method on the bundled tiny model; write ``OUTPUT_DIR/report.md``; return
-    the numbers. ``demo(quick=True, seed=1)`` or ``demo(DemoConfig(...))``; the options are
-    DemoConfig's fields (``quick`` picks the preset the others override)."""
+    the numbers. ``demo(quick=True, seeds=(0, 1))`` or ``demo(DemoConfig(...))``; the options
+    are DemoConfig's fields (``quick`` picks the preset the others override; ``seeds``
+    defaults to three for the full run and one for ``quick``).
+
+    The terminal gets one progress bar for the stages, one line per stage and the
+    table; everything a stage prints goes to ``OUTPUT_DIR/logs/<stage>.log``.
+    """
     import torch
     from tqdm.auto import tqdm
 
+    if options.get("seeds") is not None:
+        options["seeds"] = tuple(options["seeds"])
     cfg = config.replace(**options) if config is not None else DemoConfig.preset(**options)
     model_dir = Path(cfg.model) if cfg.model else MODEL_DIR
     data_dir = Path(cfg.data_dir) if cfg.data_dir else DATA_DIR
@@ -654,6 +1048,7 @@ def demo(config: DemoConfig | None = None, /, **options: Any) -> DemoResult:
     root = Path(cfg.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     cfg.save(root / "demo_config.json")
+    logs = root / "logs"
     seconds: dict[str, float] = {}
     t_all = time.time()
 
@@ -662,81 +1057,137 @@ def demo(config: DemoConfig | None = None, /, **options: Any) -> DemoResult:
     train_path = root / "data" / "train.jsonl"
     write_jsonl(train_path, train_rows)
     write_jsonl(root / "data" / "eval.jsonl", eval_rows)
-
-    stages = tqdm(total=3 + len(METHODS) + len(METHODS) + 1, desc="demo", unit="stage")
-
-    # 1. rewriting
-    t0 = time.time()
-    stages.set_postfix_str("rewrite (three tiers)")
-    rewrite_dir = _rewrite(cfg, model_dir, train_path, root / "rewrite")
-    seconds["rewrite"] = time.time() - t0
-    stages.update()
-
-    # 2. policy gap
-    t0 = time.time()
-    stages.set_postfix_str("policy gap")
-    gap = _policy_gap(model_dir, rewrite_dir, train_rows)
-    seconds["policy gap"] = time.time() - t0
-    stages.update()
-
-    # 3. training
-    training: dict[str, dict[str, Any]] = {}
-    model_dirs: dict[str, Path] = {"Base (pi_0)": model_dir}
-    t0 = time.time()
-    for name, data_kind, loss in METHODS:
-        stages.set_postfix_str(f"train {name}")
-        slug = name.lower().replace(" + ", "_").replace(" ", "_")
-        mdir = root / "models" / slug
-        if data_kind == "expert":
-            training[name] = _train(
-                cfg, model_dir, str(train_path), loss, mdir, response_field="solution"
-            )
-        else:
-            training[name] = _train(
-                cfg, model_dir, str(rewrite_dir), loss, mdir, response_field="response"
-            )
-        model_dirs[name] = mdir
-        stages.update()
-    seconds["train (5 methods)"] = time.time() - t0
-
-    # 4. evaluation
-    from onpolicy_sft.verify import Verifier
-
     bench_dir = root / "data" / "benchmarks"
     benchmarks = _write_benchmarks(eval_rows, bench_dir)
+
+    terminal = sys.stderr
+    # A bar only on a terminal; a log or CI gets the stage lines alone.
+    stages = tqdm(
+        total=4 + len(cfg.seeds) * len(METHODS),
+        file=terminal,
+        disable=not terminal.isatty(),
+        dynamic_ncols=True,
+        bar_format="{desc} {n_fmt}/{total_fmt} |{bar:20}| {elapsed}<{remaining}",
+    )
+
+    def start(stage: str) -> float:
+        stages.set_description_str(f"demo: {stage}")
+        return time.time()
+
+    def done(stage: str, t0: float, line: str) -> None:
+        seconds[stage] = time.time() - t0
+        stages.write(f"{stage}: {line} ({seconds[stage]:.1f}s)", file=terminal)
+        stages.update()
+
+    from onpolicy_sft.verify import Verifier
+
     verifier = Verifier()
-    evals: dict[str, dict[str, Any]] = {}
-    t0 = time.time()
+    training: dict[str, dict[int, dict[str, Any]]] = {}
+    runs: dict[str, dict[int, dict[str, Any]]] = {}
     try:
-        for name, mdir in model_dirs.items():
-            stages.set_postfix_str(f"eval {name}")
-            slug = "base" if mdir == model_dir else mdir.name
-            evals[name] = _evaluate(
-                cfg, name, mdir, bench_dir, benchmarks, root / "eval" / slug, verifier
+        with _library_bars_off():
+            t0 = start("rewrite (three tiers)")
+            with _quiet(logs / "rewrite.log"):
+                rewrite_dir = _rewrite(cfg, model_dir, train_path, root / "rewrite")
+            tiers_line = _tiers_line(rewrite_dir)
+            done("rewrite", t0, tiers_line)
+
+            t0 = start("policy gap")
+            with _quiet(logs / "policy_gap.log"):
+                gap = _policy_gap(model_dir, rewrite_dir, train_rows)
+            done(
+                "policy gap",
+                t0,
+                f"NLL/token under pi_0: expert data {gap['nll']['expert data (all problems)']:.2f}, "
+                f"rewritten {gap['nll']['rewritten data (all rows)']:.2f}",
             )
-            stages.update()
+
+            t0 = start("evaluate the base model")
+            with _quiet(logs / "eval_base.log"):
+                base = _evaluate(
+                    cfg, BASE, model_dir, bench_dir, benchmarks, root / "eval" / "base",
+                    verifier, cfg.seeds[0],
+                )  # fmt: skip
+            runs[BASE] = {s: base for s in cfg.seeds}
+            done("base", t0, f"avg@{cfg.k_eval} {base['columns']['Avg.']:.2f}")
+
+            for seed in cfg.seeds:
+                for name, data_kind, loss, online in METHODS:
+                    t0 = start(f"{name}, seed {seed}")
+                    slug = _slug(name)
+                    mdir = root / "models" / slug / f"seed-{seed}"
+                    with _quiet(logs / f"{slug}-seed-{seed}.log"):
+                        tr = _train(
+                            cfg,
+                            model_dir,
+                            str(train_path if data_kind == "expert" else rewrite_dir),
+                            loss,
+                            mdir,
+                            "solution" if data_kind == "expert" else "completion",
+                            seed,
+                            online,
+                        )
+                        ev = _evaluate(
+                            cfg, name, mdir, bench_dir, benchmarks,
+                            root / "eval" / slug / f"seed-{seed}", verifier, seed,
+                        )  # fmt: skip
+                    training.setdefault(name, {})[seed] = tr
+                    runs.setdefault(name, {})[seed] = ev
+                    extra = ""
+                    if tr["rounds"]:
+                        first, last = tr["rounds"][0]["tiers"], tr["rounds"][-1]["tiers"]
+                        extra = (
+                            f", {len(tr['rounds']) - 1} round(s): expert rows "
+                            f"{first['expert']} -> {last['expert']}"
+                        )
+                    done(
+                        f"{name} (seed {seed})",
+                        t0,
+                        f"{tr['steps']} steps{extra}; avg@{cfg.k_eval} {ev['columns']['Avg.']:.2f}",
+                    )
     finally:
         close = getattr(verifier, "close", None)
         if callable(close):
             close()
-    seconds["evaluate (6 models)"] = time.time() - t0
 
-    # 5. report
-    t0 = time.time()
-    stages.set_postfix_str("report")
-    n_params = _count_params(model_dir)
+    t0 = start("report")
+    evals = {name: _aggregate(by_seed) for name, by_seed in runs.items()}
     res = DemoNumbers(
         config=cfg,
         engine=_engine_kind(cfg.engine),
         n_train=len(train_rows),
         n_eval=len(eval_rows),
-        model_params=n_params,
+        model_params=_count_params(model_dir),
+        train_config={
+            "optimiser": "AdamW (transformers' defaults), weight decay 0",
+            "learning rate": f"{cfg.learning_rate:g}, cosine, warmup ratio 0.1",
+            "epochs": f"{cfg.epochs:g}",
+            "batch": f"{cfg.batch_size} sequences per step (no accumulation)",
+            "max length": "1024 tokens",
+            "gradient clip": "1.0",
+            "online rounds": (
+                "after every epoch"
+                if cfg.online_every == "epoch"
+                else f"every {cfg.online_every} optimizer steps"
+            ),
+        },
         table={n: e["columns"] for n, e in evals.items()},
         eval=evals,
         training=training,
+        online={
+            n: {s: tr["rounds"] for s, tr in by.items()}
+            for n, by in training.items()
+            if any(tr["rounds"] for tr in by.values())
+        },
+        tiers=gap["tiers"],
+        nll=gap["nll"],
+        ess=gap["ess"],
+        weights=gap["weights"],
+        token_share=gap["token_share"],
+        guided_steps_ok=gap["guided_steps_ok"],
         seconds=seconds,
-        **{k: v for k, v in gap.items() if k != "rows"},
     )
+    res.comparisons = comparisons(res)
     files = _plots(root, res)
     seconds["report"] = time.time() - t0
     seconds["total"] = time.time() - t_all
@@ -749,23 +1200,41 @@ def demo(config: DemoConfig | None = None, /, **options: Any) -> DemoResult:
     print(_format_table(res.table, cfg.k_eval))
     print()
     print(
-        "policy gap (mean NLL/token under pi_0): "
-        + ", ".join(f"{k} {v:.3f}" for k, v in gap["nll"].items())
+        "vs the base (avg points, paired s.e.): "
+        + "; ".join(f"{a} {d:+.1f} ({se:.1f})" for a, b, d, se in res.comparisons if b == BASE)
     )
-    print("ESS fraction: " + ", ".join(f"{k} {v:.3f}" for k, v in gap["ess"].items()))
-    print(f"tiers: {gap['tiers']}; total {seconds['total']:.0f}s; report: {root / 'report.md'}")
-    print()
-    print("What the numbers say:")
-    print(_conclusion(res))
+    online_lines = [
+        f"{a} vs offline {d:+.1f} ({se:.1f})"
+        for a, b, d, se in res.comparisons
+        if a.startswith("Online") and b.startswith("Rewriting")
+    ]
+    if online_lines:
+        print("online vs offline rewriting: " + "; ".join(online_lines))
+    print(f"total {seconds['total']:.0f}s; report, plots and logs: {root / 'report.md'}")
     return DemoResult(
         out=str(root),
         table=res.table,
         tiers=gap["tiers"],
         nll=gap["nll"],
         ess=gap["ess"],
+        seeds=tuple(cfg.seeds),
+        comparisons=res.comparisons,
         seconds=seconds,
         report=report,
     )
+
+
+def _slug(name: str) -> str:
+    return name.lower().replace(" + ", "_").replace(" ", "_")
+
+
+def _tiers_line(rewrite_dir: Path) -> str:
+    import pyarrow.parquet as pq
+
+    tiers = Counter(
+        pq.read_table(rewrite_dir / "data.parquet", columns=["tier"]).column(0).to_pylist()
+    )
+    return "tiers " + ", ".join(f"{t} {tiers.get(t, 0)}" for t in TIERS)
 
 
 def _count_params(model_dir: Path) -> int:

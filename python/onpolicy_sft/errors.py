@@ -10,7 +10,13 @@ import time.
 
 from __future__ import annotations
 
-__all__ = ["HubUnreachableError", "InputError", "OnpolicyError", "OutputExistsError"]
+__all__ = [
+    "HubUnreachableError",
+    "InputError",
+    "MissingDependencyError",
+    "OnpolicyError",
+    "OutputExistsError",
+]
 
 
 class OnpolicyError(Exception):
@@ -27,3 +33,7 @@ class OutputExistsError(OnpolicyError, FileExistsError):
 
 class HubUnreachableError(OnpolicyError, ConnectionError):
     """A hub name was given, the hub cannot be reached, and nothing of it is cached."""
+
+
+class MissingDependencyError(OnpolicyError, ImportError):
+    """An optional package a chosen feature needs is not installed; the message names the extra."""

@@ -204,6 +204,16 @@ def load_benchmark(
         )
     if not problems:
         raise ValueError(f"benchmark {name!r} ({where}) has no problems")
+    seen: dict[str, int] = {}
+    for p in problems:
+        seen[p.id] = seen.get(p.id, 0) + 1
+    dup = sorted(i for i, c in seen.items() if c > 1)
+    if dup:
+        # results are keyed by problem id: a repeated id would merge two problems' samples
+        raise ValueError(
+            f"{where} repeats problem id(s) {dup[:10]}{' ...' if len(dup) > 10 else ''}; "
+            "give every row a unique id (fields: id, problem_id or unique_id) or drop the ids"
+        )
     return problems[:limit] if limit else problems
 
 
@@ -239,7 +249,8 @@ def default_ks(n: int) -> list[int]:
 def summarize(correct: Sequence[Sequence[bool]], ks: Iterable[int] | None = None) -> dict[str, Any]:
     """Per-benchmark numbers from per-problem verdict lists (all of length n).
 
-    Returns {"problems", "n", "avg@n" (percent), "pass@k": {k: percent}}.
+    Returns {"problems", "n", "avg@n" (percent), "acc" (percent correct first samples),
+    "pass@k": {k: percent}}.
     """
     if not correct:
         raise ValueError("no problems to summarise")
@@ -252,6 +263,8 @@ def summarize(correct: Sequence[Sequence[bool]], ks: Iterable[int] | None = None
         "problems": len(correct),
         "n": n,
         f"avg@{n}": avg_at_k(correct),
+        # what the harness prints as "acc": accuracy of each problem's first sample
+        "acc": 100.0 * sum(bool(c[0]) for c in correct) / len(correct),
         "pass@k": {
             str(k): 100.0 * sum(pass_at_k(n, c, k) for c in counts) / len(counts) for k in ks
         },
@@ -261,7 +274,7 @@ def summarize(correct: Sequence[Sequence[bool]], ks: Iterable[int] | None = None
 def markdown_table(results: Sequence[dict[str, Any]], metric: str | None = None) -> str:
     """The papers' layout: one row per model, one column per benchmark, then the average.
 
-    results: ``results.json`` objects (one per model). metric: "avg@16",
+    results: ``results.json`` objects (one per model). metric: "avg@16", "acc",
     "pass@1", "pass@16", ... (default: avg@n of the first result).
     """
     if not results:
@@ -296,11 +309,12 @@ def markdown_table(results: Sequence[dict[str, Any]], metric: str | None = None)
 
 
 def _caption(cfg: dict[str, Any]) -> str:
+    prompt = cfg.get("resolved_prompt_type") or cfg.get("prompt_type", "chat-template")
     return (
         f"n = {cfg['n']} samples per problem, temperature {cfg['temperature']}, "
-        f"top-p {cfg['top_p']}, {cfg['max_tokens']} new tokens; "
-        "chat template + 'Please reason step by step, and put your final answer within "
-        "\\boxed{}.'; graded by onpolicy_sft.Verifier"
+        f"top-p {cfg['top_p']}, {cfg['max_tokens']} new tokens; prompt type {prompt} "
+        "(with 'Please reason step by step, and put your final answer within \\boxed{}.'); "
+        "graded by onpolicy_sft.Verifier (math-verify semantics, not the harness's math_equal)"
     )
 
 
@@ -308,7 +322,13 @@ def results_markdown(results: Sequence[dict[str, Any]]) -> str:
     """results.md: avg@n table, then pass@k tables, with the protocol as a caption."""
     cfg = results[0]["config"]
     n = cfg["n"]
-    parts = [f"### avg@{n} (%)\n", markdown_table(results, f"avg@{n}")]
+    parts = [f"### avg@{n} (%): mean over problems of the fraction of correct samples\n"]
+    parts.append(markdown_table(results, f"avg@{n}"))
+    if all("acc" in e for r in results for e in r["benchmarks"].values()):
+        parts += [
+            '\n### acc (%): first sample of each problem only (the harness\'s "acc")\n',
+            markdown_table(results, "acc"),
+        ]
     ks = list(next(iter(results[0]["benchmarks"].values()))["pass@k"])
     for k in ks:
         if k != "1":  # pass@1 is avg@n
@@ -374,6 +394,25 @@ def _earlier_result(
     return done["entry"], None
 
 
+def _model_type(model: Any, engine: Any) -> str | None:
+    """The model's ``config.model_type`` (from the loaded engine, else its config.json)."""
+    loaded = getattr(getattr(engine, "model", None), "config", None)
+    if loaded is None:  # vLLM keeps the HF config on its engine
+        try:
+            loaded = engine.llm.llm_engine.model_config.hf_config
+        except AttributeError:
+            loaded = None
+    if loaded is not None and getattr(loaded, "model_type", None):
+        return str(loaded.model_type)
+    path = Path(str(model)) / "config.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text(encoding="utf-8")).get("model_type")
+        except (OSError, json.JSONDecodeError):
+            return None
+    return None
+
+
 def _config(cfg: EvalConfig | None, overrides: dict[str, Any]) -> EvalConfig:
     bench = overrides.get("benchmarks")
     if bench is not None:  # "a,b", ["a", "b"] and ["a,b"] all name a and b
@@ -405,7 +444,7 @@ def evaluate(
         overrides["engine"] = engine
         engine = None
     cfg = _config(cfg, dict(overrides))
-    from onpolicy_sft.prompts import train_prompt
+    from onpolicy_sft.prompts import eval_prompt, resolve_prompt_type
 
     out = Path(cfg.output_dir)
     problems = {b: load_benchmark(b, cfg.benchmark_dir, cfg.limit) for b in cfg.benchmarks}
@@ -425,10 +464,11 @@ def evaluate(
 
         verifier = Verifier(fallback=cfg.verifier_fallback, timeout_s=cfg.verifier_timeout_s)
     label = cfg.label or Path(str(cfg.model).rstrip("/")).name or str(cfg.model)
+    prompt_type = resolve_prompt_type(cfg.prompt_type, _model_type(cfg.model, engine))
     results: dict[str, Any] = {
         "model": cfg.model,
         "label": label,
-        "config": cfg.to_dict(),
+        "config": {**cfg.to_dict(), "resolved_prompt_type": prompt_type},
         "benchmarks": {},
     }
     try:
@@ -462,7 +502,7 @@ def evaluate(
                         flush=True,
                     )
                 bench_lines: list[str] = []
-                prompts = [train_prompt(engine.tokenizer, p.problem) for p in probs]
+                prompts = [eval_prompt(engine.tokenizer, p.problem, prompt_type) for p in probs]
                 print(
                     f"eval: {bench}: {len(probs)} problems x {cfg.n} samples ...",
                     file=sys.stderr,

@@ -14,10 +14,11 @@ The ways in, all built on it:
 
 - :class:`PolicyLossMixin`: ``class T(PolicyLossMixin, Trainer)`` computes the
   loss *inside* the lm_head's forward, while FSDP or DeepSpeed ZeRO-3 hold the
-  gathered weight (``onpolicy-sft train`` uses it; a TRL ``SFTTrainer``
-  subclass can too);
+  gathered weight (``onpolicy-sft train`` uses it, and so does
+  :class:`PolicySFTTrainer`, TRL's ``SFTTrainer`` with this loss);
 - :func:`compute_loss_func`: a callable for the ``compute_loss_func`` argument
-  of a plain transformers ``Trainer`` or TRL's ``SFTTrainer`` (>= 1.16). A
+  of a plain transformers ``Trainer`` (TRL's ``SFTTrainer`` deprecates it and
+  runs a second forward for it: use :class:`PolicySFTTrainer` there). A
   Trainer pops ``labels`` before the forward, so the loss runs right after it
   from ``lm_head.weight``: correct on one device, with DDP and with FSDP2
   (whose root module keeps its parameters gathered until backward); with ZeRO-3
@@ -32,7 +33,7 @@ import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -40,10 +41,15 @@ from onpolicy_sft.config import IGNORE_INDEX
 from onpolicy_sft.losses import LossOutput, PolicyLoss
 from onpolicy_sft.models import logit_transform
 
+if TYPE_CHECKING:  # pragma: no cover
+    from onpolicy_sft.training.sft_trainer import PolicySFTConfig, PolicySFTTrainer
+
 __all__ = [
     "LossHead",
     "PolicyLossFunc",
     "PolicyLossMixin",
+    "PolicySFTConfig",
+    "PolicySFTTrainer",
     "SelectedLoss",
     "compute_loss_func",
     "count_sequences",
@@ -51,6 +57,15 @@ __all__ = [
     "policy_loss_from_hidden",
     "unpatch_model",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The TRL trainer lives in the trl extra: imported on first use only.
+    if name in ("PolicySFTTrainer", "PolicySFTConfig"):
+        from onpolicy_sft.training import sft_trainer
+
+        return getattr(sft_trainer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -523,8 +538,19 @@ class PolicyLossMixin:
         # No KV cache in training: it costs memory, and transformers only honours
         # packed position_ids (no cross-sequence attention) without one.
         inputs.setdefault("use_cache", False)
+        if model.training:
+            self._ramp_idft()
         tokens = self.normalize == "tokens"
-        total = num_items_in_batch if tokens else self._seqs_in_batch
+        # micro_batch: PolicyLoss divides by this micro-batch's own tokens and, with
+        # loss_is_scaled_for_ga False below, the Trainer divides by the accumulation steps
+        # and DDP averages over ranks: the mean over micro-batches, as verl's SFT trainer
+        total = (
+            num_items_in_batch
+            if tokens
+            else None
+            if self.normalize == "micro_batch"
+            else self._seqs_in_batch
+        )
         with self.loss_head.batch(labels, behavior, seq_ids, normalizer=total if tokens else None):
             outputs = model(**inputs)
         res = self.loss_head.result
@@ -533,7 +559,7 @@ class PolicyLossMixin:
                 "the model's forward never called its lm_head; PolicyTrainer needs a causal "
                 "LM whose forward ends in model.get_output_embeddings()"
             )
-        loss = res.output.loss if tokens else scale_to_global(res, total)
+        loss = res.output.loss if tokens or total is None else scale_to_global(res, total)
         args = self.args
         # Same correction transformers' compute_loss applies: DDP averages
         # gradients over ranks, while `total` already counts every rank.
@@ -543,6 +569,18 @@ class PolicyLossMixin:
         if model.training:
             self._record(res)
         return (loss, outputs) if return_outputs else loss
+
+    def _ramp_idft(self) -> None:
+        """The authors' IDFT exponent schedule: lambda_t from the share of steps done."""
+        loss_fn = self.loss_head.loss_fn
+        cfg = loss_fn.config
+        if not cfg.idft_ramped:
+            return
+        state = self.state  # type: ignore[attr-defined]
+        lam = cfg.idft_lambda_at(state.global_step / max(int(state.max_steps or 0), 1))
+        if lam != cfg.idft_lambda:
+            loss_fn.config = cfg.replace(idft_lambda=lam)
+        self._idft_lambda = lam
 
     def _record(self, res: SelectedLoss) -> None:
         """Accumulate PolicyLoss's statistics for the next log line (rank 0's view).
@@ -572,6 +610,8 @@ class PolicyLossMixin:
             if self._tokens:
                 logs["nll"] = self._nll_sum / self._tokens
             logs["tokens"] = float(self._tokens)
+            if getattr(self, "_idft_lambda", None) is not None:
+                logs["idft_lambda"] = float(self._idft_lambda)
             for k, v in self._stat_sums.items():
                 logs[k] = v / self._stat_counts[k]
             self._reset_stats()

@@ -40,7 +40,8 @@ class LossOutput:
     logprobs, entropy, weights: (N,) float32, detached, 0 on masked tokens
     (weights are the w_t of the loss, after clipping).
     stats: detached 0-d float32 tensors (no host sync): tokens, mean_weight,
-    max_weight, ess_fraction, clipped_fraction, mean_phi, mean_entropy.
+    max_weight, ess_fraction, clipped_fraction, tokens_without_behavior (NaN
+    behaviour log-probs taken as 0), mean_phi, mean_entropy.
     """
 
     loss: torch.Tensor
@@ -197,7 +198,12 @@ class PolicyLoss:
             backend=backend,
         )
         clip_mask = clipped(logp, ent, blogp, mask, segs, spec)
-        stats = weight_stats(w, logp, ent, mask, clip_mask)
+        missing = (
+            torch.isnan(behavior_logprobs.to(device))
+            if spec.uses_blogp and behavior_logprobs is not None
+            else None
+        )
+        stats = weight_stats(w, logp, ent, mask, clip_mask, missing)
         return LossOutput(loss=loss, logprobs=logp, entropy=ent, weights=w, stats=stats)
 
 

@@ -11,9 +11,15 @@ Both are correct, but the expert text is far from what the model would write
 itself: that difference is the policy gap the method (METHODS.md, "Data
 level") is about. Generation is a pure function of the seed.
 
-Difficulty is the number of operations (1 to 4) and the size of the numbers;
-a mix of difficulties lets the tiny model solve a fair share of problems on
-its own, so that every tier (self, guided, expert) is populated.
+Difficulty is the number of operations (1 to 4) and the size of the numbers.
+The task has an easy part (1-2 operations) and a hard part (3-4 operations).
+Each split draws its own mix (the ``*_WEIGHTS`` presets): the tiny model
+practises mostly the easy part in its own style and the hard part rarely, so
+it leaves headroom there; its worked-solution practice (a reference solution in
+the prompt) covers every difficulty, so that guided re-solving can turn some
+hard problems into its own words; the fine-tuning split is mostly hard, as the
+expert data of the papers is, so the expert solutions teach what the model
+cannot yet do.
 """
 
 from __future__ import annotations
@@ -140,6 +146,15 @@ def expert_solution(
     return " ".join(out)
 
 
+# Mixes over difficulty 1..4 (number of operations) for each split.
+EASY = (1, 2)
+HARD = (3, 4)
+PRETRAIN_WEIGHTS = (0.5, 0.4, 0.08, 0.02)  # own-style practice: the hard part is rare
+GUIDED_WEIGHTS = (0.25, 0.25, 0.25, 0.25)  # practice with a worked solution in the prompt
+TRAIN_WEIGHTS = (0.15, 0.15, 0.35, 0.35)  # the fine-tuning split: mostly the hard part
+EVAL_WEIGHTS = (0.25, 0.25, 0.25, 0.25)  # held out: every difficulty alike
+DEFAULT_WEIGHTS = (0.2, 0.3, 0.3, 0.2)
+
 # Difficulty presets: (number of operations, max starting amount, max operand).
 _LEVELS = {
     1: (1, 20, 9),
@@ -242,7 +257,7 @@ def make_problem(rng: random.Random, pid: str, difficulty: int) -> Problem:
 
 
 def generate(
-    n: int, *, seed: int, prefix: str = "p", weights: tuple[float, ...] = (0.2, 0.3, 0.3, 0.2)
+    n: int, *, seed: int, prefix: str = "p", weights: tuple[float, ...] = DEFAULT_WEIGHTS
 ) -> list[Problem]:
     """``n`` problems with a seeded mix of difficulties (``weights`` over 1..4 operations)."""
     rng = random.Random(seed)
@@ -260,7 +275,7 @@ def iter_unique(
     """An endless stream of problems whose text is not in ``exclude`` nor seen before."""
     seen = set(exclude)
     rng = random.Random(seed)
-    w = weights or (0.2, 0.3, 0.3, 0.2)
+    w = weights or DEFAULT_WEIGHTS
     i = 0
     while True:
         d = rng.choices(range(1, len(w) + 1), weights=w)[0]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -27,7 +28,14 @@ from typing import Any
 from onpolicy_sft import _core
 from onpolicy_sft._callable import make_module_callable
 
-__all__ = ["Verdict", "Verifier", "extract_answer", "verify", "verify_batch"]
+__all__ = [
+    "Verdict",
+    "Verifier",
+    "extract_answer",
+    "reference_answer",
+    "verify",
+    "verify_batch",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +71,8 @@ def verify(prediction: str, gold: str) -> Verdict:
 
 
 def max_threads() -> int:
-    """The most worker threads or processes a verifier takes: 4 x the cores."""
-    return 4 * (os.cpu_count() or 1)
+    """The most worker threads or processes a verifier takes: 4 x the cores (set in Rust)."""
+    return int(_core.VERIFY_MAX_THREADS)
 
 
 def check_threads(threads: int | None) -> int | None:
@@ -74,8 +82,8 @@ def check_threads(threads: int | None) -> int | None:
     cap = max_threads()
     if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= cap:
         raise ValueError(
-            f"threads={threads!r} must be an integer from 1 to {cap} (4 x the {cap // 4} "
-            "cores), or None for one per core"
+            f"threads={threads!r} is out of range: pass an integer from 1 to {cap} (4 x the "
+            f"{cap // 4} cores), or None for one per core"
         )
     return threads
 
@@ -85,7 +93,8 @@ def verify_batch(
 ) -> list[Verdict]:
     """Fast-path verdicts for many pairs, in parallel in Rust (GIL released).
 
-    threads: worker threads, 1..max_threads() (None = all cores).
+    threads: worker threads, None (all cores) or 1..max_threads() (4x the cores);
+        anything else raises ValueError.
     """
     check_threads(threads)
     preds = list(predictions)
@@ -107,6 +116,38 @@ def extract_answer(text: str) -> str | None:
 
 
 # ------------------------------------------------------------------ fallback
+
+
+_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
+def reference_answer(solution: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` or ``\\fbox{...}`` of an expert solution, or None.
+
+    This is the only way a reference answer is taken from a solution (docs/methods.md,
+    "Reference answers"): the verifier's full ladder (last number, "the answer is")
+    is for model outputs; on a proof ending in "2(m+n)" it would make "2" the
+    reference. Braces nest; escaped ``\\{`` / ``\\}`` do not count. An empty or
+    unclosed box gives None.
+    """
+    boxes = list(_BOX.finditer(solution))
+    if not boxes:
+        return None
+    last = boxes[-1]
+    depth, i = 1, last.end()
+    while i < len(solution):
+        ch = solution[i]
+        if ch == "\\":
+            i += 2  # an escaped character (\{, \}, \\) never opens or closes a group
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return solution[last.end() : i].strip() or None
+        i += 1
+    return None  # the last box is never closed; an earlier box is not the final answer
 
 
 def _math_verify(prediction: str, gold: str) -> bool:
@@ -238,6 +279,9 @@ class Verifier:
         self.timeout_s = float(timeout_s)
         self.threads = threads
         self._workers: list[_Worker] = []
+        # the process that started the workers: a forked child must neither use
+        # nor kill its parent's workers (it starts its own)
+        self._pid = os.getpid()
         self.last_stats: dict[str, int] = {}
         self.timeouts: list[int] = []
 
@@ -246,7 +290,18 @@ class Verifier:
     def verify_batch(self, predictions: Sequence[str], golds: Sequence[str]) -> list[bool]:
         return [bool(v.correct) for v in self.verdicts(predictions, golds)]
 
-    def verdicts(self, predictions: Sequence[str], golds: Sequence[str]) -> list[Verdict]:
+    def verdicts(
+        self,
+        predictions: Sequence[str],
+        golds: Sequence[str],
+        *,
+        deadline: float | None = None,
+    ) -> list[Verdict]:
+        """Verdicts for all pairs; undecided ones go to the fallback.
+
+        deadline: a ``time.monotonic()`` instant for the whole batch; fallback
+            pairs still unanswered then count as incorrect (reason "deadline").
+        """
         preds = list(predictions)
         gs = list(golds)
         fast = verify_batch(preds, gs, threads=self.threads)
@@ -256,6 +311,7 @@ class Verifier:
             "fast": len(fast) - len(todo),
             "fallback": 0,
             "timeouts": 0,
+            "deadline": 0,
             "errors": 0,
             "undecided_without_fallback": 0,
         }
@@ -266,7 +322,7 @@ class Verifier:
                 out[i] = Verdict(False, v.pred_answer, v.gold_answer, f"undecided: {v.reason}")
             stats["undecided_without_fallback"] = len(todo)
         elif todo:
-            results = self._run_fallback([(i, preds[i], gs[i]) for i in todo])
+            results = self._run_fallback([(i, preds[i], gs[i]) for i in todo], deadline)
             for i in todo:
                 ok, why = results[i]
                 v = fast[i]
@@ -274,6 +330,8 @@ class Verifier:
                 if why == "timeout":
                     stats["timeouts"] += 1
                     self.timeouts.append(i)
+                elif why == "deadline":
+                    stats["deadline"] += 1
                 elif why.startswith("error"):
                     stats["errors"] += 1
                 else:
@@ -290,9 +348,16 @@ class Verifier:
         return out
 
     def close(self) -> None:
-        for w in self._workers:
-            w.kill()
+        if os.getpid() == self._pid:
+            for w in self._workers:
+                w.kill()
         self._workers = []
+
+    def _after_fork(self) -> None:
+        """In a forked child: forget the parent's workers (without killing them)."""
+        if os.getpid() != self._pid:
+            self._workers = []
+            self._pid = os.getpid()
 
     def __enter__(self) -> Verifier:
         return self
@@ -312,11 +377,16 @@ class Verifier:
         n = self.threads or os.cpu_count() or 1
         return max(1, min(n, n_tasks))
 
-    def _run_fallback(self, tasks: list[tuple[int, str, str]]) -> dict[int, tuple[bool, str]]:
+    def _run_fallback(
+        self, tasks: list[tuple[int, str, str]], deadline: float | None = None
+    ) -> dict[int, tuple[bool, str]]:
         """Run math-verify on tasks; the deadline of a pair starts when a ready
-        worker receives it, and a worker past its deadline is killed and replaced."""
+        worker receives it, and a worker past its deadline is killed and replaced.
+        Past the batch ``deadline`` every unanswered task counts as incorrect
+        ("deadline") and the busy workers are killed and replaced."""
         from multiprocessing.connection import wait
 
+        self._after_fork()
         results: dict[int, tuple[bool, str]] = {}
         pending = list(reversed(tasks))
         want = self._n_workers(len(tasks))
@@ -335,7 +405,18 @@ class Verifier:
             assign(w)
         while pending or any(w.task is not None for w in workers):
             now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                for k, w in enumerate(workers):
+                    if w.task is not None:
+                        results[w.task] = (False, "deadline")
+                        w.kill()
+                        workers[k] = _Worker()
+                for task in pending:
+                    results[task[0]] = (False, "deadline")
+                return results
             limits = [w.started + self.timeout_s for w in workers if w.task is not None]
+            if deadline is not None:
+                limits.append(deadline)
             limits += [w.born + _STARTUP_LIMIT_S for w in workers if not w.ready]
             ready = wait([w.conn for w in workers], timeout=max(0.0, min(limits) - now))
             for c in ready:

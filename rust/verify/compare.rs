@@ -24,18 +24,46 @@ thread_local! {
     /// The reference's `strict`: when false, variables are matched by position
     /// (not reproduced: comparisons with variables are left undecided).
     static STRICT: Cell<bool> = const { Cell::new(true) };
+    /// The reference makes every symbol complex when the text has a standalone
+    /// `i` (math-verify's `should_treat_as_complex`); identities proven at real
+    /// sample points (|x|^2 = x^2) then do not hold, so symbolic equality is
+    /// left undecided.
+    static COMPLEX: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Run `f` with the given comparison options (restored afterwards).
-pub fn with_options<T>(float_rounding: u32, strict: bool, f: impl FnOnce() -> T) -> T {
+pub fn with_options<T>(
+    float_rounding: u32,
+    strict: bool,
+    complex: bool,
+    f: impl FnOnce() -> T,
+) -> T {
     let old = (
         FLOAT_ROUNDING.with(|c| c.replace(float_rounding)),
         STRICT.with(|c| c.replace(strict)),
+        COMPLEX.with(|c| c.replace(complex)),
     );
     let r = f();
     FLOAT_ROUNDING.with(|c| c.set(old.0));
     STRICT.with(|c| c.set(old.1));
+    COMPLEX.with(|c| c.set(old.2));
     r
+}
+
+/// math-verify's `should_treat_as_complex` for the parts this parser reads: a
+/// standalone `i` (`\bi\b`), `\text{i}` / `\mathrm{i}`, `\imath`.
+pub fn looks_complex(s: &str) -> bool {
+    let b = s.as_bytes();
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    for (k, &c) in b.iter().enumerate() {
+        if c == b'i' && (k == 0 || !word(b[k - 1])) && !b.get(k + 1).is_some_and(|&n| word(n)) {
+            return true;
+        }
+    }
+    s.contains("\\text{i}")
+        || s.contains("\\mathrm{i}")
+        || s.contains("\\imath")
+        || s.contains("\\det")
 }
 use super::parse::{Fun, Node, Value};
 
@@ -78,7 +106,7 @@ pub fn eval(n: &Node, env: &dyn Fn(&str) -> Option<f64>) -> Option<Ev> {
         Node::Sym(s) => Ev::float(env(s)?),
         Node::Pi => Ev::float(std::f64::consts::PI),
         Node::E => Ev::float(std::f64::consts::E),
-        Node::Inf => return None,
+        Node::Inf | Node::PlusMinus(..) => return None,
         Node::Add(ts) => {
             let mut acc = Ev::rat(Rat::int(0));
             for t in ts {
@@ -193,11 +221,22 @@ pub fn eval(n: &Node, env: &dyn Fn(&str) -> Option<f64>) -> Option<Ev> {
                 // sample points cannot tell)
                 return None;
             }
+            if matches!(f, Fun::Abs) {
+                return Some(Ev {
+                    exact: x
+                        .exact
+                        .and_then(|r| if r.n < 0 { r.negate() } else { Some(r) }),
+                    f: x.f.abs(),
+                });
+            }
             let v = match f {
-                Fun::Floor | Fun::Ceil => unreachable!(),
+                Fun::Floor | Fun::Ceil | Fun::Abs => unreachable!(),
                 Fun::Sin => x.f.sin(),
                 Fun::Cos => x.f.cos(),
                 Fun::Tan => x.f.tan(),
+                Fun::Sec => 1.0 / x.f.cos(),
+                Fun::Csc => 1.0 / x.f.sin(),
+                Fun::Cot => 1.0 / x.f.tan(),
                 Fun::Ln => {
                     if x.f <= 0.0 {
                         return None;
@@ -231,6 +270,17 @@ pub fn eval(n: &Node, env: &dyn Fn(&str) -> Option<f64>) -> Option<Ev> {
             }
             Ev::float(x.f.ln() / y.f.ln())
         }
+        Node::Mod(a, b) => {
+            // integers only: sympy's Mod of non-integers and symbols is not reproduced
+            let x = eval(a, env)?.exact?;
+            let y = eval(b, env)?.exact?;
+            if !x.is_int() || !y.is_int() || y.n == 0 {
+                return None;
+            }
+            // Python's sign convention: the result takes the divisor's sign
+            let r = x.n.rem_euclid(y.n.abs());
+            Ev::rat(Rat::int(if y.n < 0 && r != 0 { r + y.n } else { r }))
+        }
         Node::Pct(a) => {
             let v = eval(a, env)?;
             let h = Rat::int(100);
@@ -250,12 +300,41 @@ fn no_env(_: &str) -> Option<f64> {
     None
 }
 
+/// The value of a constant expression, if it has one.
+pub fn eval_const(n: &Node) -> Option<f64> {
+    eval(n, &no_env).map(|e| e.f)
+}
+
+/// `a \pm b` as the set it stands for.
+fn plus_minus_set(a: &Option<Box<Node>>, b: &Node) -> Value {
+    let neg = Node::Neg(Box::new(b.clone()));
+    let (lo, hi) = match a {
+        Some(a) => (
+            Node::Add(vec![(**a).clone(), neg]),
+            Node::Add(vec![(**a).clone(), b.clone()]),
+        ),
+        None => (neg, b.clone()),
+    };
+    Value::Set(vec![Value::Expr(lo), Value::Expr(hi)])
+}
+
+fn expand_plus_minus(v: &Value) -> Option<Value> {
+    match v {
+        Value::Expr(Node::PlusMinus(a, b)) => Some(plus_minus_set(a, b)),
+        _ => None,
+    }
+}
+
 fn collect_syms(n: &Node, out: &mut Vec<String>) {
     match n {
         Node::Sym(s) if !out.contains(s) => out.push(s.clone()),
         Node::Add(v) | Node::Mul(v) => v.iter().for_each(|x| collect_syms(x, out)),
         Node::Neg(a) | Node::Fact(a) | Node::Func(_, a) | Node::Pct(a) => collect_syms(a, out),
-        Node::Div(a, b) | Node::Pow(a, b) | Node::Root(a, b) | Node::Log(a, b) => {
+        Node::Div(a, b)
+        | Node::Pow(a, b)
+        | Node::Root(a, b)
+        | Node::Log(a, b)
+        | Node::Mod(a, b) => {
             collect_syms(a, out);
             collect_syms(b, out);
         }
@@ -269,9 +348,11 @@ fn has_inf(n: &Node) -> bool {
         Node::Inf => true,
         Node::Add(v) | Node::Mul(v) => v.iter().any(has_inf),
         Node::Neg(a) | Node::Fact(a) | Node::Func(_, a) | Node::Pct(a) => has_inf(a),
-        Node::Div(a, b) | Node::Pow(a, b) | Node::Root(a, b) | Node::Log(a, b) => {
-            has_inf(a) || has_inf(b)
-        }
+        Node::Div(a, b)
+        | Node::Pow(a, b)
+        | Node::Root(a, b)
+        | Node::Log(a, b)
+        | Node::Mod(a, b) => has_inf(a) || has_inf(b),
         Node::Opaque(_, v) => v.iter().any(has_inf),
         _ => false,
     }
@@ -379,6 +460,24 @@ fn round6_eq(a: &Ev, b: &Ev) -> Option<bool> {
     Some(r(a)? == r(b)?)
 }
 
+/// The reference's symbolic fallback when a Float literal takes part:
+/// simplify(a - b) in 15-digit Float arithmetic, zero only when the two agree
+/// to about 15 digits; a relative difference over 1e-11 is never zero there
+/// (27*pi against 84.8230).
+fn float_symbolic_eq(a: &Ev, b: &Ev) -> Option<bool> {
+    match math_eq(a, b) {
+        Some(v) => Some(v),
+        None => {
+            let (x, y) = (a.f, b.f);
+            if x.is_finite() && y.is_finite() && (x - y).abs() > 1e-11 * x.abs().max(y.abs()) {
+                Some(false)
+            } else {
+                None
+            }
+        }
+    }
+}
+
 /// Two constant expressions (no symbols).
 fn const_eq(g: &Node, p: &Node) -> Option<bool> {
     if has_inf(g) || has_inf(p) {
@@ -411,12 +510,12 @@ fn const_eq(g: &Node, p: &Node) -> Option<bool> {
             // Integer vs Float: sympy's Integer == Float is False after rounding,
             // only the symbolic fallback (exact difference 0) can succeed
             if matches!(ag, Atom::Int(_)) || matches!(ap, Atom::Int(_)) {
-                return math_eq(&eg, &ep);
+                return float_symbolic_eq(&eg, &ep);
             }
             if round6_eq(&eg, &ep)? {
                 return Some(true);
             }
-            return math_eq(&eg, &ep);
+            return float_symbolic_eq(&eg, &ep);
         }
         let int_like = |a: Atom| matches!(a, Atom::Int(_) | Atom::PctInt(_));
         if int_like(ag) && int_like(ap) {
@@ -438,14 +537,17 @@ fn has_opaque(n: &Node) -> bool {
         Node::Opaque(..) => true,
         Node::Add(v) | Node::Mul(v) => v.iter().any(has_opaque),
         Node::Neg(a) | Node::Fact(a) | Node::Func(_, a) | Node::Pct(a) => has_opaque(a),
-        Node::Div(a, b) | Node::Pow(a, b) | Node::Root(a, b) | Node::Log(a, b) => {
-            has_opaque(a) || has_opaque(b)
-        }
+        Node::Div(a, b)
+        | Node::Pow(a, b)
+        | Node::Root(a, b)
+        | Node::Log(a, b)
+        | Node::Mod(a, b) => has_opaque(a) || has_opaque(b),
         _ => false,
     }
 }
 
-fn is_constant(n: &Node) -> bool {
+/// No symbols and no undefined functions in `n`.
+pub fn is_constant(n: &Node) -> bool {
     let mut s = Vec::new();
     collect_syms(n, &mut s);
     s.is_empty() && !has_opaque(n)
@@ -490,7 +592,10 @@ fn const_vs_symbolic(c: &Node, x: &Node) -> Option<bool> {
     let vals = samples(x, &syms);
     let vals: Vec<f64> = vals.into_iter().collect::<Option<Vec<_>>>()?;
     let first = vals[0];
-    if vals.iter().any(|v| float_eq(*v, first) == Some(false)) {
+    // clearly different values (an identically constant expression sampled in
+    // floats differs only by cancellation noise, relative to its terms)
+    let differs = |v: f64| (v - first).abs() > 1e-6 * v.abs().max(first.abs()).max(1.0);
+    if vals.iter().any(|v| differs(*v)) {
         return Some(false); // not constant: it cannot equal a number
     }
     None
@@ -557,7 +662,7 @@ fn expr_eq(g: &Node, p: &Node) -> Option<bool> {
     }
     if all_eq {
         // same function of the same variables
-        if gs != ps {
+        if gs != ps || COMPLEX.with(|c| c.get()) {
             return None;
         }
         Some(true)
@@ -567,7 +672,98 @@ fn expr_eq(g: &Node, p: &Node) -> Option<bool> {
 }
 
 fn is_assignment(v: &Value) -> bool {
-    matches!(v, Value::Eq(nodes) if matches!(nodes[0], Node::Sym(_)))
+    matches!(v, Value::Eq(nodes) if only_symbols(&nodes[0]) == Some(true))
+}
+
+/// latex2sympy's `is_expr_of_only_symbols` (is `lhs = ...` an assignment?):
+/// Some(true) for symbols combined without numbers (x, AB, |AB|, f(x), N/B),
+/// Some(false) when a number other than 0 or 1 (which sympy may fold away)
+/// or a sign takes part, None when unsure.
+pub fn only_symbols(n: &Node) -> Option<bool> {
+    fn walk(n: &Node, names: &mut Vec<String>) -> Option<bool> {
+        Some(match n {
+            Node::Sym(s) => {
+                if names.contains(s) {
+                    // x x is folded to x^2 by sympy
+                    return None;
+                }
+                names.push(s.clone());
+                true
+            }
+            Node::Opaque(_, args) => {
+                let mut all = true;
+                for a in args {
+                    all &= walk(a, names)?;
+                }
+                all
+            }
+            Node::Func(Fun::Abs, a) => walk(a, names)?,
+            Node::Add(v) | Node::Mul(v) => {
+                let mut all = true;
+                for a in v {
+                    all &= walk(a, names)?;
+                }
+                all
+            }
+            Node::Div(a, b) => walk(a, names)? && walk(b, names)?,
+            Node::Num { v, .. } | Node::Frac(v) => {
+                if v.n == 0 || v == &Rat::int(1) {
+                    return None;
+                }
+                false
+            }
+            Node::Neg(a) | Node::Pow(a, _) | Node::Root(a, _) => {
+                walk(a, names)?;
+                false
+            }
+            _ => return None,
+        })
+    }
+    walk(n, &mut Vec::new())
+}
+
+/// `lo < x < hi` (or with <=), or `x < c` / `c < x` and the like, as the
+/// interval the reference's `as_set` gives; None when not of that form.
+fn relation_interval(r: &super::parse::RelParts) -> Option<Value> {
+    use super::parse::RelOp;
+    let is_var = |n: &Node| matches!(n, Node::Sym(_) | Node::Opaque(..)) && !is_constant(n);
+    let lower = |op: RelOp| matches!(op, RelOp::Lt | RelOp::Le);
+    let neg_inf = || Node::Neg(Box::new(Node::Inf));
+    let (lo, hi, lo_open, hi_open) = match (r.ops.as_slice(), r.nodes.as_slice()) {
+        ([a, b], [l, x, h]) if lower(*a) && lower(*b) && is_var(x) => {
+            (l.clone(), h.clone(), *a == RelOp::Lt, *b == RelOp::Lt)
+        }
+        ([op], [x, c]) if is_var(x) && is_constant(c) => match op {
+            RelOp::Lt | RelOp::Le => (neg_inf(), c.clone(), true, *op == RelOp::Lt),
+            RelOp::Gt | RelOp::Ge => (c.clone(), Node::Inf, *op == RelOp::Gt, true),
+            RelOp::Ne => return None,
+        },
+        ([op], [c, x]) if is_var(x) && is_constant(c) => match op {
+            RelOp::Gt | RelOp::Ge => (neg_inf(), c.clone(), true, *op == RelOp::Gt),
+            RelOp::Lt | RelOp::Le => (c.clone(), Node::Inf, *op == RelOp::Lt, true),
+            RelOp::Ne => return None,
+        },
+        _ => return None,
+    };
+    // finite ends must be constants in increasing order (else the set is empty
+    // or not an interval)
+    for e in [&lo, &hi] {
+        if !has_inf(e) && !is_constant(e) {
+            return None;
+        }
+    }
+    if !has_inf(&lo) && !has_inf(&hi) {
+        let (a, b) = (eval(&lo, &no_env)?.f, eval(&hi, &no_env)?.f);
+        if float_eq(a, b) != Some(false) || a > b {
+            return None;
+        }
+    }
+    Some(Value::Interval {
+        lo,
+        hi,
+        lo_open,
+        hi_open,
+    })
 }
 
 fn last_rhs(v: &Value) -> Option<Node> {
@@ -657,6 +853,22 @@ pub fn equal(gold: &Value, pred: &Value) -> Option<bool> {
     if gold == pred {
         return Some(true);
     }
+    if let Some(v) = tuple_equation_eq(gold, pred) {
+        return v;
+    }
+    if let Some(g) = expand_plus_minus(gold) {
+        return equal(&g, pred);
+    }
+    if let Some(p) = expand_plus_minus(pred) {
+        return equal(gold, &p);
+    }
+    // an equation whose right-hand side is a \pm set, against a gold that is no
+    // equation: that set (the reference takes the last right-hand side)
+    if let (Value::Eq(nodes), false) = (pred, matches!(gold, Value::Eq(_))) {
+        if let Some(Node::PlusMinus(a, b)) = nodes.last() {
+            return equal(gold, &plus_minus_set(a, b));
+        }
+    }
     let g_assign = is_assignment(gold);
     let p_eq = matches!(pred, Value::Eq(_));
     let g_eq = matches!(gold, Value::Eq(_));
@@ -673,19 +885,59 @@ pub fn equal(gold: &Value, pred: &Value) -> Option<bool> {
     }
     match (gold, pred) {
         (Value::Eq(g), Value::Eq(p)) => {
-            // both assignments x = ... : same variable and same value
+            // both assignments x = ... : same variable and same value (a chain
+            // x = a = b is truncated to x = b)
             match (&g[0], &p[0]) {
-                (Node::Sym(a), Node::Sym(b)) if g.len() == 2 && p.len() == 2 => {
+                (Node::Sym(a), Node::Sym(b)) => {
                     if a != b {
                         // x = 5 against y = 5: different variables
                         return Some(false);
                     }
-                    expr_eq(&g[1], &p[1])
+                    expr_eq(g.last()?, p.last()?)
                 }
                 _ => None,
             }
         }
-        (Value::Rel(_), Value::Expr(n)) | (Value::Expr(n), Value::Rel(_)) => {
+        (Value::Eq(g), Value::Expr(_)) if only_symbols(&g[0]) == Some(false) => {
+            // an equation that is no assignment (2x + z = 1) against a plain
+            // expression: sympy cannot subtract them, never equal
+            Some(false)
+        }
+        (Value::Rel(_, Some(g)), Value::Rel(_, Some(p)))
+            if g.ops.len() == 1 && p.ops.len() == 1 =>
+        {
+            // the reference's relational comparison: the same relation with
+            // equal lhs - rhs, or the flipped one with lhs - rhs negated; anything
+            // else goes on to sympy's solve(), which is not reproduced
+            let (gop, gl, gr) = (&g.ops[0], &g.nodes[0], &g.nodes[1]);
+            let (pop, pl, pr) = (&p.ops[0], &p.nodes[0], &p.nodes[1]);
+            let diff =
+                |a: &Node, b: &Node| Node::Add(vec![a.clone(), Node::Neg(Box::new(b.clone()))]);
+            if gop == pop && expr_eq(&diff(gl, gr), &diff(pl, pr)) == Some(true) {
+                return Some(true);
+            }
+            if gop.flipped() == *pop && expr_eq(&diff(gl, gr), &diff(pr, pl)) == Some(true) {
+                return Some(true);
+            }
+            // linear in one and the same variable: sympy's solve() gives each
+            // side's solution set, and different ones never compare equal
+            match (linear_solution(*gop, gl, gr), linear_solution(*pop, pl, pr)) {
+                (Some(a), Some(b)) if a.0 == b.0 && a != b => Some(false),
+                _ => None,
+            }
+        }
+        // a gold relation in one variable against a predicted interval: the
+        // reference compares the relation's solution set (`as_set`)
+        (Value::Rel(_, Some(g)), Value::Interval { .. }) => match relation_interval(g) {
+            Some(iv) => equal(&iv, pred),
+            None => None,
+        },
+        (Value::Interval { .. } | Value::Set(_), Value::Rel(..)) => {
+            // a set against a relation is not compared by default
+            // (allow_set_relation_comp=False): different kinds
+            Some(false)
+        }
+        (Value::Rel(..), Value::Expr(n)) | (Value::Expr(n), Value::Rel(..)) => {
             // an inequality never equals a number
             if is_constant(n) {
                 Some(false)
@@ -693,20 +945,22 @@ pub fn equal(gold: &Value, pred: &Value) -> Option<bool> {
                 None
             }
         }
-        (Value::Rel(_), _) | (_, Value::Rel(_)) => None,
+        (Value::Rel(..), _) | (_, Value::Rel(..)) => None,
+        (Value::TupleEq(..), _) | (_, Value::TupleEq(..)) => None,
         (Value::Eq(_), _) | (_, Value::Eq(_)) => None,
         (Value::Text(a), Value::Text(b)) => Some(a == b),
-        (Value::Text(_), Value::Expr(n)) | (Value::Expr(n), Value::Text(_)) => {
-            // a word or letter against a number: unequal; against symbols: unsure
-            let mut s = Vec::new();
-            collect_syms(n, &mut s);
-            if s.is_empty() && !matches!(n, Node::E) && !has_e(n) {
-                Some(false)
+        (Value::Text(w), Value::Expr(n)) | (Value::Expr(n), Value::Text(w)) => text_vs_expr(w, n),
+        // a word against a set, tuple or interval: a singleton set holds it, else
+        // different kinds
+        (Value::Text(_), Value::Set(s)) | (Value::Set(s), Value::Text(_)) if s.len() == 1 => {
+            if matches!(gold, Value::Set(_)) {
+                equal(&s[0], pred)
             } else {
-                None
+                equal(gold, &s[0])
             }
         }
-        (Value::Text(_), _) | (_, Value::Text(_)) => None,
+        (Value::Text(_), Value::Set(_) | Value::Tuple(_) | Value::Interval { .. })
+        | (Value::Set(_) | Value::Tuple(_) | Value::Interval { .. }, Value::Text(_)) => Some(false),
         (Value::Expr(g), Value::Expr(p)) => expr_eq(g, p),
         (Value::Set(g), Value::Set(p)) => set_eq(g, p),
         (Value::Tuple(g), Value::Tuple(p)) => tuple_eq(g, p),
@@ -810,16 +1064,167 @@ pub fn equal(gold: &Value, pred: &Value) -> Option<bool> {
     }
 }
 
-fn has_e(n: &Node) -> bool {
-    match n {
-        Node::E => true,
-        Node::Add(v) | Node::Mul(v) => v.iter().any(has_e),
-        Node::Neg(a) | Node::Fact(a) | Node::Func(_, a) | Node::Pct(a) => has_e(a),
-        Node::Div(a, b) | Node::Pow(a, b) | Node::Root(a, b) | Node::Log(a, b) => {
-            has_e(a) || has_e(b)
+/// A tuple equation on either side (`Some(verdict)`), following the gold's
+/// format as the reference does: a predicted `(a, b) = (1, 2)` against a gold
+/// that is no equation is its right-hand side; a gold assignment `(p, q) = (3, 2)`
+/// (symbols on the left) against a prediction that is no equation likewise.
+/// Only the forms whose sympy types match this parser's are decided: against a
+/// plain expression, or tuple against tuple with three or more items.
+fn tuple_equation_eq(gold: &Value, pred: &Value) -> Option<Option<bool>> {
+    let is_eq = |v: &Value| matches!(v, Value::Eq(_) | Value::TupleEq(..));
+    let open_pair = |v: &Value| {
+        matches!(
+            v,
+            Value::Interval {
+                lo_open: true,
+                hi_open: true,
+                ..
+            }
+        )
+    };
+    let comparable = |a: &Value, b: &Value| {
+        matches!(a, Value::Expr(_) | Value::Text(_))
+            || matches!(b, Value::Expr(_) | Value::Text(_))
+            || matches!((a, b), (Value::Tuple(_), Value::Tuple(_)))
+            || (open_pair(a) && open_pair(b))
+    };
+    match (gold, pred) {
+        (Value::TupleEq(..), Value::TupleEq(..)) => Some(None),
+        (g, Value::TupleEq(_, r)) if !is_eq(g) => {
+            Some(if comparable(g, r) { equal(g, r) } else { None })
         }
-        Node::Opaque(_, v) => v.iter().any(has_e),
-        _ => false,
+        (Value::TupleEq(l, r), p) if !is_eq(p) => {
+            let items: &[Value] = match &**l {
+                Value::Tuple(v) => v,
+                _ => &[],
+            };
+            let symbols = match &**l {
+                Value::Interval { lo, hi, .. } => {
+                    matches!(lo, Node::Sym(_)) && matches!(hi, Node::Sym(_))
+                }
+                _ => items
+                    .iter()
+                    .all(|x| matches!(x, Value::Expr(Node::Sym(_)) | Value::Text(_))),
+            };
+            if !symbols {
+                return Some(None);
+            }
+            Some(if comparable(r, p) { equal(r, p) } else { None })
+        }
+        (Value::TupleEq(..), _) | (_, Value::TupleEq(..)) => Some(None),
+        _ => None,
+    }
+}
+
+/// `lhs OP rhs` linear in one variable with a nonzero coefficient, solved:
+/// (variable, relation of the variable to the constant, the constant).
+fn linear_solution(
+    op: super::parse::RelOp,
+    l: &Node,
+    r: &Node,
+) -> Option<(String, super::parse::RelOp, Rat)> {
+    let mut syms = Vec::new();
+    collect_syms(l, &mut syms);
+    collect_syms(r, &mut syms);
+    if syms.len() != 1 || has_opaque(l) || has_opaque(r) {
+        return None;
+    }
+    let x = syms.pop()?;
+    let (a1, b1) = linear(l, &x)?;
+    let (a2, b2) = linear(r, &x)?;
+    let a = a1.plus(a2.negate()?)?;
+    let b = b1.plus(b2.negate()?)?;
+    if a.n == 0 {
+        return None;
+    }
+    // a x + b OP 0  ->  x OP' -b/a, the relation flipped when a < 0
+    let c = b.negate()?.over(a)?;
+    let op = if a.n < 0 { op.flipped() } else { op };
+    Some((x, op, c))
+}
+
+/// `n` as a x + b with exact rationals, when it is linear in `x`.
+fn linear(n: &Node, x: &str) -> Option<(Rat, Rat)> {
+    let zero = Rat::int(0);
+    Some(match n {
+        Node::Num { v, float: false } | Node::Frac(v) => (zero, *v),
+        Node::Sym(s) if s == x => (Rat::int(1), zero),
+        Node::Add(ts) => {
+            let (mut a, mut b) = (zero, zero);
+            for t in ts {
+                let (ta, tb) = linear(t, x)?;
+                a = a.plus(ta)?;
+                b = b.plus(tb)?;
+            }
+            (a, b)
+        }
+        Node::Neg(t) => {
+            let (a, b) = linear(t, x)?;
+            (a.negate()?, b.negate()?)
+        }
+        Node::Mul(ts) => {
+            let (mut a, mut b) = (zero, Rat::int(1));
+            for t in ts {
+                let (ta, tb) = linear(t, x)?;
+                if a.n != 0 && ta.n != 0 {
+                    return None;
+                }
+                (a, b) = (a.times(tb)?.plus(ta.times(b)?)?, b.times(tb)?);
+            }
+            (a, b)
+        }
+        Node::Div(p, q) => {
+            let (pa, pb) = linear(p, x)?;
+            let (qa, qb) = linear(q, x)?;
+            if qa.n != 0 || qb.n == 0 {
+                return None;
+            }
+            (pa.over(qb)?, pb.over(qb)?)
+        }
+        _ => return None,
+    })
+}
+
+/// A word (a sympy Symbol named after it) against an expression, by the
+/// reference's `sympy_compare_symbols`: E is the symbol "e"; a product of
+/// letters is compared as the letters concatenated (kept as written); a symbol
+/// by name; anything else by its printed form, which has operators or
+/// digits in it and so never equals a word.
+fn text_vs_expr(w: &str, n: &Node) -> Option<bool> {
+    match n {
+        Node::E => Some(w == "e"),
+        Node::Sym(s) => Some(s == w),
+        Node::Mul(xs) => {
+            let letters: Option<Vec<char>> = xs
+                .iter()
+                .map(|x| match x {
+                    Node::Sym(s) if s.len() == 1 => s.chars().next(),
+                    Node::E => Some('e'),
+                    _ => None,
+                })
+                .collect();
+            let Some(letters) = letters else {
+                // a product with a number or a compound factor prints with '*'
+                return Some(false);
+            };
+            let word: String = letters.iter().collect();
+            if word.eq_ignore_ascii_case(w) {
+                return Some(true);
+            }
+            let mut a: Vec<char> = word.to_ascii_lowercase().chars().collect();
+            let mut b: Vec<char> = w.to_ascii_lowercase().chars().collect();
+            a.sort_unstable();
+            b.sort_unstable();
+            // other letters: no order of them spells the word
+            if a != b {
+                Some(false)
+            } else {
+                None
+            }
+        }
+        Node::Inf => None,
+        _ if has_inf(n) => None,
+        _ => Some(false),
     }
 }
 

@@ -453,15 +453,23 @@ pub fn verify_with(prediction: &str, gold: &str, opts: &Options) -> Verdict {
                 && [gv, pv].iter().any(|v| {
                     matches!(
                         v,
-                        Value::Rel(_) | Value::Set(_) | Value::Interval { .. } | Value::Eq(_)
+                        Value::Rel(..)
+                            | Value::Set(_)
+                            | Value::Interval { .. }
+                            | Value::Eq(_)
+                            | Value::TupleEq(..)
                     )
                 }) =>
         {
             undecided("set-relation comparison not supported", p_str, g_str)
         }
         (Some(gv), Some(pv)) => {
-            match compare::with_options(opts.float_rounding, opts.strict, || compare::equal(gv, pv))
-            {
+            let complex = [&p_str, &g_str]
+                .iter()
+                .any(|x| x.as_deref().is_some_and(compare::looks_complex));
+            match compare::with_options(opts.float_rounding, opts.strict, complex, || {
+                compare::equal(gv, pv)
+            }) {
                 Some(true) => Verdict {
                     correct: Some(true),
                     pred_answer: p_str,
@@ -514,6 +522,98 @@ mod tests {
         assert_eq!(v("We get 10%.", "10"), Some(true));
         assert_eq!(v("", "5"), Some(false));
         assert_eq!(v("no numbers here", "5"), Some(false));
+    }
+
+    /// Answer forms read as math-verify 0.9.0 reads them; each expected verdict
+    /// is the reference's own (checked by running it on the same pair).
+    #[test]
+    fn reference_readings_of_answer_forms() {
+        let cases: &[(&str, &str, bool)] = &[
+            // |x| is Abs; an equation against a plain gold is its right-hand side
+            ("$|c - d| = 11$", "11", true),
+            ("$|c - d|$", "11", false),
+            ("$|9| + |-6|$", "15", true),
+            // a \mod b between atoms is sympy's Mod, evaluated
+            ("$12 \\mod 7 = 5$", "5", true),
+            ("$5^{13} \\mod 7$", "5", true),
+            ("$5^{13} \\mod 7$", "3", false),
+            // \pmod{n} is lexed as \pm o d n: a two-element set
+            ("$14 \\pmod{17}$", "14", false),
+            ("$x = \\pm 3$", "3", false),
+            ("$1 \\pm \\sqrt{2}$", "4", false),
+            // \approx keeps a number on its left, assigns a bare symbol
+            ("$268.083 \\approx 268$", "268", false),
+            ("$A \\approx 1160$", "1160", true),
+            // functions of several atoms, subscripts with expressions
+            ("$f(2015, 2) = 1$", "1", true),
+            ("$f(2015,2)$", "1", false),
+            ("$a_{n-1}$", "14", false),
+            // \gcd is evaluated (a polynomial gcd with lone symbols)
+            ("$\\gcd(12, 18)$", "6", true),
+            ("$\\gcd(m, 100)$", "88", false),
+            // tuple equations follow the gold's format
+            ("$(x,y)=(1,-5)$", "(1,-5)", true),
+            ("$(a,b) = (0,0)$", "3", false),
+            // words, choice letters and symbol products
+            ("So \\boxed{\\text{(B)}}", "B", true),
+            ("\\boxed{b}", "(B)", true),
+            ("\\boxed{x^2+2x+1}", "B", false),
+            ("\\boxed{\\text{evelyn}}", "Evelyn", true),
+            ("\\boxed{\\text{answer: 12}}", "12", false),
+            // a Float against a constant differing beyond 1e-11
+            ("\\boxed{84.8230}", "27\\pi", false),
+            ("\\boxed{27\\pi}", "84.8230", false),
+            // 4:30 is the Rational 2/15; i is a plain symbol
+            ("$4:30$", "\\text{4:30 p.m.}", false),
+            ("$\\boxed{4:30}$", "2/15", true),
+            ("$i^2$", "-1", false),
+            // trigonometric powers and bare arguments
+            ("$4 \\cos^2 x$", "4", false),
+            ("$\\cos 2\\theta$", "1", false),
+        ];
+        for (p, g, want) in cases {
+            assert_eq!(v(p, g), Some(*want), "{p} vs {g}: {:?}", verify(p, g));
+        }
+        // bare arguments that the reference reads as a longer product stay undecided
+        assert_eq!(v("$\\sin x y$", "1"), None);
+        // cancellation noise of an identically zero expression is not "non-constant"
+        let lagrange =
+            "$\\frac{a^3}{(a-b)(a-c)} + \\frac{b^3}{(b-a)(b-c)} + \\frac{c^3}{(c-a)(c-b)}$";
+        assert_ne!(v(lagrange, "5"), Some(true));
+    }
+
+    /// math-verify's own test harness (`compare_strings`, gold not boxed).
+    #[test]
+    fn reference_relations_and_sets() {
+        let opts = Options {
+            wrap_gold: false,
+            extract: extract::ExtractOpts {
+                latex: true,
+                expr: true,
+                boxed_first: true,
+            },
+            ..Options::default()
+        };
+        let w = |p: &str, g: &str| verify_with(p, g, &opts).correct;
+        // the same or the flipped relation with equal lhs - rhs
+        assert_eq!(w("$-x > -1$", "$x < 1$"), Some(true));
+        assert_eq!(w("$5 \\leq x$", "$x \\geq 5$"), Some(true));
+        assert_eq!(w("$-x >= -1$", "$x <= 1$"), Some(true));
+        // linear in one variable with different solution sets
+        assert_eq!(w("$x > -1$", "$x < 1$"), Some(false));
+        assert_eq!(
+            w("Therefore $x < 5$ is the solution.", "$x > 5$"),
+            Some(false)
+        );
+        // a gold chain against a predicted interval, through its solution set
+        assert_eq!(w("$$(-793, 10)$$", "$$-793 < a < 10$$"), Some(true));
+        // assignment chains are truncated; non-assignment equations never equal a number
+        assert_eq!(w("$x = 5+5+1 = 7 =11$", "$x = 11$"), Some(true));
+        assert_eq!(w("$0$", "$a +3z = 0$"), Some(false));
+        assert_eq!(w("$$1$$", "$$|AB|=1$$"), Some(true));
+        // {a, b} with plain braces is a set
+        assert_eq!(w("${1,3}$", "$(1,3)$"), Some(true));
+        assert_eq!(w("${1,3}$", "$(3,1)$"), Some(false));
     }
 
     #[test]

@@ -21,6 +21,10 @@ pub enum Fun {
     Tan,
     Ln,
     Log10,
+    Sec,
+    Csc,
+    Cot,
+    Abs,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -51,6 +55,11 @@ pub enum Node {
     Opaque(String, Vec<Node>),
     /// log base b of x
     Log(Box<Node>, Box<Node>),
+    /// `a \mod b` (sympy's Mod): evaluated for integers only
+    Mod(Box<Node>, Box<Node>),
+    /// `a \pm b`: the set {a - b, a + b} ({-b, b} without a); only at the top
+    /// of an answer or of an equation's side
+    PlusMinus(Option<Box<Node>>, Box<Node>),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -69,8 +78,11 @@ pub enum Value {
     /// a word: `\text{Evelyn}` or a single letter, lower-cased as the reference does
     Text(String),
     /// an inequality or a chain with one (`x \le 3`, `0 < n < 5`), as written:
-    /// never equal to a number; equal to the same text
-    Rel(String),
+    /// never equal to a number; equal to the same text. A single inequality
+    /// also keeps its parts (op, lhs, rhs).
+    Rel(String, Option<Box<RelParts>>),
+    /// `(a, b) = (1, 2)`: an equation between tuples (lhs, rhs)
+    TupleEq(Box<Value>, Box<Value>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,6 +157,7 @@ fn tokenize(s: &str) -> R<Vec<Tok>> {
             let name = &s[st..j];
             match name {
                 "quad" | "qquad" => {}
+                "vert" | "lvert" | "rvert" => out.push(Tok::Ch('|')),
                 _ => out.push(Tok::Cmd(name.to_string())),
             }
             i = j;
@@ -153,6 +166,10 @@ fn tokenize(s: &str) -> R<Vec<Tok>> {
         match c {
             b'!' if b.get(i + 1) == Some(&b'=') => {
                 out.push(Tok::Cmd("neq".into()));
+                i += 2;
+            }
+            b'<' | b'>' if b.get(i + 1) == Some(&b'=') => {
+                out.push(Tok::Cmd(if c == b'<' { "le" } else { "ge" }.into()));
                 i += 2;
             }
             b'+' | b'-' | b'*' | b'/' | b'^' | b'(' | b')' | b'[' | b']' | b'{' | b'}' | b','
@@ -241,51 +258,34 @@ impl P {
         match self.peek() {
             Some(Tok::Num(_)) | Some(Tok::Letter(_)) => true,
             Some(Tok::Ch('(')) | Some(Tok::Ch('{')) => true,
-            Some(Tok::Cmd(c)) => matches!(
-                c.as_str(),
-                "frac"
-                    | "sqrt"
-                    | "pi"
-                    | "infty"
-                    | "sin"
-                    | "cos"
-                    | "tan"
-                    | "ln"
-                    | "log"
-                    | "text"
-                    | "triangle"
-                    | "angle"
-                    | "ell"
-                    | "overline"
-                    | "overrightarrow"
-                    | "vec"
-                    | "lfloor"
-                    | "lceil"
-                    | "binom"
-                    | "alpha"
-                    | "beta"
-                    | "gamma"
-                    | "delta"
-                    | "theta"
-                    | "phi"
-                    | "omega"
-                    | "lambda"
-                    | "mu"
-                    | "sigma"
-                    | "tau"
-                    | "rho"
-                    | "psi"
-                    | "chi"
-                    | "eta"
-                    | "zeta"
-                    | "kappa"
-                    | "nu"
-                    | "xi"
-                    | "epsilon"
-                    | "varepsilon"
-                    | "varphi"
-                    | "vartheta"
-            ),
+            Some(Tok::Cmd(c)) => {
+                is_greek(c)
+                    || matches!(
+                        c.as_str(),
+                        "frac"
+                            | "sqrt"
+                            | "pi"
+                            | "infty"
+                            | "sin"
+                            | "cos"
+                            | "tan"
+                            | "sec"
+                            | "csc"
+                            | "cot"
+                            | "ln"
+                            | "log"
+                            | "text"
+                            | "triangle"
+                            | "angle"
+                            | "ell"
+                            | "overline"
+                            | "overrightarrow"
+                            | "vec"
+                            | "lfloor"
+                            | "lceil"
+                            | "binom"
+                    )
+            }
             _ => false,
         }
     }
@@ -473,16 +473,31 @@ impl P {
                 }
             }
             Tok::Letter(c) => {
+                // a letter right after another one ends a word ("gcd(6, 43)"), which
+                // the reference may read as a named function or reject
+                let after_letter = self.i > 0 && matches!(self.t[self.i - 1], Tok::Letter(_));
                 self.i += 1;
                 let mut node = letter_node(c)?;
                 if self.is_ch('_') {
                     // x_1, x_{10}: one symbol
                     self.i += 1;
-                    let sub = self.subscript_text()?;
-                    if c == 'e' || c == 'i' {
+                    if c == 'e' {
                         return Err(PErr::Unsupported);
                     }
-                    node = Node::Sym(format!("{}_{sub}", c.to_ascii_lowercase()));
+                    let save = self.i;
+                    match self.subscript_text() {
+                        Ok(sub) => {
+                            node = Node::Sym(format!("{}_{sub}", c.to_ascii_lowercase()));
+                        }
+                        Err(_) => {
+                            // a_{n-1}, p_{a,b}: one symbol named after the raw text,
+                            // whose exact name is not reproduced: an opaque atom that
+                            // is never equal to a number and unknown against symbols
+                            self.i = save;
+                            let sub = self.skip_braced()?;
+                            node = Node::Opaque(format!("{c}_{{{sub}}}"), Vec::new());
+                        }
+                    }
                 }
                 if self.is_ch('(') {
                     // f(x), P(0): an undefined function of a single atom;
@@ -491,15 +506,30 @@ impl P {
                         (self.peek_at(1), self.peek_at(2)),
                         (Some(Tok::Num(_)) | Some(Tok::Letter(_)), Some(Tok::Ch(')')))
                     );
-                    if single {
+                    // f(2015, 2), a(1, 2): an undefined function of several atoms
+                    let mut k = 1;
+                    while matches!(self.peek_at(k), Some(Tok::Num(_)) | Some(Tok::Letter(_)))
+                        && matches!(self.peek_at(k + 1), Some(Tok::Ch(',')))
+                    {
+                        k += 2;
+                    }
+                    let multi = k > 1
+                        && !after_letter
+                        && matches!(self.peek_at(k), Some(Tok::Num(_)) | Some(Tok::Letter(_)))
+                        && matches!(self.peek_at(k + 1), Some(Tok::Ch(')')));
+                    if single || multi {
                         self.i += 1;
-                        let arg = self.primary()?;
+                        let mut args = vec![self.primary()?];
+                        while self.eat_ch(',') {
+                            args.push(self.primary()?);
+                        }
                         self.expect_ch(')')?;
                         let name = match &node {
                             Node::Sym(n) => n.clone(),
+                            Node::Opaque(n, _) => n.clone(),
                             _ => "e".to_string(),
                         };
-                        node = Node::Opaque(name, vec![arg]);
+                        node = Node::Opaque(name, args);
                     }
                 }
                 node
@@ -509,6 +539,14 @@ impl P {
                 let e = self.expr()?;
                 self.expect_ch(')')?;
                 e
+            }
+            // |x| is Abs(x) in the reference; bars are never implicit factors here,
+            // so "|a||b|" and "|a|b|" stay unsupported instead of being guessed
+            Tok::Ch('|') => {
+                self.i += 1;
+                let e = self.expr()?;
+                self.expect_ch('|')?;
+                Node::Func(Fun::Abs, Box::new(e))
             }
             Tok::Ch('{') => {
                 self.i += 1;
@@ -520,9 +558,7 @@ impl P {
                 self.i += 1;
                 match c.as_str() {
                     "pi" => Node::Pi,
-                    "alpha" | "beta" | "gamma" | "delta" | "theta" | "phi" | "omega" | "lambda"
-                    | "mu" | "sigma" | "tau" | "rho" | "psi" | "chi" | "eta" | "zeta" | "kappa"
-                    | "nu" | "xi" | "epsilon" | "varepsilon" | "varphi" | "vartheta" => {
+                    g if is_greek(g) => {
                         let mut name = c.clone();
                         if self.is_ch('_') {
                             self.i += 1;
@@ -577,6 +613,7 @@ impl P {
                         )
                     }
                     "infty" => Node::Inf,
+                    "gcd" => self.gcd()?,
                     "frac" => {
                         let save = self.i;
                         if let (Some(a), Some(b)) = (self.group_int(), self.group_int()) {
@@ -644,14 +681,24 @@ impl P {
                         };
                         Node::Log(Box::new(arg), Box::new(base))
                     }
-                    "sin" | "cos" | "tan" | "ln" | "log" => {
+                    "sin" | "cos" | "tan" | "sec" | "csc" | "cot" | "ln" | "log" => {
                         let f = match c.as_str() {
                             "sin" => Fun::Sin,
                             "cos" => Fun::Cos,
                             "tan" => Fun::Tan,
+                            "sec" => Fun::Sec,
+                            "csc" => Fun::Csc,
+                            "cot" => Fun::Cot,
                             "ln" => Fun::Ln,
                             _ => Fun::Log10,
                         };
+                        // \sin^2 x is sin(x)**2 in the reference
+                        let mut power = None;
+                        if self.is_ch('^') && !matches!(f, Fun::Ln | Fun::Log10) {
+                            self.i += 1;
+                            power = Some(self.group()?);
+                        }
+                        let bare_arg = !self.is_ch('(') && !self.is_ch('{');
                         let arg = if self.is_ch('(') {
                             self.i += 1;
                             let e = self.expr()?;
@@ -660,19 +707,46 @@ impl P {
                         } else if self.is_ch('{') {
                             self.brace_expr()?
                         } else {
+                            let one = |p: &mut P| -> R<Option<Node>> {
+                                Ok(match p.peek().cloned() {
+                                    Some(Tok::Letter(ch)) => {
+                                        p.i += 1;
+                                        Some(letter_node(ch)?)
+                                    }
+                                    Some(Tok::Cmd(g)) if is_greek(&g) => {
+                                        p.i += 1;
+                                        Some(Node::Sym(g))
+                                    }
+                                    _ => None,
+                                })
+                            };
                             match self.peek().cloned() {
                                 Some(Tok::Num(s)) => {
                                     self.i += 1;
-                                    num_node(&s)?
+                                    let n = num_node(&s)?;
+                                    // \cos 2\theta is cos(2 theta)
+                                    match one(self)? {
+                                        Some(x) => Node::Mul(vec![n, x]),
+                                        None => n,
+                                    }
                                 }
-                                Some(Tok::Letter(ch)) => {
-                                    self.i += 1;
-                                    letter_node(ch)?
-                                }
-                                _ => return Err(PErr::Unsupported),
+                                _ => one(self)?.ok_or(PErr::Unsupported)?,
                             }
                         };
-                        Node::Func(f, Box::new(arg))
+                        // the reference's argument without parentheses is a whole
+                        // product (\sin 2x is sin(2x)) that stops at the next function
+                        // (\cos y \cos z): only a one-token argument is reproduced
+                        if bare_arg
+                            && self.starts_factor()
+                            && !matches!(self.peek(), Some(Tok::Cmd(n)) if is_function(n))
+                        {
+                            return Err(PErr::Unsupported);
+                        }
+                        let node = Node::Func(f, Box::new(arg));
+                        match power {
+                            Some(p) => Node::Pow(Box::new(node), Box::new(p)),
+                            None => node,
+                        }
                     }
                     _ => return Err(PErr::Unsupported),
                 }
@@ -744,6 +818,70 @@ impl P {
         }
     }
 
+    /// `\gcd(a, b, ...)` after the command: the reference evaluates it (sympy's
+    /// gcd, unevaluated-wrapped): of integers, or of distinct lone symbols and
+    /// nonzero integers (a polynomial gcd, 1)
+    fn gcd(&mut self) -> R<Node> {
+        self.expect_ch('(')?;
+        let mut args = vec![self.expr()?];
+        while self.eat_ch(',') {
+            args.push(self.expr()?);
+        }
+        self.expect_ch(')')?;
+        let mut g: i128 = 0;
+        let mut syms: Vec<&String> = Vec::new();
+        for a in &args {
+            match a {
+                Node::Num { v, float: false } if v.is_int() && v.n != 0 => {
+                    let (mut x, mut y) = (g, v.n.abs());
+                    while y != 0 {
+                        (x, y) = (y, x % y);
+                    }
+                    g = x;
+                }
+                Node::Sym(s) if !syms.contains(&s) => syms.push(s),
+                _ => return Err(PErr::Unsupported),
+            }
+        }
+        if !syms.is_empty() {
+            g = 1;
+        }
+        if args.len() < 2 {
+            return Err(PErr::Unsupported);
+        }
+        Ok(Node::Mul(vec![Node::Frac(Rat::int(g))]))
+    }
+
+    /// `{...}` with balanced braces, skipped; returns its tokens as text
+    fn skip_braced(&mut self) -> R<String> {
+        self.expect_ch('{')?;
+        let mut depth = 1usize;
+        let mut text = String::new();
+        while let Some(t) = self.peek().cloned() {
+            self.i += 1;
+            match &t {
+                Tok::Ch('{') => depth += 1,
+                Tok::Ch('}') => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return Ok(text);
+                    }
+                }
+                _ => {}
+            }
+            match t {
+                Tok::Num(n) => text.push_str(&n),
+                Tok::Letter(c) | Tok::Ch(c) => text.push(c),
+                Tok::Cmd(c) => {
+                    text.push('\\');
+                    text.push_str(&c);
+                    text.push(' ');
+                }
+            }
+        }
+        Err(PErr::Unsupported)
+    }
+
     fn brace_expr(&mut self) -> R<Node> {
         self.expect_ch('{')?;
         let e = self.expr()?;
@@ -771,6 +909,42 @@ impl P {
     }
 }
 
+fn is_greek(c: &str) -> bool {
+    matches!(
+        c,
+        "alpha"
+            | "beta"
+            | "gamma"
+            | "delta"
+            | "theta"
+            | "phi"
+            | "omega"
+            | "lambda"
+            | "mu"
+            | "sigma"
+            | "tau"
+            | "rho"
+            | "psi"
+            | "chi"
+            | "eta"
+            | "zeta"
+            | "kappa"
+            | "nu"
+            | "xi"
+            | "epsilon"
+            | "varepsilon"
+            | "varphi"
+            | "vartheta"
+    )
+}
+
+fn is_function(c: &str) -> bool {
+    matches!(
+        c,
+        "sin" | "cos" | "tan" | "sec" | "csc" | "cot" | "ln" | "log"
+    )
+}
+
 fn binom(n: i128, k: i128) -> Option<Rat> {
     if !(0..=200).contains(&n) || k < 0 || k > n {
         return if (0..=200).contains(&n) && (k < 0 || k > n) {
@@ -791,8 +965,10 @@ fn letter_node(c: char) -> R<Node> {
         // lower-case e is Euler's number; upper-case letters become lower-case
         // symbols (E is then a symbol named "e", not Euler's number)
         'e' => Ok(Node::E),
-        // the reference reads i as a symbol or the imaginary unit depending on context
-        'i' | 'I' => Err(PErr::Unsupported),
+        // a lower-case i is a plain symbol in the reference (complex-valued when the
+        // text has a standalone i, see `compare::with_options`); upper-case I is
+        // sympy's imaginary unit
+        'I' => Err(PErr::Unsupported),
         c if c.is_ascii_lowercase() => Ok(Node::Sym(c.to_string())),
         c if c.is_ascii_uppercase() => Ok(Node::Sym(format!("{}", c.to_ascii_lowercase()))),
         _ => Err(PErr::Unsupported),
@@ -869,17 +1045,37 @@ fn has_cmd(s: &str, name: &str) -> bool {
 }
 
 fn relation(s: &str) -> R<Value> {
-    if [
-        "pm", "mp", "approx", "in", "cup", "cap", "equiv", "mod", "pmod", "setminus",
-    ]
-    .iter()
-    .any(|c| has_cmd(s, c))
-        || s.contains(':')
-        || s.contains(';')
-        || s.contains('|')
+    // 4:30 is the ratio 4/30 (an evaluated Rational) in the reference
+    if let Some((a, b)) = s.trim().split_once(':') {
+        if is_digits(a) && is_digits(b) && a.len() <= 18 && b.len() <= 18 {
+            let (a, b) = (a.parse::<i128>().unwrap(), b.parse::<i128>().unwrap());
+            if b == 0 {
+                return Err(PErr::Unsupported);
+            }
+            return Ok(Value::Expr(Node::Frac(
+                Rat::new(a, b).ok_or(PErr::Unsupported)?,
+            )));
+        }
+    }
+    let is_text = s.trim().starts_with("\\text{");
+    if !is_text
+        && (["mp", "in", "cup", "cap", "equiv", "setminus", "mid"]
+            .iter()
+            .any(|c| has_cmd(s, c))
+            || s.contains(':')
+            || s.contains(';')
+            || s.contains("\\|"))
     {
         return Err(PErr::Unsupported);
     }
+    // the reference's lexer reads \pmod{n} as \pm o d n
+    let rewritten;
+    let s = if has_cmd(s, "pmod") {
+        rewritten = s.replace("\\pmod", "\\pm od ");
+        rewritten.as_str()
+    } else {
+        s
+    };
     // a lone \text{word}
     let t = s.trim();
     if let Some(inner) = t.strip_prefix("\\text{").and_then(|r| r.strip_suffix('}')) {
@@ -894,6 +1090,23 @@ fn relation(s: &str) -> R<Value> {
                 .to_lowercase();
             return Ok(Value::Text(w));
         }
+        // \text{(B)}: the choice letter
+        if let Some(w) = inner.strip_prefix('(').and_then(|r| r.strip_suffix(')')) {
+            if w.len() == 1 && w.bytes().all(|c| c.is_ascii_alphabetic()) {
+                return Ok(Value::Text(w.to_lowercase()));
+            }
+        }
+        // \text{answer: 12}: one symbol named after the text (never a number)
+        if inner.bytes().any(|c| c.is_ascii_alphabetic())
+            && inner
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b" :-.".contains(&c))
+        {
+            return Ok(Value::Expr(Node::Opaque(
+                format!("text:{inner}"),
+                Vec::new(),
+            )));
+        }
         return Err(PErr::Unsupported);
     }
     // a single letter (upper case is lower-cased by the reference)
@@ -903,7 +1116,7 @@ fn relation(s: &str) -> R<Value> {
             // Euler's number in the reference
             return Ok(Value::Expr(Node::E));
         }
-        if c == 'i' || c == 'I' {
+        if c == 'I' {
             return Err(PErr::Unsupported);
         }
         return Ok(Value::Text(c.to_ascii_lowercase().to_string()));
@@ -913,12 +1126,16 @@ fn relation(s: &str) -> R<Value> {
     if matches!(toks.first(), Some(Tok::Ch('='))) {
         toks.remove(0);
     }
+    let is_approx = |t: &Tok| matches!(t, Tok::Cmd(c) if c == "approx");
     let has_ineq = toks.iter().any(is_rel_tok);
     let has_eq = toks.iter().any(|t| matches!(t, Tok::Ch('=')));
-    if has_ineq || has_eq {
+    let has_approx = toks.iter().any(is_approx);
+    if has_ineq || has_eq || has_approx {
         let mut parts: Vec<Vec<Tok>> = vec![Vec::new()];
+        let mut ops: Vec<Tok> = Vec::new();
         for tok in toks {
-            if is_rel_tok(&tok) || tok == Tok::Ch('=') {
+            if is_rel_tok(&tok) || tok == Tok::Ch('=') || is_approx(&tok) {
+                ops.push(tok);
                 parts.push(Vec::new());
             } else {
                 parts.last_mut().unwrap().push(tok);
@@ -926,15 +1143,172 @@ fn relation(s: &str) -> R<Value> {
         }
         let mut nodes = Vec::new();
         for p in parts {
-            nodes.push(parse_expr_tokens(p).map_err(|_| PErr::Unsupported)?);
+            nodes.push(parse_part(p).map_err(|_| PErr::Unsupported)?);
         }
-        return Ok(if has_ineq {
-            Value::Rel(t.split_whitespace().collect())
-        } else {
-            Value::Eq(nodes)
-        });
+        if has_approx {
+            // the reference folds left: `lhs \approx rhs` is rhs when lhs is a bare
+            // symbol (an assignment), else lhs; a relation on the left is kept
+            if has_ineq {
+                return Err(PErr::Unsupported);
+            }
+            let mut cur: Vec<Node> = vec![nodes[0].clone()];
+            for (op, rhs) in ops.iter().zip(nodes.into_iter().skip(1)) {
+                if !is_approx(op) {
+                    cur.push(rhs);
+                } else if cur.len() == 1 {
+                    match super::compare::only_symbols(&cur[0]) {
+                        Some(true) => cur[0] = rhs,
+                        Some(false) => {}
+                        None => return Err(PErr::Unsupported),
+                    }
+                }
+            }
+            return Ok(if cur.len() == 1 {
+                Value::Expr(cur.pop().unwrap())
+            } else {
+                Value::Eq(cur)
+            });
+        }
+        if has_ineq {
+            let kinds: Option<Vec<RelOp>> = ops.iter().map(rel_op).collect();
+            let parsed = kinds.map(|ops| Box::new(RelParts { ops, nodes }));
+            return Ok(Value::Rel(t.split_whitespace().collect(), parsed));
+        }
+        return Ok(Value::Eq(nodes));
     }
-    parse_expr_tokens(toks).map(Value::Expr)
+    parse_part(toks).map(Value::Expr)
+}
+
+/// `a \pm b` (one `\pm`, outside brackets, with a single term after it): the
+/// reference's set {a - b, a + b}; `\pm b` alone is {-b, b}.
+fn plus_minus(t: Vec<Tok>) -> R<Node> {
+    let is_pm = |x: &Tok| matches!(x, Tok::Cmd(c) if c == "pm");
+    if t.iter().filter(|x| is_pm(x)).count() != 1 {
+        return Err(PErr::Unsupported);
+    }
+    let k = t.iter().position(is_pm).unwrap();
+    let mut depth = 0i64;
+    for (j, x) in t.iter().enumerate() {
+        match x {
+            Tok::Ch('(') | Tok::Ch('{') | Tok::Ch('[') => depth += 1,
+            Tok::Ch(')') | Tok::Ch('}') | Tok::Ch(']') => depth -= 1,
+            Tok::Ch('+') | Tok::Ch('-') if j > k && depth == 0 => {
+                return Err(PErr::Unsupported);
+            }
+            _ if j == k && depth != 0 => return Err(PErr::Unsupported),
+            _ => {}
+        }
+    }
+    let left = t[..k].to_vec();
+    let right = t[k + 1..].to_vec();
+    let b = parse_expr_tokens(right)?;
+    // b must be clearly nonzero: {a - 0, a + 0} is the one-element set {a}
+    let nonzero = if !super::compare::is_constant(&b) {
+        nonzero_monomial(&b)
+    } else {
+        super::compare::eval_const(&b).is_some_and(|v| v.abs() > 1e-9)
+    };
+    if !nonzero {
+        return Err(PErr::Unsupported);
+    }
+    let a = if left.is_empty() {
+        None
+    } else {
+        Some(parse_expr_tokens(left)?)
+    };
+    Ok(Node::PlusMinus(a.map(Box::new), Box::new(b)))
+}
+
+/// a product of symbols and nonzero numbers (never zero as a polynomial)
+fn nonzero_monomial(n: &Node) -> bool {
+    match n {
+        Node::Sym(_) => true,
+        Node::Num { v, .. } | Node::Frac(v) => v.n != 0,
+        Node::Mul(v) => v.iter().all(nonzero_monomial),
+        _ => false,
+    }
+}
+
+/// An inequality or a chain of them: `nodes[0] ops[0] nodes[1] ops[1] ...`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RelParts {
+    pub ops: Vec<RelOp>,
+    pub nodes: Vec<Node>,
+}
+
+/// Kind of a single inequality `lhs OP rhs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelOp {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Ne,
+}
+
+impl RelOp {
+    /// the relation read from the other side (a < b is b > a)
+    pub fn flipped(self) -> RelOp {
+        match self {
+            RelOp::Lt => RelOp::Gt,
+            RelOp::Le => RelOp::Ge,
+            RelOp::Gt => RelOp::Lt,
+            RelOp::Ge => RelOp::Le,
+            RelOp::Ne => RelOp::Ne,
+        }
+    }
+}
+
+fn rel_op(t: &Tok) -> Option<RelOp> {
+    Some(match t {
+        Tok::Ch('<') => RelOp::Lt,
+        Tok::Ch('>') => RelOp::Gt,
+        Tok::Cmd(c) => match c.as_str() {
+            "lt" => RelOp::Lt,
+            "gt" => RelOp::Gt,
+            "le" | "leq" | "leqslant" => RelOp::Le,
+            "ge" | "geq" | "geqslant" => RelOp::Ge,
+            "ne" | "neq" => RelOp::Ne,
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
+/// One side of a relation: an expression, or `atom \mod atom` (sympy's Mod;
+/// with atoms on both sides the reference's precedence of `\mod` cannot matter).
+fn parse_part(t: Vec<Tok>) -> R<Node> {
+    let is_pm = |x: &Tok| matches!(x, Tok::Cmd(c) if c == "pm");
+    if t.iter().any(is_pm) {
+        return plus_minus(t);
+    }
+    let is_mod = |x: &Tok| matches!(x, Tok::Cmd(c) if c == "mod");
+    let n_mod = t.iter().filter(|x| is_mod(x)).count();
+    if n_mod == 0 {
+        return parse_expr_tokens(t);
+    }
+    if n_mod > 1 {
+        return Err(PErr::Unsupported);
+    }
+    let k = t.iter().position(is_mod).unwrap();
+    let atom = |toks: Vec<Tok>| -> R<Node> {
+        if toks.is_empty() {
+            return Err(PErr::Unsupported);
+        }
+        let mut p = P {
+            t: toks,
+            i: 0,
+            depth: 0,
+        };
+        let e = p.postfix()?;
+        if p.i != p.t.len() {
+            return Err(PErr::Unsupported);
+        }
+        Ok(e)
+    };
+    let right = t[k + 1..].to_vec();
+    let left = t[..k].to_vec();
+    Ok(Node::Mod(Box::new(atom(left)?), Box::new(atom(right)?)))
 }
 
 fn is_digits(s: &str) -> bool {
@@ -953,8 +1327,29 @@ pub fn parse_answer(s: &str) -> R<Value> {
     if s.contains("\\begin") || s.contains("\\end") || s.contains("\\\\") {
         return Err(PErr::Unsupported);
     }
-    // \{ a, b \}
-    if let Some(inner) = s.strip_prefix("\\{").and_then(|r| r.strip_suffix("\\}")) {
+    // x \in [a, b]: the reference reads it as the set (x a bare symbol)
+    if has_cmd(s, "in") {
+        if let Some((l, r)) = s.split_once("\\in") {
+            let l = l.trim();
+            if l.len() == 1 && l.as_bytes()[0].is_ascii_lowercase() && l != "e" && l != "i" {
+                let v = parse_answer(r)?;
+                if matches!(v, Value::Interval { .. } | Value::Set(_)) {
+                    return Ok(v);
+                }
+            }
+        }
+        return Err(PErr::Unsupported);
+    }
+    // \{ a, b \}, and {a, b} with plain braces
+    let braced = s
+        .strip_prefix("\\{")
+        .and_then(|r| r.strip_suffix("\\}"))
+        .or_else(|| {
+            let inner = s.strip_prefix('{')?.strip_suffix('}')?;
+            let whole = split_top(inner, b',')?;
+            (whole.len() > 1 && !inner.contains('{') && !inner.contains('}')).then_some(inner)
+        });
+    if let Some(inner) = braced {
         let parts = split_top(inner, b',').ok_or(PErr::Unsupported)?;
         if parts.iter().any(|p| p.trim().is_empty()) {
             return Err(PErr::Unsupported);
@@ -1002,7 +1397,16 @@ pub fn parse_answer(s: &str) -> R<Value> {
         }
         let mut items = Vec::new();
         for p in parts {
-            items.push(relation(p.trim())?);
+            let p = p.trim();
+            // (1, 2), (3, 4): a list of tuples
+            if p.starts_with('(')
+                && p.ends_with(')')
+                && split_top(&p[1..p.len() - 1], b',').is_some_and(|v| v.len() > 1)
+            {
+                items.push(parse_answer(p)?);
+            } else {
+                items.push(relation(p)?);
+            }
         }
         return Ok(Value::Set(items));
     }
@@ -1055,7 +1459,45 @@ pub fn parse_answer(s: &str) -> R<Value> {
             }
         }
     }
+    if let Some(v) = tuple_equation(s)? {
+        return Ok(v);
+    }
     relation(s)
+}
+
+/// `(x, y) = (1, -5)`: both sides tuples (or pairs) at the top level.
+fn tuple_equation(s: &str) -> R<Option<Value>> {
+    let Some(parts) = split_top(s, b'=') else {
+        return Ok(None);
+    };
+    let b = s.as_bytes();
+    let plain_eq = (0..b.len()).filter(|&i| b[i] == b'=').all(|i| {
+        i > 0 && !matches!(b[i - 1], b'<' | b'>' | b'!' | b'\\') && b.get(i + 1) != Some(&b'=')
+    });
+    let (l, r) = match parts.as_slice() {
+        [l, r] if plain_eq => (l.trim(), r.trim()),
+        _ => return Ok(None),
+    };
+    if !l.starts_with('(') || !r.starts_with('(') || !l.ends_with(')') {
+        return Ok(None);
+    }
+    let lhs = parse_answer(l)?;
+    let rhs = parse_answer(r)?;
+    let tuple_like = |v: &Value| {
+        matches!(
+            v,
+            Value::Tuple(_)
+                | Value::Interval {
+                    lo_open: true,
+                    hi_open: true,
+                    ..
+                }
+        )
+    };
+    if !tuple_like(&lhs) || !tuple_like(&rhs) {
+        return Err(PErr::Unsupported);
+    }
+    Ok(Some(Value::TupleEq(Box::new(lhs), Box::new(rhs))))
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ COMMANDS = {
     "verify": "check each row's prediction against its gold answer (Rust fast path + math-verify)",
     "report": "re-render the policy-gap report of a rewrite output directory",
     "ledger": "show, check or repair a tier ledger (a rewrite keeps it at OUTPUT_DIR/ledger)",
+    "gap": "policy-gap meter: NLL/token, phi, entropy and weight ESS of any SFT data under a model",
 }
 
 

@@ -13,8 +13,14 @@ def run(options: dict[str, Any]) -> int:
 
     result = rewrite(**options)
     tiers = ", ".join(f"{k} {v}" for k, v in sorted(result.tiers.items()))
+    no_ref = (
+        f"; {result.no_reference_answer} without a reference answer (kept as expert)"
+        if result.no_reference_answer
+        else ""
+    )
     print(
-        f"{result.rows} rows ({tiers}) -> {result.paths['data']}; report: {result.paths['report']}"
+        f"{result.rows} rows ({tiers}{no_ref}) -> {result.paths['data']}; "
+        f"report: {result.paths['report']}"
     )
     return 0
 

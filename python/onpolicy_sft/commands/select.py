@@ -15,6 +15,11 @@ def run(options: dict[str, Any]) -> int:
         f"kept {res.kept} of {res.candidates} candidates for {res.problems} problems "
         f"-> {res.out}/data.parquet"
     )
+    if options.get("verify"):
+        print(
+            f"correctness filter: {res.rejected} candidates rejected, "
+            f"{res.no_correct} problems without a correct candidate left out"
+        )
     return 0
 
 

@@ -3,7 +3,9 @@
 Flags: every field of ``TrainConfig`` (model and data), of ``LossConfig`` (the
 loss) and of transformers' ``TrainingArguments`` under its own name
 (``--learning_rate``, ``--per_device_train_batch_size``, ``--optim``,
-``--deepspeed``, ...). Several GPUs: ``accelerate launch -m onpolicy_sft train ...``
+``--deepspeed``, ...), and of ``OnlineConfig`` (``--online_every epoch`` rewrites
+the data with the model being trained between rounds; see ``onpolicy_sft.online``).
+Several GPUs: ``accelerate launch -m onpolicy_sft train ...``
 (DDP, FSDP or DeepSpeed, as accelerate is configured).
 """
 
@@ -17,10 +19,23 @@ DEFAULTS = TRAINING_DEFAULTS
 
 
 def run(options: dict[str, Any]) -> int:
+    import dataclasses
+
+    from onpolicy_sft.online import OnlineConfig, train_online
     from onpolicy_sft.training import shutdown_distributed, train
 
+    online_names = {f.name for f in dataclasses.fields(OnlineConfig)}
+    online = {k: options.pop(k) for k in list(options) if k in online_names}
     try:
-        result = train(**options)
+        if online.get("online_every") is not None:
+            result = train_online(**options, **online)
+        elif online:
+            raise ValueError(
+                f"--{sorted(online)[0]} applies to online rewriting only; add --online_every "
+                "epoch (or a step count) to rewrite between rounds"
+            )
+        else:
+            result = train(**options)
     except BaseException:
         shutdown_distributed(wait=False)
         raise
@@ -37,4 +52,6 @@ def run(options: dict[str, Any]) -> int:
 def configs() -> list[type]:
     from transformers import TrainingArguments
 
-    return [TrainConfig, LossConfig, TrainingArguments]
+    from onpolicy_sft.online import OnlineConfig
+
+    return [TrainConfig, LossConfig, TrainingArguments, OnlineConfig]

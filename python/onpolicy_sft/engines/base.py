@@ -15,15 +15,21 @@ class Sample:
 
     token_ids: (T,) the sampled tokens, the EOS token included when generation
         stopped on it (so the loss can fall on EOS, as docs/methods.md asks).
-    logprobs: (T,) float32, log-prob of each sampled token under the sampling
-        distribution before temperature/top-p (the behaviour log-probs).
+    logprobs: (T,) float32, log-prob of each sampled token under the distribution it was
+        actually drawn from -- the model's logits at the sampling temperature, restricted
+        to the top-p nucleus and renormalised (0 for greedy decoding): the behaviour
+        log-probs pi_beta of an importance ratio.
     finish_reason: "stop" (EOS or a stop string) or "length".
+    raw_logprobs: (T,) float32 or None, the untempered log pi(y_t | prompt, y_<t) of the
+        same tokens when the engine has them for free (HF); None otherwise (vLLM returns
+        one kind of log-prob per engine).
     """
 
     text: str
     token_ids: list[int]
     logprobs: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
     finish_reason: str = "stop"
+    raw_logprobs: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,11 @@ Design points (shapes: B rows, L padded length, V vocabulary, H hidden):
   from a generator seeded by ``(seed, row)``: a row's sample does not depend
   on which other rows share its batch, on the batch size, or on when rows
   are dropped. The same sampler serves Hinted Decoding (``rewrite/hinted.py``).
-- Behaviour log-probs are ``log_softmax`` of the raw logits (before
-  temperature and top-p), as vLLM's default ``raw_logprobs`` mode returns.
+- Behaviour log-probs (``Sample.logprobs``) are those of the distribution each
+  token was drawn from: the logits at the sampling temperature inside the top-p
+  nucleus, renormalised (``sampling.sampled_logprobs``; 0 for greedy), as vLLM's
+  ``processed_logprobs`` mode returns them; ``Sample.raw_logprobs`` keeps the
+  untempered ``log_softmax`` of the same tokens.
 - ``score`` runs the decoder once and applies the LM head only at the
   response positions, in chunks, so a (B, L, V) logits tensor never exists.
 """
@@ -32,7 +35,13 @@ import numpy as np
 import torch
 
 from onpolicy_sft.engines.base import Sample, Sampling, TokenizerIO
-from onpolicy_sft.engines.sampling import StopChecker, Stream, sample_from_logits, seed_uniforms
+from onpolicy_sft.engines.sampling import (
+    StopChecker,
+    Stream,
+    sample_from_logits,
+    sampled_logprobs,
+    seed_uniforms,
+)
 from onpolicy_sft.models import eos_ids, logit_transform, resolve_model_path
 
 # Tokens of the LM head processed at once in `score` (float32 logits of
@@ -133,6 +142,7 @@ class HFEngine(TokenizerIO):
         stopper = StopChecker(self.tokenizer, stop)
         tokens: list[list[int]] = [[] for _ in range(total)]
         logps: list[list[float]] = [[] for _ in range(total)]
+        raws: list[list[float]] = [[] for _ in range(total)]
         finish = ["length"] * total
         active = torch.arange(total)  # original row of each batch row
         for t in range(max_tokens):
@@ -144,12 +154,14 @@ class HFEngine(TokenizerIO):
                 temperature=temperature,
                 top_p=top_p,
             )
-            lp = torch.log_softmax(logits, dim=-1).gather(-1, tok.unsqueeze(-1)).squeeze(-1)
-            tok_l, lp_l = tok.tolist(), lp.tolist()
+            lp = sampled_logprobs(logits, tok, temperature=temperature, top_p=top_p)
+            raw = torch.log_softmax(logits.float(), dim=-1).gather(-1, tok.unsqueeze(-1))
+            tok_l, lp_l, raw_l = tok.tolist(), lp.tolist(), raw.squeeze(-1).tolist()
             keep: list[int] = []
             for b, r in enumerate(active.tolist()):
                 tokens[r].append(tok_l[b])
                 logps[r].append(lp_l[b])
+                raws[r].append(raw_l[b])
                 if tok_l[b] in self.stop_ids or stopper.hit(tokens[r]):
                     finish[r] = "stop"
                 else:
@@ -170,6 +182,7 @@ class HFEngine(TokenizerIO):
                     text=text,
                     token_ids=tokens[r],
                     logprobs=np.asarray(logps[r], dtype=np.float32),
+                    raw_logprobs=np.asarray(raws[r], dtype=np.float32),
                     finish_reason=finish[r],
                 )
             )
@@ -220,26 +233,25 @@ class HFEngine(TokenizerIO):
             input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False
         ).last_hidden_state  # (B, L, H)
         head = self.model.get_output_embeddings()
+        # every row's response positions in one (sum T, H) block, so the LM head
+        # runs per chunk of tokens, not per row (short rows: one call per batch)
+        # logits at column c predict the token at c + 1
+        h = torch.cat([hidden[i, length - t - 1 : length - 1] for i, t in enumerate(resp_lens)])
+        targets = torch.cat([ids[i, length - t :] for i, t in enumerate(resp_lens)])
+        lps, ents = [], []
+        for c in range(0, h.shape[0], SCORE_CHUNK_TOKENS):
+            logp = torch.log_softmax(head(h[c : c + SCORE_CHUNK_TOKENS]).float(), dim=-1)
+            lps.append(logp.gather(-1, targets[c : c + SCORE_CHUNK_TOKENS, None]).squeeze(-1))
+            if entropy:
+                ents.append(-(logp.exp() * logp).sum(-1))
+        empty = torch.zeros(0)
+        lp_all = (torch.cat(lps) if lps else empty).cpu().numpy().astype(np.float32)
+        ent_all = (torch.cat(ents) if ents else empty).cpu().numpy().astype(np.float32)
         results: list[tuple[np.ndarray, np.ndarray | None]] = []
-        for i, t_len in enumerate(resp_lens):
-            if t_len == 0:
-                results.append(
-                    (np.zeros(0, np.float32), np.zeros(0, np.float32) if entropy else None)
-                )
-                continue
-            # logits at column c predict the token at c + 1
-            h = hidden[i, length - t_len - 1 : length - 1]  # (T, H)
-            targets = ids[i, length - t_len :]
-            lps, ents = [], []
-            for c in range(0, t_len, SCORE_CHUNK_TOKENS):
-                logits = head(h[c : c + SCORE_CHUNK_TOKENS]).float()
-                logp = torch.log_softmax(logits, dim=-1)
-                lps.append(logp.gather(-1, targets[c : c + SCORE_CHUNK_TOKENS, None]).squeeze(-1))
-                if entropy:
-                    ents.append(-(logp.exp() * logp).sum(-1))
-            lp = torch.cat(lps).cpu().numpy().astype(np.float32)
-            ent = torch.cat(ents).cpu().numpy().astype(np.float32) if entropy else None
-            results.append((lp, ent))
+        offsets = np.cumsum([0, *resp_lens])
+        for i in range(len(resp_lens)):
+            lo, hi = int(offsets[i]), int(offsets[i + 1])
+            results.append((lp_all[lo:hi].copy(), ent_all[lo:hi].copy() if entropy else None))
         return results
 
 

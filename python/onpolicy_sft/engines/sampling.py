@@ -49,17 +49,48 @@ def sample_from_logits(
         cdf = probs.cumsum(dim=-1)
         idx = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1)).squeeze(-1)
         return idx.clamp_(max=logits.shape[-1] - 1)
-    nucleus_source = logits if top_p_before_temperature else tempered
-    order = torch.argsort(nucleus_source, dim=-1, descending=True)
-    sorted_src = torch.softmax(nucleus_source, dim=-1).gather(-1, order)
-    # keep a token while the mass strictly before it is < top_p (the top token always stays)
-    keep = (sorted_src.cumsum(dim=-1) - sorted_src) < top_p
+    order, keep = _nucleus(logits if top_p_before_temperature else tempered, top_p)
     sorted_tempered = tempered.gather(-1, order).masked_fill(~keep, float("-inf"))
     probs = torch.softmax(sorted_tempered, dim=-1)
     cdf = probs.cumsum(dim=-1)
     pos = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1)).squeeze(-1)
     pos = torch.minimum(pos, keep.sum(dim=-1) - 1)
     return order.gather(-1, pos.unsqueeze(-1)).squeeze(-1)
+
+
+def _nucleus(source: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(order, keep): tokens by descending ``source``, and which of them the nucleus keeps
+    (a token stays while the mass strictly before it is < top_p; the top token always)."""
+    order = torch.argsort(source, dim=-1, descending=True)
+    sorted_src = torch.softmax(source, dim=-1).gather(-1, order)
+    return order, (sorted_src.cumsum(dim=-1) - sorted_src) < top_p
+
+
+def sampled_logprobs(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    *,
+    temperature: float,
+    top_p: float,
+    top_p_before_temperature: bool = False,
+) -> torch.Tensor:
+    """log-prob of ``tokens`` under the distribution :func:`sample_from_logits` draws from.
+
+    That is the behaviour policy pi_beta of a sampled token: the model's logits divided
+    by the temperature, restricted to the nucleus and renormalised. Greedy decoding
+    (temperature 0) is a point mass, so its log-prob is 0. logits: (B, V); tokens: (B,).
+    Returns (B,) float32.
+    """
+    logits = logits.float()
+    if temperature <= 0.0:
+        return torch.zeros(tokens.shape, dtype=torch.float32, device=logits.device)
+    tempered = logits / temperature
+    if top_p < 1.0:
+        order, keep = _nucleus(logits if top_p_before_temperature else tempered, top_p)
+        dropped = torch.zeros_like(keep).scatter(-1, order, ~keep)
+        tempered = tempered.masked_fill(dropped, float("-inf"))
+    logp = torch.log_softmax(tempered, dim=-1)
+    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 class Stream:

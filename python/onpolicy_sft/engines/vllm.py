@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -51,12 +51,15 @@ class VLLMEngine(TokenizerIO):
         gpu_memory_utilization: float = 0.9,
         max_model_len: int | None = None,
         trust_remote_code: bool = False,
+        weight_updates: bool = False,
         **llm_kwargs: Any,
     ) -> None:
         try:
             import vllm
         except ImportError as exc:  # pragma: no cover - depends on the install
-            raise RuntimeError(
+            from onpolicy_sft.errors import MissingDependencyError
+
+            raise MissingDependencyError(
                 "the vLLM engine needs vLLM: pip install 'onpolicy-sft[vllm]' (or use --engine hf)"
             ) from exc
         path = resolve_model_path(model)
@@ -79,10 +82,17 @@ class VLLMEngine(TokenizerIO):
             trust_remote_code=trust_remote_code,
             **llm_kwargs,
         )
+        # the returned log-probs are those of the distribution each token was drawn from
+        # (after temperature and top-p), as the HF engine records them (engines/base.py)
+        kwargs.setdefault("logprobs_mode", "processed_logprobs")
         if data_parallel_size > 1:
             kwargs["data_parallel_size"] = data_parallel_size
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
+        if weight_updates:
+            # load_weights() hands tensors to the model runner by reference, which needs
+            # the engine core in this process (TRL's GRPO colocate mode runs it so too)
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         if _on_cpu_platform():
             # vLLM's CPU build rewinds a seeded request's generator when a chunked
             # prefill discards its sample, which CPU generators cannot do ("CPU
@@ -112,6 +122,17 @@ class VLLMEngine(TokenizerIO):
                 torch.cuda.empty_cache()
         except Exception:  # freeing is best effort; the process exit frees the rest
             pass
+
+    def load_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
+        """Replace the engine's weights in place with ``(checkpoint name, tensor)`` pairs.
+
+        vLLM's ``reload_weights`` (through ``collective_rpc``) runs the model's
+        own loader, so fused projections (qkv, gate_up) and any repacking after
+        loading are redone; the prefix cache, computed with the old weights, is
+        dropped. Build the engine with ``weight_updates=True``.
+        """
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(weights)})
+        self.llm.reset_prefix_cache()
 
     def _generate(self, prompts: list[str], s: Sampling) -> list[list[Sample]]:
         from vllm import SamplingParams
@@ -143,6 +164,8 @@ class VLLMEngine(TokenizerIO):
                     float(step[tok].logprob) if step and tok in step else float("nan")
                     for tok, step in zip(ids, comp.logprobs or [{}] * len(ids))
                 ]
+                if s.temperature <= 0.0:  # greedy draws from a point mass (vLLM reports raw)
+                    lps = [0.0] * len(ids)
                 samples.append(
                     Sample(
                         # decoded from the ids as HFEngine does: vLLM's incremental

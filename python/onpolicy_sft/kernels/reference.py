@@ -54,6 +54,7 @@ def policy_loss_reference(
     idft_beta: float = 1.0,
     idft_gamma: tuple[float, float] = (0.1, 2.0),
     idft_detach_gamma_only: bool = False,
+    idft_lambda: float = 1.0,
     pear_delta_clip: tuple[float, float] = (-0.08, 0.3),
     pear_gamma: float = 0.999,
     pear_block: int = 1,
@@ -141,16 +142,18 @@ def policy_loss_reference(
                 elif scheme == "idft":
                     phi = lp[i] + hh[i]
                     gamma = _clip(math.exp(min(-phi / idft_beta, 700.0)), *idft_gamma)
+                    gamma = 1.0 + idft_lambda * (gamma - 1.0)
                     gammas[i] = gamma
-                    w[i] = math.exp(gamma * lp[i])
+                    # p >= 1e-10 clamp: a rarer token contributes no gradient
+                    w[i] = math.exp(gamma * lp[i]) if lp[i] >= math.log(1e-10) else 0.0
                 else:
                     raise ValueError(scheme)
 
     # normaliser
     scale = [0.0] * n
-    if normalize == "tokens":
+    if normalize in ("tokens", "micro_batch"):
         count = sum(mk)
-        z = normalizer if normalizer is not None else max(count, 1)
+        z = normalizer if normalizer is not None and normalize == "tokens" else max(count, 1)
         for i in range(n):
             scale[i] = (1.0 / z) if mk[i] else 0.0
     else:
@@ -166,6 +169,7 @@ def policy_loss_reference(
     if scheme == "idft" and idft_detach_gamma_only:
         g_t = torch.tensor(gammas, dtype=dt, device=dev)
         per_token = torch.exp(g_t * logp) * logp  # gradient flows through p^gamma
+        per_token = torch.where(w_t > 0, per_token, torch.zeros_like(per_token))
     else:
         per_token = w_t * logp
     loss = -(s_t * torch.where(mask, per_token, torch.zeros_like(per_token))).sum()

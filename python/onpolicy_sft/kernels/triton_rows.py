@@ -32,6 +32,7 @@ import triton  # type: ignore[import-untyped]
 import triton.language as tl  # type: ignore[import-untyped]
 
 from .torch_rows import CHUNK_BYTES, pow2_chunk
+from .weights import LOG_P_FLOOR
 
 # SCHEME codes (constexpr): which token-local weight the forward kernel computes.
 _SFT, _DFT, _IS, _IDFT, _EXTERNAL = 0, 1, 2, 3, 4
@@ -61,6 +62,8 @@ def _policy_loss_fwd_kernel(
     idft_inv_beta,
     gamma_lo,
     gamma_hi,
+    idft_lambda,
+    log_p_floor,
     SCHEME: tl.constexpr,
     DETACH_GAMMA_ONLY: tl.constexpr,
     WRITE_GRAD: tl.constexpr,
@@ -107,7 +110,9 @@ def _policy_loss_fwd_kernel(
     elif SCHEME == 3:  # idft: sg(p^gamma), gamma = clip(exp(-(logp + H) / beta))
         gamma = tl.exp(tl.minimum(-(logp + ent) * idft_inv_beta, 80.0))  # no inf
         gamma = tl.minimum(tl.maximum(gamma, gamma_lo), gamma_hi)
-        w = tl.exp(gamma * logp)
+        gamma = 1.0 + idft_lambda * (gamma - 1.0)
+        # p clamped at 1e-10 (the authors' trainer): a rarer token gets no gradient
+        w = tl.where(logp >= log_p_floor, tl.exp(gamma * logp), 0.0)
         if DETACH_GAMMA_ONLY:  # -p^sg(gamma) log p: d/dlogp = p^gamma (1 + gamma logp)
             g = w * (1.0 + gamma * logp)
         else:
@@ -224,6 +229,8 @@ class TritonRows:
             1.0 / spec.idft_beta,
             float(spec.idft_gamma[0]),
             float(spec.idft_gamma[1]),
+            float(spec.idft_lambda),
+            LOG_P_FLOOR,
             SCHEME=code,
             DETACH_GAMMA_ONLY=bool(spec.idft_detach_gamma_only),
             WRITE_GRAD=bool(write_grad),

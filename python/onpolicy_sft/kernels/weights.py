@@ -83,21 +83,25 @@ def prepare_blogp(
 ) -> torch.Tensor | None:
     """(N,) float32 behaviour log-probs with the missing-value convention applied.
 
-    Missing = ``behavior_logprobs is None`` or NaN entries (expert rows). For ``is``
-    a missing blogp is 0, which makes the weight the DFT weight p_t (docs/methods.md).
-    For ``pear`` it is an error unless ``missing_behavior='zero'``.
+    Missing = NaN entries (expert rows, which no behaviour model generated). For
+    ``is`` a missing blogp is 0, which makes the weight the DFT weight p_t
+    (docs/methods.md); for ``pear`` it is an error unless
+    ``missing_behavior='zero'``. No tensor at all is an error for both unless
+    ``missing_behavior='zero'``: it is far more often a dropped column than a
+    dataset of expert rows only, and ``is`` would silently be ``dft``.
     """
     if not spec.uses_blogp:
         return None
     n = mask.numel()
     if behavior_logprobs is None:
-        if spec.missing_blogp_is_error:
-            raise LossError(
-                "scheme='pear' needs behavior_logprobs (N,) and none were given;"
-                " pass them, or set missing_behavior='zero' to use blogp = 0 for missing"
-                " tokens (the convention of is/MTG)"
-            )
-        return torch.zeros(n, dtype=torch.float32, device=mask.device)
+        if spec.missing_behavior == "zero":
+            return torch.zeros(n, dtype=torch.float32, device=mask.device)
+        dft = "; scheme='dft' is that weight on every token" if spec.scheme == "is" else ""
+        raise LossError(
+            f"scheme={spec.scheme!r} needs behavior_logprobs (N,) and none were given; pass the"
+            " behaviour model's log-prob of each token, NaN on tokens that have none (expert"
+            f" rows), or set missing_behavior='zero' to use blogp = 0 for every token{dft}"
+        )
     if behavior_logprobs.shape != (n,):
         raise LossError(
             f"behavior_logprobs has shape {tuple(behavior_logprobs.shape)}; it must be (N,) ="
@@ -122,6 +126,10 @@ def prepare_blogp(
 
 def _log_hi(hi: float) -> float:
     return math.log(hi) if hi > 0 else -math.inf
+
+
+# IDFT clamps p at 1e-10 (the authors' trainer): log of that floor
+LOG_P_FLOOR = math.log(1e-10)
 
 
 def local_weights(
@@ -150,7 +158,10 @@ def local_weights(
         assert entropy is not None
         phi = lp + entropy.float()
         gamma = torch.exp((-phi / spec.idft_beta).clamp(max=80.0)).clamp(*spec.idft_gamma)
-        w = torch.exp(gamma * lp)
+        gamma = 1.0 + spec.idft_lambda * (gamma - 1.0)
+        # the authors clamp p >= 1e-10, which leaves a rarer token no gradient
+        live = lp >= LOG_P_FLOOR
+        w = torch.where(live, torch.exp(gamma * lp), torch.zeros_like(lp))
         if spec.idft_detach_gamma_only:
             return w, w * (1.0 + gamma * lp)
     else:  # pragma: no cover - guarded by LossConfig
@@ -269,6 +280,8 @@ def token_scale(
     With nothing unmasked the scale is 0 everywhere (loss 0, no NaN).
     """
     m = mask.float()
+    if spec.normalize == "micro_batch":  # always this call's own token count
+        return m / m.sum().clamp(min=1.0)
     if spec.normalize == "tokens":
         if normalizer is not None:
             z = torch.as_tensor(normalizer, dtype=torch.float32, device=m.device)
@@ -289,10 +302,12 @@ def weight_stats(
     entropy: torch.Tensor | None,
     mask: torch.Tensor,
     clip_mask: torch.Tensor,
+    missing_blogp: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-step statistics over unmasked tokens, as detached 0-d float32 tensors.
 
     ESS = (sum w)^2 / sum w^2, divided by the count (1 = uniform weights).
+    missing_blogp: (N,) bool, tokens whose behaviour log-prob is NaN (counted).
     mean_phi and mean_entropy are NaN when entropy was not computed.
     """
     m = mask.float()
@@ -306,6 +321,10 @@ def weight_stats(
         "max_weight": w.max() if w.numel() else torch.zeros((), device=w.device),
         "ess_fraction": torch.where(sw2 > 0, sw * sw / sw2.clamp(min=1e-30) / cc, 0.0),
         "clipped_fraction": (clip_mask.float() * m).sum() / cc,
+        # supervised tokens whose behaviour log-prob was missing (NaN) and taken as 0
+        "tokens_without_behavior": (
+            (missing_blogp & mask).float().sum() if missing_blogp is not None else c * 0
+        ),
     }
     if entropy is not None:
         ent = entropy.float() * m

@@ -51,14 +51,16 @@ def load_problems(
     answer_field: str | None = None,
     id_field: str | None = None,
     limit: int | None = None,
-    extract_answer: Any = None,
 ) -> list[Problem]:
     """Read and validate every row (before sharding, so ids are global).
 
-    answer_field None: an "answer" column when the dataset has one, else the
-    last ``\\boxed{}`` of the solution (``extract_answer``); a row whose answer
-    cannot be found gets ``answer=None`` (it goes to the expert tier).
+    The reference answer of a row is its answer column's value (``answer_field``,
+    or an "answer" column when the dataset has one), else the last ``\\boxed{}`` /
+    ``\\fbox{}`` of the solution, and nothing else (:func:`reference_answer`);
+    a row without one gets ``answer=None`` and goes to the expert tier.
     """
+    from onpolicy_sft.verify import reference_answer
+
     table = load_table(dataset, split)
     source = os.path.basename(dataset) if os.path.exists(os.path.expanduser(dataset)) else dataset
     columns = list(table.column_names)
@@ -94,8 +96,8 @@ def load_problems(
         answer: str | None = None
         if answer_col is not None and row.get(answer_col) not in (None, ""):
             answer = str(row[answer_col]).strip()
-        elif extract_answer is not None:
-            answer = extract_answer(solution)
+        else:
+            answer = reference_answer(solution)
         pid = str(row[id_field]) if id_field is not None else str(i)
         if pid in seen:
             raise ValueError(
@@ -105,6 +107,19 @@ def load_problems(
         seen.add(pid)
         out.append(Problem(pid, problem, solution, answer or None))
     return out
+
+
+def problems_of(cfg: Any) -> list[Problem]:
+    """The problems a RewriteConfig names (its dataset, fields and limit), references strict."""
+    return load_problems(
+        cfg.dataset,
+        split=cfg.split,
+        problem_field=cfg.problem_field,
+        solution_field=cfg.solution_field,
+        answer_field=cfg.answer_field,
+        id_field=cfg.id_field,
+        limit=cfg.limit,
+    )
 
 
 def shard_rows(items: Sequence[Any], index: int, count: int) -> list[Any]:
@@ -193,6 +208,10 @@ class SideStore:
 
     def experts(self) -> dict[str, dict[str, Any]]:
         return {r["problem_id"]: r for r in self.read() if r.get("kind") == "expert"}
+
+    def analyses(self) -> dict[str, dict[str, Any]]:
+        """The structured Hinted Decoding pre-pass per problem (text, finished)."""
+        return {r["problem_id"]: r for r in self.read() if r.get("kind") == "analysis"}
 
     def phis(self) -> dict[tuple[str, str, int], dict[str, Any]]:
         return {

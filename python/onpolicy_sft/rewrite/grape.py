@@ -7,6 +7,12 @@ keep the top k per problem.
 
 Candidates: a dataset with a problem column and either one response per row
 (rows of the same problem are grouped) or a list of responses per row.
+
+GRAPE is for any instruction data, so the prompt is the chat template over the
+bare problem; the math instruction ("reason step by step ... \\boxed{}") is added
+only with ``math_suffix=True`` (or a ``suffix`` of one's own). The paper assumes
+correct candidates (they come from strong models); ``verify=True`` first drops
+candidates the verifier rejects against the answer column (off by default).
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ class SelectResult:
     problems: int
     candidates: int
     kept: int
+    rejected: int = 0  # candidates the correctness filter removed (verify=True)
+    no_correct: int = 0  # problems left out because no candidate was correct
 
 
 def length_normalised(logprobs: Sequence[np.ndarray]) -> np.ndarray:
@@ -45,23 +53,30 @@ def top_k(scores: np.ndarray, k: int) -> list[int]:
 
 
 def select(
-    config: SelectConfig | None = None, /, *, engine: Engine | None = None, **options: Any
+    config: SelectConfig | None = None,
+    /,
+    *,
+    engine: Engine | None = None,
+    verifier: Any = None,
+    **options: Any,
 ) -> SelectResult:
     """Keep the top-k candidates per problem by mean log pi_0; write OUTPUT_DIR/data.parquet.
 
     ``select(model=..., candidates=..., output_dir=..., top_k=1)`` or
     ``select(SelectConfig(...))`` (see SelectConfig for every option); ``engine``:
     an already loaded Engine instead of loading ``model``. ``response_field`` may
-    hold a string (one candidate per row) or a list of strings (several per row).
+    hold a string (one candidate per row) or a list of strings (several per row). The
+    prompt is the chat template over the problem, followed by ``suffix`` when given, or by
+    the math instruction with ``math_suffix=True``. ``verify=True`` keeps only candidates
+    whose answer the verifier (``verifier``: anything with ``verdicts``) accepts against
+    ``answer_field`` before ranking; a problem with no correct candidate is left out and
+    counted.
     """
     from onpolicy_sft.rewrite.report import write_data
 
-    if isinstance(engine, str):  # the SelectConfig field (--engine hf), not an Engine
-        options["engine"] = engine
-        engine = None
-    if engine is not None:
+    if engine is not None and not isinstance(engine, str):
         options.setdefault("model", "")
-    cfg = config.replace(**options) if config is not None else SelectConfig.from_dict(options)
+    cfg, engine = SelectConfig.with_engine(config, engine, options)
     out = cfg.output_dir
     split, problem_field, response_field = cfg.split, cfg.problem_field, cfg.response_field
     answer_field, candidates = cfg.answer_field, cfg.candidates
@@ -92,14 +107,40 @@ def select(
             )
         group = groups.setdefault(str(problem), [])
         group.extend([str(r) for r in resp] if isinstance(resp, list) else [str(resp)])
-        if answer_field and row.get(answer_field) is not None:
+        if answer_field and row.get(answer_field) not in (None, ""):
             answers[str(problem)] = str(row[answer_field])
+        elif cfg.verify:
+            raise ValueError(
+                f'row {i} of {source} has no "{answer_field}" value; the correctness filter '
+                "(--verify) needs a reference answer on every row"
+            )
     if engine is None:
         from onpolicy_sft.engines import load_engine
 
         engine = load_engine(cfg.engine, cfg.model, tensor_parallel_size=cfg.tensor_parallel_size)
     tok = engine.tokenizer
-    sfx = P.SUFFIX if cfg.suffix is None else cfg.suffix
+    sfx = cfg.suffix if cfg.suffix is not None else (P.SUFFIX if cfg.math_suffix else "")
+    rejected = no_correct = 0
+    if cfg.verify:
+        if verifier is None:
+            from onpolicy_sft.verify import Verifier
+
+            verifier = Verifier()
+        pairs = [(p, r) for p, rs in groups.items() for r in rs]
+        verdicts = verifier.verdicts([r for _, r in pairs], [answers[p] for p, _ in pairs])
+        correct: dict[str, list[str]] = {}
+        for (p, r), v in zip(pairs, verdicts):
+            if v.correct:
+                correct.setdefault(p, []).append(r)
+            else:
+                rejected += 1
+        no_correct = sum(p not in correct for p in groups)
+        groups = {p: correct[p] for p in groups if p in correct}
+        if not groups:
+            raise ValueError(
+                f"the correctness filter rejected every candidate of {source} ({rejected}); "
+                "check --answer_field, or drop --verify"
+            )
     flat: list[tuple[str, int, str, str, list[int]]] = []
     for problem, resps in groups.items():
         prompt = P.train_prompt(tok, problem, sfx)
@@ -138,5 +179,12 @@ def select(
                 }
             )
     os.makedirs(out, exist_ok=True)
-    write_data(rows, os.path.join(out, "data.parquet"))
-    return SelectResult(out=out, problems=len(by_problem), candidates=len(flat), kept=len(rows))
+    write_data(rows, os.path.join(out, "data.parquet"), save_to_disk=cfg.save_to_disk)
+    return SelectResult(
+        out=out,
+        problems=len(by_problem),
+        candidates=len(flat) + rejected,
+        kept=len(rows),
+        rejected=rejected,
+        no_correct=no_correct,
+    )

@@ -1,21 +1,26 @@
 """Hinted Decoding (DDT, arXiv 2602.12222; docs/methods.md "Hinted Decoding").
 
 Two streams of the same model decode in lockstep, each with its own KV cache:
-a hinted stream ``p`` (problem + reference + own-style instruction) and a plain
-stream ``q`` (the training prompt). At each step, with V the vocabulary size,
+a hinted stream ``p`` (problem + reference + own-style instruction, and in the
+authors' structured variant the analysis a greedy pre-pass wrote, see
+:func:`analysis_prepass`) and a plain stream ``q`` (the bare problem). At each
+step, with V the vocabulary size and h = H(p) / log V,
 
-    lambda = clip(beta * H(p) / log V, 0, 1)
+    lambda = clip(beta * h, 0, 1)              lambda_mode "linear" (default)
+             sigmoid(beta * (h - center))      "sigmoid" (center 0.5)
+             0 below h1, 1 above h2, linear    "piecewise" (h1, h2 = 0.3, 0.7)
     mix    = (1 - lambda) * log p + lambda * log q
     sample with temperature T (0.3) and top-p (0.95), the nucleus taken on the
     untempered mix
 
 The first token comes from ``p`` alone; once the text contains ``\\boxed{``
 only ``q`` is used. Both streams append every sampled token. A row stops on
-EOS, the token limit, or repetition (the last ``repeat_window`` tokens seen
-``repeat_count`` times).
+EOS, the token limit, or repetition: every ``repeat_every`` tokens (100, as the
+authors check) the row stops when some ``repeat_window``-token window of its
+output (30) has occurred ``repeat_count`` times (5).
 
-Per token we keep: the behaviour log-prob ``log softmax(mix)[y_t]`` (the
-distribution actually sampled from, before temperature/top-p), the plain
+Per token we keep: the behaviour log-prob of y_t under the distribution actually
+sampled from (the mix at temperature T inside its nucleus), the plain
 stream's ``log q(y_t)`` (= pi_0(y_t | x, y_<t) under the training prompt, so
 no rescoring is needed) and ``phi_t = log q(y_t) + H(q)``.
 
@@ -34,7 +39,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from onpolicy_sft.engines.sampling import Stream, sample_from_logits, seed_uniforms
+from onpolicy_sft.config import LAMBDA_MODES
+from onpolicy_sft.engines.sampling import (
+    Stream,
+    sample_from_logits,
+    sampled_logprobs,
+    seed_uniforms,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from onpolicy_sft.engines.hf import HFEngine
@@ -64,10 +75,93 @@ class HintedParams:
     beta: float = 3.0  # lambda = clip(beta * H(p) / log V, 0, 1); 0 = hinted prompt alone
     temperature: float = 0.3
     top_p: float = 0.95  # nucleus on the untempered mix
-    max_tokens: int = 2048
+    max_tokens: int = 8192  # the authors' generation length
     repeat_window: int = 30
     repeat_count: int = 5
+    repeat_every: int = 100  # check for repetition every this many tokens (1 = every token)
+    lambda_mode: str = "linear"  # linear | sigmoid | piecewise
+    sigmoid_center: float = 0.5
+    piecewise_bounds: tuple[float, float] = (0.3, 0.7)
     answer_marker: str = ANSWER_MARKER
+
+    def __post_init__(self) -> None:
+        if self.lambda_mode not in LAMBDA_MODES:
+            raise ValueError(
+                f"lambda_mode={self.lambda_mode!r}; use one of {', '.join(LAMBDA_MODES)}"
+            )
+        lo, hi = self.piecewise_bounds
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ValueError(
+                f"piecewise_bounds={self.piecewise_bounds}; give (h1, h2) with 0 <= h1 < h2 <= 1"
+            )
+        if min(self.repeat_every, self.repeat_window, self.repeat_count, self.max_tokens) < 1:
+            raise ValueError(
+                "repeat_every, repeat_window, repeat_count and max_tokens must be >= 1"
+            )
+
+
+def mix_weight(h_norm: torch.Tensor, params: HintedParams) -> torch.Tensor:
+    """lambda from the hinted stream's normalised entropy h = H(p) / log V (same shape)."""
+    if params.lambda_mode == "sigmoid":
+        return torch.sigmoid(params.beta * (h_norm - params.sigmoid_center))
+    if params.lambda_mode == "piecewise":
+        lo, hi = params.piecewise_bounds
+        return ((h_norm - lo) / (hi - lo)).clamp(0.0, 1.0)
+    return (params.beta * h_norm).clamp(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """The greedy pre-pass's output for one problem.
+
+    text: the generated analysis up to and including the chain-of-thought heading
+    (what the hinted stream's context ends with); finished: False when generation
+    ended (EOS or the token limit) before the heading, in which case the problem is
+    not hinted-decoded (as in the authors' code).
+    """
+
+    text: str
+    finished: bool
+    num_tokens: int
+
+
+def analysis_prepass(
+    engine: Any, prompts: Sequence[str], *, max_tokens: int, marker: str
+) -> list[Analysis]:
+    """Greedy (T = 0) continuation of each structured hinted prompt up to ``marker``.
+
+    Runs as one batched ``engine.generate`` call on either engine (vLLM or HF) with
+    ``marker`` as a stop string, so generation ends at the heading instead of writing
+    the whole chain of thought the hinted decoder is about to write. The authors let
+    it run on and cut at the marker's last occurrence; greedy text is the same up to
+    the first occurrence, so the two differ only when the analysis itself writes the
+    heading twice.
+    """
+    outs = engine.generate(
+        list(prompts),
+        n=1,
+        temperature=0.0,
+        top_p=1.0,
+        max_tokens=max_tokens,
+        seed=0,
+        stop=[marker],
+    )
+    eos = _stop_ids(engine)
+    result = []
+    for (s,) in outs:
+        # stopped on the stop string: it is in the decoded ids, or generation stopped
+        # without EOS (an engine may drop the stop string's tokens)
+        by_string = s.finish_reason == "stop" and not (s.token_ids and s.token_ids[-1] in eos)
+        finished = by_string or marker in engine.decode(s.token_ids)
+        cut = s.text.split(marker, 1)[0] if marker in s.text else s.text
+        result.append(
+            Analysis(
+                text=cut + marker if finished else cut,
+                finished=finished,
+                num_tokens=len(s.token_ids),
+            )
+        )
+    return result
 
 
 def _entropy(logp: torch.Tensor) -> torch.Tensor:
@@ -88,6 +182,7 @@ class _RowState:
         self.lams: list[float] = []
         self.answering = False  # the answer marker has appeared: q alone from now on
         self.windows: dict[tuple[int, ...], int] = {}
+        self.max_repeat = 0
         self.finish = "length"
         self.marker_window = len(params.answer_marker) + 4
 
@@ -112,13 +207,17 @@ class _RowState:
                 self.tokens[-self.marker_window :], skip_special_tokens=True
             )
             self.answering = self.p.answer_marker in tail
-        w = self.p.repeat_window
-        if len(self.tokens) >= w:
-            key = tuple(self.tokens[-w:])
-            self.windows[key] = self.windows.get(key, 0) + 1
-            if self.windows[key] >= self.p.repeat_count:
-                self.finish = "repetition"
-                return True
+        # Windows are counted as they complete, but only the window that ends one token
+        # before the last is added (the authors count windows starting before n - w), and
+        # the stop is decided every `repeat_every` tokens, as their decoder checks.
+        w, n = self.p.repeat_window, len(self.tokens)
+        if n > w:
+            key = tuple(self.tokens[n - w - 1 : n - 1])
+            self.windows[key] = count = self.windows.get(key, 0) + 1
+            self.max_repeat = max(self.max_repeat, count)
+        if n % self.p.repeat_every == 0 and self.max_repeat >= self.p.repeat_count:
+            self.finish = "repetition"
+            return True
         return False
 
     def result(self) -> HintedSample:
@@ -149,7 +248,7 @@ def _mix_step(
     logq = torch.log_softmax(logits_q.float(), dim=-1)
     h_p = _entropy(logp)
     h_q = _entropy(logq)
-    lam = (params.beta * h_p / log_v).clamp(0.0, 1.0)
+    lam = mix_weight(h_p / log_v, params)
     lam = torch.where(modes == 0, torch.zeros_like(lam), lam)
     lam = torch.where(modes == 2, torch.ones_like(lam), lam)
     mix = (1.0 - lam).unsqueeze(-1) * logp + lam.unsqueeze(-1) * logq
@@ -163,7 +262,9 @@ def _mix_step(
         top_p=params.top_p,
         top_p_before_temperature=True,
     )
-    behaviour = torch.log_softmax(mix, dim=-1).gather(-1, tok.unsqueeze(-1)).squeeze(-1)
+    behaviour = sampled_logprobs(
+        mix, tok, temperature=params.temperature, top_p=params.top_p, top_p_before_temperature=True
+    )
     base = logq.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
     return tok, behaviour, base, base + h_q, lam
 

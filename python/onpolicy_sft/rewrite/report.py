@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -26,12 +27,14 @@ import numpy as np
 from onpolicy_sft._io import atomic_path, write_json, write_text
 from onpolicy_sft.rewrite.data import PHI_EDGES
 
+# data.parquet's columns: TRL's prompt/completion first (the prompt chat-templated,
+# the completion the response text), then the generated token ids and ours.
 DATA_COLUMNS = (
+    "prompt",
+    "completion",
+    "completion_token_ids",
     "problem_id",
     "problem",
-    "prompt",
-    "response",
-    "response_token_ids",
     "tier",
     "behavior_logprobs",
     "base_logprobs",
@@ -44,29 +47,81 @@ CLIP = (0.0, 2.0)  # PolicyLoss's default clip for "is"
 W_EDGES = np.linspace(CLIP[0], CLIP[1], 41)
 
 
-def write_data(rows: list[dict[str, Any]], path: str) -> None:
-    """DIR/data.parquet (contract columns) and DIR/report_rows.parquet (report inputs)."""
+def write_dataset_card(run_dir: str, data_file: str = "data.parquet") -> None:
+    """DIR/README.md: a dataset card whose ``configs`` name the data file, so that
+    ``datasets.load_dataset(DIR)`` returns the rows (and not the report's files)."""
+    card = f"""---
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: {data_file}
+---
+# onpolicy-sft training data
+
+`{data_file}`: one row per problem, in TRL's prompt/completion format (`prompt` is
+chat-templated, `completion` the response) plus `completion_token_ids` (the tokens as
+generated, EOS included), `tier`, `behavior_logprobs` (one per completion token; null for
+expert rows), `base_logprobs`, `answer`, `verdict`, `reason`. Load it with
+`datasets.load_dataset("<this directory>", split="train")`; the other files are the
+report and the run's state.
+"""
+    tmp = os.path.join(run_dir, "README.md.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(card)
+    os.replace(tmp, os.path.join(run_dir, "README.md"))
+
+
+def data_table(rows: Sequence[dict[str, Any]], extra: Sequence[tuple[str, Any]] = ()) -> Any:
+    """The data.parquet contract (DATA_COLUMNS, TRL's prompt/completion names first) of
+    ``rows`` as a pyarrow Table, plus ``extra`` (name, pyarrow type) columns. ``rows`` use
+    the pipeline's names (``response``, ``response_token_ids``)."""
+    import pyarrow as pa
+
+    lf = pa.list_(pa.float32())
+    fields = [
+        ("prompt", pa.string()),
+        ("completion", pa.string()),
+        ("completion_token_ids", pa.list_(pa.int64())),
+        ("problem_id", pa.string()),
+        ("problem", pa.string()),
+        ("tier", pa.string()),
+        ("behavior_logprobs", lf),
+        ("base_logprobs", lf),
+        ("answer", pa.string()),
+        ("verdict", pa.bool_()),
+        ("reason", pa.string()),
+        *extra,
+    ]
+    names = [f[0] for f in fields]
+    assert names[: len(DATA_COLUMNS)] == list(DATA_COLUMNS)
+    renamed = {"completion": "response", "completion_token_ids": "response_token_ids"}
+    table = [{k: r.get(renamed.get(k, k)) for k in names} for r in rows]
+    return pa.Table.from_pylist(table, schema=pa.schema(fields))
+
+
+def write_data(rows: list[dict[str, Any]], path: str, *, save_to_disk: bool = False) -> None:
+    """DIR/data.parquet (contract columns), its dataset card DIR/README.md, with
+    ``save_to_disk`` DIR/dataset/ (``datasets.load_from_disk``), and
+    DIR/report_rows.parquet (report inputs)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     lf = pa.list_(pa.float32())
-    schema = pa.schema(
-        [
-            ("problem_id", pa.string()),
-            ("problem", pa.string()),
-            ("prompt", pa.string()),
-            ("response", pa.string()),
-            ("response_token_ids", pa.list_(pa.int64())),
-            ("tier", pa.string()),
-            ("behavior_logprobs", lf),
-            ("base_logprobs", lf),
-            ("answer", pa.string()),
-            ("verdict", pa.bool_()),
-            ("reason", pa.string()),
-        ]
-    )
-    table = pa.Table.from_pylist([{k: r[k] for k in DATA_COLUMNS} for r in rows], schema=schema)
+    table = data_table(rows)
     _atomic_parquet(table, path, pq)
+    write_dataset_card(os.path.dirname(path), os.path.basename(path))
+    if save_to_disk:
+        import datasets
+
+        target = os.path.join(os.path.dirname(path), "dataset")
+        tmp = target + ".tmp"
+        datasets.Dataset(table).save_to_disk(tmp)
+        if os.path.isdir(target):
+            import shutil
+
+            shutil.rmtree(target)
+        os.replace(tmp, target)
     extra_schema = pa.schema(
         [
             ("problem_id", pa.string()),
@@ -152,7 +207,7 @@ def compute(run_dir: str) -> dict[str, Any]:
                 eb = np.asarray(e["expert_base_logprobs"], np.float64)
                 before_lp.append(eb)
                 w_before.append(_weights(eb, None))
-            lens.append(len(r["response_token_ids"]))
+            lens.append(len(r["completion_token_ids"]))
             if e.get("phi_hist") is not None:
                 phi_hist[tier] = phi_hist.get(tier, 0) + np.asarray(e["phi_hist"], np.int64)
             if e.get("phi_mean") is not None:
@@ -290,10 +345,10 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def render(run_dir: str) -> dict[str, Any]:
-    """(Re)write DIR/report.json, DIR/report.md and the PNG plots; return the report."""
+def render(run_dir: str, *, plots: bool = True) -> dict[str, Any]:
+    """(Re)write DIR/report.json, DIR/report.md and (``plots``) the PNG plots; return the report."""
     rep = compute(run_dir)
-    plots = _plots(run_dir, rep)
+    plots = _plots(run_dir, rep) if plots else []
     rep["plots"] = plots
     write_json(os.path.join(run_dir, "report.json"), rep)
     lines = [
@@ -319,7 +374,23 @@ def render(run_dir: str) -> dict[str, Any]:
         "",
         f"Overall mean NLL under pi_0: before {_fmt(ov['nll_before'])}, after {_fmt(ov['nll_after'])}.",
         "",
+        f"Problems without a reference answer (no answer value, no \\boxed{{}} or \\fbox{{}} in "
+        f"the solution; kept as expert): {rep.get('no_reference_answer', 0)}.",
+        "",
     ]
+    variants = rep.get("hinted_variants") or {}
+    if variants:
+        lines += [
+            "## Hinted Decoding by variant",
+            "",
+            "| variant | problems decoded | problems with a correct rewrite | mean phi of the correct rewrites |",
+            "|---|---|---|---|",
+        ]
+        for name, v in variants.items():
+            lines.append(
+                f"| {name} | {v['problems']} | {v['correct']} | {_fmt(v['phi_mean_correct'])} |"
+            )
+        lines.append("")
     for title, key in (
         ("Why problems stayed expert", "expert_reasons"),
         ("Rejected rewrites (copies of the reference)", "rejections"),
@@ -334,12 +405,13 @@ def render(run_dir: str) -> dict[str, Any]:
         lines += ["## Time (s)", ""]
         lines += [f"- {k}: {v:.2f}" for k, v in rep["timings"].items()]
         lines.append("")
-    lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     write_text(os.path.join(run_dir, "report.md"), "\n".join(lines))
     return rep
 
 
-def write_report(run_dir: str, *, stats: dict[str, Any]) -> dict[str, Any]:
+def write_report(run_dir: str, *, stats: dict[str, Any], plots: bool = True) -> dict[str, Any]:
     """Save the counts only the pipeline knows (stats.json), then render."""
     write_json(os.path.join(run_dir, "stats.json"), stats)
-    return render(run_dir)
+    return render(run_dir, plots=plots)

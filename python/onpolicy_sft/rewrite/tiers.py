@@ -37,8 +37,8 @@ from onpolicy_sft.rewrite.data import (
     Problem,
     SideStore,
     copy_rejection,
-    load_problems,
     phi_summary,
+    problems_of,
     shard_rows,
 )
 
@@ -46,6 +46,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from onpolicy_sft.engines.base import Engine
     from onpolicy_sft.ledger import Ledger
     from onpolicy_sft.verify import Verifier
+
+# The expert reason of a problem with no reference answer (no answer column value and
+# no \\boxed{} / \\fbox{} in its solution): nothing could verify a rewrite of it.
+NO_REFERENCE = "expert: no reference answer"
 
 STAGES = {"tiers": ("self", "guided"), "hinted": ("self", "hinted"), "grape": ("self",)}
 
@@ -55,6 +59,7 @@ class RewriteResult:
     out: str
     tiers: dict[str, int]
     rows: int
+    no_reference_answer: int = 0  # problems sent to the expert tier for lack of a reference
     timings: dict[str, float] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
 
@@ -185,22 +190,12 @@ class Pipeline:
 
             resolve_model_path(cfg.model)
         from onpolicy_sft.ledger import Ledger
-        from onpolicy_sft.verify import extract_answer
 
         t_start = time.perf_counter()
         os.makedirs(self.run_dir, exist_ok=True)
         _check_resume(cfg, self.run_dir)
         with self.timer("load"):
-            problems = load_problems(
-                cfg.dataset,
-                split=cfg.split,
-                problem_field=cfg.problem_field,
-                solution_field=cfg.solution_field,
-                answer_field=cfg.answer_field,
-                id_field=cfg.id_field,
-                limit=cfg.limit,
-                extract_answer=extract_answer,
-            )
+            problems = problems_of(cfg)
         index, count = cfg.shard_index()
         problems = shard_rows(problems, index, count)
         if not problems:
@@ -236,7 +231,7 @@ class Pipeline:
 
         with self.timer("export"):
             data_path = os.path.join(self.run_dir, "data.parquet")
-            write_data(rows, data_path)
+            write_data(rows, data_path, save_to_disk=cfg.save_to_disk)
         with self.timer("report"):
             write_report(
                 self.run_dir,
@@ -246,15 +241,21 @@ class Pipeline:
                     "ledger": ledger_stats,
                     "timings": dict(self.timer.totals),
                 },
+                plots=cfg.plots,
             )
         tiers = Counter(r["tier"] for r in rows)
         total = time.perf_counter() - t_start
         timings = {**self.timer.totals, "total": total}
-        self.log(f"done: {len(rows)} rows, tiers {dict(tiers)} in {total:.1f}s -> {data_path}")
+        no_ref = counts["no_reference_answer"]
+        self.log(
+            f"done: {len(rows)} rows, tiers {dict(tiers)}, {no_ref} without a reference answer, "
+            f"in {total:.1f}s -> {data_path}"
+        )
         return RewriteResult(
             out=self.run_dir,
             tiers=dict(tiers),
             rows=len(rows),
+            no_reference_answer=no_ref,
             timings=timings,
             paths={
                 "data": data_path,
@@ -321,15 +322,9 @@ class Pipeline:
         return [pid for pid in pending if pid not in set(done)]
 
     def _progress(self, total: int, stage: str) -> Any:
-        from tqdm.auto import tqdm  # type: ignore[import-untyped]
+        from onpolicy_sft.progress import progress
 
-        return tqdm(
-            total=total,
-            desc=f"rewrite {stage}",
-            unit="problem",
-            disable=not self.cfg.progress,
-            file=sys.stderr,
-        )
+        return progress(total, f"rewrite {stage}", "problem", disable=not self.cfg.progress)
 
     def _verify(self, texts: list[str], golds: list[str]) -> list[Any]:
         with self.timer("verify"):
@@ -420,6 +415,19 @@ class Pipeline:
             prompts, n=n, temperature=temperature, top_p=top_p, max_tokens=cfg.max_tokens, seed=seed
         )
 
+    def _self_base(self, items: Sequence[tuple[str, Any]]) -> list[np.ndarray]:
+        """Untempered pi_0(y | x) of self samples under the training prompt (their own prompt):
+        the engine's raw log-probs when it has them; the behaviour log-probs when sampling was
+        plain (T = 1, top-p = 1: the two distributions coincide); else one scoring pass."""
+        cfg = self.cfg
+        if all(s.raw_logprobs is not None for _, s in items):
+            return [np.asarray(s.raw_logprobs, np.float32) for _, s in items]
+        if cfg.temperature_self == 1.0 and cfg.top_p >= 1.0:
+            return [np.asarray(s.logprobs, np.float32) for _, s in items]
+        with self.timer("score"):
+            scored = self.engine.score([pr for pr, _ in items], [s.token_ids for _, s in items])
+        return [np.asarray(x, np.float32) for x in scored]
+
     def stage_self(self, ledger: Ledger) -> None:
         cfg = self.cfg
 
@@ -429,19 +437,12 @@ class Pipeline:
             return prompts, self._sample(prompts, cfg.k_self, cfg.temperature_self, cfg.top_p, seed)
 
         def judge(flat: list, verdicts: list, counts: dict[str, int]) -> tuple[list, list]:
+            base = self._self_base([(pr, s) for _, pr, _, s in flat])
             with self.timer("bookkeeping"):
-                # the self prompt is the training prompt: pi_0(y|x) = behaviour
+                # behaviour: the distribution sampled from (T, top-p); base: pi_0(y|x) untempered
                 attempts = [
-                    _attempt(
-                        "self",
-                        p,
-                        j,
-                        s,
-                        bool(v.correct),
-                        str(v.reason),
-                        np.asarray(s.logprobs, np.float32),
-                    )
-                    for (p, _, j, s), v in zip(flat, verdicts)
+                    _attempt("self", p, j, s, bool(v.correct), str(v.reason), b)
+                    for (p, _, j, s), v, b in zip(flat, verdicts, base)
                 ]
             side = self._phi_records(
                 "self",
@@ -497,27 +498,100 @@ class Pipeline:
         about = f"problems without a correct self sample (k={cfg.k_guided})"
         self._stage(ledger, "guided", cfg.k_guided, about, sample, judge)
 
+    def stage_analysis(self, pending: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The structured variant's greedy pre-pass for every pending problem, batched on the
+        loaded engine (vLLM or HF) and recorded in the side store before any hinted attempt,
+        so a resumed run reuses it."""
+        from onpolicy_sft.rewrite.hinted import analysis_prepass
+
+        have = self.side.analyses()
+        todo = [pid for pid in pending if pid not in have]
+        if not todo:
+            if pending:
+                self.log(f"hinted: the analysis pre-pass of {len(pending)} problems is kept")
+            return have
+        self.log(f"hinted: greedy analysis pre-pass for {len(todo)} problems")
+        bar = self._progress(len(todo), "analysis")
+        for chunk in _chunks(todo, self.cfg.batch_problems):
+            tok = self.engine.tokenizer
+            probs = [self.by_id[pid] for pid in chunk]
+            prompts = [P.structured_hinted_prompt(tok, p.problem, p.solution) for p in probs]
+            with self.timer("generate"):
+                got = analysis_prepass(
+                    self.engine,
+                    prompts,
+                    max_tokens=self.cfg.analysis_max_tokens,
+                    marker=P.COT_HEADING,
+                )
+            records = [
+                {
+                    "kind": "analysis",
+                    "problem_id": pid,
+                    "text": a.text,
+                    "finished": a.finished,
+                    "num_tokens": a.num_tokens,
+                }
+                for pid, a in zip(chunk, got)
+            ]
+            with self.timer("ledger"):
+                self.side.append(records)
+            have.update({r["problem_id"]: r for r in records})
+            bar.update(len(chunk))
+        bar.close()
+        return have
+
     def stage_hinted(self, ledger: Ledger) -> None:
         from onpolicy_sft.rewrite.hinted import HintedParams, hinted_decode
 
         cfg = self.cfg
+        structured = cfg.hinted_variant == "structured"
         params = HintedParams(
             beta=cfg.beta,
             temperature=cfg.hinted_temperature,
             top_p=cfg.hinted_top_p,
-            max_tokens=cfg.max_tokens,
+            max_tokens=cfg.hinted_max_tokens,
+            repeat_every=cfg.repeat_every,
+            lambda_mode=cfg.lambda_mode,
+            sigmoid_center=cfg.sigmoid_center,
+            piecewise_bounds=tuple(cfg.piecewise_bounds),
         )
+        analyses: dict[str, dict[str, Any]] = {}
+        if structured:
+            pending = self._pending(ledger, "hinted", cfg.k_hinted)
+            analyses = self.stage_analysis(pending)
+            # no chain-of-thought heading reached: not hinted-decoded (the authors skip these)
+            unfinished = [pid for pid in pending if not analyses[pid]["finished"]]
+            if unfinished:
+                with self.timer("ledger"):
+                    ledger.finish_stage(unfinished, "hinted")
+                self.log(
+                    f"hinted: {len(unfinished)} problems whose analysis never reached "
+                    f"{P.COT_HEADING!r} stay expert"
+                )
+
+        def plain_prompt(p: Problem) -> str:
+            # structured: the chat template over the bare problem (phi is taken under it)
+            return (
+                P.chat(self.hf_engine().tokenizer, p.problem)
+                if structured
+                else (self.train_prompt(p.problem))
+            )
 
         def sample(chunk: Sequence[str], probs: list[Problem]) -> tuple[list[str], list]:
             eng = self.hf_engine()
-            hinted = [
-                P.hinted_prompt(eng.tokenizer, p.problem, p.solution, self.suffix) for p in probs
-            ]
-            plain = [self.train_prompt(p.problem) for p in probs]
+            tok = eng.tokenizer
+            if structured:
+                hinted = [
+                    P.structured_hinted_prompt(tok, p.problem, p.solution)
+                    + analyses[p.problem_id]["text"]
+                    for p in probs
+                ]
+            else:
+                hinted = [P.hinted_prompt(tok, p.problem, p.solution, self.suffix) for p in probs]
             outs = hinted_decode(
                 eng,
                 hinted,
-                plain,
+                [plain_prompt(p) for p in probs],
                 n=cfg.k_hinted,
                 seed=cfg.seed + 2 + _chunk_seed(chunk),
                 params=params,
@@ -526,12 +600,20 @@ class Pipeline:
             return hinted, outs
 
         def judge(flat: list, verdicts: list, counts: dict[str, int]) -> tuple[list, list]:
+            # pi_0(y | x) under the training prompt: the plain stream's log q when the plain
+            # stream is the training prompt, else one scoring pass
+            train = [self.train_prompt(p.problem) for p, *_ in flat]
+            base = [s.base_logprobs for *_, s in flat]
+            if any(plain_prompt(p) != t for (p, *_), t in zip(flat, train)):
+                with self.timer("score"):
+                    scored = self.hf_engine().score(train, [s.token_ids for *_, s in flat])
+                base = [np.asarray(x, np.float32) for x in scored]
             with self.timer("bookkeeping"):
                 attempts, side = [], []
-                for (p, _, j, s), v in zip(flat, verdicts):
-                    why = self._copied(s.text, p, bool(v.correct))
+                for (p, _, j, s), v, b in zip(flat, verdicts, base):
+                    # the authors do not filter hinted outputs for copying; the simple variant does
+                    why = None if structured else self._copied(s.text, p, bool(v.correct))
                     reason = why or f"{v.reason}; finish={s.finish_reason}"
-                    # log q: the plain stream is pi_0(y|x)
                     attempts.append(
                         _attempt(
                             "hinted",
@@ -540,22 +622,27 @@ class Pipeline:
                             s,
                             bool(v.correct) and why is None,
                             reason,
-                            s.base_logprobs,
+                            b,
                             behavior=s.logprobs,
                         )
                     )
+                    # phi under the plain stream's prompt, as the authors compute it
                     side.append(
                         {
                             "kind": "phi",
                             "problem_id": p.problem_id,
                             "stage": "hinted",
                             "sample_index": j,
+                            "variant": cfg.hinted_variant,
                             **phi_summary(s.phi),
                         }
                     )
             return attempts, side
 
-        about = f"problems without a correct self sample (beta={cfg.beta})"
+        about = (
+            f"problems without a correct self sample ({cfg.hinted_variant}, beta={cfg.beta}, "
+            f"lambda {cfg.lambda_mode})"
+        )
         self._stage(ledger, "hinted", cfg.k_hinted, about, sample, judge)
 
     def stage_expert_scores(self) -> None:
@@ -660,10 +747,39 @@ class Pipeline:
                 if a.reason.startswith("rejected"):
                     rejections[f"{a.stage}: {a.reason}"] += 1
         no_answer = sum(p.answer is None for p in self.by_id.values())
-        return {
+        out: dict[str, Any] = {
             "attempts": dict(attempts),
             "rejections": dict(rejections),
             "no_reference_answer": no_answer,
+        }
+        if self.cfg.method == "hinted":
+            out["hinted_variants"] = self._hinted_variants(ledger)
+        return out
+
+    def _hinted_variants(self, ledger: Ledger) -> dict[str, dict[str, Any]]:
+        """Per Hinted Decoding variant: problems decoded, problems with a correct rewrite and
+        the mean phi (plain-stream prompt) of the correct rewrites."""
+        phis = self.side.phis()
+        by: dict[str, dict[str, Any]] = {}
+        for pid in self.by_id:
+            per_variant: dict[str, list[tuple[bool, Any]]] = defaultdict(list)
+            for a in ledger.attempts(pid):
+                if a.stage == "hinted":
+                    rec = phis.get((pid, "hinted", int(a.sample_index)), {})
+                    variant = rec.get("variant", self.cfg.hinted_variant)
+                    per_variant[variant].append((bool(a.correct), rec.get("phi_mean")))
+            for variant, results in per_variant.items():
+                v = by.setdefault(variant, {"problems": 0, "correct": 0, "phi": []})
+                v["problems"] += 1
+                v["correct"] += any(ok for ok, _ in results)
+                v["phi"] += [phi for ok, phi in results if ok and phi is not None]
+        return {
+            name: {
+                "problems": v["problems"],
+                "correct": v["correct"],
+                "phi_mean_correct": float(np.mean(v["phi"])) if v["phi"] else None,
+            }
+            for name, v in by.items()
         }
 
     def _expert_ids(self, p: Problem) -> list[int]:
@@ -671,8 +787,18 @@ class Pipeline:
 
     def _expert_reason(self, ledger: Ledger, p: Problem) -> str:
         if p.answer is None:
-            return "expert: no reference answer could be extracted from the solution"
+            return NO_REFERENCE
         attempts = ledger.attempts(p.problem_id)
+        analysis = self.side.analyses().get(p.problem_id) if self.cfg.method == "hinted" else None
+        if (
+            analysis is not None
+            and not analysis["finished"]
+            and not any(a.stage == "hinted" for a in attempts)
+        ):
+            return (
+                f"expert: the hinted analysis pre-pass ended before {P.COT_HEADING!r} "
+                f"({analysis['num_tokens']} tokens); no hinted attempt"
+            )
         if self.cfg.method == "grape" and any(a.correct for a in attempts):
             return "expert: grape kept the expert solution (highest mean log pi_0)"
         parts = []
@@ -699,12 +825,7 @@ def rewrite(
     ``engine`` is either the RewriteConfig field (``"auto" | "vllm" | "hf"``) or an
     already loaded Engine to use.
     """
-    if isinstance(engine, str):
-        kwargs["engine"] = engine
-        engine = None
-    cfg = config if config is not None else RewriteConfig(**kwargs)
-    if config is not None and kwargs:
-        cfg = cfg.replace(**kwargs)
+    cfg, engine = RewriteConfig.with_engine(config, engine, kwargs)
     return Pipeline(cfg, engine=engine).run()
 
 

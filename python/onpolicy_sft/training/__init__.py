@@ -22,6 +22,7 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from onpolicy_sft.config import (
     TrainConfig,
     split_options,
 )
+from onpolicy_sft.training.callbacks import ProgressLinesCallback
 from onpolicy_sft.training.collate import Collator, ExampleDataset, pack_examples
 from onpolicy_sft.training.data import DataStats, Example, build_examples, read_data
 from onpolicy_sft.training.resume import check_identity, check_output_dir, resolve_checkpoint
@@ -49,6 +51,7 @@ __all__ = [
     "ExampleDataset",
     "PolicyTrainer",
     "TrainResult",
+    "add_lora",
     "build_examples",
     "pack_examples",
     "read_data",
@@ -83,6 +86,21 @@ def training_arguments(cfg: TrainConfig, **options: Any) -> TrainingArguments:
     kw = {**TRAINING_DEFAULTS, **options}
     if not kw.get("output_dir"):
         raise ConfigError("output_dir is empty; give --output_dir")
+    if cfg.global_batch_size is not None:
+        per_step = int(kw["per_device_train_batch_size"]) * _world_size()
+        accum, rest = divmod(cfg.global_batch_size, per_step)
+        if rest or accum < 1:
+            raise ConfigError(
+                f"global_batch_size={cfg.global_batch_size} is not a multiple of "
+                f"per_device_train_batch_size x devices = {per_step}; change one of them"
+            )
+        given = options.get("gradient_accumulation_steps")
+        if given is not None and int(given) != accum:
+            raise ConfigError(
+                f"gradient_accumulation_steps={given} contradicts global_batch_size="
+                f"{cfg.global_batch_size} ({accum} steps of {per_step}); give only one"
+            )
+        kw["gradient_accumulation_steps"] = accum
     cuda = torch.cuda.is_available()
     # transformers reads a warmup_steps below 1 as a share of the steps
     kw.setdefault("warmup_steps", cfg.warmup_ratio)
@@ -104,7 +122,13 @@ def resolve(
 
     ``options`` are flat: TrainConfig fields, LossConfig fields and TrainingArguments
     fields by their own names (an unknown name is an error naming the nearest ones).
+    ``recipe`` (mtg, dft, idft) starts from that recipe's values; the other options
+    override them.
     """
+    if options.get("recipe") is not None:
+        from onpolicy_sft.recipes import load_recipe
+
+        options = {**load_recipe(options["recipe"]), **options}
     train_opts, loss_opts, args_opts = split_options(
         options, TrainConfig, LossConfig, TrainingArguments, where="train()"
     )
@@ -135,6 +159,54 @@ def _args_changed(args: TrainingArguments) -> dict[str, Any]:
     return {k: v for k, v in args.to_dict().items() if k in defaults and v != defaults[k]}
 
 
+def add_lora(model: Any, cfg: TrainConfig, *, gradient_checkpointing: bool = False) -> Any:
+    """``model`` wrapped in a PEFT LoRA adapter as ``cfg`` says (rank, alpha, dropout, targets)."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        from onpolicy_sft.errors import MissingDependencyError
+
+        raise MissingDependencyError(
+            "--use_peft needs the peft package, which is not installed: "
+            "pip install 'onpolicy-sft[peft]'"
+        ) from None
+    targets = list(cfg.lora_target_modules) if cfg.lora_target_modules else None
+    if targets:
+        linear = sorted(
+            {
+                n.rsplit(".", 1)[-1]
+                for n, m in model.named_modules()
+                if isinstance(m, torch.nn.Linear)
+            }
+        )
+        head = model.get_output_embeddings()
+        head_names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if m is head}
+        missing = [t for t in targets if t not in linear]
+        if missing:
+            raise ValueError(
+                f"--lora_target_modules {' '.join(missing)} matches no linear layer of "
+                f"{type(model).__name__}; its linear layers are named {', '.join(linear)}"
+            )
+        on_head = [t for t in targets if t in head_names]
+        if on_head:
+            raise ValueError(
+                f"--lora_target_modules {' '.join(on_head)} is the lm_head, whose weight the "
+                "fused loss reads directly (an adapter there would never train); leave it out"
+            )
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+    if gradient_checkpointing:
+        # checkpointed layers need an input that requires grad when the embeddings are frozen
+        model.enable_input_require_grads()
+    return model
+
+
 def shutdown_distributed(*, wait: bool = True) -> None:
     """Wait for every rank, then tear down the process group, if one is up.
 
@@ -153,7 +225,11 @@ def shutdown_distributed(*, wait: bool = True) -> None:
 
 
 def train(
-    cfg: TrainConfig | None = None, args: TrainingArguments | None = None, **options: Any
+    cfg: TrainConfig | None = None,
+    args: TrainingArguments | None = None,
+    *,
+    trainer_class: Callable[..., PolicyTrainer] | None = None,
+    **options: Any,
 ) -> TrainResult:
     """Train ``model`` on ``dataset`` with PolicyLoss; write to ``output_dir``.
 
@@ -162,6 +238,8 @@ def train(
     ``train(TrainConfig(...), TrainingArguments(...))``. ``output_dir`` receives the
     final weights + tokenizer, ``train_config.json`` (the resolved config),
     ``data_stats.json``, ``checkpoint-*/`` and ``trainer_state.json``.
+    ``trainer_class`` builds the trainer from PolicyTrainer's arguments (a subclass,
+    e.g. ``onpolicy_sft.online``'s, which rewrites the data between rounds).
     """
     cfg, args = resolve(cfg, args, **options)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, set_seed
@@ -206,6 +284,8 @@ def train(
     model = AutoModelForCausalLM.from_pretrained(cfg.model, **model_kwargs)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if cfg.use_peft:
+        model = add_lora(model, cfg, gradient_checkpointing=args.gradient_checkpointing)
 
     from onpolicy_sft.losses import PolicyLoss
 
@@ -215,7 +295,7 @@ def train(
         "training_args": _args_changed(args),
         "identity": identity,
     }
-    trainer = PolicyTrainer(
+    trainer = (trainer_class or PolicyTrainer)(
         model=model,
         args=args,
         train_dataset=ExampleDataset(examples),
@@ -223,7 +303,9 @@ def train(
             pad_token_id=int(tokenizer.pad_token_id), with_behavior=cfg.needs_behavior
         ),
         processing_class=tokenizer,
-        callbacks=[SaveConfigCallback(saved, stats.to_dict())],
+        callbacks=[SaveConfigCallback(saved, stats.to_dict())]
+        # no tqdm (stderr is not a terminal): a line every few steps instead of nothing
+        + ([ProgressLinesCallback()] if args.disable_tqdm else []),
         loss_fn=PolicyLoss(cfg.loss),
     )
     if trainer.is_world_process_zero():
@@ -232,8 +314,12 @@ def train(
         print(_summary(cfg, args, stats), file=sys.stderr, flush=True)
     result = trainer.train(resume_from_checkpoint=resume_from)
     trainer.loss_head.remove()
-    trainer.save_model(str(out))
+    trainer.save_model(str(out))  # a PeftModel: the adapter, in PEFT's layout
     trainer.save_state()
+    if cfg.merge_adapter and trainer.is_world_process_zero():
+        merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+        merged.save_pretrained(str(out / "merged"))
+        tokenizer.save_pretrained(str(out / "merged"))
     if trainer.is_world_process_zero():
         write_json(out / "train_config.json", saved)
     loss = float(result.training_loss)
@@ -260,6 +346,11 @@ def _summary(cfg: TrainConfig, args: TrainingArguments, stats: DataStats) -> str
         f"{args.gradient_accumulation_steps} accumulation step(s) x "
         f"{args.per_device_train_batch_size} x {_world_size()} device(s)"
     )
+    if stats.zero_behavior:
+        text += (
+            f"; {stats.zero_behavior} rows without behaviour log-probs use blogp = 0 "
+            "(the DFT weight)"
+        )
     if stats.prompts_templated:
         text += (
             f"; {stats.prompts_templated} raw {cfg.prompt_field!r} values were put "

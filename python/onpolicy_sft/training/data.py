@@ -20,6 +20,14 @@ from onpolicy_sft.config import IGNORE_INDEX, TrainConfig
 from onpolicy_sft.errors import InputError
 from onpolicy_sft.models import response_ids
 from onpolicy_sft.prompts import chat, train_prompt
+from onpolicy_sft.training.formats import (
+    EXPERT_TIER,
+    TOKEN_ID_FIELDS,
+    check_rows,
+    detect_format,
+    encode_messages,
+    is_conversation,
+)
 
 
 @dataclass
@@ -53,7 +61,7 @@ class DataStats:
     dropped_prompt_too_long: int = 0  # the prompt alone fills max_length
     dropped_no_behavior: int = 0  # missing behaviour log-probs with missing_behavior="drop"
     dropped_empty_response: int = 0
-    zero_behavior: int = 0  # rows whose missing behaviour log-probs were set to 0
+    zero_behavior: int = 0  # rows whose missing behaviour log-probs were set to 0 (expert rows)
     prompts_templated: int = 0  # raw prompt column values put through the chat template here
     prompt_tokens: int = 0
     response_tokens: int = 0
@@ -79,7 +87,7 @@ def build_examples(
 ) -> tuple[list[Example], DataStats]:
     """Tokenise rows into :class:`Example` s, applying the max-length and behaviour rules.
 
-    Response token ids come from ``response_token_ids`` when the column is
+    Response token ids come from ``completion_token_ids`` (or ``response_token_ids``) when the column is
     there (the tokens the model generated, EOS included); otherwise the
     response text is tokenised and EOS appended. Behaviour log-probs must have
     exactly one finite value per response token, and token ids must lie in
@@ -91,6 +99,30 @@ def build_examples(
     stats = DataStats(rows=n)
     if n == 0:
         return [], stats
+    fmt = detect_format(
+        list(columns),
+        text_field=cfg.dataset_text_field or "text",
+        prompt_field=cfg.prompt_field,
+        completion_field=cfg.completion_field,
+        problem_field=cfg.problem_field,
+        response_field=cfg.response_field,
+        allow_text=cfg.dataset_text_field is not None,
+    )
+    fields = {
+        "prompt": cfg.prompt_field,
+        "completion": cfg.completion_field,
+        "text": cfg.dataset_text_field or "text",
+        "problem": cfg.problem_field,
+        "response": cfg.response_field,
+    }
+    used = [c for c in ("messages", *fields.values()) if c in columns]
+    rows = ({c: columns[c][i] for c in used} for i in range(n))
+    check_rows(rows, fmt, fields=fields)
+    first = columns.get("messages", columns.get(cfg.prompt_field, [None]))[0]
+    if fmt == "text" or (fmt in ("messages", "prompt_completion") and is_conversation(first)):
+        return _build_encoded(columns, tokenizer, cfg, fmt, stats)
+    if fmt == "prompt_completion" and cfg.response_field not in columns:
+        cfg = cfg.replace(response_field=cfg.completion_field)  # TRL's name for the response
 
     def col(name: str) -> list[Any] | None:
         return columns.get(name)
@@ -125,11 +157,12 @@ def build_examples(
         else:
             raise ValueError(f"{row_name(i)} has an empty prompt and no problem text")
 
-    token_col = col("response_token_ids")
+    token_name = next((c for c in TOKEN_ID_FIELDS if c in columns), "completion_token_ids")
+    token_col = col(token_name)
     responses = col(cfg.response_field)
     if token_col is None and responses is None:
         raise ValueError(
-            f"the data has neither 'response_token_ids' nor a {cfg.response_field!r} column; "
+            f"the data has neither {token_name!r} nor a {cfg.response_field!r} column; "
             f"its columns are {sorted(columns)}; map yours with --response_field"
         )
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
@@ -138,7 +171,7 @@ def build_examples(
     if need_text:
         if responses is None:
             raise ValueError(
-                f"{row_name(need_text[0])} has no response_token_ids and the data has no "
+                f"{row_name(need_text[0])} has no {token_name} and the data has no "
                 f"{cfg.response_field!r} column"
             )
         enc = response_ids(tokenizer, [str(responses[i] or "") for i in need_text])
@@ -184,15 +217,22 @@ def build_examples(
                 if loss.missing_behavior == "drop":
                     stats.dropped_no_behavior += 1
                     continue
-                if loss.missing_blogp_is_error:
+                expert = tiers is not None and str(tiers[i]) == EXPERT_TIER
+                # "auto" takes blogp = 0 for expert rows only (no behaviour model wrote
+                # them); a null anywhere else is a lost value, never silently the DFT weight
+                if loss.missing_blogp_is_error or (loss.missing_behavior == "auto" and not expert):
                     raise ValueError(
                         f"{row_name(i)} has no behaviour log-probs ({cfg.behavior_field} is "
                         f"null{', tier ' + repr(tiers[i]) if tiers is not None else ''}); "
-                        f"scheme={loss.scheme!r} needs them. Pass --missing_behavior zero to use "
-                        "blogp = 0 (the DFT weight, as MTG's released training does) or "
-                        "--missing_behavior drop to leave such rows out"
+                        f"scheme={loss.scheme!r} needs them"
+                        + ("" if expert else f" (only {EXPERT_TIER!r} rows may lack them)")
+                        + ". Pass --missing_behavior zero to use blogp = 0 (the DFT weight, as "
+                        "MTG's released training does) or --missing_behavior drop to leave such "
+                        "rows out"
                     )
-                blp = np.zeros(len(r), dtype=np.float32)
+                # NaN: the explicit "none" PolicyLoss takes as 0 and counts
+                # (tokens_without_behavior in the logs)
+                blp = np.full(len(r), np.nan, dtype=np.float32)
                 stats.zero_behavior += 1
             else:
                 blp = np.asarray(raw, dtype=np.float32)
@@ -240,4 +280,92 @@ def build_examples(
             )
         )
     stats.tiers = dict(sorted(tier_counts.items()))
+    return examples, stats
+
+
+def _build_encoded(
+    columns: dict[str, list[Any]], tokenizer: Any, cfg: TrainConfig, fmt: str, stats: DataStats
+) -> tuple[list[Example], DataStats]:
+    """Conversations (the loss on assistant turns: their tokens + EOS) and whole texts.
+
+    Behaviour log-probs, where the scheme needs them, are one per supervised
+    token, in order; rows longer than ``max_length`` are cut or dropped as
+    ``overlong`` says.
+    """
+    template = None
+    if cfg.chat_template_path:
+        with open(cfg.chat_template_path, encoding="utf-8") as f:
+            template = f.read()
+    loss = cfg.loss
+    behavior_col = columns.get(cfg.behavior_field) if loss.uses_blogp else None
+    if loss.uses_blogp and behavior_col is None and loss.missing_blogp_is_error:
+        raise ValueError(
+            f"scheme={loss.scheme!r} needs behaviour log-probs but the data has no "
+            f"{cfg.behavior_field!r} column; add one (one value per supervised token) or pass "
+            "--missing_behavior zero"
+        )
+    examples: list[Example] = []
+    for i in range(stats.rows):
+        if fmt == "text":
+            ids = response_ids(tokenizer, [columns[cfg.dataset_text_field or "text"][i]])[0]
+            labels = list(ids)
+        elif fmt == "messages":
+            ids, labels = encode_messages(
+                columns["messages"][i], tokenizer, chat_template=template, row=i
+            )
+        else:
+            prompt = list(columns[cfg.prompt_field][i])
+            ids, labels = encode_messages(
+                prompt + list(columns[cfg.completion_field][i]),
+                tokenizer,
+                supervise_from=len(prompt),
+                chat_template=template,
+                row=i,
+            )
+        sup = [k for k, y in enumerate(labels) if y != IGNORE_INDEX]
+        blp = None
+        if loss.uses_blogp:
+            raw = behavior_col[i] if behavior_col is not None else None
+            if raw is None:
+                if loss.missing_behavior == "drop":
+                    stats.dropped_no_behavior += 1
+                    continue
+                expert = str(columns.get("tier", [None] * stats.rows)[i]) == EXPERT_TIER
+                if loss.missing_blogp_is_error or (loss.missing_behavior == "auto" and not expert):
+                    raise ValueError(
+                        f"row {i} has no behaviour log-probs ({cfg.behavior_field} is null); "
+                        f"scheme={loss.scheme!r} needs them: add them, or pass "
+                        "--missing_behavior zero (blogp = 0) or drop"
+                    )
+                raw = [float("nan")] * len(sup)
+                stats.zero_behavior += 1
+            if len(raw) != len(sup):
+                raise ValueError(
+                    f"row {i}: {cfg.behavior_field} has {len(raw)} values but the row has "
+                    f"{len(sup)} supervised tokens (assistant turns + EOS each); give one per "
+                    "supervised token"
+                )
+            blp = np.zeros(len(ids), dtype=np.float32)
+            blp[sup] = np.asarray(raw, dtype=np.float32)
+        if len(ids) > cfg.max_length:
+            if cfg.overlong == "drop":
+                stats.dropped_overlong += 1
+                continue
+            ids, labels = ids[: cfg.max_length], labels[: cfg.max_length]
+            blp = blp[: cfg.max_length] if blp is not None else None
+            stats.truncated += 1
+        n_sup = sum(y != IGNORE_INDEX for y in labels)
+        if n_sup == 0:
+            stats.dropped_prompt_too_long += 1
+            continue
+        stats.used += 1
+        stats.response_tokens += n_sup
+        stats.prompt_tokens += len(ids) - n_sup
+        examples.append(
+            Example(
+                input_ids=np.asarray(ids, dtype=np.int32),
+                labels=np.asarray(labels, dtype=np.int32),
+                behavior=blp,
+            )
+        )
     return examples, stats
