@@ -487,6 +487,8 @@ def test_a_torn_scores_file_is_cut_and_the_lost_record_recomputed(dataset, tmp_p
     lines = scores.read_bytes().splitlines(keepends=True)
     assert all(line.endswith(b"\n") for line in lines)
     assert all(json.loads(line) for line in lines)
+
+
 def test_rewrite_output_loads_as_a_dataset_and_trains_with_trl(dataset, tmp_path):
     """load_dataset(out) gives the rows (not the report's files); TRL trains on them as they are."""
     import datasets

@@ -56,7 +56,7 @@ def select(
     config: SelectConfig | None = None,
     /,
     *,
-    engine: Engine | None = None,
+    engine: Engine | str | None = None,
     verifier: Any = None,
     **options: Any,
 ) -> SelectResult:
