@@ -45,6 +45,8 @@ SCHEMES: dict[str, dict[str, Any]] = {
     "is-seq-mean": dict(scheme="is", level="sequence", seq_mean=True, clip=(0.0, 5.0)),
     "idft": dict(scheme="idft"),
     "idft-gamma-only": dict(scheme="idft", idft_detach_gamma_only=True),
+    "idft-ramp": dict(scheme="idft", idft_lambda=0.5),  # the authors' schedule mid-ramp
+    "dft-microbatch": dict(scheme="dft", normalize="micro_batch"),
     "pear-token": dict(scheme="pear"),
     "pear-block3": dict(scheme="pear", level="block", pear_block=3),
     "pear-seq": dict(scheme="pear", level="sequence"),

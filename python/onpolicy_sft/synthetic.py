@@ -8,7 +8,7 @@ Every problem has one integer answer and two correct solutions in two styles:
   varied phrasing, ending ``"The answer is \\boxed{11}."``.
 
 Both are correct, but the expert text is far from what the model would write
-itself: that difference is the policy gap the method (METHODS.md, "Data
+itself: that difference is the policy gap the method (docs/methods.md, "Data
 level") is about. Generation is a pure function of the seed.
 
 Difficulty is the number of operations (1 to 4) and the size of the numbers.

@@ -1,8 +1,8 @@
 """Answer verification: a Rust fast path with a math-verify fallback.
 
 The reference for "is this answer correct" is math-verify 0.9.0,
-``verify(parse("\\boxed{" + gold + "}"), parse(prediction))`` (METHODS.md,
-"Verification semantics"). :func:`verify` and :func:`verify_batch` run the Rust
+``verify(parse("\\boxed{" + gold + "}"), parse(prediction))`` (docs/methods.md,
+"Verification"). :func:`verify` and :func:`verify_batch` run the Rust
 re-implementation (``onpolicy_sft._core``): it decides most pairs in
 microseconds and answers ``correct=None`` when it is not sure. :class:`Verifier`
 sends those undecided pairs to math-verify itself in a pool of spawned worker
