@@ -269,6 +269,16 @@ CASES = [
         absent=("out",),
     ),
     Case(
+        "rewrite-damaged-parquet",
+        [*R[:4], "{tmp}/data.parquet", *R[5:]],
+        2,
+        r"data\.parquet: not a readable parquet file \(.*\); write it again, or convert it to "
+        r"\.jsonl",
+        files={"data.parquet": b"PAR1 cut short by a crash PAR1"},
+        unchanged=("data.parquet",),
+        absent=("out",),
+    ),
+    Case(
         "rewrite-corrupt-ledger",
         R,
         2,
@@ -513,6 +523,13 @@ CASES = [
         absent=("out",),
     ),
     # `onpolicy-sft ledger`
+    Case(
+        "ledger-unknown-action",
+        ["ledger", "bogus", "{tmp}"],
+        2,
+        r"error: LedgerConfig has 1 problem\(s\): action 'bogus' is not one of stats, check, "
+        r"repair",
+    ),
     Case(
         "ledger-missing-dir",
         ["ledger", "stats", "{tmp}/nope"],
@@ -805,6 +822,27 @@ def test_an_unexpected_error_shows_its_traceback(
     assert code == 1
     assert "Traceback" in err and "KeyError: 'a bug'" in err
     assert "unexpected error" in err and "report it" in err
+
+
+def test_running_out_of_gpu_memory_says_what_to_lower(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import torch
+
+    import onpolicy_sft.commands.verify as verify_cmd
+
+    def oom(options: Any) -> int:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(verify_cmd, "run", oom)
+    code = main(
+        ["verify", str(tmp_path / "x.jsonl"), "--prediction_field", "p", "--gold_field", "g"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert (
+        "the GPU ran out of memory (CUDA out of memory. Tried to allocate 2.00 GiB); lower" in err
+    )
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])

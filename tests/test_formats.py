@@ -44,17 +44,17 @@ def test_text_only_on_request_and_unknown_columns_name_the_formats() -> None:
         (
             [{"prompt": "2+2?", "completion": 4}],
             "prompt_completion",
-            r"'completion', row 0: expected",
+            r"'completion', row 1: expected",
         ),
         (
             [{"prompt": "ok", "completion": "ok"}, {"prompt": ["hi"], "completion": "x"}],
             "prompt_completion",
-            r"'prompt', row 1: .*message 0 is a str",
+            r"'prompt', row 2: .*message 0 is a str",
         ),
         (
             [{"prompt": [{"role": "user", "content": "q"}], "completion": "a"}],
             "prompt_completion",
-            r"'completion', row 0: .*got a string where the prompt makes it a message list",
+            r"'completion', row 1: .*got a string where the prompt makes it a message list",
         ),
         (
             [
@@ -64,20 +64,20 @@ def test_text_only_on_request_and_unknown_columns_name_the_formats() -> None:
                 }
             ],
             "prompt_completion",
-            r"'completion', row 0: the completion has no assistant message",
+            r"'completion', row 1: the completion has no assistant message",
         ),
         (
             [{"messages": [{"role": "user", "content": "hi"}]}],
             "messages",
-            r"row 0: no assistant turn",
+            r"row 1: no assistant turn",
         ),
-        ([{"messages": "hello"}], "messages", r"'messages', row 0: expected a list"),
+        ([{"messages": "hello"}], "messages", r"'messages', row 1: expected a list"),
         (
             [{"messages": [{"role": "user", "content": ["a", "b"]}]}],
             "messages",
             r"message 0 \(user\) has content of type list",
         ),
-        ([{"text": None}], "text", r"'text', row 0: expected a string, got NoneType"),
+        ([{"text": None}], "text", r"'text', row 1: expected a string, got NoneType"),
     ],
 )
 def test_wrong_types_name_the_column_the_row_and_the_format(rows, fmt, message) -> None:

@@ -256,7 +256,7 @@ def test_is_refuses_a_sampled_row_without_behaviour_logprobs(tiny_qwen2, tmp_pat
 
     tok = AutoTokenizer.from_pretrained(tiny_qwen2)
     cfg = TrainConfig(model="m", dataset="d", loss=LossConfig(scheme="is"))
-    with pytest.raises(ValueError, match=r"row 1 has no behaviour log-probs .*tier 'guided'"):
+    with pytest.raises(ValueError, match=r"row 2 has no behaviour log-probs .*tier 'guided'"):
         build_examples(read_data(_is_rows(tmp_path, "guided")), tok, cfg)
     # expert rows keep the convention (blogp = 0, the DFT weight), counted
     examples, stats = build_examples(read_data(_is_rows(tmp_path, "expert")), tok, cfg)

@@ -460,7 +460,7 @@ def test_an_edited_problem_is_rewritten_again_and_the_rest_kept(dataset, tmp_pat
     assert eng.generated == ["Add 2 and 3."] and eng.scored == 1  # that problem only
     now = read(out)
     edited = now.pop("Add 2 and 3.")
-    assert (edited["answer"], edited["tier"], edited["response"]) == (
+    assert (edited["answer"], edited["tier"], edited["completion"]) == (
         "4",
         "self",
         "It is \\boxed{4}.",

@@ -250,20 +250,20 @@ def test_bad_inputs_are_one_line_errors(tiny_qwen2: Path, tmp_path: Path):
 
     data, _ = _scored(tiny_qwen2, expert={2})
     no_tier = data.remove_columns("tier")
-    with pytest.raises(ValueError, match=r"loss_scheme='is': row 2 .*'behavior_logprobs' is null"):
+    with pytest.raises(ValueError, match=r"loss_scheme='is': row 3 .*'behavior_logprobs' is null"):
         run(tiny_qwen2, tmp_path / "x", no_tier, loss_scheme="is")
     self_row = data.map(lambda r, i: {"tier": "self" if i == 2 else r["tier"]}, with_indices=True)
-    with pytest.raises(ValueError, match=r"row 2 .*tier 'self'.*Rescore"):
+    with pytest.raises(ValueError, match=r"row 3 .*tier 'self'.*Rescore"):
         run(tiny_qwen2, tmp_path / "x", self_row, loss_scheme="pear")
     with pytest.raises(ValueError, match=r"'expert' row without .*missing_behavior='auto' refuses"):
         run(tiny_qwen2, tmp_path / "x", data, loss_scheme="pear")
     with pytest.raises(ValueError, match=r"no 'behavior_logprobs' column"):
         run(tiny_qwen2, tmp_path / "x", conversational(), loss_scheme="is")
     wrong = Dataset.from_list([{"prompt": "2+2?", "completion": 4}])
-    with pytest.raises(ValueError, match=r"column 'completion', row 0: expected"):
+    with pytest.raises(ValueError, match=r"column 'completion', row 1: expected"):
         run(tiny_qwen2, tmp_path / "x", wrong)
     no_assistant = Dataset.from_list([{"messages": [{"role": "user", "content": "hi"}]}])
-    with pytest.raises(ValueError, match=r"column 'messages', row 0: no assistant turn"):
+    with pytest.raises(ValueError, match=r"column 'messages', row 1: no assistant turn"):
         run(tiny_qwen2, tmp_path / "x", no_assistant)
     with pytest.raises(ValueError, match=r"leave TRL's loss_type at 'nll'"):
         PolicySFTConfig(output_dir=str(tmp_path), loss_type="dft", use_cpu=True, bf16=False)

@@ -392,7 +392,7 @@ def test_rows_without_behaviour_logprobs(
     cfg = _cfg(tiny_qwen2, path, tmp_path, scheme=loss, missing_behavior=missing)
     cols = read_data(str(path))
     if outcome == "error-not-expert":
-        with pytest.raises(ValueError, match=r"row 1 .*tier 'self'.*only 'expert' rows may lack"):
+        with pytest.raises(ValueError, match=r"row 2 .*tier 'self'.*only 'expert' rows may lack"):
             build_examples(cols, _tok(tiny_qwen2), cfg)
         return
     if outcome == "error":

@@ -79,7 +79,7 @@ def test_text_only_on_request_and_a_chat_template_from_a_file(tiny_qwen2: Path, 
     bad = tmp_path / "t.jinja"
     bad.write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}", encoding="utf-8")
     msgs = write(tmp_path / "m.jsonl", [{"messages": conv(2, 3)}])
-    with pytest.raises(ValueError, match=r"row 0: the chat template does not render"):
+    with pytest.raises(ValueError, match=r"row 1: the chat template does not render"):
         train(**opts(tiny_qwen2, msgs, tmp_path / "c", chat_template_path=str(bad)))
 
 
@@ -88,11 +88,11 @@ def test_text_only_on_request_and_a_chat_template_from_a_file(tiny_qwen2: Path, 
     [
         (
             [{"messages": [{"role": "user", "content": "hi"}]}],
-            r"column 'messages', row 0: no assistant turn",
+            r"column 'messages', row 1: no assistant turn",
         ),
         (
             [{"prompt": "2+2?", "completion": ["4"]}],
-            r"column 'completion', row 0: expected .*got a list",
+            r"column 'completion', row 1: expected .*got a list",
         ),
         (
             [{"messages": [{"role": "user", "content": 5}]}],

@@ -247,9 +247,16 @@ def _local_file_is_empty(path: str, builder: str) -> bool:
     if os.path.getsize(path) == 0:
         return True
     if builder == "parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        return int(pq.ParquetFile(path).metadata.num_rows) == 0
+        try:
+            return int(pq.ParquetFile(path).metadata.num_rows) == 0
+        except (pa.ArrowException, OSError) as exc:
+            raise InputError(
+                f"{path}: not a readable parquet file ({exc}); write it again, or convert it "
+                "to .jsonl"
+            ) from None
     if builder == "json":
         with open(path, encoding="utf-8", errors="replace") as f:
             head = f.read(4096).strip()

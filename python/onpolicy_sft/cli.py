@@ -54,6 +54,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
         ("datasets.exceptions", "DatasetsError"),
         ("safetensors", "SafetensorError"),
         ("yaml", "YAMLError"),
+        ("torch", "OutOfMemoryError"),
     ):
         found = getattr(sys.modules.get(module), name, None)
         if isinstance(found, type) and issubclass(found, BaseException):
@@ -85,6 +86,14 @@ def describe(exc: BaseException) -> str:
             fix = "check the network, or pass a local path instead of a hub name"
         text = f"{where}: {exc.strerror.lower()}" if where else exc.strerror
         return f"{text}; {fix}" if fix else text
+    oom = getattr(sys.modules.get("torch"), "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        first = (str(exc).splitlines() or [""])[0]
+        return (
+            f"the GPU ran out of memory ({first}); lower the batch size "
+            "(--per_device_train_batch_size, --max_batch_size, --batch_problems) or the length "
+            "(--max_length, --max_tokens); the work completed so far is kept"
+        )
     text = str(exc) or type(exc).__name__
     if not isinstance(exc, OnpolicyError) and type(exc).__module__ != "builtins":
         # a library's own message: say whose, and keep what caused it

@@ -21,6 +21,8 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
+from onpolicy_sft.errors import OnpolicyError
+
 T = TypeVar("T", bound="ConfigBase")
 
 # keys a saved config file holds besides the fields (train_config.json: the
@@ -28,7 +30,7 @@ T = TypeVar("T", bound="ConfigBase")
 SAVED_EXTRAS = ("type", "training_args", "identity")
 
 
-class ConfigError(ValueError):
+class ConfigError(OnpolicyError, ValueError):
     """One or more configuration problems, all listed in the message."""
 
 

@@ -23,12 +23,13 @@ from typing import Any, get_args, get_origin
 from transformers import HfArgumentParser
 
 from onpolicy_sft.config import unknown_key_message
+from onpolicy_sft.errors import OnpolicyError
 
 # sections of a saved config file whose keys are flags too (train_config.json)
 NESTED_SECTIONS = ("loss", "training_args")
 
 
-class UsageError(Exception):
+class UsageError(OnpolicyError):
     """Bad command-line or config-file input: printed as one line, exit status 2."""
 
 

@@ -305,7 +305,7 @@ class PolicySFTTrainer(PolicyLossMixin, SFTTrainer):  # type: ignore[misc]
                 if has_tier and str(tier) == args.expert_tier:
                     if self.loss_fn.config.missing_blogp_is_error:
                         raise ValueError(
-                            f"loss_scheme={args.loss_scheme!r}: row {i} of the {name} dataset is "
+                            f"loss_scheme={args.loss_scheme!r}: row {i + 1} of the {name} dataset is "
                             f"an {args.expert_tier!r} row without behaviour log-probs, and "
                             f"missing_behavior={self.loss_fn.config.missing_behavior!r} refuses "
                             "them; pass loss_kwargs={'missing_behavior': 'zero'} (blogp = 0, the "
@@ -316,7 +316,7 @@ class PolicySFTTrainer(PolicyLossMixin, SFTTrainer):  # type: ignore[misc]
                 if self.loss_fn.config.missing_behavior == "zero":  # asked for: counted
                     continue
                 raise ValueError(
-                    f"loss_scheme={args.loss_scheme!r}: row {i} of the {name} dataset has no "
+                    f"loss_scheme={args.loss_scheme!r}: row {i + 1} of the {name} dataset has no "
                     f"behaviour log-probs ({args.behavior_logprobs_field!r} is null, "
                     + (
                         f"tier {tier!r})"
@@ -332,7 +332,7 @@ class PolicySFTTrainer(PolicyLossMixin, SFTTrainer):  # type: ignore[misc]
                 isinstance(x, (int, float)) and not isinstance(x, bool) for x in blp
             ):
                 raise ValueError(
-                    f"column {args.behavior_logprobs_field!r}, row {i}: expected a list of "
+                    f"column {args.behavior_logprobs_field!r}, row {i + 1}: expected a list of "
                     f"numbers (one log-prob per completion token), got {type(blp).__name__}"
                 )
 

@@ -111,7 +111,7 @@ def select(
             answers[str(problem)] = str(row[answer_field])
         elif cfg.verify:
             raise ValueError(
-                f'row {i} of {source} has no "{answer_field}" value; the correctness filter '
+                f'row {i + 1} of {source} has no "{answer_field}" value; the correctness filter '
                 "(--verify) needs a reference answer on every row"
             )
     if engine is None:

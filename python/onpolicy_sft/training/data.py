@@ -311,7 +311,7 @@ def _build_encoded(
             labels = list(ids)
         elif fmt == "messages":
             ids, labels = encode_messages(
-                columns["messages"][i], tokenizer, chat_template=template, row=i
+                columns["messages"][i], tokenizer, chat_template=template, row=i + 1
             )
         else:
             prompt = list(columns[cfg.prompt_field][i])
@@ -320,7 +320,7 @@ def _build_encoded(
                 tokenizer,
                 supervise_from=len(prompt),
                 chat_template=template,
-                row=i,
+                row=i + 1,
             )
         sup = [k for k, y in enumerate(labels) if y != IGNORE_INDEX]
         blp = None
@@ -333,7 +333,7 @@ def _build_encoded(
                 expert = str(columns.get("tier", [None] * stats.rows)[i]) == EXPERT_TIER
                 if loss.missing_blogp_is_error or (loss.missing_behavior == "auto" and not expert):
                     raise ValueError(
-                        f"row {i} has no behaviour log-probs ({cfg.behavior_field} is null); "
+                        f"row {i + 1} has no behaviour log-probs ({cfg.behavior_field} is null); "
                         f"scheme={loss.scheme!r} needs them: add them, or pass "
                         "--missing_behavior zero (blogp = 0) or drop"
                     )
@@ -341,7 +341,7 @@ def _build_encoded(
                 stats.zero_behavior += 1
             if len(raw) != len(sup):
                 raise ValueError(
-                    f"row {i}: {cfg.behavior_field} has {len(raw)} values but the row has "
+                    f"row {i + 1}: {cfg.behavior_field} has {len(raw)} values but the row has "
                     f"{len(sup)} supervised tokens (assistant turns + EOS each); give one per "
                     "supervised token"
                 )

@@ -106,7 +106,7 @@ def _type_error(column: str, row: int, value: Any, detail: str | None = None) ->
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
     why = detail or f"got {type(value).__name__} {shown}"
     return ValueError(
-        f"column {column!r}, row {row}: expected {_EXPECTED.get(column, 'a string')}, {why}; "
+        f"column {column!r}, row {row + 1}: expected {_EXPECTED.get(column, 'a string')}, {why}; "
         "fix that row or map the column to one of TRL's formats"
     )
 
@@ -146,7 +146,7 @@ def check_rows(
                 )
             if not any(m["role"] == "assistant" for m in c):
                 raise ValueError(
-                    f"column {names['completion']!r}, row {n}: the completion has no assistant "
+                    f"column {names['completion']!r}, row {n + 1}: the completion has no assistant "
                     "message, so nothing would be trained on; give it a {'role': 'assistant', "
                     "'content': ...} turn"
                 )
@@ -157,7 +157,7 @@ def check_rows(
                 raise _type_error("messages", n, m, None if not isinstance(m, list) else detail)
             if not any(x["role"] == "assistant" for x in m):
                 raise ValueError(
-                    f"column 'messages', row {n}: no assistant turn, so nothing would be trained "
+                    f"column 'messages', row {n + 1}: no assistant turn, so nothing would be trained "
                     "on; add the assistant's reply ({'role': 'assistant', 'content': ...}) or "
                     "drop the row"
                 )
