@@ -339,7 +339,7 @@ def _config(cfg: EvalConfig | None, overrides: dict[str, Any]) -> EvalConfig:
 def evaluate(
     cfg: EvalConfig | None = None,
     *,
-    engine: Engine | None = None,
+    engine: Engine | str | None = None,
     verifier: Verifier | None = None,
     **overrides: Any,
 ) -> EvalResult:
@@ -351,7 +351,10 @@ def evaluate(
     ``verifier``: anything with ``verdicts(preds, golds)`` instead of
     ``Verifier(fallback=cfg.verifier_fallback, timeout_s=cfg.verifier_timeout_s)``.
     """
-    cfg = _config(cfg, dict(overrides))
+    overrides = dict(overrides)
+    if isinstance(engine, str):  # the EvalConfig field (auto | vllm | hf), not an Engine
+        overrides["engine"], engine = engine, None
+    cfg = _config(cfg, overrides)
     from onpolicy_sft.prompts import train_prompt
 
     out = Path(cfg.output_dir)

@@ -45,7 +45,7 @@ def top_k(scores: np.ndarray, k: int) -> list[int]:
 
 
 def select(
-    config: SelectConfig | None = None, /, *, engine: Engine | None = None, **options: Any
+    config: SelectConfig | None = None, /, *, engine: Engine | str | None = None, **options: Any
 ) -> SelectResult:
     """Keep the top-k candidates per problem by mean log pi_0; write OUTPUT_DIR/data.parquet.
 
@@ -56,6 +56,8 @@ def select(
     """
     from onpolicy_sft.rewrite.report import write_data
 
+    if isinstance(engine, str):  # the SelectConfig field (auto | vllm | hf), not an Engine
+        options["engine"], engine = engine, None
     if engine is not None:
         options.setdefault("model", "")
     cfg = config.replace(**options) if config is not None else SelectConfig.from_dict(options)
