@@ -666,9 +666,12 @@ def comparisons(res: DemoNumbers) -> list[tuple[str, str, float, float]]:
 
 
 def _verdict(d: float, se: float) -> str:
-    if abs(d) < 2 * se:
-        return "within noise"
-    return "better beyond 2 s.e." if d > 0 else "worse beyond 2 s.e."
+    """Strictly beyond 2 paired s.e. (no difference at all, d = se = 0, is within noise)."""
+    if d > 2 * se:
+        return "better beyond 2 s.e."
+    if d < -2 * se:
+        return "worse beyond 2 s.e."
+    return "within noise"
 
 
 def _orderings(res: DemoNumbers, cmp: dict[tuple[str, str], tuple[float, float]]) -> list[str]:
@@ -678,7 +681,7 @@ def _orderings(res: DemoNumbers, cmp: dict[tuple[str, str], tuple[float, float]]
         if (a, b) not in cmp:
             continue
         d, se = cmp[(a, b)]
-        (held if d >= 2 * se else missed).append((a, b, d, se))
+        (held if d > 2 * se else missed).append((a, b, d, se))
     lines = []
     if held:
         lines.append(
@@ -723,7 +726,7 @@ def _orderings(res: DemoNumbers, cmp: dict[tuple[str, str], tuple[float, float]]
                     "still taught something for one that mostly repeats what the model does; "
                     "online and offline training also differ only after the first round"
                 )
-        how = "is reversed here" if d <= -2 * se else "is not resolved here (within 2 s.e.)"
+        how = "is reversed here" if d < -2 * se else "is not resolved here (within 2 s.e.)"
         lines.append(
             f"- {a} > {b}, as in the papers, {how} ({d:+.2f} points, s.e. {se:.1f})"
             + (f": {why}." if why else ".")
@@ -743,7 +746,7 @@ def _conclusion(res: DemoNumbers) -> str:
         f"- Averages over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); every difference "
         "below is in avg points with its paired standard error over problems and seeds."
     ]
-    beats = [m for (m, b), (d, se) in cmp.items() if b == BASE and d >= 2 * se]
+    beats = [m for (m, b), (d, se) in cmp.items() if b == BASE and d > 2 * se]
     for name in t:
         if name == BASE:
             continue
