@@ -47,8 +47,10 @@ def _fields(cls: type) -> set[str]:
 def test_every_training_flag_is_a_config_or_training_arguments_field() -> None:
     from transformers import TrainingArguments
 
+    from onpolicy_sft.online import OnlineConfig
+
     p = parser("train")
-    ours = (_fields(TrainConfig) - {"loss"}) | _fields(LossConfig)
+    ours = (_fields(TrainConfig) - {"loss"}) | _fields(LossConfig) | _fields(OnlineConfig)
     theirs = _fields(TrainingArguments)
     assert not ours & theirs, "a config field shadows a TrainingArguments field"
     dests = {a.dest for a in p._actions} - {"help", "config"}
