@@ -510,7 +510,7 @@ def _plots(out: Path, res: DemoNumbers) -> list[str]:
     # 4. training curves of the first seed: the likelihood of the training data (comparable
     # across schemes) and each scheme's own objective on a log axis (DFT/IS losses are ~1e-2)
     seed = res.config.seeds[0]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for name, by_seed in res.training.items():
         tr = by_seed[seed]
         if tr["nlls"]:
@@ -522,9 +522,10 @@ def _plots(out: Path, res: DemoNumbers) -> list[str]:
     ax2.set_yscale("log")
     for ax in (ax1, ax2):
         ax.set_xlabel(f"optimizer step (seed {seed})")
+        ax.xaxis.get_major_locator().set_params(integer=True)
     handles, labels = ax1.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0, 0.78, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(out / "training_loss.png", dpi=100)
     plt.close(fig)
     files.append("training_loss.png")
