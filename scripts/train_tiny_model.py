@@ -1,27 +1,32 @@
 """Train the demo's bundled tiny model from scratch, reproducibly, on a CPU.
 
-    /work/venv/bin/python scripts/train_tiny_model.py [--seed 0] [--steps 1000] [--out DIR]
+    python scripts/train_tiny_model.py [--seed 0] [--steps 1000] [--out DIR]
 
 Writes, under ``python/onpolicy_sft/assets/`` by default:
 
 - ``tiny_model/``: a Qwen2 causal LM (safetensors) + byte-level BPE tokenizer
   with the ChatML chat template, trained on the synthetic arithmetic task
   (``onpolicy_sft.synthetic``) in the model's own terse style only;
-- ``data/train.jsonl``: the demo's training split, each row with the expert
-  solution (verbose prose, a style the model never saw as a target);
-- ``data/eval.jsonl``: held-out problems for avg@k;
+- ``data/train.jsonl``: the demo's training split, mostly the hard part of the
+  task (``synthetic.TRAIN_WEIGHTS``), each row with the expert solution (verbose
+  prose, a style the model never saw as a target);
+- ``data/eval.jsonl``: held-out problems for avg@k, every difficulty alike;
 - ``tiny_model/training.json``: the recipe, the loss curve and the measured
-  self-solve rate.
+  solve rates (own, guided and hinted prompts) by difficulty.
 
 The model is trained on two kinds of examples, both with the loss on the
 response only:
 
-- ``train_prompt(problem) -> own-style solution`` (most steps), so that it
-  solves a fair share of problems on its own;
-- ``guided_prompt(problem, expert solution) -> own-style solution`` (a
-  minority of steps), so that the guided tier of rewriting can work: the model
-  learns to read a reference written in someone else's style and solve the
-  problem again in its own words.
+- ``train_prompt(problem) -> own-style solution`` (most steps), drawn mostly
+  from the easy part of the task (``synthetic.PRETRAIN_WEIGHTS``: 1-2 operations
+  90%, 3-4 operations 10%), so that it solves the easy part on its own and
+  leaves headroom on the hard part;
+- ``guided_prompt`` / ``hinted_prompt(problem, expert solution) -> own-style
+  solution`` (``--guided-frac`` of the steps, half batches), on every difficulty
+  alike (``synthetic.GUIDED_WEIGHTS``): the modest skill of an instruction-tuned
+  model to read a worked solution written in someone else's style and solve the
+  problem again in its own words, which the guided tier of rewriting and Hinted
+  Decoding use.
 
 Everything is seeded (data, initialisation, batch order); results are
 bit-identical for the same seed and thread count.

@@ -267,3 +267,21 @@ def test_seed_average_is_the_paired_unit() -> None:
     agg = _aggregate({0: run(1.0), 1: run(0.5)})
     assert agg["per_problem"] == {"1-op": {"p": 0.75}}
     assert agg["columns"]["Avg."] == pytest.approx(75.0)
+
+
+@pytest.mark.parametrize(
+    "d, se, verdict",
+    [
+        (0.0, 0.0, "within noise"),
+        (3.0, 1.0, "better beyond 2 s.e."),
+        (-3.0, 1.0, "worse beyond 2 s.e."),
+        (2.0, 1.0, "within noise"),
+    ],
+    ids=["identical", "better", "worse", "at-the-edge"],
+)
+def test_verdict_needs_strictly_more_than_two_standard_errors(
+    d: float, se: float, verdict: str
+) -> None:
+    from onpolicy_sft.demo import _verdict
+
+    assert _verdict(d, se) == verdict

@@ -512,7 +512,7 @@ def _plots(out: Path, res: DemoNumbers) -> list[str]:
     # 4. training curves of the first seed: the likelihood of the training data (comparable
     # across schemes) and each scheme's own objective on a log axis (DFT/IS losses are ~1e-2)
     seed = res.config.seeds[0]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for name, by_seed in res.training.items():
         tr = by_seed[seed]
         if tr["nlls"]:
@@ -524,9 +524,10 @@ def _plots(out: Path, res: DemoNumbers) -> list[str]:
     ax2.set_yscale("log")
     for ax in (ax1, ax2):
         ax.set_xlabel(f"optimizer step (seed {seed})")
+        ax.xaxis.get_major_locator().set_params(integer=True)
     handles, labels = ax1.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0, 0.78, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(out / "training_loss.png", dpi=100)
     plt.close(fig)
     files.append("training_loss.png")
@@ -668,9 +669,12 @@ def comparisons(res: DemoNumbers) -> list[tuple[str, str, float, float]]:
 
 
 def _verdict(d: float, se: float) -> str:
-    if abs(d) < 2 * se:
-        return "within noise"
-    return "better beyond 2 s.e." if d > 0 else "worse beyond 2 s.e."
+    """Strictly beyond 2 paired s.e. (no difference at all, d = se = 0, is within noise)."""
+    if d > 2 * se:
+        return "better beyond 2 s.e."
+    if d < -2 * se:
+        return "worse beyond 2 s.e."
+    return "within noise"
 
 
 def _orderings(res: DemoNumbers, cmp: dict[tuple[str, str], tuple[float, float]]) -> list[str]:
@@ -680,7 +684,7 @@ def _orderings(res: DemoNumbers, cmp: dict[tuple[str, str], tuple[float, float]]
         if (a, b) not in cmp:
             continue
         d, se = cmp[(a, b)]
-        (held if d >= 2 * se else missed).append((a, b, d, se))
+        (held if d > 2 * se else missed).append((a, b, d, se))
     lines = []
     if held:
         lines.append(
@@ -725,7 +729,7 @@ def _orderings(res: DemoNumbers, cmp: dict[tuple[str, str], tuple[float, float]]
                     "still taught something for one that mostly repeats what the model does; "
                     "online and offline training also differ only after the first round"
                 )
-        how = "is reversed here" if d <= -2 * se else "is not resolved here (within 2 s.e.)"
+        how = "is reversed here" if d < -2 * se else "is not resolved here (within 2 s.e.)"
         lines.append(
             f"- {a} > {b}, as in the papers, {how} ({d:+.2f} points, s.e. {se:.1f})"
             + (f": {why}." if why else ".")
@@ -745,7 +749,7 @@ def _conclusion(res: DemoNumbers) -> str:
         f"- Averages over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); every difference "
         "below is in avg points with its paired standard error over problems and seeds."
     ]
-    beats = [m for (m, b), (d, se) in cmp.items() if b == BASE and d >= 2 * se]
+    beats = [m for (m, b), (d, se) in cmp.items() if b == BASE and d > 2 * se]
     for name in t:
         if name == BASE:
             continue
