@@ -79,7 +79,7 @@ def test_prompt_is_the_bare_problem_unless_the_math_suffix_is_asked(engine, tmp_
     assert all(SUFFIX not in r["prompt"] for r in plain)
     assert [r["prompt"] for r in math] == [train_prompt(tok, p, SUFFIX) for p in CANDIDATES]
     for problem, cands in CANDIDATES.items():
-        kept = [r["response"] for r in math if r["problem"] == problem]
+        kept = [r["completion"] for r in math if r["problem"] == problem]
         assert kept == _expected(engine, problem, cands, 1, SUFFIX)
 
 
@@ -111,7 +111,7 @@ def test_correctness_filter_is_off_by_default_and_drops_wrong_candidates(engine,
     )
     assert (on.kept, on.rejected, on.no_correct, on.problems) == (1, 2, 1, 1)
     rows = pq.read_table(tmp_path / "on" / "data.parquet").to_pylist()
-    assert [r["response"] for r in rows] == ["2 + 2 = \\boxed{4}"]
+    assert [r["completion"] for r in rows] == ["2 + 2 = \\boxed{4}"]
     with pytest.raises(ValueError, match="--answer_field"):
         select(candidates=str(path), output_dir=str(tmp_path / "x"), engine=engine, verify=True)
 

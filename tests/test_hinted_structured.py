@@ -131,9 +131,9 @@ def test_structured_context_prepass_recorded_then_reused_on_resume(
 
     rows = {r["problem_id"]: r for r in pq.read_table(out / "data.parquet").to_pylist()}
     # the rewrite copies the reference verbatim: kept, since hinted outputs are not copy-filtered
-    assert rows["0"]["tier"] == "hinted" and rows["0"]["response"].startswith("We add")
+    assert rows["0"]["tier"] == "hinted" and rows["0"]["completion"].startswith("We add")
     # base log-probs are rescored under the training prompt (which has the suffix)
-    [lp] = spy.score([P.train_prompt(tok, ROWS[0]["problem"])], [rows["0"]["response_token_ids"]])
+    [lp] = spy.score([P.train_prompt(tok, ROWS[0]["problem"])], [rows["0"]["completion_token_ids"]])
     np.testing.assert_allclose(rows["0"]["base_logprobs"], lp, atol=1e-4)
     np.testing.assert_allclose(rows["0"]["behavior_logprobs"], -0.7)
     assert rows["1"]["tier"] == "expert" and "pre-pass ended before '# CoT'" in rows["1"]["reason"]

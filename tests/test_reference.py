@@ -103,7 +103,7 @@ def test_proof_rows_go_to_expert_with_no_reference_answer_and_are_counted(tmp_pa
     rows = {r["problem"]: r for r in pq.read_table(out / "data.parquet").to_pylist()}
     proof = rows["Show the perimeter."]
     assert proof["tier"] == "expert" and proof["reason"] == "expert: no reference answer"
-    assert proof["answer"] == "" and proof["response"] == PROOF
+    assert proof["answer"] == "" and proof["completion"] == PROOF
     assert not any("Show the perimeter." in p for p in eng.prompts)  # never generated
     assert rows["What is 1+1?"]["tier"] == "self"
     assert res.no_reference_answer == 1
