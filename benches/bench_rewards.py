@@ -3,7 +3,7 @@
 A batch of ``--batch`` (512) completions with their reference answers, drawn
 (seeded) half from qwen25math_cot100 (Qwen2.5-Math CoT solutions ending in
 \\boxed{}) and half from zeroeval_math_l5 (40 chat models, with the long tail
-of answer forms), from ../shared/data/verify_corpus.
+of answer forms), from the verify corpus ($ONPOLICY_SFT_SHARED/data/verify_corpus, outside the repository).
 
 - baseline: math-verify 0.9.0 in its supported mode, the main thread with its
   signal timeouts, ``verify(parse("\\boxed{" + ref + "}"), parse(completion))``

@@ -2,7 +2,7 @@
 
 1. Pipeline overhead (verification + ledger + bookkeeping + export) as % of
    generation time. The responses are real: 100 MATH problems x 8 Qwen2.5-Math
-   CoT samples from ../shared/data/verify_corpus, replayed by an engine that
+   CoT samples from the verify corpus ($ONPOLICY_SFT_SHARED/data/verify_corpus), replayed by an engine that
    returns them instantly, so every second the pipeline spends is overhead.
    Generation time for the same number of tokens is measured on this machine
    with the HF engine (batched, KV cache). The absolute overhead per 1k

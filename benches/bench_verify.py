@@ -1,7 +1,7 @@
 """Verifier benchmark: agreement with math-verify and speed, baseline and ours in one process.
 
-For each corpus file in ../shared/data/verify_corpus (real model outputs with
-math-verify 0.9.0 verdicts, ``mv.default``):
+For each file of the verify corpus ($ONPOLICY_SFT_SHARED/data/verify_corpus, kept outside the
+repository: real model outputs with math-verify 0.9.0 verdicts, ``mv.default``):
 
 - agreement of the Rust fast path with ``mv.default`` on the pairs it decides,
   the share it leaves undecided, and the agreement once undecided pairs go
