@@ -612,22 +612,7 @@ fn m_expr_core(t: &str, i: usize, accept: &dyn Fn(usize) -> bool) -> Option<(usi
         }
     }
     // suffix: (?:\*\*)?(?:\.|,|:|\s|\)|\$|$)
-    let suffix_at = |f: usize| -> Option<usize> {
-        let mut f = f;
-        if t[f..].starts_with("**") {
-            f += 2;
-            if f >= b.len() {
-                return Some(f);
-            }
-            if matches!(b[f], b'.' | b',' | b':' | b')' | b'$') {
-                return Some(f + 1);
-            }
-            let w = ws_len(t, f);
-            if w > 0 {
-                return Some(f + w);
-            }
-            f -= 2;
-        }
+    let end_at = |f: usize| -> Option<usize> {
         if f >= b.len() {
             return Some(f);
         }
@@ -635,10 +620,15 @@ fn m_expr_core(t: &str, i: usize, accept: &dyn Fn(usize) -> bool) -> Option<(usi
             return Some(f + 1);
         }
         let w = ws_len(t, f);
-        if w > 0 {
-            return Some(f + w);
+        (w > 0).then_some(f + w)
+    };
+    let suffix_at = |f: usize| -> Option<usize> {
+        if t[f..].starts_with("**") {
+            if let Some(e) = end_at(f + 2) {
+                return Some(e);
+            }
         }
-        None
+        end_at(f)
     };
     // op positions from the right (greedy [chars]*), ends from the right (greedy [chars]+)
     let mut op = r;
