@@ -154,24 +154,10 @@ def _dump(folder: str, name: str, items: list) -> None:
 
 def bench_mv_tests(args: argparse.Namespace) -> dict:
     """math-verify's own 276 test cases, scored against their expected labels."""
-    from onpolicy_sft import _core
-    from onpolicy_sft.verify import Verdict
+    from onpolicy_sft.verify import Verdict, verify_test_case
 
     rows = load("math_verify_tests_0.9.0")
-    verdicts = []
-    for r in rows:
-        o = r.get("options") or {}
-        verdicts.append(
-            _core.verify_case(
-                r["pred"],
-                r["gold"],
-                r["harness"],
-                o.get("match_types", ["latex", "expr"]),
-                int(o.get("precision", 6)),
-                bool(o.get("strict", True)),
-                bool(o.get("allow_set_relation_comp", False)),
-            )
-        )
+    verdicts = [verify_test_case(r) for r in rows]
     fast = [v[0] for v in verdicts]
     exp = [bool(r["expected"]) for r in rows]
     decided = [i for i, c in enumerate(fast) if c is not None]

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from onpolicy_sft import _core
-from onpolicy_sft.verify import Verifier, verify_batch
+from onpolicy_sft.verify import Verifier, verify_batch, verify_test_case
 
 # pairs sampled per file (seeded): 2,000 in all
 SAMPLE = {
@@ -85,16 +84,7 @@ def test_math_verify_own_test_cases(shared_dir: Path) -> None:
     decided = wrong = 0
     misses = []
     for r in rows:
-        o = r.get("options") or {}
-        c = _core.verify_case(
-            r["pred"],
-            r["gold"],
-            r["harness"],
-            o.get("match_types", ["latex", "expr"]),
-            int(o.get("precision", 6)),
-            bool(o.get("strict", True)),
-            bool(o.get("allow_set_relation_comp", False)),
-        )[0]
+        c = verify_test_case(r)[0]
         if c is None:
             continue
         decided += 1

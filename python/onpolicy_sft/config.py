@@ -183,6 +183,12 @@ def _positive(cfg: Any, names: Iterable[str], low: float = 1) -> list[str]:
     return [f"{n}={getattr(cfg, n)} must be >= {low}" for n in names if getattr(cfg, n) < low]
 
 
+def _optional_at_least(cfg: Any, name: str, low: int, none_means: str) -> list[str]:
+    """The problem with an optional ``name`` below ``low``; ``none_means`` says what None does."""
+    v = getattr(cfg, name)
+    return [f"{name}={v} must be >= {low} ({none_means})"] if v is not None and v < low else []
+
+
 # label of tokens the loss skips (prompt, padding): transformers' convention
 IGNORE_INDEX = -100
 
@@ -317,8 +323,7 @@ class LossConfig(ConfigBase):
             p.append(f"idft_beta={s.idft_beta!r} must be > 0")
         if not 0 < s.pear_gamma <= 1:
             p.append(f"pear_gamma={s.pear_gamma!r} must be in (0, 1]")
-        if s.chunk_size is not None and s.chunk_size < 1:
-            p.append(f"chunk_size={s.chunk_size!r} must be >= 1 (or None for auto)")
+        p += _optional_at_least(s, "chunk_size", 1, "or None for auto")
         return p
 
     @property
@@ -533,8 +538,7 @@ class RewriteConfig(ConfigBase):
             if not 0 < getattr(self, name) <= 1:
                 out.append(f"{name}={getattr(self, name)} must be in (0, 1]")
         out += _positive(self, ("copy_span_words",))
-        if self.limit is not None and self.limit < 1:
-            out.append(f"limit={self.limit} must be >= 1 (or None for all rows)")
+        out += _optional_at_least(self, "limit", 1, "or None for all rows")
         try:
             i, n = self.shard_index()
             if n < 1 or not 0 <= i < n:
@@ -693,8 +697,7 @@ class TrainConfig(ConfigBase):
             p.append("merge_adapter needs use_peft (there is no adapter to merge); add --use_peft")
         if self.use_peft and (self.lora_r < 1 or not 0.0 <= self.lora_dropout < 1.0):
             p.append(f"lora_r={self.lora_r} must be >= 1 and lora_dropout in [0, 1)")
-        if self.global_batch_size is not None and self.global_batch_size < 1:
-            p.append(f"global_batch_size={self.global_batch_size} must be >= 1 (or none)")
+        p += _optional_at_least(self, "global_batch_size", 1, "or none")
         if self.max_length < 2:
             p.append(f"max_length={self.max_length} must be >= 2")
         if not 0.0 <= self.warmup_ratio < 1.0:
@@ -764,8 +767,7 @@ class EvalConfig(ConfigBase):
         p += _positive(self, ("temperature",), 0)
         if not 0.0 < self.top_p <= 1.0:
             p.append(f"top_p={self.top_p} must be in (0, 1]")
-        if self.limit is not None and self.limit < 1:
-            p.append(f"limit={self.limit} must be >= 1 (or None for all problems)")
+        p += _optional_at_least(self, "limit", 1, "or None for all problems")
         return p
 
 
@@ -812,10 +814,8 @@ class GapConfig(ConfigBase):
 
     def problems(self) -> list[str]:
         out = _positive(self, ("batch_rows", "score_batch_size"))
-        if self.max_length is not None and self.max_length < 2:
-            out.append(f"max_length={self.max_length} must be >= 2 (or none for whole rows)")
-        if self.limit is not None and self.limit < 1:
-            out.append(f"limit={self.limit} must be >= 1 (or none for all rows)")
+        out += _optional_at_least(self, "max_length", 2, "or none for whole rows")
+        out += _optional_at_least(self, "limit", 1, "or none for all rows")
         return out
 
 

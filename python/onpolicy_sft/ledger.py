@@ -463,24 +463,30 @@ class Ledger:
         base_lens = np.fromiter(
             (-1 if b is None else len(b) for b in bases), dtype=np.int64, count=n
         )
-        bad = np.nonzero(blp_lens != tok_lens)[0]
-        if len(bad):
-            i = int(bad[0])
-            a = attempts[i]
-            raise ValueError(
-                f"attempt #{i} (problem {a.problem_id!r}, stage {a.stage}, sample {a.sample_index}):"
-                f" behavior_logprobs has {blp_lens[i]} values but token_ids has {tok_lens[i]};"
-                " give one log-prob per response token"
-            )
-        bad = np.nonzero((base_lens >= 0) & (base_lens != tok_lens))[0]
-        if len(bad):
-            i = int(bad[0])
-            a = attempts[i]
-            raise ValueError(
-                f"attempt #{i} (problem {a.problem_id!r}, stage {a.stage}, sample {a.sample_index}):"
-                f" base_logprobs has {base_lens[i]} values but token_ids has {tok_lens[i]};"
-                " give one log-prob per response token, or None"
-            )
+
+        def check_lens(bad_mask: np.ndarray, field: str, lens: np.ndarray, fix: str) -> None:
+            bad = np.nonzero(bad_mask)[0]
+            if len(bad):
+                i = int(bad[0])
+                a = attempts[i]
+                raise ValueError(
+                    f"attempt #{i} (problem {a.problem_id!r}, stage {a.stage}, sample "
+                    f"{a.sample_index}): {field} has {lens[i]} values but token_ids has "
+                    f"{tok_lens[i]}; {fix}"
+                )
+
+        check_lens(
+            blp_lens != tok_lens,
+            "behavior_logprobs",
+            blp_lens,
+            "give one log-prob per response token",
+        )
+        check_lens(
+            (base_lens >= 0) & (base_lens != tok_lens),
+            "base_logprobs",
+            base_lens,
+            "give one log-prob per response token, or None",
+        )
         offsets = np.concatenate([[0], np.cumsum(tok_lens)])
 
         def who(row: int) -> str:

@@ -121,6 +121,23 @@ def verify_batch(
     return [Verdict(*t) for t in _core.verify_batch(preds, gs, threads, bool(strict))]
 
 
+def verify_test_case(case: dict[str, Any]) -> tuple[Any, ...]:
+    """Run one case of math-verify's own test suite (fields ``pred``, ``gold``, ``harness`` and
+    optional ``options`` with its ``match_types`` / ``precision`` / ``strict`` /
+    ``allow_set_relation_comp``, at math-verify's defaults when absent) through the fast path;
+    returns ``_core.verify_case``'s tuple (``correct`` first, ``None`` when undecided)."""
+    o = case.get("options") or {}
+    return _core.verify_case(
+        case["pred"],
+        case["gold"],
+        case["harness"],
+        o.get("match_types", ["latex", "expr"]),
+        int(o.get("precision", 6)),
+        bool(o.get("strict", True)),
+        bool(o.get("allow_set_relation_comp", False)),
+    )
+
+
 def extract_answer(text: str) -> str | None:
     """The answer the extraction ladder finds in ``text`` (last ``\\boxed{}`` etc.), or None."""
     _check_str(text, "text")

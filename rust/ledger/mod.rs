@@ -316,6 +316,16 @@ pub struct Ledger {
 /// Chains at least this long get their keys cached by `find_key`.
 const LONG_CHAIN: usize = 64;
 
+/// Refuse `op` when it got `values` of `what` for `ids` ids: one per id is required.
+fn one_per_id(op: &str, ids: usize, values: usize, what: &str) -> Result<()> {
+    if ids == values {
+        return Ok(());
+    }
+    Err(Error::Msg(format!(
+        "{op} got {ids} ids but {values} {what}s; pass one {what} per id"
+    )))
+}
+
 fn attempt_key(stage: u8, sample: u32) -> u64 {
     ((stage as u64) << 32) | sample as u64
 }
@@ -1096,21 +1106,9 @@ impl Ledger {
         on_change: OnChange,
     ) -> Result<ProblemSync> {
         self.check_writable()?;
-        if ids.len() != refs.len() {
-            return Err(Error::Msg(format!(
-                "add_problems got {} ids but {} references; pass one reference per id",
-                ids.len(),
-                refs.len()
-            )));
-        }
+        one_per_id("add_problems", ids.len(), refs.len(), "reference")?;
         if let Some(f) = fps {
-            if f.len() != ids.len() {
-                return Err(Error::Msg(format!(
-                    "add_problems got {} ids but {} fingerprints; pass one fingerprint per id",
-                    ids.len(),
-                    f.len()
-                )));
-            }
+            one_per_id("add_problems", ids.len(), f.len(), "fingerprint")?;
             if let Some(i) = f.iter().position(|x| *x == [0; FP_LEN]) {
                 return Err(Error::Msg(format!(
                     "fingerprint #{i} (problem {:?}) is all zeros, which means \"none\"; compute it with problem_fingerprint",
@@ -1373,13 +1371,7 @@ impl Ledger {
     /// with this). Durable when it returns.
     pub fn set_fingerprints(&mut self, ids: &[&str], fps: &[[u8; FP_LEN]]) -> Result<()> {
         self.check_writable()?;
-        if ids.len() != fps.len() {
-            return Err(Error::Msg(format!(
-                "set_fingerprints got {} ids but {} fingerprints",
-                ids.len(),
-                fps.len()
-            )));
-        }
+        one_per_id("set_fingerprints", ids.len(), fps.len(), "fingerprint")?;
         let ps = self.ordinals("set_fingerprints", ids)?;
         for (ps, fs) in ps.chunks(1 << 20).zip(fps.chunks(1 << 20)) {
             self.ensure_room(2 * FRAME_HEADER + 12 + 4 + FP_ENTRY * ps.len())?;

@@ -59,6 +59,34 @@ fn writer(d: &Path) -> Ledger {
     Ledger::open(d, &OpenOptions2::default()).unwrap()
 }
 
+fn readonly() -> OpenOptions2 {
+    OpenOptions2 {
+        readonly: true,
+        ..Default::default()
+    }
+}
+
+fn reader(d: &Path) -> Ledger {
+    Ledger::open(d, &readonly()).unwrap()
+}
+
+fn repairer(d: &Path) -> Ledger {
+    let opts = OpenOptions2 {
+        repair: true,
+        ..Default::default()
+    };
+    Ledger::open(d, &opts).unwrap()
+}
+
+/// A writer whose segments roll every 4 KiB, so a few dozen attempts span several.
+fn small_segments(d: &Path) -> Ledger {
+    let opts = OpenOptions2 {
+        segment_bytes: 4096,
+        ..Default::default()
+    };
+    Ledger::open(d, &opts).unwrap()
+}
+
 fn fill(l: &mut Ledger, probs: usize, per: u32) -> Vec<Owned> {
     let ids: Vec<String> = (0..probs).map(|i| format!("p{i}")).collect();
     let refs: Vec<String> = (0..probs).map(|i| format!("reference {i}")).collect();
@@ -135,14 +163,7 @@ fn second_writer_refused_reader_allowed() {
         "{msg}"
     );
     assert!(msg.contains("readonly=True"), "{msg}");
-    let r = Ledger::open(
-        &d,
-        &OpenOptions2 {
-            readonly: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let r = reader(&d);
     assert_eq!(r.len(), 3);
     drop(l);
     drop(writer(&d));
@@ -204,22 +225,9 @@ fn mid_file_corruption_named_then_repaired() {
         other => panic!("wrong error {other}"),
     }
     assert!(e.to_string().contains("repair=True"));
-    let ro = Ledger::open(
-        &d,
-        &OpenOptions2 {
-            readonly: true,
-            ..Default::default()
-        },
-    );
+    let ro = Ledger::open(&d, &readonly());
     assert!(matches!(ro, Err(Error::Corrupt { .. })));
-    let l = Ledger::open(
-        &d,
-        &OpenOptions2 {
-            repair: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let l = repairer(&d);
     assert!(l.warnings()[0].contains("repaired"), "{:?}", l.warnings());
     assert_eq!(l.len(), 20);
     drop(l);
@@ -231,14 +239,7 @@ fn mid_file_corruption_named_then_repaired() {
 #[test]
 fn segments_roll_and_merge_matches_single_writer() {
     let d = tmpdir("single");
-    let mut l = Ledger::open(
-        &d,
-        &OpenOptions2 {
-            segment_bytes: 4096,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut l = small_segments(&d);
     let all = fill(&mut l, 30, 3);
     l.finish_stage(&["p1", "p2"], 0).unwrap();
     assert!(l.segs.len() > 2);
@@ -276,22 +277,8 @@ fn segments_roll_and_merge_matches_single_writer() {
     }
     let m = tmpdir("merged");
     Ledger::merge(&[a.clone(), b.clone()], &m).unwrap();
-    let one = Ledger::open(
-        &d,
-        &OpenOptions2 {
-            readonly: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let mer = Ledger::open(
-        &m,
-        &OpenOptions2 {
-            readonly: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let one = reader(&d);
+    let mer = reader(&m);
     assert_eq!(one.len(), mer.len());
     for sel in [
         Selection::First,
@@ -463,14 +450,7 @@ fn every_flipped_byte_is_detected() {
 #[test]
 fn damaged_segment_header_named_then_set_aside() {
     let d = tmpdir("header");
-    let mut l = Ledger::open(
-        &d,
-        &OpenOptions2 {
-            segment_bytes: 4096,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut l = small_segments(&d);
     fill(&mut l, 40, 6);
     let segs = l.segs.len();
     assert!(segs >= 3);
@@ -486,14 +466,7 @@ fn damaged_segment_header_named_then_set_aside() {
         matches!(&e, Error::Corrupt { path, offset: 0, .. } if path.ends_with("seg-00000002.ldg")),
         "{e}"
     );
-    let l = Ledger::open(
-        &d,
-        &OpenOptions2 {
-            repair: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let l = repairer(&d);
     assert_eq!(l.segs.len(), 1);
     assert_eq!(l.warnings().len(), segs - 1, "{:?}", l.warnings());
     assert!(

@@ -538,16 +538,22 @@ fn m_number_core(t: &str, i: usize) -> Option<(usize, String, bool)> {
     Some((end, norm, pct))
 }
 
+/// Where a number may start at `p`: `[currency]?` is greedy, so after a currency
+/// sign first, then at `p` itself.
+fn number_starts(t: &str, p: usize) -> Vec<usize> {
+    let mut starts = Vec::with_capacity(2);
+    if let Some(c) = t[p..].chars().next() {
+        if CURRENCY.contains(c) {
+            starts.push(p + c.len_utf8());
+        }
+    }
+    starts.push(p);
+    starts
+}
+
 fn m_number_anchored(t: &str, i: usize) -> Option<(usize, CandKind)> {
     for p in m_prefix(t, i, true) {
-        let mut starts = Vec::new();
-        if let Some(c) = t[p..].chars().next() {
-            if CURRENCY.contains(c) {
-                starts.push(p + c.len_utf8());
-            }
-        }
-        starts.push(p);
-        // `[currency]?` is greedy: currency first
+        let starts = number_starts(t, p);
         for s in starts {
             if let Some((e, text, pct)) = m_number_core(t, s) {
                 return Some((e, CandKind::Number { text, pct }));
@@ -606,22 +612,7 @@ fn m_expr_core(t: &str, i: usize, accept: &dyn Fn(usize) -> bool) -> Option<(usi
         }
     }
     // suffix: (?:\*\*)?(?:\.|,|:|\s|\)|\$|$)
-    let suffix_at = |f: usize| -> Option<usize> {
-        let mut f = f;
-        if t[f..].starts_with("**") {
-            f += 2;
-            if f >= b.len() {
-                return Some(f);
-            }
-            if matches!(b[f], b'.' | b',' | b':' | b')' | b'$') {
-                return Some(f + 1);
-            }
-            let w = ws_len(t, f);
-            if w > 0 {
-                return Some(f + w);
-            }
-            f -= 2;
-        }
+    let end_at = |f: usize| -> Option<usize> {
         if f >= b.len() {
             return Some(f);
         }
@@ -629,10 +620,15 @@ fn m_expr_core(t: &str, i: usize, accept: &dyn Fn(usize) -> bool) -> Option<(usi
             return Some(f + 1);
         }
         let w = ws_len(t, f);
-        if w > 0 {
-            return Some(f + w);
+        (w > 0).then_some(f + w)
+    };
+    let suffix_at = |f: usize| -> Option<usize> {
+        if t[f..].starts_with("**") {
+            if let Some(e) = end_at(f + 2) {
+                return Some(e);
+            }
         }
-        None
+        end_at(f)
     };
     // op positions from the right (greedy [chars]*), ends from the right (greedy [chars]+)
     let mut op = r;
@@ -711,13 +707,7 @@ fn m_expr_or_number_with(
 
 fn number_end_without_pct(t: &str, i: usize) -> Option<usize> {
     for p in m_prefix(t, i, true) {
-        let mut starts = Vec::new();
-        if let Some(c) = t[p..].chars().next() {
-            if CURRENCY.contains(c) {
-                starts.push(p + c.len_utf8());
-            }
-        }
-        starts.push(p);
+        let starts = number_starts(t, p);
         for s in starts {
             if let Some((e, _, pct)) = m_number_core(t, s) {
                 if !pct {

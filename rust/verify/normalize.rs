@@ -245,8 +245,9 @@ fn basic_latex(s: &str) -> Option<String> {
     let mut i = 0;
     while i < s.len() {
         let rest = &s[i..];
-        if rest.starts_with("\\mathrm{th}") {
-            i += 11;
+        // these prefixes exclude one another, so the order of the checks does not matter
+        if let Some(p) = REMOVED.iter().find(|p| rest.starts_with(**p)) {
+            i += p.len();
             continue;
         }
         if rest.starts_with("\\!") {
@@ -264,20 +265,8 @@ fn basic_latex(s: &str) -> Option<String> {
                 }
             }
         }
-        if rest.starts_with("\\$") {
-            i += 2;
-            continue;
-        }
-        if rest.starts_with('$') {
-            i += 1;
-            continue;
-        }
         if (rest.starts_with('"') || rest.starts_with('\'')) && (i == 0 || b[i - 1] != b'\\') {
             i += 1;
-            continue;
-        }
-        if rest.starts_with("\\displaystyle") {
-            i += 13;
             continue;
         }
         let c = rest.chars().next().unwrap();
@@ -322,33 +311,41 @@ fn is_alpha_at(b: &[u8], i: usize) -> bool {
 
 /// The single-pass alternation of replacements (first alternative that matches at
 /// a position wins, scanning left to right).
+/// Prefixes `basic_latex` drops.
+const REMOVED: &[&str] = &["\\mathrm{th}", "\\$", "$", "\\displaystyle"];
+
+/// \math(rm|it|bf) and the \text font variants -> \text; \(d|t|c)frac -> \frac.
+const FONTS_AND_FRACS: &[(&str, &str)] = &[
+    ("\\mathrm", "\\text"),
+    ("\\mathit", "\\text"),
+    ("\\mathbf", "\\text"),
+    ("\\textnormal", "\\text"),
+    ("\\textbf", "\\text"),
+    ("\\textit", "\\text"),
+    ("\\textrm", "\\text"),
+    ("\\dfrac", "\\frac"),
+    ("\\tfrac", "\\frac"),
+    ("\\cfrac", "\\frac"),
+];
+
+/// The length of the first `from` of `table` that `rest` starts with, and its `to`.
+fn literal_prefix(rest: &str, table: &[(&str, &'static str)]) -> Option<(usize, &'static str)> {
+    table
+        .iter()
+        .find(|(from, _)| rest.starts_with(from))
+        .map(|(from, to)| (from.len(), *to))
+}
+
 fn replace_pass(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = String::with_capacity(s.len() + 8);
     let mut i = 0;
     'outer: while i < s.len() {
         let rest = &s[i..];
-        // \math(rm|it|bf) -> \text
-        for p in ["\\mathrm", "\\mathit", "\\mathbf"] {
-            if rest.starts_with(p) {
-                out.push_str("\\text");
-                i += p.len();
-                continue 'outer;
-            }
-        }
-        for p in ["\\textnormal", "\\textbf", "\\textit", "\\textrm"] {
-            if rest.starts_with(p) {
-                out.push_str("\\text");
-                i += p.len();
-                continue 'outer;
-            }
-        }
-        for p in ["\\dfrac", "\\tfrac", "\\cfrac"] {
-            if rest.starts_with(p) {
-                out.push_str("\\frac");
-                i += p.len();
-                continue 'outer;
-            }
+        if let Some((n, r)) = literal_prefix(rest, FONTS_AND_FRACS) {
+            out.push_str(r);
+            i += n;
+            continue;
         }
         // \s\. -> " 0."
         if b[i].is_ascii_whitespace() && b.get(i + 1) == Some(&b'.') {
@@ -356,14 +353,9 @@ fn replace_pass(s: &str) -> String {
             i += 2;
             continue;
         }
-        if rest.starts_with("{.") {
-            out.push_str("{0.");
-            i += 2;
-            continue;
-        }
-        if rest.starts_with("~=") {
-            out.push_str("\\approx");
-            i += 2;
+        if let Some((n, r)) = literal_prefix(rest, &[("{.", "{0."), ("~=", "\\approx")]) {
+            out.push_str(r);
+            i += n;
             continue;
         }
         // \s*\{\s*,\s*\} -> ","
@@ -432,20 +424,13 @@ fn replace_pass(s: &str) -> String {
             i += 2;
             continue;
         }
-        if rest.starts_with("infinity") {
-            out.push_str("\\infty");
-            i += 8;
-            continue;
-        }
-        // ,?(\\ldots) -> " "
-        if rest.starts_with(",\\ldots") {
-            out.push(' ');
-            i += 7;
-            continue;
-        }
-        if rest.starts_with("\\ldots") {
-            out.push(' ');
-            i += 6;
+        // infinity -> \infty; ,?(\\ldots) -> " "
+        if let Some((n, r)) = literal_prefix(
+            rest,
+            &[("infinity", "\\infty"), (",\\ldots", " "), ("\\ldots", " ")],
+        ) {
+            out.push_str(r);
+            i += n;
             continue;
         }
         // \s*\bpercentage\b etc.
@@ -465,16 +450,17 @@ fn replace_pass(s: &str) -> String {
                 }
             }
         }
-        for (p, r) in [
-            ("\\text{percentage}", "%"),
-            ("\\text{percent}", "%"),
-            ("\\text{pct}", "%"),
-        ] {
-            if rest.starts_with(p) {
-                out.push_str(r);
-                i += p.len();
-                continue 'outer;
-            }
+        if let Some((n, r)) = literal_prefix(
+            rest,
+            &[
+                ("\\text{percentage}", "%"),
+                ("\\text{percent}", "%"),
+                ("\\text{pct}", "%"),
+            ],
+        ) {
+            out.push_str(r);
+            i += n;
+            continue;
         }
         // (?<!\\)inf(?!inity) -> \infty
         if rest.starts_with("inf")

@@ -84,6 +84,26 @@ pub enum Node {
     PlusMinus(Option<Box<Node>>, Box<Node>),
 }
 
+impl Node {
+    /// `terms` as one sum; a single term stands alone.
+    pub fn sum(mut terms: Vec<Node>) -> Node {
+        if terms.len() == 1 {
+            terms.pop().unwrap()
+        } else {
+            Node::Add(terms)
+        }
+    }
+
+    /// `factors` as one product; a single factor stands alone.
+    pub fn product(mut factors: Vec<Node>) -> Node {
+        if factors.len() == 1 {
+            factors.pop().unwrap()
+        } else {
+            Node::Mul(factors)
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     Expr(Node),
@@ -269,11 +289,7 @@ impl P {
             }
         }
         self.depth -= 1;
-        Ok(if terms.len() == 1 {
-            terms.pop().unwrap()
-        } else {
-            Node::Add(terms)
-        })
+        Ok(Node::sum(terms))
     }
 
     fn starts_factor(&self) -> bool {
@@ -330,11 +346,7 @@ impl P {
                 }
             {
                 let den = self.unary()?;
-                let num = if f.len() == 1 {
-                    f.pop().unwrap()
-                } else {
-                    Node::Mul(std::mem::take(&mut f))
-                };
+                let num = Node::product(std::mem::take(&mut f));
                 f = vec![Node::Div(Box::new(num), Box::new(den))];
             } else if self.starts_factor() {
                 // implicit multiplication; "2 3", "2(3)" and "1 000" are read
@@ -359,11 +371,7 @@ impl P {
             }
         }
         self.depth -= 1;
-        Ok(if f.len() == 1 {
-            f.pop().unwrap()
-        } else {
-            Node::Mul(f)
-        })
+        Ok(Node::product(f))
     }
 
     fn unary(&mut self) -> R<Node> {
@@ -1115,12 +1123,7 @@ fn relation(s: &str) -> R<Value> {
                 }
             })
             .collect();
-        let mut nodes = nodes?;
-        return Ok(Value::Expr(if nodes.len() == 1 {
-            nodes.pop().unwrap()
-        } else {
-            Node::Mul(nodes)
-        }));
+        return Ok(Value::Expr(Node::product(nodes?)));
     }
     let is_text = s.trim().starts_with("\\text{");
     if !is_text

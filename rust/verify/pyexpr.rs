@@ -103,11 +103,7 @@ impl P {
             }
         }
         self.depth -= 1;
-        Ok(if terms.len() == 1 {
-            terms.pop().unwrap()
-        } else {
-            Node::Add(terms)
-        })
+        Ok(Node::sum(terms))
     }
     fn prod(&mut self) -> Result<Node, PyErr> {
         self.enter()?;
