@@ -343,19 +343,34 @@ fn collect_syms(n: &Node, out: &mut Vec<String>) {
     }
 }
 
-fn has_inf(n: &Node) -> bool {
-    match n {
-        Node::Inf => true,
-        Node::Add(v) | Node::Mul(v) => v.iter().any(has_inf),
-        Node::Neg(a) | Node::Fact(a) | Node::Func(_, a) | Node::Pct(a) => has_inf(a),
+/// Whether `f` holds for `n` or any node below it.
+fn any_node(n: &Node, f: &dyn Fn(&Node) -> bool) -> bool {
+    f(n) || match n {
+        Node::Add(v) | Node::Mul(v) | Node::Opaque(_, v) => v.iter().any(|x| any_node(x, f)),
+        Node::Neg(a) | Node::Fact(a) | Node::Func(_, a) | Node::Pct(a) => any_node(a, f),
         Node::Div(a, b)
         | Node::Pow(a, b)
         | Node::Root(a, b)
         | Node::Log(a, b)
-        | Node::Mod(a, b) => has_inf(a) || has_inf(b),
-        Node::Opaque(_, v) => v.iter().any(has_inf),
+        | Node::Mod(a, b) => any_node(a, f) || any_node(b, f),
         _ => false,
     }
+}
+
+fn has_inf(n: &Node) -> bool {
+    any_node(n, &|x| matches!(x, Node::Inf))
+}
+
+/// A logarithm to a base (`\log_b`, `\log`) of a Float: sympy makes it
+/// Float / log(b), which its simplify neither folds nor cancels exactly
+/// (`\log 0.001` is not `-3` there).
+fn has_float_log(n: &Node) -> bool {
+    let float = |x: &Node| matches!(x, Node::Num { float: true, .. });
+    any_node(n, &|x| match x {
+        Node::Log(a, b) => any_node(a, &float) || any_node(b, &float),
+        Node::Func(Fun::Log10, a) => any_node(a, &float),
+        _ => false,
+    })
 }
 
 /// The reference's "atomic number" classes.
@@ -499,6 +514,9 @@ fn const_eq(g: &Node, p: &Node) -> Option<bool> {
             _ => None,
         };
     }
+    if has_float_log(g) || has_float_log(p) {
+        return None;
+    }
     let ag = atom(g);
     let ap = atom(p);
     let eg = eval(g, &no_env)?;
@@ -533,17 +551,7 @@ fn const_eq(g: &Node, p: &Node) -> Option<bool> {
 }
 
 fn has_opaque(n: &Node) -> bool {
-    match n {
-        Node::Opaque(..) => true,
-        Node::Add(v) | Node::Mul(v) => v.iter().any(has_opaque),
-        Node::Neg(a) | Node::Fact(a) | Node::Func(_, a) | Node::Pct(a) => has_opaque(a),
-        Node::Div(a, b)
-        | Node::Pow(a, b)
-        | Node::Root(a, b)
-        | Node::Log(a, b)
-        | Node::Mod(a, b) => has_opaque(a) || has_opaque(b),
-        _ => false,
-    }
+    any_node(n, &|x| matches!(x, Node::Opaque(..)))
 }
 
 /// No symbols and no undefined functions in `n`.

@@ -614,6 +614,50 @@ mod tests {
         assert_ne!(v(lagrange, "5"), Some(true));
     }
 
+    /// Logarithms to a base, `^(...)` powers and a function's bare argument with
+    /// its power, as math-verify 0.9.0 reads them (each verdict checked against it).
+    #[test]
+    fn reference_readings_of_logs_and_bare_powers() {
+        let cases: &[(&str, &str, Option<bool>)] = &[
+            // `^(a)` is rewritten to `^{a}` up to the first `)`
+            ("$2^(10)$", "1024", Some(true)),
+            ("$3^(2) + 2^(2)$", "13", Some(true)),
+            ("$(x+1)^(2)$", "(x+1)^2", Some(true)),
+            ("$2^(x+1)$", "8", Some(false)),
+            // ... which breaks nested parentheses: not reproduced
+            ("$2^((1+2))$", "8", None),
+            ("$2^(3^(2))$", "512", None),
+            // \log_{b} with a braced or parenthesised argument, or one bare token
+            ("$\\log_{10} 100$", "2", Some(true)),
+            ("$\\log_2 (8)$", "3", Some(true)),
+            ("$\\log_{4} 8$", "\\frac32", Some(true)),
+            ("$\\log_{8} 4$", "0.5", Some(false)),
+            ("$\\log_{3} 2$", "\\frac{\\ln 2}{\\ln 3}", Some(true)),
+            ("$\\log_2 x$", "3", Some(false)),
+            // the bare argument takes its power: log(2**3, 2), ln(e**2)
+            ("$\\log_{2} 2^{3}$", "3", Some(true)),
+            ("$\\log_{2} 2^{3}$", "1", Some(false)),
+            ("$\\log_{10} 10^{3}$", "3", Some(true)),
+            ("$\\ln e^2$", "2", Some(true)),
+            ("$\\ln e^2$", "1", Some(false)),
+            ("$\\log 10^3$", "3", Some(true)),
+            ("$\\tan 45^\\circ = 1$", "1", Some(true)),
+            // a subscript or factorial on the bare argument, a bare letter base,
+            // the reference's `\log_2 8` -> `\log_{2}{8}` rewrite: not reproduced
+            ("$\\log_2 x_1$", "1", None),
+            ("$\\log_{2} 8!$", "3", None),
+            ("$\\log_e e^2$", "2", None),
+            ("$\\log_2 8$", "3", None),
+            // a base logarithm of a Float is Float/log(b) in sympy, never folded
+            ("$\\log 0.001$", "-3", None),
+            ("$\\log_{2}(0.25)$", "-2", None),
+            ("$\\ln 0.25$", "-1.386294", Some(true)),
+        ];
+        for (p, g, want) in cases {
+            assert_eq!(v(p, g), *want, "{p} vs {g}: {:?}", verify(p, g));
+        }
+    }
+
     /// `math_strict`: the forms where the reference is not mathematically right
     /// are read as mathematics does; everything else is unchanged.
     #[test]
