@@ -747,7 +747,7 @@ fn caret_parens(s: &str) -> Option<String> {
             let body = &s[j + 1..];
             let close = body.find(')');
             let newline = body.find('\n');
-            if let Some(c) = close.filter(|c| newline.is_none_or(|n| n > *c)) {
+            if let Some(c) = close.filter(|c| newline.map_or(true, |n| n > *c)) {
                 out.push_str(&s[copied..at]);
                 out.push_str("^{");
                 out.push_str(&body[..c]);
