@@ -325,7 +325,7 @@ fn expand_plus_minus(v: &Value) -> Option<Value> {
     }
 }
 
-fn collect_syms(n: &Node, out: &mut Vec<String>) {
+pub(super) fn collect_syms(n: &Node, out: &mut Vec<String>) {
     match n {
         Node::Sym(s) if !out.contains(s) => out.push(s.clone()),
         Node::Add(v) | Node::Mul(v) => v.iter().for_each(|x| collect_syms(x, out)),
@@ -344,7 +344,7 @@ fn collect_syms(n: &Node, out: &mut Vec<String>) {
 }
 
 /// Whether `f` holds for `n` or any node below it.
-fn any_node(n: &Node, f: &dyn Fn(&Node) -> bool) -> bool {
+pub(super) fn any_node(n: &Node, f: &dyn Fn(&Node) -> bool) -> bool {
     f(n) || match n {
         Node::Add(v) | Node::Mul(v) | Node::Opaque(_, v) => v.iter().any(|x| any_node(x, f)),
         Node::Neg(a) | Node::Fact(a) | Node::Func(_, a) | Node::Pct(a) => any_node(a, f),
@@ -563,10 +563,13 @@ pub fn is_constant(n: &Node) -> bool {
 
 /// Sample points for variables (fixed, so verdicts are deterministic).
 /// Positive, so that roots and logarithms of variables stay real.
-const POINTS: [[f64; 3]; 3] = [
+const POINTS: [[f64; 3]; 6] = [
     [0.5377, 1.8339, 2.2588],
     [0.8622, 0.3188, 1.3077],
     [1.4336, 0.3426, 3.5784],
+    [7.2540, 5.1031, 11.711],
+    [13.077, 9.4336, 6.3426],
+    [21.031, 17.254, 8.6622],
 ];
 
 /// Values of `n` at the sample points (None where undefined).
@@ -597,16 +600,19 @@ fn const_vs_symbolic(c: &Node, x: &Node) -> Option<bool> {
     }
     let mut syms = Vec::new();
     collect_syms(x, &mut syms);
-    let vals = samples(x, &syms);
-    let vals: Vec<f64> = vals.into_iter().collect::<Option<Vec<_>>>()?;
-    let first = vals[0];
+    // values where defined (x^2 - 9 under a root is not, for small x)
+    let vals: Vec<f64> = samples(x, &syms).into_iter().flatten().collect();
     // clearly different values (an identically constant expression sampled in
     // floats differs only by cancellation noise, relative to its terms)
-    let differs = |v: f64| (v - first).abs() > 1e-6 * v.abs().max(first.abs()).max(1.0);
-    if vals.iter().any(|v| differs(*v)) {
-        return Some(false); // not constant: it cannot equal a number
+    if let Some(&first) = vals.first() {
+        let differs = |v: f64| (v - first).abs() > 1e-6 * v.abs().max(first.abs()).max(1.0);
+        if vals.iter().any(|v| differs(*v)) {
+            return Some(false); // not constant: it cannot equal a number
+        }
     }
-    None
+    // a rational function that may be constant: sympy's simplify of the
+    // difference is zero exactly when it is identically zero
+    super::ratfun::identically_equal(c, x)
 }
 
 /// Expressions that may contain symbols: compare at sample points.
