@@ -162,7 +162,7 @@ pub fn identically_equal(a: &Node, b: &Node) -> Option<bool> {
     if syms.len() + constants > MAX_GENERATORS {
         return None;
     }
-    let mut state = 0x5EED_0F_0A75_u64;
+    let mut state = 0x005E_ED0F_0A75_u64;
     let mut tried = 0;
     for _ in 0..2 * POINTS {
         let vals: Vec<u64> = (0..syms.len() + 2).map(|_| next(&mut state)).collect();
