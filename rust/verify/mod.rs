@@ -692,6 +692,15 @@ mod tests {
             ("$\\pi(x+1) - \\pi x$", "3.14159", None),
             ("$\\frac{1}{x-x}$", "0", None),
             ("$(x^2)^3 - x^6 + 7$", "7", None),
+            // exact constants beyond f64 / i128: told apart modulo a prime, never
+            // called equal that way
+            (
+                "$m = 2^{2019} - 2^{2018} - 2^{2017} + 2^{2016}$",
+                "129",
+                Some(false),
+            ),
+            ("$\\frac{10^{400}}{10^{399}}$", "11", Some(false)),
+            ("$\\frac{10^{400}}{10^{399}}$", "10", None),
             // real only for |x| > 3: sampled there
             ("$\\frac{1}{\\sqrt{x^2 - 9}} + 1$", "7", Some(false)),
         ];

@@ -76,7 +76,7 @@ fn rat(r: Rat) -> Result<u64, Stop> {
 }
 
 /// The value of `n` at one point; symbols, `e` and `pi` take values from `var`.
-fn eval(n: &Node, var: &dyn Fn(&str) -> u64) -> Result<u64, Stop> {
+fn eval(n: &Node, var: &dyn Fn(&str) -> u64, max_exp: i128) -> Result<u64, Stop> {
     Ok(match n {
         Node::Num { v, float: false } => rat(*v)?,
         Node::Frac(v) => rat(*v)?,
@@ -86,21 +86,21 @@ fn eval(n: &Node, var: &dyn Fn(&str) -> u64) -> Result<u64, Stop> {
         Node::Add(ts) => {
             let mut acc = 0;
             for t in ts {
-                acc = add(acc, eval(t, var)?);
+                acc = add(acc, eval(t, var, max_exp)?);
             }
             acc
         }
         Node::Mul(ts) => {
             let mut acc = 1;
             for t in ts {
-                acc = mul(acc, eval(t, var)?);
+                acc = mul(acc, eval(t, var, max_exp)?);
             }
             acc
         }
-        Node::Neg(a) => neg(eval(a, var)?),
+        Node::Neg(a) => neg(eval(a, var, max_exp)?),
         Node::Div(a, b) => {
-            let den = eval(b, var)?;
-            mul(eval(a, var)?, inv(den)?)
+            let den = eval(b, var, max_exp)?;
+            mul(eval(a, var, max_exp)?, inv(den)?)
         }
         Node::Pow(a, b) => {
             let e = match **b {
@@ -111,10 +111,10 @@ fn eval(n: &Node, var: &dyn Fn(&str) -> u64) -> Result<u64, Stop> {
                 },
                 _ => return Err(Stop::NotRational),
             };
-            if e.abs() > MAX_EXPONENT {
+            if e.abs() > max_exp {
                 return Err(Stop::NotRational);
             }
-            let base = eval(a, var)?;
+            let base = eval(a, var, max_exp)?;
             if e < 0 {
                 inv(pow(base, e.unsigned_abs() as u64))?
             } else if e == 0 && base == 0 {
@@ -173,7 +173,8 @@ pub fn identically_equal(a: &Node, b: &Node) -> Option<bool> {
                 _ => vals[syms.iter().position(|x| x == s).expect("collected")],
             }
         };
-        let d = eval(a, &var).and_then(|x| Ok(add(x, neg(eval(b, &var)?))));
+        let d =
+            eval(a, &var, MAX_EXPONENT).and_then(|x| Ok(add(x, neg(eval(b, &var, MAX_EXPONENT)?))));
         match d {
             Ok(0) => tried += 1,
             Ok(_) => return Some(false),
@@ -185,6 +186,23 @@ pub fn identically_equal(a: &Node, b: &Node) -> Option<bool> {
         }
     }
     None
+}
+
+/// Whether two exact constants (integers, fractions, integer powers; no
+/// symbols, Floats, roots or functions) certainly differ: their values modulo
+/// P differ. Equal residues prove nothing (2^61 - 1 is 0 there), so there is no
+/// "equal" answer. sympy evaluates such constants exactly, so different values
+/// are never equal there, whatever the size (2^2019).
+pub fn constants_differ(a: &Node, b: &Node) -> bool {
+    let none = |_: &str| -> u64 { unreachable!("constants have no symbols") };
+    let is_const = |n: &Node| !any_node(n, &|x| matches!(x, Node::Sym(_) | Node::E | Node::Pi));
+    if !is_const(a) || !is_const(b) {
+        return false;
+    }
+    matches!(
+        (eval(a, &none, 1 << 32), eval(b, &none, 1 << 32)),
+        (Ok(x), Ok(y)) if x != y
+    )
 }
 
 #[cfg(test)]
@@ -229,5 +247,18 @@ mod tests {
         assert_eq!(same(slow, "0"), None);
         let six = "\\frac{a^5}{(a-b)(a-c)(a-d)(a-f)(a-g)} + \\frac{b^5}{(b-a)(b-c)(b-d)(b-f)(b-g)} + \\frac{c^5}{(c-a)(c-b)(c-d)(c-f)(c-g)} + \\frac{d^5}{(d-a)(d-b)(d-c)(d-f)(d-g)} + \\frac{f^5}{(f-a)(f-b)(f-c)(f-d)(f-g)} + \\frac{g^5}{(g-a)(g-b)(g-c)(g-d)(g-f)}";
         assert_eq!(same(six, "1"), None);
+    }
+
+    #[test]
+    fn exact_constants_that_differ() {
+        let differ = |a: &str, b: &str| constants_differ(&node(a), &node(b));
+        assert!(differ("2^{2019} - 2^{2018}", "129"));
+        assert!(differ("\\frac{2011}{2^{2023066}}", "2014"));
+        assert!(!differ("2^{2019} - 2^{2018}", "2^{2018}"));
+        // a residue clash is not an answer, nor anything but exact arithmetic
+        assert!(!differ("2^{61} - 1", "0"));
+        assert!(!differ("\\sqrt{2}", "1"));
+        assert!(!differ("0.5", "1"));
+        assert!(!differ("\\pi", "3"));
     }
 }
