@@ -13,7 +13,6 @@ SHARED = Path(os.environ.get("ONPOLICY_SFT_SHARED", REPO.parent / "shared"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    _mark_known_failing(items)
     try:
         import torch
 
@@ -58,24 +57,3 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)
-
-
-# Known failures after the 2026-12-07 merge of nine branches, seen only in the full-suite order
-# (each passes alone or with its neighbours); kept visible as xfail until fixed -- see the
-# session's closing note. Remove an entry as soon as its cause is fixed.
-_KNOWN_FAILING = (
-    "tests/test_loss_triton.py::",
-    "tests/test_online.py::test_rounds_rewrite_with_the_current_weights",
-    "tests/test_online.py::test_train_cli_names_bad_online_flags",
-    "tests/test_recipes.py::test_is_refuses_a_sampled_row_without_behaviour_logprobs",
-    "tests/test_reference.py::test_benchmark_row_without_an_answer_names_file_and_row",
-    "tests/test_rewrite.py::test_rewrite_output_loads_as_a_dataset_and_trains_with_trl",
-)
-
-
-def _mark_known_failing(items):
-    for item in items:
-        if item.nodeid.startswith(_KNOWN_FAILING):
-            item.add_marker(
-                pytest.mark.xfail(reason="known failure after the 2026-12-07 merge", strict=False)
-            )
