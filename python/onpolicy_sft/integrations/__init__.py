@@ -531,13 +531,10 @@ class PolicyLossMixin:
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> Any:
-        inputs = dict(inputs)
+        inputs, num_items_in_batch = self._loss_inputs(model, dict(inputs), num_items_in_batch)
         labels = inputs.pop("labels")
         behavior = inputs.pop("behavior_logprobs", None)
         seq_ids = inputs.pop("seq_ids", None)
-        # No KV cache in training: it costs memory, and transformers only honours
-        # packed position_ids (no cross-sequence attention) without one.
-        inputs.setdefault("use_cache", False)
         if model.training:
             self._ramp_idft()
         tokens = self.normalize == "tokens"
@@ -566,9 +563,25 @@ class PolicyLossMixin:
         self.loss_is_scaled_for_ga = total is not None
         if total is not None and args.average_tokens_across_devices and args.world_size > 1:
             loss = loss * self.accelerator.num_processes
-        if model.training:
+        if model.training or self.records_eval:
             self._record(res)
         return (loss, outputs) if return_outputs else loss
+
+    # whether evaluation batches' statistics are recorded too (TRL keeps eval metrics apart)
+    records_eval = False
+
+    def _loss_inputs(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        num_items_in_batch: torch.Tensor | int | None,
+    ) -> tuple[dict[str, Any], torch.Tensor | int | None]:
+        """The model's inputs (labels, behaviour log-probs and seq_ids still in them) and
+        the batch's normaliser; a trainer with extra columns takes them out here."""
+        # No KV cache in training: it costs memory, and transformers only honours
+        # packed position_ids (no cross-sequence attention) without one.
+        inputs.setdefault("use_cache", False)
+        return inputs, num_items_in_batch
 
     def _ramp_idft(self) -> None:
         """The authors' IDFT exponent schedule: lambda_t from the share of steps done."""
