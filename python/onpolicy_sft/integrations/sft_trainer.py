@@ -30,7 +30,7 @@ from trl.data_utils import pack_dataset
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from onpolicy_sft.config import IGNORE_INDEX
-from onpolicy_sft.integrations import PolicyLossMixin
+from onpolicy_sft.integrations.head import PolicyLossMixin
 from onpolicy_sft.losses import PolicyLoss
 from onpolicy_sft.training.formats import EXPERT_TIER, check_rows, detect_format
 
