@@ -20,7 +20,8 @@ called exactly as that harness does.
 Usage: python benches/bench_verify.py [--mv-seconds 20] [--no-fallback] [--dump DIR] [--only F]
 Appends one JSON line to bench_results/verify.jsonl. ``--dump DIR`` writes each
 file's undecided pairs (prediction, gold, reason, math-verify's verdict) to
-DIR/<file>.undecided.jsonl, to read them grouped by reason.
+DIR/<file>.undecided.jsonl, costliest for math-verify first (``mv_ms``: its time on that pair,
+measured now), to read them grouped by reason and cost.
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ def bench_file(name: str, args: argparse.Namespace) -> dict:
     agree_dec = sum(fast[i].correct == ref[i] for i in decided)
     und = [i for i, v in enumerate(fast) if v.correct is None]
     if args.dump:
-        _dump(args.dump, name, [(rows[i]["id"], preds[i], golds[i], fast[i], ref[i]) for i in und])
+        items = [(rows[i]["id"], preds[i], golds[i], fast[i], ref[i]) for i in und]
+        _dump(args.dump, name, items, [_mv_ms(preds[i], golds[i]) for i in und])
     res = {
         "file": name,
         "pairs": len(rows),
@@ -133,12 +135,25 @@ def bench_file(name: str, args: argparse.Namespace) -> dict:
     return res
 
 
-def _dump(folder: str, name: str, items: list) -> None:
-    from collections import Counter
+def _mv_ms(pred: str, gold: str) -> float:
+    """math-verify's wall time (ms) for one pair, called as the fallback calls it."""
+    from math_verify import parse, verify
 
+    t = time.perf_counter()
+    verify(parse("\\boxed{" + gold + "}"), parse(pred))
+    return 1e3 * (time.perf_counter() - t)
+
+
+def _dump(folder: str, name: str, items: list, mv_ms: list[float] | None = None) -> None:
+    """Undecided pairs, costliest for math-verify first (what the fallback pays for them)."""
+    from collections import Counter, defaultdict
+
+    costs = mv_ms or [0.0] * len(items)
+    order = sorted(range(len(items)), key=lambda k: -costs[k])
     Path(folder).mkdir(parents=True, exist_ok=True)
     with open(Path(folder) / f"{name}.undecided.jsonl", "w", encoding="utf-8") as f:
-        for rid, p, g, v, ref in items:
+        for k in order:
+            rid, p, g, v, ref = items[k]
             row = {
                 "id": rid,
                 "reason": v.reason,
@@ -146,10 +161,18 @@ def _dump(folder: str, name: str, items: list) -> None:
                 "gold": g,
                 "pred_answer": v.pred_answer,
             }
+            if mv_ms is not None:
+                row["mv_ms"] = round(costs[k], 2)
             row["gold_answer"], row["prediction"] = v.gold_answer, p[-400:]
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     reasons = Counter(v.reason.split(":")[0] for _, _, _, v, _ in items)
     print(f"{name}: {len(items)} undecided: {dict(reasons.most_common())}", file=sys.stderr)
+    if mv_ms is not None:
+        spent: dict[str, float] = defaultdict(float)
+        for (_, _, _, v, _), c in zip(items, costs):
+            spent[v.reason.split(":")[0]] += c / 1e3
+        by_cost = {r: round(s, 2) for r, s in sorted(spent.items(), key=lambda x: -x[1])}
+        print(f"{name}: math-verify s on them: {sum(costs) / 1e3:.2f} {by_cost}", file=sys.stderr)
 
 
 def bench_mv_tests(args: argparse.Namespace) -> dict:

@@ -7,21 +7,29 @@ from pathlib import Path
 
 import pytest
 
+# Triton reads TRITON_INTERPRET when triton.language is imported (its own @triton.jit
+# helpers such as tl.max are built then), and peft, vllm and TRL import it. Without CUDA
+# the Triton tests run in the CPU interpreter, so the flag is set for the whole session,
+# before any test module imports those libraries. backend="auto" still picks torch on
+# CPU; only an explicit backend="triton" runs the interpreter.
+try:
+    import torch
+
+    _HAS_CUDA = torch.cuda.is_available()
+except Exception:  # torch missing or broken: no GPU tests either way
+    _HAS_CUDA = False
+if not _HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 REPO = Path(__file__).resolve().parent.parent
 # ../shared beside the checkout (CI clones the repo with shared/ beside it).
 SHARED = Path(os.environ.get("ONPOLICY_SFT_SHARED", REPO.parent / "shared"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    try:
-        import torch
-
-        has_cuda = torch.cuda.is_available()
-    except Exception:  # torch missing or broken: no GPU tests either way
-        has_cuda = False
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU; none on this machine")
     for item in items:
-        if "gpu" in item.keywords and not has_cuda:
+        if "gpu" in item.keywords and not _HAS_CUDA:
             item.add_marker(skip_gpu)
 
 

@@ -325,7 +325,7 @@ fn expand_plus_minus(v: &Value) -> Option<Value> {
     }
 }
 
-fn collect_syms(n: &Node, out: &mut Vec<String>) {
+pub(super) fn collect_syms(n: &Node, out: &mut Vec<String>) {
     match n {
         Node::Sym(s) if !out.contains(s) => out.push(s.clone()),
         Node::Add(v) | Node::Mul(v) => v.iter().for_each(|x| collect_syms(x, out)),
@@ -343,19 +343,34 @@ fn collect_syms(n: &Node, out: &mut Vec<String>) {
     }
 }
 
-fn has_inf(n: &Node) -> bool {
-    match n {
-        Node::Inf => true,
-        Node::Add(v) | Node::Mul(v) => v.iter().any(has_inf),
-        Node::Neg(a) | Node::Fact(a) | Node::Func(_, a) | Node::Pct(a) => has_inf(a),
+/// Whether `f` holds for `n` or any node below it.
+pub(super) fn any_node(n: &Node, f: &dyn Fn(&Node) -> bool) -> bool {
+    f(n) || match n {
+        Node::Add(v) | Node::Mul(v) | Node::Opaque(_, v) => v.iter().any(|x| any_node(x, f)),
+        Node::Neg(a) | Node::Fact(a) | Node::Func(_, a) | Node::Pct(a) => any_node(a, f),
         Node::Div(a, b)
         | Node::Pow(a, b)
         | Node::Root(a, b)
         | Node::Log(a, b)
-        | Node::Mod(a, b) => has_inf(a) || has_inf(b),
-        Node::Opaque(_, v) => v.iter().any(has_inf),
+        | Node::Mod(a, b) => any_node(a, f) || any_node(b, f),
         _ => false,
     }
+}
+
+fn has_inf(n: &Node) -> bool {
+    any_node(n, &|x| matches!(x, Node::Inf))
+}
+
+/// A logarithm to a base (`\log_b`, `\log`) of a Float: sympy makes it
+/// Float / log(b), which its simplify neither folds nor cancels exactly
+/// (`\log 0.001` is not `-3` there).
+fn has_float_log(n: &Node) -> bool {
+    let float = |x: &Node| matches!(x, Node::Num { float: true, .. });
+    any_node(n, &|x| match x {
+        Node::Log(a, b) => any_node(a, &float) || any_node(b, &float),
+        Node::Func(Fun::Log10, a) => any_node(a, &float),
+        _ => false,
+    })
 }
 
 /// The reference's "atomic number" classes.
@@ -478,8 +493,13 @@ fn float_symbolic_eq(a: &Ev, b: &Ev) -> Option<bool> {
     }
 }
 
-/// Two constant expressions (no symbols).
+/// Two constant expressions (no symbols). Beyond f64 and i128
+/// (2^{2019} - 2^{2018}), exact values modulo a prime can still tell them apart.
 fn const_eq(g: &Node, p: &Node) -> Option<bool> {
+    const_eq_floats(g, p).or_else(|| super::ratfun::constants_differ(g, p).then_some(false))
+}
+
+fn const_eq_floats(g: &Node, p: &Node) -> Option<bool> {
     if has_inf(g) || has_inf(p) {
         return match (g, p) {
             (Node::Inf, Node::Inf) => Some(true),
@@ -498,6 +518,9 @@ fn const_eq(g: &Node, p: &Node) -> Option<bool> {
             }
             _ => None,
         };
+    }
+    if has_float_log(g) || has_float_log(p) {
+        return None;
     }
     let ag = atom(g);
     let ap = atom(p);
@@ -533,17 +556,7 @@ fn const_eq(g: &Node, p: &Node) -> Option<bool> {
 }
 
 fn has_opaque(n: &Node) -> bool {
-    match n {
-        Node::Opaque(..) => true,
-        Node::Add(v) | Node::Mul(v) => v.iter().any(has_opaque),
-        Node::Neg(a) | Node::Fact(a) | Node::Func(_, a) | Node::Pct(a) => has_opaque(a),
-        Node::Div(a, b)
-        | Node::Pow(a, b)
-        | Node::Root(a, b)
-        | Node::Log(a, b)
-        | Node::Mod(a, b) => has_opaque(a) || has_opaque(b),
-        _ => false,
-    }
+    any_node(n, &|x| matches!(x, Node::Opaque(..)))
 }
 
 /// No symbols and no undefined functions in `n`.
@@ -555,10 +568,13 @@ pub fn is_constant(n: &Node) -> bool {
 
 /// Sample points for variables (fixed, so verdicts are deterministic).
 /// Positive, so that roots and logarithms of variables stay real.
-const POINTS: [[f64; 3]; 3] = [
+const POINTS: [[f64; 3]; 6] = [
     [0.5377, 1.8339, 2.2588],
     [0.8622, 0.3188, 1.3077],
     [1.4336, 0.3426, 3.5784],
+    [7.2540, 5.1031, 11.711],
+    [13.077, 9.4336, 6.3426],
+    [21.031, 17.254, 8.6622],
 ];
 
 /// Values of `n` at the sample points (None where undefined).
@@ -589,16 +605,19 @@ fn const_vs_symbolic(c: &Node, x: &Node) -> Option<bool> {
     }
     let mut syms = Vec::new();
     collect_syms(x, &mut syms);
-    let vals = samples(x, &syms);
-    let vals: Vec<f64> = vals.into_iter().collect::<Option<Vec<_>>>()?;
-    let first = vals[0];
+    // values where defined (x^2 - 9 under a root is not, for small x)
+    let vals: Vec<f64> = samples(x, &syms).into_iter().flatten().collect();
     // clearly different values (an identically constant expression sampled in
     // floats differs only by cancellation noise, relative to its terms)
-    let differs = |v: f64| (v - first).abs() > 1e-6 * v.abs().max(first.abs()).max(1.0);
-    if vals.iter().any(|v| differs(*v)) {
-        return Some(false); // not constant: it cannot equal a number
+    if let Some(&first) = vals.first() {
+        let differs = |v: f64| (v - first).abs() > 1e-6 * v.abs().max(first.abs()).max(1.0);
+        if vals.iter().any(|v| differs(*v)) {
+            return Some(false); // not constant: it cannot equal a number
+        }
     }
-    None
+    // a rational function that may be constant: sympy's simplify of the
+    // difference is zero exactly when it is identically zero
+    super::ratfun::identically_equal(c, x)
 }
 
 /// Expressions that may contain symbols: compare at sample points.

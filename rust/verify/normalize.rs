@@ -713,16 +713,81 @@ fn units(s: &str) -> String {
     text
 }
 
+/// The reference's malformed-operator fixes, in its order: `^(a)` -> `^{a}`,
+/// then the rest ([`malformed_rest`]). Returns None for the rewrites we do not
+/// reproduce (`sqrt(a)`, `\log_2 8` -> `\log_{2}{8}`).
+fn malformed(s: &str) -> Option<String> {
+    let s = caret_parens(s)?;
+    if s.contains("sqrt(") || s.contains("sqrt (") || log_digits_rewritten(&s) {
+        return None;
+    }
+    malformed_rest(&s)
+}
+
+/// The reference's `re.sub(r"\^\s?\((.*?)\)", r"^{\1}")`, one left-to-right pass:
+/// each `^(` (one optional space between) up to the first `)` on the same line
+/// becomes `^{...}`. None for other white space after `^` (`\s` is wider than ' ').
+fn caret_parens(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    let mut copied = 0;
+    while let Some(p) = s[i..].find('^') {
+        let at = i + p;
+        let mut j = at + 1;
+        let next = s[j..].chars().next();
+        if next.is_some_and(|c| c.is_whitespace() && c != ' ') {
+            return None;
+        }
+        if next == Some(' ') {
+            j += 1;
+        }
+        if b.get(j) == Some(&b'(') {
+            // `.` stops at a line break: no `)` before it, no match here
+            let body = &s[j + 1..];
+            let close = body.find(')');
+            let newline = body.find('\n');
+            if let Some(c) = close.filter(|c| newline.map_or(true, |n| n > *c)) {
+                out.push_str(&s[copied..at]);
+                out.push_str("^{");
+                out.push_str(&body[..c]);
+                out.push('}');
+                i = j + 1 + c + 1;
+                copied = i;
+                continue;
+            }
+        }
+        i = at + 1;
+    }
+    out.push_str(&s[copied..]);
+    Some(out)
+}
+
+/// Whether the reference's `\log_\s?(\d)\s?(\d+)` -> `\log_{a}{b}` rewrite
+/// applies somewhere in `s`. Wider on purpose: any white space, any numeric char.
+fn log_digits_rewritten(s: &str) -> bool {
+    let ws = |c: &char| c.is_whitespace();
+    let digit = |c: &char| c.is_numeric();
+    s.match_indices("\\log_").any(|(at, m)| {
+        let rest: Vec<char> = s[at + m.len()..].chars().take(4).collect();
+        // the optional spaces taken or not: a digit, then a digit, with at most
+        // one space before each
+        let mut k = 0;
+        if rest.get(k).is_some_and(ws) {
+            k += 1;
+        }
+        if !rest.get(k).is_some_and(digit) {
+            return false;
+        }
+        k += 1;
+        rest.get(k).is_some_and(digit)
+            || (rest.get(k).is_some_and(ws) && rest.get(k + 1).is_some_and(digit))
+    })
+}
+
 /// `\frac12` -> `\frac{1}{2}`, `\sqrt3` -> `\sqrt{3}`, `a/b` of integers -> `\frac{a}{b}`.
 /// Returns None for the malformed-operator patterns we do not reproduce.
-fn malformed(s: &str) -> Option<String> {
-    // Patterns whose regex rewrite we do not reproduce exactly: bail out.
-    if s.contains("^(") || s.contains("^ (") || s.contains("sqrt(") || s.contains("sqrt (") {
-        return None;
-    }
-    if s.contains("\\log_") {
-        return None;
-    }
+fn malformed_rest(s: &str) -> Option<String> {
     // \frac not followed by '{' (after optional one space), or \frac{..}<digit>
     let b = s.as_bytes();
     let mut from = 0;
@@ -733,7 +798,7 @@ fn malformed(s: &str) -> Option<String> {
             j += 1;
         }
         if b.get(j) != Some(&b'{') {
-            return fix_digit_frac(s).and_then(|f| malformed(&f));
+            return fix_digit_frac(s).and_then(|f| malformed_rest(&f));
         }
         // check `\frac{...}\s?\d` (lazy group up to the first '}' followed by an optional space and a digit)
         let mut k = j + 1;

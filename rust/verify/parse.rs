@@ -292,6 +292,48 @@ impl P {
         Ok(Node::sum(terms))
     }
 
+    /// Degrees, `^\circ` or `^{\circ}`: the reference drops them (no conversion).
+    fn eat_degrees(&mut self) -> bool {
+        if !self.is_ch('^') {
+            return false;
+        }
+        let n = match self.peek_at(1) {
+            Some(Tok::Cmd(c)) if c == "circ" => 2,
+            Some(Tok::Ch('{'))
+                if matches!(self.peek_at(2), Some(Tok::Cmd(c)) if c == "circ")
+                    && matches!(self.peek_at(3), Some(Tok::Ch('}'))) =>
+            {
+                4
+            }
+            _ => return false,
+        };
+        self.i += n;
+        true
+    }
+
+    /// A power, subscript or factorial right after a function's bare argument
+    /// (`\ln e^2`, `\log_2 x_1`): the reference applies it inside the argument.
+    fn continues_bare_arg(&self) -> bool {
+        self.is_ch('^') || self.is_ch('_') || self.is_ch('!') || self.is_ch('\'')
+    }
+
+    /// A one-token bare argument with its power, as the reference reads it
+    /// (`\ln e^2` is ln(e**2), `\log_2 2^{3}` is log(2**3, 2)); anything else
+    /// that would continue the argument is not reproduced.
+    fn bare_power(&mut self, arg: Node) -> R<Node> {
+        let degrees = self.eat_degrees();
+        let arg = if !degrees && self.eat_ch('^') {
+            let e = self.group()?;
+            Node::Pow(Box::new(arg), Box::new(e))
+        } else {
+            arg
+        };
+        if self.continues_bare_arg() {
+            return Err(PErr::Unsupported);
+        }
+        Ok(arg)
+    }
+
     fn starts_factor(&self) -> bool {
         match self.peek() {
             Some(Tok::Num(_)) | Some(Tok::Letter(_)) => true,
@@ -424,20 +466,11 @@ impl P {
         self.enter()?;
         let mut base = self.primary()?;
         loop {
+            if self.eat_degrees() {
+                continue;
+            }
             if self.is_ch('^') {
                 self.i += 1;
-                // degrees: ^\circ or ^{\circ}
-                if self.is_cmd("circ") {
-                    self.i += 1;
-                    continue;
-                }
-                if self.is_ch('{')
-                    && matches!(self.peek_at(1), Some(Tok::Cmd(c)) if c == "circ")
-                    && matches!(self.peek_at(2), Some(Tok::Ch('}')))
-                {
-                    self.i += 3;
-                    continue;
-                }
                 let e = self.group()?;
                 base = Node::Pow(Box::new(base), Box::new(e));
             } else if self.is_ch('!') {
@@ -688,7 +721,12 @@ impl P {
                     }
                     "log" if self.is_ch('_') => {
                         self.i += 1;
+                        // a bare letter base (`\log_e`) is read differently
+                        if matches!(self.peek(), Some(Tok::Letter(_))) {
+                            return Err(PErr::Unsupported);
+                        }
                         let base = self.group()?;
+                        let bare_arg = !self.is_ch('(') && !self.is_ch('{');
                         let arg = if self.is_ch('{') {
                             self.brace_expr()?
                         } else if self.is_ch('(') {
@@ -709,6 +747,7 @@ impl P {
                                 _ => return Err(PErr::Unsupported),
                             }
                         };
+                        let arg = if bare_arg { self.bare_power(arg)? } else { arg };
                         Node::Log(Box::new(arg), Box::new(base))
                     }
                     "sin" | "cos" | "tan" | "sec" | "csc" | "cot" | "ln" | "log" => {
@@ -757,18 +796,22 @@ impl P {
                                     // \cos 2\theta is cos(2 theta)
                                     match one(self)? {
                                         Some(x) => Node::Mul(vec![n, x]),
-                                        None => n,
+                                        None => self.bare_power(n)?,
                                     }
                                 }
-                                _ => one(self)?.ok_or(PErr::Unsupported)?,
+                                _ => {
+                                    let x = one(self)?.ok_or(PErr::Unsupported)?;
+                                    self.bare_power(x)?
+                                }
                             }
                         };
                         // the reference's argument without parentheses is a whole
                         // product (\sin 2x is sin(2x)) that stops at the next function
                         // (\cos y \cos z): only a one-token argument is reproduced
                         if bare_arg
-                            && self.starts_factor()
-                            && !matches!(self.peek(), Some(Tok::Cmd(n)) if is_function(n))
+                            && (self.continues_bare_arg()
+                                || self.starts_factor()
+                                    && !matches!(self.peek(), Some(Tok::Cmd(n)) if is_function(n)))
                         {
                             return Err(PErr::Unsupported);
                         }
