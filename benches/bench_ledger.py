@@ -124,6 +124,20 @@ def time_jsonl(path: Path, attempts: list[Attempt]) -> float:
     return time.perf_counter() - t
 
 
+def time_fdatasync_writes(path: Path, data: bytes, times: int) -> float:
+    """Seconds to write ``data`` ``times`` times to a new file, fdatasync after each write."""
+    t = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        for _ in range(times):
+            os.write(fd, data)
+            os.fdatasync(fd)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return time.perf_counter() - t
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--problems", type=int, default=1_000_000, help="problems (1 attempt each)")
@@ -158,13 +172,10 @@ def main() -> int:
         )
     )
     if shm is not None:
-        d = Path(tempfile.mkdtemp(dir=shm))
-        try:
-            m = min(n, 200_000)
-            dts = time_record(d / "l", ids[:m], small[:m])
-            dtj = time_jsonl(d / "b.jsonl", small[: min(m, 20_000)])
-        finally:
-            shutil.rmtree(d)
+        m = min(n, 200_000)
+        with tempfile.TemporaryDirectory(dir=shm) as d:
+            dts = time_record(Path(d, "l"), ids[:m], small[:m])
+            dtj = time_jsonl(Path(d, "b.jsonl"), small[: min(m, 20_000)])
         res["record_no_text_tmpfs_per_s"] = m / dts
         rows.append(
             (
@@ -177,26 +188,11 @@ def main() -> int:
 
     # the disk's own ceiling for the same write pattern (8 MB writes, fdatasync each)
     chunk = os.urandom(8 << 20)
-    t = time.perf_counter()
-    fd = os.open(root / "raw.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        for _ in range(16):
-            os.write(fd, chunk)
-            os.fdatasync(fd)
-    finally:
-        os.close(fd)
-        os.unlink(root / "raw.bin")
-    res["disk_write_fdatasync_mb_per_s"] = 16 * len(chunk) / 1e6 / (time.perf_counter() - t)
-    t = time.perf_counter()
-    fd = os.open(root / "raw.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        for _ in range(200):
-            os.write(fd, b"x" * 52_000)
-            os.fdatasync(fd)
-    finally:
-        os.close(fd)
-        os.unlink(root / "raw.bin")
-    res["disk_fdatasync_ms"] = (time.perf_counter() - t) / 200 * 1e3
+    dt = time_fdatasync_writes(root / "raw.bin", chunk, 16)
+    res["disk_write_fdatasync_mb_per_s"] = 16 * len(chunk) / 1e6 / dt
+    res["disk_fdatasync_ms"] = (
+        time_fdatasync_writes(root / "raw.bin", b"x" * 52_000, 200) / 200 * 1e3
+    )
     rows.append(
         (
             "disk alone: write+fdatasync",
@@ -226,14 +222,10 @@ def main() -> int:
         )
     )
     if shm is not None:
-        d = Path(tempfile.mkdtemp(dir=shm))
-        try:
-            m = min(t_n, 10_000)
-            sub = texts[:m]
-            dts = time_record(d / "l", t_ids, sub)
-            mbs = sum(payload_bytes(a) for a in sub) / 1e6
-        finally:
-            shutil.rmtree(d)
+        sub = texts[: min(t_n, 10_000)]
+        mbs = sum(payload_bytes(a) for a in sub) / 1e6
+        with tempfile.TemporaryDirectory(dir=shm) as d:
+            dts = time_record(Path(d, "l"), t_ids, sub)
         res["record_text_tmpfs_mb_per_s"] = mbs / dts
         rows.append(("record, 2KB text+500 lp (tmpfs)", f"{mbs / dts:,.0f} MB/s", "", ""))
     del texts
@@ -274,19 +266,16 @@ def main() -> int:
     )
     # a realistic mix: 8 attempts per problem (4 self + 4 guided), ~40% correct
     mix_n = min(n, 100_000)
-    mix_dir = Path(tempfile.mkdtemp(dir=shm or root))
-    try:
-        empty = np.zeros(0, dtype=np.float32)
-        mix = [
-            Attempt(ids[i], "self" if k < 4 else "guided", k, "", [], empty, (i + k) % 5 < 2)
-            for i in range(mix_n)
-            for k in range(8)
-        ]
-        time_record(mix_dir / "l", ids[:mix_n], mix)
-        with Ledger.open(mix_dir / "l", readonly=True) as m:
+    empty = np.zeros(0, dtype=np.float32)
+    mix = [
+        Attempt(ids[i], "self" if k < 4 else "guided", k, "", [], empty, (i + k) % 5 < 2)
+        for i in range(mix_n)
+        for k in range(8)
+    ]
+    with tempfile.TemporaryDirectory(dir=shm or root) as mix_dir:
+        time_record(Path(mix_dir, "l"), ids[:mix_n], mix)
+        with Ledger.open(Path(mix_dir, "l"), readonly=True) as m:
             res["index_bytes_per_problem_8_attempts"] = m.stats()["index_bytes"] / mix_n
-    finally:
-        shutil.rmtree(mix_dir)
     rows.append(
         (
             "index memory, 8 attempts/problem, 40% correct",

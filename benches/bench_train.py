@@ -32,7 +32,6 @@ peak memory = that process's maximum RSS).
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
 import json
 import statistics
@@ -42,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _machine import machine  # benches/_machine.py, beside this script
+from _machine import append_record, bench_parser, machine  # benches/_machine.py, beside this
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -69,6 +68,12 @@ SMOKE = decoder(2048, 64, 2, 2, 1, 128, max_position_embeddings=512)
 CPU = decoder(32768, 256, 4, 4, 2, 704, max_position_embeddings=2048)
 TARGET_SPEED = 1.0
 TARGET_MEM = 0.5
+# the command line's switches: name (--name, dashes for underscores) and help
+SWITCHES = {
+    "smoke": "tiny shapes on the CPU",
+    "cpu": "a reduced model on the CPU (vocabulary 32768, hidden 256, 4 layers, fp32, "
+    "seq 512), each variant in its own process so that its peak RSS is its own",
+}
 
 
 def make_data(n_rows: int, seq: int, vocab: int, prompt_len: int) -> list[Any]:
@@ -84,9 +89,48 @@ def make_data(n_rows: int, seq: int, vocab: int, prompt_len: int) -> list[Any]:
     return rows
 
 
+def step_timer(times: list[float], cuda: bool) -> Any:
+    """A TrainerCallback that appends each optimizer step's seconds to ``times``."""
+    import torch
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):  # type: ignore[misc]
+        def on_step_begin(self, *a: Any, **k: Any) -> None:
+            if cuda:
+                torch.cuda.synchronize()
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            if cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - self.t0)
+
+    return StepTimer()
+
+
+def train_for_peak(trainer: Any, cuda: bool) -> int | None:
+    """``trainer.train()`` from an emptied CUDA cache; its CUDA peak bytes (None on the CPU)."""
+    import torch
+
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    return torch.cuda.max_memory_allocated() if cuda else None
+
+
+def free_memory(cuda: bool) -> None:
+    """Give back what a finished variant held (call after deleting its trainer and model)."""
+    gc.collect()
+    if cuda:
+        import torch
+
+        torch.cuda.empty_cache()
+
+
 def run_variant(name: str, shapes: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config, Trainer, TrainerCallback
+    from transformers import AutoModelForCausalLM, Qwen2Config, Trainer
     from transformers import TrainingArguments as TA
 
     from onpolicy_sft.losses import PolicyLoss
@@ -103,18 +147,6 @@ def run_variant(name: str, shapes: dict[str, Any], args: argparse.Namespace) -> 
         total_steps * args.micro_batch, args.seq, shapes["vocab_size"], args.prompt_len
     )
     step_times: list[float] = []
-
-    class Timer(TrainerCallback):  # type: ignore[misc]
-        def on_step_begin(self, *a: Any, **k: Any) -> None:
-            if cuda:
-                torch.cuda.synchronize()
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, *a: Any, **k: Any) -> None:
-            if cuda:
-                torch.cuda.synchronize()
-            step_times.append(time.perf_counter() - self.t0)
-
     targs = TA(
         output_dir=tempfile.mkdtemp(prefix="bench_train_"),
         per_device_train_batch_size=args.micro_batch,
@@ -137,7 +169,7 @@ def run_variant(name: str, shapes: dict[str, Any], args: argparse.Namespace) -> 
         args=targs,
         train_dataset=ExampleDataset(examples),
         data_collator=Collator(pad_token_id=0),
-        callbacks=[Timer()],
+        callbacks=[step_timer(step_times, cuda)],
     )
     if name == "hf default":
         trainer: Any = Trainer(**common)
@@ -155,20 +187,14 @@ def run_variant(name: str, shapes: dict[str, Any], args: argparse.Namespace) -> 
         scheme = name.split()[-1]
         loss_fn = PolicyLoss(scheme)
         trainer = PolicyTrainer(**common, loss_fn=loss_fn)
-    if cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    trainer.train()
-    if cuda:
-        peak = torch.cuda.max_memory_allocated()
-    else:  # the process's own high-water mark: --cpu runs each variant in a fresh process
+    peak = train_for_peak(trainer, cuda)
+    if peak is None:
+        # the process's own high-water mark: --cpu runs each variant in a fresh process
         import resource
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     del trainer, model
-    gc.collect()
-    if cuda:
-        torch.cuda.empty_cache()
+    free_memory(cuda)
     timed = step_times[args.warmup :]
     med = statistics.median(timed)
     return {
@@ -180,21 +206,11 @@ def run_variant(name: str, shapes: dict[str, Any], args: argparse.Namespace) -> 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--micro-batch", type=int, default=4)
-    parser.add_argument("--seq", type=int, default=2048)
-    parser.add_argument("--prompt-len", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser = bench_parser(
+        __doc__, micro_batch=4, seq=2048, prompt_len=256, steps=8, warmup=3, switches=SWITCHES
+    )
     parser.add_argument(
         "--variants", default="floor,hf default,ours sft,ours dft", help="comma-separated"
-    )
-    parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU")
-    parser.add_argument(
-        "--cpu",
-        action="store_true",
-        help="a reduced model on the CPU (vocabulary 32768, hidden 256, 4 layers, fp32, seq 512),"
-        " each variant in its own process so that its peak RSS is its own",
     )
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # --cpu worker
     args = parser.parse_args()
@@ -264,20 +280,15 @@ def main() -> int:
         f"targets: ours >= {TARGET_SPEED}x hf tokens/s and <= {TARGET_MEM}x hf loss-related memory"
     )
     print("machine:", json.dumps(info))
-    out = REPO / "bench_results"
-    out.mkdir(exist_ok=True)
-    record = {
-        "bench": "train",
-        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "smoke": args.smoke,
-        "cpu": args.cpu,
-        "micro_batch": args.micro_batch,
-        "seq": args.seq,
-        "rows": rows,
-        "machine": info,
-    }
-    with open(out / "train.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    append_record(
+        "train",
+        smoke=args.smoke,
+        cpu=args.cpu,
+        micro_batch=args.micro_batch,
+        seq=args.seq,
+        rows=rows,
+        machine=info,
+    )
     return 0
 
 

@@ -30,22 +30,31 @@ within a process). Then the loss check: ``trl dft`` and ``ours dft`` for
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import gc
 import json
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from _machine import machine  # benches/_machine.py, beside this script
-from bench_train import CPU, QWEN25_05B, SMOKE  # the same model shapes as bench_train
+from _machine import append_record, bench_parser, machine  # benches/_machine.py, beside this
+from bench_train import (  # the same model shapes as bench_train
+    CPU,
+    QWEN25_05B,
+    SMOKE,
+    free_memory,
+    step_timer,
+    train_for_peak,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = {"dft": 1.0, "is": 0.95, "idft": 0.95, "pear": 0.95}
+# the command line's switches: name (--name, dashes for underscores) and help
+SWITCHES = {
+    "cpu": "the reduced CPU shapes, even with CUDA",
+    "smoke": "tiny shapes, 2 steps: checks the script",
+}
 
 
 def make_rows(n: int, seq: int, prompt_len: int, vocab: int) -> Any:
@@ -68,7 +77,7 @@ def run_variant(name: str, shapes: dict[str, Any], a: argparse.Namespace, steps:
     """Train one variant for ``steps`` steps; s/step, forwards/step, peak, logged losses."""
     import torch
     import trl
-    from transformers import AutoModelForCausalLM, Qwen2Config, TrainerCallback
+    from transformers import AutoModelForCausalLM, Qwen2Config
 
     from onpolicy_sft.integrations import PolicySFTConfig, PolicySFTTrainer
     from onpolicy_sft.testing import build_tiny_model
@@ -81,18 +90,6 @@ def run_variant(name: str, shapes: dict[str, Any], a: argparse.Namespace, steps:
     forwards = [0]
     model.model.register_forward_pre_hook(lambda *x: forwards.__setitem__(0, forwards[0] + 1))
     times: list[float] = []
-
-    class Timer(TrainerCallback):  # type: ignore[misc]
-        def on_step_begin(self, *x: Any, **k: Any) -> None:
-            if cuda:
-                torch.cuda.synchronize()
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, *x: Any, **k: Any) -> None:
-            if cuda:
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - self.t0)
-
     from transformers import AutoTokenizer
 
     tok_dir = Path(tempfile.gettempdir()) / "bench_trl_tok"
@@ -130,19 +127,13 @@ def run_variant(name: str, shapes: dict[str, Any], a: argparse.Namespace, steps:
         args=args,
         train_dataset=make_rows(steps * a.micro_batch, a.seq, a.prompt_len, shapes["vocab_size"]),
         processing_class=AutoTokenizer.from_pretrained(tok_dir),
-        callbacks=[Timer()],
+        callbacks=[step_timer(times, cuda)],
     )
-    if cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
     forwards[0] = 0
-    trainer.train()
-    peak = torch.cuda.max_memory_allocated() if cuda else None
+    peak = train_for_peak(trainer, cuda)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     del trainer, model
-    gc.collect()
-    if cuda:
-        torch.cuda.empty_cache()
+    free_memory(cuda)
     timed = times[a.warmup :] or times
     return {
         "variant": name,
@@ -168,17 +159,12 @@ def child_peak(name: str, a: argparse.Namespace) -> float:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--micro-batch", type=int, default=4)
+    p = bench_parser(__doc__, micro_batch=4, steps=8, warmup=2, switches=SWITCHES)
     p.add_argument("--seq", type=int, default=None, help="[2048 on CUDA, 512 --cpu, 128 --smoke]")
     p.add_argument("--prompt-len", type=int, default=None)
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--check-steps", type=int, default=3, help="SGD fp32 steps of the loss check")
     p.add_argument("--rounds", type=int, default=2, help="times each variant is run, alternating")
     p.add_argument("--schemes", default="dft,is,idft,pear")
-    p.add_argument("--cpu", action="store_true", help="the reduced CPU shapes, even with CUDA")
-    p.add_argument("--smoke", action="store_true", help="tiny shapes, 2 steps: checks the script")
     p.add_argument("--fp32", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--lr", type=float, default=1e-5, help=argparse.SUPPRESS)
     p.add_argument("--optim", default="adamw_torch", help=argparse.SUPPRESS)
@@ -270,23 +256,18 @@ def main() -> int:
     )
     print(f"all targets met: {'yes' if ok else 'NO'}")
     print("machine:", json.dumps(info))
-    out = REPO / "bench_results"
-    out.mkdir(exist_ok=True)
-    record = {
-        "bench": "trl",
-        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "smoke": a.smoke,
-        "cuda": cuda,
-        "shapes": shapes,
-        "micro_batch": a.micro_batch,
-        "seq": a.seq,
-        "rows": rows,
-        "loss_check": {"ours": mine, "trl": theirs, "max_rel_diff": rel},
-        "targets_met": ok,
-        "machine": info,
-    }
-    with open(out / "trl.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    append_record(
+        "trl",
+        smoke=a.smoke,
+        cuda=cuda,
+        shapes=shapes,
+        micro_batch=a.micro_batch,
+        seq=a.seq,
+        rows=rows,
+        loss_check={"ours": mine, "trl": theirs, "max_rel_diff": rel},
+        targets_met=ok,
+        machine=info,
+    )
     return 0
 
 

@@ -367,6 +367,13 @@ mod python {
             })
         }
 
+        /// Two byte strings, read on the Python side as numpy arrays.
+        type BytesPair<'py> = (Bound<'py, PyBytes>, Bound<'py, PyBytes>);
+
+        fn bytes_pair<'py>(py: Python<'py>, a: &[u8], b: &[u8]) -> BytesPair<'py> {
+            (PyBytes::new(py, a), PyBytes::new(py, b))
+        }
+
         fn selection_of(s: &str) -> PyResult<Selection> {
             Selection::parse(s).ok_or_else(|| {
                 PyValueError::new_err(format!(
@@ -381,6 +388,24 @@ mod python {
             let module = t.module().map(|m| m.to_string()).unwrap_or_default();
             let name = t.name().map(|n| n.to_string()).unwrap_or_default();
             module == "numpy" && (name == "bool" || name == "bool_")
+        }
+
+        /// The little-endian u32s / u64s packed in `b` (numpy's `tobytes()`).
+        fn le_u32s(b: &[u8]) -> Vec<u32> {
+            b.chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        }
+
+        fn le_u64s(b: &[u8]) -> Vec<u64> {
+            b.chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        }
+
+        /// `xs` packed as bytes by `to` (a `to_le_bytes`).
+        fn le_bytes<T: Copy, const N: usize>(xs: &[T], to: fn(T) -> [u8; N]) -> Vec<u8> {
+            xs.iter().flat_map(|&x| to(x)).collect()
         }
 
         fn u32_at(b: &[u8], i: usize) -> u32 {
@@ -752,10 +777,7 @@ mod python {
 
             /// Columns of the attempts at these locations (u64 each).
             fn read_locs<'py>(&self, py: Python<'py>, locs: &[u8]) -> PyResult<Bound<'py, PyDict>> {
-                let locs: Vec<u64> = locs
-                    .chunks_exact(8)
-                    .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
-                    .collect();
+                let locs = le_u64s(locs);
                 let c = self.with(py, move |l| l.read_locs(&locs))?;
                 columns_dict(py, c)
             }
@@ -765,19 +787,15 @@ mod python {
                 &self,
                 py: Python<'py>,
                 problems: &[u8],
-            ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
-                let ps: Vec<u32> = problems
-                    .chunks_exact(4)
-                    .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
-                    .collect();
+            ) -> PyResult<BytesPair<'py>> {
+                let ps = le_u32s(problems);
                 let (data, off) = self.with(py, move |l| {
                     if let Some(&p) = ps.iter().find(|&&p| p as usize >= l.len()) {
                         return Err(Error::Msg(format!("problem #{p} out of range")));
                     }
                     l.references(&ps)
                 })?;
-                let off: Vec<u8> = off.iter().flat_map(|x| x.to_le_bytes()).collect();
-                Ok((PyBytes::new(py, &data), PyBytes::new(py, &off)))
+                Ok(bytes_pair(py, &data, &le_bytes(&off, i64::to_le_bytes)))
             }
 
             /// (tier codes u8 per problem: 0 self, 1 guided, 2 hinted, 3 expert;
@@ -788,18 +806,13 @@ mod python {
                 py: Python<'py>,
                 selection: &str,
                 seed: u64,
-            ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+            ) -> PyResult<BytesPair<'py>> {
                 let sel = selection_of(selection)?;
-                let (tier, locs) = self.with(py, move |l| {
+                let (locs, tier) = self.with(py, move |l| {
                     let a = l.assign(sel, seed);
-                    let locs: Vec<u8> = l
-                        .chosen_locs(&a)
-                        .iter()
-                        .flat_map(|x| x.to_le_bytes())
-                        .collect();
-                    Ok((a.tier, locs))
+                    Ok((l.chosen_locs(&a), a.tier))
                 })?;
-                Ok((PyBytes::new(py, &tier), PyBytes::new(py, &locs)))
+                Ok(bytes_pair(py, &tier, &le_bytes(&locs, u64::to_le_bytes)))
             }
 
             #[pyo3(signature = (selection="likeliest", seed=0))]

@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from _helpers import run_rewrite
 
 from onpolicy_sft import prompts as P
 from onpolicy_sft.engines.hf import HFEngine
@@ -78,7 +79,6 @@ def test_hf_generate_stores_the_sampled_distribution_and_the_raw_one(engine):
 
 def test_each_tier_stores_behaviour_under_its_own_prompt_and_base_under_training(engine, tmp_path):
     from onpolicy_sft.ledger import Ledger
-    from onpolicy_sft.rewrite import rewrite
 
     rows = [
         {"problem": "What is 2 + 2?", "solution": "2 + 2 = \\boxed{4}."},
@@ -87,19 +87,8 @@ def test_each_tier_stores_behaviour_under_its_own_prompt_and_base_under_training
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
-    rewrite(
-        engine=engine,
-        model="tiny",
-        dataset=str(data),
-        output_dir=str(out),
-        k_self=1,
-        k_guided=1,
-        temperature_self=0.8,
-        temperature_guided=0.7,
-        top_p=0.9,
-        max_tokens=8,
-        progress=False,
-    )
+    temps = dict(temperature_self=0.8, temperature_guided=0.7, top_p=0.9)
+    run_rewrite(engine, data, out, model="tiny", k_self=1, k_guided=1, max_tokens=8, **temps)
     tok = engine.tokenizer
     with Ledger.open(str(out / "ledger"), readonly=True) as led:
         for pid, row in zip(("0", "1"), rows):

@@ -125,13 +125,13 @@ def _scripted_engine() -> ScriptedEngine:
     return ScriptedEngine(build_tokenizer(), problems)
 
 
-def _scripted_options(out: Path) -> dict[str, Any]:
+def _scripted_options(out: Path, benchmark_dir: Path = FIXTURES) -> dict[str, Any]:
     """Two fixture benchmarks, 4 samples each, for the scripted engine."""
     return dict(
         model="models/tiny-dft",
         output_dir=str(out),
         benchmarks="math500,amc23",
-        benchmark_dir=str(FIXTURES),
+        benchmark_dir=str(benchmark_dir),
         n=4,
         temperature=0.6,
         max_tokens=64,
@@ -282,14 +282,7 @@ def test_an_edited_benchmark_file_is_re_evaluated_and_the_output_says_so(
 ) -> None:
     bench = tmp_path / "bench"
     shutil.copytree(FIXTURES, bench)
-    opts = dict(
-        model="models/tiny-dft",
-        output_dir=str(tmp_path / "out"),
-        benchmarks="math500,amc23",
-        benchmark_dir=str(bench),
-        n=4,
-        max_tokens=64,
-    )
+    opts = _scripted_options(tmp_path / "out", bench)
     evaluate(**opts, engine=_scripted_engine())
     before = json.loads((tmp_path / "out" / "results.json").read_text())
     capsys.readouterr()

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import trainer_args
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -74,14 +75,22 @@ def test_compute_loss_func_in_a_plain_trainer_matches_onpolicy_sft_train(
     from onpolicy_sft.integrations import compute_loss_func
     from onpolicy_sft.training import Collator, ExampleDataset, build_examples, read_data
 
+    # one schedule for both runs
+    schedule = dict(
+        learning_rate=2e-3,
+        max_steps=STEPS,
+        seed=3,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        lr_scheduler_type="constant",
+    )
+
     # 1. the command line
     ours = tmp_path / "ours"
     argv = ["train", "--model", str(tiny_qwen2), "--dataset", str(data_dir)]
-    argv += ["--output_dir", str(ours), "--scheme", scheme, "--learning_rate", "2e-3"]
-    argv += ["--max_steps", str(STEPS), "--warmup_ratio", "0", "--seed", "3"]
-    argv += ["--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2"]
-    argv += ["--lr_scheduler_type", "constant", "--save_steps", "1000", "--backend", "torch"]
-    argv += ["--normalize", normalize]
+    argv += ["--output_dir", str(ours), "--scheme", scheme, "--warmup_ratio", "0"]
+    argv += [arg for k, v in schedule.items() for arg in (f"--{k}", str(v))]
+    argv += ["--save_steps", "1000", "--backend", "torch", "--normalize", normalize]
     assert main(argv) == 0
     state = json.loads((ours / "trainer_state.json").read_text())
     ours_loss = [h["loss"] for h in state["log_history"] if "nll" in h]
@@ -98,23 +107,14 @@ def test_compute_loss_func_in_a_plain_trainer_matches_onpolicy_sft_train(
     )
     trainer = Trainer(
         model=model,
-        args=TrainingArguments(
-            output_dir=str(tmp_path / "plain"),
-            per_device_train_batch_size=2,
-            gradient_accumulation_steps=2,
-            learning_rate=2e-3,
-            max_steps=STEPS,
-            lr_scheduler_type="constant",
-            warmup_steps=0,
-            weight_decay=0.0,
-            max_grad_norm=1.0,
-            seed=3,
+        # (on the device the command line trains on; data_seed as `train` derives it)
+        args=trainer_args(
+            TrainingArguments,
+            tmp_path / "plain",
+            **schedule,
             data_seed=3,
-            logging_steps=1,
-            save_strategy="no",
-            report_to=[],
+            use_cpu=False,
             remove_unused_columns=False,
-            dataloader_pin_memory=False,
         ),
         train_dataset=ExampleDataset(examples),
         data_collator=Collator(tok.pad_token_id, with_behavior=scheme == "is"),

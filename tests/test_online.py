@@ -20,6 +20,8 @@ import pytest
 
 pytest.importorskip("onpolicy_sft.ledger")
 
+from _helpers import run_rewrite, train_opts
+
 from onpolicy_sft.config import ConfigError
 from onpolicy_sft.online import OnlineConfig, merge_round, train_online
 
@@ -28,24 +30,19 @@ N_PROBLEMS = 8
 
 def _rewrite_dir(root: Path) -> Path:
     from onpolicy_sft.demo import DATA_DIR, MODEL_DIR
-    from onpolicy_sft.rewrite import rewrite
 
     rows = [json.loads(x) for x in (DATA_DIR / "train.jsonl").read_text().splitlines()]
     data = root / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows[:N_PROBLEMS]), encoding="utf-8")
-    rewrite(
+    run_rewrite(
+        "hf",
+        data,
+        root / "rewrite",
         model=str(MODEL_DIR),
-        dataset=str(data),
-        output_dir=str(root / "rewrite"),
-        engine="hf",
         answer_field="answer",
         id_field="id",
-        k_self=2,
-        k_guided=2,
         max_tokens=96,
         batch_problems=4,
-        seed=0,
-        progress=False,
         phi=False,
     )
     return root / "rewrite"
@@ -60,22 +57,8 @@ def _cfg(data: Path, out: Path, **kw: object) -> dict[str, object]:
     """train_online options: a few steps of `is` on the rewritten problems."""
     from onpolicy_sft.demo import MODEL_DIR
 
-    base: dict[str, object] = dict(
-        model=str(MODEL_DIR),
-        dataset=str(data),
-        output_dir=str(out),
-        scheme="is",
-        learning_rate=1e-3,
-        max_steps=3,
-        per_device_train_batch_size=4,
-        gradient_accumulation_steps=1,
-        max_length=512,
-        warmup_ratio=0.0,
-        lr_scheduler_type="constant",
-        save_steps=1000,
-        seed=0,
-    )
-    return {**base, **kw}
+    online = {"scheme": "is", "learning_rate": 1e-3, "max_steps": 3, "max_length": 512}
+    return train_opts(MODEL_DIR, data, out, **{**online, **kw})
 
 
 def _row(pid: str, tier: str, text: str = "x") -> dict[str, object]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _helpers import train_opts
 
 from onpolicy_sft.config import ConfigError, LossConfig, TrainConfig
 from onpolicy_sft.recipes import RECIPES, load_recipe
@@ -218,19 +219,9 @@ def test_trainer_ramps_idft_lambda_over_the_steps(tiny_qwen2, tmp_path):
     rows = [{"prompt": f"{i}+1?", "response": f"{i + 1}"} for i in range(4)]
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ramp = dict(scheme="idft", idft_warmup_ratio=0.5, idft_transition_ratio=0.5, max_steps=4)
     res = train(
-        model=str(tiny_qwen2),
-        dataset=str(data),
-        output_dir=str(tmp_path / "o"),
-        scheme="idft",
-        idft_warmup_ratio=0.5,
-        idft_transition_ratio=0.5,
-        max_steps=4,
-        per_device_train_batch_size=1,
-        gradient_accumulation_steps=1,
-        logging_steps=1,
-        learning_rate=1e-4,
-        save_strategy="no",
+        **train_opts(tiny_qwen2, data, tmp_path / "o", **ramp, per_device_train_batch_size=1)
     )
     lams = [h["idft_lambda"] for h in res.log_history if "idft_lambda" in h]
     # progress = steps done / 4 at each step: 0, .25, .5, .75 -> lambda 0, 0, 0, .5

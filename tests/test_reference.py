@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from _helpers import run_rewrite
 
 from onpolicy_sft.engines.base import Sample
 from onpolicy_sft.rewrite.data import load_problems
@@ -80,8 +81,6 @@ class _SaysTwo:
 def test_proof_rows_go_to_expert_with_no_reference_answer_and_are_counted(tmp_path, capsys):
     import pyarrow.parquet as pq
 
-    from onpolicy_sft.rewrite import rewrite
-
     data = _write(
         tmp_path / "d.jsonl",
         [
@@ -91,15 +90,7 @@ def test_proof_rows_go_to_expert_with_no_reference_answer_and_are_counted(tmp_pa
     )
     eng = _SaysTwo()
     out = tmp_path / "out"
-    res = rewrite(
-        engine=eng,
-        model="scripted",
-        dataset=data,
-        output_dir=str(out),
-        k_self=1,
-        k_guided=1,
-        progress=False,
-    )
+    res = run_rewrite(eng, data, out, k_self=1, k_guided=1)
     rows = {r["problem"]: r for r in pq.read_table(out / "data.parquet").to_pylist()}
     proof = rows["Show the perimeter."]
     assert proof["tier"] == "expert" and proof["reason"] == "expert: no reference answer"

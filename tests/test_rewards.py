@@ -10,6 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from _helpers import trainer_args
 
 from onpolicy_sft import rewards
 from onpolicy_sft.rewards import MathReward, MissingColumnError, compute_score, math_reward
@@ -173,16 +174,13 @@ def test_grpo_trainer_step_with_the_reward(tiny_qwen2, tmp_path) -> None:
     )
     tok = AutoTokenizer.from_pretrained(tiny_qwen2)
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen2)
-    args = GRPOConfig(
-        output_dir=str(tmp_path),
+    args = trainer_args(
+        GRPOConfig,
+        tmp_path,
         max_steps=1,
         per_device_train_batch_size=4,
         num_generations=2,
         max_completion_length=8,
-        logging_steps=1,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
     )
     trainer = GRPOTrainer(
         model=model, reward_funcs=[reward], args=args, train_dataset=ds, processing_class=tok

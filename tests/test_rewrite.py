@@ -18,6 +18,8 @@ import pytest
 pytest.importorskip("onpolicy_sft.ledger")
 pytest.importorskip("onpolicy_sft.verify")
 
+from _helpers import run_rewrite, trainer_args
+
 from onpolicy_sft import prompts as P
 from onpolicy_sft.engines.base import Sample
 from onpolicy_sft.rewrite.data import copy_rejection
@@ -115,19 +117,8 @@ def dataset(tmp_path):
 
 
 def run(dataset, out, engine=None, **kw):
-    from onpolicy_sft.rewrite import rewrite
-
     engine = engine or ScriptedEngine()
-    opts = dict(
-        model="scripted",
-        dataset=dataset,
-        output_dir=str(out),
-        k_self=2,
-        k_guided=2,
-        progress=False,
-    )
-    opts.update(kw)
-    return rewrite(engine=engine, **opts), engine
+    return run_rewrite(engine, dataset, out, **kw), engine
 
 
 def read(out):
@@ -506,16 +497,11 @@ def test_rewrite_output_loads_as_a_dataset_and_trains_with_trl(dataset, tmp_path
     from onpolicy_sft.testing import build_tiny_model
 
     model = build_tiny_model(tmp_path / "tiny")
-    common = dict(max_steps=1, per_device_train_batch_size=2, report_to=[], use_cpu=True, logging_steps=1,
-                  bf16=False, save_strategy="no", dataloader_pin_memory=False)  # fmt: skip
-    trl.SFTTrainer(
-        model=str(model), train_dataset=rows,
-        args=trl.SFTConfig(output_dir=str(tmp_path / "a"), **common),
-    ).train()  # fmt: skip
-    ours = PolicySFTTrainer(
-        model=str(model), train_dataset=rows,
-        args=PolicySFTConfig(output_dir=str(tmp_path / "b"), loss_scheme="is", **common),
-    )  # fmt: skip
+    one_step = dict(max_steps=1, per_device_train_batch_size=2)
+    theirs = trainer_args(trl.SFTConfig, tmp_path / "a", **one_step)
+    trl.SFTTrainer(model=str(model), train_dataset=rows, args=theirs).train()
+    args = trainer_args(PolicySFTConfig, tmp_path / "b", loss_scheme="is", **one_step)
+    ours = PolicySFTTrainer(model=str(model), train_dataset=rows, args=args)
     ours.train()
     assert ours.expert_rows == list(EXPECTED_TIERS.values()).count("expert") > 0
     logs = [h for h in ours.state.log_history if "loss" in h]

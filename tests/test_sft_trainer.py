@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import trainer_args
 
 trl = pytest.importorskip("trl")
 torch = pytest.importorskip("torch")
@@ -43,25 +44,15 @@ def conversational() -> Any:
 
 
 def args(cls: Any, out: Path, **kw: Any) -> Any:
-    base = dict(
-        output_dir=str(out),
+    """Three SGD steps in fp32 (an exact comparison with TRL's own losses)."""
+    sgd = dict(
         per_device_train_batch_size=2,
         gradient_accumulation_steps=2,
         learning_rate=0.5,
         optim="sgd",
         max_steps=3,
-        lr_scheduler_type="constant",
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        bf16=False,
-        seed=0,
-        data_seed=0,
-        dataloader_pin_memory=False,
     )
-    base.update(kw)
-    return cls(**base)
+    return trainer_args(cls, out, **{**sgd, **kw})
 
 
 def run(model_dir: Path, out: Path, dataset: Any, ours: bool = True, tok: Any = None, **kw: Any):

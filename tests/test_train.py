@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from _helpers import train_opts
 
 from onpolicy_sft.config import ConfigError, LossConfig, TrainConfig
 from onpolicy_sft.training import (
@@ -87,27 +88,8 @@ def data_dir(tiny_qwen2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return make_data(tiny_qwen2, tmp_path_factory.mktemp("train_data"))
 
 
-def _opts(model: Path, data: Path, out: Path, **kw: Any) -> dict[str, Any]:
-    """Flat train() options: TrainConfig, LossConfig and TrainingArguments names."""
-    base: dict[str, Any] = dict(
-        model=str(model),
-        dataset=str(data),
-        output_dir=str(out),
-        learning_rate=3e-3,
-        max_steps=30,
-        per_device_train_batch_size=4,
-        gradient_accumulation_steps=1,
-        warmup_ratio=0.0,
-        lr_scheduler_type="constant",
-        save_steps=1000,
-        seed=0,
-    )
-    base.update(kw)
-    return base
-
-
 def _cfg(model: Path, data: Path, out: Path, **kw: Any) -> TrainConfig:
-    return resolve(**_opts(model, data, out, **kw))[0]
+    return resolve(**train_opts(model, data, out, **kw))[0]
 
 
 def _losses(history: list[dict[str, Any]], key: str = "loss") -> dict[int, float]:
@@ -136,7 +118,7 @@ SCHEMES = [
 def test_each_scheme_fits_the_data_in_30_steps(
     scheme: dict[str, Any], tiny_qwen2: Path, data_dir: Path, tmp_path: Path
 ) -> None:
-    res = train(**_opts(tiny_qwen2, data_dir, tmp_path / "out", **scheme))
+    res = train(**train_opts(tiny_qwen2, data_dir, tmp_path / "out", **scheme))
     assert res.global_step == 30
     nll = _losses(res.log_history, "nll")
     assert sorted(nll) == list(range(1, 31))
@@ -160,7 +142,7 @@ def test_resume_reproduces_the_losses_of_an_uninterrupted_run(
     tiny_qwen2: Path, data_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    cfg = _opts(
+    cfg = train_opts(
         tiny_qwen2,
         data_dir,
         out,
@@ -195,7 +177,7 @@ def test_gradient_accumulation_equals_one_big_batch(
     for normalize in ("tokens", "sequence"):
         for micro in (4, 1):
             res = train(
-                **_opts(
+                **train_opts(
                     tiny_qwen2,
                     data_dir,
                     tmp_path / f"{normalize}{micro}",
@@ -220,7 +202,7 @@ def test_a_truncated_newest_checkpoint_is_set_aside_and_the_newest_whole_one_res
     tiny_qwen2: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "run"
-    opts = _opts(tiny_qwen2, data_dir, out, max_steps=4, save_steps=2)
+    opts = train_opts(tiny_qwen2, data_dir, out, max_steps=4, save_steps=2)
     full = _losses(train(**opts).log_history)
     # a rerun into a used output_dir needs --resume_from_checkpoint or --overwrite_output_dir
     with pytest.raises(FileExistsError, match=r"holds an earlier training run \(checkpoint-4, "):
@@ -481,7 +463,7 @@ def test_cuda_bf16_training_with_the_triton_backend(
     loss: str, tiny_qwen2: Path, data_dir: Path, tmp_path: Path
 ) -> None:
     res = train(
-        **_opts(
+        **train_opts(
             tiny_qwen2,
             data_dir,
             tmp_path / "out",

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import train_opts
 
 PAIRS = [(2, 3), (7, 5), (11, 4), (6, 9), (13, 8), (3, 14)]
 
@@ -27,11 +28,12 @@ def write(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def opts(model: Path, data: Path, out: Path, **kw: Any) -> dict[str, Any]:
-    base = dict(model=str(model), dataset=str(data), output_dir=str(out), learning_rate=3e-3,
-                max_steps=2, per_device_train_batch_size=2, gradient_accumulation_steps=1,
-                warmup_ratio=0.0, save_steps=1000, seed=0, scheme="dft")  # fmt: skip
-    base.update(kw)
-    return base
+    return train_opts(
+        model,
+        data,
+        out,
+        **{"max_steps": 2, "per_device_train_batch_size": 2, "scheme": "dft", **kw},
+    )
 
 
 def test_messages_supervise_exactly_the_assistant_contents_plus_eos(tiny_qwen2: Path, tmp_path):

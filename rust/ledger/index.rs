@@ -66,27 +66,41 @@ impl Candidates {
     pub fn is_empty(&self) -> bool {
         self.problem.is_empty()
     }
+}
 
-    fn bytes(&self) -> usize {
-        self.problem.capacity() * 4
-            + self.stage.capacity()
-            + self.sample.capacity() * 4
-            + self.score.capacity() * 4
-            + self.ntok.capacity() * 4
-            + self.text_len.capacity() * 4
-            + self.loc.capacity() * 8
+/// The heap a struct of vectors holds, and giving back what it does not use.
+trait Heap {
+    /// Bytes of heap held (capacities, not lengths).
+    fn heap_bytes(&self) -> usize;
+    fn shrink(&mut self);
+}
+
+impl<T> Heap for Vec<T> {
+    fn heap_bytes(&self) -> usize {
+        self.capacity() * std::mem::size_of::<T>()
     }
 
     fn shrink(&mut self) {
-        self.problem.shrink_to_fit();
-        self.stage.shrink_to_fit();
-        self.sample.shrink_to_fit();
-        self.score.shrink_to_fit();
-        self.ntok.shrink_to_fit();
-        self.text_len.shrink_to_fit();
-        self.loc.shrink_to_fit();
+        self.shrink_to_fit();
     }
 }
+
+/// `Heap` for a struct from the one list of its fields that hold heap.
+macro_rules! heap_of_fields {
+    ($ty:ty: $($field:ident),+ $(,)?) => {
+        impl Heap for $ty {
+            fn heap_bytes(&self) -> usize {
+                0 $(+ self.$field.heap_bytes())+
+            }
+
+            fn shrink(&mut self) {
+                $(self.$field.shrink();)+
+            }
+        }
+    };
+}
+
+heap_of_fields!(Candidates: problem, stage, sample, score, ntok, text_len, loc);
 
 #[derive(Default, Clone, Copy, Debug, PartialEq)]
 pub struct StageCounts {
@@ -369,32 +383,16 @@ impl Index {
 
     /// Bytes of heap held by the index (capacities, not lengths).
     pub fn memory_bytes(&self) -> usize {
-        self.id_bytes.capacity()
-            + self.id_end.capacity() * 4
-            + self.table.capacity() * 8
-            + self.ref_loc.capacity() * 8
-            + self.last_attempt.capacity() * 8
-            + self.finished.capacity()
-            + self.solved.capacity()
-            + self.tried.capacity()
-            + self.key_bits.capacity() * 8
-            + self.fp.capacity() * FP_LEN
-            + self.cands.bytes()
+        self.heap_bytes()
     }
 
     pub fn shrink(&mut self) {
-        self.id_bytes.shrink_to_fit();
-        self.id_end.shrink_to_fit();
-        self.ref_loc.shrink_to_fit();
-        self.last_attempt.shrink_to_fit();
-        self.finished.shrink_to_fit();
-        self.solved.shrink_to_fit();
-        self.tried.shrink_to_fit();
-        self.key_bits.shrink_to_fit();
-        self.fp.shrink_to_fit();
-        self.cands.shrink();
+        Heap::shrink(self);
     }
 }
+
+heap_of_fields!(Index: id_bytes, id_end, table, ref_loc, last_attempt, finished, solved, tried,
+    key_bits, fp, cands);
 
 /// How to choose among several correct attempts of the winning stage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -291,6 +291,45 @@ struct Segment {
     len: u64,
 }
 
+impl Segment {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> Result<()> {
+        self.file
+            .read_exact_at(buf, off)
+            .map_err(|e| io(&self.path, e))
+    }
+
+    /// A frame at `off` that no longer reads back as it was written.
+    fn changed(&self, off: u64, detail: &str) -> Error {
+        Error::Corrupt {
+            path: self.path.display().to_string(),
+            offset: off,
+            detail: detail.to_string(),
+            fix: "the file changed on disk after it was opened; reopen the ledger (repair=True if it reports damage)".into(),
+        }
+    }
+
+    /// Check the header `h` of the frame of `kind` at `off`; returns its payload's length.
+    fn frame_len(&self, off: u64, h: &[u8], kind: u8) -> Result<usize> {
+        let len = rd_u32(h, 4) as usize;
+        if h[0..2] != FRAME_MAGIC
+            || h[2] != kind
+            || len > MAX_PAYLOAD
+            || off + (FRAME_HEADER + len) as u64 > self.len
+        {
+            return Err(self.changed(off, "bad frame header"));
+        }
+        Ok(len)
+    }
+
+    /// Check a frame's payload against the checksum in its header `h`.
+    fn check_payload(&self, off: u64, h: &[u8], payload: &[u8]) -> Result<()> {
+        if crc::crc32c_append(crc::crc32c(&h[0..8]), payload) != rd_u32(h, 8) {
+            return Err(self.changed(off, "checksum mismatch"));
+        }
+        Ok(())
+    }
+}
+
 /// The ledger. See the module docs.
 pub struct Ledger {
     dir: PathBuf,
@@ -879,9 +918,7 @@ impl Ledger {
         while loc != 0 {
             let (num, off) = (loc_seg(loc), loc_offset(loc));
             let seg = &self.segs[num as usize - 1];
-            seg.file
-                .read_exact_at(&mut h, off)
-                .map_err(|e| io(&seg.path, e))?;
+            seg.read_at(&mut h, off)?;
             let a = &h[FRAME_HEADER..];
             out.push((loc, a[8], rd_u32(a, 4), a[9] == 1));
             let prev = rd_u64(a, 28);
@@ -1676,46 +1713,26 @@ impl Ledger {
         self.index.lookup(id)
     }
 
+    /// The segment holding the frame at `loc`, and the frame's offset in it.
+    fn frame_at(&self, loc: Loc) -> Result<(&Segment, u64)> {
+        let (num, off) = (loc_seg(loc), loc_offset(loc));
+        match self.segs.get((num as usize).wrapping_sub(1)) {
+            Some(s) if s.num == num && off + FRAME_HEADER as u64 <= s.len => Ok((s, off)),
+            _ => Err(Error::Msg(format!(
+                "internal: location {loc:#x} is outside the ledger"
+            ))),
+        }
+    }
+
     /// Read and check the frame at `loc`; returns its payload.
     fn read_frame(&self, loc: Loc, kind: u8, scratch: &mut Vec<u8>) -> Result<()> {
-        let (num, off) = (loc_seg(loc), loc_offset(loc));
-        let seg = match self.segs.get((num as usize).wrapping_sub(1)) {
-            Some(s) if s.num == num && off + FRAME_HEADER as u64 <= s.len => s,
-            _ => {
-                return Err(Error::Msg(format!(
-                    "internal: location {loc:#x} is outside the ledger"
-                )))
-            }
-        };
+        let (seg, off) = self.frame_at(loc)?;
         let mut h = [0u8; FRAME_HEADER];
-        seg.file
-            .read_exact_at(&mut h, off)
-            .map_err(|e| io(&seg.path, e))?;
-        let len = rd_u32(&h, 4) as usize;
-        let corrupt = |detail: &str| {
-            Error::Corrupt {
-            path: seg.path.display().to_string(),
-            offset: off,
-            detail: detail.to_string(),
-            fix: "the file changed on disk after it was opened; reopen the ledger (repair=True if it reports damage)".into(),
-        }
-        };
-        if h[0..2] != FRAME_MAGIC
-            || h[2] != kind
-            || len > MAX_PAYLOAD
-            || off + (FRAME_HEADER + len) as u64 > seg.len
-        {
-            return Err(corrupt("bad frame header"));
-        }
+        seg.read_at(&mut h, off)?;
+        let len = seg.frame_len(off, &h, kind)?;
         scratch.resize(len, 0);
-        seg.file
-            .read_exact_at(scratch, off + FRAME_HEADER as u64)
-            .map_err(|e| io(&seg.path, e))?;
-        let want = rd_u32(&h, 8);
-        if crc::crc32c_append(crc::crc32c(&h[0..8]), scratch) != want {
-            return Err(corrupt("checksum mismatch"));
-        }
-        Ok(())
+        seg.read_at(scratch, off + FRAME_HEADER as u64)?;
+        seg.check_payload(off, &h, scratch)
     }
 
     /// The reference (expert solution) of problem `p`.
@@ -1740,67 +1757,37 @@ impl Ledger {
         let (mut win_seg, mut win_start) = (0u32, 0u64);
         let mut big = Vec::new();
         for i in order {
-            let loc = locs[i];
-            let (num, off) = (loc_seg(loc), loc_offset(loc));
-            let seg = match self.segs.get((num as usize).wrapping_sub(1)) {
-                Some(s) if s.num == num && off + FRAME_HEADER as u64 <= s.len => s,
-                _ => {
-                    return Err(Error::Msg(format!(
-                        "internal: location {loc:#x} is outside the ledger"
-                    )))
-                }
-            };
+            let (seg, off) = self.frame_at(locs[i])?;
+            let num = seg.num;
             let in_window = |start: u64, len: usize, ws: u32, wst: u64, wl: usize| {
                 ws == num && start >= wst && start + len as u64 <= wst + wl as u64
             };
+            // the window: up to WINDOW bytes from this frame on
+            let reload = |win: &mut Vec<u8>| {
+                win.resize((WINDOW as u64).min(seg.len - off) as usize, 0);
+                seg.read_at(win, off)
+            };
             if !in_window(off, FRAME_HEADER, win_seg, win_start, win.len()) {
-                let n = (WINDOW as u64).min(seg.len - off) as usize;
-                win.resize(n, 0);
-                seg.file
-                    .read_exact_at(&mut win, off)
-                    .map_err(|e| io(&seg.path, e))?;
+                reload(&mut win)?;
                 (win_seg, win_start) = (num, off);
             }
             let h0 = (off - win_start) as usize;
-            let len = rd_u32(&win, h0 + 4) as usize;
-            let corrupt = |detail: &str| {
-                Error::Corrupt {
-                path: seg.path.display().to_string(),
-                offset: off,
-                detail: detail.to_string(),
-                fix: "the file changed on disk after it was opened; reopen the ledger (repair=True if it reports damage)".into(),
-            }
-            };
-            if win[h0..h0 + 2] != FRAME_MAGIC
-                || win[h0 + 2] != kind
-                || len > MAX_PAYLOAD
-                || off + (FRAME_HEADER + len) as u64 > seg.len
-            {
-                return Err(corrupt("bad frame header"));
-            }
+            let len = seg.frame_len(off, &win[h0..h0 + FRAME_HEADER], kind)?;
             let mut header = [0u8; FRAME_HEADER];
             header.copy_from_slice(&win[h0..h0 + FRAME_HEADER]);
             let payload: &[u8] = if FRAME_HEADER + len > WINDOW {
                 big.resize(len, 0);
-                seg.file
-                    .read_exact_at(&mut big, off + FRAME_HEADER as u64)
-                    .map_err(|e| io(&seg.path, e))?;
+                seg.read_at(&mut big, off + FRAME_HEADER as u64)?;
                 &big
             } else {
                 if !in_window(off, FRAME_HEADER + len, win_seg, win_start, win.len()) {
-                    let n = (WINDOW as u64).min(seg.len - off) as usize;
-                    win.resize(n, 0);
-                    seg.file
-                        .read_exact_at(&mut win, off)
-                        .map_err(|e| io(&seg.path, e))?;
+                    reload(&mut win)?;
                     win_start = off;
                 }
                 let p0 = (off - win_start) as usize + FRAME_HEADER;
                 &win[p0..p0 + len]
             };
-            if crc::crc32c_append(crc::crc32c(&header[0..8]), payload) != rd_u32(&header, 8) {
-                return Err(corrupt("checksum mismatch"));
-            }
+            seg.check_payload(off, &header, payload)?;
             spans[i] = (out.len(), out.len() + len);
             out.extend_from_slice(payload);
         }
@@ -1936,9 +1923,7 @@ impl Ledger {
         for seg in &self.segs {
             data.clear();
             data.resize(seg.len as usize, 0);
-            seg.file
-                .read_exact_at(&mut data, 0)
-                .map_err(|e| io(&seg.path, e))?;
+            seg.read_at(&mut data, 0)?;
             let mut pos = SEG_HEADER;
             while pos < data.len() {
                 let fr = check_frame(&data, pos).map_err(|e| Error::Corrupt {

@@ -1,9 +1,32 @@
 use super::*;
 
-fn tmpdir(name: &str) -> PathBuf {
+/// A fresh directory of this test process, removed when it goes out of scope
+/// (also when the test fails).
+struct TmpDir(PathBuf);
+
+impl std::ops::Deref for TmpDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TmpDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tmpdir(name: &str) -> TmpDir {
     let d = std::env::temp_dir().join(format!("ledger-test-{}-{name}", std::process::id()));
     let _ = fs::remove_dir_all(&d);
-    d
+    TmpDir(d)
 }
 
 fn f32s(v: &[f32]) -> Vec<u8> {
@@ -87,6 +110,12 @@ fn small_segments(d: &Path) -> Ledger {
     Ledger::open(d, &opts).unwrap()
 }
 
+/// The error `record` gives for this batch, which it must refuse.
+fn refused(l: &mut Ledger, batch: &[&Owned]) -> String {
+    let batch: Vec<AttemptIn> = batch.iter().map(|o| o.as_in()).collect();
+    l.record(&batch).unwrap_err().to_string()
+}
+
 fn fill(l: &mut Ledger, probs: usize, per: u32) -> Vec<Owned> {
     let ids: Vec<String> = (0..probs).map(|i| format!("p{i}")).collect();
     let refs: Vec<String> = (0..probs).map(|i| format!("reference {i}")).collect();
@@ -146,7 +175,6 @@ fn roundtrip_and_reopen() {
     assert!(l.warnings().is_empty(), "{:?}", l.warnings());
     check(&l);
     assert_eq!(stats(&l), before);
-    fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
@@ -167,7 +195,6 @@ fn second_writer_refused_reader_allowed() {
     assert_eq!(r.len(), 3);
     drop(l);
     drop(writer(&d));
-    fs::remove_dir_all(&d).unwrap();
 }
 
 fn seg1(d: &Path) -> PathBuf {
@@ -198,7 +225,6 @@ fn torn_tail_cut_with_warning() {
         drop(l);
         assert_eq!(fs::metadata(seg1(&d)).unwrap().len(), good);
     }
-    fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
@@ -233,7 +259,6 @@ fn mid_file_corruption_named_then_repaired() {
     drop(l);
     let l = writer(&d);
     assert!(l.warnings().is_empty());
-    fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
@@ -276,7 +301,7 @@ fn segments_roll_and_merge_matches_single_writer() {
         s.finish_stage(&fin, 0).unwrap();
     }
     let m = tmpdir("merged");
-    Ledger::merge(&[a.clone(), b.clone()], &m).unwrap();
+    Ledger::merge(&[a.to_path_buf(), b.to_path_buf()], &m).unwrap();
     let one = reader(&d);
     let mer = reader(&m);
     assert_eq!(one.len(), mer.len());
@@ -287,6 +312,16 @@ fn segments_roll_and_merge_matches_single_writer() {
         Selection::Shortest,
     ] {
         let (x, y) = (one.assign(sel, 5), mer.assign(sel, 5));
+        // (sample, text) of the attempt `a` chose for problem `p` (none for expert)
+        let chosen = |l: &Ledger, a: &index::Assigned, p: usize| {
+            let loc: Vec<Loc> = l.chosen_locs(a)[p..p + 1]
+                .iter()
+                .copied()
+                .filter(|&loc| loc != 0)
+                .collect();
+            let c = l.read_locs(&loc).unwrap();
+            (c.sample, c.text)
+        };
         for i in 0..30 {
             let id = format!("p{i}");
             let (p, q) = (
@@ -294,25 +329,7 @@ fn segments_roll_and_merge_matches_single_writer() {
                 mer.lookup(&id).unwrap() as usize,
             );
             assert_eq!(x.tier[p], y.tier[q]);
-            let lx = one
-                .read_locs(
-                    &one.chosen_locs(&x)[p..p + 1]
-                        .iter()
-                        .copied()
-                        .filter(|&l| l != 0)
-                        .collect::<Vec<_>>(),
-                )
-                .unwrap();
-            let ly = mer
-                .read_locs(
-                    &mer.chosen_locs(&y)[q..q + 1]
-                        .iter()
-                        .copied()
-                        .filter(|&l| l != 0)
-                        .collect::<Vec<_>>(),
-                )
-                .unwrap();
-            assert_eq!((lx.sample, lx.text), (ly.sample, ly.text));
+            assert_eq!(chosen(&one, &x, p), chosen(&mer, &y, q));
         }
     }
     for s in 0..3u8 {
@@ -327,9 +344,6 @@ fn segments_roll_and_merge_matches_single_writer() {
         };
         assert_eq!(ids(&one), ids(&mer));
     }
-    for dir in [d, a, b, m] {
-        fs::remove_dir_all(dir).unwrap();
-    }
 }
 
 #[test]
@@ -340,27 +354,19 @@ fn bad_inputs_rejected_whole() {
     let good = Owned::new("p0", 0, 5, true, 3);
     let mut bad = Owned::new("p1", 0, 5, true, 3);
     bad.blp.truncate(4);
-    let e = l
-        .record(&[good.as_in(), bad.as_in()])
-        .unwrap_err()
-        .to_string();
+    let e = refused(&mut l, &[&good, &bad]);
     assert!(
         e.contains("attempt #1") && e.contains("behavior_logprobs has 1"),
         "{e}"
     );
     let unknown = Owned::new("zz", 0, 0, true, 1);
-    assert!(l
-        .record(&[unknown.as_in()])
-        .unwrap_err()
-        .to_string()
-        .contains("\"zz\""));
+    assert!(refused(&mut l, &[&unknown]).contains("\"zz\""));
     assert_eq!(l.attempts(0).unwrap().len(), 1);
     let e = l.add_problems(&["p0"], &["other"]).unwrap_err().to_string();
     assert!(e.contains("different reference"), "{e}");
     l.add_problems(&["p0", "p9", "p9"], &["reference 0", "x", "x"])
         .unwrap();
     assert_eq!(l.len(), 3);
-    fs::remove_dir_all(&d).unwrap();
 }
 
 /// Every prefix of the last batch (a crash at any byte) and zero-filled
@@ -401,7 +407,6 @@ fn every_crash_point_of_last_batch_recovers() {
     fs::write(seg1(&d), &full).unwrap();
     let l = writer(&d);
     assert_eq!(total_before(&l), 13);
-    fs::remove_dir_all(&d).unwrap();
 }
 
 /// A flipped byte anywhere in a committed segment is an error naming the
@@ -442,7 +447,6 @@ fn every_flipped_byte_is_detected() {
             Err(e) => panic!("flip at {i}: unexpected error {e}"),
         }
     }
-    fs::remove_dir_all(&d).unwrap();
 }
 
 /// A damaged header of a later segment is named; repair keeps the earlier
@@ -478,7 +482,6 @@ fn damaged_segment_header_named_then_set_aside() {
     let l = writer(&d);
     assert!(l.warnings().is_empty());
     assert!(d.join(format!("{}.quarantine", segment_name(2))).exists());
-    fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
@@ -512,7 +515,7 @@ fn merge_refuses_text_that_is_not_utf8_instead_of_blanking_it() {
 }
 
 /// A new ledger holding problem "a" (reference "ra").
-fn one_problem(name: &str) -> (PathBuf, Ledger) {
+fn one_problem(name: &str) -> (TmpDir, Ledger) {
     let d = tmpdir(name);
     let mut l = writer(&d);
     l.add_problems(&["a"], &["ra"]).unwrap();
@@ -541,7 +544,7 @@ fn repeated_key_is_idempotent_when_identical_and_refused_when_different() {
     );
     assert_eq!(l.attempts(0).unwrap().len(), 1);
     let mut other = Owned::new("a", 0, 3, true, 4);
-    let e = l.record(&[other.as_in()]).unwrap_err().to_string();
+    let e = refused(&mut l, &[&other]);
     assert!(
         e.contains("attempt #0 (problem \"a\", stage self, sample 3): correct (recorded false, now true) differs"),
         "{e}"
@@ -551,10 +554,7 @@ fn repeated_key_is_idempotent_when_identical_and_refused_when_different() {
     drop(l);
     let mut l = writer(&d);
     let fresh = Owned::new("b", 0, 3, true, 2);
-    let e = l
-        .record(&[fresh.as_in(), other.as_in()])
-        .unwrap_err()
-        .to_string();
+    let e = refused(&mut l, &[&fresh, &other]);
     assert!(
         e.contains("attempt #1") && e.contains("text differs"),
         "{e}"
@@ -566,10 +566,7 @@ fn repeated_key_is_idempotent_when_identical_and_refused_when_different() {
     let twice = Owned::new("b", 1, 0, true, 2);
     let mut twice2 = Owned::new("b", 1, 0, true, 2);
     twice2.blp = f32s(&[0.5, 0.25]);
-    let e = l
-        .record(&[twice.as_in(), twice2.as_in()])
-        .unwrap_err()
-        .to_string();
+    let e = refused(&mut l, &[&twice, &twice2]);
     assert!(
         e.contains("behavior_logprobs differs from attempt #0 of this batch"),
         "{e}"
@@ -581,10 +578,7 @@ fn repeated_key_is_idempotent_when_identical_and_refused_when_different() {
     );
     let mut y2 = Owned::new("b", 2, 8, true, 2);
     y2.correct = false;
-    let e = l
-        .record(&[x.as_in(), first.as_in(), y.as_in(), y2.as_in()])
-        .unwrap_err()
-        .to_string();
+    let e = refused(&mut l, &[&x, &first, &y, &y2]);
     assert!(
         e.contains("attempt #3") && e.contains("from attempt #2 of this batch"),
         "{e}"
@@ -600,7 +594,6 @@ fn repeated_key_is_idempotent_when_identical_and_refused_when_different() {
     .unwrap();
     assert_eq!(l.attempts(0).unwrap().len(), 3);
     assert_eq!(l.attempts(1).unwrap().len(), 2);
-    fs::remove_dir_all(&d).unwrap();
 }
 
 /// Many attempts of one problem: the key cache agrees with the chain.
@@ -619,19 +612,18 @@ fn repeated_keys_found_on_long_chains() {
             l.record(&[o.as_in()]).unwrap();
             let mut changed = Owned::new("a", o.stage, o.sample, o.correct, 3);
             changed.text = o.text.clone();
-            let e = l.record(&[changed.as_in()]).unwrap_err().to_string();
+            let e = refused(&mut l, &[&changed]);
             assert!(e.contains("token_ids differs"), "round {round}: {e}");
         }
         assert_eq!(l.attempts(0).unwrap().len(), 300);
         drop(l);
         l = writer(&d);
     }
-    fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
 fn non_finite_logprobs_named_with_position() {
-    let (d, mut l) = one_problem("nan");
+    let (_d, mut l) = one_problem("nan");
     for (bad, which) in [
         (f32::NAN, "behavior"),
         (f32::INFINITY, "base"),
@@ -645,12 +637,11 @@ fn non_finite_logprobs_named_with_position() {
         } else {
             o.blp = f32s(&v);
         }
-        let e = l.record(&[o.as_in()]).unwrap_err().to_string();
+        let e = refused(&mut l, &[&o]);
         let want = format!("sample 2): {which}_logprobs[2] is {bad}; log-probs must be finite");
         assert!(e.contains(&want), "{e}");
     }
     assert!(l.attempts(0).unwrap().is_empty());
-    fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
@@ -674,7 +665,6 @@ fn opening_a_directory_that_is_not_a_ledger_says_so() {
     );
     assert_eq!(fs::read_dir(&d).unwrap().count(), 1, "nothing created");
     assert!(Ledger::open(&d.join("ledger"), &opts).is_ok());
-    fs::remove_dir_all(&d).unwrap();
 }
 
 fn fp(n: u8) -> [u8; FP_LEN] {
@@ -786,7 +776,6 @@ fn fingerprints_recorded_compared_and_changed_problems_set_aside() {
     assert_eq!(r.unchanged, 1);
     // nothing live: set_aside writes nothing
     assert_eq!(l.set_aside(&["b", "c"]).unwrap(), (0, 0));
-    fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
@@ -814,7 +803,6 @@ fn fingerprints_adopted_by_a_ledger_recorded_without_them() {
     assert_eq!(l.attempts(0).unwrap().len(), 2);
     assert_eq!(l.reference(1).unwrap(), "other");
     assert!(l.attempts(1).unwrap().is_empty());
-    fs::remove_dir_all(&d).unwrap();
 }
 
 /// A crash anywhere in the commit that sets problems aside leaves either the
@@ -866,7 +854,6 @@ fn every_crash_point_of_a_set_aside_recovers_old_or_new() {
             "cut {cut}"
         );
     }
-    fs::remove_dir_all(&d).unwrap();
 }
 
 /// Merge copies fingerprints and set-asides in record order.
@@ -893,5 +880,4 @@ fn merge_keeps_fingerprints_and_set_asides() {
         (sa.set_aside_attempts, sa.attempts),
         (sb.set_aside_attempts, sb.attempts)
     );
-    fs::remove_dir_all(&d).unwrap();
 }
