@@ -218,3 +218,14 @@ def test_optional_fields_take_none_and_choices_are_checked() -> None:
     assert parse("verify", ["f.jsonl", "--prediction_field", "p", "--gold_field", "g"])["file"] == (
         "f.jsonl"
     )
+
+
+def test_a_tuple_option_given_one_value_from_python_is_that_value():
+    from onpolicy_sft.config import DemoConfig, EvalConfig
+
+    assert EvalConfig(model="m", output_dir="o", benchmarks="math500").benchmarks == ("math500",)
+    assert EvalConfig(model="m", output_dir="o", benchmarks=["math500", "aime24"]).benchmarks == (
+        "math500",
+        "aime24",
+    )
+    assert DemoConfig(seeds=3).seeds == (3,)

@@ -1,9 +1,9 @@
 """The Triton backend against the float64 reference.
 
-Without CUDA the kernels run in Triton's CPU interpreter: TRITON_INTERPRET=1 is
-set while ``onpolicy_sft.kernels.triton_rows`` is imported (the flag is read
-when ``@triton.jit`` decorates) and, by a fixture, during each test of this
-file (it is read again at launch); the rest of the session does not see it. Interpreter shapes stay tiny
+Without CUDA the kernels run in Triton's CPU interpreter: conftest.py sets
+TRITON_INTERPRET=1 for the session before anything imports triton (the flag is
+read when ``@triton.jit`` decorates, triton.language's own helpers included, and
+again at launch). Interpreter shapes stay tiny
 (N <= 16, H <= 16, V <= 80); the vocabulary tile is capped at 16 so that the
 rows span several tiles with a ragged last one. Real shapes run under the
 ``gpu`` marker.
@@ -11,29 +11,17 @@ rows span several tiles with a ragged last one. Real shapes run under the
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 HAS_CUDA = torch.cuda.is_available()
-_saved = os.environ.get("TRITON_INTERPRET")
-if not HAS_CUDA:
-    os.environ["TRITON_INTERPRET"] = "1"
-try:
-    triton = pytest.importorskip("triton")
-    from onpolicy_sft.kernels import chunked, triton_rows, weights
-finally:  # leave the rest of the session as it was
-    if _saved is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = _saved
+triton = pytest.importorskip("triton")
+from onpolicy_sft.kernels import chunked, triton_rows, weights  # noqa: E402
 
-if not HAS_CUDA and not triton_rows.INTERPRETED:  # pragma: no cover - import-order accident
-    pytest.skip(
-        "onpolicy_sft.kernels.triton_rows was imported without TRITON_INTERPRET=1 before this"
-        " module; run this file on its own",
-        allow_module_level=True,
+if not HAS_CUDA and not triton_rows.INTERPRETED:  # pragma: no cover - conftest sets it
+    raise RuntimeError(
+        "no CUDA and the Triton kernels were not built by the interpreter: run pytest from"
+        " the repository root so tests/conftest.py sets TRITON_INTERPRET=1 first"
     )
 
 from test_loss import DTYPES, SCHEMES, TOL, assert_close, compare, make_case, run_ours  # noqa: E402
@@ -42,13 +30,6 @@ from onpolicy_sft.config import LossConfig  # noqa: E402
 from onpolicy_sft.losses import PolicyLoss  # noqa: E402
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
-
-
-@pytest.fixture(autouse=True)
-def _interpreter(monkeypatch):
-    """Triton also reads TRITON_INTERPRET at launch time: set it for each test here only."""
-    if not HAS_CUDA:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture

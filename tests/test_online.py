@@ -201,7 +201,7 @@ def test_rounds_rewrite_with_the_current_weights(rewritten: Path, tmp_path: Path
         by_text = {(a.problem_id, a.text): a for a in attempts}
         for row in mine:
             if row["tier"] == "self":
-                a = by_text[(row["problem_id"], row["response"])]
+                a = by_text[(row["problem_id"], row["completion"])]
                 np.testing.assert_array_equal(row["behavior_logprobs"], a.behavior_logprobs)
 
 

@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -261,7 +262,10 @@ def test_is_refuses_a_sampled_row_without_behaviour_logprobs(tiny_qwen2, tmp_pat
     # expert rows keep the convention (blogp = 0, the DFT weight), counted
     examples, stats = build_examples(read_data(_is_rows(tmp_path, "expert")), tok, cfg)
     assert len(examples) == 2 and stats.zero_behavior == 2
-    assert all(float(abs(e.behavior).sum()) == 0.0 for e in examples)
+    # NaN on the supervised tokens marks "no behaviour log-probs": the loss reads blogp = 0
+    for e in examples:
+        sup = e.labels != -100
+        assert np.isnan(e.behavior[sup]).all() and (e.behavior[~sup] == 0).all()
     # and --missing_behavior zero opts every row into it
     zero = TrainConfig(
         model="m", dataset="d", loss=LossConfig(scheme="is", missing_behavior="zero")

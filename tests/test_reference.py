@@ -136,7 +136,7 @@ def test_benchmark_row_without_an_answer_names_file_and_row(tmp_path):
     from onpolicy_sft.evaluate import load_benchmark
 
     _write(tmp_path / "mine.jsonl", [{"problem": "1+1?", "answer": "2"}, {"problem": "prove it"}])
-    with pytest.raises(ValueError, match=r"row 1 of .*mine\.jsonl has no answer"):
+    with pytest.raises(ValueError, match=r"row 2 of .*mine\.jsonl has no answer"):
         load_benchmark("mine", tmp_path)
 
 

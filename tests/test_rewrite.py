@@ -520,3 +520,24 @@ def test_rewrite_output_loads_as_a_dataset_and_trains_with_trl(dataset, tmp_path
     assert ours.expert_rows == list(EXPECTED_TIERS.values()).count("expert") > 0
     logs = [h for h in ours.state.log_history if "loss" in h]
     assert logs and logs[0]["loss"] > 0
+
+
+def test_load_dataset_never_returns_another_runs_rows(tmp_path):
+    """datasets caches a card-configured directory by its name: two runs in directories
+    called ``out``, and a rerun that changed the rows, must each load their own rows."""
+    import datasets
+
+    from onpolicy_sft.rewrite.report import write_data
+
+    def rows(text: str) -> list[dict]:
+        return [{"prompt": "p", "response": text, "response_token_ids": [1], "problem_id": "0",
+                 "problem": "q", "tier": "self", "behavior_logprobs": [-0.5]}]  # fmt: skip
+
+    first, second = tmp_path / "a" / "out", tmp_path / "b" / "out"
+    for out, text in ((first, "one"), (second, "two")):
+        out.mkdir(parents=True)
+        write_data(rows(text), str(out / "data.parquet"))
+    for out, text in ((first, "one"), (second, "two")):
+        assert datasets.load_dataset(str(out), split="train")["completion"] == [text]
+    write_data(rows("six"), str(first / "data.parquet"))  # same size, new content
+    assert datasets.load_dataset(str(first), split="train")["completion"] == ["six"]

@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import json
 import os
+import types
 import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
@@ -93,6 +94,7 @@ class ConfigBase:
     """Shared behaviour: validation hook, dict round trip, saving."""
 
     def __post_init__(self) -> None:
+        self._tuple_fields()
         problems = self._choice_problems() + self.problems()
         if problems:
             raise (LossError if isinstance(self, LossConfig) else ConfigError)(
@@ -102,6 +104,20 @@ class ConfigBase:
     def problems(self) -> list[str]:
         """Return every problem with the values; subclasses extend this."""
         return []
+
+    def _tuple_fields(self) -> None:
+        """A ``tuple[...]`` field given a list (JSON, YAML, Python) becomes a tuple, and
+        one given a single value (``benchmarks="math500"``) a tuple of that value, never
+        a string's characters."""
+        for name, tp in typing.get_type_hints(type(self)).items():
+            options = get_args(tp) if get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+            if not any(get_origin(t) is tuple for t in options):
+                continue
+            value = getattr(self, name, None)
+            if isinstance(value, (str, int, float)):
+                object.__setattr__(self, name, (value,))
+            elif isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
 
     def _choice_problems(self) -> list[str]:
         """A ``Literal`` field holds one of its choices (checked for Python callers too)."""

@@ -67,6 +67,9 @@ def main(name: str, argv: Sequence[str]) -> int:
     except (UsageError, ConfigError) as exc:
         print(f"onpolicy-sft {name}: error: {exc}", file=sys.stderr)
         return 2
+    check = getattr(module, "check", None)
+    if check is not None:
+        check(options)  # flag-only mistakes first: no network probe, no imports
     _check_hub_names(options)
     out = options.get("output_dir")
     fresh = isinstance(out, str) and not os.path.exists(out)

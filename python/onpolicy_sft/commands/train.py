@@ -18,22 +18,40 @@ from onpolicy_sft.config import TRAINING_DEFAULTS, LossConfig, TrainConfig
 DEFAULTS = TRAINING_DEFAULTS
 
 
-def run(options: dict[str, Any]) -> int:
+def _online_options(options: dict[str, Any]) -> dict[str, Any]:
     import dataclasses
 
-    from onpolicy_sft.online import OnlineConfig, train_online
-    from onpolicy_sft.training import shutdown_distributed, train
+    from onpolicy_sft.online import OnlineConfig
 
-    online_names = {f.name for f in dataclasses.fields(OnlineConfig)}
-    online = {k: options.pop(k) for k in list(options) if k in online_names}
-    try:
-        if online.get("online_every") is not None:
-            result = train_online(**options, **online)
-        elif online:
+    names = {f.name for f in dataclasses.fields(OnlineConfig)}
+    return {k: options[k] for k in options if k in names}
+
+
+def check(options: dict[str, Any]) -> None:
+    """The online flags' mistakes, before any data or model is looked at."""
+    from onpolicy_sft.online import OnlineConfig
+
+    online = _online_options(options)
+    if online.get("online_every") is None:
+        if online:
             raise ValueError(
                 f"--{sorted(online)[0]} applies to online rewriting only; add --online_every "
                 "epoch (or a step count) to rewrite between rounds"
             )
+        return
+    problems = OnlineConfig(**online).problems()
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def run(options: dict[str, Any]) -> int:
+    from onpolicy_sft.online import train_online
+    from onpolicy_sft.training import shutdown_distributed, train
+
+    online = {k: options.pop(k) for k in _online_options(options)}
+    try:
+        if online.get("online_every") is not None:
+            result = train_online(**options, **online)
         else:
             result = train(**options)
     except BaseException:

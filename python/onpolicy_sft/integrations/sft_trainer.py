@@ -30,7 +30,7 @@ from trl.data_utils import pack_dataset
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from onpolicy_sft.config import IGNORE_INDEX
-from onpolicy_sft.integrations import PolicyLossMixin
+from onpolicy_sft.integrations.head import PolicyLossMixin
 from onpolicy_sft.losses import PolicyLoss
 from onpolicy_sft.training.formats import EXPERT_TIER, check_rows, detect_format
 
@@ -336,14 +336,14 @@ class PolicySFTTrainer(PolicyLossMixin, SFTTrainer):  # type: ignore[misc]
                     f"numbers (one log-prob per completion token), got {type(blp).__name__}"
                 )
 
-    def compute_loss(
+    records_eval = True
+
+    def _loss_inputs(
         self,
         model: torch.nn.Module,
         inputs: dict[str, Any],
-        return_outputs: bool = False,
-        num_items_in_batch: torch.Tensor | int | None = None,
-    ) -> Any:
-        inputs = dict(inputs)
+        num_items_in_batch: torch.Tensor | int | None,
+    ) -> tuple[dict[str, Any], torch.Tensor | int | None]:
         tiers = inputs.pop(TIER, None)
         if not self.needs_behavior:
             inputs.pop(BEHAVIOR, None)
@@ -359,10 +359,7 @@ class PolicySFTTrainer(PolicyLossMixin, SFTTrainer):  # type: ignore[misc]
         if mode == "eval":
             # a plain mean per evaluation batch (no accumulation to share it with)
             self._seqs_in_batch, num_items_in_batch = None, None
-        out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        if mode == "eval":
-            self._record(self.loss_head.result)
-        return out
+        return inputs, num_items_in_batch
 
     def _record(self, res: Any) -> None:
         """Our statistics into TRL's metrics, gathered over processes like TRL's own."""

@@ -1,7 +1,7 @@
 """Triton row kernels of the fused policy-weighted loss.
 
 One program per token row of a (C, V) logits chunk (the chunk GEMMs run in
-cuBLAS, see ``fused.py``). The kernels stream the row in BLOCK_V tiles:
+cuBLAS, see ``chunked.py``). The kernels stream the row in BLOCK_V tiles:
 
 - ``_policy_loss_fwd_kernel``: online log-sum-exp and entropy in one sweep
   (fp32 accumulation whatever the logits dtype), then logp of the label, the
@@ -44,6 +44,27 @@ _MAX_BLOCK_V = 32768
 
 
 @triton.jit
+def _row(logits_ptr, logits_stride, labels_ptr, ignore_index):
+    """This program's row: its index, logits pointer, whether it is supervised, and
+    the label to read (0 on ignored rows, so that every load is in bounds)."""
+    row = tl.program_id(0).to(tl.int64)
+    label = tl.load(labels_ptr + row)
+    valid = label != ignore_index
+    return row, logits_ptr + row * logits_stride, valid, tl.where(valid, label, 0)
+
+
+@triton.jit
+def _write_row_grad(base, V, safe, lse, coef, BLOCK_V: tl.constexpr):
+    """Overwrite the logits row in place with coef * (softmax - onehot(safe))."""
+    for off in range(0, V, BLOCK_V):
+        cols = off + tl.arange(0, BLOCK_V)
+        inb = cols < V
+        z = tl.load(base + cols, mask=inb, other=0.0).to(tl.float32)
+        dz = coef * (tl.exp(z - lse) - tl.where(cols == safe, 1.0, 0.0))
+        tl.store(base + cols, dz.to(base.dtype.element_ty), mask=inb)
+
+
+@triton.jit
 def _policy_loss_fwd_kernel(
     logits_ptr,
     logits_stride,
@@ -69,11 +90,7 @@ def _policy_loss_fwd_kernel(
     WRITE_GRAD: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
-    base = logits_ptr + row * logits_stride
-    label = tl.load(labels_ptr + row)
-    valid = label != ignore_index
-    safe = tl.where(valid, label, 0)
+    row, base, valid, safe = _row(logits_ptr, logits_stride, labels_ptr, ignore_index)
 
     # sweep 1: online max, sum of exp and sum of exp * (z - max)
     m = -1e30  # finite start: (m - m_new) * s stays 0 * finite
@@ -128,13 +145,8 @@ def _policy_loss_fwd_kernel(
     tl.store(w_ptr + row, tl.where(valid, w, 0.0))
     tl.store(coef_ptr + row, coef)
 
-    if WRITE_GRAD:  # sweep 2: the row becomes coef * (softmax - onehot)
-        for off in range(0, V, BLOCK_V):
-            cols = off + tl.arange(0, BLOCK_V)
-            inb = cols < V
-            z = tl.load(base + cols, mask=inb, other=0.0).to(tl.float32)
-            dz = coef * (tl.exp(z - lse) - tl.where(cols == safe, 1.0, 0.0))
-            tl.store(base + cols, dz.to(logits_ptr.dtype.element_ty), mask=inb)
+    if WRITE_GRAD:  # sweep 2: the row becomes its gradient
+        _write_row_grad(base, V, safe, lse, coef, BLOCK_V)
 
 
 @triton.jit
@@ -148,19 +160,10 @@ def _policy_loss_bwd_kernel(
     ignore_index,
     BLOCK_V: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
-    base = logits_ptr + row * logits_stride
-    label = tl.load(labels_ptr + row)
-    valid = label != ignore_index
-    safe = tl.where(valid, label, 0)
+    row, base, valid, safe = _row(logits_ptr, logits_stride, labels_ptr, ignore_index)
     lse = tl.load(lse_ptr + row)
     coef = tl.where(valid, tl.load(coef_ptr + row), 0.0)
-    for off in range(0, V, BLOCK_V):
-        cols = off + tl.arange(0, BLOCK_V)
-        inb = cols < V
-        z = tl.load(base + cols, mask=inb, other=0.0).to(tl.float32)
-        dz = coef * (tl.exp(z - lse) - tl.where(cols == safe, 1.0, 0.0))
-        tl.store(base + cols, dz.to(logits_ptr.dtype.element_ty), mask=inb)
+    _write_row_grad(base, V, safe, lse, coef, BLOCK_V)
 
 
 # True when the kernels were built by Triton's CPU interpreter (TRITON_INTERPRET=1 at import).

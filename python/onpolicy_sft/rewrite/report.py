@@ -49,10 +49,22 @@ W_EDGES = np.linspace(CLIP[0], CLIP[1], 41)
 
 def write_dataset_card(run_dir: str, data_file: str = "data.parquet") -> None:
     """DIR/README.md: a dataset card whose ``configs`` name the data file, so that
-    ``datasets.load_dataset(DIR)`` returns the rows (and not the report's files)."""
+    ``datasets.load_dataset(DIR)`` returns the rows (and not the report's files).
+
+    The config's description carries the data file's SHA-256: ``datasets`` keys its cache
+    of a card-configured directory by the directory's name and the card alone, so without
+    it a rerun (or another run in a directory of the same name) would load stale rows.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(os.path.join(run_dir, data_file), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
     card = f"""---
 configs:
 - config_name: default
+  description: {data_file} sha256 {digest.hexdigest()}
   data_files:
   - split: train
     path: {data_file}

@@ -8,7 +8,7 @@ from typing import Any
 from transformers import Trainer, TrainerCallback
 
 from onpolicy_sft._io import write_json
-from onpolicy_sft.integrations import PolicyLossMixin
+from onpolicy_sft.integrations.head import PolicyLossMixin
 
 
 class PolicyTrainer(PolicyLossMixin, Trainer):  # type: ignore[misc]
