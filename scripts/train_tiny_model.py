@@ -125,6 +125,7 @@ def main() -> int:
         prefix="ref-",
         weights=synthetic.GUIDED_WEIGHTS,
         rare=synthetic.PRACTICE_RARE,
+        scale=synthetic.GUIDED_SCALE,
     )
     pre_guided = [next(gstream) for _ in range(n_guided)]
 

@@ -180,6 +180,11 @@ DEFAULT_WEIGHTS = (0.2, 0.3, 0.3, 0.2)
 # saw them, while the expert solutions spell each one out ("doubling means 7 times 2").
 RARE_OPS = ("double", "triple", "half")
 PRACTICE_RARE = 0.03
+# The worked-solution practice uses numbers GUIDED_SCALE times larger than the own-style
+# practice, beyond what the model can reliably compute itself, so that reading each step off
+# the reference (not recomputing it) is what the practice rewards: the skill that carries
+# over to a reference that spells out a rare operation.
+GUIDED_SCALE = 3
 
 # Difficulty presets: (number of operations, max starting amount, max operand).
 _LEVELS = {
@@ -227,13 +232,16 @@ def _rare_choices(cur: int) -> list[str]:
     return out
 
 
-def make_problem(rng: random.Random, pid: str, difficulty: int, *, rare: float = 1.0) -> Problem:
+def make_problem(
+    rng: random.Random, pid: str, difficulty: int, *, rare: float = 1.0, scale: int = 1
+) -> Problem:
     """One problem of the given difficulty (number of operations, 1..4).
 
     A hard problem (``HARD``) holds one rare operation (``RARE_OPS``) with probability
-    ``rare``; an easy one never does.
+    ``rare``; an easy one never does. ``scale`` multiplies the starting amounts and operands.
     """
     n_ops, max_start, max_operand = _LEVELS[difficulty]
+    max_start, max_operand = max_start * scale, max_operand * scale
     want_rare = difficulty in HARD and rng.random() < rare
     while True:
         p = _attempt(rng, pid, difficulty, n_ops, max_start, max_operand, want_rare)
@@ -279,7 +287,7 @@ def _attempt(
             op, r = _RARE[kind]
         else:
             choices = ["add", "sub"]
-            if cur <= 15:
+            if cur <= 5 * max_operand // 3:
                 choices.append("mul")
             divisors = [d for d in range(2, 6) if cur % d == 0 and cur // d >= 2]
             if divisors:
@@ -333,15 +341,17 @@ def generate(
     prefix: str = "p",
     weights: tuple[float, ...] = DEFAULT_WEIGHTS,
     rare: float = 1.0,
+    scale: int = 1,
 ) -> list[Problem]:
     """``n`` problems with a seeded mix of difficulties (``weights`` over 1..4 operations);
-    ``rare``: the share of hard problems that hold a rare operation."""
+    ``rare``: the share of hard problems that hold a rare operation; ``scale``: a factor on
+    the numbers."""
     rng = random.Random(seed)
     levels = list(range(1, len(weights) + 1))
     out = []
     for i in range(n):
         d = rng.choices(levels, weights=weights)[0]
-        out.append(make_problem(rng, f"{prefix}{i:05d}", d, rare=rare))
+        out.append(make_problem(rng, f"{prefix}{i:05d}", d, rare=rare, scale=scale))
     return out
 
 
@@ -352,6 +362,7 @@ def iter_unique(
     prefix: str = "p",
     weights: tuple[float, ...] = (),
     rare: float = 1.0,
+    scale: int = 1,
 ) -> Iterator[Problem]:
     """An endless stream of problems whose text is not in ``exclude`` nor seen before."""
     seen = set(exclude)
@@ -360,7 +371,7 @@ def iter_unique(
     i = 0
     while True:
         d = rng.choices(range(1, len(w) + 1), weights=w)[0]
-        p = make_problem(rng, f"{prefix}{i:06d}", d, rare=rare)
+        p = make_problem(rng, f"{prefix}{i:06d}", d, rare=rare, scale=scale)
         i += 1
         if p.problem in seen:
             continue
