@@ -1,6 +1,6 @@
 """Train the demo's bundled tiny model from scratch, reproducibly, on a CPU.
 
-    python scripts/train_tiny_model.py [--seed 0] [--steps 1200] [--out DIR]
+    python scripts/train_tiny_model.py [--seed 0] [--steps 1500] [--out DIR]
 
 Writes, under ``python/onpolicy_sft/assets/`` by default:
 
@@ -60,17 +60,17 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ASSETS, help="assets directory to write")
-    p.add_argument("--steps", type=int, default=1200, help="optimizer steps")
+    p.add_argument("--steps", type=int, default=1500, help="optimizer steps")
     p.add_argument("--batch", type=int, default=32, help="sequences per step")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument(
-        "--guided-frac", type=float, default=0.4, help="fraction of worked-solution batches"
+        "--guided-frac", type=float, default=0.5, help="fraction of worked-solution batches"
     )
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=4, help="head dim = hidden / heads (>= 32)")
+    p.add_argument("--hidden", type=int, default=96)
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--heads", type=int, default=3, help="head dim = hidden / heads (>= 32)")
     p.add_argument("--kv-heads", type=int, default=1)
-    p.add_argument("--ffn", type=int, default=384)
+    p.add_argument("--ffn", type=int, default=256)
     p.add_argument("--vocab", type=int, default=1024)
     p.add_argument("--n-train", type=int, default=512, help="bundled train split size")
     p.add_argument("--n-eval", type=int, default=256, help="bundled held-out split size")

@@ -32,19 +32,31 @@ def test_same_seed_same_problems() -> None:
     assert synthetic.generate(50, seed=3) != synthetic.generate(50, seed=4)
 
 
+@pytest.mark.parametrize("scale", [1, synthetic.GUIDED_SCALE], ids=["own", "worked"])
 @pytest.mark.parametrize("difficulty", [1, 2, 3, 4], ids=lambda d: f"{d}-op")
-def test_both_styles_are_correct(difficulty: int) -> None:
+def test_both_styles_are_correct(difficulty: int, scale: int) -> None:
     import random
 
     rng = random.Random(difficulty)
     for i in range(200):
-        p = synthetic.make_problem(rng, f"x{i}", difficulty)
+        p = synthetic.make_problem(rng, f"x{i}", difficulty, scale=scale)
         assert p.own.count("=") == difficulty
         assert _eval_own(p.own) == int(p.answer)
         assert BOXED.findall(p.own) == [p.answer]
         assert BOXED.findall(p.expert) == [p.answer]
         assert p.expert.endswith(f"The answer is \\boxed{{{p.answer}}}.")
         assert int(p.answer) >= 0
+
+
+def test_scale_makes_the_numbers_larger() -> None:
+    """The worked-solution practice's numbers go beyond the own-style practice's."""
+
+    def largest(problems: list[synthetic.Problem]) -> int:
+        return max(int(n) for p in problems for n in re.findall(r"\d+", p.own))
+
+    small = synthetic.generate(300, seed=7)
+    big = synthetic.generate(300, seed=7, scale=synthetic.GUIDED_SCALE)
+    assert largest(big) > 2 * largest(small)
 
 
 def test_styles_differ() -> None:

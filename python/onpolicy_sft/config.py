@@ -906,8 +906,10 @@ class DemoConfig(ConfigBase):
     temperature_guided: float = opt(0.7, "guided-tier temperature (docs/methods.md default)")
     temperature_eval: float = opt(1.0, "evaluation temperature (protocol: T = 1, top-p = 1)")
     max_tokens: int = opt(112, "new tokens per generation (own-style ~30, expert ~80)")
-    epochs: float = opt(2.0, "training epochs over the n_train rows, per method")
-    learning_rate: float = opt(1e-3, "peak learning rate of every method")
+    epochs: float = opt(3.0, "training epochs over the n_train rows, per method")
+    learning_rate: float = opt(
+        5e-4, "peak learning rate of every method (1/6 of the tiny model's pre-training peak)"
+    )
     batch_size: int = opt(8, "sequences per optimizer step")
     online_every: str = opt(
         "epoch", "online rewriting rounds: after every epoch, or every N optimizer steps"
