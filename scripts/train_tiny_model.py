@@ -1,6 +1,6 @@
 """Train the demo's bundled tiny model from scratch, reproducibly, on a CPU.
 
-    python scripts/train_tiny_model.py [--seed 0] [--steps 1000] [--out DIR]
+    python scripts/train_tiny_model.py [--seed 0] [--steps 1500] [--out DIR]
 
 Writes, under ``python/onpolicy_sft/assets/`` by default:
 
@@ -8,8 +8,9 @@ Writes, under ``python/onpolicy_sft/assets/`` by default:
   with the ChatML chat template, trained on the synthetic arithmetic task
   (``onpolicy_sft.synthetic``) in the model's own terse style only;
 - ``data/train.jsonl``: the demo's training split, mostly the hard part of the
-  task (``synthetic.TRAIN_WEIGHTS``), each row with the expert solution (verbose
-  prose, a style the model never saw as a target);
+  task (``synthetic.TRAIN_WEIGHTS``, a rare operation in every hard problem), each
+  row with the expert solution (verbose prose, a style the model never saw as a
+  target);
 - ``data/eval.jsonl``: held-out problems for avg@k, every difficulty alike;
 - ``tiny_model/training.json``: the recipe, the loss curve and the measured
   solve rates (own, guided and hinted prompts) by difficulty.
@@ -17,16 +18,17 @@ Writes, under ``python/onpolicy_sft/assets/`` by default:
 The model is trained on two kinds of examples, both with the loss on the
 response only:
 
-- ``train_prompt(problem) -> own-style solution`` (most steps), drawn mostly
-  from the easy part of the task (``synthetic.PRETRAIN_WEIGHTS``: 1-2 operations
-  90%, 3-4 operations 10%), so that it solves the easy part on its own and
-  leaves headroom on the hard part;
+- ``train_prompt(problem) -> own-style solution`` (most steps), chains of every
+  length (``synthetic.PRETRAIN_WEIGHTS``), where a hard problem holds a rare
+  operation ("the number of apples doubles") only ``synthetic.PRACTICE_RARE`` of
+  the time, so that the model solves the easy part on its own and leaves
+  headroom on the hard part, whose every held-out and training problem has one;
 - ``guided_prompt`` / ``hinted_prompt(problem, expert solution) -> own-style
   solution`` (``--guided-frac`` of the steps, half batches), on every difficulty
-  alike (``synthetic.GUIDED_WEIGHTS``): the modest skill of an instruction-tuned
-  model to read a worked solution written in someone else's style and solve the
-  problem again in its own words, which the guided tier of rewriting and Hinted
-  Decoding use.
+  alike (``synthetic.GUIDED_WEIGHTS``, rare operations as rare as above): the
+  general skill of an instruction-tuned model to follow a worked solution written
+  in someone else's style and solve the problem again in its own words, which
+  the guided tier of rewriting and Hinted Decoding use on the hard problems.
 
 Everything is seeded (data, initialisation, batch order); results are
 bit-identical for the same seed and thread count.
@@ -58,17 +60,17 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ASSETS, help="assets directory to write")
-    p.add_argument("--steps", type=int, default=1000, help="optimizer steps")
+    p.add_argument("--steps", type=int, default=1500, help="optimizer steps")
     p.add_argument("--batch", type=int, default=32, help="sequences per step")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument(
-        "--guided-frac", type=float, default=0.3, help="fraction of worked-solution batches"
+        "--guided-frac", type=float, default=0.5, help="fraction of worked-solution batches"
     )
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=4, help="head dim = hidden / heads (>= 32)")
+    p.add_argument("--hidden", type=int, default=96)
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--heads", type=int, default=3, help="head dim = hidden / heads (>= 32)")
     p.add_argument("--kv-heads", type=int, default=1)
-    p.add_argument("--ffn", type=int, default=384)
+    p.add_argument("--ffn", type=int, default=256)
     p.add_argument("--vocab", type=int, default=1024)
     p.add_argument("--n-train", type=int, default=512, help="bundled train split size")
     p.add_argument("--n-eval", type=int, default=256, help="bundled held-out split size")
@@ -110,11 +112,20 @@ def main() -> int:
     n_guided = sum(schedule) * (args.batch // 2)
     n_self = (args.steps - sum(schedule)) * args.batch
     stream = synthetic.iter_unique(
-        args.seed * 1000 + 3, exclude=held, prefix="pre-", weights=synthetic.PRETRAIN_WEIGHTS
+        args.seed * 1000 + 3,
+        exclude=held,
+        prefix="pre-",
+        weights=synthetic.PRETRAIN_WEIGHTS,
+        rare=synthetic.PRACTICE_RARE,
     )
     pre = [next(stream) for _ in range(n_self)]
     gstream = synthetic.iter_unique(
-        args.seed * 1000 + 4, exclude=held, prefix="ref-", weights=synthetic.GUIDED_WEIGHTS
+        args.seed * 1000 + 4,
+        exclude=held,
+        prefix="ref-",
+        weights=synthetic.GUIDED_WEIGHTS,
+        rare=synthetic.PRACTICE_RARE,
+        scale=synthetic.GUIDED_SCALE,
     )
     pre_guided = [next(gstream) for _ in range(n_guided)]
 
@@ -257,6 +268,12 @@ def main() -> int:
         "total_seconds": round(time.time() - t_start, 1),
         "self_solve": solve,
         "guided_solve": gsolve,
+        "practice_rare_steps": {
+            "own-style problems": sum(synthetic.rare_steps(p.problem) > 0 for p in pre),
+            "worked-solution problems": sum(
+                synthetic.rare_steps(p.problem) > 0 for p in pre_guided
+            ),
+        },
         "hinted_prompt_solve": hsolve,
         "torch": torch.__version__,
         "loss_curve_every_10": curve[::10],

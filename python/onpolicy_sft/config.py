@@ -896,29 +896,35 @@ class DemoConfig(ConfigBase):
         "the seeds, use the first",
     )
     engine: EngineKind = opt("auto", "generation engine (auto = vllm with CUDA, else hf)")
-    quick: bool = opt(False, "the reduced size CI runs (< 20 s on 2 cores, one seed)")
-    n_train: int = opt(128, "training problems rewritten and trained on (bundled split)")
-    n_eval: int = opt(128, "held-out problems evaluated")
+    quick: bool = opt(False, "the reduced size CI runs (<= 20 s on 2 cores, one seed)")
+    n_train: int = opt(64, "training problems rewritten and trained on (bundled split)")
+    n_eval: int = opt(64, "held-out problems evaluated")
     k_eval: int = opt(4, "samples per held-out problem: the table reports avg@k_eval")
     k_self: int = opt(4, "self-tier samples per problem")
     k_guided: int = opt(4, "guided-tier samples per problem")
     temperature_self: float = opt(1.0, "self-tier temperature (docs/methods.md default)")
     temperature_guided: float = opt(0.7, "guided-tier temperature (docs/methods.md default)")
     temperature_eval: float = opt(1.0, "evaluation temperature (protocol: T = 1, top-p = 1)")
-    max_tokens: int = opt(160, "new tokens per generation (own-style ~40, expert ~120)")
-    epochs: float = opt(2.0, "training epochs over the n_train rows, per method")
-    learning_rate: float = opt(3e-4, "peak learning rate of every method")
-    batch_size: int = opt(16, "sequences per optimizer step")
+    max_tokens: int = opt(112, "new tokens per generation (own-style ~30, expert ~80)")
+    epochs: float = opt(3.0, "training epochs over the n_train rows, per method")
+    learning_rate: float = opt(
+        5e-4, "peak learning rate of every method (1/6 of the tiny model's pre-training peak)"
+    )
+    batch_size: int = opt(8, "sequences per optimizer step")
     online_every: str = opt(
         "epoch", "online rewriting rounds: after every epoch, or every N optimizer steps"
     )
-    threads: int = opt(2, "torch CPU threads (the demo's time budget assumes 2 cores)")
+    threads: int = opt(
+        1,
+        "torch CPU threads (1: a tiny model gains little from a second thread, and a shared "
+        "box loses much when two threads contend)",
+    )
     model: str | None = opt(None, "model (none: the bundled tiny model)")
     data_dir: str | None = opt(None, "problems (none: the bundled assets/data/{train,eval}.jsonl)")
 
     QUICK: ClassVar[dict[str, Any]] = {
-        "n_train": 24,
-        "n_eval": 24,
+        "n_train": 16,
+        "n_eval": 16,
         "k_eval": 2,
         "k_self": 2,
         "k_guided": 2,
@@ -929,7 +935,7 @@ class DemoConfig(ConfigBase):
 
     @classmethod
     def preset(cls, *, quick: bool = False, **overrides: Any) -> DemoConfig:
-        """The full demo (<= 10 min on 2 cores) or the quick CI size (< 2 min)."""
+        """The full demo (<= 120 s on 2 cores) or the quick CI size (<= 20 s)."""
         base: dict[str, Any] = {"quick": quick, **(cls.QUICK if quick else {})}
         base.update(overrides)
         return cls(**base)

@@ -21,12 +21,14 @@ nothing but the package installed:
 
 The bundled model (``assets/tiny_model``) was trained from scratch by
 ``scripts/train_tiny_model.py`` on ``onpolicy_sft.synthetic`` problems in a
-terse style of its own, mostly on the easy part of the task (1-2 operations)
-and rarely on the hard part (3-4 operations), with some practice at re-solving
-a problem whose worked solution is in the prompt. The bundled training split is
-mostly hard, and its expert solutions are correct but verbose prose: they teach
-the hard part in a foreign style. That difference is the policy gap the method
-is about.
+terse style of its own. Every hard problem (3-4 operations) holds a rare
+operation stated in words ("the number of apples doubles"), which the model
+rarely saw, so it solves the easy part (1-2 operations) and little of the hard
+part; with some practice at re-solving a problem whose worked solution is in the
+prompt, it can follow a reference that spells the rare step out. The bundled
+training split is mostly hard, and its expert solutions are correct but verbose
+prose: they teach the hard part in a foreign style. That difference is the
+policy gap the method is about.
 """
 
 from __future__ import annotations
@@ -891,12 +893,13 @@ def _write_report(out: Path, res: DemoNumbers, files: list[str]) -> str:
         "## Setup",
         "",
         "- pi_0 is the bundled tiny model, trained from scratch to solve arithmetic word problems "
-        "in a terse style of its own (`3*4=12. 12+5=17. \\boxed{17}`), mostly on the easy part "
-        "of the task (1-2 operations) and rarely on the hard part (3-4 operations), plus some "
-        "practice at re-solving a problem whose worked solution is in the prompt. The training "
-        "problems are mostly hard; their expert solutions are correct but verbose prose (`... 12 "
-        "plus 5, that is 17. The answer is \\boxed{17}.`): they teach the hard part, in a "
-        "foreign style (the policy gap).",
+        "in a terse style of its own (`3*4=12. 12+5=17. \\boxed{17}`). Every hard problem (3-4 "
+        "operations) holds a rare operation stated in words (`the number of apples doubles`) "
+        "that pi_0 rarely practised, so it solves the easy part (1-2 operations) and little of "
+        "the hard part; it also practised re-solving a problem whose worked solution is in the "
+        "prompt. The training problems are mostly hard; their expert solutions are correct but "
+        "verbose prose (`... doubling means 12 times 2, which makes 24. ... The answer is "
+        "\\boxed{24}.`): they teach the hard part, in a foreign style (the policy gap).",
         f"- Rewriting: three tiers (self: k={res.config.k_self} samples at T=1.0; guided: "
         f"k={res.config.k_guided} at T=0.7 with the expert solution in the prompt; else expert), "
         "verified against the reference answer; among several correct samples the likeliest "

@@ -11,15 +11,19 @@ Both are correct, but the expert text is far from what the model would write
 itself: that difference is the policy gap the method (docs/methods.md, "Data
 level") is about. Generation is a pure function of the seed.
 
-Difficulty is the number of operations (1 to 4) and the size of the numbers.
-The task has an easy part (1-2 operations) and a hard part (3-4 operations).
-Each split draws its own mix (the ``*_WEIGHTS`` presets): the tiny model
-practises mostly the easy part in its own style and the hard part rarely, so
-it leaves headroom there; its worked-solution practice (a reference solution in
-the prompt) covers every difficulty, so that guided re-solving can turn some
-hard problems into its own words; the fine-tuning split is mostly hard, as the
-expert data of the papers is, so the expert solutions teach what the model
-cannot yet do.
+Difficulty is the number of operations (1 to 4). The task has an easy part
+(1-2 operations) and a hard part (3-4 operations), and every hard problem of
+the bundled splits holds one *rare operation*: a step stated in words without
+its number ("the number of apples doubles", "she gives away half of the
+apples"). The tiny model practises chains of every length in its own style but
+sees a rare operation in only ``PRACTICE_RARE`` of its hard practice problems,
+so it solves the easy part and little of the hard part; the expert solutions
+spell each rare step out ("doubling means 7 times 2, which makes 14"), so they
+teach exactly what the model cannot yet do. Its worked-solution practice (a
+reference solution in the prompt, again rarely with a rare operation) gives it a
+modest, general skill to follow a reference, which is what lets guided
+re-solving turn hard problems into its own words. The fine-tuning split is
+mostly hard, as the expert data of the papers is, with some easy rows.
 """
 
 from __future__ import annotations
@@ -83,42 +87,52 @@ def own_solution(steps: Iterable[Step], answer: int) -> str:
 
 
 _OPENERS = (
-    "Let us work through this carefully, one quantity at a time.",
-    "We can solve this by following the story in order.",
-    "To answer the question, we keep track of the total after each event.",
-    "Let's reason about what happens step by step.",
-    "We follow how the number changes through the problem.",
+    "Let us follow the story one event at a time.",
+    "We keep track of the count after each event.",
+    "We can solve this by following what happens in order.",
 )
 _CLOSERS = (
     "So at the end {name} has {ans} {item}.",
     "Therefore {name} is left with {ans} {item}.",
-    "This means the final count is {ans} {item}.",
-    "Putting it all together, {name} ends up with {ans} {item}.",
+    "Putting it together, {name} ends up with {ans} {item}.",
 )
+# Every sentence names its numbers in the order left, right, result, so that a reader who
+# follows the prose can write the same steps down in any notation.
 _EXPERT_STEP = {
     "start_mul": (
-        "At first there are {l} {cont} holding {r} {item} each, which gives {l} times {r}, "
-        "namely {res} {item}.",
-        "Since each of the {l} {cont} contains {r} {item}, the starting amount is {l} times {r}, "
-        "which equals {res}.",
+        "There are {l} {cont} with {r} {item} each, so we start with {l} times {r}, "
+        "which is {res}.",
+        "The starting amount is {l} {cont} of {r} {item}, that is {l} times {r}, or {res}.",
     ),
     "add": (
-        "After getting {r} more, the total grows to {l} plus {r}, that is {res}.",
-        "Adding the {r} new {item} to the {l} already there gives {res} in total.",
-        "The {r} extra {item} raise the count from {l} to {res}, because {l} plus {r} is {res}.",
+        "New {item} arrive, so we add: {l} plus {r} makes {res}.",
+        "Adding the new ones gives {l} plus {r}, which is {res} {item}.",
+        "The total grows, since {l} plus {r} equals {res}.",
     ),
     "sub": (
-        "Giving away {r} of them leaves {l} minus {r}, which is {res}.",
-        "Taking {r} away from {l} leaves exactly {res} {item}.",
-        "Once {r} are gone, only {res} remain, since {l} minus {r} equals {res}.",
+        "Some are given away, and {l} minus {r} leaves {res}.",
+        "Taking those away gives {l} minus {r}, which is {res}.",
+        "Now only {l} minus {r}, that is {res} {item}, remain.",
     ),
     "mul": (
-        "When the amount becomes {r} times as large, we get {l} times {r}, or {res}.",
-        "Multiplying the {l} {item} by {r} gives {res} {item}.",
+        "The amount grows, because {l} times {r} is {res}.",
+        "Multiplying gives {l} times {r}, that is {res} {item}.",
     ),
     "div": (
-        "Splitting {l} into {r} equal shares gives {l} divided by {r}, which is {res} per share.",
-        "Each of the {r} equal shares holds {l} divided by {r}, that is {res} {item}.",
+        "Sharing equally gives {l} divided by {r}, that is {res} in one share.",
+        "Splitting them, {l} divided by {r} equals {res}.",
+    ),
+    "double": (
+        "Doubling means {l} times {r}, which makes {res}.",
+        "When the amount doubles we get {l} times {r}, that is {res} {item}.",
+    ),
+    "triple": (
+        "Tripling means {l} times {r}, so we get {res}.",
+        "When the amount triples we get {l} times {r}, which is {res} {item}.",
+    ),
+    "half": (
+        "Giving away half leaves {l} divided by {r}, that is {res}.",
+        "Half of them remain, and {l} divided by {r} is {res}.",
     ),
 }
 
@@ -132,13 +146,17 @@ def expert_solution(
     item: str,
     cont: str,
     containers_first: bool,
+    kinds: list[str] | None = None,
 ) -> str:
-    """A correct, verbose solution in a style the tiny model never writes."""
+    """A correct, verbose solution in a style the tiny model never writes.
+
+    ``kinds``: each step's phrasing key (its operation, or a rare operation's own name).
+    """
     out = [rng.choice(_OPENERS)]
     if not steps:
         out.append(f"Nothing changes, so the count stays at {answer}.")
     for i, s in enumerate(steps):
-        key = "start_mul" if (i == 0 and containers_first) else s.op
+        key = "start_mul" if (i == 0 and containers_first) else (kinds[i] if kinds else s.op)
         tmpl = rng.choice(_EXPERT_STEP[key])
         out.append(tmpl.format(l=s.left, r=s.right, res=s.result, item=item, cont=cont))
     out.append(rng.choice(_CLOSERS).format(name=name, ans=answer, item=item))
@@ -149,128 +167,202 @@ def expert_solution(
 # Mixes over difficulty 1..4 (number of operations) for each split.
 EASY = (1, 2)
 HARD = (3, 4)
-PRETRAIN_WEIGHTS = (0.5, 0.4, 0.08, 0.02)  # own-style practice: the hard part is rare
+PRETRAIN_WEIGHTS = (0.3, 0.3, 0.2, 0.2)  # own-style practice: chains of every length
 GUIDED_WEIGHTS = (0.25, 0.25, 0.25, 0.25)  # practice with a worked solution in the prompt
 TRAIN_WEIGHTS = (0.15, 0.15, 0.35, 0.35)  # the fine-tuning split: mostly the hard part
 EVAL_WEIGHTS = (0.25, 0.25, 0.25, 0.25)  # held out: every difficulty alike
 DEFAULT_WEIGHTS = (0.2, 0.3, 0.3, 0.2)
 
+# The hard part's new idea: one step of every hard problem is a *rare operation*, stated
+# in words without its number ("the number of apples doubles", "... gives away half of
+# them"). The bundled splits have one in every hard problem (rare=1); the tiny model's
+# practice streams have one in only PRACTICE_RARE of their hard problems, so it rarely
+# saw them, while the expert solutions spell each one out ("doubling means 7 times 2").
+RARE_OPS = ("double", "triple", "half")
+PRACTICE_RARE = 0.03
+# The worked-solution practice uses numbers GUIDED_SCALE times larger than the own-style
+# practice, beyond what the model can reliably compute itself, so that reading each step off
+# the reference (not recomputing it) is what the practice rewards: the skill that carries
+# over to a reference that spells out a rare operation.
+GUIDED_SCALE = 3
+
 # Difficulty presets: (number of operations, max starting amount, max operand).
 _LEVELS = {
     1: (1, 20, 9),
     2: (2, 20, 9),
-    3: (3, 30, 12),
-    4: (4, 30, 12),
+    3: (3, 20, 9),
+    4: (4, 20, 9),
 }
 
+_PHRASES = {
+    "add": (
+        "Then {he} buys {r} more {item}.",
+        "{name} finds {r} more {item}.",
+        "A friend gives {name} {r} more {item}.",
+    ),
+    "sub": (
+        "Then {he} gives {r} {item} away.",
+        "{name} loses {r} {item}.",
+        "{name} uses {r} of the {item}.",
+    ),
+    "mul": (
+        "Then the number of {item} becomes {r} times as large.",
+        "{name} gets enough {item} to have {r} times as many.",
+    ),
+    "div": (
+        "{name} splits the {item} into {r} equal groups and keeps one group.",
+        "Then {he} shares them equally so that each of {r} people gets the same, and keeps "
+        "one share.",
+    ),
+    "double": ("Then the number of {item} doubles.", "{name}'s pile of {item} doubles."),
+    "triple": ("Then the number of {item} triples.", "{name}'s pile of {item} triples."),
+    "half": ("Then {he} gives away half of the {item}.", "{name} loses half of the {item}."),
+}
+_RARE = {"double": ("mul", 2), "triple": ("mul", 3), "half": ("div", 2)}
 
-def make_problem(rng: random.Random, pid: str, difficulty: int) -> Problem:
-    """One problem of the given difficulty (number of operations, 1..4)."""
+
+def _rare_choices(cur: int) -> list[str]:
+    out = []
+    if cur <= 30:
+        out.append("double")
+    if cur <= 15:
+        out.append("triple")
+    if cur % 2 == 0 and cur >= 4:
+        out.append("half")
+    return out
+
+
+def make_problem(
+    rng: random.Random, pid: str, difficulty: int, *, rare: float = 1.0, scale: int = 1
+) -> Problem:
+    """One problem of the given difficulty (number of operations, 1..4).
+
+    A hard problem (``HARD``) holds one rare operation (``RARE_OPS``) with probability
+    ``rare``; an easy one never does. ``scale`` multiplies the starting amounts and operands.
+    """
     n_ops, max_start, max_operand = _LEVELS[difficulty]
+    max_start, max_operand = max_start * scale, max_operand * scale
+    want_rare = difficulty in HARD and rng.random() < rare
+    while True:
+        p = _attempt(rng, pid, difficulty, n_ops, max_start, max_operand, want_rare)
+        if p is not None:
+            return p
+
+
+def _attempt(
+    rng: random.Random,
+    pid: str,
+    difficulty: int,
+    n_ops: int,
+    max_start: int,
+    max_operand: int,
+    want_rare: bool,
+) -> Problem | None:
     name = rng.choice(NAMES)
     he = PRONOUN[name]
     item = rng.choice(ITEMS)
     cont = rng.choice(CONTAINERS)
     steps: list[Step] = []
+    kinds: list[str] = []
     sentences: list[str] = []
     # The opening: a plain amount, or containers times items (the first operation).
     containers_first = rng.random() < 0.4
     if containers_first:
-        a, b = rng.randint(2, 9), rng.randint(2, 9)
+        a, b = rng.randint(2, 6), rng.randint(2, 6)
         steps.append(Step("mul", a, b, a * b))
+        kinds.append("mul")
         sentences.append(f"{name} has {a} {cont} with {b} {item} in each.")
         cur = a * b
     else:
         cur = rng.randint(3, max_start)
         sentences.append(f"{name} has {cur} {item}.")
+    # Where the rare operation goes: any step after the opening one.
+    rare_at = rng.randint(max(1, len(steps)), n_ops - 1) if want_rare else -1
     while len(steps) < n_ops:
-        choices = ["add", "sub"]
-        if cur <= 30:
-            choices.append("mul")
-        divisors = [d for d in range(2, 7) if cur % d == 0 and cur // d >= 2]
-        if divisors:
-            choices.append("div")
-        op = rng.choice(choices)
-        if op == "add":
-            r = rng.randint(2, max_operand)
-            res = cur + r
-            sentences.append(
-                rng.choice(
-                    (
-                        f"Then {he} buys {r} more {item}.",
-                        f"{name} finds {r} more {item}.",
-                        f"A friend gives {name} {r} more {item}.",
-                    )
-                )
-            )
-        elif op == "sub":
-            if cur <= 2:
-                continue
-            r = rng.randint(1, min(max_operand, cur - 1))
-            res = cur - r
-            sentences.append(
-                rng.choice(
-                    (
-                        f"Then {he} gives {r} {item} away.",
-                        f"{name} loses {r} {item}.",
-                        f"{name} uses {r} of the {item}.",
-                    )
-                )
-            )
-        elif op == "mul":
-            r = rng.randint(2, 4)
-            res = cur * r
-            sentences.append(
-                rng.choice(
-                    (
-                        f"Then the number of {item} becomes {r} times as large.",
-                        f"{name} gets enough {item} to have {r} times as many.",
-                    )
-                )
-            )
+        if len(steps) == rare_at:
+            options = _rare_choices(cur)
+            if not options:
+                return None
+            kind = rng.choice(options)
+            op, r = _RARE[kind]
         else:
-            r = rng.choice(divisors)
-            res = cur // r
-            sentences.append(
-                rng.choice(
-                    (
-                        f"{name} splits the {item} into {r} equal groups and keeps one group.",
-                        f"Then {he} shares them equally with friends so that each of {r} people "
-                        f"gets the same, and keeps one share.",
-                    )
-                )
-            )
+            choices = ["add", "sub"]
+            if cur <= 5 * max_operand // 3:
+                choices.append("mul")
+            divisors = [d for d in range(2, 6) if cur % d == 0 and cur // d >= 2]
+            if divisors:
+                choices.append("div")
+            kind = op = rng.choice(choices)
+            if op == "add":
+                r = rng.randint(2, max_operand)
+            elif op == "sub":
+                if cur <= 2:
+                    continue
+                r = rng.randint(1, min(max_operand, cur - 1))
+            elif op == "mul":
+                r = rng.randint(2, 3)
+            else:
+                r = rng.choice(divisors)
+        res = {"add": cur + r, "sub": cur - r, "mul": cur * r, "div": cur // r}[op]
+        sentences.append(rng.choice(_PHRASES[kind]).format(name=name, he=he, item=item, r=r))
         steps.append(Step(op, cur, r, res))
+        kinds.append(kind)
         cur = res
     sentences.append(f"How many {item} does {name} have now?")
-    text = " ".join(sentences)
+    text = " ".join(s[0].upper() + s[1:] for s in sentences)
     return Problem(
         id=pid,
         problem=text,
         answer=str(cur),
         own=own_solution(steps, cur),
         expert=expert_solution(
-            rng, steps, cur, name=name, item=item, cont=cont, containers_first=containers_first
+            rng,
+            steps,
+            cur,
+            name=name,
+            item=item,
+            cont=cont,
+            containers_first=containers_first,
+            kinds=kinds,
         ),
         difficulty=difficulty,
     )
 
 
+def rare_steps(problem: str) -> int:
+    """How many rare operations (``RARE_OPS``) a problem text states."""
+    return sum(problem.count(w) for w in (" doubles.", " triples.", " half of the "))
+
+
 def generate(
-    n: int, *, seed: int, prefix: str = "p", weights: tuple[float, ...] = DEFAULT_WEIGHTS
+    n: int,
+    *,
+    seed: int,
+    prefix: str = "p",
+    weights: tuple[float, ...] = DEFAULT_WEIGHTS,
+    rare: float = 1.0,
+    scale: int = 1,
 ) -> list[Problem]:
-    """``n`` problems with a seeded mix of difficulties (``weights`` over 1..4 operations)."""
+    """``n`` problems with a seeded mix of difficulties (``weights`` over 1..4 operations);
+    ``rare``: the share of hard problems that hold a rare operation; ``scale``: a factor on
+    the numbers."""
     rng = random.Random(seed)
     levels = list(range(1, len(weights) + 1))
     out = []
     for i in range(n):
         d = rng.choices(levels, weights=weights)[0]
-        out.append(make_problem(rng, f"{prefix}{i:05d}", d))
+        out.append(make_problem(rng, f"{prefix}{i:05d}", d, rare=rare, scale=scale))
     return out
 
 
 def iter_unique(
-    seed: int, *, exclude: Iterable[str] = (), prefix: str = "p", weights: tuple[float, ...] = ()
+    seed: int,
+    *,
+    exclude: Iterable[str] = (),
+    prefix: str = "p",
+    weights: tuple[float, ...] = (),
+    rare: float = 1.0,
+    scale: int = 1,
 ) -> Iterator[Problem]:
     """An endless stream of problems whose text is not in ``exclude`` nor seen before."""
     seen = set(exclude)
@@ -279,7 +371,7 @@ def iter_unique(
     i = 0
     while True:
         d = rng.choices(range(1, len(w) + 1), weights=w)[0]
-        p = make_problem(rng, f"{prefix}{i:06d}", d)
+        p = make_problem(rng, f"{prefix}{i:06d}", d, rare=rare, scale=scale)
         i += 1
         if p.problem in seen:
             continue
