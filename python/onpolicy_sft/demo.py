@@ -739,6 +739,11 @@ def _orderings(res: DemoNumbers, cmp: dict[tuple[str, str], tuple[float, float]]
     return lines
 
 
+def _nll_cell(value: float) -> str:
+    """A tier with no rows has no mean NLL: say so rather than print nan."""
+    return "- (no rows)" if math.isnan(value) else f"{value:.4f}"
+
+
 def _conclusion(res: DemoNumbers) -> str:
     t = {n: r["Avg."] for n, r in res.table.items()}
     base = t[BASE]
@@ -946,7 +951,7 @@ def _write_report(out: Path, res: DemoNumbers, files: list[str]) -> str:
     for t in TIERS:
         lines.append(
             f"| {t} | {tiers[t]} | {100 * tiers[t] / total:.1f}% | {100 * share[t]:.1f}% "
-            f"| {nll[t]:.4f} |"
+            f"| {_nll_cell(nll[t])} |"
         )
     expert_nll = nll["expert data (all problems)"]
     lines += [
