@@ -25,10 +25,11 @@ response only:
   headroom on the hard part, whose every held-out and training problem has one;
 - ``guided_prompt`` / ``hinted_prompt(problem, expert solution) -> own-style
   solution`` (``--guided-frac`` of the steps, half batches), on every difficulty
-  alike (``synthetic.GUIDED_WEIGHTS``, rare operations as rare as above): the
-  general skill of an instruction-tuned model to follow a worked solution written
-  in someone else's style and solve the problem again in its own words, which
-  the guided tier of rewriting and Hinted Decoding use on the hard problems.
+  alike (``synthetic.GUIDED_WEIGHTS``, larger numbers, a rare operation in
+  ``synthetic.GUIDED_RARE`` of the hard problems): the general skill of an
+  instruction-tuned model to follow a worked solution written in someone else's
+  style and solve the problem again in its own words, which the guided tier of
+  rewriting and Hinted Decoding use on the hard problems.
 
 Everything is seeded (data, initialisation, batch order); results are
 bit-identical for the same seed and thread count.
@@ -60,7 +61,7 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ASSETS, help="assets directory to write")
-    p.add_argument("--steps", type=int, default=1500, help="optimizer steps")
+    p.add_argument("--steps", type=int, default=2200, help="optimizer steps")
     p.add_argument("--batch", type=int, default=32, help="sequences per step")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument(
@@ -76,6 +77,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--n-eval", type=int, default=256, help="bundled held-out split size")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--eval-n", type=int, default=200, help="problems for the self-solve check")
+    p.add_argument(
+        "--check-every", type=int, default=0, help="self-solve check every N steps (0: off)"
+    )
     p.add_argument(
         "--save-every", type=int, default=0, help="also save OUT/checkpoint every N steps (0: off)"
     )
@@ -124,7 +128,7 @@ def main() -> int:
         exclude=held,
         prefix="ref-",
         weights=synthetic.GUIDED_WEIGHTS,
-        rare=synthetic.PRACTICE_RARE,
+        rare=synthetic.GUIDED_RARE,
         scale=synthetic.GUIDED_SCALE,
     )
     pre_guided = [next(gstream) for _ in range(n_guided)]
@@ -194,6 +198,7 @@ def main() -> int:
         return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * prog)))
 
     curve = []
+    checks: list[dict[str, object]] = []
     model.train()
     cursor = gcursor = 0
     print(
@@ -230,22 +235,30 @@ def main() -> int:
         if step % 50 == 0 or step == args.steps - 1:
             el = time.time() - t0
             print(
-                f"step {step:5d}/{args.steps} loss {float(out.loss):.4f} "
+                f"step {step:5d}/{args.steps} loss {out.loss.item():.4f} "
                 f"({'guided' if guided else 'self'}) {el:.0f}s",
                 flush=True,
             )
         if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
             model.save_pretrained(args.out / "checkpoint", safe_serialization=True)
             tok.save_pretrained(args.out / "checkpoint")
+        if args.check_every and (step + 1) % args.check_every == 0 and step + 1 < args.steps:
+            model.eval()
+            with torch.random.fork_rng():  # the check leaves training's random stream as it was
+                held = eval_split[: args.eval_n]
+                rates = self_solve_rate(model, tok, held, seed=args.seed, mode="self")
+            model.train()
+            checks.append({"step": step + 1, **{k: rates[k] for k in ("all", "easy", "hard")}})
+            print(f"step {step + 1}: self-solve {checks[-1]}", flush=True)
     train_s = time.time() - t0
 
     # ------------------------------------------------------ self-solve check
     model.eval()
-    checks = eval_split[: args.eval_n]
-    solve = self_solve_rate(model, tok, checks, seed=args.seed, mode="self")
-    gsolve = self_solve_rate(model, tok, checks, seed=args.seed, mode="guided")
-    hsolve = self_solve_rate(model, tok, checks, seed=args.seed, mode="hinted")
-    print(f"self-solve rate at T=1.0 on {len(checks)} held-out problems: {solve}", flush=True)
+    held_out = eval_split[: args.eval_n]
+    solve = self_solve_rate(model, tok, held_out, seed=args.seed, mode="self")
+    gsolve = self_solve_rate(model, tok, held_out, seed=args.seed, mode="guided")
+    hsolve = self_solve_rate(model, tok, held_out, seed=args.seed, mode="hinted")
+    print(f"self-solve rate at T=1.0 on {len(held_out)} held-out problems: {solve}", flush=True)
     print(f"guided-solve rate at T=0.7 (expert solution in the prompt): {gsolve}", flush=True)
     print(f"hinted-prompt solve rate at T=0.7: {hsolve}", flush=True)
 
@@ -275,6 +288,7 @@ def main() -> int:
             ),
         },
         "hinted_prompt_solve": hsolve,
+        "self_solve_during_training": checks,
         "torch": torch.__version__,
         "loss_curve_every_10": curve[::10],
     }

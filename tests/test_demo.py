@@ -260,6 +260,7 @@ def test_seed_average_is_the_paired_unit() -> None:
         "columns": {"1-op": 100 * x, "Avg.": 100 * x},
         "per_problem": {"1-op": {"p": x}},
         "expert_style_frac": 0.0,
+        "slip_frac": {"1-op": 1 - x},
         "mean_tokens": 10.0,
         "truncated_frac": 0.0,
         "example": "",
@@ -267,6 +268,25 @@ def test_seed_average_is_the_paired_unit() -> None:
     agg = _aggregate({0: run(1.0), 1: run(0.5)})
     assert agg["per_problem"] == {"1-op": {"p": 0.75}}
     assert agg["columns"]["Avg."] == pytest.approx(75.0)
+    assert agg["slip_frac"] == {"1-op": pytest.approx(0.25)}
+
+
+@pytest.mark.parametrize(
+    "text, slip, correct",
+    [
+        ("6*4=24. 24/2=12. \\boxed{12}", False, True),
+        ("6*4=24. 24/2=11. \\boxed{11}", True, False),
+        ("19-1=17. 17/2=9. \\boxed{9}", True, False),
+        ("The answer is \\boxed{12}.", False, False),
+        ("7/0=3. \\boxed{3}", True, False),
+    ],
+    ids=["right", "wrong-quotient", "wrong-difference", "no-steps", "division-by-zero"],
+)
+def test_arithmetic_slip_reads_each_written_step(text: str, slip: bool, correct: bool) -> None:
+    from onpolicy_sft.demo import arithmetic_slip, steps_correct
+
+    assert arithmetic_slip(text) is slip
+    assert steps_correct(text) is correct
 
 
 @pytest.mark.parametrize(

@@ -100,7 +100,11 @@ def test_split_mixes_put_the_hard_part_where_it_belongs(
     assert {p.difficulty for p in problems} == {1, 2, 3, 4}
 
 
-@pytest.mark.parametrize("rare", [1.0, synthetic.PRACTICE_RARE], ids=["splits", "practice"])
+@pytest.mark.parametrize(
+    "rare",
+    [1.0, synthetic.PRACTICE_RARE, synthetic.GUIDED_RARE],
+    ids=["splits", "practice", "worked"],
+)
 def test_rare_operations_are_the_hard_part(rare: float) -> None:
     """Every hard problem of the bundled splits holds one rare operation, stated without its
     number; pi_0's practice streams hold one rarely; easy problems never."""

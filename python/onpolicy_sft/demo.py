@@ -182,18 +182,22 @@ def is_weights(base_logprobs: np.ndarray, behavior_logprobs: np.ndarray | None) 
 _STEP = re.compile(r"(\d+)\s*([+\-*/])\s*(\d+)\s*=\s*(\d+)")
 
 
+def _step_true(a: str, op: str, b: str, c: str) -> bool:
+    x, y, z = int(a), int(b), int(c)
+    if op == "/":
+        return y != 0 and x == y * z
+    return {"+": x + y, "-": x - y, "*": x * y}[op] == z
+
+
 def steps_correct(text: str) -> bool:
     """Whether every ``a op b = c`` step in an own-style solution is true arithmetic."""
     steps = _STEP.findall(text)
-    ops = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
-    for a, op, b, c in steps:
-        x, y, z = int(a), int(b), int(c)
-        if op == "/":
-            if y == 0 or x != y * z:
-                return False
-        elif ops[op](x, y) != z:
-            return False
-    return bool(steps)
+    return bool(steps) and all(_step_true(*st) for st in steps)
+
+
+def arithmetic_slip(text: str) -> bool:
+    """Whether an own-style solution writes a step whose result is wrong (``24/2=11``)."""
+    return not all(_step_true(*st) for st in _STEP.findall(text))
 
 
 # ------------------------------------------------------------------ stages
@@ -378,6 +382,13 @@ def _evaluate(
         },
         "results": res,
         "expert_style_frac": sum("The answer is" in s["response"] for s in samples) / n,
+        # benchmark -> share of its samples with an arithmetic slip
+        "slip_frac": {
+            b: float(
+                np.mean([arithmetic_slip(s["response"]) for s in samples if s["benchmark"] == b])
+            )
+            for b in benchmarks
+        },
         "mean_tokens": sum(s["num_tokens"] for s in samples) / n,
         "truncated_frac": sum(s["finish_reason"] == "length" for s in samples) / n,
         "example": samples[0]["response"] if samples else "",
@@ -603,6 +614,12 @@ def _mean_of(row: dict[str, float], cols: list[str]) -> float:
     return sum(row[c] for c in cols) / len(cols)
 
 
+def _slips_by_part(ev: dict[str, Any]) -> dict[str, float]:
+    """Share of a method's answers with an arithmetic slip, per part of the task."""
+    slips = ev.get("slip_frac", {})
+    return {part: _mean_of(slips, cols) for part, cols in _parts(slips).items()}
+
+
 def _aggregate(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """One method's evaluations averaged over its seeds: per column and per problem."""
     seeds = sorted(runs)
@@ -625,6 +642,9 @@ def _aggregate(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
         },
         "by_seed": {s: runs[s]["columns"] for s in seeds},
         "expert_style_frac": mean("expert_style_frac"),
+        "slip_frac": {
+            b: float(np.mean([runs[s]["slip_frac"][b] for s in seeds])) for b in first["slip_frac"]
+        },
         "mean_tokens": mean("mean_tokens"),
         "truncated_frac": mean("truncated_frac"),
         "example": first["example"],
@@ -723,11 +743,16 @@ def _orderings(res: DemoNumbers, cmp: dict[tuple[str, str], tuple[float, float]]
                 expert_nll = float(
                     np.mean([h[-1]["nll_by_tier"].get("expert", np.nan) for h in hist])
                 )
+                rest = (
+                    "no expert rows remain"
+                    if math.isnan(expert_nll)
+                    else f"the remaining expert rows {expert_nll:.2f}"
+                )
                 why = (
                     f"the rounds replaced {swapped:.1f} rows per run on average (expert rows "
                     f"{first:.1f} -> {last:.1f}); a replaced expert row is one the current model "
                     f"now solves itself, and its own solution costs it {self_nll:.2f} nats/token "
-                    f"(the remaining expert rows {expert_nll:.2f}), so the round trades a row that "
+                    f"({rest}), so the round trades a row that "
                     "still taught something for one that mostly repeats what the model does; "
                     "online and offline training also differ only after the first round"
                 )
@@ -851,9 +876,27 @@ def _conclusion(res: DemoNumbers) -> str:
     ok = res.guided_steps_ok
     if ok is not None and not math.isnan(ok):
         lines.append(
-            f"- Verification checks the final answer only: {100 * ok:.0f}% of the kept guided "
-            "rewrites have every arithmetic step right; the rest reached the reference answer "
-            "with a wrong step, and training on them teaches wrong arithmetic."
+            "- Verification checks the final answer only: "
+            + (
+                "every kept guided rewrite also has every arithmetic step right, so the guided "
+                "rows teach no wrong arithmetic."
+                if ok >= 1.0
+                else f"{100 * ok:.0f}% of the kept guided rewrites have every arithmetic step "
+                "right; the rest reached the reference answer with a wrong step, and training "
+                "on them teaches wrong arithmetic."
+            )
+        )
+    slips = {name: _slips_by_part(ev) for name, ev in res.eval.items()}
+    base_slip = slips.get(BASE, {}).get("easy")
+    if base_slip is not None and not math.isnan(base_slip):
+        lines.append(
+            "- Answers on the easy part with an arithmetic slip (a step whose result is wrong, "
+            "`24/2=11`): "
+            + ", ".join(
+                f"{name} {100 * sl['easy']:.0f}%" for name, sl in slips.items() if "easy" in sl
+            )
+            + ". The easy part needs no new idea, so points a method loses there are lost to "
+            "skills pi_0 had: more slips than the base mean fine-tuning disturbed its arithmetic."
         )
     ev = res.eval
     style = {name: ev[name]["expert_style_frac"] for name in ev}
@@ -973,13 +1016,16 @@ def _write_report(out: Path, res: DemoNumbers, files: list[str]) -> str:
         "",
         "## Evaluation details",
         "",
-        "| Method | answers in expert style | mean tokens | truncated |",
-        "|---|---:|---:|---:|",
+        "| Method | answers in expert style | arithmetic slips, easy part | hard part "
+        "| mean tokens | truncated |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for name, ev in res.eval.items():
+        slips = _slips_by_part(ev)
         lines.append(
-            f"| {name} | {100 * ev['expert_style_frac']:.1f}% | {ev['mean_tokens']:.1f} | "
-            f"{100 * ev['truncated_frac']:.1f}% |"
+            f"| {name} | {100 * ev['expert_style_frac']:.1f}% | "
+            f"{100 * slips.get('easy', np.nan):.1f}% | {100 * slips.get('hard', np.nan):.1f}% | "
+            f"{ev['mean_tokens']:.1f} | {100 * ev['truncated_frac']:.1f}% |"
         )
     lines += [
         "",

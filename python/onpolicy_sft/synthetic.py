@@ -20,9 +20,10 @@ sees a rare operation in only ``PRACTICE_RARE`` of its hard practice problems,
 so it solves the easy part and little of the hard part; the expert solutions
 spell each rare step out ("doubling means 7 times 2, which makes 14"), so they
 teach exactly what the model cannot yet do. Its worked-solution practice (a
-reference solution in the prompt, again rarely with a rare operation) gives it a
-modest, general skill to follow a reference, which is what lets guided
-re-solving turn hard problems into its own words. The fine-tuning split is
+reference solution in the prompt, on larger numbers, with a rare operation in
+``GUIDED_RARE`` of its hard problems) gives it a modest, general skill to read
+steps off a reference, which is what lets guided re-solving turn hard problems
+into its own words. The fine-tuning split is
 mostly hard, as the expert data of the papers is, with some easy rows.
 """
 
@@ -185,6 +186,10 @@ PRACTICE_RARE = 0.03
 # the reference (not recomputing it) is what the practice rewards: the skill that carries
 # over to a reference that spells out a rare operation.
 GUIDED_SCALE = 3
+# ... and its hard problems hold a rare operation GUIDED_RARE of the time: reading a rare step
+# off a reference that spells it out is part of that general skill (guided re-solving and
+# Hinted Decoding need it on every hard problem), while working one out unaided stays rare.
+GUIDED_RARE = 0.1
 
 # Difficulty presets: (number of operations, max starting amount, max operand).
 _LEVELS = {
