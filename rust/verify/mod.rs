@@ -89,7 +89,9 @@ impl Found {
 enum Tried {
     Ok(Value),
     Failed,
-    Unsure(String),
+    /// not reproduced; with the value the reference gets if its parser reads
+    /// the candidate at all (when that value is known), else the search goes on
+    Unsure(String, Option<Value>),
 }
 
 fn parse_latex(s: &str) -> Result<Value, PErr> {
@@ -165,11 +167,82 @@ fn split_eq(s: &str) -> Vec<&str> {
     out
 }
 
+/// The name of the left-hand side in [`equation_if_read`]'s equation: a side
+/// whose reading is unknown.
+const UNREAD_SIDE: &str = "?unread";
+
+/// Commands that could make `lhs = rhs` anything but one equation in the
+/// reference's grammar (relations, set operations, `\pm` sets, congruences,
+/// arrows, matrices, line breaks).
+const NOT_IN_EQUATION: &[&str] = &[
+    "le", "ge", "leq", "geq", "leqq", "geqq", "leqslant", "geqslant", "lt", "gt", "ne", "neq",
+    "not", "approx", "equiv", "sim", "simeq", "cong", "doteq", "propto", "in", "notin", "ni",
+    "subset", "subseteq", "supset", "supseteq", "cup", "cap", "setminus", "pm", "mp", "to",
+    "rightarrow", "Rightarrow", "leftarrow", "Leftarrow", "leftrightarrow", "Leftrightarrow",
+    "longrightarrow", "Longrightarrow", "implies", "iff", "mapsto", "mid", "mod", "bmod", "pmod",
+    "colon", "coloneqq", "begin", "end", "land", "lor", "wedge", "vee", "neg", "lnot", "perp",
+    "parallel", "emptyset", "varnothing",
+];
+
+/// `lhs = rhs` where the fast path cannot read `lhs` but reads `rhs` as a
+/// plain expression: should the reference's parser read the whole, it gets
+/// `Eq(lhs, rhs)` whatever `lhs` becomes (latex2sympy builds relations
+/// unevaluated), and against a gold that is no equation math-verify compares
+/// only `rhs`. Anything that could make the text more than one equation (a
+/// second `=`, commas, relations, sets, `\pm`) gives `None`.
+fn equation_if_read(s: &str) -> Option<Value> {
+    let b = s.as_bytes();
+    let mut depth = 0i32;
+    let mut eq = None;
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'{' | b'(' | b'[' => depth += 1,
+            b'}' | b')' | b']' => {
+                depth -= 1;
+                if depth < 0 {
+                    return None;
+                }
+            }
+            b'=' if depth == 0 && eq.is_none() => eq = Some(i),
+            b'=' | b',' | b';' | b':' | b'<' | b'>' | b'|' | b'&' => return None,
+            b'!' if b.get(i + 1) == Some(&b'=') => return None,
+            _ => {}
+        }
+    }
+    let eq = eq?;
+    if depth != 0 || s.contains("\\\\") {
+        return None;
+    }
+    // non-ASCII: only the root sign, which is no relation
+    if s.chars().any(|c| !c.is_ascii() && c != '√') {
+        return None;
+    }
+    if NOT_IN_EQUATION.iter().any(|c| parse::has_cmd(s, c)) {
+        return None;
+    }
+    let (lhs, rhs) = (s[..eq].trim(), s[eq + 1..].trim());
+    if lhs.is_empty() || rhs.is_empty() {
+        return None;
+    }
+    match parse::parse_answer(rhs) {
+        Ok(Value::Expr(n)) if !matches!(n, Node::PlusMinus(..)) => Some(Value::Eq(vec![
+            Node::Opaque(UNREAD_SIDE.into(), Vec::new()),
+            n,
+        ])),
+        _ => None,
+    }
+}
+
+/// Does `v` hold a side from [`equation_if_read`]?
+fn has_unread_side(v: &Value) -> bool {
+    matches!(v, Value::Eq(nodes) if matches!(&nodes[0], Node::Opaque(name, _) if name == UNREAD_SIDE))
+}
+
 fn try_candidate(t: &str, c: &extract::Cand) -> (Tried, Option<String>) {
     match &c.kind {
         CandKind::Number { text, pct } => {
             let Some(v) = num::parse_decimal(text.trim_start_matches('-')) else {
-                return (Tried::Unsure("number too long".into()), Some(text.clone()));
+                return (Tried::Unsure("number too long".into(), None), Some(text.clone()));
             };
             let v = if text.starts_with('-') {
                 v.negate()
@@ -177,7 +250,7 @@ fn try_candidate(t: &str, c: &extract::Cand) -> (Tried, Option<String>) {
                 Some(v)
             };
             let Some(v) = v else {
-                return (Tried::Unsure("number too long".into()), Some(text.clone()));
+                return (Tried::Unsure("number too long".into(), None), Some(text.clone()));
             };
             let n = Node::Num {
                 v,
@@ -198,7 +271,7 @@ fn try_candidate(t: &str, c: &extract::Cand) -> (Tried, Option<String>) {
             }
             Err(pyexpr::PyErr::Syntax) => (Tried::Failed, Some(s.clone())),
             Err(pyexpr::PyErr::Unsupported) => (
-                Tried::Unsure("unsupported plain expression".into()),
+                Tried::Unsure("unsupported plain expression".into(), None),
                 Some(s.clone()),
             ),
         },
@@ -215,7 +288,7 @@ fn try_candidate(t: &str, c: &extract::Cand) -> (Tried, Option<String>) {
                 };
                 let Some(norm) = normalize::normalize(content, mode) else {
                     return (
-                        Tried::Unsure("LaTeX normalisation not reproduced".into()),
+                        Tried::Unsure("LaTeX normalisation not reproduced".into(), None),
                         None,
                     );
                 };
@@ -246,7 +319,7 @@ fn try_candidate(t: &str, c: &extract::Cand) -> (Tried, Option<String>) {
             let all_parsed = vals.iter().all(|v| v.is_some());
             if vals.len() > 1 {
                 if let Some(u) = unsure {
-                    return (Tried::Unsure(u), None);
+                    return (Tried::Unsure(u, None), None);
                 }
                 if all_parsed {
                     let mut items = Vec::new();
@@ -266,7 +339,11 @@ fn try_candidate(t: &str, c: &extract::Cand) -> (Tried, Option<String>) {
             }
             let s = strs.into_iter().next();
             if let Some(u) = unsure {
-                return (Tried::Unsure(u), s);
+                let if_read = match (&s, envs[0].pct) {
+                    (Some(norm), false) => equation_if_read(norm),
+                    _ => None,
+                };
+                return (Tried::Unsure(u, if_read), s);
             }
             match vals.into_iter().next().flatten() {
                 Some(v) => (Tried::Ok(v), s),
@@ -284,18 +361,43 @@ fn short(s: &str) -> String {
     o
 }
 
-fn find(t: &str, o: &extract::ExtractOpts) -> Found {
+/// The outcomes of [`find_all`] and why there is more than one.
+struct Outcomes {
+    found: Vec<Found>,
+    branch_why: Option<String>,
+}
+
+/// At most this many outcomes of one text are followed (each candidate the
+/// reference may or may not read adds one).
+const MAX_OUTCOMES: usize = 4;
+
+/// Everything the reference may find in `t`, one [`Found`] per outcome: where
+/// a candidate is not reproduced but its value is known in case the
+/// reference's parser reads it, both that value and the rest of the search
+/// (the reference moves on to the next candidate when its parser fails) are
+/// outcomes. The last outcome is the one where every such candidate failed.
+fn find_all(t: &str, o: &extract::ExtractOpts) -> Outcomes {
+    let mut outcomes = Vec::new();
+    let mut branch_why: Option<String> = None;
     let mut fallback: Option<String> = None;
     let mut fallback_known = true;
     let mut first = true;
+    let known = |fallback: &Option<String>, fallback_known: bool| {
+        if fallback_known {
+            fallback.clone()
+        } else {
+            None
+        }
+    };
     for &group in extract::groups(o) {
         let cands = extract::candidates(t, group, o);
         for (k, c) in cands.iter().enumerate() {
             if k >= MAX_CANDIDATES {
-                return Found::Unsure {
+                outcomes.push(Found::Unsure {
                     why: "too many candidate answers".into(),
-                    fallback: if fallback_known { fallback } else { None },
-                };
+                    fallback: known(&fallback, fallback_known),
+                });
+                return Outcomes { found: outcomes, branch_why };
             }
             let (res, s) = try_candidate(t, c);
             if first {
@@ -316,29 +418,45 @@ fn find(t: &str, o: &extract::ExtractOpts) -> Found {
             }
             match res {
                 Tried::Ok(v) => {
-                    return Found::Value {
+                    outcomes.push(Found::Value {
                         value: v,
                         text: s.unwrap_or_default(),
-                        fallback: if fallback_known { fallback } else { None },
-                    };
+                        fallback: known(&fallback, fallback_known),
+                    });
+                    return Outcomes { found: outcomes, branch_why };
                 }
                 Tried::Failed => continue,
-                Tried::Unsure(why) => {
-                    return Found::Unsure {
+                Tried::Unsure(why, Some(v)) if outcomes.len() + 1 < MAX_OUTCOMES => {
+                    outcomes.push(Found::Value {
+                        value: v,
+                        text: s.unwrap_or_default(),
+                        fallback: known(&fallback, fallback_known),
+                    });
+                    branch_why.get_or_insert(why);
+                    continue;
+                }
+                Tried::Unsure(why, _) => {
+                    outcomes.push(Found::Unsure {
                         why,
-                        fallback: if fallback_known { fallback } else { None },
-                    }
+                        fallback: known(&fallback, fallback_known),
+                    });
+                    return Outcomes { found: outcomes, branch_why };
                 }
             }
         }
     }
     if !fallback_known {
-        return Found::Unsure {
+        outcomes.push(Found::Unsure {
             why: "LaTeX normalisation not reproduced".into(),
-            fallback: if fallback_known { fallback } else { None },
-        };
+            fallback: None,
+        });
+        return Outcomes { found: outcomes, branch_why };
     }
-    Found::NoValue { fallback }
+    outcomes.push(Found::NoValue { fallback });
+    Outcomes {
+        found: outcomes,
+        branch_why,
+    }
 }
 
 /// The answer the extraction ladder finds in `text` (normalised), if any.
@@ -346,7 +464,11 @@ pub fn extract_answer(text: &str) -> Option<String> {
     if text.len() > MAX_PREDICTION_BYTES {
         return None;
     }
-    match find(text, &extract::ExtractOpts::default()) {
+    let first = find_all(text, &extract::ExtractOpts::default())
+        .found
+        .into_iter()
+        .next()?;
+    match first {
         Found::Value { text, .. } => Some(text),
         Found::NoValue { fallback } => fallback,
         Found::Unsure { fallback, .. } => fallback,
@@ -434,10 +556,42 @@ pub fn verify_with(prediction: &str, gold: &str, opts: &Options) -> Verdict {
     };
     let (g, p) = parse::with_math_strict(opts.math_strict, || {
         (
-            find(&gold_text, &opts.extract),
-            find(prediction, &opts.extract),
+            find_all(&gold_text, &opts.extract),
+            find_all(prediction, &opts.extract),
         )
     });
+    // every outcome of the gold against every outcome of the prediction: decided
+    // only where they all give the same verdict
+    let mut decided: Option<Verdict> = None;
+    for gf in &g.found {
+        for pf in &p.found {
+            let v = decide(gf.clone(), pf.clone(), opts);
+            match &decided {
+                _ if v.correct.is_none() => return v,
+                Some(d) if d.correct != v.correct => {
+                    let why = p.branch_why.as_ref().or(g.branch_why.as_ref());
+                    return undecided(
+                        why.map_or("outcomes disagree", |w| w.as_str()),
+                        d.pred_answer.clone(),
+                        d.gold_answer.clone(),
+                    );
+                }
+                Some(_) => {}
+                None => decided = Some(v),
+            }
+        }
+    }
+    decided.expect("find_all gives at least one outcome")
+}
+
+/// The verdict for one outcome of the gold and one of the prediction.
+fn decide(g: Found, p: Found, opts: &Options) -> Verdict {
+    let undecided = |why: &str, p: Option<String>, g: Option<String>| Verdict {
+        correct: None,
+        pred_answer: p,
+        gold_answer: g,
+        reason: why.to_string(),
+    };
     let (g_val, g_str, g_fb, g_unsure) = g.into_parts();
     let (p_val, p_str, p_fb, p_unsure) = p.into_parts();
     // the reference compares each gold item with each prediction item:
@@ -475,6 +629,16 @@ pub fn verify_with(prediction: &str, gold: &str, opts: &Options) -> Verdict {
             }
         }
         return undecided(&why, p_str, g_str);
+    }
+    // an unread side decides nothing when the other side is an equation (its
+    // reading then matters), nor on the gold side (an assignment gold is
+    // truncated to its right-hand side, another equation is not)
+    let unread = |v: &Option<Value>| v.as_ref().is_some_and(has_unread_side);
+    if unread(&g_val)
+        || (unread(&p_val)
+            && matches!(&g_val, Some(Value::Eq(_) | Value::TupleEq(..) | Value::Rel(..))))
+    {
+        return undecided("equation with an unread side", p_str, g_str);
     }
     match (&g_val, &p_val) {
         (Some(gv), Some(pv))

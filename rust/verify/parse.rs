@@ -1103,7 +1103,7 @@ fn is_rel_tok(t: &Tok) -> bool {
 }
 
 /// Does `s` use the command `\\name` (not a longer command such as `\\infty` for `\\in`)?
-fn has_cmd(s: &str, name: &str) -> bool {
+pub fn has_cmd(s: &str, name: &str) -> bool {
     let pat = format!("\\{name}");
     let b = s.as_bytes();
     let mut from = 0;
