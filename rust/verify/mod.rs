@@ -106,8 +106,9 @@ fn parse_latex(s: &str) -> Result<Value, PErr> {
     if dangling_end
         .iter()
         .any(|d| st.ends_with(d) && !st.ends_with("\\,"))
-        || st.starts_with('*')
-        || st.starts_with('=')
+        || st.starts_with(['*', '=', '/', ',', ';', '^', '_', '!', ')', ']', '}'])
+        || !braces_balanced(st)
+        || lacks_argument(st)
         || ellipsis_after_operator(st)
         || (st.contains("\\equiv") && st.contains("\\pmod"))
     {
@@ -133,6 +134,54 @@ fn parse_latex(s: &str) -> Result<Value, PErr> {
             Err(e)
         }
     }
+}
+
+/// Are the `{`/`}` groups (not `\{`/`\}`) balanced? The reference's parser
+/// rejects any text where they are not.
+fn braces_balanced(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut depth = 0i64;
+    for (i, &c) in b.iter().enumerate() {
+        let escaped = i > 0 && b[i - 1] == b'\\' && !(i > 1 && b[i - 2] == b'\\');
+        match c {
+            b'{' if !escaped => depth += 1,
+            b'}' if !escaped => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+    }
+    depth == 0
+}
+
+/// A text ending in a command that still needs an argument: `\sqrt`, `\sin`,
+/// `\frac` or `\frac{1}` with nothing after; the reference's parser rejects it.
+fn lacks_argument(s: &str) -> bool {
+    const NEEDS_ARG: &[&str] = &[
+        "frac", "dfrac", "tfrac", "sqrt", "sin", "cos", "tan", "cot", "sec", "csc", "arcsin",
+        "arccos", "arctan", "log", "ln", "exp",
+    ];
+    let Some(at) = s.rfind('\\') else {
+        return false;
+    };
+    let tail = &s[at + 1..];
+    let name_len = tail.bytes().take_while(u8::is_ascii_alphabetic).count();
+    let (name, rest) = tail.split_at(name_len);
+    if !NEEDS_ARG.contains(&name) {
+        return false;
+    }
+    let rest = rest.trim();
+    if rest.is_empty() {
+        return true;
+    }
+    // \frac{...} with one braced group and no second argument
+    name.ends_with("frac")
+        && rest.starts_with('{')
+        && rest.ends_with('}')
+        && rest[1..rest.len() - 1].bytes().all(|c| c != b'{' && c != b'}')
 }
 
 /// `\dots` / `\cdots` at the start or right after an operator or comma: the

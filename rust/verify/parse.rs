@@ -1277,13 +1277,16 @@ fn relation(s: &str) -> R<Value> {
         if has_approx {
             // the reference folds left: `lhs \approx rhs` is rhs when lhs is a bare
             // symbol (an assignment), else lhs; a relation on the left is kept
-            if has_ineq {
-                return Err(PErr::Unsupported);
-            }
             let mut cur: Vec<Node> = vec![nodes[0].clone()];
+            let mut ineq = false;
             for (op, rhs) in ops.iter().zip(nodes.into_iter().skip(1)) {
                 if !is_approx(op) {
+                    ineq |= is_rel_tok(op);
                     cur.push(rhs);
+                } else if ineq {
+                    // whether a relation on the left counts as "only symbols"
+                    // depends on its sides: not reproduced
+                    return Err(PErr::Unsupported);
                 } else if cur.len() == 1 {
                     match super::compare::only_symbols(&cur[0]) {
                         Some(true) => cur[0] = rhs,
@@ -1291,6 +1294,10 @@ fn relation(s: &str) -> R<Value> {
                         None => return Err(PErr::Unsupported),
                     }
                 }
+            }
+            if ineq {
+                // a relation with an inequality: never a number, kept as text
+                return Ok(Value::Rel(t.split_whitespace().collect(), None));
             }
             return Ok(if cur.len() == 1 {
                 Value::Expr(cur.pop().unwrap())
