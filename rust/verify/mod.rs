@@ -107,6 +107,7 @@ fn parse_latex(s: &str) -> Result<Value, PErr> {
         .iter()
         .any(|d| st.ends_with(d) && !st.ends_with("\\,"))
         || st.starts_with(['*', '=', '/', ',', ';', '^', '_', '!', ')', ']', '}'])
+        || st.starts_with("\\equiv")
         || !braces_balanced(st)
         || lacks_argument(st)
         || ellipsis_after_operator(st)

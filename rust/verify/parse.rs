@@ -200,6 +200,13 @@ fn tokenize(s: &str) -> R<Vec<Tok>> {
             match name {
                 "quad" | "qquad" => {}
                 "vert" | "lvert" | "rvert" => out.push(Tok::Ch('|')),
+                // an equation sign to the reference (Eq, chained like `=`)
+                "equiv" => out.push(Tok::Ch('=')),
+                // the reference's lexer has no \cdots: it reads \cdot and a symbol s
+                "cdots" => {
+                    out.push(Tok::Cmd("cdot".into()));
+                    out.push(Tok::Letter('s'));
+                }
                 _ => out.push(Tok::Cmd(name.to_string())),
             }
             i = j;
@@ -1170,7 +1177,7 @@ fn relation(s: &str) -> R<Value> {
     }
     let is_text = s.trim().starts_with("\\text{");
     if !is_text
-        && (["mp", "in", "cup", "cap", "equiv", "setminus", "mid"]
+        && (["mp", "in", "cup", "cap", "setminus", "mid"]
             .iter()
             .any(|c| has_cmd(s, c))
             || s.contains(':')
