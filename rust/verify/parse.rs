@@ -401,7 +401,11 @@ impl P {
                 // implicit multiplication; "2 3", "2(3)" and "1 000" are read
                 // unexpectedly by the reference: leave them undecided
                 let prev = self.t.get(self.i.wrapping_sub(1)).cloned();
-                let prev_is_num = matches!(prev, Some(Tok::Num(_)));
+                // an integer exponent ends the power: 2^3 4 is 2**3*4 to the reference
+                let after_exponent = self.i >= 2
+                    && self.t[self.i - 2] == Tok::Ch('^')
+                    && matches!(&prev, Some(Tok::Num(x)) if !x.contains('.'));
+                let prev_is_num = matches!(prev, Some(Tok::Num(_))) && !after_exponent;
                 if prev_is_num && matches!(self.peek(), Some(Tok::Num(_))) {
                     return Err(PErr::Unsupported);
                 }
