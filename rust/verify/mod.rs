@@ -32,7 +32,7 @@ pub const MAX_PREDICTION_BYTES: usize = 1 << 20;
 /// Gold answers longer than this (bytes) are left undecided.
 pub const MAX_GOLD_BYTES: usize = 1 << 14;
 /// At most this many candidates of one priority are tried before giving up.
-pub const MAX_CANDIDATES: usize = 64;
+pub const MAX_CANDIDATES: usize = 256;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Verdict {
@@ -1053,6 +1053,12 @@ mod tests {
             ("$x \\equiv 2 \\mod 17$", "2", Some(true)),
             ("$x \\equiv 2$", "x = 2", Some(true)),
             ("$a \\equiv 3 \\pmod 7$", "3", Some(false)),
+            // 2^3 4 is 2**3*4; \overline{r}_1 is one symbol bar{r}_1
+            ("$2^3 4$", "32", Some(true)),
+            ("$3^6 5^{10}$", "12", Some(false)),
+            ("$\\overline{r}_1 - \\overline{r}_1$", "0", Some(true)),
+            ("$\\overline{r}_1 - \\overline{r}_2$", "0", Some(false)),
+            ("$r_1\\overline{r}_1$", "\\overline{r}_1 r_1", Some(true)),
         ];
         for (p, g, want) in cases {
             assert_eq!(v(p, g), *want, "{p} vs {g}: {:?}", verify(p, g));

@@ -668,11 +668,17 @@ impl P {
                             "text" => "",
                             _ => "vec",
                         };
-                        Node::Sym(if prefix.is_empty() {
+                        let mut name = if prefix.is_empty() {
                             word
                         } else {
                             format!("{prefix}{{{word}}}")
-                        })
+                        };
+                        // \overline{r}_1: one symbol, as for a letter
+                        if !prefix.is_empty() && self.is_ch('_') {
+                            self.i += 1;
+                            name = format!("{name}_{}", self.subscript_text()?);
+                        }
+                        Node::Sym(name)
                     }
                     "lfloor" | "lceil" => {
                         let close = if c == "lfloor" { "rfloor" } else { "rceil" };
