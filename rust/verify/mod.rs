@@ -1059,6 +1059,16 @@ mod tests {
             ("$\\overline{r}_1 - \\overline{r}_1$", "0", Some(true)),
             ("$\\overline{r}_1 - \\overline{r}_2$", "0", Some(false)),
             ("$r_1\\overline{r}_1$", "\\overline{r}_1 r_1", Some(true)),
+            // a \pm set (\pmod is \pm o d) after an expression: the reference
+            // rejects the equation and moves on (here: true, true, false)
+            ("The answer is $ -4 = 0 \\pmod{7} $.", "0", None),
+            ("\\boxed{1 - 5 = 0 \\pmod{7}}", "0", None),
+            (
+                "\\boxed{-4 \\equiv 7 = a_{50} + b_{50} = 0 \\pmod{7}}",
+                "0",
+                None,
+            ),
+            ("$x = 1 \\pm 3$", "4", Some(false)),
         ];
         for (p, g, want) in cases {
             assert_eq!(v(p, g), *want, "{p} vs {g}: {:?}", verify(p, g));

@@ -1327,6 +1327,14 @@ fn relation(s: &str) -> R<Value> {
             let parsed = kinds.map(|ops| Box::new(RelParts { ops, nodes }));
             return Ok(Value::Rel(t.split_whitespace().collect(), parsed));
         }
+        // a \pm set on a right-hand side is read only after a lone symbol
+        // (`x = 0 \pm 7`); after an expression (`-4 = 0 \pmod{7}`) the
+        // reference's parser rejects the text
+        if nodes[1..].iter().any(|n| matches!(n, Node::PlusMinus(..)))
+            && !(nodes.len() == 2 && matches!(nodes[0], Node::Sym(_)))
+        {
+            return Err(PErr::Unsupported);
+        }
         return Ok(Value::Eq(nodes));
     }
     parse_part(toks).map(Value::Expr)
