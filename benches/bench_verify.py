@@ -115,7 +115,8 @@ def bench_file(name: str, args: argparse.Namespace) -> dict:
             # a reward function or a rewrite reuses its pool: start it (workers import
             # math-verify and sympy) outside the timing, and report that start-up apart
             t = time.perf_counter()
-            v.verdicts(["\\boxed{\\text{Area}_{T} = \\frac{1}{2} \\cdot \\sin A}"] * 4, ["45"] * 4)
+            warm = "\\boxed{\\begin{vmatrix} 1 & 2 \\\\ 3 & 4 \\end{vmatrix}}"
+            v.verdicts([warm] * 4, ["-2"] * 4)
             res["pool_start_s"] = time.perf_counter() - t
             assert v.last_stats["fallback"] == 4, "the warm-up pair must reach the fallback"
             t = time.perf_counter()

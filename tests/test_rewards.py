@@ -26,8 +26,8 @@ FAST = [
 ]
 # undecided by the fast path; math-verify 0.9.0 says True / False
 SLOW = [
-    ("$\\sum_{cyc} \\frac{a^3}{P(a)} = 0$", "0", 1.0),
-    ("$1 + 1 + (1 + \u221a2) + (1 - \u221a2) = 4$", "4", 1.0),
+    ("$\\det \\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}$", "-2", 1.0),
+    ("$\\begin{pmatrix} 2 \\\\ -9 \\end{pmatrix}$", "7", 0.0),
     ("$1 + 3 + (2 + 2\u221a2) = 6 + 2\u221a2$", "12", 0.0),
 ]
 

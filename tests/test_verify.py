@@ -71,6 +71,23 @@ CASES = {
     "ratio-vs-text": ("$4:30$", "\\text{4:30 p.m.}", False),
     "i-is-a-symbol": ("$i^2$", "-1", False),
     "trig-power": ("$4 \\cos^2 x$", "4", False),
+    "unread-left-side-rhs-counts": ("$\\det \\text{R} = -1$", "-1", True),
+    "unread-left-side-rhs-differs": (
+        "$\\binom{399}{2} \\times \\binom{3}{2} = 79401$",
+        "49896",
+        False,
+    ),
+    "unread-left-side-area": ("$\\text{Area}_{ADC} = \\frac{1}{2} \\cdot \\sin A$", "45", False),
+    "rejected-candidate-skipped": ("We get $12$ and then $-\\frac{1}$", "12", True),
+    "approx-in-inequality-chain": ("$(331+3)/(662+4) \\approx 0.50345 > 0.503$", "164", False),
+    "approx-keeps-pi": ("$\\pi \\approx 3.14159$", "\\pi", True),
+    "cdots-is-cdot-s": ("$(2^1)(2^2)\\cdots (2^{99})(2^{100})$", "8", False),
+    "equiv-chain-last-rhs": (
+        "$29^{13} - 5^{13} \\equiv 1 - 5 \\equiv -4 \\equiv 3 \\mod 7$",
+        "3",
+        True,
+    ),
+    "equiv-vs-assignment": ("$x \\equiv 2$", "x = 2", True),
 }
 
 

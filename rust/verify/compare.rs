@@ -735,6 +735,8 @@ pub fn only_symbols(n: &Node) -> Option<bool> {
                 walk(a, names)?;
                 false
             }
+            // sympy's pi, E and oo are atoms without arguments, no Symbols
+            Node::Pi | Node::E | Node::Inf => false,
             _ => return None,
         })
     }

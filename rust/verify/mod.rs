@@ -32,7 +32,7 @@ pub const MAX_PREDICTION_BYTES: usize = 1 << 20;
 /// Gold answers longer than this (bytes) are left undecided.
 pub const MAX_GOLD_BYTES: usize = 1 << 14;
 /// At most this many candidates of one priority are tried before giving up.
-pub const MAX_CANDIDATES: usize = 64;
+pub const MAX_CANDIDATES: usize = 256;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Verdict {
@@ -89,7 +89,9 @@ impl Found {
 enum Tried {
     Ok(Value),
     Failed,
-    Unsure(String),
+    /// not reproduced; with the value the reference gets if its parser reads
+    /// the candidate at all (when that value is known), else the search goes on
+    Unsure(String, Option<Value>),
 }
 
 fn parse_latex(s: &str) -> Result<Value, PErr> {
@@ -99,19 +101,27 @@ fn parse_latex(s: &str) -> Result<Value, PErr> {
         return Err(PErr::Invalid);
     }
     // ... nor a dangling separator or operator ("x = 5,", "3 \cdot", "= 5", "*(n)"),
-    // an ellipsis command, or a congruence with \pmod
+    // or an ellipsis command
     let dangling_end = [",", "=", "+", "-", "*", "/", "^", "\\cdot", "\\times"];
     if dangling_end
         .iter()
         .any(|d| st.ends_with(d) && !st.ends_with("\\,"))
-        || st.starts_with('*')
-        || st.starts_with('=')
+        || st.starts_with(['*', '=', '/', ',', ';', '^', '_', '!', ')', ']', '}'])
+        || st.starts_with("\\equiv")
+        || !braces_balanced(st)
+        || lacks_argument(st)
         || ellipsis_after_operator(st)
-        || (st.contains("\\equiv") && st.contains("\\pmod"))
     {
         return Err(PErr::Invalid);
     }
-    match parse::parse_answer(st) {
+    // the parser rejects a congruence with \pmod as a whole (its last part
+    // may still be read below)
+    let whole = if st.contains("\\equiv") && st.contains("\\pmod") {
+        Err(PErr::Invalid)
+    } else {
+        parse::parse_answer(st)
+    };
+    match whole {
         Ok(v) => Ok(v),
         Err(e) => {
             // retry with the last part of an equation chain a = b = c
@@ -131,6 +141,56 @@ fn parse_latex(s: &str) -> Result<Value, PErr> {
             Err(e)
         }
     }
+}
+
+/// Are the `{`/`}` groups (not `\{`/`\}`) balanced? The reference's parser
+/// rejects any text where they are not.
+fn braces_balanced(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut depth = 0i64;
+    for (i, &c) in b.iter().enumerate() {
+        let escaped = i > 0 && b[i - 1] == b'\\' && !(i > 1 && b[i - 2] == b'\\');
+        match c {
+            b'{' if !escaped => depth += 1,
+            b'}' if !escaped => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+    }
+    depth == 0
+}
+
+/// A text ending in a command that still needs an argument: `\sqrt`, `\sin`,
+/// `\frac` or `\frac{1}` with nothing after; the reference's parser rejects it.
+fn lacks_argument(s: &str) -> bool {
+    const NEEDS_ARG: &[&str] = &[
+        "frac", "dfrac", "tfrac", "sqrt", "sin", "cos", "tan", "cot", "sec", "csc", "arcsin",
+        "arccos", "arctan", "log", "ln", "exp",
+    ];
+    let Some(at) = s.rfind('\\') else {
+        return false;
+    };
+    let tail = &s[at + 1..];
+    let name_len = tail.bytes().take_while(u8::is_ascii_alphabetic).count();
+    let (name, rest) = tail.split_at(name_len);
+    if !NEEDS_ARG.contains(&name) {
+        return false;
+    }
+    let rest = rest.trim();
+    if rest.is_empty() {
+        return true;
+    }
+    // \frac{...} with one braced group and no second argument
+    name.ends_with("frac")
+        && rest.starts_with('{')
+        && rest.ends_with('}')
+        && rest[1..rest.len() - 1]
+            .bytes()
+            .all(|c| c != b'{' && c != b'}')
 }
 
 /// `\dots` / `\cdots` at the start or right after an operator or comma: the
@@ -165,11 +225,140 @@ fn split_eq(s: &str) -> Vec<&str> {
     out
 }
 
+/// The name of the left-hand side in [`equation_if_read`]'s equation: a side
+/// whose reading is unknown.
+const UNREAD_SIDE: &str = "?unread";
+
+/// Commands that could make `lhs = rhs` anything but one equation in the
+/// reference's grammar (relations, set operations, `\pm` sets, congruences,
+/// arrows, matrices, line breaks).
+const NOT_IN_EQUATION: &[&str] = &[
+    "le",
+    "ge",
+    "leq",
+    "geq",
+    "leqq",
+    "geqq",
+    "leqslant",
+    "geqslant",
+    "lt",
+    "gt",
+    "ne",
+    "neq",
+    "not",
+    "approx",
+    "equiv",
+    "sim",
+    "simeq",
+    "cong",
+    "doteq",
+    "propto",
+    "in",
+    "notin",
+    "ni",
+    "subset",
+    "subseteq",
+    "supset",
+    "supseteq",
+    "cup",
+    "cap",
+    "setminus",
+    "pm",
+    "mp",
+    "to",
+    "rightarrow",
+    "Rightarrow",
+    "leftarrow",
+    "Leftarrow",
+    "leftrightarrow",
+    "Leftrightarrow",
+    "longrightarrow",
+    "Longrightarrow",
+    "implies",
+    "iff",
+    "mapsto",
+    "mid",
+    "mod",
+    "bmod",
+    "pmod",
+    "colon",
+    "coloneqq",
+    "begin",
+    "end",
+    "land",
+    "lor",
+    "wedge",
+    "vee",
+    "neg",
+    "lnot",
+    "perp",
+    "parallel",
+    "emptyset",
+    "varnothing",
+];
+
+/// `lhs = rhs` where the fast path cannot read `lhs` but reads `rhs` as a
+/// plain expression: should the reference's parser read the whole, it gets
+/// `Eq(lhs, rhs)` whatever `lhs` becomes (latex2sympy builds relations
+/// unevaluated), and against a gold that is no equation math-verify compares
+/// only `rhs`. Anything that could make the text more than one equation (a
+/// second `=`, commas, relations, sets, `\pm`) gives `None`.
+fn equation_if_read(s: &str) -> Option<Value> {
+    let b = s.as_bytes();
+    let mut depth = 0i32;
+    let mut eq = None;
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'{' | b'(' | b'[' => depth += 1,
+            b'}' | b')' | b']' => {
+                depth -= 1;
+                if depth < 0 {
+                    return None;
+                }
+            }
+            b'=' if depth == 0 && eq.is_none() => eq = Some(i),
+            b'=' | b',' | b';' | b':' | b'<' | b'>' | b'|' | b'&' => return None,
+            b'!' if b.get(i + 1) == Some(&b'=') => return None,
+            _ => {}
+        }
+    }
+    let eq = eq?;
+    if depth != 0 || s.contains("\\\\") {
+        return None;
+    }
+    // non-ASCII: only the root sign, which is no relation
+    if s.chars().any(|c| !c.is_ascii() && c != '√') {
+        return None;
+    }
+    if NOT_IN_EQUATION.iter().any(|c| parse::has_cmd(s, c)) {
+        return None;
+    }
+    let (lhs, rhs) = (s[..eq].trim(), s[eq + 1..].trim());
+    if lhs.is_empty() || rhs.is_empty() {
+        return None;
+    }
+    match parse::parse_answer(rhs) {
+        Ok(Value::Expr(n)) if !matches!(n, Node::PlusMinus(..)) => Some(Value::Eq(vec![
+            Node::Opaque(UNREAD_SIDE.into(), Vec::new()),
+            n,
+        ])),
+        _ => None,
+    }
+}
+
+/// Does `v` hold a side from [`equation_if_read`]?
+fn has_unread_side(v: &Value) -> bool {
+    matches!(v, Value::Eq(nodes) if matches!(&nodes[0], Node::Opaque(name, _) if name == UNREAD_SIDE))
+}
+
 fn try_candidate(t: &str, c: &extract::Cand) -> (Tried, Option<String>) {
     match &c.kind {
         CandKind::Number { text, pct } => {
             let Some(v) = num::parse_decimal(text.trim_start_matches('-')) else {
-                return (Tried::Unsure("number too long".into()), Some(text.clone()));
+                return (
+                    Tried::Unsure("number too long".into(), None),
+                    Some(text.clone()),
+                );
             };
             let v = if text.starts_with('-') {
                 v.negate()
@@ -177,7 +366,10 @@ fn try_candidate(t: &str, c: &extract::Cand) -> (Tried, Option<String>) {
                 Some(v)
             };
             let Some(v) = v else {
-                return (Tried::Unsure("number too long".into()), Some(text.clone()));
+                return (
+                    Tried::Unsure("number too long".into(), None),
+                    Some(text.clone()),
+                );
             };
             let n = Node::Num {
                 v,
@@ -198,7 +390,7 @@ fn try_candidate(t: &str, c: &extract::Cand) -> (Tried, Option<String>) {
             }
             Err(pyexpr::PyErr::Syntax) => (Tried::Failed, Some(s.clone())),
             Err(pyexpr::PyErr::Unsupported) => (
-                Tried::Unsure("unsupported plain expression".into()),
+                Tried::Unsure("unsupported plain expression".into(), None),
                 Some(s.clone()),
             ),
         },
@@ -215,7 +407,7 @@ fn try_candidate(t: &str, c: &extract::Cand) -> (Tried, Option<String>) {
                 };
                 let Some(norm) = normalize::normalize(content, mode) else {
                     return (
-                        Tried::Unsure("LaTeX normalisation not reproduced".into()),
+                        Tried::Unsure("LaTeX normalisation not reproduced".into(), None),
                         None,
                     );
                 };
@@ -246,7 +438,7 @@ fn try_candidate(t: &str, c: &extract::Cand) -> (Tried, Option<String>) {
             let all_parsed = vals.iter().all(|v| v.is_some());
             if vals.len() > 1 {
                 if let Some(u) = unsure {
-                    return (Tried::Unsure(u), None);
+                    return (Tried::Unsure(u, None), None);
                 }
                 if all_parsed {
                     let mut items = Vec::new();
@@ -266,7 +458,11 @@ fn try_candidate(t: &str, c: &extract::Cand) -> (Tried, Option<String>) {
             }
             let s = strs.into_iter().next();
             if let Some(u) = unsure {
-                return (Tried::Unsure(u), s);
+                let if_read = match (&s, envs[0].pct) {
+                    (Some(norm), false) => equation_if_read(norm),
+                    _ => None,
+                };
+                return (Tried::Unsure(u, if_read), s);
             }
             match vals.into_iter().next().flatten() {
                 Some(v) => (Tried::Ok(v), s),
@@ -284,17 +480,45 @@ fn short(s: &str) -> String {
     o
 }
 
-fn find(t: &str, o: &extract::ExtractOpts) -> Found {
+/// The outcomes of [`find_all`] and why there is more than one.
+struct Outcomes {
+    found: Vec<Found>,
+    branch_why: Option<String>,
+}
+
+/// At most this many outcomes of one text are followed (each candidate the
+/// reference may or may not read adds one).
+const MAX_OUTCOMES: usize = 4;
+
+/// Everything the reference may find in `t`, one [`Found`] per outcome: where
+/// a candidate is not reproduced but its value is known in case the
+/// reference's parser reads it, both that value and the rest of the search
+/// (the reference moves on to the next candidate when its parser fails) are
+/// outcomes. The last outcome is the one where every such candidate failed.
+fn find_all(t: &str, o: &extract::ExtractOpts) -> Outcomes {
+    let mut outcomes = Vec::new();
+    let mut branch_why: Option<String> = None;
     let mut fallback: Option<String> = None;
     let mut fallback_known = true;
     let mut first = true;
+    let known = |fallback: &Option<String>, fallback_known: bool| {
+        if fallback_known {
+            fallback.clone()
+        } else {
+            None
+        }
+    };
     for &group in extract::groups(o) {
         let cands = extract::candidates(t, group, o);
         for (k, c) in cands.iter().enumerate() {
             if k >= MAX_CANDIDATES {
-                return Found::Unsure {
+                outcomes.push(Found::Unsure {
                     why: "too many candidate answers".into(),
-                    fallback: if fallback_known { fallback } else { None },
+                    fallback: known(&fallback, fallback_known),
+                });
+                return Outcomes {
+                    found: outcomes,
+                    branch_why,
                 };
             }
             let (res, s) = try_candidate(t, c);
@@ -316,29 +540,54 @@ fn find(t: &str, o: &extract::ExtractOpts) -> Found {
             }
             match res {
                 Tried::Ok(v) => {
-                    return Found::Value {
+                    outcomes.push(Found::Value {
                         value: v,
                         text: s.unwrap_or_default(),
-                        fallback: if fallback_known { fallback } else { None },
+                        fallback: known(&fallback, fallback_known),
+                    });
+                    return Outcomes {
+                        found: outcomes,
+                        branch_why,
                     };
                 }
                 Tried::Failed => continue,
-                Tried::Unsure(why) => {
-                    return Found::Unsure {
+                Tried::Unsure(why, Some(v)) if outcomes.len() + 1 < MAX_OUTCOMES => {
+                    outcomes.push(Found::Value {
+                        value: v,
+                        text: s.unwrap_or_default(),
+                        fallback: known(&fallback, fallback_known),
+                    });
+                    branch_why.get_or_insert(why);
+                    continue;
+                }
+                Tried::Unsure(why, _) => {
+                    outcomes.push(Found::Unsure {
                         why,
-                        fallback: if fallback_known { fallback } else { None },
-                    }
+                        fallback: known(&fallback, fallback_known),
+                    });
+                    return Outcomes {
+                        found: outcomes,
+                        branch_why,
+                    };
                 }
             }
         }
     }
     if !fallback_known {
-        return Found::Unsure {
+        outcomes.push(Found::Unsure {
             why: "LaTeX normalisation not reproduced".into(),
-            fallback: if fallback_known { fallback } else { None },
+            fallback: None,
+        });
+        return Outcomes {
+            found: outcomes,
+            branch_why,
         };
     }
-    Found::NoValue { fallback }
+    outcomes.push(Found::NoValue { fallback });
+    Outcomes {
+        found: outcomes,
+        branch_why,
+    }
 }
 
 /// The answer the extraction ladder finds in `text` (normalised), if any.
@@ -346,7 +595,11 @@ pub fn extract_answer(text: &str) -> Option<String> {
     if text.len() > MAX_PREDICTION_BYTES {
         return None;
     }
-    match find(text, &extract::ExtractOpts::default()) {
+    let first = find_all(text, &extract::ExtractOpts::default())
+        .found
+        .into_iter()
+        .next()?;
+    match first {
         Found::Value { text, .. } => Some(text),
         Found::NoValue { fallback } => fallback,
         Found::Unsure { fallback, .. } => fallback,
@@ -434,10 +687,42 @@ pub fn verify_with(prediction: &str, gold: &str, opts: &Options) -> Verdict {
     };
     let (g, p) = parse::with_math_strict(opts.math_strict, || {
         (
-            find(&gold_text, &opts.extract),
-            find(prediction, &opts.extract),
+            find_all(&gold_text, &opts.extract),
+            find_all(prediction, &opts.extract),
         )
     });
+    // every outcome of the gold against every outcome of the prediction: decided
+    // only where they all give the same verdict
+    let mut decided: Option<Verdict> = None;
+    for gf in &g.found {
+        for pf in &p.found {
+            let v = decide(gf.clone(), pf.clone(), opts);
+            match &decided {
+                _ if v.correct.is_none() => return v,
+                Some(d) if d.correct != v.correct => {
+                    let why = p.branch_why.as_ref().or(g.branch_why.as_ref());
+                    return undecided(
+                        why.map_or("outcomes disagree", |w| w.as_str()),
+                        d.pred_answer.clone(),
+                        d.gold_answer.clone(),
+                    );
+                }
+                Some(_) => {}
+                None => decided = Some(v),
+            }
+        }
+    }
+    decided.expect("find_all gives at least one outcome")
+}
+
+/// The verdict for one outcome of the gold and one of the prediction.
+fn decide(g: Found, p: Found, opts: &Options) -> Verdict {
+    let undecided = |why: &str, p: Option<String>, g: Option<String>| Verdict {
+        correct: None,
+        pred_answer: p,
+        gold_answer: g,
+        reason: why.to_string(),
+    };
     let (g_val, g_str, g_fb, g_unsure) = g.into_parts();
     let (p_val, p_str, p_fb, p_unsure) = p.into_parts();
     // the reference compares each gold item with each prediction item:
@@ -475,6 +760,19 @@ pub fn verify_with(prediction: &str, gold: &str, opts: &Options) -> Verdict {
             }
         }
         return undecided(&why, p_str, g_str);
+    }
+    // an unread side decides nothing when the other side is an equation (its
+    // reading then matters), nor on the gold side (an assignment gold is
+    // truncated to its right-hand side, another equation is not)
+    let unread = |v: &Option<Value>| v.as_ref().is_some_and(has_unread_side);
+    if unread(&g_val)
+        || (unread(&p_val)
+            && matches!(
+                &g_val,
+                Some(Value::Eq(_) | Value::TupleEq(..) | Value::Rel(..))
+            ))
+    {
+        return undecided("equation with an unread side", p_str, g_str);
     }
     match (&g_val, &p_val) {
         (Some(gv), Some(pv))
@@ -703,6 +1001,81 @@ mod tests {
             ("$\\frac{10^{400}}{10^{399}}$", "10", None),
             // real only for |x| > 3: sampled there
             ("$\\frac{1}{\\sqrt{x^2 - 9}} + 1$", "7", Some(false)),
+        ];
+        for (p, g, want) in cases {
+            assert_eq!(v(p, g), *want, "{p} vs {g}: {:?}", verify(p, g));
+        }
+    }
+
+    /// An equation whose left side is not reproduced: the reference either reads
+    /// it (then only its right-hand side counts against a gold that is no
+    /// equation) or moves on to the next candidate; decided where both agree.
+    /// Also the candidates its parser must reject, `\approx` inside an
+    /// inequality chain, `\equiv` as `=` and `\cdots` as `\cdot s`. Each
+    /// verdict checked against math-verify 0.9.0 (None: left to it).
+    #[test]
+    fn reference_readings_of_unread_sides_and_lexer_quirks() {
+        let cases: &[(&str, &str, Option<bool>)] = &[
+            (
+                "$\\text{Area}_{ADC} = \\frac{1}{2} \\cdot \\sin A$",
+                "45",
+                Some(false),
+            ),
+            ("$\\det \\text{R} = -1$", "-1", Some(true)),
+            ("$[UXP] = 84$", "84", Some(true)),
+            ("$\\sum_{cyc} \\frac{a^3}{P(a)} = 0$", "0", Some(true)),
+            (
+                "$\\binom{399}{2} \\times \\binom{3}{2} = 79401$",
+                "49896",
+                Some(false),
+            ),
+            ("$\\deg(g(x)) = 2$", "2", Some(true)),
+            // the reference: true, false; an equation gold or a comma: left to it
+            ("$\\det \\text{R} = -1$", "x = -1", None),
+            ("$\\det \\text{R} = 1,5$", "5", None),
+            // the reference: false (read, it would be true)
+            ("\\boxed{\\det \\text{R} = 5} and $7$", "5", None),
+            // the reference rejects these candidates and takes the 12 before them
+            ("We get $12$ and then $\\frac{$", "12", Some(true)),
+            ("We get $12$ and then $-\\frac{1}$", "12", Some(true)),
+            ("We get $12$ and then $\\arctan$", "12", Some(true)),
+            // \approx keeps a non-symbol on its left, also in an inequality chain
+            ("$\\pi \\approx 3.14159$", "\\pi", Some(true)),
+            ("$128\\pi \\approx 402.12$", "402.12", Some(false)),
+            (
+                "$(331+3)/(662+4) \\approx 0.50345 > 0.503$",
+                "164",
+                Some(false),
+            ),
+            // \cdots is \cdot s: a product with a symbol
+            ("$(2^1)(2^2)\\cdots (2^{99})(2^{100})$", "8", Some(false)),
+            ("$2 \\cdots$", "2", Some(false)),
+            // \equiv chains like =, the last right-hand side against a plain gold
+            (
+                "$29^{13} - 5^{13} \\equiv 1 - 5 \\equiv -4 \\equiv 3 \\mod 7$",
+                "3",
+                Some(true),
+            ),
+            ("$x \\equiv 2 \\mod 17$", "2", Some(true)),
+            ("$x \\equiv 2$", "x = 2", Some(true)),
+            ("$a \\equiv 3 \\pmod 7$", "3", Some(false)),
+            // 2^3 4 is 2**3*4; \overline{r}_1 is one symbol bar{r}_1
+            ("$2^3 4$", "32", Some(true)),
+            ("$3^6 5^{10}$", "12", Some(false)),
+            ("$\\overline{r}_1 - \\overline{r}_1$", "0", Some(true)),
+            ("$\\overline{r}_1 - \\overline{r}_2$", "0", Some(false)),
+            ("$r_1\\overline{r}_1$", "\\overline{r}_1 r_1", Some(true)),
+            // a \pm set (\pmod is \pm o d) after an expression: the reference
+            // rejects the equation and moves on (here: true, true); with three
+            // parts it reads the last one, the set {-7do, 7do}
+            ("The answer is $ -4 = 0 \\pmod{7} $.", "0", None),
+            ("\\boxed{1 - 5 = 0 \\pmod{7}}", "0", None),
+            (
+                "\\boxed{-4 \\equiv 7 = a_{50} + b_{50} = 0 \\pmod{7}}",
+                "0",
+                Some(false),
+            ),
+            ("$x = 1 \\pm 3$", "4", Some(false)),
         ];
         for (p, g, want) in cases {
             assert_eq!(v(p, g), *want, "{p} vs {g}: {:?}", verify(p, g));

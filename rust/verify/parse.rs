@@ -200,6 +200,13 @@ fn tokenize(s: &str) -> R<Vec<Tok>> {
             match name {
                 "quad" | "qquad" => {}
                 "vert" | "lvert" | "rvert" => out.push(Tok::Ch('|')),
+                // an equation sign to the reference (Eq, chained like `=`)
+                "equiv" => out.push(Tok::Ch('=')),
+                // the reference's lexer has no \cdots: it reads \cdot and a symbol s
+                "cdots" => {
+                    out.push(Tok::Cmd("cdot".into()));
+                    out.push(Tok::Letter('s'));
+                }
                 _ => out.push(Tok::Cmd(name.to_string())),
             }
             i = j;
@@ -394,7 +401,11 @@ impl P {
                 // implicit multiplication; "2 3", "2(3)" and "1 000" are read
                 // unexpectedly by the reference: leave them undecided
                 let prev = self.t.get(self.i.wrapping_sub(1)).cloned();
-                let prev_is_num = matches!(prev, Some(Tok::Num(_)));
+                // an integer exponent ends the power: 2^3 4 is 2**3*4 to the reference
+                let after_exponent = self.i >= 2
+                    && self.t[self.i - 2] == Tok::Ch('^')
+                    && matches!(&prev, Some(Tok::Num(x)) if !x.contains('.'));
+                let prev_is_num = matches!(prev, Some(Tok::Num(_))) && !after_exponent;
                 if prev_is_num && matches!(self.peek(), Some(Tok::Num(_))) {
                     return Err(PErr::Unsupported);
                 }
@@ -657,11 +668,17 @@ impl P {
                             "text" => "",
                             _ => "vec",
                         };
-                        Node::Sym(if prefix.is_empty() {
+                        let mut name = if prefix.is_empty() {
                             word
                         } else {
                             format!("{prefix}{{{word}}}")
-                        })
+                        };
+                        // \overline{r}_1: one symbol, as for a letter
+                        if !prefix.is_empty() && self.is_ch('_') {
+                            self.i += 1;
+                            name = format!("{name}_{}", self.subscript_text()?);
+                        }
+                        Node::Sym(name)
                     }
                     "lfloor" | "lceil" => {
                         let close = if c == "lfloor" { "rfloor" } else { "rceil" };
@@ -1103,7 +1120,7 @@ fn is_rel_tok(t: &Tok) -> bool {
 }
 
 /// Does `s` use the command `\\name` (not a longer command such as `\\infty` for `\\in`)?
-fn has_cmd(s: &str, name: &str) -> bool {
+pub fn has_cmd(s: &str, name: &str) -> bool {
     let pat = format!("\\{name}");
     let b = s.as_bytes();
     let mut from = 0;
@@ -1170,7 +1187,7 @@ fn relation(s: &str) -> R<Value> {
     }
     let is_text = s.trim().starts_with("\\text{");
     if !is_text
-        && (["mp", "in", "cup", "cap", "equiv", "setminus", "mid"]
+        && (["mp", "in", "cup", "cap", "setminus", "mid"]
             .iter()
             .any(|c| has_cmd(s, c))
             || s.contains(':')
@@ -1277,13 +1294,16 @@ fn relation(s: &str) -> R<Value> {
         if has_approx {
             // the reference folds left: `lhs \approx rhs` is rhs when lhs is a bare
             // symbol (an assignment), else lhs; a relation on the left is kept
-            if has_ineq {
-                return Err(PErr::Unsupported);
-            }
             let mut cur: Vec<Node> = vec![nodes[0].clone()];
+            let mut ineq = false;
             for (op, rhs) in ops.iter().zip(nodes.into_iter().skip(1)) {
                 if !is_approx(op) {
+                    ineq |= is_rel_tok(op);
                     cur.push(rhs);
+                } else if ineq {
+                    // whether a relation on the left counts as "only symbols"
+                    // depends on its sides: not reproduced
+                    return Err(PErr::Unsupported);
                 } else if cur.len() == 1 {
                     match super::compare::only_symbols(&cur[0]) {
                         Some(true) => cur[0] = rhs,
@@ -1291,6 +1311,10 @@ fn relation(s: &str) -> R<Value> {
                         None => return Err(PErr::Unsupported),
                     }
                 }
+            }
+            if ineq {
+                // a relation with an inequality: never a number, kept as text
+                return Ok(Value::Rel(t.split_whitespace().collect(), None));
             }
             return Ok(if cur.len() == 1 {
                 Value::Expr(cur.pop().unwrap())
@@ -1302,6 +1326,14 @@ fn relation(s: &str) -> R<Value> {
             let kinds: Option<Vec<RelOp>> = ops.iter().map(rel_op).collect();
             let parsed = kinds.map(|ops| Box::new(RelParts { ops, nodes }));
             return Ok(Value::Rel(t.split_whitespace().collect(), parsed));
+        }
+        // a \pm set on a right-hand side is read only after a lone symbol
+        // (`x = 0 \pm 7`); after an expression (`-4 = 0 \pmod{7}`) the
+        // reference's parser rejects the text
+        if nodes[1..].iter().any(|n| matches!(n, Node::PlusMinus(..)))
+            && !(nodes.len() == 2 && matches!(nodes[0], Node::Sym(_)))
+        {
+            return Err(PErr::Unsupported);
         }
         return Ok(Value::Eq(nodes));
     }
