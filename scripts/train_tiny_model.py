@@ -198,6 +198,7 @@ def main() -> int:
         return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * prog)))
 
     curve = []
+    held_out = eval_split[: args.eval_n]  # the self-solve checks' problems, during and after
     checks: list[dict[str, object]] = []
     model.train()
     cursor = gcursor = 0
@@ -245,8 +246,7 @@ def main() -> int:
         if args.check_every and (step + 1) % args.check_every == 0 and step + 1 < args.steps:
             model.eval()
             with torch.random.fork_rng():  # the check leaves training's random stream as it was
-                held = eval_split[: args.eval_n]
-                rates = self_solve_rate(model, tok, held, seed=args.seed, mode="self")
+                rates = self_solve_rate(model, tok, held_out, seed=args.seed, mode="self")
             model.train()
             checks.append({"step": step + 1, **{k: rates[k] for k in ("all", "easy", "hard")}})
             print(f"step {step + 1}: self-solve {checks[-1]}", flush=True)
@@ -254,7 +254,6 @@ def main() -> int:
 
     # ------------------------------------------------------ self-solve check
     model.eval()
-    held_out = eval_split[: args.eval_n]
     solve = self_solve_rate(model, tok, held_out, seed=args.seed, mode="self")
     gsolve = self_solve_rate(model, tok, held_out, seed=args.seed, mode="guided")
     hsolve = self_solve_rate(model, tok, held_out, seed=args.seed, mode="hinted")
