@@ -750,8 +750,8 @@ def _orderings(res: DemoNumbers, cmp: dict[tuple[str, str], tuple[float, float]]
                 )
                 why = (
                     f"the rounds replaced {swapped:.1f} rows per run on average (expert rows "
-                    f"{first:.1f} -> {last:.1f}); a replaced expert row is one the current model "
-                    f"now solves itself, and its own solution costs it {self_nll:.2f} nats/token "
+                    f"{first:.1f} -> {last:.1f}); a replaced row (expert or guided) is one the current "
+                    f"model now solves, alone or with the reference, and its own solution costs it {self_nll:.2f} nats/token "
                     f"({rest}), so the round trades a row that "
                     "still taught something for one that mostly repeats what the model does; "
                     "online and offline training also differ only after the first round"
